@@ -1,0 +1,405 @@
+package decode
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// LSN is a PostgreSQL write-ahead log position.
+type LSN uint64
+
+// String formats the LSN as PostgreSQL does ("16/B374D848"), so that logs
+// can be matched with pg_replication_slots.
+func (l LSN) String() string {
+	return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l))
+}
+
+// ErrMalformedMessage is wrapped by every Parse error: the bytes are not a
+// pgoutput message this package understands.
+var ErrMalformedMessage = errors.New("malformed pgoutput message")
+
+// Message is one parsed pgoutput message.
+type Message interface {
+	// Type is the message's tag byte ('B', 'C', 'R', ...).
+	Type() byte
+}
+
+// BeginMessage starts a transaction. pgoutput (protocol 1) only sends
+// committed transactions, whole, in commit order.
+type BeginMessage struct {
+	FinalLSN   LSN   // the commit record's LSN
+	CommitTime int64 // microseconds since 2000-01-01 UTC
+	Xid        uint32
+}
+
+// CommitMessage ends a transaction.
+type CommitMessage struct {
+	Flags      uint8
+	CommitLSN  LSN
+	EndLSN     LSN // end of the commit record: what is confirmed to the server once delivered
+	CommitTime int64
+}
+
+// OriginMessage names the replication origin a transaction came from.
+type OriginMessage struct {
+	CommitLSN LSN
+	Name      string
+}
+
+// RelationColumn is one column of a RelationMessage.
+type RelationColumn struct {
+	Flags   uint8 // 1: part of the replica identity key
+	Name    string
+	TypeOID uint32
+	TypeMod int32
+	// Type is not on the wire: the caller resolves TypeOID (decode.BuiltinType
+	// or the catalog) before handing the message to a Stream. Nil means text.
+	Type *Type
+}
+
+// RelationMessage describes a table before the first change to it in a
+// session, and again whenever its definition changed.
+type RelationMessage struct {
+	ID              uint32
+	Namespace       string
+	Name            string
+	ReplicaIdentity byte // 'd' default, 'n' nothing, 'f' full, 'i' index
+	Columns         []RelationColumn
+}
+
+// TypeMessage names a non-built-in type used by a following relation.
+type TypeMessage struct {
+	OID       uint32
+	Namespace string
+	Name      string
+}
+
+// Tuple column kinds, as sent on the wire.
+const (
+	TupleNull      = 'n'
+	TupleUnchanged = 'u' // an unchanged TOASTed value that was not sent
+	TupleText      = 't'
+	TupleBinary    = 'b'
+)
+
+// TupleColumn is one column value of a tuple. Data aliases the buffer given to
+// Parse.
+type TupleColumn struct {
+	Kind byte
+	Data []byte
+}
+
+// Tuple is a row as sent by pgoutput.
+type Tuple []TupleColumn
+
+// InsertMessage is a row inserted.
+type InsertMessage struct {
+	RelationID uint32
+	New        Tuple
+}
+
+// UpdateMessage is a row updated. OldKind is 0 when no old row was sent, 'K'
+// when only the replica identity key was sent, 'O' for the whole old row
+// (REPLICA IDENTITY FULL).
+type UpdateMessage struct {
+	RelationID uint32
+	OldKind    byte
+	Old        Tuple
+	New        Tuple
+}
+
+// DeleteMessage is a row deleted; OldKind as for UpdateMessage.
+type DeleteMessage struct {
+	RelationID uint32
+	OldKind    byte
+	Old        Tuple
+}
+
+// Truncate options.
+const (
+	TruncateCascade         = 1
+	TruncateRestartIdentity = 2
+)
+
+// TruncateMessage is one TRUNCATE statement covering one or more tables.
+type TruncateMessage struct {
+	Options     uint8
+	RelationIDs []uint32
+}
+
+// LogicalMessage is the output of pg_logical_emit_message.
+type LogicalMessage struct {
+	Transactional bool
+	LSN           LSN
+	Prefix        string
+	Content       []byte // aliases the buffer given to Parse
+}
+
+// Type implements Message.
+func (*BeginMessage) Type() byte { return 'B' }
+
+// Type implements Message.
+func (*CommitMessage) Type() byte { return 'C' }
+
+// Type implements Message.
+func (*OriginMessage) Type() byte { return 'O' }
+
+// Type implements Message.
+func (*RelationMessage) Type() byte { return 'R' }
+
+// Type implements Message.
+func (*TypeMessage) Type() byte { return 'Y' }
+
+// Type implements Message.
+func (*InsertMessage) Type() byte { return 'I' }
+
+// Type implements Message.
+func (*UpdateMessage) Type() byte { return 'U' }
+
+// Type implements Message.
+func (*DeleteMessage) Type() byte { return 'D' }
+
+// Type implements Message.
+func (*TruncateMessage) Type() byte { return 'T' }
+
+// Type implements Message.
+func (*LogicalMessage) Type() byte { return 'M' }
+
+// pgEpoch is 2000-01-01 UTC, the zero of PostgreSQL timestamps.
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// PGTime converts a PostgreSQL timestamp (microseconds since 2000-01-01 UTC)
+// to a time.Time in UTC.
+func PGTime(micros int64) time.Time {
+	return pgEpoch.Add(time.Duration(micros) * time.Microsecond)
+}
+
+// reader walks a message with bounds checks; the first failure sticks.
+type reader struct {
+	buf []byte
+	off int
+	err error
+}
+
+func (r *reader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: truncated at byte %d reading %s", ErrMalformedMessage, r.off, what)
+	}
+}
+
+func (r *reader) take(n int, what string) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n < 0 || len(r.buf)-r.off < n {
+		r.fail(what)
+		return nil
+	}
+	b := r.buf[r.off : r.off+n : r.off+n]
+	r.off += n
+	return b
+}
+
+func (r *reader) u8(what string) uint8 {
+	b := r.take(1, what)
+	if b == nil {
+		return 0
+	}
+	return b[0]
+}
+
+func (r *reader) u16(what string) uint16 {
+	b := r.take(2, what)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint16(b)
+}
+
+func (r *reader) u32(what string) uint32 {
+	b := r.take(4, what)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b)
+}
+
+func (r *reader) u64(what string) uint64 {
+	b := r.take(8, what)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+// cstring reads a NUL-terminated string and copies it.
+func (r *reader) cstring(what string) string {
+	if r.err != nil {
+		return ""
+	}
+	for i := r.off; i < len(r.buf); i++ {
+		if r.buf[i] == 0 {
+			s := string(r.buf[r.off:i])
+			r.off = i + 1
+			return s
+		}
+	}
+	r.fail(what)
+	return ""
+}
+
+func (r *reader) tuple() Tuple {
+	n := int(r.u16("tuple column count"))
+	if r.err != nil {
+		return nil
+	}
+	// Each column needs at least one byte: refuse counts the buffer cannot hold
+	// before allocating for them.
+	if n > len(r.buf)-r.off {
+		r.fail("tuple columns")
+		return nil
+	}
+	t := make(Tuple, n)
+	for i := range t {
+		kind := r.u8("tuple column kind")
+		switch kind {
+		case TupleNull, TupleUnchanged:
+			t[i].Kind = kind
+		case TupleText, TupleBinary:
+			l := r.u32("tuple column length")
+			if l > uint32(len(r.buf)) {
+				r.fail("tuple column data")
+				return nil
+			}
+			t[i] = TupleColumn{Kind: kind, Data: r.take(int(l), "tuple column data")}
+		default:
+			if r.err == nil {
+				r.err = fmt.Errorf("%w: unknown tuple column kind %q at byte %d", ErrMalformedMessage, kind, r.off-1)
+			}
+		}
+		if r.err != nil {
+			return nil
+		}
+	}
+	return t
+}
+
+// Parse decodes one pgoutput message (protocol version 1, with logical
+// messages). It never panics: short or inconsistent input gives an error
+// wrapping ErrMalformedMessage. Tuple data and message content alias data;
+// names are copied.
+//
+// Protocol: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
+func Parse(data []byte) (Message, error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
+	}
+	r := &reader{buf: data, off: 1}
+	var m Message
+	switch data[0] {
+	case 'B':
+		m = &BeginMessage{
+			FinalLSN:   LSN(r.u64("final LSN")),
+			CommitTime: int64(r.u64("commit time")),
+			Xid:        r.u32("xid"),
+		}
+	case 'C':
+		m = &CommitMessage{
+			Flags:      r.u8("flags"),
+			CommitLSN:  LSN(r.u64("commit LSN")),
+			EndLSN:     LSN(r.u64("end LSN")),
+			CommitTime: int64(r.u64("commit time")),
+		}
+	case 'O':
+		m = &OriginMessage{CommitLSN: LSN(r.u64("origin LSN")), Name: r.cstring("origin name")}
+	case 'R':
+		rel := &RelationMessage{
+			ID:              r.u32("relation id"),
+			Namespace:       r.cstring("namespace"),
+			Name:            r.cstring("relation name"),
+			ReplicaIdentity: r.u8("replica identity"),
+		}
+		n := int(r.u16("column count"))
+		if r.err == nil && n > len(data)-r.off {
+			r.fail("columns")
+		}
+		if r.err == nil {
+			rel.Columns = make([]RelationColumn, n)
+			for i := range rel.Columns {
+				rel.Columns[i] = RelationColumn{
+					Flags:   r.u8("column flags"),
+					Name:    r.cstring("column name"),
+					TypeOID: r.u32("column type"),
+					TypeMod: int32(r.u32("column type modifier")),
+				}
+			}
+		}
+		m = rel
+	case 'Y':
+		m = &TypeMessage{OID: r.u32("type oid"), Namespace: r.cstring("type namespace"), Name: r.cstring("type name")}
+	case 'I':
+		ins := &InsertMessage{RelationID: r.u32("relation id")}
+		if tag := r.u8("tuple tag"); r.err == nil && tag != 'N' {
+			return nil, fmt.Errorf("%w: insert: unexpected tuple tag %q", ErrMalformedMessage, tag)
+		}
+		ins.New = r.tuple()
+		m = ins
+	case 'U':
+		up := &UpdateMessage{RelationID: r.u32("relation id")}
+		tag := r.u8("tuple tag")
+		if tag == 'K' || tag == 'O' {
+			up.OldKind = tag
+			up.Old = r.tuple()
+			tag = r.u8("tuple tag")
+		}
+		if r.err == nil && tag != 'N' {
+			return nil, fmt.Errorf("%w: update: unexpected tuple tag %q", ErrMalformedMessage, tag)
+		}
+		up.New = r.tuple()
+		m = up
+	case 'D':
+		del := &DeleteMessage{RelationID: r.u32("relation id")}
+		tag := r.u8("tuple tag")
+		if r.err == nil && tag != 'K' && tag != 'O' {
+			return nil, fmt.Errorf("%w: delete: unexpected tuple tag %q", ErrMalformedMessage, tag)
+		}
+		del.OldKind = tag
+		del.Old = r.tuple()
+		m = del
+	case 'T':
+		n := int(r.u32("relation count"))
+		tr := &TruncateMessage{Options: r.u8("options")}
+		if r.err == nil && (n < 0 || n > (len(data)-r.off)/4) {
+			r.fail("relation ids")
+		}
+		if r.err == nil {
+			tr.RelationIDs = make([]uint32, n)
+			for i := range tr.RelationIDs {
+				tr.RelationIDs[i] = r.u32("relation id")
+			}
+		}
+		m = tr
+	case 'M':
+		lm := &LogicalMessage{}
+		lm.Transactional = r.u8("flags")&1 == 1
+		lm.LSN = LSN(r.u64("message LSN"))
+		lm.Prefix = r.cstring("prefix")
+		l := r.u32("content length")
+		if r.err == nil && l > uint32(len(data)) {
+			r.fail("content")
+		}
+		lm.Content = r.take(int(l), "content")
+		m = lm
+	default:
+		return nil, fmt.Errorf("%w: unsupported message type %q (is the publication using protocol version 1?)", ErrMalformedMessage, data[0])
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.off != len(data) {
+		return nil, fmt.Errorf("%w: %d trailing bytes after %q message", ErrMalformedMessage, len(data)-r.off, data[0])
+	}
+	return m, nil
+}

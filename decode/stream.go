@@ -1,0 +1,499 @@
+package decode
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Watch is the registry entry of one watched table: what its events are
+// labelled with. Inactive entries are kept as tombstones so that changes
+// committed before an unwatch, and replayed after it, are still delivered with
+// the labels they had.
+type Watch struct {
+	Kind   string
+	Source string
+	Active bool
+}
+
+// StreamConfig is fixed for the life of a Stream.
+type StreamConfig struct {
+	// SystemID is the server's system identifier (IDENTIFY_SYSTEM); with Slot
+	// it makes idempotency keys unique across databases and agents.
+	SystemID string
+	Slot     string
+	// RegistrySchema and RegistryTable name the watch registry table, whose
+	// changes travel through the same publication and update the watches in
+	// commit order.
+	RegistrySchema string
+	RegistryTable  string
+}
+
+// Position orders every change of a slot: the commit LSN of its transaction,
+// then its sequence number in that transaction. It is stable across replays.
+type Position struct {
+	CommitLSN LSN
+	Seq       uint32
+}
+
+// Less reports whether p comes before q in commit order.
+func (p Position) Less(q Position) bool {
+	if p.CommitLSN != q.CommitLSN {
+		return p.CommitLSN < q.CommitLSN
+	}
+	return p.Seq < q.Seq
+}
+
+// IsZero reports whether p is the zero position (before everything).
+func (p Position) IsZero() bool { return p == Position{} }
+
+const keyPrefix = "pgaudit-cdc:"
+
+// Key is the idempotency key of the change at p: unique across servers
+// (system identifier), agents (slot) and changes (position).
+func Key(systemID, slot string, p Position) string {
+	return fmt.Sprintf("%s%s:%s:%016X:%d", keyPrefix, systemID, slot, uint64(p.CommitLSN), p.Seq)
+}
+
+// ParseKey splits an idempotency key made by Key. ok is false for anything
+// else, including keys of other producers.
+func ParseKey(key string) (systemID, slot string, p Position, ok bool) {
+	rest, found := strings.CutPrefix(key, keyPrefix)
+	if !found {
+		return "", "", Position{}, false
+	}
+	parts := strings.Split(rest, ":")
+	if len(parts) != 4 || parts[0] == "" || parts[1] == "" {
+		return "", "", Position{}, false
+	}
+	lsn, err := strconv.ParseUint(parts[2], 16, 64)
+	if err != nil {
+		return "", "", Position{}, false
+	}
+	seq, err := strconv.ParseUint(parts[3], 10, 32)
+	if err != nil {
+		return "", "", Position{}, false
+	}
+	return parts[0], parts[1], Position{CommitLSN: LSN(lsn), Seq: uint32(seq)}, true
+}
+
+// Operation names as they appear in payload.operation.
+const (
+	OpInsert   = "INSERT"
+	OpUpdate   = "UPDATE"
+	OpDelete   = "DELETE"
+	OpTruncate = "TRUNCATE"
+)
+
+// Event is one envelope ready to publish.
+type Event struct {
+	// Body is the PublishRequest JSON: kind, source, timestamp, payload.
+	Body       []byte
+	Key        string
+	Pos        Position
+	LSN        LSN
+	Kind       string
+	Source     string
+	Table      string // as in payload.table
+	Operation  string
+	CommitTime time.Time
+}
+
+// ItemKind tells what an Item carries.
+type ItemKind uint8
+
+// Item kinds.
+const (
+	ItemEvent        ItemKind = iota + 1 // Event is set
+	ItemCommit                           // a transaction ended at EndLSN: once every earlier item is delivered, EndLSN may be confirmed
+	ItemWatchChanged                     // the registry changed: Table, Watch and Previous say how
+)
+
+// Item is one output of Stream.Apply.
+type Item struct {
+	Kind   ItemKind
+	Event  *Event
+	EndLSN LSN
+	// Watch changes.
+	TableOID uint32
+	Watch    Watch
+	Previous Watch
+	Existed  bool
+}
+
+// Stream turns parsed pgoutput messages into events. It holds the relation
+// cache, the current transaction and the watch registry; it does no I/O.
+// A Stream is used by one goroutine.
+type Stream struct {
+	cfg       StreamConfig
+	relations map[uint32]*RelationMessage
+	watches   map[uint32]Watch
+
+	inTx       bool
+	begin      BeginMessage
+	seq        uint32
+	timestamp  string // commit time, ISO 8601, of the current transaction
+	commitTime time.Time
+
+}
+
+// NewStream returns a Stream that labels events with watches (keyed by table
+// OID). The map is copied.
+func NewStream(cfg StreamConfig, watches map[uint32]Watch) *Stream {
+	w := make(map[uint32]Watch, len(watches))
+	for k, v := range watches {
+		w[k] = v
+	}
+	return &Stream{cfg: cfg, relations: map[uint32]*RelationMessage{}, watches: w}
+}
+
+// InTransaction reports whether a transaction has begun and not yet committed.
+func (s *Stream) InTransaction() bool { return s.inTx }
+
+// Watches returns a copy of the current watch registry.
+func (s *Stream) Watches() map[uint32]Watch {
+	w := make(map[uint32]Watch, len(s.watches))
+	for k, v := range s.watches {
+		w[k] = v
+	}
+	return w
+}
+
+// ErrProtocol is wrapped by Apply errors caused by a message sequence that
+// pgoutput never produces (a change outside a transaction, an unknown
+// relation).
+var ErrProtocol = errors.New("unexpected pgoutput message sequence")
+
+// Apply feeds one message, received at WAL position lsn, and calls emit for
+// each item it yields, in order. Tuple data of m may be reused after Apply
+// returns: events own their bytes.
+func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
+	switch m := m.(type) {
+	case *BeginMessage:
+		if s.inTx {
+			return fmt.Errorf("%w: BEGIN of xid %d inside xid %d", ErrProtocol, m.Xid, s.begin.Xid)
+		}
+		s.inTx, s.begin, s.seq = true, *m, 0
+		s.commitTime = PGTime(m.CommitTime)
+		s.timestamp = FormatTimestamp(s.commitTime)
+		return nil
+	case *CommitMessage:
+		if !s.inTx {
+			return fmt.Errorf("%w: COMMIT outside a transaction", ErrProtocol)
+		}
+		s.inTx = false
+		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN})
+	case *RelationMessage:
+		s.relations[m.ID] = m
+		return nil
+	case *TypeMessage, *OriginMessage:
+		return nil
+	case *LogicalMessage:
+		if m.Transactional && s.inTx {
+			s.seq++
+		}
+		return nil
+	case *InsertMessage:
+		return s.change(lsn, m.RelationID, OpInsert, 0, nil, m.New, emit)
+	case *UpdateMessage:
+		return s.change(lsn, m.RelationID, OpUpdate, m.OldKind, m.Old, m.New, emit)
+	case *DeleteMessage:
+		return s.change(lsn, m.RelationID, OpDelete, m.OldKind, m.Old, nil, emit)
+	case *TruncateMessage:
+		return s.truncate(lsn, m, emit)
+	default:
+		return fmt.Errorf("%w: message type %q", ErrProtocol, m.Type())
+	}
+}
+
+func (s *Stream) relation(id uint32) (*RelationMessage, error) {
+	if !s.inTx {
+		return nil, fmt.Errorf("%w: change outside a transaction", ErrProtocol)
+	}
+	rel, ok := s.relations[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: change for relation %d before its RELATION message", ErrProtocol, id)
+	}
+	return rel, nil
+}
+
+func (s *Stream) isRegistry(rel *RelationMessage) bool {
+	return rel.Namespace == s.cfg.RegistrySchema && rel.Name == s.cfg.RegistryTable
+}
+
+func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, newT Tuple, emit func(Item) error) error {
+	rel, err := s.relation(relID)
+	if err != nil {
+		return err
+	}
+	s.seq++
+	if s.isRegistry(rel) {
+		return s.registryChange(rel, op, old, newT, emit)
+	}
+	w, ok := s.watches[rel.ID]
+	if !ok {
+		// In the publication but not registered (added by hand): not ours to
+		// audit.
+		return nil
+	}
+	if (old != nil && len(old) != len(rel.Columns)) || (newT != nil && len(newT) != len(rel.Columns)) {
+		return fmt.Errorf("%w: tuple of %s has a column count that differs from its RELATION message (%d)", ErrProtocol, QualifiedName(rel.Namespace, rel.Name), len(rel.Columns))
+	}
+
+	ev := s.newEvent(lsn, rel, w, op)
+	b := make([]byte, 0, 256+tupleSize(old)+tupleSize(newT))
+	b = s.appendHead(b, ev)
+	var missing []string
+	oldFull := oldKind == 'O'
+	if old != nil {
+		b = append(b, `,"old":`...)
+		b, _ = appendRow(b, rel, old, nil, oldKind == 'K')
+	}
+	if newT != nil {
+		b = append(b, `,"new":`...)
+		var fallback Tuple
+		if oldFull {
+			fallback = old
+		}
+		b, missing = appendRow(b, rel, newT, fallback, false)
+	}
+	b = s.appendMetadata(b, ev, lsn)
+	if oldKind == 'K' {
+		b = append(b, `,"old_is_key_only":true`...)
+	}
+	if len(missing) > 0 {
+		b = append(b, `,"unavailable_columns":[`...)
+		for i, name := range missing {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = AppendString(b, []byte(name))
+		}
+		b = append(b, ']')
+	}
+	b = append(b, "}}}"...)
+	ev.Body = b
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+func tupleSize(t Tuple) int {
+	n := 0
+	for _, c := range t {
+		n += len(c.Data) + 8
+	}
+	return n
+}
+
+func (s *Stream) truncate(lsn LSN, m *TruncateMessage, emit func(Item) error) error {
+	for _, id := range m.RelationIDs {
+		rel, err := s.relation(id)
+		if err != nil {
+			return err
+		}
+		s.seq++
+		w, ok := s.watches[rel.ID]
+		if !ok || s.isRegistry(rel) {
+			continue
+		}
+		ev := s.newEvent(lsn, rel, w, OpTruncate)
+		b := s.appendHead(make([]byte, 0, 384), ev)
+		b = append(b, `,"cascade":`...)
+		b = strconv.AppendBool(b, m.Options&TruncateCascade != 0)
+		b = append(b, `,"restart_identity":`...)
+		b = strconv.AppendBool(b, m.Options&TruncateRestartIdentity != 0)
+		b = s.appendMetadata(b, ev, lsn)
+		b = append(b, "}}}"...)
+		ev.Body = b
+		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Stream) newEvent(lsn LSN, rel *RelationMessage, w Watch, op string) *Event {
+	pos := Position{CommitLSN: s.begin.FinalLSN, Seq: s.seq}
+	return &Event{
+		Key:        Key(s.cfg.SystemID, s.cfg.Slot, pos),
+		Pos:        pos,
+		LSN:        lsn,
+		Kind:       w.Kind,
+		Source:     w.Source,
+		Table:      QualifiedName(rel.Namespace, rel.Name),
+		Operation:  op,
+		CommitTime: s.commitTime,
+	}
+}
+
+// appendHead writes the envelope up to and including payload.operation.
+func (s *Stream) appendHead(b []byte, ev *Event) []byte {
+	b = append(b, `{"kind":`...)
+	b = AppendString(b, []byte(ev.Kind))
+	b = append(b, `,"source":`...)
+	b = AppendString(b, []byte(ev.Source))
+	b = append(b, `,"timestamp":"`...)
+	b = append(b, s.timestamp...)
+	b = append(b, `","payload":{"table":`...)
+	b = AppendString(b, []byte(ev.Table))
+	b = append(b, `,"operation":"`...)
+	b = append(b, ev.Operation...)
+	b = append(b, '"')
+	return b
+}
+
+// appendMetadata writes payload.metadata, leaving the object open so callers
+// can add fields.
+func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
+	b = append(b, `,"metadata":{"commit_lsn":"`...)
+	b = append(b, s.begin.FinalLSN.String()...)
+	b = append(b, `","lsn":"`...)
+	b = append(b, lsn.String()...)
+	b = append(b, `","xid":`...)
+	b = strconv.AppendUint(b, uint64(s.begin.Xid), 10)
+	b = append(b, `,"commit_timestamp":"`...)
+	b = append(b, s.timestamp...)
+	b = append(b, `","idempotency_key":`...)
+	b = AppendString(b, []byte(ev.Key))
+	return b
+}
+
+// appendRow writes a tuple as a JSON object keyed by column name. Unchanged
+// TOAST values are taken from fallback (the full old row) when it has them;
+// the names of columns that could not be filled are returned and left out.
+// keyOnly tuples carry only the replica identity columns.
+func appendRow(b []byte, rel *RelationMessage, t, fallback Tuple, keyOnly bool) ([]byte, []string) {
+	var missing []string
+	b = append(b, '{')
+	first := true
+	for i, col := range t {
+		rc := &rel.Columns[i]
+		if keyOnly && rc.Flags&1 == 0 {
+			continue
+		}
+		if col.Kind == TupleUnchanged && fallback != nil && fallback[i].Kind != TupleUnchanged {
+			col = fallback[i]
+		}
+		if col.Kind == TupleUnchanged {
+			missing = append(missing, rc.Name)
+			continue
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = AppendString(b, []byte(rc.Name))
+		b = append(b, ':')
+		b = appendColumn(b, rc, col)
+	}
+	return append(b, '}'), missing
+}
+
+// appendColumn writes one value. A value that does not parse as its type
+// says it is (which would be a server bug or a type we map wrongly) is sent as
+// its text form rather than stopping the audit trail.
+func appendColumn(b []byte, rc *RelationColumn, col TupleColumn) []byte {
+	switch col.Kind {
+	case TupleNull:
+		return append(b, "null"...)
+	case TupleBinary:
+		// Never requested; keep the bytes recognisable rather than failing.
+		return AppendString(b, []byte(`\x`+fmt.Sprintf("%x", col.Data)))
+	}
+	t := rc.Type
+	if t == nil {
+		t = textType
+	}
+	out, err := AppendValue(b, t, col.Data)
+	if err != nil {
+		return AppendString(b, col.Data)
+	}
+	return out
+}
+
+var textType = &Type{Name: "text", Kind: KindText}
+
+// registryChange applies a change of the watch registry table. The registry
+// has REPLICA IDENTITY FULL, so deletes carry the whole old row.
+func (s *Stream) registryChange(rel *RelationMessage, op string, old, newT Tuple, emit func(Item) error) error {
+	row := newT
+	if op == OpDelete {
+		row = old
+	}
+	oid, w, ok := registryRow(rel, row)
+	if !ok {
+		return nil
+	}
+	if op == OpDelete {
+		w.Active = false
+	}
+	prev, existed := s.watches[oid]
+	s.watches[oid] = w
+	if existed && prev == w {
+		return nil
+	}
+	return emit(Item{Kind: ItemWatchChanged, TableOID: oid, Watch: w, Previous: prev, Existed: existed})
+}
+
+func registryRow(rel *RelationMessage, row Tuple) (uint32, Watch, bool) {
+	var (
+		oid    uint64
+		w      Watch
+		hasOID bool
+	)
+	for i, rc := range rel.Columns {
+		if i >= len(row) || row[i].Kind != TupleText {
+			continue
+		}
+		v := string(row[i].Data)
+		switch rc.Name {
+		case "table_oid":
+			var err error
+			oid, err = strconv.ParseUint(v, 10, 32)
+			hasOID = err == nil
+		case "kind":
+			w.Kind = v
+		case "source":
+			w.Source = v
+		case "active":
+			w.Active = v == "t"
+		}
+	}
+	return uint32(oid), w, hasOID
+}
+
+// FormatTimestamp formats t in UTC the way the spine (Python's isoformat)
+// writes timestamps back: seconds, microseconds only when not zero, and an
+// explicit +00:00 offset.
+func FormatTimestamp(t time.Time) string {
+	t = t.UTC()
+	if t.Nanosecond()/1000 == 0 {
+		return t.Format("2006-01-02T15:04:05+00:00")
+	}
+	return t.Format("2006-01-02T15:04:05.000000+00:00")
+}
+
+// QualifiedName writes schema.table, double-quoting either part unless it is a
+// plain lower-case identifier, so that the result is unambiguous and matches
+// what users type for ordinary names ("public.decisions").
+func QualifiedName(schema, table string) string {
+	return quoteIdentIfNeeded(schema) + "." + quoteIdentIfNeeded(table)
+}
+
+func quoteIdentIfNeeded(s string) string {
+	plain := s != ""
+	for i := 0; i < len(s) && plain; i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c == '_':
+		case (c >= '0' && c <= '9') && i > 0:
+		default:
+			plain = false
+		}
+	}
+	if plain {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

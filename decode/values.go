@@ -1,0 +1,943 @@
+package decode
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"unicode/utf8"
+	"unsafe"
+)
+
+// ErrMalformedValue is wrapped by AppendValue errors: the text is not a
+// valid text form of the column's type.
+var ErrMalformedValue = errors.New("malformed value")
+
+const (
+	// valMaxDepth caps the nesting of arrays and composites in one value
+	// (each array dimension and each composite counts one level).
+	valMaxDepth = 100
+	// valMaxJSONDepth caps the nesting of an embedded json/jsonb value;
+	// deeper documents are emitted as a JSON string so that consumers with
+	// a recursion limit (Python's json allows about 1000) can read them.
+	valMaxJSONDepth = 256
+	// valMaxJSONIntDigits caps the digits of an integer literal inside an
+	// embedded json/jsonb value; a document with a longer one is emitted as
+	// a JSON string (Python refuses to parse integers of more than 4300
+	// digits by default).
+	valMaxJSONIntDigits = 4000
+	// valErrTextMax is how much of a malformed value an error quotes.
+	valErrTextMax = 48
+)
+
+// AppendValue appends the JSON form of one column value, given its text
+// form, to dst. It never panics on any input; malformed text for a typed
+// kind (e.g. "abc" for KindInteger, a broken array literal) returns an
+// error wrapping ErrMalformedValue, and dst unchanged. A nil t is treated
+// as KindText. It does not allocate when dst has enough capacity.
+func AppendValue(dst []byte, t *Type, text []byte) ([]byte, error) {
+	out, err := valAppend(dst, t, text, 0)
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
+}
+
+// valAppend converts text at nesting depth depth (the number of arrays and
+// composites enclosing it).
+func valAppend(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+	if t == nil {
+		return AppendString(dst, text), nil
+	}
+	switch t.Kind {
+	case KindInteger:
+		return valAppendInteger(dst, t, text)
+	case KindFloat:
+		return valAppendFloat(dst, t, text)
+	case KindNumeric:
+		return valAppendNumeric(dst, t, text)
+	case KindBool:
+		switch string(text) {
+		case "t", "true":
+			return append(dst, "true"...), nil
+		case "f", "false":
+			return append(dst, "false"...), nil
+		}
+		return dst, valError(t, text, "not a boolean")
+	case KindJSON:
+		return valAppendJSON(dst, text), nil
+	case KindTimestamp, KindTimestampTZ, KindDate, KindTime, KindTimeTZ:
+		return valAppendDateTime(dst, t, text)
+	case KindBytea:
+		return valAppendBytea(dst, t, text)
+	case KindArray:
+		return valAppendArray(dst, t, text, depth)
+	case KindComposite:
+		return valAppendComposite(dst, t, text, depth)
+	}
+	return AppendString(dst, text), nil
+}
+
+// valError builds an error wrapping ErrMalformedValue that quotes the start
+// of the text.
+func valError(t *Type, text []byte, reason string) error {
+	name := "text"
+	if t != nil {
+		name = t.Name
+		if name == "" {
+			name = fmt.Sprintf("oid %d", t.OID)
+		}
+	}
+	more := ""
+	if len(text) > valErrTextMax {
+		text, more = text[:valErrTextMax], "..."
+	}
+	return fmt.Errorf("%w: %s: %s: %q%s", ErrMalformedValue, name, reason, text, more)
+}
+
+func valIsDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// valDigits returns the index of the first non-digit at or after i.
+func valDigits(s []byte, i int) int {
+	for i < len(s) && valIsDigit(s[i]) {
+		i++
+	}
+	return i
+}
+
+// valAppendInteger writes an optional '-' and digits as a JSON number
+// (leading zeros dropped, "-0" written as 0).
+func valAppendInteger(dst []byte, t *Type, text []byte) ([]byte, error) {
+	s := text
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	if len(s) == 0 || valDigits(s, 0) != len(s) {
+		return dst, valError(t, text, "not an integer")
+	}
+	i := 0
+	for i < len(s)-1 && s[i] == '0' {
+		i++
+	}
+	s = s[i:]
+	if neg && s[0] != '0' {
+		dst = append(dst, '-')
+	}
+	return append(dst, s...), nil
+}
+
+// valJSONNumber reports whether s is a number in JSON's grammar.
+func valJSONNumber(s []byte) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(s) && s[i] == '0':
+		i++
+	case i < len(s) && s[i] >= '1' && s[i] <= '9':
+		i = valDigits(s, i)
+	default:
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		j := valDigits(s, i+1)
+		if j == i+1 {
+			return false
+		}
+		i = j
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := valDigits(s, i)
+		if j == i {
+			return false
+		}
+		i = j
+	}
+	return i == len(s)
+}
+
+// valAppendFloat writes a float4/float8 as a JSON number; the non-finite
+// values become strings. "-0" is written as -0.0 so that readers which keep
+// integers apart from floats (Python) do not turn it into the integer 0.
+func valAppendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
+	switch string(text) {
+	case "NaN", "Infinity", "-Infinity":
+		return AppendString(dst, text), nil
+	case "-0":
+		return append(dst, "-0.0"...), nil
+	}
+	if !valJSONNumber(text) {
+		return dst, valError(t, text, "not a float")
+	}
+	return append(dst, text...), nil
+}
+
+// valAppendNumeric writes a numeric's exact text as a JSON string.
+func valAppendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
+	switch string(text) {
+	case "NaN", "Infinity", "-Infinity":
+		return AppendString(dst, text), nil
+	}
+	s := text
+	if len(s) > 0 && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	i := valDigits(s, 0)
+	n := i
+	if i < len(s) && s[i] == '.' {
+		j := valDigits(s, i+1)
+		n += j - i - 1
+		i = j
+	}
+	if n == 0 {
+		return dst, valError(t, text, "not a numeric")
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := valDigits(s, i)
+		if j == i {
+			return dst, valError(t, text, "not a numeric")
+		}
+		i = j
+	}
+	if i != len(s) {
+		return dst, valError(t, text, "not a numeric")
+	}
+	dst = append(dst, '"')
+	dst = append(dst, text...)
+	return append(dst, '"'), nil
+}
+
+// valAppendJSON embeds valid JSON, without insignificant whitespace (so the
+// event stays on one line) and with U+2028/U+2029 escaped; anything else is
+// written as a JSON string of the text.
+func valAppendJSON(dst []byte, text []byte) []byte {
+	if !utf8.Valid(text) || !json.Valid(text) {
+		return AppendString(dst, text)
+	}
+	n0 := len(dst)
+	depth := 0
+	start := 0
+	i := 0
+	for i < len(text) {
+		switch c := text[i]; c {
+		case ' ', '\t', '\n', '\r':
+			dst = append(dst, text[start:i]...)
+			i++
+			start = i
+		case '{', '[':
+			depth++
+			if depth > valMaxJSONDepth {
+				return AppendString(dst[:n0], text)
+			}
+			i++
+		case '}', ']':
+			depth--
+			i++
+		case '"':
+			i++
+			for i < len(text) {
+				b := text[i]
+				if b == '\\' {
+					i += 2
+					continue
+				}
+				if b == '"' {
+					i++
+					break
+				}
+				if b == 0xE2 && i+2 < len(text) && text[i+1] == 0x80 && (text[i+2] == 0xA8 || text[i+2] == 0xA9) {
+					dst = append(dst, text[start:i]...)
+					dst = append(dst, `\u202`...)
+					dst = append(dst, '8'+text[i+2]-0xA8)
+					i += 3
+					start = i
+					continue
+				}
+				i++
+			}
+		default:
+			if c == '-' || valIsDigit(c) {
+				j := i
+				if c == '-' {
+					j++
+				}
+				k := valDigits(text, j)
+				if k-j > valMaxJSONIntDigits {
+					return AppendString(dst[:n0], text)
+				}
+				i = k
+				continue
+			}
+			i++
+		}
+	}
+	return append(dst, text[start:]...)
+}
+
+// valAppendBytea writes the hex form "\x0102ff" as a JSON string.
+func valAppendBytea(dst []byte, t *Type, text []byte) ([]byte, error) {
+	if len(text) < 2 || text[0] != '\\' || text[1] != 'x' || len(text)%2 != 0 {
+		return dst, valError(t, text, "not a hex bytea")
+	}
+	for _, c := range text[2:] {
+		if !valIsDigit(c) && (c|0x20 < 'a' || c|0x20 > 'f') {
+			return dst, valError(t, text, "not a hex bytea")
+		}
+	}
+	dst = append(dst, `"\\`...)
+	dst = append(dst, text[1:]...)
+	return append(dst, '"'), nil
+}
+
+// valTwoDigits reports whether s[i:i+2] are two digits.
+func valTwoDigits(s []byte, i int) bool {
+	return i+2 <= len(s) && valIsDigit(s[i]) && valIsDigit(s[i+1])
+}
+
+// valParseTime checks "HH:MM:SS[.fraction]" at s[i:] and returns its end,
+// or -1.
+func valParseTime(s []byte, i int) int {
+	if !valTwoDigits(s, i) || i+2 >= len(s) || s[i+2] != ':' ||
+		!valTwoDigits(s, i+3) || i+5 >= len(s) || s[i+5] != ':' || !valTwoDigits(s, i+6) {
+		return -1
+	}
+	i += 8
+	if i < len(s) && s[i] == '.' {
+		j := valDigits(s, i+1)
+		if j == i+1 {
+			return -1
+		}
+		i = j
+	}
+	return i
+}
+
+// valParseOffset checks "+HH[:MM[:SS]]" at s[i:] and returns its end, or -1.
+func valParseOffset(s []byte, i int) int {
+	if i >= len(s) || (s[i] != '+' && s[i] != '-') || !valTwoDigits(s, i+1) {
+		return -1
+	}
+	i += 3
+	for k := 0; k < 2 && i < len(s) && s[i] == ':'; k++ {
+		if !valTwoDigits(s, i+1) {
+			return -1
+		}
+		i += 3
+	}
+	return i
+}
+
+// valAppendOffset writes an offset checked by valParseOffset, adding ":00"
+// when it has hours only.
+func valAppendOffset(dst []byte, off []byte) []byte {
+	dst = append(dst, off...)
+	if len(off) == 3 {
+		dst = append(dst, ":00"...)
+	}
+	return dst
+}
+
+// valAppendDateTime maps the ISO text forms of date, time, timetz,
+// timestamp and timestamptz to ISO 8601 strings.
+func valAppendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
+	kind := t.Kind
+	if kind == KindTime || kind == KindTimeTZ {
+		end := valParseTime(text, 0)
+		if end < 0 {
+			return dst, valError(t, text, "not a time")
+		}
+		off := end
+		if kind == KindTimeTZ {
+			off = valParseOffset(text, end)
+			if off < 0 {
+				return dst, valError(t, text, "not a time with time zone")
+			}
+		}
+		if off != len(text) {
+			return dst, valError(t, text, "not a time")
+		}
+		dst = append(dst, '"')
+		dst = append(dst, text[:end]...)
+		dst = valAppendOffset(dst, text[end:off])
+		return append(dst, '"'), nil
+	}
+	if s := string(text); s == "infinity" || s == "-infinity" {
+		return AppendString(dst, text), nil
+	}
+	// Date: at least 4 year digits (zero-padded), "-MM-DD".
+	yEnd := valDigits(text, 0)
+	if yEnd < 4 || yEnd > 9 || yEnd+6 > len(text) || text[yEnd] != '-' ||
+		!valTwoDigits(text, yEnd+1) || text[yEnd+3] != '-' || !valTwoDigits(text, yEnd+4) {
+		return dst, valError(t, text, "not a date")
+	}
+	dEnd := yEnd + 6
+	tEnd, oEnd := dEnd, dEnd
+	if kind != KindDate {
+		if dEnd >= len(text) || text[dEnd] != ' ' {
+			return dst, valError(t, text, "not a timestamp")
+		}
+		tEnd = valParseTime(text, dEnd+1)
+		if tEnd < 0 {
+			return dst, valError(t, text, "not a timestamp")
+		}
+		oEnd = tEnd
+		if kind == KindTimestampTZ {
+			oEnd = valParseOffset(text, tEnd)
+			if oEnd < 0 {
+				return dst, valError(t, text, "not a timestamp with time zone")
+			}
+		}
+	}
+	bc := false
+	switch string(text[oEnd:]) {
+	case "":
+	case " BC":
+		bc = true
+	default:
+		return dst, valError(t, text, "unexpected text after the date")
+	}
+	dst = append(dst, '"')
+	if bc {
+		year := 0
+		for _, c := range text[:yEnd] {
+			year = year*10 + int(c-'0')
+		}
+		if year == 0 {
+			return dst, valError(t, text, "year 0 BC")
+		}
+		// 1 BC is year 0, 2 BC is year -1 (ISO 8601 astronomical years).
+		year--
+		if year > 0 {
+			dst = append(dst, '-')
+		}
+		var buf [10]byte
+		n := len(buf)
+		for k := 0; k < 4 || year > 0; k++ {
+			n--
+			buf[n] = byte('0' + year%10)
+			year /= 10
+		}
+		dst = append(dst, buf[n:]...)
+	} else {
+		dst = append(dst, text[:yEnd]...)
+	}
+	dst = append(dst, text[yEnd:dEnd]...)
+	if kind != KindDate {
+		dst = append(dst, 'T')
+		dst = append(dst, text[dEnd+1:tEnd]...)
+		dst = valAppendOffset(dst, text[tEnd:oEnd])
+	}
+	return append(dst, '"'), nil
+}
+
+// valArraySpace reports whether PostgreSQL's array parser skips c as
+// whitespace.
+func valArraySpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// valIsNull reports whether s is "NULL", ignoring case.
+func valIsNull(s []byte) bool {
+	return len(s) == 4 && s[0]|0x20 == 'n' && s[1]|0x20 == 'u' && s[2]|0x20 == 'l' && s[3]|0x20 == 'l'
+}
+
+// valArrayParser holds the state of parsing one array literal.
+type valArrayParser struct {
+	t     *Type
+	text  []byte
+	pos   int
+	delim byte
+	// dims[l] is 1 + the element count of the sub-arrays at level l (0: none
+	// seen yet), so that ragged literals are rejected as PostgreSQL does.
+	dims [valMaxDepth + 1]int
+	// subs[l] is 1 if level l holds sub-arrays, 2 if it holds elements.
+	subs [valMaxDepth + 1]uint8
+}
+
+func (p *valArrayParser) skipSpace() {
+	for p.pos < len(p.text) && valArraySpace(p.text[p.pos]) {
+		p.pos++
+	}
+}
+
+// valAppendArray converts an array literal ("{1,2}", "{{1},{2}}",
+// "[0:1]={1,2}") to a JSON array.
+func valAppendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+	p := valArrayParser{t: t, text: text, delim: t.Delim}
+	if p.delim == 0 {
+		p.delim = ','
+	}
+	p.skipSpace()
+	if p.pos < len(text) && text[p.pos] == '[' {
+		// Explicit bounds: "[lb:ub][lb:ub]=" (or "[ub]"), dropped.
+		for p.pos < len(text) && text[p.pos] == '[' {
+			p.pos++
+			for k := 0; k < 2; k++ {
+				if p.pos < len(text) && (text[p.pos] == '-' || text[p.pos] == '+') {
+					p.pos++
+				}
+				end := valDigits(text, p.pos)
+				if end == p.pos {
+					return dst, valError(t, text, "bad array bounds")
+				}
+				p.pos = end
+				if k == 0 && p.pos < len(text) && text[p.pos] == ':' {
+					p.pos++
+					continue
+				}
+				break
+			}
+			if p.pos >= len(text) || text[p.pos] != ']' {
+				return dst, valError(t, text, "bad array bounds")
+			}
+			p.pos++
+			p.skipSpace()
+		}
+		if p.pos >= len(text) || text[p.pos] != '=' {
+			return dst, valError(t, text, "missing '=' after array bounds")
+		}
+		p.pos++
+		p.skipSpace()
+	}
+	out, err := p.level(dst, depth, 0)
+	if err != nil {
+		return dst, err
+	}
+	p.skipSpace()
+	if p.pos != len(text) {
+		return dst, valError(t, text, "junk after the array")
+	}
+	return out, nil
+}
+
+// level parses one "{...}" at p.pos; depth is the nesting of the enclosing
+// value, lvl the dimension (0 for the outermost braces).
+func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
+	text := p.text
+	depth++
+	if depth > valMaxDepth || lvl >= len(p.dims) {
+		return dst, valError(p.t, text, "nested too deeply")
+	}
+	if p.pos >= len(text) || text[p.pos] != '{' {
+		return dst, valError(p.t, text, "missing '{'")
+	}
+	p.pos++
+	dst = append(dst, '[')
+	p.skipSpace()
+	count := 0
+	if p.pos < len(text) && text[p.pos] == '}' {
+		p.pos++
+	} else {
+		for {
+			p.skipSpace()
+			if p.pos >= len(text) {
+				return dst, valError(p.t, text, "unterminated array")
+			}
+			if count > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if text[p.pos] == '{' {
+				if p.subs[lvl] == 2 {
+					return dst, valError(p.t, text, "sub-array mixed with elements")
+				}
+				p.subs[lvl] = 1
+				dst, err = p.level(dst, depth, lvl+1)
+			} else {
+				if p.subs[lvl] == 1 {
+					return dst, valError(p.t, text, "element mixed with sub-arrays")
+				}
+				p.subs[lvl] = 2
+				dst, err = p.element(dst, depth)
+			}
+			if err != nil {
+				return dst, err
+			}
+			count++
+			p.skipSpace()
+			if p.pos >= len(text) {
+				return dst, valError(p.t, text, "unterminated array")
+			}
+			if c := text[p.pos]; c == p.delim {
+				p.pos++
+				continue
+			} else if c == '}' {
+				p.pos++
+				break
+			}
+			return dst, valError(p.t, text, "unexpected character in array")
+		}
+	}
+	if p.dims[lvl] == 0 {
+		p.dims[lvl] = count + 1
+	} else if p.dims[lvl] != count+1 {
+		return dst, valError(p.t, text, "sub-arrays of different sizes")
+	}
+	return append(dst, ']'), nil
+}
+
+// element parses one element at p.pos (not '{', whitespace skipped) and
+// appends its conversion by the element type.
+func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
+	text := p.text
+	start := p.pos
+	// Fast path: an unquoted element without escapes.
+	i := start
+	for i < len(text) {
+		c := text[i]
+		if c == p.delim || c == '}' || c == '\\' || c == '"' || c == '{' {
+			break
+		}
+		i++
+	}
+	if i < len(text) && (text[i] == p.delim || text[i] == '}') {
+		e := i
+		for e > start && valArraySpace(text[e-1]) {
+			e--
+		}
+		raw := text[start:e]
+		if len(raw) == 0 {
+			return dst, valError(p.t, text, "empty array element")
+		}
+		p.pos = i
+		if valIsNull(raw) {
+			return append(dst, "null"...), nil
+		}
+		return p.convert(dst, raw, depth)
+	}
+	// Fast path: a quoted element without escapes.
+	if i == start && i < len(text) && text[i] == '"' {
+		j := i + 1
+		for j < len(text) && text[j] != '"' && text[j] != '\\' {
+			j++
+		}
+		if j < len(text) && text[j] == '"' {
+			k := j + 1
+			for k < len(text) && valArraySpace(text[k]) {
+				k++
+			}
+			if k < len(text) && (text[k] == p.delim || text[k] == '}') {
+				p.pos = k
+				return p.convert(dst, text[i+1:j], depth)
+			}
+		}
+	}
+	// General case: de-quote and de-escape into dst's tail, convert from
+	// there, then move the conversion down over it.
+	s0 := len(dst)
+	sig := s0 // end of the last character that trailing-space trimming keeps
+	quoted, inQuotes := false, false
+	i = start
+	for {
+		if i >= len(text) {
+			return dst[:s0], valError(p.t, text, "unterminated array element")
+		}
+		c := text[i]
+		if c == '\\' {
+			if i+1 >= len(text) {
+				return dst[:s0], valError(p.t, text, "unterminated array element")
+			}
+			dst = append(dst, text[i+1])
+			i += 2
+			quoted = true
+			sig = len(dst)
+			continue
+		}
+		if c == '"' {
+			inQuotes = !inQuotes
+			quoted = true
+			i++
+			sig = len(dst)
+			continue
+		}
+		if !inQuotes {
+			if c == p.delim || c == '}' {
+				break
+			}
+			if c == '{' {
+				return dst[:s0], valError(p.t, text, "unexpected '{' in array element")
+			}
+		}
+		dst = append(dst, c)
+		i++
+		if inQuotes || !valArraySpace(c) {
+			sig = len(dst)
+		}
+	}
+	p.pos = i
+	dst = dst[:sig]
+	raw := dst[s0:]
+	if !quoted {
+		if len(raw) == 0 {
+			return dst[:s0], valError(p.t, text, "empty array element")
+		}
+		if valIsNull(raw) {
+			return append(dst[:s0], "null"...), nil
+		}
+	}
+	out, err := p.convert(dst, raw, depth)
+	if err != nil {
+		return dst[:s0], err
+	}
+	return valDropScratch(out, s0, len(raw)), nil
+}
+
+// convert appends the element's JSON form.
+func (p *valArrayParser) convert(dst, raw []byte, depth int) ([]byte, error) {
+	out, err := valAppend(dst, p.t.Elem, raw, depth)
+	if err != nil {
+		return dst, fmt.Errorf("array %s: %w", p.t.Name, err)
+	}
+	return out, nil
+}
+
+// valDropScratch removes n scratch bytes at buf[at:] by moving what follows
+// them down.
+func valDropScratch(buf []byte, at, n int) []byte {
+	copy(buf[at:], buf[at+n:])
+	return buf[:len(buf)-n]
+}
+
+// valAppendComposite converts a record literal ("(1,\"a b\",)") to a JSON
+// object keyed by field name.
+func valAppendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+	depth++
+	if depth > valMaxDepth {
+		return dst, valError(t, text, "nested too deeply")
+	}
+	n0 := len(dst)
+	pos := 0
+	for pos < len(text) && valArraySpace(text[pos]) {
+		pos++
+	}
+	if pos >= len(text) || text[pos] != '(' {
+		return dst, valError(t, text, "missing '('")
+	}
+	pos++
+	dst = append(dst, '{')
+	if len(t.Fields) == 0 {
+		if pos >= len(text) || text[pos] != ')' {
+			return dst[:n0], valError(t, text, "too many fields")
+		}
+		pos++
+	}
+	for fi := range t.Fields {
+		f := &t.Fields[fi]
+		if fi > 0 {
+			dst = append(dst, ',')
+		}
+		// AppendString only reads its argument: no need to copy the name.
+		dst = AppendString(dst, unsafe.Slice(unsafe.StringData(f.Name), len(f.Name)))
+		dst = append(dst, ':')
+		if pos >= len(text) {
+			return dst[:n0], valError(t, text, "unterminated record")
+		}
+		var err error
+		if c := text[pos]; c == ',' || c == ')' {
+			dst = append(dst, "null"...)
+		} else if dst, pos, err = valCompositeField(dst, t, f, text, pos, depth); err != nil {
+			return dst[:n0], err
+		}
+		if pos >= len(text) {
+			return dst[:n0], valError(t, text, "unterminated record")
+		}
+		want := byte(',')
+		if fi == len(t.Fields)-1 {
+			want = ')'
+		}
+		if text[pos] != want {
+			if want == ')' {
+				return dst[:n0], valError(t, text, "too many fields")
+			}
+			return dst[:n0], valError(t, text, "too few fields")
+		}
+		pos++
+	}
+	for pos < len(text) && valArraySpace(text[pos]) {
+		pos++
+	}
+	if pos != len(text) {
+		return dst[:n0], valError(t, text, "junk after the record")
+	}
+	return append(dst, '}'), nil
+}
+
+// valCompositeField parses the non-empty field at text[pos:] and appends
+// its conversion; it returns the position of the ',' or ')' after it.
+func valCompositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth int) ([]byte, int, error) {
+	convert := func(dst, raw []byte) ([]byte, error) {
+		out, err := valAppend(dst, f.Type, raw, depth)
+		if err != nil {
+			return dst, fmt.Errorf("field %s.%s: %w", t.Name, f.Name, err)
+		}
+		return out, nil
+	}
+	// Fast path: an unquoted field without escapes.
+	i := pos
+	for i < len(text) {
+		c := text[i]
+		if c == ',' || c == ')' || c == '"' || c == '\\' {
+			break
+		}
+		i++
+	}
+	if i < len(text) && (text[i] == ',' || text[i] == ')') {
+		out, err := convert(dst, text[pos:i])
+		return out, i, err
+	}
+	// Fast path: a quoted field without escapes or doubled quotes.
+	if i == pos && text[i] == '"' {
+		j := i + 1
+		for j < len(text) && text[j] != '"' && text[j] != '\\' {
+			j++
+		}
+		if j+1 < len(text) && text[j] == '"' && (text[j+1] == ',' || text[j+1] == ')') {
+			out, err := convert(dst, text[i+1:j])
+			return out, j + 1, err
+		}
+	}
+	// General case, as PostgreSQL's record_in: quotes toggle quoting, ""
+	// inside quotes is a quote, a backslash takes the next byte literally.
+	s0 := len(dst)
+	inQuotes := false
+	i = pos
+	for {
+		if i >= len(text) {
+			return dst[:s0], i, valError(t, text, "unterminated record field")
+		}
+		c := text[i]
+		if !inQuotes && (c == ',' || c == ')') {
+			break
+		}
+		switch {
+		case c == '\\':
+			if i+1 >= len(text) {
+				return dst[:s0], i, valError(t, text, "unterminated record field")
+			}
+			dst = append(dst, text[i+1])
+			i += 2
+		case c == '"' && !inQuotes:
+			inQuotes = true
+			i++
+		case c == '"' && i+1 < len(text) && text[i+1] == '"':
+			dst = append(dst, '"')
+			i += 2
+		case c == '"':
+			inQuotes = false
+			i++
+		default:
+			dst = append(dst, c)
+			i++
+		}
+	}
+	raw := dst[s0:]
+	out, err := convert(dst, raw)
+	if err != nil {
+		return dst[:s0], i, err
+	}
+	return valDropScratch(out, s0, len(raw)), i, nil
+}
+
+// valSafe marks the ASCII bytes AppendString copies as they are.
+var valSafe = func() (tab [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		tab[c] = c != '"' && c != '\\'
+	}
+	return
+}()
+
+const (
+	valOnes  = 0x0101010101010101
+	valHighs = 0x8080808080808080
+)
+
+// valWordSafe reports whether all 8 bytes of w are ASCII that AppendString
+// copies unchanged (no control character, '"' or '\\').
+func valWordSafe(w uint64) bool {
+	ctl := (w - valOnes*0x20) & ^w
+	q := w ^ (valOnes * '"')
+	q = (q - valOnes) & ^q
+	b := w ^ (valOnes * '\\')
+	b = (b - valOnes) & ^b
+	return (w|ctl|q|b)&valHighs == 0
+}
+
+const valHex = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Invalid UTF-8 bytes become
+// U+FFFD, so the result is always valid JSON. '"', '\\' and control
+// characters are escaped (\n \r \t \b \f, else \u00XX), and so are U+2028
+// and U+2029; other characters, ASCII or not, are written raw. Runs of
+// bytes that need no escaping are copied in one go.
+func AppendString(dst []byte, s []byte) []byte {
+	dst = slices.Grow(dst, len(s)+2)
+	dst = append(dst, '"')
+	start := 0
+	i := 0
+	for i < len(s) {
+		for i+8 <= len(s) && valWordSafe(binary.LittleEndian.Uint64(s[i:])) {
+			i += 8
+		}
+		if i >= len(s) {
+			break
+		}
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if valSafe[c] {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"':
+				dst = append(dst, '\\', '"')
+			case '\\':
+				dst = append(dst, '\\', '\\')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', valHex[c>>4], valHex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, "\uFFFD"...)
+			i++
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', valHex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}

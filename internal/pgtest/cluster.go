@@ -1,0 +1,434 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// errNoBinaries is returned when no PostgreSQL server binaries can be found.
+var errNoBinaries = errors.New("PostgreSQL server binaries not found: install the server package (apt-get install -y postgresql) or set PGAUDIT_TEST_DATABASE_URL")
+
+// Cluster is the PostgreSQL server used by the tests of one test binary:
+// either a throwaway cluster started by Run, or the external server named by
+// PGAUDIT_TEST_DATABASE_URL.
+type Cluster struct {
+	mu sync.Mutex // serialises Start, Stop and Restart
+
+	external bool
+	adminURL *url.URL // superuser URL of the maintenance database
+	port     int
+
+	// Local cluster only.
+	binDir  string
+	tempDir string
+	dataDir string
+	logFile string
+	asRoot  bool   // run server commands as the postgres OS user
+	runuser string // path of runuser when asRoot
+
+	watchdog      *exec.Cmd
+	watchdogInput io.WriteCloser
+}
+
+// External reports whether the cluster is an external server given by
+// PGAUDIT_TEST_DATABASE_URL rather than one started by Run.
+func (c *Cluster) External() bool { return c.external }
+
+// BinDir returns the directory holding initdb, pg_ctl, postgres and
+// pg_recvlogical, or "" for an external server.
+func (c *Cluster) BinDir() string { return c.binDir }
+
+// Port returns the TCP port the server listens on.
+func (c *Cluster) Port() int { return c.port }
+
+// Start starts a stopped local cluster and waits until it accepts
+// connections. It fails for an external server.
+func (c *Cluster) Start(ctx context.Context) error {
+	if c.external {
+		return errors.New("pgtest: cannot start an external server (PGAUDIT_TEST_DATABASE_URL)")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pgCtl(ctx, "start", "-l", c.logFile, "-o", c.serverOptions())
+}
+
+// Stop stops a local cluster (fast shutdown) and waits until it is down. It
+// fails for an external server.
+func (c *Cluster) Stop(ctx context.Context) error {
+	if c.external {
+		return errors.New("pgtest: cannot stop an external server (PGAUDIT_TEST_DATABASE_URL)")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pgCtl(ctx, "stop", "-m", "fast")
+}
+
+// Restart restarts a local cluster (pg_ctl restart -m fast) on the same port
+// and waits until it accepts connections again. Existing connections are
+// closed by the server. It fails for an external server.
+func (c *Cluster) Restart(ctx context.Context) error {
+	if c.external {
+		return errors.New("pgtest: cannot restart an external server (PGAUDIT_TEST_DATABASE_URL)")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pgCtl(ctx, "restart", "-m", "fast", "-l", c.logFile, "-o", c.serverOptions())
+}
+
+// newExternal builds a Cluster for the server named by rawURL.
+func newExternal(rawURL string) (*Cluster, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, fmt.Errorf("PGAUDIT_TEST_DATABASE_URL must be a postgres:// URL of a superuser connection")
+	}
+	port := 5432
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil {
+			return nil, fmt.Errorf("PGAUDIT_TEST_DATABASE_URL: bad port %q", p)
+		}
+	}
+	return &Cluster{external: true, adminURL: u, port: port}, nil
+}
+
+// startLocal creates and starts a throwaway cluster.
+func startLocal(ctx context.Context) (_ *Cluster, err error) {
+	binDir, err := findBinDir()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{binDir: binDir, asRoot: os.Geteuid() == 0}
+
+	var uid, gid int
+	if c.asRoot {
+		if c.runuser, err = exec.LookPath("runuser"); err != nil {
+			return nil, fmt.Errorf("running as root needs runuser to run the server as the postgres user: %w", err)
+		}
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("running as root needs a postgres OS user: %w", err)
+		}
+		if uid, err = strconv.Atoi(u.Uid); err != nil {
+			return nil, fmt.Errorf("postgres user: bad uid %q", u.Uid)
+		}
+		if gid, err = strconv.Atoi(u.Gid); err != nil {
+			return nil, fmt.Errorf("postgres user: bad gid %q", u.Gid)
+		}
+	}
+
+	c.tempDir, err = os.MkdirTemp(tempBase(c.asRoot), "pgtest-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.shutdown()
+		}
+	}()
+	if err := os.Chmod(c.tempDir, 0o700); err != nil {
+		return nil, err
+	}
+	if c.asRoot {
+		if err := os.Chown(c.tempDir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	c.dataDir = filepath.Join(c.tempDir, "data")
+	c.logFile = filepath.Join(c.tempDir, "server.log")
+
+	// From here on, the watchdog removes the cluster if this process dies.
+	if err := c.startWatchdog(); err != nil {
+		return nil, err
+	}
+
+	out, err := c.command(ctx, "initdb", "-D", c.dataDir, "-U", "postgres",
+		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("initdb: %v\n%s", err, bytesTail(out, 30))
+	}
+
+	// The free port may be taken by someone else before the server binds
+	// it; retry with a new port in that case.
+	for attempt := 0; ; attempt++ {
+		if c.port, err = freePort(); err != nil {
+			return nil, err
+		}
+		err = c.pgCtl(ctx, "start", "-l", c.logFile, "-o", c.serverOptions())
+		if err == nil {
+			break
+		}
+		if attempt >= 2 || !strings.Contains(err.Error(), "could not bind") {
+			return nil, err
+		}
+	}
+
+	c.adminURL = &url.URL{
+		Scheme:   "postgres",
+		User:     url.User("postgres"),
+		Host:     net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)),
+		Path:     "/postgres",
+		RawQuery: "sslmode=disable",
+	}
+	return c, nil
+}
+
+// serverOptions returns the -o argument of pg_ctl. pg_ctl hands it to a
+// shell, so values are quoted.
+func (c *Cluster) serverOptions() string {
+	settings := []string{
+		"wal_level=logical",
+		"fsync=off",
+		"synchronous_commit=off",
+		"full_page_writes=off",
+		"max_replication_slots=64",
+		"max_wal_senders=64",
+		"max_connections=200",
+		"listen_addresses=127.0.0.1",
+		"port=" + strconv.Itoa(c.port),
+		"unix_socket_directories=" + c.tempDir,
+		"wal_sender_timeout=60s",
+		"shared_buffers=128MB",
+		"timezone=UTC",
+	}
+	var b strings.Builder
+	for i, s := range settings {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString("-c ")
+		b.WriteString(shellQuote(s))
+	}
+	return b.String()
+}
+
+// pgCtl runs pg_ctl with the given action and arguments (plus -D and -w) and
+// returns an error including the tail of the server log if it fails.
+func (c *Cluster) pgCtl(ctx context.Context, action string, args ...string) error {
+	all := append([]string{action, "-D", c.dataDir, "-w", "-t", "120"}, args...)
+	out, err := c.command(ctx, "pg_ctl", all...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl %s: %v\n%s\n--- last lines of server log %s ---\n%s",
+			action, err, strings.TrimSpace(string(out)), c.logFile, c.logTail(30))
+	}
+	return nil
+}
+
+// command returns a command running the server program name from binDir,
+// as the postgres OS user when running as root.
+func (c *Cluster) command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	prog := filepath.Join(c.binDir, name)
+	var cmd *exec.Cmd
+	if c.asRoot {
+		cmd = exec.CommandContext(ctx, c.runuser, append([]string{"-u", "postgres", "--", prog}, args...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, prog, args...)
+	}
+	cmd.Dir = c.tempDir
+	return cmd
+}
+
+// startWatchdog starts a detached shell that stops the cluster and removes
+// its directory if this process exits without telling it "done" (crash,
+// signal, test timeout). It holds the read end of a pipe whose write end
+// only this process has, so it sees EOF when this process dies.
+func (c *Cluster) startWatchdog() error {
+	pgCtl := shellQuote(filepath.Join(c.binDir, "pg_ctl"))
+	if c.asRoot {
+		pgCtl = shellQuote(c.runuser) + " -u postgres -- " + pgCtl
+	}
+	script := `if read -r line && [ "$line" = done ]; then exit 0; fi
+` + pgCtl + ` stop -D ` + shellQuote(c.dataDir) + ` -m immediate -w >/dev/null 2>&1
+rm -rf ` + shellQuote(c.tempDir) + "\n"
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Dir = "/"
+	// Own process group, so a terminal's SIGINT does not kill it too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start watchdog: %w", err)
+	}
+	c.watchdog, c.watchdogInput = cmd, in
+	return nil
+}
+
+// shutdown stops a local cluster immediately, removes its directory and
+// dismisses the watchdog. Errors are reported on stderr.
+func (c *Cluster) shutdown() {
+	if c.external {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); err == nil {
+		if err := c.pgCtl(ctx, "stop", "-m", "immediate"); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: stopping cluster: %v\n", err)
+		}
+	}
+	if c.tempDir != "" {
+		if err := os.RemoveAll(c.tempDir); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: removing %s: %v\n", c.tempDir, err)
+		}
+	}
+	if c.watchdog != nil {
+		_, _ = io.WriteString(c.watchdogInput, "done\n")
+		_ = c.watchdogInput.Close()
+		_ = c.watchdog.Wait()
+		c.watchdog = nil
+	}
+}
+
+// logTail returns the last n lines of the server log.
+func (c *Cluster) logTail(n int) string {
+	data, err := os.ReadFile(c.logFile)
+	if err != nil {
+		return fmt.Sprintf("(cannot read server log: %v)", err)
+	}
+	return bytesTail(data, n)
+}
+
+// bytesTail returns the last n lines of data.
+func bytesTail(data []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// findBinDir returns the first directory that holds initdb, pg_ctl and
+// postgres, trying pg_config --bindir, the directory of initdb on PATH
+// (symlinks resolved) and /usr/lib/postgresql/<version>/bin, highest
+// version first.
+func findBinDir() (string, error) {
+	var candidates []string
+	if pgConfig, err := exec.LookPath("pg_config"); err == nil {
+		if out, err := exec.Command(pgConfig, "--bindir").Output(); err == nil {
+			candidates = append(candidates, strings.TrimSpace(string(out)))
+		}
+	}
+	if initdb, err := exec.LookPath("initdb"); err == nil {
+		if real, err := filepath.EvalSymlinks(initdb); err == nil {
+			candidates = append(candidates, filepath.Dir(real))
+		}
+	}
+	candidates = append(candidates, debianBinDirs("/usr/lib/postgresql")...)
+	for _, dir := range candidates {
+		if dir != "" && isServerBinDir(dir) {
+			return dir, nil
+		}
+	}
+	return "", errNoBinaries
+}
+
+// debianBinDirs returns root/<version>/bin for every version directory,
+// highest version first.
+func debianBinDirs(root string) []string {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return nil
+	}
+	type versioned struct {
+		dir string
+		ver []int
+	}
+	var vs []versioned
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		var ver []int
+		for _, part := range strings.Split(e.Name(), ".") {
+			n, err := strconv.Atoi(part)
+			if err != nil {
+				ver = nil
+				break
+			}
+			ver = append(ver, n)
+		}
+		if ver == nil {
+			continue
+		}
+		vs = append(vs, versioned{filepath.Join(root, e.Name(), "bin"), ver})
+	}
+	sort.Slice(vs, func(i, j int) bool {
+		a, b := vs[i].ver, vs[j].ver
+		for k := 0; k < len(a) && k < len(b); k++ {
+			if a[k] != b[k] {
+				return a[k] > b[k]
+			}
+		}
+		return len(a) > len(b)
+	})
+	dirs := make([]string, len(vs))
+	for i, v := range vs {
+		dirs[i] = v.dir
+	}
+	return dirs
+}
+
+// isServerBinDir reports whether dir holds executable initdb, pg_ctl and
+// postgres programs.
+func isServerBinDir(dir string) bool {
+	for _, name := range []string{"initdb", "pg_ctl", "postgres"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// tempBase returns the directory in which to create the cluster directory.
+// As root, the server runs as postgres, which must be able to reach it; if
+// some parent of os.TempDir() is not searchable by others, /tmp is used.
+func tempBase(asRoot bool) string {
+	base := os.TempDir()
+	if !asRoot {
+		return base
+	}
+	for dir := base; ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return "/tmp"
+		}
+		if dir == filepath.Dir(dir) {
+			return base
+		}
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, err
+	}
+	return port, nil
+}
+
+// shellQuote quotes s for a POSIX shell.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

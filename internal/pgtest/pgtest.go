@@ -1,0 +1,215 @@
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// envDatabaseURL names the environment variable that, when set, points the
+// tests at an existing server (a superuser postgres:// URL) instead of a
+// throwaway cluster.
+const envDatabaseURL = "PGAUDIT_TEST_DATABASE_URL"
+
+// current is the cluster set up by Run; nil before Run or if it failed.
+var current *Cluster
+
+// Run is called from TestMain: it starts the cluster (or uses the server
+// named by PGAUDIT_TEST_DATABASE_URL), runs m, stops the cluster and returns
+// the exit code. If no server can be had it prints one line on stderr and
+// returns 1 without running any test.
+func Run(m *testing.M) int {
+	c, err := setup()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		return 1
+	}
+	current = c
+	defer func() {
+		current = nil
+		c.shutdown()
+	}()
+	return m.Run()
+}
+
+// setup returns the cluster to use for this test binary.
+func setup() (*Cluster, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if raw := os.Getenv(envDatabaseURL); raw != "" {
+		c, err := newExternal(raw)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := pgx.Connect(ctx, c.adminURL.String())
+		if err != nil {
+			return nil, fmt.Errorf("%s: cannot connect: %w", envDatabaseURL, err)
+		}
+		_ = conn.Close(ctx)
+		return c, nil
+	}
+	return startLocal(ctx)
+}
+
+// Current returns the running cluster, for tests that must stop or restart
+// it. It fails the test if Run did not set up a cluster.
+func Current(t testing.TB) *Cluster {
+	t.Helper()
+	if current == nil {
+		t.Fatalf("pgtest: no PostgreSQL cluster: call pgtest.Run from TestMain")
+	}
+	return current
+}
+
+// AdminDSN returns the URL of the cluster's maintenance database (postgres)
+// as superuser. It fails the test if there is no cluster.
+func AdminDSN(t testing.TB) string {
+	t.Helper()
+	return Current(t).adminURL.String()
+}
+
+// DSN creates a new, empty database for this test, named from t.Name()
+// (sanitised) plus a random suffix, and returns its URL. The URL has a query
+// part, so "&replication=database" can be appended. When the test ends, the
+// database's backends are terminated, its replication slots dropped
+// (terminating the backend of an active slot first) and the database
+// dropped. It fails the test, never skips it, if there is no cluster.
+func DSN(t testing.TB) string {
+	t.Helper()
+	c := Current(t)
+	name, err := dbName(t.Name())
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, c.adminURL.String())
+	if err != nil {
+		t.Fatalf("pgtest: connect to admin database: %v", err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("pgtest: create database %s: %v", name, err)
+	}
+
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := dropDatabase(ctx, c.adminURL.String(), name); err != nil {
+			t.Errorf("pgtest: drop database %s: %v", name, err)
+		}
+	})
+	return c.databaseURL(name)
+}
+
+// databaseURL returns the admin URL with the database replaced by name and
+// a non-empty query.
+func (c *Cluster) databaseURL(name string) string {
+	u := *c.adminURL
+	u.Path = "/" + name
+	u.RawPath = ""
+	if u.RawQuery == "" {
+		u.RawQuery = "sslmode=prefer"
+	}
+	return u.String()
+}
+
+// dbName turns a test name into a database name: lower case, only
+// [a-z0-9_] kept, at most 40 characters, then "_" and 6 random hex digits.
+func dbName(testName string) (string, error) {
+	var b strings.Builder
+	for _, r := range strings.ToLower(testName) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '_' {
+			b.WriteRune(r)
+		}
+	}
+	base := b.String()
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	if base == "" {
+		base = "test"
+	}
+	var suffix [3]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return "", err
+	}
+	return base + "_" + hex.EncodeToString(suffix[:]), nil
+}
+
+// dropDatabase terminates the backends of database name, drops its
+// replication slots and drops it, retrying while backends or slots are
+// still going away.
+func dropDatabase(ctx context.Context, adminURL, name string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+
+	var lastErr error
+	for attempt := 0; attempt < 50; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return errors.Join(lastErr, ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if lastErr = dropOnce(ctx, conn, name); lastErr == nil {
+			return nil
+		}
+	}
+	return lastErr
+}
+
+// dropOnce makes one attempt at dropping database name and its slots.
+func dropOnce(ctx context.Context, conn *pgx.Conn, name string) error {
+	// Backends connected to the database, including walsenders.
+	if _, err := conn.Exec(ctx,
+		`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		 WHERE datname = $1 AND pid <> pg_backend_pid()`, name); err != nil {
+		return err
+	}
+	// Slots of the database; an active slot's backend is terminated first.
+	rows, err := conn.Query(ctx,
+		`SELECT slot_name::text, active_pid FROM pg_replication_slots WHERE database = $1`, name)
+	if err != nil {
+		return err
+	}
+	type slot struct {
+		name string
+		pid  *int32
+	}
+	slots, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (slot, error) {
+		var s slot
+		err := r.Scan(&s.name, &s.pid)
+		return s, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, s := range slots {
+		if s.pid != nil {
+			if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend($1)`, *s.pid); err != nil {
+				return err
+			}
+		}
+	}
+	for _, s := range slots {
+		if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, s.name); err != nil {
+			return fmt.Errorf("drop replication slot %s: %w", s.name, err)
+		}
+	}
+	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+	return err
+}

@@ -1,0 +1,171 @@
+// Package metrics defines pgaudit-cdc's Prometheus metrics, on a registry of
+// its own, and the HTTP handler serving them with the health endpoints.
+package metrics
+
+import (
+	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/version"
+)
+
+// Metrics holds every metric family. Labels come from small fixed sets:
+// table, operation, kind, outcome and reason; never row data, LSNs or URLs.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	EventsDelivered    *prometheus.CounterVec // table, operation, kind
+	EventsSkipped      prometheus.Counter
+	PublishDuration    *prometheus.HistogramVec // outcome
+	CommitToAccepted   prometheus.Histogram
+	Retries            *prometheus.CounterVec // reason
+	DeadLetters        *prometheus.CounterVec // table
+	DeadLettersPending prometheus.Gauge
+	ReplicationLag     prometheus.Gauge
+	RetainedWAL        prometheus.Gauge
+	ConfirmedLSN       prometheus.Gauge
+	LastCommitTime     prometheus.Gauge
+	DatabaseUp         prometheus.Gauge
+	SpineUp            prometheus.Gauge
+	SlotActive         prometheus.Gauge
+	Reconnects         prometheus.Counter
+	WatchChanges       prometheus.Counter
+}
+
+// New registers all families, with the Go and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{Registry: reg}
+	m.EventsDelivered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_events_delivered_total",
+		Help: "Events accepted by the sink (201 from the spine), by table, operation and kind.",
+	}, []string{"table", "operation", "kind"})
+	m.EventsSkipped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_events_skipped_duplicate_total",
+		Help: "Replayed events not sent again because the spine already held them.",
+	})
+	m.PublishDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pgaudit_cdc_publish_duration_seconds",
+		Help:    "Duration of one POST /events, by outcome (201, 4xx, 5xx, 408, 429, error).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"outcome"})
+	m.CommitToAccepted = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "pgaudit_cdc_commit_to_accepted_seconds",
+		Help:    "Time from a change's commit in PostgreSQL to its acceptance by the sink.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_publish_retries_total",
+		Help: "Waits before retrying delivery, by reason (connection, 5xx, 408, 429, read_back, dead_letter_store).",
+	}, []string{"reason"})
+	m.DeadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_dead_letters_total",
+		Help: "Events the spine refused, stored in pgaudit_cdc.dead_letters, by table.",
+	}, []string{"table"})
+	m.DeadLettersPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_dead_letters_pending",
+		Help: "Rows in pgaudit_cdc.dead_letters for this slot, awaiting retry or discard.",
+	})
+	m.ReplicationLag = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_replication_lag_bytes",
+		Help: "Server WAL end minus the LSN confirmed to the server.",
+	})
+	m.RetainedWAL = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_slot_retained_wal_bytes",
+		Help: "WAL the slot keeps on the server (current WAL LSN minus the slot's restart_lsn).",
+	})
+	m.ConfirmedLSN = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_confirmed_lsn",
+		Help: "The LSN last confirmed to the server, as a number.",
+	})
+	m.LastCommitTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_last_delivered_commit_timestamp_seconds",
+		Help: "Commit time of the last delivered change, in Unix seconds.",
+	})
+	m.DatabaseUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_database_connected",
+		Help: "1 while the replication connection is streaming.",
+	})
+	m.SpineUp = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_spine_up",
+		Help: "1 when the last request to the spine got an HTTP answer.",
+	})
+	m.SlotActive = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_slot_active",
+		Help: "1 when this instance holds the slot; 0 while it waits as a standby.",
+	})
+	m.Reconnects = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_replication_reconnects_total",
+		Help: "Replication sessions that ended with an error and were restarted.",
+	})
+	m.WatchChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_watch_changes_total",
+		Help: "Watch, re-watch and unwatch changes applied from the stream.",
+	})
+	v, commit, gov := version.Info()
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "pgaudit_cdc_build_info",
+		Help:        "Build information; always 1.",
+		ConstLabels: prometheus.Labels{"version": v, "commit": commit, "goversion": gov},
+	})
+	info.Set(1)
+	for _, c := range []prometheus.Collector{m.EventsDelivered, m.EventsSkipped, m.PublishDuration,
+		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
+		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
+		m.WatchChanges, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	return m
+}
+
+// Readiness is set by the agent: ready when the replication connection is
+// streaming and the sink is reachable.
+type Readiness struct {
+	database atomic.Bool
+	sink     atomic.Bool
+}
+
+// SetDatabase records whether replication is streaming.
+func (r *Readiness) SetDatabase(up bool) { r.database.Store(up) }
+
+// SetSink records whether the sink answered its last request.
+func (r *Readiness) SetSink(up bool) { r.sink.Store(up) }
+
+// Ready reports both, with the reason when not ready.
+func (r *Readiness) Ready() (bool, string) {
+	switch {
+	case !r.database.Load():
+		return false, "replication connection not streaming"
+	case !r.sink.Load():
+		return false, "spine unreachable"
+	}
+	return true, "ok"
+}
+
+// Handler serves /metrics, /healthz (the process is alive) and /readyz
+// (replication streaming and spine reachable: 503 otherwise).
+func (m *Metrics) Handler(ready *Readiness) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, reason := ready.Ready()
+		w.Header().Set("Content-Type", "application/json")
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"not ready","reason":"` + reason + `"}` + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
+	})
+	return mux
+}

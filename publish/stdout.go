@@ -1,0 +1,32 @@
+package publish
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+)
+
+// Writer is the built-in sink used when no spine URL is configured: each
+// envelope is written as one JSON line. A write that returns is accepted.
+type Writer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewWriter returns a sink writing JSON lines to w.
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Publish writes ev's envelope and a newline.
+func (s *Writer) Publish(_ context.Context, ev *decode.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	line := make([]byte, 0, len(ev.Body)+1)
+	line = append(append(line, ev.Body...), '\n')
+	if _, err := s.w.Write(line); err != nil {
+		return fmt.Errorf("writing the event: %w", err)
+	}
+	return nil
+}

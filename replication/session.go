@@ -1,0 +1,185 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+)
+
+// SessionGUCs fix the text output of every type for the decoder: ISO dates in
+// UTC, ISO 8601 intervals, shortest exact floats, hex bytea. Output functions
+// run in the walsender, so they follow the replication connection's settings.
+var SessionGUCs = map[string]string{
+	"DateStyle":          "ISO, MDY",
+	"IntervalStyle":      "iso_8601",
+	"TimeZone":           "UTC",
+	"extra_float_digits": "1",
+	"bytea_output":       "hex",
+	"application_name":   "pgaudit-cdc",
+}
+
+// Session is one replication connection (replication=database).
+type Session struct {
+	conn     *pgconn.PgConn
+	SystemID string
+	Timeline int32
+}
+
+// ErrSlotInUse is wrapped when another process streams from the slot: the
+// caller waits as a standby.
+var ErrSlotInUse = errors.New("replication slot is in use by another process")
+
+// Connect opens a replication connection and identifies the server.
+func Connect(ctx context.Context, dsn string) (*Session, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parsing the database URL: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	for k, v := range SessionGUCs {
+		if _, set := cfg.RuntimeParams[k]; !set || k != "application_name" {
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, Explain(fmt.Errorf("opening the replication connection: %w", err))
+	}
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		conn.Close(context.Background())
+		return nil, Explain(fmt.Errorf("identifying the server: %w", err))
+	}
+	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline}, nil
+}
+
+// Start begins streaming from the slot's confirmed position with pgoutput
+// protocol version 1 (whole committed transactions, in commit order) and
+// logical messages.
+func (s *Session) Start(ctx context.Context, slot, publication string) error {
+	pub := strings.ReplaceAll(publication, `'`, `''`)
+	// Quoted as a literal inside the option list: publication_names is parsed
+	// by the server as an identifier list, so double quotes protect its case.
+	names := `"` + strings.ReplaceAll(pub, `"`, `""`) + `"`
+	err := pglogrepl.StartReplication(ctx, s.conn, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{
+			"proto_version '1'",
+			"publication_names '" + names + "'",
+			"messages 'true'",
+		},
+	})
+	if err != nil {
+		if isCode(err, "55006") {
+			return fmt.Errorf("starting replication from slot %q: %w: %w", slot, ErrSlotInUse, err)
+		}
+		if isCode(err, "42704") {
+			return fmt.Errorf("starting replication: slot %q or publication %q does not exist: run `pgaudit-cdc watch` first: %w", slot, publication, err)
+		}
+		return Explain(fmt.Errorf("starting replication from slot %q: %w", slot, err))
+	}
+	return nil
+}
+
+// Received is one thing read from the stream: XLogData (Data set) or a
+// keepalive.
+type Received struct {
+	WALStart       decode.LSN
+	Data           []byte // a pgoutput message; valid until the next Receive
+	Keepalive      bool
+	ServerWALEnd   decode.LSN
+	ReplyRequested bool
+}
+
+// Receive waits until deadline for the next message. It returns ok=false when
+// the deadline passed first, which is not an error.
+func (s *Session) Receive(ctx context.Context, deadline time.Time) (Received, bool, error) {
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	msg, err := s.conn.ReceiveMessage(rctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil && pgconn.Timeout(err) {
+			return Received{}, false, nil
+		}
+		return Received{}, false, Explain(fmt.Errorf("receiving from the replication stream: %w", err))
+	}
+	switch m := msg.(type) {
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return Received{}, false, fmt.Errorf("receiving from the replication stream: empty CopyData message")
+		}
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+			if err != nil {
+				return Received{}, false, fmt.Errorf("parsing a keepalive: %w", err)
+			}
+			return Received{Keepalive: true, ServerWALEnd: decode.LSN(ka.ServerWALEnd), ReplyRequested: ka.ReplyRequested}, true, nil
+		case pglogrepl.XLogDataByteID:
+			x, err := pglogrepl.ParseXLogData(m.Data[1:])
+			if err != nil {
+				return Received{}, false, fmt.Errorf("parsing XLogData: %w", err)
+			}
+			return Received{WALStart: decode.LSN(x.WALStart), Data: x.WALData, ServerWALEnd: decode.LSN(x.ServerWALEnd)}, true, nil
+		default:
+			return Received{}, false, fmt.Errorf("receiving from the replication stream: unknown CopyData type %q", m.Data[0])
+		}
+	case *pgproto3.ErrorResponse:
+		return Received{}, false, Explain(fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m)))
+	case *pgproto3.CopyDone:
+		return Received{}, false, fmt.Errorf("replication stream ended by the server")
+	default:
+		return Received{}, false, fmt.Errorf("replication stream: unexpected message %T", msg)
+	}
+}
+
+// SendStatus reports position as written, flushed and applied. Every position
+// is set explicitly: pglogrepl would otherwise copy the write position into a
+// zero flush position, confirming what was never delivered.
+func (s *Session) SendStatus(ctx context.Context, position decode.LSN, replyRequested bool) error {
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(position),
+		WALFlushPosition: pglogrepl.LSN(position),
+		WALApplyPosition: pglogrepl.LSN(position),
+		ClientTime:       time.Now(),
+		ReplyRequested:   replyRequested,
+	})
+	if err != nil {
+		return fmt.Errorf("sending standby status update: %w", err)
+	}
+	return nil
+}
+
+// Close closes the connection.
+func (s *Session) Close(ctx context.Context) error {
+	return s.conn.Close(ctx)
+}
+
+// Explain adds the fix to errors a user can cause, keeping the original
+// reachable with errors.As.
+func Explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "42501" && strings.Contains(pgErr.Message, "replication"):
+			return fmt.Errorf("%w: the role needs the REPLICATION attribute: run ALTER ROLE <role> REPLICATION as a superuser (on Amazon RDS: GRANT rds_replication TO <role>; on Cloud SQL: ALTER USER <role> WITH REPLICATION)", err)
+		case pgErr.Code == "28000" || pgErr.Code == "28P01":
+			return fmt.Errorf("%w: check the user and password in --database-url, and that pg_hba.conf has a line allowing `replication` connections for it (`host replication <role> <addr> scram-sha-256` is not needed for database-level logical replication, but a matching `host <db> <role>` line is)", err)
+		case pgErr.Code == "53300":
+			return fmt.Errorf("%w: raise max_wal_senders (and max_connections) or free a connection", err)
+		case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
+			return fmt.Errorf("%w: set wal_level = logical and restart PostgreSQL", err)
+		}
+	}
+	return err
+}

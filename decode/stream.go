@@ -136,7 +136,6 @@ type Stream struct {
 	seq        uint32
 	timestamp  string // commit time, ISO 8601, of the current transaction
 	commitTime time.Time
-
 }
 
 // NewStream returns a Stream that labels events with watches (keyed by table

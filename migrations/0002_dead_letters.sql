@@ -10,7 +10,7 @@ CREATE TABLE pgaudit_cdc.dead_letters (
     operation       text        NOT NULL,
     kind            text        NOT NULL,
     source          text        NOT NULL,
-    envelope        jsonb       NOT NULL,
+    envelope        text        NOT NULL,
     status_code     integer     NOT NULL,
     response        text        NOT NULL,
     failed_at       timestamptz NOT NULL DEFAULT now()

@@ -486,3 +486,86 @@ func redactURL(s string) string {
 	}
 	return "<unparseable URL>"
 }
+
+// Redeliver sends one envelope again outside the ordered stream (a dead
+// letter being retried). It first looks for key in the spine, and after an
+// uncertain failure looks again before re-sending, so the envelope is in the
+// chain exactly once. It returns a *RejectedError if the spine refuses it
+// again.
+func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte) error {
+	attempt := 0
+	check := true
+	for {
+		if check {
+			found, err := c.hasKey(ctx, source, key)
+			if err != nil {
+				if err := c.wait(ctx, &attempt, "read_back", 0, err); err != nil {
+					return err
+				}
+				continue
+			}
+			if found {
+				return nil
+			}
+			check = false
+		}
+		status, header, text, err := c.post(ctx, body)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			check = !isDialError(err)
+			if err := c.wait(ctx, &attempt, "connection", 0, err); err != nil {
+				return err
+			}
+		case status == http.StatusCreated:
+			return nil
+		case status == http.StatusTooManyRequests:
+			if err := c.wait(ctx, &attempt, "429", retryAfter(header), fmt.Errorf("HTTP 429")); err != nil {
+				return err
+			}
+		case status == http.StatusRequestTimeout || status >= 500 || status < 400:
+			check = true
+			if err := c.wait(ctx, &attempt, statusClass(status), retryAfter(header), fmt.Errorf("HTTP %d", status)); err != nil {
+				return err
+			}
+		default:
+			return &RejectedError{StatusCode: status, Body: text}
+		}
+	}
+}
+
+// hasKey reports whether the newest DedupWindow events of source include key.
+func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
+	q := url.Values{"source": {source}, "limit": {strconv.Itoa(c.cfg.DedupWindow)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
+	if err != nil {
+		return false, fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("reading back events of source %q: HTTP %d", source, resp.StatusCode)
+	}
+	var events []struct {
+		Payload struct {
+			Metadata struct {
+				Key string `json:"idempotency_key"`
+			} `json:"metadata"`
+		} `json:"payload"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&events); err != nil {
+		return false, fmt.Errorf("reading back events of source %q: %w", source, err)
+	}
+	for _, e := range events {
+		if e.Payload.Metadata.Key == key {
+			return true, nil
+		}
+	}
+	return false, nil
+}

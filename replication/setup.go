@@ -89,6 +89,10 @@ func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication st
 	return nil
 }
 
+// ErrWrongSlot is wrapped when the named slot exists but belongs to another
+// database or output plugin.
+var ErrWrongSlot = errors.New("slot belongs to another database or plugin")
+
 // SlotInfo is what pg_replication_slots says about a slot.
 type SlotInfo struct {
 	Exists            bool
@@ -181,7 +185,7 @@ func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 		return fmt.Errorf("reading current database: %w", err)
 	}
 	if info.Plugin != "pgoutput" || info.Database != db {
-		return fmt.Errorf("replication slot %q exists but is not a pgoutput slot of database %q (plugin %q, database %q): choose another --slot or drop it with SELECT pg_drop_replication_slot('%s')", slot, db, info.Plugin, info.Database, slot)
+		return fmt.Errorf("replication slot %q exists but is not a pgoutput slot of database %q (plugin %q, database %q): choose another --slot or drop it with SELECT pg_drop_replication_slot('%s'): %w", slot, db, info.Plugin, info.Database, slot, ErrWrongSlot)
 	}
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 )
 
 // envDatabaseURL names the environment variable that, when set, points the
@@ -20,7 +22,7 @@ import (
 const envDatabaseURL = "PGAUDIT_TEST_DATABASE_URL"
 
 // current is the cluster set up by Run; nil before Run or if it failed.
-var current *Cluster
+var current *pgcluster.Cluster
 
 // Run is called from TestMain: it starts the cluster (or uses the server
 // named by PGAUDIT_TEST_DATABASE_URL), runs m, stops the cluster and returns
@@ -35,33 +37,33 @@ func Run(m *testing.M) int {
 	current = c
 	defer func() {
 		current = nil
-		c.shutdown()
+		c.Shutdown()
 	}()
 	return m.Run()
 }
 
 // setup returns the cluster to use for this test binary.
-func setup() (*Cluster, error) {
+func setup() (*pgcluster.Cluster, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if raw := os.Getenv(envDatabaseURL); raw != "" {
-		c, err := newExternal(raw)
+		c, err := pgcluster.NewExternal(raw)
 		if err != nil {
 			return nil, err
 		}
-		conn, err := pgx.Connect(ctx, c.adminURL.String())
+		conn, err := pgx.Connect(ctx, c.AdminURL())
 		if err != nil {
 			return nil, fmt.Errorf("%s: cannot connect: %w", envDatabaseURL, err)
 		}
 		_ = conn.Close(ctx)
 		return c, nil
 	}
-	return startLocal(ctx)
+	return pgcluster.StartLocal(ctx)
 }
 
 // Current returns the running cluster, for tests that must stop or restart
 // it. It fails the test if Run did not set up a cluster.
-func Current(t testing.TB) *Cluster {
+func Current(t testing.TB) *pgcluster.Cluster {
 	t.Helper()
 	if current == nil {
 		t.Fatalf("pgtest: no PostgreSQL cluster: call pgtest.Run from TestMain")
@@ -73,7 +75,7 @@ func Current(t testing.TB) *Cluster {
 // as superuser. It fails the test if there is no cluster.
 func AdminDSN(t testing.TB) string {
 	t.Helper()
-	return Current(t).adminURL.String()
+	return Current(t).AdminURL()
 }
 
 // DSN creates a new, empty database for this test, named from t.Name()
@@ -92,7 +94,7 @@ func DSN(t testing.TB) string {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	admin, err := pgx.Connect(ctx, c.adminURL.String())
+	admin, err := pgx.Connect(ctx, c.AdminURL())
 	if err != nil {
 		t.Fatalf("pgtest: connect to admin database: %v", err)
 	}
@@ -104,23 +106,11 @@ func DSN(t testing.TB) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := dropDatabase(ctx, c.adminURL.String(), name); err != nil {
+		if err := dropDatabase(ctx, c.AdminURL(), name); err != nil {
 			t.Errorf("pgtest: drop database %s: %v", name, err)
 		}
 	})
-	return c.databaseURL(name)
-}
-
-// databaseURL returns the admin URL with the database replaced by name and
-// a non-empty query.
-func (c *Cluster) databaseURL(name string) string {
-	u := *c.adminURL
-	u.Path = "/" + name
-	u.RawPath = ""
-	if u.RawQuery == "" {
-		u.RawQuery = "sslmode=prefer"
-	}
-	return u.String()
+	return c.DatabaseURL(name)
 }
 
 // dbName turns a test name into a database name: lower case, only

@@ -27,8 +27,10 @@
 //     (CPython's int_max_str_digits), is 400 "There was an error parsing the
 //     body"; all field errors are reported together, extra fields last, in
 //     input order, with pydantic's type, msg, input and ctx.
-//   - Timestamps: the spine's field is a pydantic datetime, so a given
-//     timestamp is parsed and stored (and hashed) as Python's isoformat():
+//   - Timestamps: the spine's field is taken to be a pydantic datetime (the
+//     contract does not say; the grammar and the results below were checked
+//     against pydantic 2.13), so a given timestamp is parsed and stored (and
+//     hashed) as Python's isoformat():
 //     "2026-11-22T10:00:00Z" is stored as "2026-11-22T10:00:00+00:00",
 //     fractions are kept to the microsecond (truncated) and only when not
 //     zero, a naive or date-only value stays naive. A string already in
@@ -37,6 +39,8 @@
 //     normalizeTimestamp for the accepted grammar. An absent or null
 //     timestamp is stamped with the current UTC time, seconds precision,
 //     "2006-01-02T15:04:05+00:00".
+//   - Canonical JSON escapes DEL (U+007F) as \u007f, as CPython's
+//     ensure_ascii encoder does.
 //   - Responses are written like FastAPI's (UTF-8, not ASCII-escaped), with
 //     payload numbers in the form Python re-serialises them (12.50 → 12.5).
 //   - GET /stats on an empty chain answers last_event_id null and

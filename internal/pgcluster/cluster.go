@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"context"
@@ -19,10 +19,10 @@ import (
 	"time"
 )
 
-// errNoBinaries is returned when no PostgreSQL server binaries can be found.
-var errNoBinaries = errors.New("PostgreSQL server binaries not found: install the server package (apt-get install -y postgresql) or set PGAUDIT_TEST_DATABASE_URL")
+// ErrNoBinaries is returned when no PostgreSQL server binaries can be found.
+var ErrNoBinaries = errors.New("PostgreSQL server binaries not found: install the server package (apt-get install -y postgresql) or set PGAUDIT_TEST_DATABASE_URL")
 
-// Cluster is the PostgreSQL server used by the tests of one test binary:
+// Cluster is a PostgreSQL server for tests and the demo:
 // either a throwaway cluster started by Run, or the external server named by
 // PGAUDIT_TEST_DATABASE_URL.
 type Cluster struct {
@@ -59,7 +59,7 @@ func (c *Cluster) Port() int { return c.port }
 // connections. It fails for an external server.
 func (c *Cluster) Start(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgtest: cannot start an external server (PGAUDIT_TEST_DATABASE_URL)")
+		return errors.New("pgcluster: cannot start an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -70,7 +70,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 // fails for an external server.
 func (c *Cluster) Stop(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgtest: cannot stop an external server (PGAUDIT_TEST_DATABASE_URL)")
+		return errors.New("pgcluster: cannot stop an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -82,15 +82,15 @@ func (c *Cluster) Stop(ctx context.Context) error {
 // closed by the server. It fails for an external server.
 func (c *Cluster) Restart(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgtest: cannot restart an external server (PGAUDIT_TEST_DATABASE_URL)")
+		return errors.New("pgcluster: cannot restart an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.pgCtl(ctx, "restart", "-m", "fast", "-l", c.logFile, "-o", c.serverOptions())
 }
 
-// newExternal builds a Cluster for the server named by rawURL.
-func newExternal(rawURL string) (*Cluster, error) {
+// NewExternal builds a Cluster for the server named by rawURL.
+func NewExternal(rawURL string) (*Cluster, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return nil, fmt.Errorf("PGAUDIT_TEST_DATABASE_URL must be a postgres:// URL of a superuser connection")
@@ -104,8 +104,8 @@ func newExternal(rawURL string) (*Cluster, error) {
 	return &Cluster{external: true, adminURL: u, port: port}, nil
 }
 
-// startLocal creates and starts a throwaway cluster.
-func startLocal(ctx context.Context) (_ *Cluster, err error) {
+// StartLocal creates and starts a throwaway cluster.
+func StartLocal(ctx context.Context) (_ *Cluster, err error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -129,13 +129,13 @@ func startLocal(ctx context.Context) (_ *Cluster, err error) {
 		}
 	}
 
-	c.tempDir, err = os.MkdirTemp(tempBase(c.asRoot), "pgtest-")
+	c.tempDir, err = os.MkdirTemp(tempBase(c.asRoot), "pgaudit-pg-")
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			c.shutdown()
+			c.Shutdown()
 		}
 	}()
 	if err := os.Chmod(c.tempDir, 0o700); err != nil {
@@ -267,9 +267,9 @@ rm -rf ` + shellQuote(c.tempDir) + "\n"
 	return nil
 }
 
-// shutdown stops a local cluster immediately, removes its directory and
+// Shutdown stops a local cluster immediately, removes its directory and
 // dismisses the watchdog. Errors are reported on stderr.
-func (c *Cluster) shutdown() {
+func (c *Cluster) Shutdown() {
 	if c.external {
 		return
 	}
@@ -279,12 +279,12 @@ func (c *Cluster) shutdown() {
 	defer cancel()
 	if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); err == nil {
 		if err := c.pgCtl(ctx, "stop", "-m", "immediate"); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: stopping cluster: %v\n", err)
+			fmt.Fprintf(os.Stderr, "pgcluster: stopping cluster: %v\n", err)
 		}
 	}
 	if c.tempDir != "" {
 		if err := os.RemoveAll(c.tempDir); err != nil {
-			fmt.Fprintf(os.Stderr, "pgtest: removing %s: %v\n", c.tempDir, err)
+			fmt.Fprintf(os.Stderr, "pgcluster: removing %s: %v\n", c.tempDir, err)
 		}
 	}
 	if c.watchdog != nil {
@@ -335,7 +335,7 @@ func findBinDir() (string, error) {
 			return dir, nil
 		}
 	}
-	return "", errNoBinaries
+	return "", ErrNoBinaries
 }
 
 // debianBinDirs returns root/<version>/bin for every version directory,
@@ -431,4 +431,19 @@ func freePort() (int, error) {
 // shellQuote quotes s for a POSIX shell.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// AdminURL returns the superuser URL of the maintenance database.
+func (c *Cluster) AdminURL() string { return c.adminURL.String() }
+
+// DatabaseURL returns the admin URL with the database replaced by name and
+// a non-empty query (so "&replication=database" can be appended).
+func (c *Cluster) DatabaseURL(name string) string {
+	u := *c.adminURL
+	u.Path = "/" + name
+	u.RawPath = ""
+	if u.RawQuery == "" {
+		u.RawQuery = "sslmode=prefer"
+	}
+	return u.String()
 }

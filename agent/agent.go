@@ -1,0 +1,305 @@
+// Package agent wires the pipeline: a replication session feeds the decoder,
+// whose events a publisher delivers in order; the LSN confirmed to
+// PostgreSQL follows only what the sink accepted.
+//
+// Two goroutines per session. The reader owns the replication connection, the
+// catalog connection and the decoder; it sends standby status updates, also
+// while it waits for the publisher (back-pressure), so the server never times
+// the session out. The publisher owns the sink and the dead-letter
+// connection; it advances the acknowledged LSN after the last event of each
+// transaction. The acknowledged LSN is the only state they share.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
+	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+// Config configures an Agent.
+type Config struct {
+	DatabaseURL string
+	Slot        string
+	Publication string
+	// Sink receives the events. Spine, when set, is the same sink as a
+	// *publish.Client: it enables read-back de-duplication and dead letters.
+	Sink  publish.Sink
+	Spine *publish.Client
+	// StatusInterval is how often the confirmed LSN is reported (default 10s).
+	StatusInterval time.Duration
+	// ShutdownGrace is how long buffered events may still be delivered after
+	// a stop was asked for (default 5s).
+	ShutdownGrace time.Duration
+	// MaxBufferedBytes bounds the envelopes decoded but not yet delivered
+	// (default 64 MiB; one larger event is always let through).
+	MaxBufferedBytes int64
+	Logger           *slog.Logger
+	Metrics          *metrics.Metrics
+	Ready            *metrics.Readiness
+}
+
+// Agent is the long-lived service behind `pgaudit-cdc run`.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+}
+
+// New validates cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("no database URL: set --database-url or DATABASE_URL")
+	}
+	if err := replication.ValidateSlotName(cfg.Slot); err != nil {
+		return nil, err
+	}
+	if err := replication.ValidatePublicationName(cfg.Publication); err != nil {
+		return nil, err
+	}
+	if cfg.Sink == nil {
+		return nil, errors.New("BUG: agent.Config.Sink is nil")
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if cfg.MaxBufferedBytes <= 0 {
+		cfg.MaxBufferedBytes = 64 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = &metrics.Readiness{}
+	}
+	if cfg.Spine == nil {
+		cfg.Ready.SetSink(true)
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}, nil
+}
+
+// ConfigError marks failures only the user can fix (wal_level, privileges, a
+// slot of the wrong kind): Run returns them instead of retrying forever.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Run streams until ctx ends (then it returns nil after a clean shutdown) or
+// a configuration error makes going on pointless. Connection losses are
+// retried with capped exponential backoff; when another instance holds the
+// slot, Run waits as a hot standby and takes over when the slot is free.
+func (a *Agent) Run(ctx context.Context) error {
+	attempt := 0
+	standby := false
+	for {
+		start := time.Now()
+		err := a.session(ctx)
+		a.cfg.Ready.SetDatabase(false)
+		a.m.DatabaseUp.Set(0)
+		a.m.SlotActive.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var cfgErr *ConfigError
+		if errors.As(err, &cfgErr) {
+			return err
+		}
+		var wait time.Duration
+		if errors.Is(err, replication.ErrSlotInUse) {
+			if !standby {
+				a.log.Info("slot is held by another instance; waiting as standby", "slot", a.cfg.Slot, "err", err)
+			}
+			standby = true
+			wait = 2 * time.Second
+		} else {
+			standby = false
+			if time.Since(start) > time.Minute {
+				attempt = 0
+			}
+			wait = publish.Backoff(attempt, 500*time.Millisecond, 30*time.Second)
+			attempt++
+			a.m.Reconnects.Inc()
+			a.log.Warn("replication session ended; reconnecting", "err", err, "wait", wait.Round(time.Millisecond))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// work is one unit handed from the reader to the publisher.
+type work struct {
+	item decode.Item
+	// keepalive, when set, is a server WAL position received while no
+	// transaction was open: it may be confirmed once everything before it is.
+	keepalive decode.LSN
+	size      int64
+}
+
+func (a *Agent) session(ctx context.Context) error {
+	meta, err := pgx.Connect(ctx, a.cfg.DatabaseURL)
+	if err != nil {
+		return replication.Explain(fmt.Errorf("connecting to the database: %w", err))
+	}
+	defer meta.Close(context.WithoutCancel(ctx))
+	if err := replication.CheckWALLevel(ctx, meta); err != nil {
+		return &ConfigError{err}
+	}
+	if _, err := migrations.Apply(ctx, meta); err != nil {
+		return err
+	}
+	if err := replication.EnsurePublication(ctx, meta, a.cfg.Publication); err != nil {
+		return err
+	}
+	if err := replication.EnsureSlot(ctx, meta, a.cfg.Slot); err != nil {
+		if isConfigProblem(err) {
+			return &ConfigError{err}
+		}
+		return err
+	}
+
+	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL)
+	if err != nil {
+		if isConfigProblem(err) {
+			return &ConfigError{err}
+		}
+		return err
+	}
+	defer sess.Close(context.WithoutCancel(ctx))
+
+	if a.cfg.Spine != nil {
+		a.cfg.Spine.SetIdentity(sess.SystemID, a.cfg.Slot)
+	}
+	dl := newDeadLetters(a.cfg.Slot)
+	if a.cfg.Spine != nil {
+		pos, err := dl.maxPosition(ctx, meta)
+		if err != nil {
+			return err
+		}
+		a.cfg.Spine.MarkHandled(pos)
+	}
+	entries, err := watches.Load(ctx, meta, true)
+	if err != nil {
+		return err
+	}
+	slot, err := replication.LookupSlot(ctx, meta, a.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
+		return err
+	}
+	a.m.SlotActive.Set(1)
+	a.m.DatabaseUp.Set(1)
+	a.cfg.Ready.SetDatabase(true)
+	active := 0
+	for _, e := range entries {
+		if e.Active {
+			active++
+		}
+	}
+	a.log.Info("streaming", "slot", a.cfg.Slot, "publication", a.cfg.Publication,
+		"from", slot.ConfirmedFlushLSN.String(), "system_id", sess.SystemID, "watches", active)
+
+	var acked atomic.Uint64
+	acked.Store(uint64(slot.ConfirmedFlushLSN))
+	a.m.ConfirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
+
+	r := &reader{
+		a:        a,
+		sess:     sess,
+		meta:     meta,
+		registry: watches.NewRegistry(meta, a.cfg.Publication, a.cfg.Slot),
+		stream: decode.NewStream(decode.StreamConfig{
+			SystemID:       sess.SystemID,
+			Slot:           a.cfg.Slot,
+			RegistrySchema: migrations.Schema,
+			RegistryTable:  replication.RegistryTable,
+		}, watches.Map(entries)),
+		resolver: catalog.NewResolver(meta),
+		items:    make(chan work, 1024),
+		freed:    make(chan struct{}, 1),
+		acked:    &acked,
+	}
+
+	// The publisher outlives a stop request by the grace period, so that
+	// what was already decoded can still be delivered.
+	pubCtx, pubCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer pubCancel()
+	stopGrace := context.AfterFunc(ctx, func() {
+		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
+	})
+	defer stopGrace()
+	p := &publisher{a: a, items: r.items, freed: r.freed, acked: &acked, inflight: &r.inflight, dl: dl}
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- p.run(pubCtx) }()
+	r.pubDone = pubDone
+
+	readErr := r.run(ctx)
+	close(r.items)
+	var pubErr error
+	if r.pubErr != nil {
+		pubErr = r.pubErr
+	} else {
+		pubErr = <-pubDone
+	}
+	// Final status: whatever the publisher confirmed, nothing more.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	final := decode.LSN(acked.Load())
+	if err := sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {
+		a.log.Debug("final status update failed", "err", err)
+	}
+	a.log.Info("replication session closed", "confirmed_lsn", final.String())
+	if ctx.Err() != nil {
+		return nil
+	}
+	if pubErr != nil && !errors.Is(pubErr, context.Canceled) {
+		return pubErr
+	}
+	return readErr
+}
+
+// isConfigProblem tells errors only the user can fix: missing privileges,
+// failed authentication, a server not set up for logical decoding, a slot
+// that belongs to something else.
+func isConfigProblem(err error) bool {
+	if errors.Is(err, replication.ErrWrongSlot) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42501", "28000", "28P01", "3D000":
+			return true
+		case "55000":
+			return strings.Contains(pgErr.Message, "wal_level")
+		}
+	}
+	return false
+}

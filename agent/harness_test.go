@@ -1,0 +1,218 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+
+const (
+	testSlot = "pgaudit_cdc"
+	testPub  = "pgaudit_cdc"
+)
+
+// harness is one database, one spine double and an agent that can be
+// started and stopped.
+type harness struct {
+	t     *testing.T
+	dsn   string
+	conn  *pgx.Conn
+	spine *spinetest.Server
+	stop  func()
+	done  chan error
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, dsn: pgtest.DSN(t), spine: spinetest.Start(t)}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, h.dsn)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	h.conn = conn
+	t.Cleanup(h.stopAgent)
+	return h
+}
+
+func (h *harness) exec(sql string, args ...any) {
+	h.t.Helper()
+	if _, err := h.conn.Exec(context.Background(), sql, args...); err != nil {
+		h.t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+func (h *harness) watch(table, kind, source string) string {
+	h.t.Helper()
+	tn, err := watches.ParseTableName(table)
+	if err != nil {
+		h.t.Fatalf("parsing %q: %v", table, err)
+	}
+	name, err := watches.NewRegistry(h.conn, testPub, testSlot).Watch(context.Background(), tn, kind, source)
+	if err != nil {
+		h.t.Fatalf("watch %s: %v", table, err)
+	}
+	return name
+}
+
+func (h *harness) unwatch(table string) bool {
+	h.t.Helper()
+	tn, err := watches.ParseTableName(table)
+	if err != nil {
+		h.t.Fatalf("parsing %q: %v", table, err)
+	}
+	removed, err := watches.NewRegistry(h.conn, testPub, testSlot).Unwatch(context.Background(), tn)
+	if err != nil {
+		h.t.Fatalf("unwatch %s: %v", table, err)
+	}
+	return removed
+}
+
+// startAgent runs an agent against the spine double until stopAgent.
+func (h *harness) startAgent() {
+	h.t.Helper()
+	if h.stop != nil {
+		h.t.Fatalf("BUG: agent already running")
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	client, err := publish.NewClient(publish.ClientConfig{
+		URL: h.spine.URL(), Timeout: 2 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		h.t.Fatalf("client: %v", err)
+	}
+	a, err := agent.New(agent.Config{
+		DatabaseURL: h.dsn, Slot: testSlot, Publication: testPub,
+		Sink: client, Spine: client, StatusInterval: 100 * time.Millisecond,
+		ShutdownGrace: 500 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		h.t.Fatalf("agent: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.done = make(chan error, 1)
+	go func() { h.done <- a.Run(ctx) }()
+	h.stop = cancel
+}
+
+func (h *harness) stopAgent() {
+	if h.stop == nil {
+		return
+	}
+	h.stop()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			h.t.Errorf("agent.Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		h.t.Errorf("agent did not stop within 30s")
+	}
+	h.stop = nil
+}
+
+// waitEvents waits until the spine holds n events and returns them.
+func (h *harness) waitEvents(n int, within time.Duration) []spinetest.Event {
+	h.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		evs := h.spine.Events()
+		if len(evs) >= n {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("got %d events within %s, want %d", len(evs), within, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// settle waits a little and checks that no event beyond n arrived.
+func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
+	h.t.Helper()
+	evs := h.waitEvents(n, 30*time.Second)
+	time.Sleep(quiet)
+	evs = h.spine.Events()
+	if len(evs) != n {
+		h.t.Fatalf("got %d events, want exactly %d:\n%s", len(evs), n, dump(evs))
+	}
+	if ok, at, reason := h.spine.Verify(); !ok {
+		h.t.Fatalf("spine chain invalid at %d: %s", at, reason)
+	}
+	return evs
+}
+
+func dump(evs []spinetest.Event) string {
+	var b strings.Builder
+	for _, e := range evs {
+		p, _ := json.Marshal(e.Payload)
+		fmt.Fprintf(&b, "  #%d %s %s %s\n", e.EventID, e.Kind, e.Source, truncate(string(p), 300))
+	}
+	return b.String()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// payload returns the event's payload re-encoded, for comparisons.
+func field(t *testing.T, e spinetest.Event, path ...string) any {
+	t.Helper()
+	var v any = e.Payload
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
+}
+
+func jsonOf(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	return string(b)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func newRegistry(h *harness) *watches.Registry {
+	return watches.NewRegistry(h.conn, testPub, testSlot)
+}
+
+func mustName(t *testing.T, s string) watches.TableName {
+	t.Helper()
+	tn, err := watches.ParseTableName(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}

@@ -1,0 +1,219 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+// housekeepingInterval spaces the slot statistics query and the partition
+// replica-identity check.
+const housekeepingInterval = 15 * time.Second
+
+// reader owns the replication session, the catalog connection and the
+// decoder (all fields below are used by its goroutine only, except the
+// channels and the atomics).
+type reader struct {
+	a        *agent
+	sess     *replication.Session
+	meta     *pgx.Conn
+	registry *watches.Registry
+	stream   *decode.Stream
+	resolver *catalog.Resolver
+
+	items    chan work
+	freed    chan struct{} // signalled by the publisher when it finished an item
+	pubDone  <-chan error
+	pubErr   error
+	acked    *atomic.Uint64
+	inflight atomic.Int64
+
+	nextStatus   time.Time
+	nextHouse    time.Time
+	serverWALEnd decode.LSN
+	lastQueued   decode.LSN // last keepalive position handed to the publisher
+}
+
+type agent = Agent
+
+func (r *reader) run(ctx context.Context) error {
+	interval := r.a.cfg.StatusInterval
+	r.nextStatus = time.Now()
+	r.nextHouse = time.Now()
+	for {
+		if err := r.tick(ctx, interval); err != nil {
+			return err
+		}
+		rec, ok, err := r.sess.Receive(ctx, r.nextStatus)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		if rec.ServerWALEnd > r.serverWALEnd {
+			r.serverWALEnd = rec.ServerWALEnd
+		}
+		if rec.Keepalive {
+			if rec.ReplyRequested {
+				r.nextStatus = time.Time{}
+			}
+			// Outside a transaction everything up to the server's position
+			// has been received: once delivered, it can be confirmed, so an
+			// idle slot does not pin WAL.
+			if !r.stream.InTransaction() && rec.ServerWALEnd > r.lastQueued {
+				if err := r.send(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
+					return err
+				}
+				r.lastQueued = rec.ServerWALEnd
+			}
+			continue
+		}
+		if err := r.handle(ctx, rec); err != nil {
+			return err
+		}
+	}
+}
+
+// tick sends the standby status update and does housekeeping when due.
+func (r *reader) tick(ctx context.Context, interval time.Duration) error {
+	now := time.Now()
+	if !now.Before(r.nextStatus) {
+		acked := decode.LSN(r.acked.Load())
+		if err := r.sess.SendStatus(ctx, acked, false); err != nil {
+			return err
+		}
+		r.nextStatus = now.Add(interval)
+		if r.serverWALEnd > acked {
+			r.a.m.ReplicationLag.Set(float64(r.serverWALEnd - acked))
+		} else {
+			r.a.m.ReplicationLag.Set(0)
+		}
+	}
+	if !now.Before(r.nextHouse) {
+		r.nextHouse = now.Add(housekeepingInterval)
+		r.housekeeping(ctx)
+	}
+	return nil
+}
+
+// housekeeping refreshes slot metrics and fixes the replica identity of
+// partitions created after their table was watched. Failures are logged, not
+// fatal: the stream matters more.
+func (r *reader) housekeeping(ctx context.Context) {
+	var retained, lag *int64
+	err := r.meta.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,
+			(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&retained, &lag)
+	if err != nil {
+		r.a.log.Debug("reading slot statistics failed", "err", err)
+	} else if retained != nil {
+		r.a.m.RetainedWAL.Set(float64(*retained))
+	}
+	if err := r.registry.FixPartitions(ctx); err != nil {
+		r.a.log.Warn("setting REPLICA IDENTITY FULL on new partitions failed", "err", err)
+	}
+	var pending int64
+	if err := r.meta.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&pending); err == nil {
+		r.a.m.DeadLettersPending.Set(float64(pending))
+	}
+}
+
+func (r *reader) handle(ctx context.Context, rec replication.Received) error {
+	msg, err := decode.Parse(rec.Data)
+	if err != nil {
+		return fmt.Errorf("decoding the message at %s: %w", rec.WALStart, err)
+	}
+	if rel, ok := msg.(*decode.RelationMessage); ok {
+		// A new RELATION message means the table (or a type it uses) may
+		// have changed: resolve its column types afresh.
+		r.resolver.Forget()
+		for i := range rel.Columns {
+			t, err := r.resolver.Resolve(ctx, rel.Columns[i].TypeOID)
+			if err != nil {
+				return fmt.Errorf("resolving the type of %s.%s: %w", decode.QualifiedName(rel.Namespace, rel.Name), rel.Columns[i].Name, err)
+			}
+			rel.Columns[i].Type = t
+		}
+	}
+	return r.stream.Apply(rec.WALStart, msg, func(it decode.Item) error {
+		w := work{item: it}
+		switch it.Kind {
+		case decode.ItemEvent:
+			w.size = int64(len(it.Event.Body))
+		case decode.ItemWatchChanged:
+			r.logWatchChange(it)
+			return nil
+		}
+		return r.send(ctx, w)
+	})
+}
+
+func (r *reader) logWatchChange(it decode.Item) {
+	r.a.m.WatchChanges.Inc()
+	switch {
+	case !it.Watch.Active:
+		r.a.log.Info("watch removed", "table_oid", it.TableOID)
+	case it.Existed && it.Previous.Active:
+		r.a.log.Info("watch updated", "table_oid", it.TableOID, "kind", it.Watch.Kind, "source", it.Watch.Source)
+	default:
+		r.a.log.Info("watch added", "table_oid", it.TableOID, "kind", it.Watch.Kind, "source", it.Watch.Source)
+	}
+}
+
+// send hands w to the publisher, waiting while the buffer is full (by count
+// or bytes) and keeping the replication session alive meanwhile.
+func (r *reader) send(ctx context.Context, w work) error {
+	for {
+		fits := w.size == 0 || r.inflight.Load() == 0 || r.inflight.Load()+w.size <= r.a.cfg.MaxBufferedBytes
+		var sendCh chan work
+		if fits {
+			sendCh = r.items
+			// Counted before the hand-over so the publisher's decrement can
+			// never come first.
+			r.inflight.Add(w.size)
+		}
+		wait := time.Until(r.nextStatus)
+		if wait < 0 {
+			wait = 0
+		}
+		t := time.NewTimer(wait)
+		select {
+		case sendCh <- w:
+			t.Stop()
+			return nil
+		case <-r.freed:
+		case err := <-r.pubDone:
+			r.pubErr = err
+			if err == nil {
+				err = context.Canceled
+			}
+			err = fmt.Errorf("publisher stopped: %w", err)
+			t.Stop()
+			return err
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+			if fits {
+				r.inflight.Add(-w.size)
+			}
+			if err := r.tick(ctx, r.a.cfg.StatusInterval); err != nil {
+				return err
+			}
+			continue
+		}
+		t.Stop()
+		if fits {
+			r.inflight.Add(-w.size)
+		}
+	}
+}

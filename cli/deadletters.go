@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+)
+
+type deadLetter struct {
+	ID        int64     `json:"id"`
+	Key       string    `json:"idempotency_key"`
+	CommitLSN string    `json:"commit_lsn"`
+	Seq       int32     `json:"seq"`
+	Table     string    `json:"table"`
+	Operation string    `json:"operation"`
+	Kind      string    `json:"kind"`
+	Source    string    `json:"source"`
+	Status    int32     `json:"status_code"`
+	Response  string    `json:"response"`
+	FailedAt  time.Time `json:"failed_at"`
+	Envelope  string    `json:"-"`
+}
+
+func newDeadLettersCmd(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "dead-letters",
+		Aliases: []string{"dead-letter", "dl"},
+		Short:   "Manage events the spine refused (kept in pgaudit_cdc.dead_letters)",
+		Example: `  pgaudit-cdc dead-letters list
+  pgaudit-cdc dead-letters retry --all     # after fixing the cause, in original order
+  pgaudit-cdc dead-letters discard 42`,
+	}
+	var asJSON bool
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List dead letters of this slot, oldest change first",
+		Example: "  pgaudit-cdc dead-letters list --json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, nil)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if dls == nil {
+					dls = []deadLetter{}
+				}
+				return enc.Encode(dls)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tFAILED AT\tTABLE\tOPERATION\tKIND\tSTATUS\tRESPONSE")
+			for _, d := range dls {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.FailedAt.UTC().Format(time.RFC3339), d.Table, d.Operation, d.Kind, d.Status, oneLine(d.Response, 80))
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var retryAll bool
+	retry := &cobra.Command{
+		Use:   "retry [ID...] | --all",
+		Short: "Send dead letters to the spine again, in original commit order; removed once accepted",
+		Example: `  pgaudit-cdc dead-letters retry --all
+  pgaudit-cdc dead-letters retry 3 4`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ids, err := parseIDs(args, retryAll)
+			if err != nil {
+				return err
+			}
+			log, err := o.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			spine, err := o.spineClient(log, publish.Hooks{})
+			if err != nil {
+				return err
+			}
+			if spine == nil {
+				return &ExitError{Code: 2, Err: errors.New("retrying needs the spine: set --audit-stream-url or AUDIT_STREAM_URL")}
+			}
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)
+			if err != nil {
+				return err
+			}
+			sent, failed := 0, 0
+			for _, d := range dls {
+				err := spine.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
+				var rej *publish.RejectedError
+				switch {
+				case errors.As(err, &rej):
+					failed++
+					if _, uerr := conn.Exec(cmd.Context(), `UPDATE pgaudit_cdc.dead_letters
+						SET status_code = $2, response = $3, failed_at = now() WHERE id = $1`, d.ID, rej.StatusCode, rej.Body); uerr != nil {
+						return fmt.Errorf("updating dead letter %d: %w", d.ID, uerr)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
+				case err != nil:
+					return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
+				default:
+					if _, err := conn.Exec(cmd.Context(), "DELETE FROM pgaudit_cdc.dead_letters WHERE id = $1", d.ID); err != nil {
+						return fmt.Errorf("removing delivered dead letter %d: %w", d.ID, err)
+					}
+					sent++
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d delivered, %d refused again\n", sent, failed)
+			if failed > 0 {
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
+			}
+			return nil
+		},
+	}
+	retry.Flags().BoolVar(&retryAll, "all", false, "retry every dead letter of this slot")
+
+	var discardAll bool
+	discard := &cobra.Command{
+		Use:     "discard [ID...] | --all",
+		Short:   "Delete dead letters without sending them",
+		Example: "  pgaudit-cdc dead-letters discard 42",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ids, err := parseIDs(args, discardAll)
+			if err != nil {
+				return err
+			}
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			if _, err := migrations.Apply(cmd.Context(), conn); err != nil {
+				return err
+			}
+			tag, err := conn.Exec(cmd.Context(), `DELETE FROM pgaudit_cdc.dead_letters
+				WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))`, o.slot, ids)
+			if err != nil {
+				return fmt.Errorf("discarding dead letters: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d discarded\n", tag.RowsAffected())
+			return nil
+		},
+	}
+	discard.Flags().BoolVar(&discardAll, "all", false, "discard every dead letter of this slot")
+	cmd.AddCommand(list, retry, discard)
+	return cmd
+}
+
+func parseIDs(args []string, all bool) ([]int64, error) {
+	if all == (len(args) > 0) {
+		return nil, &ExitError{Code: 2, Err: errors.New("name dead letter IDs or pass --all (not both)")}
+	}
+	if all {
+		return nil, nil
+	}
+	ids := make([]int64, 0, len(args))
+	for _, a := range args {
+		id, err := strconv.ParseInt(a, 10, 64)
+		if err != nil {
+			return nil, &ExitError{Code: 2, Err: fmt.Errorf("invalid dead letter ID %q", a)}
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+func loadDeadLetters(ctx context.Context, conn *pgx.Conn, slot string, ids []int64) ([]deadLetter, error) {
+	if _, err := migrations.Apply(ctx, conn); err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, `SELECT id, idempotency_key, commit_lsn::text, seq, table_name, operation, kind, source,
+			status_code, response, failed_at, envelope
+		FROM pgaudit_cdc.dead_letters WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))
+		ORDER BY commit_lsn, seq`, slot, ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters: %w", err)
+	}
+	dls, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (deadLetter, error) {
+		var d deadLetter
+		err := r.Scan(&d.ID, &d.Key, &d.CommitLSN, &d.Seq, &d.Table, &d.Operation, &d.Kind, &d.Source, &d.Status, &d.Response, &d.FailedAt, &d.Envelope)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters: %w", err)
+	}
+	return dls, nil
+}
+
+func oneLine(s string, n int) string {
+	b := []rune(s)
+	for i, r := range b {
+		if r == '\n' || r == '\r' || r == '\t' {
+			b[i] = ' '
+		}
+	}
+	if len(b) > n {
+		return string(b[:n]) + "…"
+	}
+	return string(b)
+}

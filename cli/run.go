@@ -1,0 +1,128 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+)
+
+func newRunCmd(o *options) *cobra.Command {
+	var statusInterval, grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the service: stream watched tables' changes to the spine",
+		Long: `run creates the publication and slot when missing, streams committed changes of
+the watched tables, and POSTs one event per change to the spine, in commit
+order, one at a time. The LSN confirmed to PostgreSQL never passes an event the
+spine has not accepted. Without --audit-stream-url, events are written to
+stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
+		Example: `  DATABASE_URL=postgres://auditor@db/app AUDIT_STREAM_URL=http://audit-stream:8093 \
+    pgaudit-cdc run --metrics-addr :9187
+  pgaudit-cdc run --database-url postgres://localhost/app   # events on stdout`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
+			log, err := o.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout(), statusInterval, grace, nil)
+		},
+	}
+	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL")
+	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM")
+	return cmd
+}
+
+// runAgent builds the sink, the metrics server and the agent, and runs it
+// until ctx ends. wrap, when set, wraps the sink (the demo counts events).
+func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interface{ Write([]byte) (int, error) },
+	statusInterval, grace time.Duration, wrap func(publish.Sink) publish.Sink) error {
+	m := metrics.New()
+	ready := &metrics.Readiness{}
+	hooks := publish.Hooks{
+		Post: func(outcome string, d time.Duration) { m.PublishDuration.WithLabelValues(outcome).Observe(d.Seconds()) },
+		Retry: func(reason string, _ time.Duration) {
+			m.Retries.WithLabelValues(reason).Inc()
+		},
+		Skipped: func(*decode.Event) { m.EventsSkipped.Inc() },
+		SpineUp: func(up bool) {
+			ready.SetSink(up)
+			if up {
+				m.SpineUp.Set(1)
+			} else {
+				m.SpineUp.Set(0)
+			}
+		},
+	}
+	spine, err := o.spineClient(log, hooks)
+	if err != nil {
+		return err
+	}
+	var sink publish.Sink
+	if spine != nil {
+		sink = spine
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := spine.Health(hctx); err != nil {
+			log.Warn("the spine is not answering yet; events wait in the slot until it does", "err", err)
+		}
+		cancel()
+	} else {
+		log.Info("no --audit-stream-url: writing events to stdout as JSON lines")
+		sink = publish.NewWriter(stdout)
+		m.SpineUp.Set(1)
+	}
+	if wrap != nil {
+		sink = wrap(sink)
+	}
+	if o.metricsAddr != "" {
+		ln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return &ExitError{Code: 2, Err: fmt.Errorf("listening on --metrics-addr %q: %w", o.metricsAddr, err)}
+		}
+		srv := &http.Server{Handler: m.Handler(ready), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	}
+	a, err := agent.New(agent.Config{
+		DatabaseURL:    o.databaseURL,
+		Slot:           o.slot,
+		Publication:    o.publication,
+		Sink:           sink,
+		Spine:          spine,
+		StatusInterval: statusInterval,
+		ShutdownGrace:  grace,
+		Logger:         log,
+		Metrics:        m,
+		Ready:          ready,
+	})
+	if err != nil {
+		return &ExitError{Code: 2, Err: err}
+	}
+	host, _ := os.Hostname()
+	log.Info("pgaudit-cdc starting", "instance", host, "pid", os.Getpid(), "slot", o.slot, "publication", o.publication)
+	return a.Run(ctx)
+}

@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+func newWatchCmd(o *options) *cobra.Command {
+	var kind, source string
+	cmd := &cobra.Command{
+		Use:   "watch TABLE --kind KIND --source SOURCE",
+		Short: "Audit a table: register it, publish it, and start capturing its changes now",
+		Long: `watch registers TABLE (schema public unless qualified; quote mixed-case names),
+adds it to the publication and sets REPLICA IDENTITY FULL so that UPDATE and DELETE
+carry the whole old row. The publication and slot are created when missing, so
+changes are captured from now on even before 'run' starts. Watching a watched
+table updates its kind and source in place. The kind must be one the spine
+accepts (its /openapi.json when --audit-stream-url is reachable, else the
+audit-stream v0.1 list).`,
+		Example: `  pgaudit-cdc watch decisions --kind decision_card_status_changed --source procurement-api
+  pgaudit-cdc watch billing.invoices --kind other --source billing
+  pgaudit-cdc watch '"Mixed Case"."odd ""name"""' --kind other --source legacy`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := watches.ParseTableName(args[0])
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			if strings.TrimSpace(source) == "" {
+				return &ExitError{Code: 2, Err: fmt.Errorf("--source is required and must not be empty")}
+			}
+			log, err := o.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			if err := checkKind(cmd.Context(), o, kind, log); err != nil {
+				return err
+			}
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			name, err := watches.NewRegistry(conn, o.publication, o.slot).Watch(cmd.Context(), t, kind, source)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&kind, "kind", "", "event kind of this table's changes (required)")
+	cmd.Flags().StringVar(&source, "source", "", "event source of this table's changes (required)")
+	_ = cmd.MarkFlagRequired("kind")
+	_ = cmd.MarkFlagRequired("source")
+	return cmd
+}
+
+// checkKind refuses a kind the spine would reject, listing the accepted ones.
+func checkKind(ctx context.Context, o *options, kind string, log interface {
+	Warn(msg string, args ...any)
+}) error {
+	accepted := publish.DefaultKinds
+	from := "the audit-stream v0.1 kinds"
+	if o.auditStreamURL != "" {
+		c, err := o.spineClient(nil, publish.Hooks{})
+		if err != nil {
+			return err
+		}
+		kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		kinds, err := c.Kinds(kctx)
+		cancel()
+		if err != nil {
+			log.Warn("could not ask the spine which kinds it accepts; checking against the audit-stream v0.1 list", "err", err)
+		} else {
+			accepted, from = kinds, "the kinds the spine advertises"
+		}
+	}
+	if !slices.Contains(accepted, kind) {
+		return &ExitError{Code: 2, Err: fmt.Errorf("kind %q is not accepted (checked against %s); use one of: %s", kind, from, strings.Join(accepted, ", "))}
+	}
+	return nil
+}
+
+func newUnwatchCmd(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unwatch TABLE",
+		Short: "Stop auditing a table (idempotent; works after the table was dropped)",
+		Example: `  pgaudit-cdc unwatch decisions
+  pgaudit-cdc unwatch billing.invoices`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := watches.ParseTableName(args[0])
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			removed, err := watches.NewRegistry(conn, o.publication, o.slot).Unwatch(cmd.Context(), t)
+			if err != nil {
+				return err
+			}
+			name := decode.QualifiedName(t.Schema, t.Name)
+			if removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "unwatched %s\n", name)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s was not watched; nothing to do\n", name)
+			}
+			return nil
+		},
+	}
+}
+
+func newListCmd(o *options) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List the watched tables: table, kind, source, since when",
+		Example: "  pgaudit-cdc list\n  pgaudit-cdc list --all   # include unwatched tables kept as tombstones",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := o.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			entries, err := watches.NewRegistry(conn, o.publication, o.slot).List(cmd.Context(), all)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE")
+			for _, e := range entries {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "include tables that were unwatched")
+	return cmd
+}

@@ -1,0 +1,29 @@
+// Command pgaudit-cdc turns every committed change to watched PostgreSQL
+// tables into an event on the audit-stream spine. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := cli.NewRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pgaudit-cdc:", err)
+		code := 1
+		var exit *cli.ExitError
+		if errors.As(err, &exit) {
+			code = exit.Code
+		}
+		os.Exit(code)
+	}
+}

@@ -22,7 +22,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
@@ -241,7 +240,7 @@ func (a *Agent) session(ctx context.Context) error {
 			RegistrySchema: migrations.Schema,
 			RegistryTable:  replication.RegistryTable,
 		}, watches.Map(entries)),
-		resolver: catalog.NewResolver(meta),
+		resolver: newResolver(meta),
 		items:    make(chan work, 1024),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,

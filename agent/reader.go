@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -27,7 +26,7 @@ type reader struct {
 	meta     *pgx.Conn
 	registry *watches.Registry
 	stream   *decode.Stream
-	resolver *catalog.Resolver
+	resolver typeResolver
 
 	items    chan work
 	freed    chan struct{} // signalled by the publisher when it finished an item
@@ -43,6 +42,12 @@ type reader struct {
 }
 
 type agent = Agent
+
+// typeResolver maps column type OIDs to their JSON mapping (catalog.Resolver).
+type typeResolver interface {
+	Resolve(ctx context.Context, oid uint32) (*decode.Type, error)
+	Forget()
+}
 
 func (r *reader) run(ctx context.Context) error {
 	interval := r.a.cfg.StatusInterval

@@ -260,6 +260,11 @@ func (a *Agent) session(ctx context.Context) error {
 	r.pubDone = pubDone
 
 	readErr := r.run(ctx)
+	if ctx.Err() == nil {
+		// The stream broke: the slot may already be free for a standby, so
+		// nothing buffered may be sent from here any more; it is replayed.
+		pubCancel()
+	}
 	close(r.items)
 	var pubErr error
 	if r.pubErr != nil {

@@ -314,7 +314,8 @@ func (c *Client) readBack(ctx context.Context, source string, limit int) (int, b
 	var events []struct {
 		Payload struct {
 			Metadata struct {
-				Key string `json:"idempotency_key"`
+				Key         string `json:"idempotency_key"`
+				Redelivered bool   `json:"redelivered"`
 			} `json:"metadata"`
 		} `json:"payload"`
 	}
@@ -323,6 +324,9 @@ func (c *Client) readBack(ctx context.Context, source string, limit int) (int, b
 	}
 	found := false
 	for _, e := range events {
+		if e.Payload.Metadata.Redelivered {
+			continue
+		}
 		sys, slot, pos, ok := decode.ParseKey(e.Payload.Metadata.Key)
 		if !ok || sys != c.systemID || slot != c.slot {
 			continue
@@ -493,6 +497,7 @@ func redactURL(s string) string {
 // chain exactly once. It returns a *RejectedError if the spine refuses it
 // again.
 func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte) error {
+	body = MarkRedelivered(body)
 	attempt := 0
 	check := true
 	for {
@@ -534,6 +539,23 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 			return &RejectedError{StatusCode: status, Body: text}
 		}
 	}
+}
+
+// MarkRedelivered adds "redelivered": true to an envelope's
+// payload.metadata. Redelivered events sit out of commit order in the chain,
+// so the read-back that learns the high-water mark must ignore them. The
+// envelope's own metadata is always its last "metadata" object.
+func MarkRedelivered(body []byte) []byte {
+	const marker = `"metadata":{"commit_lsn":`
+	i := bytes.LastIndex(body, []byte(marker))
+	if i < 0 {
+		return body
+	}
+	at := i + len(`"metadata":{`)
+	out := make([]byte, 0, len(body)+20)
+	out = append(out, body[:at]...)
+	out = append(out, `"redelivered":true,`...)
+	return append(out, body[at:]...)
 }
 
 // hasKey reports whether the newest DedupWindow events of source include key.

@@ -1,0 +1,221 @@
+package publish
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+)
+
+func testEvent(source string, lsn decode.LSN, seq uint32) *decode.Event {
+	pos := decode.Position{CommitLSN: lsn, Seq: seq}
+	key := decode.Key("7301", "slot", pos)
+	body := fmt.Sprintf(`{"kind":"other","source":%q,"timestamp":"2026-11-22T10:00:00+00:00","payload":{"table":"public.t","operation":"INSERT","new":{"id":%d},"metadata":{"commit_lsn":%q,"idempotency_key":%q}}}`,
+		source, seq, lsn.String(), key)
+	return &decode.Event{Body: []byte(body), Key: key, Pos: pos, Source: source, Kind: "other"}
+}
+
+func newTestClient(t *testing.T, url string) *Client {
+	t.Helper()
+	c, err := NewClient(ClientConfig{URL: url, Timeout: time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetIdentity("7301", "slot")
+	return c
+}
+
+func keys(evs []spinetest.Event) []string {
+	var out []string
+	for _, e := range evs {
+		m, _ := e.Payload["metadata"].(map[string]any)
+		out = append(out, fmt.Sprint(m["idempotency_key"]))
+	}
+	return out
+}
+
+func TestPublishFaultsGiveExactlyOnce(t *testing.T) {
+	faults := []spinetest.Fault{spinetest.Fault503, spinetest.Fault500, spinetest.FaultDropBefore, spinetest.FaultDropAfter, spinetest.Fault429}
+	for _, f := range faults {
+		t.Run(f.String(), func(t *testing.T) {
+			spine := spinetest.Start(t)
+			c := newTestClient(t, spine.URL())
+			spine.FailNext(2, f)
+			for i := uint32(1); i <= 3; i++ {
+				if err := c.Publish(context.Background(), testEvent("s", 0x100, i)); err != nil {
+					t.Fatalf("Publish %d: %v", i, err)
+				}
+			}
+			got := keys(spine.Events())
+			if len(got) != 3 {
+				t.Fatalf("got %d events %v, want exactly 3", len(got), got)
+			}
+			for i, k := range got {
+				if want := testEvent("s", 0x100, uint32(i+1)).Key; k != want {
+					t.Errorf("event %d: got key %s, want %s", i, k, want)
+				}
+			}
+		})
+	}
+}
+
+func TestPublishRejection(t *testing.T) {
+	spine := spinetest.Start(t)
+	c := newTestClient(t, spine.URL())
+	spine.FailNext(1, spinetest.FaultReject)
+	err := c.Publish(context.Background(), testEvent("s", 0x100, 1))
+	if !IsRejected(err) {
+		t.Fatalf("got %v, want a RejectedError", err)
+	}
+	ev := testEvent("s", 0x100, 2)
+	ev.Body = bytes.Replace(ev.Body, []byte(`"kind":"other"`), []byte(`"kind":"no_such_kind"`), 1)
+	if err := c.Publish(context.Background(), ev); !IsRejected(err) {
+		t.Fatalf("unknown kind: got %v, want a RejectedError", err)
+	}
+	if n := len(spine.Events()); n != 0 {
+		t.Fatalf("got %d events, want 0", n)
+	}
+}
+
+func TestRestartedClientSkipsWhatTheSpineHolds(t *testing.T) {
+	spine := spinetest.Start(t)
+	first := newTestClient(t, spine.URL())
+	for i := uint32(1); i <= 5; i++ {
+		if err := first.Publish(context.Background(), testEvent("s", 0x200, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another producer shares the source: 150 foreign events push ours out
+	// of the first read-back page.
+	for i := 0; i < 150; i++ {
+		body := fmt.Sprintf(`{"kind":"other","source":"s","payload":{"n":%d}}`, i)
+		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	// A new process replays from an older confirmed position.
+	second := newTestClient(t, spine.URL())
+	for i := uint32(1); i <= 7; i++ {
+		if err := second.Publish(context.Background(), testEvent("s", 0x200, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(spine.Events()); got != 5+150+2 {
+		t.Fatalf("got %d events, want %d (no replayed duplicates)", got, 5+150+2)
+	}
+	// Another agent (other slot) with the same positions is not confused with us.
+	other, _ := NewClient(ClientConfig{URL: spine.URL(), MinBackoff: time.Millisecond})
+	other.SetIdentity("7301", "other_slot")
+	ev := testEvent("s", 0x200, 1)
+	ev.Key = decode.Key("7301", "other_slot", ev.Pos)
+	ev.Body = bytes.Replace(ev.Body, []byte(":slot:"), []byte(":other_slot:"), 1)
+	if err := other.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(spine.Events()); got != 5+150+2+1 {
+		t.Fatalf("got %d events, want the other slot's event appended", got)
+	}
+}
+
+func TestRedeliverIsIdempotentAndIgnoredByReadBack(t *testing.T) {
+	spine := spinetest.Start(t)
+	c := newTestClient(t, spine.URL())
+	if err := c.Publish(context.Background(), testEvent("s", 0x300, 5)); err != nil {
+		t.Fatal(err)
+	}
+	old := testEvent("s", 0x300, 2) // an older dead letter
+	for i := 0; i < 2; i++ {
+		if err := c.Redeliver(context.Background(), old.Source, old.Key, old.Body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs := spine.Events()
+	if len(evs) != 2 {
+		t.Fatalf("got %d events, want 2 (redelivered once)", len(evs))
+	}
+	meta, _ := evs[1].Payload["metadata"].(map[string]any)
+	if meta["redelivered"] != true {
+		t.Fatalf("got metadata %v, want redelivered: true", meta)
+	}
+	fresh := newTestClient(t, spine.URL())
+	if err := fresh.Publish(context.Background(), testEvent("s", 0x300, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Mark() != (decode.Position{CommitLSN: 0x300, Seq: 5}) {
+		t.Fatalf("got mark %v, want 0x300/5 (redelivered events ignored)", fresh.Mark())
+	}
+	if got := len(spine.Events()); got != 2 {
+		t.Fatalf("got %d events, want 2", got)
+	}
+}
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	calls := 0
+	var first time.Time
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			_ = json.NewEncoder(w).Encode([]any{})
+			return
+		}
+		calls++
+		if calls == 1 {
+			first = time.Now()
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		if d := time.Since(first); d < 900*time.Millisecond {
+			t.Errorf("retried after %s, want ≥ 1s (Retry-After)", d)
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	c := newTestClient(t, srv.URL)
+	if err := c.Publish(context.Background(), testEvent("s", 1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 {
+		t.Fatalf("got %d POSTs, want 2", calls)
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	for attempt := 0; attempt < 40; attempt++ {
+		d := Backoff(attempt, 100*time.Millisecond, 5*time.Second)
+		ceil := 100 * time.Millisecond << min(attempt, 6)
+		if ceil > 5*time.Second {
+			ceil = 5 * time.Second
+		}
+		if d < ceil/2 || d > ceil {
+			t.Fatalf("attempt %d: got %s, want within [%s, %s]", attempt, d, ceil/2, ceil)
+		}
+	}
+}
+
+func TestMarkRedelivered(t *testing.T) {
+	in := `{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"commit_lsn":"0/1","idempotency_key":"k"}}}`
+	want := `{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k"}}}`
+	if got := string(MarkRedelivered([]byte(in))); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestCanceledPublishReturns(t *testing.T) {
+	spine := spinetest.Start(t)
+	spine.SetDown(true)
+	c := newTestClient(t, spine.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := c.Publish(ctx, testEvent("s", 1, 1)); err == nil {
+		t.Fatalf("got nil, want the context error while the spine is down")
+	}
+}

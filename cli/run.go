@@ -10,11 +10,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
+	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -122,7 +124,28 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
+	preflightLog(ctx, o, log, spine)
 	host, _ := os.Hostname()
 	log.Info("pgaudit-cdc starting", "instance", host, "pid", os.Getpid(), "slot", o.slot, "publication", o.publication)
 	return a.Run(ctx)
+}
+
+// preflightLog runs the doctor's checks once at start and logs what is not
+// fine; the agent itself stops on what it cannot work around.
+func preflightLog(ctx context.Context, o *options, log *slog.Logger, spine *publish.Client) {
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(pctx, o.databaseURL)
+	if err != nil {
+		return // the agent reports connection errors itself, with retries
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for _, r := range preflight.Run(pctx, conn, preflight.Options{Slot: o.slot, Publication: o.publication, Spine: spine}) {
+		switch r.Status {
+		case preflight.Fail:
+			log.Error("preflight check failed", "check", r.Name, "detail", r.Detail, "fix", r.Fix)
+		case preflight.Warn:
+			log.Warn("preflight warning", "check", r.Name, "detail", r.Detail, "fix", r.Fix)
+		}
+	}
 }

@@ -1,0 +1,267 @@
+// Package preflight checks that a database (and spine) can run pgaudit-cdc,
+// and says, for every problem, the one thing to do about it — including the
+// parameter names of the managed services (Amazon RDS and Aurora, Google
+// Cloud SQL, Azure Database for PostgreSQL, Supabase).
+package preflight
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+)
+
+// Status of one check.
+type Status string
+
+// Check statuses.
+const (
+	OK   Status = "ok"
+	Warn Status = "warn"
+	Fail Status = "fail"
+)
+
+// Result is one check's outcome. Fix is set unless Status is OK.
+type Result struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Options say what to check.
+type Options struct {
+	Slot        string
+	Publication string
+	// Spine, when set, is asked for /healthz and its accepted kinds.
+	Spine *publish.Client
+}
+
+// Failed reports whether any result is a failure.
+func Failed(rs []Result) bool {
+	return slices.ContainsFunc(rs, func(r Result) bool { return r.Status == Fail })
+}
+
+// Run performs every check on conn. It returns what it could check; a query
+// error becomes a failed check, not an error.
+func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
+	var rs []Result
+	add := func(r Result) { rs = append(rs, r) }
+
+	var versionNum int
+	var version string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version')").Scan(&versionNum, &version); err != nil {
+		add(Result{Name: "server version", Status: Fail, Detail: err.Error(), Fix: "check that --database-url points at a PostgreSQL server"})
+		return rs
+	}
+	switch {
+	case versionNum < 140000:
+		add(Result{Name: "server version", Status: Fail, Detail: "PostgreSQL " + version,
+			Fix: "upgrade to PostgreSQL 14 or later: pgaudit-cdc needs pgoutput with logical messages"})
+	default:
+		add(Result{Name: "server version", Status: OK, Detail: "PostgreSQL " + version})
+	}
+
+	var walLevel string
+	_ = conn.QueryRow(ctx, "SELECT current_setting('wal_level')").Scan(&walLevel)
+	if walLevel == "logical" {
+		add(Result{Name: "wal_level", Status: OK, Detail: "logical"})
+	} else {
+		add(Result{Name: "wal_level", Status: Fail, Detail: fmt.Sprintf("%q", walLevel),
+			Fix: "set wal_level = logical and restart PostgreSQL (self-managed: ALTER SYSTEM SET wal_level = logical; Amazon RDS/Aurora: rds.logical_replication = 1 in the parameter group; Google Cloud SQL: flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL: server parameter wal_level = LOGICAL; Supabase: already logical)"})
+	}
+
+	var slotExists bool
+	var slotActive bool
+	var slotPID *int32
+	var plugin, slotDB, walStatus *string
+	var dbName string
+	_ = conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbName)
+	err := conn.QueryRow(ctx, `SELECT true, active, active_pid, plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).
+		Scan(&slotExists, &slotActive, &slotPID, &plugin, &slotDB, &walStatus)
+	if err != nil && err != pgx.ErrNoRows {
+		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
+	}
+
+	var maxSlots, usedSlots, maxSenders, usedSenders int
+	_ = conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
+		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)`).Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders)
+	switch {
+	case slotExists:
+		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used, ours among them", usedSlots, maxSlots)})
+	case usedSlots >= maxSlots:
+		add(Result{Name: "replication slots", Status: Fail, Detail: fmt.Sprintf("%d of %d used, none free for %q", usedSlots, maxSlots, o.Slot),
+			Fix: "raise max_replication_slots and restart PostgreSQL (Amazon RDS/Aurora, Cloud SQL, Azure: the parameter of the same name), or drop an unused slot with pg_drop_replication_slot"})
+	default:
+		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used", usedSlots, maxSlots)})
+	}
+	if usedSenders >= maxSenders && !slotActive {
+		add(Result{Name: "WAL senders", Status: Fail, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders),
+			Fix: "raise max_wal_senders and restart PostgreSQL (on managed services: the parameter of the same name)"})
+	} else {
+		add(Result{Name: "WAL senders", Status: OK, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders)})
+	}
+
+	var role string
+	var super, repl, canCreate bool
+	_ = conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication, has_database_privilege(current_database(), 'CREATE')
+		FROM pg_roles WHERE rolname = current_user`).Scan(&role, &super, &repl, &canCreate)
+	if !super && !repl {
+		var rdsRepl bool
+		_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication' AND pg_has_role(current_user, oid, 'MEMBER'))`).Scan(&rdsRepl)
+		if !rdsRepl {
+			add(Result{Name: "REPLICATION privilege", Status: Fail, Detail: fmt.Sprintf("role %q has neither REPLICATION nor superuser", role),
+				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident(role), ident(role), ident(role), ident(role), ident(role))})
+		} else {
+			add(Result{Name: "REPLICATION privilege", Status: OK, Detail: "member of rds_replication"})
+		}
+	} else {
+		add(Result{Name: "REPLICATION privilege", Status: OK, Detail: fmt.Sprintf("role %q (superuser: %t, replication: %t)", role, super, repl)})
+	}
+
+	var schemaOwned *bool
+	_ = conn.QueryRow(ctx, `SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgaudit_cdc'`).Scan(&schemaOwned)
+	switch {
+	case schemaOwned != nil && *schemaOwned:
+		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "exists, owned by this role"})
+	case schemaOwned != nil:
+		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "exists but belongs to another role",
+			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident(role))})
+	case canCreate:
+		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "will be created (CREATE on the database granted)"})
+	default:
+		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "missing, and the role may not create it",
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident(dbName), ident(role), ident(role))})
+	}
+
+	var pubExists, pubOwned bool
+	_ = conn.QueryRow(ctx, `SELECT true, pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1`, o.Publication).Scan(&pubExists, &pubOwned)
+	switch {
+	case pubExists && pubOwned:
+		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q exists", o.Publication)})
+	case pubExists:
+		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q belongs to another role", o.Publication),
+			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident(o.Publication), ident(role))})
+	case canCreate || super:
+		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", o.Publication)})
+	default:
+		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q missing and the role may not create it", o.Publication),
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(role))})
+	}
+
+	switch {
+	case !slotExists:
+		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", o.Slot)})
+	case deref(plugin) != "pgoutput" || deref(slotDB) != dbName:
+		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q uses plugin %q in database %q", o.Slot, deref(plugin), deref(slotDB)),
+			Fix: fmt.Sprintf("choose another --slot, or drop it with SELECT pg_drop_replication_slot('%s')", o.Slot)})
+	case deref(walStatus) == "lost":
+		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q was invalidated: WAL it needed was removed (max_slot_wal_keep_size)", o.Slot),
+			Fix: fmt.Sprintf("changes were lost: drop the slot with SELECT pg_drop_replication_slot('%s'), run watch again, and backfill; raise max_slot_wal_keep_size", o.Slot)})
+	case slotActive:
+		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q in use by PID %d (an agent is connected)", o.Slot, derefPID(slotPID))})
+	default:
+		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q exists, no agent connected", o.Slot)})
+	}
+
+	var keep string
+	_ = conn.QueryRow(ctx, "SELECT current_setting('max_slot_wal_keep_size')").Scan(&keep)
+	if keep == "-1" {
+		add(Result{Name: "max_slot_wal_keep_size", Status: Warn, Detail: "unlimited: WAL is kept for as long as the spine is unreachable",
+			Fix: "nothing is lost this way, but watch pgaudit_cdc_slot_retained_wal_bytes so the disk does not fill; a limit protects the disk at the cost of invalidating the slot"})
+	} else {
+		add(Result{Name: "max_slot_wal_keep_size", Status: OK, Detail: keep + " (the slot is invalidated past it: alert on retained WAL well before)"})
+	}
+
+	rs = append(rs, checkWatches(ctx, conn)...)
+	if o.Spine != nil {
+		rs = append(rs, checkSpine(ctx, conn, o.Spine)...)
+	}
+	return rs
+}
+
+func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
+	var exists bool
+	_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'pgaudit_cdc' AND tablename = 'watches')`).Scan(&exists)
+	if !exists {
+		return []Result{{Name: "watches", Status: Warn, Detail: "no watch registry yet", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"}}
+	}
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', w.schema_name, w.table_name), c.oid IS NOT NULL,
+			coalesce(pg_has_role(current_user, c.relowner, 'USAGE'), false), coalesce(c.relreplident::text, '')
+		FROM pgaudit_cdc.watches w LEFT JOIN pg_class c ON c.oid = w.table_oid WHERE w.active ORDER BY 1`)
+	if err != nil {
+		return []Result{{Name: "watches", Status: Fail, Detail: err.Error(), Fix: "grant this role access to the pgaudit_cdc schema"}}
+	}
+	defer rows.Close()
+	var rs []Result
+	n := 0
+	for rows.Next() {
+		var name, ident string
+		var present, owned bool
+		if err := rows.Scan(&name, &present, &owned, &ident); err != nil {
+			return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
+		}
+		n++
+		switch {
+		case !present:
+			rs = append(rs, Result{Name: "watch " + name, Status: Warn, Detail: "the table no longer exists", Fix: "run pgaudit-cdc unwatch " + name})
+		case ident != "f":
+			rs = append(rs, Result{Name: "watch " + name, Status: Warn, Detail: "REPLICA IDENTITY is not FULL: old rows carry the key only",
+				Fix: "run pgaudit-cdc watch again for it, or ALTER TABLE " + name + " REPLICA IDENTITY FULL"})
+		case !owned:
+			rs = append(rs, Result{Name: "watch " + name, Status: Warn, Detail: "this role does not own the table: re-watch and unwatch will fail",
+				Fix: "GRANT the table's owner role to this role"})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
+	}
+	if n == 0 {
+		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
+	}
+	return append(rs, Result{Name: "watches", Status: OK, Detail: strconv.Itoa(n) + " active"})
+}
+
+func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Result {
+	if err := spine.Health(ctx); err != nil {
+		return []Result{{Name: "spine", Status: Fail, Detail: err.Error(),
+			Fix: "check --audit-stream-url (and AUDIT_STREAM_CA_FILE for https) and that audit-stream is running; events wait in the slot meanwhile"}}
+	}
+	rs := []Result{{Name: "spine", Status: OK, Detail: "answers /healthz"}}
+	kinds, err := spine.Kinds(ctx)
+	if err != nil {
+		return append(rs, Result{Name: "spine kinds", Status: Warn, Detail: err.Error(), Fix: "make sure the spine serves /openapi.json"})
+	}
+	rows, err := conn.Query(ctx, `SELECT DISTINCT kind FROM pgaudit_cdc.watches WHERE active ORDER BY 1`)
+	if err != nil {
+		return rs
+	}
+	watched, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	for _, k := range watched {
+		if !slices.Contains(kinds, k) {
+			rs = append(rs, Result{Name: "spine kinds", Status: Fail, Detail: fmt.Sprintf("the spine no longer accepts kind %q used by a watch", k),
+				Fix: "re-watch the tables with an accepted kind; their refused events are kept as dead letters meanwhile"})
+		}
+	}
+	return rs
+}
+
+func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefPID(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}

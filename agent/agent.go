@@ -206,6 +206,10 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	schemaEntries, err := watches.LoadSchemas(ctx, meta, true)
+	if err != nil {
+		return err
+	}
 	slot, err := replication.LookupSlot(ctx, meta, a.cfg.Slot)
 	if err != nil {
 		return err
@@ -235,16 +239,18 @@ func (a *Agent) session(ctx context.Context) error {
 		meta:     meta,
 		registry: watches.NewRegistry(meta, a.cfg.Publication, a.cfg.Slot),
 		stream: decode.NewStream(decode.StreamConfig{
-			SystemID:       sess.SystemID,
-			Slot:           a.cfg.Slot,
-			RegistrySchema: migrations.Schema,
-			RegistryTable:  replication.RegistryTable,
+			SystemID:            sess.SystemID,
+			Slot:                a.cfg.Slot,
+			RegistrySchema:      migrations.Schema,
+			RegistryTable:       replication.RegistryTable,
+			SchemaRegistryTable: replication.SchemaRegistryTable,
 		}, watches.Map(entries)),
 		resolver: newResolver(meta),
 		items:    make(chan work, 1024),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,
 	}
+	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
 
 	// The publisher outlives a stop request by the grace period, so that
 	// what was already decoded can still be delivered.

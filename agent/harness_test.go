@@ -127,12 +127,24 @@ func (h *harness) stopAgent() {
 	h.stop = nil
 }
 
-// waitEvents waits until the spine holds n events and returns them.
+// dataEvents returns the spine's events except the registry's own
+// (source pgaudit-cdc), which TestSelfAudit checks.
+func (h *harness) dataEvents() []spinetest.Event {
+	var out []spinetest.Event
+	for _, e := range h.spine.Events() {
+		if e.Source != "pgaudit-cdc" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitEvents waits until the spine holds n data events and returns them.
 func (h *harness) waitEvents(n int, within time.Duration) []spinetest.Event {
 	h.t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		evs := h.spine.Events()
+		evs := h.dataEvents()
 		if len(evs) >= n {
 			return evs
 		}
@@ -148,7 +160,7 @@ func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
 	h.t.Helper()
 	evs := h.waitEvents(n, 30*time.Second)
 	time.Sleep(quiet)
-	evs = h.spine.Events()
+	evs = h.dataEvents()
 	if len(evs) != n {
 		h.t.Fatalf("got %d events, want exactly %d:\n%s", len(evs), n, dump(evs))
 	}

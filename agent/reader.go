@@ -123,8 +123,8 @@ func (r *reader) housekeeping(ctx context.Context) {
 	} else if retained != nil {
 		r.a.m.RetainedWAL.Set(float64(*retained))
 	}
-	if err := r.registry.FixPartitions(ctx); err != nil {
-		r.a.log.Warn("setting REPLICA IDENTITY FULL on new partitions failed", "err", err)
+	if err := r.registry.FixReplicaIdentity(ctx); err != nil {
+		r.a.log.Warn("setting REPLICA IDENTITY FULL on new partitions or schema tables failed", "err", err)
 	}
 	var pending int64
 	if err := r.meta.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&pending); err == nil {
@@ -149,6 +149,13 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 			rel.Columns[i].Type = t
 		}
 	}
+	for _, oid := range r.stream.BackfillTypes(msg) {
+		t, err := r.resolver.Resolve(ctx, oid)
+		if err != nil {
+			return fmt.Errorf("resolving type %d of a backfill chunk: %w", oid, err)
+		}
+		r.stream.SetType(oid, t)
+	}
 	return r.stream.Apply(rec.WALStart, msg, func(it decode.Item) error {
 		w := work{item: it}
 		switch it.Kind {
@@ -157,6 +164,9 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 		case decode.ItemWatchChanged:
 			r.logWatchChange(it)
 			return nil
+		case decode.ItemNotice:
+			r.a.log.Warn(it.Notice)
+			return nil
 		}
 		return r.send(ctx, w)
 	})
@@ -164,13 +174,17 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 
 func (r *reader) logWatchChange(it decode.Item) {
 	r.a.m.WatchChanges.Inc()
+	target := []any{"table_oid", it.TableOID}
+	if it.Schema != "" {
+		target = []any{"schema", it.Schema}
+	}
 	switch {
 	case !it.Watch.Active:
-		r.a.log.Info("watch removed", "table_oid", it.TableOID)
+		r.a.log.Info("watch removed", target...)
 	case it.Existed && it.Previous.Active:
-		r.a.log.Info("watch updated", "table_oid", it.TableOID, "kind", it.Watch.Kind, "source", it.Watch.Source)
+		r.a.log.Info("watch updated", append(target, "kind", it.Watch.Kind, "source", it.Watch.Source)...)
 	default:
-		r.a.log.Info("watch added", "table_oid", it.TableOID, "kind", it.Watch.Kind, "source", it.Watch.Source)
+		r.a.log.Info("watch added", append(target, "kind", it.Watch.Kind, "source", it.Watch.Source)...)
 	}
 }
 

@@ -255,7 +255,8 @@ func TestRunAsLeastPrivilegeRole(t *testing.T) {
 	}()
 
 	exec(t, dsn, `INSERT INTO decisions VALUES (1, 'a'), (2, 'b')`)
-	waitFor(t, "two events in the spine", 30*time.Second, func() bool { return len(spine.Events()) == 2 })
+	// The watch's own self-audit event, then the two inserts.
+	waitFor(t, "three events in the spine", 30*time.Second, func() bool { return len(spine.Events()) == 3 })
 
 	base := "http://" + addr
 	waitFor(t, "the delivered counter", 10*time.Second, func() bool {
@@ -286,7 +287,7 @@ func TestRunAsLeastPrivilegeRole(t *testing.T) {
 		t.Errorf("retries by reason did not move: %v %v", v, ok)
 	}
 	spine.SetDown(false)
-	waitFor(t, "the third event", 30*time.Second, func() bool { return len(spine.Events()) == 3 })
+	waitFor(t, "the third insert", 30*time.Second, func() bool { return len(spine.Events()) == 4 })
 	waitFor(t, "/readyz to recover", 10*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
 
 	statusOut := mustRun(t, env, "status", "--json")

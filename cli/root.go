@@ -101,7 +101,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 	root.AddCommand(
 		newWatchCmd(o), newUnwatchCmd(o), newListCmd(o), newRunCmd(o),
 		newDeadLettersCmd(o), newDemoCmd(o), newVersionCmd(),
-		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o),
+		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o), newBackfillCmd(o),
 	)
 	return root
 }

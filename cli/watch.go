@@ -16,7 +16,9 @@ import (
 )
 
 func newWatchCmd(o *options) *cobra.Command {
-	var kind, source string
+	var kind, source, where, schema string
+	var columns, exclude, onColumns []string
+	var backfill bool
 	cmd := &cobra.Command{
 		Use:   "watch TABLE --kind KIND --source SOURCE",
 		Short: "Audit a table: register it, publish it, and start capturing its changes now",
@@ -28,14 +30,18 @@ table updates its kind and source in place. The kind must be one the spine
 accepts (its /openapi.json when --audit-stream-url is reachable, else the
 audit-stream v0.1 list).`,
 		Example: `  pgaudit-cdc watch decisions --kind decision_card_status_changed --source procurement-api
-  pgaudit-cdc watch billing.invoices --kind other --source billing
+  pgaudit-cdc watch billing.invoices --kind other --source billing --where "status <> 'draft'"
+  pgaudit-cdc watch users --kind other --source accounts --exclude-columns ssn,password_hash
+  pgaudit-cdc watch decisions --kind other --source api --on-columns status,amount --backfill
+  pgaudit-cdc watch --schema billing --kind other --source billing
   pgaudit-cdc watch '"Mixed Case"."odd ""name"""' --kind other --source legacy`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := watches.ParseTableName(args[0])
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
+		Args: func(cmd *cobra.Command, args []string) error {
+			if schema != "" {
+				return cobra.NoArgs(cmd, args)
 			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			if strings.TrimSpace(source) == "" {
 				return &ExitError{Code: 2, Err: fmt.Errorf("--source is required and must not be empty")}
 			}
@@ -51,16 +57,41 @@ audit-stream v0.1 list).`,
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			name, err := watches.NewRegistry(conn, o.publication, o.slot).Watch(cmd.Context(), t, kind, source)
+			reg := watches.NewRegistry(conn, o.publication, o.slot)
+			if schema != "" {
+				if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
+					return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
+				}
+				if err := reg.WatchSchema(cmd.Context(), schema, kind, source); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
+				return nil
+			}
+			t, err := watches.ParseTableName(args[0])
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			name, err := reg.Watch(cmd.Context(), t, kind, source, watches.Options{
+				RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), name)
+			if backfill {
+				return runBackfill(cmd, conn, t, 0)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "event kind of this table's changes (required)")
 	cmd.Flags().StringVar(&source, "source", "", "event source of this table's changes (required)")
+	cmd.Flags().StringVar(&where, "where", "", "audit only rows matching this SQL expression, evaluated by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&columns, "columns", nil, "send only these columns (and the primary key), enforced by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&exclude, "exclude-columns", nil, "never send these columns, enforced by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&onColumns, "on-columns", nil, "emit an UPDATE only when one of these columns changed")
+	cmd.Flags().StringVar(&schema, "schema", "", "watch every table of this schema, including later ones (instead of TABLE)")
+	cmd.Flags().BoolVar(&backfill, "backfill", false, "then send the rows the table already holds as READ events")
 	_ = cmd.MarkFlagRequired("kind")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
@@ -93,23 +124,43 @@ func checkKind(ctx context.Context, o *options, kind string, log interface {
 }
 
 func newUnwatchCmd(o *options) *cobra.Command {
-	return &cobra.Command{
+	var schema string
+	cmd := &cobra.Command{
 		Use:   "unwatch TABLE",
 		Short: "Stop auditing a table (idempotent; works after the table was dropped)",
 		Example: `  pgaudit-cdc unwatch decisions
-  pgaudit-cdc unwatch billing.invoices`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := watches.ParseTableName(args[0])
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
+  pgaudit-cdc unwatch billing.invoices
+  pgaudit-cdc unwatch --schema billing`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if schema != "" {
+				return cobra.NoArgs(cmd, args)
 			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			conn, err := o.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			removed, err := watches.NewRegistry(conn, o.publication, o.slot).Unwatch(cmd.Context(), t)
+			reg := watches.NewRegistry(conn, o.publication, o.slot)
+			if schema != "" {
+				removed, err := reg.UnwatchSchema(cmd.Context(), schema)
+				if err != nil {
+					return err
+				}
+				if removed {
+					fmt.Fprintf(cmd.OutOrStdout(), "unwatched schema %s\n", schema)
+				} else {
+					fmt.Fprintf(cmd.OutOrStdout(), "schema %s was not watched; nothing to do\n", schema)
+				}
+				return nil
+			}
+			t, err := watches.ParseTableName(args[0])
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			removed, err := reg.Unwatch(cmd.Context(), t)
 			if err != nil {
 				return err
 			}
@@ -122,6 +173,8 @@ func newUnwatchCmd(o *options) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&schema, "schema", "", "remove a schema-wide watch (instead of TABLE)")
+	return cmd
 }
 
 func newListCmd(o *options) *cobra.Command {
@@ -141,14 +194,41 @@ func newListCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			schemas, err := watches.LoadSchemas(cmd.Context(), conn, all)
+			if err != nil {
+				return err
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE")
+			fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE\tOPTIONS")
+			for _, e := range schemas {
+				fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", decode.QuoteIdent(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
+			}
 			for _, e := range entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, describeOptions(e.Options))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "include tables that were unwatched")
 	return cmd
+}
+
+func describeOptions(o watches.Options) string {
+	var parts []string
+	if o.RowFilter != "" {
+		parts = append(parts, "where "+o.RowFilter)
+	}
+	if len(o.Columns) > 0 {
+		parts = append(parts, "columns "+strings.Join(o.Columns, ","))
+	}
+	if len(o.ExcludeColumns) > 0 {
+		parts = append(parts, "excluding "+strings.Join(o.ExcludeColumns, ","))
+	}
+	if len(o.OnColumns) > 0 {
+		parts = append(parts, "on "+strings.Join(o.OnColumns, ","))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, "; ")
 }

@@ -205,12 +205,22 @@ func TestStreamSkipsUnwatchedAndTracksRegistry(t *testing.T) {
 	for _, it := range items {
 		kinds = append(kinds, it.Kind)
 	}
-	want := []ItemKind{ItemWatchChanged, ItemEvent, ItemWatchChanged, ItemEvent, ItemCommit}
+	// Each registry change is applied and audited itself (WATCH, UNWATCH).
+	want := []ItemKind{ItemWatchChanged, ItemEvent, ItemEvent, ItemWatchChanged, ItemEvent, ItemEvent, ItemCommit}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("got item kinds %v, want %v", kinds, want)
 	}
-	if items[2].Watch.Active {
+	if items[3].Watch.Active {
 		t.Fatalf("got an active watch after the registry delete, want inactive")
+	}
+	for i, op := range map[int]string{1: OpWatch, 2: OpInsert, 4: OpUnwatch, 5: OpInsert} {
+		ev := items[i].Event
+		if ev.Operation != op {
+			t.Errorf("item %d: got operation %s, want %s", i, ev.Operation, op)
+		}
+		if (op == OpWatch || op == OpUnwatch) && (ev.Source != SelfAuditSource || ev.Kind != SelfAuditKind || !json.Valid(ev.Body)) {
+			t.Errorf("item %d: self-audit event %s", i, ev.Body)
+		}
 	}
 	if s.InTransaction() {
 		t.Fatalf("stream still in a transaction after COMMIT")

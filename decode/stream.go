@@ -3,6 +3,7 @@ package decode
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +17,13 @@ type Watch struct {
 	Kind   string
 	Source string
 	Active bool
+	// OnColumns, when set, limits UPDATE events to those that change at
+	// least one of these columns.
+	OnColumns []string
+}
+
+func (w Watch) equal(o Watch) bool {
+	return w.Kind == o.Kind && w.Source == o.Source && w.Active == o.Active && slices.Equal(w.OnColumns, o.OnColumns)
 }
 
 // StreamConfig is fixed for the life of a Stream.
@@ -29,6 +37,9 @@ type StreamConfig struct {
 	// commit order.
 	RegistrySchema string
 	RegistryTable  string
+	// SchemaRegistryTable names the schema-wide watch table, in
+	// RegistrySchema.
+	SchemaRegistryTable string
 }
 
 // Position orders every change of a slot: the commit LSN of its transaction,
@@ -109,6 +120,7 @@ const (
 	ItemEvent        ItemKind = iota + 1 // Event is set
 	ItemCommit                           // a transaction ended at EndLSN: once every earlier item is delivered, EndLSN may be confirmed
 	ItemWatchChanged                     // the registry changed: Table, Watch and Previous say how
+	ItemNotice                           // something the operator should know (Notice); nothing to deliver
 )
 
 // Item is one output of Stream.Apply.
@@ -121,21 +133,32 @@ type Item struct {
 	Watch    Watch
 	Previous Watch
 	Existed  bool
+	Schema   string // set for schema-wide watch changes instead of TableOID
+	// Notice is a one-line explanation for ItemNotice.
+	Notice string
 }
 
 // Stream turns parsed pgoutput messages into events. It holds the relation
 // cache, the current transaction and the watch registry; it does no I/O.
 // A Stream is used by one goroutine.
 type Stream struct {
-	cfg       StreamConfig
-	relations map[uint32]*RelationMessage
-	watches   map[uint32]Watch
+	cfg           StreamConfig
+	relations     map[uint32]*RelationMessage
+	watches       map[uint32]Watch
+	schemaWatches map[string]Watch
+	types         map[uint32]*Type // for backfill chunks, which carry type OIDs
 
 	inTx       bool
 	begin      BeginMessage
 	seq        uint32
 	timestamp  string // commit time, ISO 8601, of the current transaction
 	commitTime time.Time
+
+	// Per-transaction capture state (see capture.go).
+	annotations    []byte // compact JSON object, or nil
+	annotationsErr string
+	skip           []byte // the skip marker's content while skipping, else nil
+	skipped        []*skipCount
 }
 
 // NewStream returns a Stream that labels events with watches (keyed by table
@@ -145,7 +168,34 @@ func NewStream(cfg StreamConfig, watches map[uint32]Watch) *Stream {
 	for k, v := range watches {
 		w[k] = v
 	}
-	return &Stream{cfg: cfg, relations: map[uint32]*RelationMessage{}, watches: w}
+	return &Stream{cfg: cfg, relations: map[uint32]*RelationMessage{}, watches: w,
+		schemaWatches: map[string]Watch{}, types: map[uint32]*Type{}}
+}
+
+// SetSchemaWatches replaces the schema-wide watches (keyed by schema name).
+func (s *Stream) SetSchemaWatches(watches map[string]Watch) {
+	s.schemaWatches = make(map[string]Watch, len(watches))
+	for k, v := range watches {
+		s.schemaWatches[k] = v
+	}
+}
+
+// watchFor returns the watch labelling changes of rel: an active per-table
+// watch, else a schema-wide one, else a per-table tombstone (replayed changes
+// from before an unwatch).
+func (s *Stream) watchFor(relID uint32, namespace string) (Watch, bool) {
+	w, ok := s.watches[relID]
+	if ok && w.Active {
+		return w, true
+	}
+	if sw, sok := s.schemaWatches[namespace]; sok && sw.Active {
+		return sw, true
+	}
+	if ok {
+		return w, true
+	}
+	sw, sok := s.schemaWatches[namespace]
+	return sw, sok
 }
 
 // InTransaction reports whether a transaction has begun and not yet committed.
@@ -177,10 +227,14 @@ func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
 		s.inTx, s.begin, s.seq = true, *m, 0
 		s.commitTime = PGTime(m.CommitTime)
 		s.timestamp = FormatTimestamp(s.commitTime)
+		s.annotations, s.annotationsErr, s.skip, s.skipped = nil, "", nil, nil
 		return nil
 	case *CommitMessage:
 		if !s.inTx {
 			return fmt.Errorf("%w: COMMIT outside a transaction", ErrProtocol)
+		}
+		if err := s.emitSkipSummaries(lsn, emit); err != nil {
+			return err
 		}
 		s.inTx = false
 		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN})
@@ -190,10 +244,7 @@ func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
 	case *TypeMessage, *OriginMessage:
 		return nil
 	case *LogicalMessage:
-		if m.Transactional && s.inTx {
-			s.seq++
-		}
-		return nil
+		return s.logicalMessage(lsn, m, emit)
 	case *InsertMessage:
 		return s.change(lsn, m.RelationID, OpInsert, 0, nil, m.New, emit)
 	case *UpdateMessage:
@@ -218,23 +269,31 @@ func (s *Stream) relation(id uint32) (*RelationMessage, error) {
 	return rel, nil
 }
 
-func (s *Stream) isRegistry(rel *RelationMessage) bool {
-	return rel.Namespace == s.cfg.RegistrySchema && rel.Name == s.cfg.RegistryTable
-}
-
 func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, newT Tuple, emit func(Item) error) error {
 	rel, err := s.relation(relID)
 	if err != nil {
 		return err
 	}
 	s.seq++
-	if s.isRegistry(rel) {
-		return s.registryChange(rel, op, old, newT, emit)
+	if rel.Namespace == s.cfg.RegistrySchema {
+		switch rel.Name {
+		case s.cfg.RegistryTable:
+			return s.registryChange(lsn, rel, op, old, newT, emit)
+		case s.cfg.SchemaRegistryTable:
+			return s.schemaRegistryChange(lsn, rel, old, newT, emit)
+		}
 	}
-	w, ok := s.watches[rel.ID]
+	w, ok := s.watchFor(rel.ID, rel.Namespace)
 	if !ok {
 		// In the publication but not registered (added by hand): not ours to
 		// audit.
+		return nil
+	}
+	if s.skip != nil {
+		s.countSkipped(rel, op)
+		return nil
+	}
+	if op == OpUpdate && len(w.OnColumns) > 0 && oldKind == 'O' && !changedAny(rel, old, newT, w.OnColumns) {
 		return nil
 	}
 	if (old != nil && len(old) != len(rel.Columns)) || (newT != nil && len(newT) != len(rel.Columns)) {
@@ -292,8 +351,12 @@ func (s *Stream) truncate(lsn LSN, m *TruncateMessage, emit func(Item) error) er
 			return err
 		}
 		s.seq++
-		w, ok := s.watches[rel.ID]
-		if !ok || s.isRegistry(rel) {
+		w, ok := s.watchFor(rel.ID, rel.Namespace)
+		if !ok || rel.Namespace == s.cfg.RegistrySchema {
+			continue
+		}
+		if s.skip != nil {
+			s.countSkipped(rel, OpTruncate)
 			continue
 		}
 		ev := s.newEvent(lsn, rel, w, OpTruncate)
@@ -355,6 +418,13 @@ func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
 	b = append(b, s.timestamp...)
 	b = append(b, `","idempotency_key":`...)
 	b = AppendString(b, []byte(ev.Key))
+	if s.annotations != nil {
+		b = append(b, `,"annotations":`...)
+		b = append(b, s.annotations...)
+	} else if s.annotationsErr != "" {
+		b = append(b, `,"annotations_error":`...)
+		b = AppendString(b, []byte(s.annotationsErr))
+	}
 	return b
 }
 
@@ -413,55 +483,6 @@ func appendColumn(b []byte, rc *RelationColumn, col TupleColumn) []byte {
 
 var textType = &Type{Name: "text", Kind: KindText}
 
-// registryChange applies a change of the watch registry table. The registry
-// has REPLICA IDENTITY FULL, so deletes carry the whole old row.
-func (s *Stream) registryChange(rel *RelationMessage, op string, old, newT Tuple, emit func(Item) error) error {
-	row := newT
-	if op == OpDelete {
-		row = old
-	}
-	oid, w, ok := registryRow(rel, row)
-	if !ok {
-		return nil
-	}
-	if op == OpDelete {
-		w.Active = false
-	}
-	prev, existed := s.watches[oid]
-	s.watches[oid] = w
-	if existed && prev == w {
-		return nil
-	}
-	return emit(Item{Kind: ItemWatchChanged, TableOID: oid, Watch: w, Previous: prev, Existed: existed})
-}
-
-func registryRow(rel *RelationMessage, row Tuple) (uint32, Watch, bool) {
-	var (
-		oid    uint64
-		w      Watch
-		hasOID bool
-	)
-	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != TupleText {
-			continue
-		}
-		v := string(row[i].Data)
-		switch rc.Name {
-		case "table_oid":
-			var err error
-			oid, err = strconv.ParseUint(v, 10, 32)
-			hasOID = err == nil
-		case "kind":
-			w.Kind = v
-		case "source":
-			w.Source = v
-		case "active":
-			w.Active = v == "t"
-		}
-	}
-	return uint32(oid), w, hasOID
-}
-
 // FormatTimestamp formats t in UTC the way the spine (Python's isoformat)
 // writes timestamps back: seconds, microseconds only when not zero, and an
 // explicit +00:00 offset.
@@ -477,10 +498,11 @@ func FormatTimestamp(t time.Time) string {
 // plain lower-case identifier, so that the result is unambiguous and matches
 // what users type for ordinary names ("public.decisions").
 func QualifiedName(schema, table string) string {
-	return quoteIdentIfNeeded(schema) + "." + quoteIdentIfNeeded(table)
+	return QuoteIdent(schema) + "." + QuoteIdent(table)
 }
 
-func quoteIdentIfNeeded(s string) string {
+// QuoteIdent double-quotes s unless it is a plain lower-case identifier.
+func QuoteIdent(s string) string {
 	plain := s != ""
 	for i := 0; i < len(s) && plain; i++ {
 		c := s[i]

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -276,13 +278,46 @@ func valAppendJSON(dst []byte, text []byte) []byte {
 				if k-j > valMaxJSONIntDigits {
 					return AppendString(dst[:n0], text)
 				}
-				i = k
+				// A fraction or an exponent makes it a float for the
+				// spine (Python): one beyond the float64 range would be
+				// stored as Infinity, which is not JSON.
+				e, big := valJSONFloatEnd(text, k)
+				if e > k && (big || k-j > 300) {
+					if f, err := strconv.ParseFloat(string(text[i:e]), 64); err != nil || math.IsInf(f, 0) {
+						return AppendString(dst[:n0], text)
+					}
+				}
+				i = e
 				continue
 			}
 			i++
 		}
 	}
 	return append(dst, text[start:]...)
+}
+
+// valJSONFloatEnd returns the end of the fraction and exponent of a JSON
+// number whose integer part ends at i (i itself when it has neither), and
+// whether the exponent has three digits or more (only then, or with more
+// than 300 integer digits, can the number overflow a float64).
+func valJSONFloatEnd(s []byte, i int) (int, bool) {
+	big := false
+	if i < len(s) && s[i] == '.' {
+		i = valDigits(s, i+1)
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		j := i
+		for j < len(s) && s[j] == '0' {
+			j++
+		}
+		i = valDigits(s, i)
+		big = i-j >= 3
+	}
+	return i, big
 }
 
 // valAppendBytea writes the hex form "\x0102ff" as a JSON string.

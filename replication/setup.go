@@ -14,8 +14,13 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 )
 
-// RegistryTable is the watch registry's table name in migrations.Schema.
-const RegistryTable = "watches"
+// RegistryTable and SchemaRegistryTable are the watch registry's tables in
+// migrations.Schema. Both are in the publication, so registry changes reach a
+// running agent in commit order with the data.
+const (
+	RegistryTable       = "watches"
+	SchemaRegistryTable = "schema_watches"
+)
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
@@ -62,6 +67,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 	}
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
 		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
+		", " + pgx.Identifier{migrations.Schema, SchemaRegistryTable}.Sanitize() +
 		" WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		if isCode(err, "42710") { // created meanwhile by a concurrent call
@@ -73,18 +79,21 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 }
 
 func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication string) error {
-	var member bool
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables
-		WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`, publication, migrations.Schema, RegistryTable).Scan(&member)
-	if err != nil {
-		return fmt.Errorf("checking publication %q: %w", publication, err)
-	}
-	if member {
-		return nil
-	}
-	sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize()
-	if _, err := conn.Exec(ctx, sql); err != nil && !isCode(err, "42710") {
-		return fmt.Errorf("adding the watch registry to publication %q: %w", publication, err)
+	for _, table := range []string{RegistryTable, SchemaRegistryTable} {
+		var member bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
+			JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = $2::regclass)`,
+			publication, pgx.Identifier{migrations.Schema, table}.Sanitize()).Scan(&member)
+		if err != nil {
+			return fmt.Errorf("checking publication %q: %w", publication, err)
+		}
+		if member {
+			continue
+		}
+		sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{migrations.Schema, table}.Sanitize()
+		if _, err := conn.Exec(ctx, sql); err != nil && !isCode(err, "42710") {
+			return fmt.Errorf("adding the watch registry to publication %q: %w", publication, err)
+		}
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +46,8 @@ type Entry struct {
 	Active    bool
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	Options   Options
+	ChangedBy string
 }
 
 // ErrTableNotFound is wrapped when the table to watch does not exist.
@@ -73,11 +77,39 @@ func (r *Registry) lookup(ctx context.Context, q pgx.Tx, t TableName) (relation,
 	return rel, true, nil
 }
 
+// Options refine a watch. Row filters and column lists are enforced by the
+// server (publication row filters and column lists, PostgreSQL 15+), so
+// filtered rows and excluded values never leave the database.
+type Options struct {
+	// RowFilter is a SQL boolean expression on the table's columns.
+	RowFilter string
+	// Columns, when set, are the only columns sent; ExcludeColumns are left
+	// out of all the others. Either makes the table's replica identity its
+	// primary key (a column list must cover the replica identity), so old
+	// rows then carry the key only.
+	Columns        []string
+	ExcludeColumns []string
+	// OnColumns limits UPDATE events to those changing one of these columns.
+	OnColumns []string
+}
+
+func (o Options) columnControl() bool { return len(o.Columns) > 0 || len(o.ExcludeColumns) > 0 }
+
 // Watch registers t with kind and source (or updates them in place), adds
 // it to the publication and sets REPLICA IDENTITY FULL, creating the
 // publication and slot first when missing so that capture starts now. It
 // returns the qualified name.
-func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string) (string, error) {
+func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, opts ...Options) (string, error) {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if len(o.Columns) > 0 && len(o.ExcludeColumns) > 0 {
+		return "", errors.New("use --columns or --exclude-columns, not both")
+	}
+	if o.columnControl() && len(o.OnColumns) > 0 {
+		return "", errors.New("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")
+	}
 	name := decode.QualifiedName(t.Schema, t.Name)
 	if kind == "" || source == "" {
 		return "", errors.New("a watch needs a kind and a non-empty source")
@@ -110,30 +142,81 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string) 
 	if rel.kind != "r" && rel.kind != "p" {
 		return "", fmt.Errorf("%s is not a table (relkind %q): only tables and partitioned tables can be watched", name, rel.kind)
 	}
-	if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
+	if rel.kind == "p" && o.columnControl() {
+		return "", fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)
+	}
+	if (o.RowFilter != "" || o.columnControl()) && serverVersion(ctx, tx) < 150000 {
+		return "", fmt.Errorf("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
+	}
+	cols, err := r.columnList(ctx, tx, rel, t, o)
+	if err != nil {
+		return "", err
+	}
+	if o.columnControl() {
+		// A column list must cover the replica identity: the primary key.
+		if rel.replIdent != "d" {
+			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
+				return "", fmt.Errorf("setting REPLICA IDENTITY DEFAULT on %s (the role must own the table): %w", name, err)
+			}
+		}
+	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
 		return "", err
 	}
 	var member bool
+	var prevFilter *string
+	var prevCols, prevExcl []string
 	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
 		JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = $2)`, r.publication, rel.oid).Scan(&member); err != nil {
 		return "", fmt.Errorf("checking publication %q: %w", r.publication, err)
 	}
+	_ = tx.QueryRow(ctx, `SELECT row_filter, columns, exclude_columns FROM pgaudit_cdc.watches WHERE table_oid = $1`, rel.oid).Scan(&prevFilter, &prevCols, &prevExcl)
+	changedShape := deref(prevFilter) != o.RowFilter || !slices.Equal(prevCols, o.Columns) || !slices.Equal(prevExcl, o.ExcludeColumns)
+	pub := pgx.Identifier{r.publication}.Sanitize()
+	ident := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if member && changedShape {
+		// Replace the table's filter and column list in this transaction:
+		// changes committed after it follow the new definition.
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLE "+ident); err != nil {
+			return "", fmt.Errorf("updating %s in publication %q: %w", name, r.publication, err)
+		}
+		member = false
+	}
 	if !member {
-		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
-		if _, err := tx.Exec(ctx, sql); err != nil {
+		sql := "ALTER PUBLICATION " + pub + " ADD TABLE " + ident
+		if len(cols) > 0 {
+			quoted := make([]string, len(cols))
+			for i, c := range cols {
+				quoted[i] = pgx.Identifier{c}.Sanitize()
+			}
+			sql += " (" + strings.Join(quoted, ", ") + ")"
+		}
+		if o.RowFilter != "" {
+			sql += " WHERE (" + o.RowFilter + ")"
+		}
+		// The extended protocol runs exactly one statement: a --where
+		// expression cannot smuggle in a second one.
+		if _, err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
+			if o.RowFilter != "" || len(cols) > 0 {
+				return "", fmt.Errorf("adding %s to publication %q with the given --where/--columns: %w", name, r.publication, err)
+			}
 			return "", fmt.Errorf("adding %s to publication %q (the role must own the table): %w", name, r.publication, err)
 		}
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
-			(table_oid, schema_name, table_name, kind, source, active, prior_replica_identity)
-		VALUES ($1, $2, $3, $4, $5, true, $6::"char")
+			(table_oid, schema_name, table_name, kind, source, active, prior_replica_identity,
+			 row_filter, columns, exclude_columns, on_columns, changed_by)
+		VALUES ($1, $2, $3, $4, $5, true, $6::"char", $7, $8, $9, $10, current_user)
 		ON CONFLICT (table_oid) DO UPDATE SET
 			schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
 			kind = EXCLUDED.kind, source = EXCLUDED.source, active = true, updated_at = now(),
+			row_filter = EXCLUDED.row_filter, columns = EXCLUDED.columns,
+			exclude_columns = EXCLUDED.exclude_columns, on_columns = EXCLUDED.on_columns,
+			changed_by = current_user,
 			prior_replica_identity = CASE WHEN w.active THEN w.prior_replica_identity ELSE EXCLUDED.prior_replica_identity END
-		WHERE (w.schema_name, w.table_name, w.kind, w.source, w.active)
-			IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name, EXCLUDED.kind, EXCLUDED.source, true)`,
-		rel.oid, t.Schema, t.Name, kind, source, rel.replIdent)
+		WHERE (w.schema_name, w.table_name, w.kind, w.source, w.active, w.row_filter, w.columns, w.exclude_columns, w.on_columns)
+			IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name, EXCLUDED.kind, EXCLUDED.source, true,
+				EXCLUDED.row_filter, EXCLUDED.columns, EXCLUDED.exclude_columns, EXCLUDED.on_columns)`,
+		rel.oid, t.Schema, t.Name, kind, source, rel.replIdent, nullIfEmpty(o.RowFilter), nilIfEmpty(o.Columns), nilIfEmpty(o.ExcludeColumns), nilIfEmpty(o.OnColumns))
 	if err != nil {
 		return "", fmt.Errorf("registering the watch of %s: %w", name, err)
 	}
@@ -141,6 +224,94 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string) 
 		return "", fmt.Errorf("committing the watch of %s: %w", name, err)
 	}
 	return name, nil
+}
+
+// columnList returns the publication column list for o (nil: all columns),
+// checking that every named column exists and adding the primary key.
+func (r *Registry) columnList(ctx context.Context, tx pgx.Tx, rel relation, t TableName, o Options) ([]string, error) {
+	name := decode.QualifiedName(t.Schema, t.Name)
+	rows, err := tx.Query(ctx, `SELECT a.attname, coalesce(i.indisprimary, false), a.attgenerated <> ''
+		FROM pg_attribute a
+		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY(i.indkey)
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, rel.oid)
+	if err != nil {
+		return nil, fmt.Errorf("reading the columns of %s: %w", name, err)
+	}
+	type column struct {
+		name           string
+		key, generated bool
+	}
+	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (column, error) {
+		var c column
+		err := row.Scan(&c.name, &c.key, &c.generated)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the columns of %s: %w", name, err)
+	}
+	has := func(n string) bool { return slices.ContainsFunc(all, func(c column) bool { return c.name == n }) }
+	for _, list := range [][]string{o.Columns, o.ExcludeColumns, o.OnColumns} {
+		for _, c := range list {
+			if !has(c) {
+				return nil, fmt.Errorf("column %q does not exist in %s", c, name)
+			}
+		}
+	}
+	if !o.columnControl() {
+		return nil, nil
+	}
+	var key []string
+	for _, c := range all {
+		if c.key {
+			key = append(key, c.name)
+		}
+	}
+	if len(key) == 0 {
+		return nil, fmt.Errorf("%s has no primary key: --columns/--exclude-columns need one (a publication column list must include the replica identity)", name)
+	}
+	var cols []string
+	for _, c := range all {
+		switch {
+		case c.generated:
+		case c.key:
+			if slices.Contains(o.ExcludeColumns, c.name) {
+				return nil, fmt.Errorf("column %q is part of the primary key of %s and cannot be excluded", c.name, name)
+			}
+			cols = append(cols, c.name)
+		case len(o.Columns) > 0 && slices.Contains(o.Columns, c.name):
+			cols = append(cols, c.name)
+		case len(o.ExcludeColumns) > 0 && !slices.Contains(o.ExcludeColumns, c.name):
+			cols = append(cols, c.name)
+		}
+	}
+	return cols, nil
+}
+
+func serverVersion(ctx context.Context, tx pgx.Tx) int {
+	var v int
+	_ = tx.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&v)
+	return v
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func nullIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func nilIfEmpty(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 // setReplicaIdentityFull makes UPDATE and DELETE carry the whole old row. For
@@ -185,10 +356,10 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) error {
 	return nil
 }
 
-// FixPartitions gives partitions created after their partitioned table was
-// watched the REPLICA IDENTITY FULL they need. The agent calls it
-// periodically.
-func (r *Registry) FixPartitions(ctx context.Context) error {
+// FixReplicaIdentity gives partitions created after their partitioned table
+// was watched, and tables created in a watched schema, the REPLICA IDENTITY
+// FULL they need. The agent calls it periodically.
+func (r *Registry) FixReplicaIdentity(ctx context.Context) error {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("starting transaction: %w", err)
@@ -205,6 +376,19 @@ func (r *Registry) FixPartitions(ctx context.Context) error {
 	}
 	for _, root := range roots {
 		if err := fixPartitions(ctx, tx, root); err != nil {
+			return err
+		}
+	}
+	rows, err = tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active`)
+	if err != nil {
+		return fmt.Errorf("listing watched schemas: %w", err)
+	}
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("listing watched schemas: %w", err)
+	}
+	for _, s := range schemas {
+		if err := fixSchemaTables(ctx, tx, s); err != nil {
 			return err
 		}
 	}
@@ -245,7 +429,7 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 			}
 		}
 		var prior *string
-		err := tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now()
+		err := tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
 			WHERE table_oid = $1 AND active RETURNING prior_replica_identity::text`, rel.oid).Scan(&prior)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -263,7 +447,7 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 			}
 		}
 	} else {
-		tag, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now()
+		tag, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
 			WHERE schema_name = $1 AND table_name = $2 AND active`, t.Schema, t.Name)
 		if err != nil {
 			return false, fmt.Errorf("unregistering %s: %w", name, err)
@@ -286,14 +470,16 @@ func (r *Registry) List(ctx context.Context, all bool) ([]Entry, error) {
 
 // Load reads the registry without migrating (the agent has migrated).
 func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
-	rows, err := conn.Query(ctx, `SELECT table_oid, schema_name, table_name, kind, source, active, created_at, updated_at
+	rows, err := conn.Query(ctx, `SELECT table_oid, schema_name, table_name, kind, source, active, created_at, updated_at,
+			coalesce(row_filter, ''), coalesce(columns, '{}'), coalesce(exclude_columns, '{}'), coalesce(on_columns, '{}'), changed_by
 		FROM pgaudit_cdc.watches WHERE active OR $1 ORDER BY schema_name, table_name`, all)
 	if err != nil {
 		return nil, fmt.Errorf("reading the watch registry: %w", err)
 	}
 	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Entry, error) {
 		var e Entry
-		err := row.Scan(&e.TableOID, &e.Schema, &e.Name, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.UpdatedAt)
+		err := row.Scan(&e.TableOID, &e.Schema, &e.Name, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.UpdatedAt,
+			&e.Options.RowFilter, &e.Options.Columns, &e.Options.ExcludeColumns, &e.Options.OnColumns, &e.ChangedBy)
 		e.Table = decode.QualifiedName(e.Schema, e.Name)
 		return e, err
 	})
@@ -307,7 +493,7 @@ func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
 func Map(entries []Entry) map[uint32]decode.Watch {
 	m := make(map[uint32]decode.Watch, len(entries))
 	for _, e := range entries {
-		m[e.TableOID] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active}
+		m[e.TableOID] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active, OnColumns: nilIfEmpty(e.Options.OnColumns)}
 	}
 	return m
 }

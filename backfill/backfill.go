@@ -1,0 +1,278 @@
+// Package backfill sends the rows a watched table already holds as READ
+// events, while the live stream keeps flowing, with no row missed and none
+// contradicted.
+//
+// The technique is a watermark written into the WAL itself: each chunk is
+// read in primary-key order under FOR SHARE and written, in the same
+// transaction, as one logical decoding message (decode.BackfillPrefix). The
+// agent turns the message into READ events at the message's place in commit
+// order. FOR SHARE makes every change to a chunk row either commit before the
+// chunk's transaction (its event comes first, and the READ shows the row after
+// it) or wait until after it (its event comes after the READ). So a READ is
+// never older than an event before it, and never newer than one after it.
+// Progress is stored in the same transaction (pgaudit_cdc.backfills), so a
+// backfill interrupted at any moment resumes after its last chunk.
+package backfill
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+)
+
+// Progress is reported after every chunk.
+type Progress struct {
+	ID       int64
+	Table    string
+	Rows     int64 // rows sent so far, resumed runs included
+	Chunks   int64
+	Estimate int64 // pg_class.reltuples, -1 when unknown
+	Resumed  bool
+	Done     bool
+}
+
+// Options tune a backfill.
+type Options struct {
+	ChunkSize int                  // rows per chunk (default 1000)
+	OnChunk   func(p Progress)     // called after each committed chunk
+	Logf      func(string, ...any) // optional
+}
+
+// ErrNoPrimaryKey is wrapped when the table has no primary key to page by.
+var ErrNoPrimaryKey = errors.New("table has no primary key")
+
+type column struct {
+	name    string
+	typeOID uint32
+	typ     string // format_type, for casting the resume key
+	key     int    // position in the primary key, 0 when not part of it
+}
+
+// Run backfills the watched table oid. It must be watched (active).
+func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progress, error) {
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = 1000
+	}
+	if _, err := migrations.Apply(ctx, conn); err != nil {
+		return Progress{}, err
+	}
+	var schema, table string
+	var rowFilter *string
+	var columnsList []string
+	var estimate float64
+	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.row_filter, w.columns, c.reltuples
+		FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE w.table_oid = $1 AND w.active`, tableOID).Scan(&schema, &table, &rowFilter, &columnsList, &estimate)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Progress{}, errors.New("the table is not watched: run pgaudit-cdc watch first (a backfill of an unwatched table would be dropped by the agent)")
+	}
+	if err != nil {
+		return Progress{}, fmt.Errorf("reading the watch: %w", err)
+	}
+	name := decode.QualifiedName(schema, table)
+	cols, err := columns(ctx, conn, tableOID, columnsList)
+	if err != nil {
+		return Progress{}, fmt.Errorf("reading the columns of %s: %w", name, err)
+	}
+	var keys []column
+	for k := 1; ; k++ {
+		found := false
+		for _, c := range cols {
+			if c.key == k {
+				keys = append(keys, c)
+				found = true
+			}
+		}
+		if !found {
+			break
+		}
+	}
+	if len(keys) == 0 {
+		return Progress{}, fmt.Errorf("cannot backfill %s: %w; add one, or copy the rows with a tracked migration instead", name, ErrNoPrimaryKey)
+	}
+
+	p := Progress{Table: name, Estimate: int64(estimate)}
+	var lastKey []string
+	err = conn.QueryRow(ctx, `SELECT id, last_key, rows_done, chunks_done FROM pgaudit_cdc.backfills
+		WHERE table_oid = $1 AND finished_at IS NULL`, tableOID).Scan(&p.ID, &lastKey, &p.Rows, &p.Chunks)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if err := conn.QueryRow(ctx, `INSERT INTO pgaudit_cdc.backfills (table_oid, table_name) VALUES ($1, $2) RETURNING id`,
+			tableOID, name).Scan(&p.ID); err != nil {
+			return p, fmt.Errorf("starting the backfill: %w", err)
+		}
+	case err != nil:
+		return p, fmt.Errorf("reading backfill progress: %w", err)
+	default:
+		p.Resumed = true
+	}
+
+	for {
+		query := chunkQuery(schema, table, cols, keys, rowFilter, lastKey != nil)
+		n, next, err := chunk(ctx, conn, query, p, schema, table, tableOID, cols, keys, lastKey, o.ChunkSize)
+		if err != nil {
+			return p, fmt.Errorf("backfilling %s (resumable: run it again): %w", name, err)
+		}
+		p.Rows += int64(n)
+		p.Chunks++
+		lastKey = next
+		if n < o.ChunkSize {
+			if _, err := conn.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now() WHERE id = $1`, p.ID); err != nil {
+				return p, fmt.Errorf("finishing the backfill: %w", err)
+			}
+			p.Done = true
+			if o.OnChunk != nil {
+				o.OnChunk(p)
+			}
+			return p, nil
+		}
+		if o.OnChunk != nil {
+			o.OnChunk(p)
+		}
+	}
+}
+
+func columns(ctx context.Context, conn *pgx.Conn, oid uint32, only []string) ([]column, error) {
+	rows, err := conn.Query(ctx, `SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
+			coalesce(array_position(i.indkey::int2[], a.attnum), 0)
+		FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, oid)
+	if err != nil {
+		return nil, err
+	}
+	all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (column, error) {
+		var c column
+		err := r.Scan(&c.name, &c.typeOID, &c.typ, &c.key)
+		return c, err
+	})
+	if err != nil || len(only) == 0 {
+		return all, err
+	}
+	// A publication column list: the READs carry the same columns as the
+	// stream (the list always includes the primary key).
+	var out []column
+	for _, c := range all {
+		for _, o := range only {
+			if c.name == o || c.key > 0 {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// chunkQuery selects the next chunk in key order, each value in its type's
+// text output (format('%s') calls the output function, so char(n) keeps its
+// padding, exactly as pgoutput sends it), locking the rows FOR SHARE.
+func chunkQuery(schema, table string, cols, keys []column, rowFilter *string, resume bool) string {
+	var sel, keyCols, order []string
+	for _, c := range cols {
+		sel = append(sel, "CASE WHEN "+pgx.Identifier{c.name}.Sanitize()+" IS NULL THEN NULL ELSE format('%s', "+pgx.Identifier{c.name}.Sanitize()+") END")
+	}
+	var params []string
+	for i, k := range keys {
+		keyCols = append(keyCols, pgx.Identifier{k.name}.Sanitize())
+		order = append(order, pgx.Identifier{k.name}.Sanitize())
+		params = append(params, fmt.Sprintf("CAST($%d AS %s)", i+1, k.typ))
+	}
+	var where []string
+	limit := 1
+	if resume {
+		where = append(where, "("+strings.Join(keyCols, ", ")+") > ("+strings.Join(params, ", ")+")")
+		limit = len(keys) + 1
+	}
+	if rowFilter != nil && *rowFilter != "" {
+		where = append(where, "("+*rowFilter+")")
+	}
+	q := "SELECT " + strings.Join(sel, ", ") + " FROM " + pgx.Identifier{schema, table}.Sanitize()
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY " + strings.Join(order, ", ") + fmt.Sprintf(" LIMIT $%d FOR SHARE", limit)
+	return q
+}
+
+// chunk reads, emits and records one chunk in one transaction.
+func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema, table string, oid uint32,
+	cols, keys []column, lastKey []string, size int) (int, []string, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	// The text forms must be the ones the walsender produces.
+	for k, v := range replication.SessionGUCs {
+		if k == "application_name" {
+			continue
+		}
+		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", k, v); err != nil {
+			return 0, nil, fmt.Errorf("setting %s: %w", k, err)
+		}
+	}
+	args := make([]any, 0, len(keys)+1)
+	for _, k := range lastKey {
+		args = append(args, k)
+	}
+	args = append(args, size)
+	rows, err := tx.Query(ctx, query, args...)
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+	}
+	var data [][]*string
+	for rows.Next() {
+		vals := make([]*string, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			rows.Close()
+			return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+		}
+		data = append(data, vals)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+	}
+	next := lastKey
+	if len(data) > 0 {
+		last := data[len(data)-1]
+		next = nil
+		for _, k := range keys {
+			for i, c := range cols {
+				if c.name == k.name {
+					next = append(next, *last[i])
+				}
+			}
+		}
+		msg := decode.BackfillChunk{ID: p.ID, TableOID: oid, Schema: schema, Table: table, Chunk: p.Chunks + 1, Rows: data}
+		for _, c := range cols {
+			msg.Columns = append(msg.Columns, decode.BackfillColumn{Name: c.name, TypeOID: c.typeOID})
+		}
+		content, err := json.Marshal(msg)
+		if err != nil {
+			return 0, nil, fmt.Errorf("encoding a chunk: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.BackfillPrefix, string(content)); err != nil {
+			return 0, nil, fmt.Errorf("writing a chunk to the WAL: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET last_key = $2, rows_done = rows_done + $3, chunks_done = chunks_done + 1
+		WHERE id = $1`, p.ID, next, len(data)); err != nil {
+		return 0, nil, fmt.Errorf("recording progress: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, nil, fmt.Errorf("committing a chunk: %w", err)
+	}
+	return len(data), next, nil
+}

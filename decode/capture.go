@@ -1,0 +1,436 @@
+package decode
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+)
+
+// Logical message prefixes understood in a transaction.
+const (
+	// AnnotationsPrefix carries a JSON object that every later change event
+	// of the transaction carries under payload.metadata.annotations (a later
+	// message replaces it). pgaudit_cdc.annotate(jsonb) emits it.
+	AnnotationsPrefix = "pgaudit_cdc.annotations"
+	// SequinAnnotationsSet and SequinAnnotationsClear are Sequin's
+	// equivalents, honoured so its users switch without code changes.
+	SequinAnnotationsSet   = "sequin:transaction_annotations.set"
+	SequinAnnotationsClear = "sequin:transaction_annotations.clear"
+	// BemiPrefix is Bemi's context message (its ORM packages send it).
+	BemiPrefix = "_bemi"
+	// SkipPrefix turns the rest of the transaction's changes into one
+	// summary event per table. pgaudit_cdc.skip(reason) emits it.
+	SkipPrefix = "pgaudit_cdc.skip"
+	// BackfillPrefix carries a chunk of existing rows, written by
+	// `pgaudit-cdc backfill`, delivered as READ events.
+	BackfillPrefix = "pgaudit_cdc.backfill"
+)
+
+// Operations besides row changes.
+const (
+	OpRead    = "READ"    // a backfilled existing row
+	OpSummary = "SUMMARY" // the changes of a skipped transaction, counted
+	OpWatch   = "WATCH"   // self-audit: a watch was created
+	OpRewatch = "REWATCH" // self-audit: a watch changed
+	OpUnwatch = "UNWATCH" // self-audit: a watch was removed
+)
+
+// SelfAuditKind and SelfAuditSource label the events the registry emits
+// about itself.
+const (
+	SelfAuditKind   = "other"
+	SelfAuditSource = "pgaudit-cdc"
+)
+
+func (s *Stream) logicalMessage(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+	if !m.Transactional || !s.inTx {
+		return nil // non-transactional messages are not part of any change
+	}
+	switch m.Prefix {
+	case AnnotationsPrefix, SequinAnnotationsSet, BemiPrefix:
+		s.seq++
+		obj, err := compactObject(m.Content)
+		if err != nil {
+			s.annotations = nil
+			s.annotationsErr = fmt.Sprintf("malformed %s message: %v", m.Prefix, err)
+			return emit(Item{Kind: ItemNotice, Notice: s.annotationsErr + fmt.Sprintf(" (xid %d, at %s)", s.begin.Xid, lsn)})
+		}
+		s.annotations, s.annotationsErr = obj, ""
+		return nil
+	case SequinAnnotationsClear:
+		s.seq++
+		s.annotations, s.annotationsErr = nil, ""
+		return nil
+	case SkipPrefix:
+		s.seq++
+		obj, err := compactObject(m.Content)
+		if err != nil {
+			if len(bytes.TrimSpace(m.Content)) == 0 {
+				obj = []byte("{}")
+			} else {
+				// The marker still counts: say what it said, as a string.
+				obj = AppendString(nil, m.Content)
+			}
+		}
+		s.skip = obj
+		return nil
+	case BackfillPrefix:
+		return s.backfill(lsn, m, emit)
+	default:
+		s.seq++
+		return nil
+	}
+}
+
+// compactObject validates a JSON object and removes insignificant space.
+func compactObject(content []byte) ([]byte, error) {
+	trimmed := bytes.TrimSpace(content)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, fmt.Errorf("not a JSON object")
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, trimmed); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// skipCount is one table's tally in a skipped transaction.
+type skipCount struct {
+	rel    *RelationMessage
+	watch  Watch
+	counts map[string]int
+}
+
+func (s *Stream) countSkipped(rel *RelationMessage, op string) {
+	for _, c := range s.skipped {
+		if c.rel.ID == rel.ID {
+			c.counts[op]++
+			return
+		}
+	}
+	w, _ := s.watchFor(rel.ID, rel.Namespace)
+	s.skipped = append(s.skipped, &skipCount{rel: rel, watch: w, counts: map[string]int{op: 1}})
+}
+
+// emitSkipSummaries writes, at commit, one SUMMARY event per table whose
+// changes were skipped: the counts and the skip marker's content.
+func (s *Stream) emitSkipSummaries(lsn LSN, emit func(Item) error) error {
+	for _, c := range s.skipped {
+		s.seq++
+		ev := s.newEvent(lsn, c.rel, c.watch, OpSummary)
+		b := s.appendHead(make([]byte, 0, 512), ev)
+		b = append(b, `,"counts":{`...)
+		first := true
+		for _, op := range []string{OpInsert, OpUpdate, OpDelete, OpTruncate} {
+			if n := c.counts[op]; n > 0 {
+				if !first {
+					b = append(b, ',')
+				}
+				first = false
+				b = append(b, '"')
+				b = append(b, op...)
+				b = append(b, `":`...)
+				b = strconv.AppendInt(b, int64(n), 10)
+			}
+		}
+		b = append(b, `},"skip":`...)
+		b = append(b, s.skip...)
+		b = s.appendMetadata(b, ev, lsn)
+		b = append(b, "}}}"...)
+		ev.Body = b
+		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
+			return err
+		}
+	}
+	s.skipped = nil
+	return nil
+}
+
+// changedAny reports whether any of cols differs between the old and new
+// row. An unchanged TOAST value ('u') is unchanged by definition.
+func changedAny(rel *RelationMessage, old, newT Tuple, cols []string) bool {
+	for i, rc := range rel.Columns {
+		if i >= len(old) || i >= len(newT) || !slices.Contains(cols, rc.Name) {
+			continue
+		}
+		o, n := old[i], newT[i]
+		if n.Kind == TupleUnchanged {
+			continue
+		}
+		if o.Kind != n.Kind || !bytes.Equal(o.Data, n.Data) {
+			return true
+		}
+	}
+	return false
+}
+
+// registryEntry is a row of the watch registry tables.
+type registryEntry struct {
+	TableOID       uint32   `json:"-"`
+	Table          string   `json:"table,omitempty"`
+	Schema         string   `json:"schema,omitempty"`
+	Kind           string   `json:"kind"`
+	Source         string   `json:"source"`
+	Active         bool     `json:"active"`
+	RowFilter      *string  `json:"row_filter,omitempty"`
+	Columns        []string `json:"columns,omitempty"`
+	ExcludeColumns []string `json:"exclude_columns,omitempty"`
+	OnColumns      []string `json:"on_columns,omitempty"`
+	ChangedBy      string   `json:"-"`
+	hasKey         bool
+}
+
+var textArrayType = &Type{Name: "_text", Kind: KindArray, Elem: textType}
+
+// parseRegistryRow reads a registry row; bySchema says the row is keyed by
+// schema_name (schema-wide watches) rather than table_oid.
+func parseRegistryRow(rel *RelationMessage, row Tuple, bySchema bool) registryEntry {
+	var e registryEntry
+	var schema, table string
+	for i, rc := range rel.Columns {
+		if i >= len(row) || row[i].Kind != TupleText {
+			continue
+		}
+		v := row[i].Data
+		switch rc.Name {
+		case "table_oid":
+			if oid, err := strconv.ParseUint(string(v), 10, 32); err == nil {
+				e.TableOID, e.hasKey = uint32(oid), true
+			}
+		case "schema_name":
+			schema = string(v)
+			if bySchema {
+				e.Schema, e.hasKey = schema, true
+			}
+		case "table_name":
+			table = string(v)
+		case "kind":
+			e.Kind = string(v)
+		case "source":
+			e.Source = string(v)
+		case "active":
+			e.Active = string(v) == "t"
+		case "row_filter":
+			f := string(v)
+			e.RowFilter = &f
+		case "columns":
+			e.Columns = parseTextArray(v)
+		case "exclude_columns":
+			e.ExcludeColumns = parseTextArray(v)
+		case "on_columns":
+			e.OnColumns = parseTextArray(v)
+		case "changed_by":
+			e.ChangedBy = string(v)
+		}
+	}
+	if table != "" {
+		e.Table = QualifiedName(schema, table)
+	}
+	return e
+}
+
+func parseTextArray(v []byte) []string {
+	js, err := AppendValue(nil, textArrayType, v)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	if json.Unmarshal(js, &out) != nil {
+		return nil
+	}
+	return out
+}
+
+// registryChange applies a change of the watch registry and emits the
+// registry's own audit event. The registry has REPLICA IDENTITY FULL, so
+// updates and deletes carry the whole old row.
+func (s *Stream) registryChange(lsn LSN, rel *RelationMessage, op string, old, newT Tuple, emit func(Item) error) error {
+	before, after := registryRows(rel, old, newT, false)
+	cur := after
+	if cur == nil {
+		cur = before
+	}
+	if cur == nil || !cur.hasKey {
+		return nil
+	}
+	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil, OnColumns: cur.OnColumns}
+	prev, existed := s.watches[cur.TableOID]
+	s.watches[cur.TableOID] = w
+	if !existed || !prev.equal(w) {
+		if err := emit(Item{Kind: ItemWatchChanged, TableOID: cur.TableOID, Watch: w, Previous: prev, Existed: existed}); err != nil {
+			return err
+		}
+	}
+	return s.selfAudit(lsn, rel, before, after, emit)
+}
+
+func registryRows(rel *RelationMessage, old, newT Tuple, bySchema bool) (before, after *registryEntry) {
+	if old != nil {
+		e := parseRegistryRow(rel, old, bySchema)
+		before = &e
+	}
+	if newT != nil {
+		e := parseRegistryRow(rel, newT, bySchema)
+		after = &e
+	}
+	return before, after
+}
+
+func (s *Stream) schemaRegistryChange(lsn LSN, rel *RelationMessage, old, newT Tuple, emit func(Item) error) error {
+	before, after := registryRows(rel, old, newT, true)
+	cur := after
+	if cur == nil {
+		cur = before
+	}
+	if cur == nil || !cur.hasKey {
+		return nil
+	}
+	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil}
+	prev, existed := s.schemaWatches[cur.Schema]
+	s.schemaWatches[cur.Schema] = w
+	if !existed || !prev.equal(w) {
+		if err := emit(Item{Kind: ItemWatchChanged, Schema: cur.Schema, Watch: w, Previous: prev, Existed: existed}); err != nil {
+			return err
+		}
+	}
+	return s.selfAudit(lsn, rel, before, after, emit)
+}
+
+// selfAudit emits the registry's own event: which watch changed, how, and
+// who changed it, in commit order with the data around it.
+func (s *Stream) selfAudit(lsn LSN, rel *RelationMessage, before, after *registryEntry, emit func(Item) error) error {
+	var action string
+	var shown, previous *registryEntry
+	switch {
+	case after != nil && after.Active && (before == nil || !before.Active):
+		action, shown = OpWatch, after
+	case after != nil && after.Active:
+		action, shown, previous = OpRewatch, after, before
+	case before != nil && before.Active:
+		action, previous = OpUnwatch, before
+	default:
+		return nil // a tombstone changed while inactive: nothing to say
+	}
+	by := ""
+	if after != nil {
+		by = after.ChangedBy
+	} else {
+		by = before.ChangedBy
+	}
+	ev := s.newEvent(lsn, rel, Watch{Kind: SelfAuditKind, Source: SelfAuditSource}, action)
+	b := s.appendHead(make([]byte, 0, 512), ev)
+	if shown != nil {
+		js, _ := json.Marshal(shown)
+		b = append(append(b, `,"watch":`...), js...)
+	}
+	if previous != nil {
+		js, _ := json.Marshal(previous)
+		b = append(append(b, `,"previous":`...), js...)
+	}
+	b = append(b, `,"changed_by":`...)
+	b = AppendString(b, []byte(by))
+	b = s.appendMetadata(b, ev, lsn)
+	b = append(b, "}}}"...)
+	ev.Body = b
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// BackfillChunk is the content of a BackfillPrefix message.
+type BackfillChunk struct {
+	ID       int64            `json:"backfill_id"`
+	TableOID uint32           `json:"table_oid"`
+	Schema   string           `json:"schema"`
+	Table    string           `json:"table"`
+	Chunk    int64            `json:"chunk"`
+	Columns  []BackfillColumn `json:"columns"`
+	Rows     [][]*string      `json:"rows"`
+}
+
+// BackfillColumn names one column of a backfill chunk and its type.
+type BackfillColumn struct {
+	Name    string `json:"name"`
+	TypeOID uint32 `json:"type_oid"`
+}
+
+// BackfillTypes returns the type OIDs a backfill message needs that the
+// stream does not know yet, so the caller can resolve them (SetType) before
+// Apply. It returns nil for every other message.
+func (s *Stream) BackfillTypes(m Message) []uint32 {
+	lm, ok := m.(*LogicalMessage)
+	if !ok || lm.Prefix != BackfillPrefix {
+		return nil
+	}
+	var hdr struct {
+		Columns []BackfillColumn `json:"columns"`
+	}
+	if json.Unmarshal(lm.Content, &hdr) != nil {
+		return nil
+	}
+	var need []uint32
+	for _, c := range hdr.Columns {
+		if _, ok := s.types[c.TypeOID]; !ok && !slices.Contains(need, c.TypeOID) {
+			need = append(need, c.TypeOID)
+		}
+	}
+	return need
+}
+
+// SetType records the mapping of a type OID for backfill chunks.
+func (s *Stream) SetType(oid uint32, t *Type) { s.types[oid] = t }
+
+// backfill turns a chunk of existing rows into READ events. The chunk was
+// read under FOR SHARE in the transaction that wrote this message, so it sits
+// in commit order: every change before it is older than its rows, every
+// change after it newer.
+func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+	var chunk BackfillChunk
+	if err := json.Unmarshal(m.Content, &chunk); err != nil {
+		s.seq++
+		return emit(Item{Kind: ItemNotice, Notice: fmt.Sprintf("ignoring a malformed backfill message at %s: %v", lsn, err)})
+	}
+	w, ok := s.watchFor(chunk.TableOID, chunk.Schema)
+	rel := &RelationMessage{ID: chunk.TableOID, Namespace: chunk.Schema, Name: chunk.Table, Columns: make([]RelationColumn, len(chunk.Columns))}
+	for i, c := range chunk.Columns {
+		t := s.types[c.TypeOID]
+		if t == nil {
+			t, _ = BuiltinType(c.TypeOID)
+		}
+		rel.Columns[i] = RelationColumn{Name: c.Name, TypeOID: c.TypeOID, Type: t}
+	}
+	for _, row := range chunk.Rows {
+		s.seq++
+		if !ok || len(row) != len(rel.Columns) {
+			continue
+		}
+		ev := s.newEvent(lsn, rel, w, OpRead)
+		b := s.appendHead(make([]byte, 0, 256), ev)
+		b = append(b, `,"new":{`...)
+		for i, v := range row {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = AppendString(b, []byte(rel.Columns[i].Name))
+			b = append(b, ':')
+			if v == nil {
+				b = appendColumn(b, &rel.Columns[i], TupleColumn{Kind: TupleNull})
+			} else {
+				b = appendColumn(b, &rel.Columns[i], TupleColumn{Kind: TupleText, Data: []byte(*v)})
+			}
+		}
+		b = append(b, `},"backfill":{"id":`...)
+		b = strconv.AppendInt(b, chunk.ID, 10)
+		b = append(b, `,"chunk":`...)
+		b = strconv.AppendInt(b, chunk.Chunk, 10)
+		b = append(b, '}')
+		b = s.appendMetadata(b, ev, lsn)
+		b = append(b, "}}}"...)
+		ev.Body = b
+		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package watches
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+)
+
+// SchemaEntry is a schema-wide watch.
+type SchemaEntry struct {
+	Schema    string
+	Kind      string
+	Source    string
+	Active    bool
+	CreatedAt time.Time
+	ChangedBy string
+}
+
+// WatchSchema audits every table of schema, including tables created later
+// (publication FOR TABLES IN SCHEMA, PostgreSQL 15+). A per-table watch of
+// a table in it takes precedence. Existing tables get REPLICA IDENTITY FULL
+// now; tables created later get it from the agent's housekeeping (until then
+// their old rows carry the primary key only).
+func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string) error {
+	if schema == migrations.Schema {
+		return errors.New("the pgaudit_cdc schema cannot be watched")
+	}
+	if kind == "" || source == "" {
+		return errors.New("a watch needs a kind and a non-empty source")
+	}
+	if _, err := migrations.Apply(ctx, r.conn); err != nil {
+		return err
+	}
+	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
+		return err
+	}
+	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
+		return err
+	}
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("starting the watch transaction: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
+		return fmt.Errorf("locking the registry: %w", err)
+	}
+	if serverVersion(ctx, tx) < 150000 {
+		return errors.New("schema-wide watches need PostgreSQL 15 or later (publications FOR TABLES IN SCHEMA); watch the tables one by one")
+	}
+	var nspOID uint32
+	err = tx.QueryRow(ctx, "SELECT oid FROM pg_namespace WHERE nspname = $1", schema).Scan(&nspOID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("schema %q does not exist: %w", schema, ErrTableNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("looking up schema %q: %w", schema, err)
+	}
+	if err := fixSchemaTables(ctx, tx, schema); err != nil {
+		return err
+	}
+	var member bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
+		JOIN pg_publication p ON p.oid = pn.pnpubid WHERE p.pubname = $1 AND pn.pnnspid = $2)`, r.publication, nspOID).Scan(&member); err != nil {
+		return fmt.Errorf("checking publication %q: %w", r.publication, err)
+	}
+	if !member {
+		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " ADD TABLES IN SCHEMA " + pgx.Identifier{schema}.Sanitize()
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("adding schema %q to publication %q (needs superuser in PostgreSQL 15+): %w", schema, r.publication, err)
+		}
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.schema_watches AS w (schema_name, kind, source, active, changed_by)
+		VALUES ($1, $2, $3, true, current_user)
+		ON CONFLICT (schema_name) DO UPDATE SET kind = EXCLUDED.kind, source = EXCLUDED.source, active = true,
+			changed_by = current_user, updated_at = now()
+		WHERE (w.kind, w.source, w.active) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.source, true)`, schema, kind, source)
+	if err != nil {
+		return fmt.Errorf("registering the watch of schema %q: %w", schema, err)
+	}
+	return tx.Commit(ctx)
+}
+
+// UnwatchSchema removes a schema-wide watch; it reports whether one was
+// active. Per-table watches in the schema stay.
+func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, error) {
+	if _, err := migrations.Apply(ctx, r.conn); err != nil {
+		return false, err
+	}
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("starting the unwatch transaction: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
+		return false, fmt.Errorf("locking the registry: %w", err)
+	}
+	var member bool
+	_ = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
+		JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
+		WHERE p.pubname = $1 AND n.nspname = $2)`, r.publication, schema).Scan(&member)
+	if member {
+		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLES IN SCHEMA " + pgx.Identifier{schema}.Sanitize()
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return false, fmt.Errorf("removing schema %q from publication %q: %w", schema, r.publication, err)
+		}
+	}
+	tag, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.schema_watches SET active = false, changed_by = current_user, updated_at = now()
+		WHERE schema_name = $1 AND active`, schema)
+	if err != nil {
+		return false, fmt.Errorf("unregistering schema %q: %w", schema, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("committing the unwatch of schema %q: %w", schema, err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// fixSchemaTables sets REPLICA IDENTITY FULL on the tables of schema that
+// lack it (partitions included).
+func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) error {
+	rows, err := tx.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'
+			AND c.oid NOT IN (SELECT table_oid FROM pgaudit_cdc.watches
+				WHERE active AND (columns IS NOT NULL OR exclude_columns IS NOT NULL))`, schema)
+	if err != nil {
+		return fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+	}
+	for _, n := range names {
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, n}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
+			return fmt.Errorf("setting REPLICA IDENTITY FULL on %s (the role must own it): %w", decode.QualifiedName(schema, n), err)
+		}
+	}
+	return nil
+}
+
+// LoadSchemas reads the schema-wide watches.
+func LoadSchemas(ctx context.Context, conn *pgx.Conn, all bool) ([]SchemaEntry, error) {
+	rows, err := conn.Query(ctx, `SELECT schema_name, kind, source, active, created_at, changed_by
+		FROM pgaudit_cdc.schema_watches WHERE active OR $1 ORDER BY schema_name`, all)
+	if err != nil {
+		return nil, fmt.Errorf("reading schema watches: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (SchemaEntry, error) {
+		var e SchemaEntry
+		err := row.Scan(&e.Schema, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.ChangedBy)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading schema watches: %w", err)
+	}
+	return out, nil
+}
+
+// SchemaMap turns schema entries into the decoder's schema watch map.
+func SchemaMap(entries []SchemaEntry) map[string]decode.Watch {
+	m := make(map[string]decode.Watch, len(entries))
+	for _, e := range entries {
+		m[e.Schema] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active}
+	}
+	return m
+}

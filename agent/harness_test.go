@@ -228,3 +228,5 @@ func mustName(t *testing.T, s string) watches.TableName {
 	}
 	return tn
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

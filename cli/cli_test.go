@@ -365,3 +365,47 @@ func TestEveryCommandHasAnExample(t *testing.T) {
 		}
 	}
 }
+
+func TestReadinessFollowsTheDatabase(t *testing.T) {
+	cluster := pgtest.Current(t)
+	if cluster.External() {
+		t.Log("external server: cannot stop it; readiness on database loss not checked")
+		return
+	}
+	dsn := pgtest.DSN(t)
+	exec(t, dsn, `CREATE TABLE r (id int PRIMARY KEY)`)
+	spine := spinetest.Start(t)
+	addr := freeAddr(t)
+	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": spine.URL(), "METRICS_ADDR": addr}
+	mustRun(t, env, "watch", "r", "--kind", "other", "--source", "ready")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := NewRootCmd()
+	cmd.SetArgs([]string{"run", "--status-interval", "100ms", "--log-format", "json"})
+	var out, errOut syncBuffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	base := "http://" + addr
+	waitFor(t, "ready", 20*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
+	if err := cluster.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "not ready while PostgreSQL is down", 20*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 503 })
+	_, body := get(t, base+"/metrics")
+	if v, ok := metricValue(body, "pgaudit_cdc_database_connected"); !ok || v != 0 {
+		t.Errorf("pgaudit_cdc_database_connected: got %v, want 0", v)
+	}
+	if err := cluster.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ready again", 60*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
+	exec(t, dsn, `INSERT INTO r VALUES (1)`)
+	waitFor(t, "the insert after the restart", 30*time.Second, func() bool { return len(spine.Events()) == 2 })
+}

@@ -127,7 +127,14 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	preflightLog(ctx, o, log, spine)
 	host, _ := os.Hostname()
 	log.Info("pgaudit-cdc starting", "instance", host, "pid", os.Getpid(), "slot", o.slot, "publication", o.publication)
-	return a.Run(ctx)
+	if err := a.Run(ctx); err != nil {
+		var cfgErr *agent.ConfigError
+		if errors.As(err, &cfgErr) {
+			return &ExitError{Code: 2, Err: err}
+		}
+		return err
+	}
+	return nil
 }
 
 // preflightLog runs the doctor's checks once at start and logs what is not

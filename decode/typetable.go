@@ -63,7 +63,7 @@ var TypeTable = []TypeMappingRow{
 	},
 	{
 		Types: "float4, float8",
-		JSON:  `number in its shortest exact form; NaN, Infinity, -Infinity as strings; -0 as -0.0`,
+		JSON:  `number, as PostgreSQL writes it in its shortest exact form (an integral value may have no fraction: 100); NaN, Infinity, -Infinity as strings; -0 as -0.0`,
 		Examples: []TypeExample{
 			{SQLType: "float8", OID: 701, Text: "1.5e-07", JSON: "1.5e-07"},
 			{SQLType: "float4", OID: 700, Text: "0.1", JSON: "0.1"},
@@ -120,7 +120,8 @@ var TypeTable = []TypeMappingRow{
 		Types: "json, jsonb",
 		JSON: "the document itself, embedded; numbers in it are JSON numbers (read by the spine as Python does: " +
 			"1.50 becomes 1.5). A document the spine could not store faithfully (nesting deeper than 256, " +
-			"an integer of more than 4000 digits, a number beyond the float range) is sent as a string",
+			"an integer of more than 4000 digits, a number beyond the float range) is sent as a string. " +
+			"The JSON document null cannot be told from SQL NULL, and of duplicate keys in json the spine keeps the last",
 		Examples: []TypeExample{
 			{SQLType: "jsonb", OID: 3802, Text: `{"a": [1, 2.5, null, true], "b": {"c": "x"}}`, JSON: `{"a":[1,2.5,null,true],"b":{"c":"x"}}`},
 			{SQLType: "json", OID: 114, Text: `{"x": 1e400}`, JSON: `"{\"x\": 1e400}"`},

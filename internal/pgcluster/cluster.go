@@ -40,6 +40,8 @@ type Cluster struct {
 	asRoot  bool   // run server commands as the postgres OS user
 	runuser string // path of runuser when asRoot
 
+	extra []string // settings overriding the defaults
+
 	watchdog      *exec.Cmd
 	watchdogInput io.WriteCloser
 }
@@ -105,12 +107,17 @@ func NewExternal(rawURL string) (*Cluster, error) {
 }
 
 // StartLocal creates and starts a throwaway cluster.
-func StartLocal(ctx context.Context) (_ *Cluster, err error) {
+func StartLocal(ctx context.Context) (*Cluster, error) { return StartLocalWith(ctx) }
+
+// StartLocalWith creates and starts a throwaway cluster with extra server
+// settings ("name=value"), which override the defaults — for tests of a
+// misconfigured server (wal_level=replica, no free slots).
+func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{binDir: binDir, asRoot: os.Geteuid() == 0}
+	c := &Cluster{binDir: binDir, asRoot: os.Geteuid() == 0, extra: settings}
 
 	var uid, gid int
 	if c.asRoot {
@@ -203,6 +210,7 @@ func (c *Cluster) serverOptions() string {
 		"shared_buffers=128MB",
 		"timezone=UTC",
 	}
+	settings = append(settings, c.extra...)
 	var b strings.Builder
 	for i, s := range settings {
 		if i > 0 {
@@ -447,3 +455,7 @@ func (c *Cluster) DatabaseURL(name string) string {
 	}
 	return u.String()
 }
+
+// ExternalOverride reports whether PGAUDIT_TEST_DATABASE_URL names a server
+// for the tests.
+func ExternalOverride() bool { return os.Getenv("PGAUDIT_TEST_DATABASE_URL") != "" }

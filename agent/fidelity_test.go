@@ -8,7 +8,6 @@ package agent_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,9 +17,6 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
-
-// knownBugs reports whether tests of known, unfixed product bugs should run.
-func knownBugs() bool { return os.Getenv("PGAUDIT_KNOWN_BUGS") != "" }
 
 // stored returns v as the spine stores and hashes it.
 func stored(t *testing.T, v any) string {
@@ -788,15 +784,9 @@ func TestFidelityPartitions(t *testing.T) {
 // TestFidelityNewPartitionBeforeHousekeeping is the behaviour a watch of a
 // partitioned table should have: a partition created after the watch is
 // usable at once, and its old rows are whole. It fails today (see the skip
-// message), so it is skipped unless PGAUDIT_KNOWN_BUGS is set.
+// message). The event trigger installed by watch (as a superuser, as here)
+// sets REPLICA IDENTITY FULL in the creating transaction.
 func TestFidelityNewPartitionBeforeHousekeeping(t *testing.T) {
-	if !knownBugs() {
-		t.Skip("known product bug: a partition created after its parent was watched lacks REPLICA IDENTITY FULL " +
-			"until the agent's housekeeping (every 15 s, and never while no agent runs); meanwhile the application's " +
-			"UPDATE/DELETE on it fail (\"cannot update table ... because it does not have a replica identity\") " +
-			"when it has no primary key, and with one a DELETE is sent with old marked full but non-key columns null; " +
-			"set PGAUDIT_KNOWN_BUGS=1 to run")
-	}
 	h := newHarness(t)
 	h.exec(`CREATE TABLE nopk (id int, at date, v text) PARTITION BY RANGE (at)`)
 	h.exec(`CREATE TABLE haspk (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)`)

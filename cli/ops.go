@@ -253,7 +253,13 @@ GRANT CONNECT, CREATE ON DATABASE %[2]s TO %[1]s;
 -- 3. Adding a table to a publication and setting REPLICA IDENTITY FULL need the
 --    table owner's rights: membership in the role that owns the watched tables.
 GRANT %[3]s TO %[1]s;
-`, id(role), id(db), id(tableOwner))
+
+-- 4. Optional, superuser only: give partitions of watched tables and tables created
+--    in watched schemas REPLICA IDENTITY FULL in the transaction that creates them
+--    (otherwise the agent does it within 15 s). Run after the first pgaudit-cdc watch,
+--    which creates the function.
+%[4]s;
+`, id(role), id(db), id(tableOwner), watches.EventTriggerSQL)
 	return b.String()
 }
 

@@ -220,6 +220,16 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 	if err := rows.Err(); err != nil {
 		return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
 	}
+	var needsTrigger, hasTrigger bool
+	_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid
+			WHERE w.active AND c.relkind = 'p')
+		OR EXISTS (SELECT 1 FROM pgaudit_cdc.schema_watches WHERE active),
+		EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgaudit_cdc_replica_identity')`).Scan(&needsTrigger, &hasTrigger)
+	if needsTrigger && !hasTrigger {
+		rs = append(rs, Result{Name: "event trigger", Status: Warn,
+			Detail: "partitioned or schema-wide watches exist, but tables created later get REPLICA IDENTITY FULL only from the agent (within 15 s)",
+			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statement printed by pgaudit-cdc setup --print-sql"})
+	}
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
 	}

@@ -23,6 +23,7 @@ var SessionGUCs = map[string]string{
 	"TimeZone":           "UTC",
 	"extra_float_digits": "1",
 	"bytea_output":       "hex",
+	"lc_monetary":        "C",
 	"application_name":   "pgaudit-cdc",
 }
 

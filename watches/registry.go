@@ -124,6 +124,9 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
 		return "", err
 	}
+	if _, err := EnsureEventTrigger(ctx, r.conn); err != nil {
+		return "", err
+	}
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
 		return "", fmt.Errorf("starting the watch transaction: %w", err)

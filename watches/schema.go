@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,9 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 		return err
 	}
 	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
+		return err
+	}
+	if _, err := EnsureEventTrigger(ctx, r.conn); err != nil {
 		return err
 	}
 	tx, err := r.conn.Begin(ctx)
@@ -170,4 +174,33 @@ func SchemaMap(entries []SchemaEntry) map[string]decode.Watch {
 		m[e.Schema] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active}
 	}
 	return m
+}
+
+// EventTriggerName is the event trigger giving tables that join a watch
+// later REPLICA IDENTITY FULL in the transaction that creates them.
+const EventTriggerName = "pgaudit_cdc_replica_identity"
+
+// EventTriggerSQL creates the event trigger (superuser only).
+const EventTriggerSQL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION pgaudit_cdc.ensure_replica_identity()`
+
+// EnsureEventTrigger creates the event trigger when it is missing and the
+// role is a superuser. It reports whether the trigger exists afterwards.
+func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var exists, super bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
+			(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, EventTriggerName).Scan(&exists, &super); err != nil {
+		return false, fmt.Errorf("checking the event trigger: %w", err)
+	}
+	if exists || !super {
+		return exists, nil
+	}
+	if _, err := conn.Exec(ctx, EventTriggerSQL); err != nil {
+		if strings.Contains(err.Error(), "already exists") {
+			return true, nil
+		}
+		return false, fmt.Errorf("creating the event trigger: %w", err)
+	}
+	return true, nil
 }

@@ -254,12 +254,12 @@ GRANT CONNECT, CREATE ON DATABASE %[2]s TO %[1]s;
 --    table owner's rights: membership in the role that owns the watched tables.
 GRANT %[3]s TO %[1]s;
 
--- 4. Optional, superuser only: give partitions of watched tables and tables created
---    in watched schemas REPLICA IDENTITY FULL in the transaction that creates them
---    (otherwise the agent does it within 15 s). Run after the first pgaudit-cdc watch,
---    which creates the function.
+-- 4. Optional, superuser only, AFTER the first pgaudit-cdc watch (which creates the
+--    function): give partitions of watched tables and tables created in watched schemas
+--    REPLICA IDENTITY FULL in the transaction that creates them (otherwise the agent
+--    does it within 15 s, and their UPDATE/DELETE events carry the key only until then):
 %[4]s;
-`, id(role), id(db), id(tableOwner), watches.EventTriggerSQL)
+`, id(role), id(db), id(tableOwner), "-- "+strings.ReplaceAll(watches.EventTriggerSQL, "\n", "\n-- "))
 	return b.String()
 }
 

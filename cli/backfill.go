@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -32,12 +31,9 @@ must be watched and have a primary key. The agent ('run') delivers the events.`,
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			return runBackfill(cmd, conn, t, chunk)
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				return runBackfill(cmd, conn, t, chunk)
+			})
 		},
 	}
 	cmd.Flags().IntVar(&chunk, "chunk-size", 1000, "rows per chunk (one transaction and one WAL message each)")

@@ -47,29 +47,26 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 		Example: "  pgaudit-cdc dead-letters list --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, nil)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if dls == nil {
-					dls = []deadLetter{}
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, nil)
+				if err != nil {
+					return err
 				}
-				return enc.Encode(dls)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tFAILED AT\tTABLE\tOPERATION\tKIND\tSTATUS\tRESPONSE")
-			for _, d := range dls {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.FailedAt.UTC().Format(time.RFC3339), d.Table, d.Operation, d.Kind, d.Status, oneLine(d.Response, 80))
-			}
-			return tw.Flush()
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if dls == nil {
+						dls = []deadLetter{}
+					}
+					return enc.Encode(dls)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tFAILED AT\tTABLE\tOPERATION\tKIND\tSTATUS\tRESPONSE")
+				for _, d := range dls {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.FailedAt.UTC().Format(time.RFC3339), d.Table, d.Operation, d.Kind, d.Status, oneLine(d.Response, 80))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -96,41 +93,38 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 			if spine == nil {
 				return &ExitError{Code: 2, Err: errors.New("retrying needs the spine: set --audit-stream-url or AUDIT_STREAM_URL")}
 			}
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)
-			if err != nil {
-				return err
-			}
-			sent, failed := 0, 0
-			for _, d := range dls {
-				err := spine.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
-				var rej *publish.RejectedError
-				switch {
-				case errors.As(err, &rej):
-					failed++
-					if _, uerr := conn.Exec(cmd.Context(), `UPDATE pgaudit_cdc.dead_letters
-						SET status_code = $2, response = $3, failed_at = now() WHERE id = $1`, d.ID, rej.StatusCode, rej.Body); uerr != nil {
-						return fmt.Errorf("updating dead letter %d: %w", d.ID, uerr)
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
-				case err != nil:
-					return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
-				default:
-					if _, err := conn.Exec(cmd.Context(), "DELETE FROM pgaudit_cdc.dead_letters WHERE id = $1", d.ID); err != nil {
-						return fmt.Errorf("removing delivered dead letter %d: %w", d.ID, err)
-					}
-					sent++
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)
+				if err != nil {
+					return err
 				}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d delivered, %d refused again\n", sent, failed)
-			if failed > 0 {
-				return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
-			}
-			return nil
+				sent, failed := 0, 0
+				for _, d := range dls {
+					err := spine.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
+					var rej *publish.RejectedError
+					switch {
+					case errors.As(err, &rej):
+						failed++
+						if _, uerr := conn.Exec(cmd.Context(), `UPDATE pgaudit_cdc.dead_letters
+							SET status_code = $2, response = $3, failed_at = now() WHERE id = $1`, d.ID, rej.StatusCode, rej.Body); uerr != nil {
+							return fmt.Errorf("updating dead letter %d: %w", d.ID, uerr)
+						}
+						fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
+					case err != nil:
+						return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
+					default:
+						if _, err := conn.Exec(cmd.Context(), "DELETE FROM pgaudit_cdc.dead_letters WHERE id = $1", d.ID); err != nil {
+							return fmt.Errorf("removing delivered dead letter %d: %w", d.ID, err)
+						}
+						sent++
+					}
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d delivered, %d refused again\n", sent, failed)
+				if failed > 0 {
+					return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
+				}
+				return nil
+			})
 		},
 	}
 	retry.Flags().BoolVar(&retryAll, "all", false, "retry every dead letter of this slot")
@@ -145,21 +139,18 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			if _, err := migrations.Apply(cmd.Context(), conn); err != nil {
-				return err
-			}
-			tag, err := conn.Exec(cmd.Context(), `DELETE FROM pgaudit_cdc.dead_letters
-				WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))`, o.slot, ids)
-			if err != nil {
-				return fmt.Errorf("discarding dead letters: %w", err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d discarded\n", tag.RowsAffected())
-			return nil
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				if _, err := migrations.Apply(cmd.Context(), conn); err != nil {
+					return err
+				}
+				tag, err := conn.Exec(cmd.Context(), `DELETE FROM pgaudit_cdc.dead_letters
+					WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))`, o.slot, ids)
+				if err != nil {
+					return fmt.Errorf("discarding dead letters: %w", err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d discarded\n", tag.RowsAffected())
+				return nil
+			})
 		},
 	}
 	discard.Flags().BoolVar(&discardAll, "all", false, "discard every dead letter of this slot")

@@ -56,22 +56,19 @@ func newStatusCmd(o *options) *cobra.Command {
 		Example: "  pgaudit-cdc status\n  pgaudit-cdc status --json | jq .slot.lag_bytes",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			st, err := readStatus(cmd.Context(), conn, o)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			printStatus(cmd.OutOrStdout(), st)
-			return nil
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				st, err := readStatus(cmd.Context(), conn, o)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(st)
+				}
+				printStatus(cmd.OutOrStdout(), st)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -193,31 +190,28 @@ func newDoctorCmd(o *options) *cobra.Command {
   AUDIT_STREAM_URL=http://audit-stream:8093 pgaudit-cdc doctor --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			spine, err := o.spineClient(nil, publish.Hooks{})
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			rs := preflight.Run(ctx, conn, preflight.Options{Slot: o.slot, Publication: o.publication, Spine: spine})
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rs); err != nil {
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				spine, err := o.spineClient(nil, publish.Hooks{})
+				if err != nil {
 					return err
 				}
-			} else {
-				printChecks(cmd.OutOrStdout(), rs)
-			}
-			if preflight.Failed(rs) {
-				return &ExitError{Code: 1, Err: fmt.Errorf("preflight checks failed")}
-			}
-			return nil
+				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+				defer cancel()
+				rs := preflight.Run(ctx, conn, preflight.Options{Slot: o.slot, Publication: o.publication, Spine: spine})
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if err := enc.Encode(rs); err != nil {
+						return err
+					}
+				} else {
+					printChecks(cmd.OutOrStdout(), rs)
+				}
+				if preflight.Failed(rs) {
+					return &ExitError{Code: 1, Err: fmt.Errorf("preflight checks failed")}
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -198,6 +198,16 @@ func (o *options) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
+// withConn runs f with a normal connection, closed afterwards.
+func (o *options) withConn(cmd *cobra.Command, f func(conn *pgx.Conn) error) error {
+	conn, err := o.connect(cmd.Context())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(cmd.Context()))
+	return f(conn)
+}
+
 // spineClient builds the spine client, or nil when no URL is configured.
 func (o *options) spineClient(log *slog.Logger, hooks publish.Hooks) (*publish.Client, error) {
 	if o.auditStreamURL == "" {

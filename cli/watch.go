@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
@@ -52,36 +53,33 @@ audit-stream v0.1 list).`,
 			if err := checkKind(cmd.Context(), o, kind, log); err != nil {
 				return err
 			}
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			reg := watches.NewRegistry(conn, o.publication, o.slot)
-			if schema != "" {
-				if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
-					return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				reg := watches.NewRegistry(conn, o.publication, o.slot)
+				if schema != "" {
+					if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
+						return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
+					}
+					if err := reg.WatchSchema(cmd.Context(), schema, kind, source); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
+					return nil
 				}
-				if err := reg.WatchSchema(cmd.Context(), schema, kind, source); err != nil {
+				t, err := watches.ParseTableName(args[0])
+				if err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+				name, err := reg.Watch(cmd.Context(), t, kind, source, watches.Options{
+					RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
+				fmt.Fprintln(cmd.OutOrStdout(), name)
+				if backfill {
+					return runBackfill(cmd, conn, t, 0)
+				}
 				return nil
-			}
-			t, err := watches.ParseTableName(args[0])
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
-			}
-			name, err := reg.Watch(cmd.Context(), t, kind, source, watches.Options{
-				RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), name)
-			if backfill {
-				return runBackfill(cmd, conn, t, 0)
-			}
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&kind, "kind", "", "event kind of this table's changes (required)")
@@ -138,39 +136,36 @@ func newUnwatchCmd(o *options) *cobra.Command {
 			return cobra.ExactArgs(1)(cmd, args)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			reg := watches.NewRegistry(conn, o.publication, o.slot)
-			if schema != "" {
-				removed, err := reg.UnwatchSchema(cmd.Context(), schema)
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				reg := watches.NewRegistry(conn, o.publication, o.slot)
+				if schema != "" {
+					removed, err := reg.UnwatchSchema(cmd.Context(), schema)
+					if err != nil {
+						return err
+					}
+					if removed {
+						fmt.Fprintf(cmd.OutOrStdout(), "unwatched schema %s\n", schema)
+					} else {
+						fmt.Fprintf(cmd.OutOrStdout(), "schema %s was not watched; nothing to do\n", schema)
+					}
+					return nil
+				}
+				t, err := watches.ParseTableName(args[0])
+				if err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+				removed, err := reg.Unwatch(cmd.Context(), t)
 				if err != nil {
 					return err
 				}
+				name := decode.QualifiedName(t.Schema, t.Name)
 				if removed {
-					fmt.Fprintf(cmd.OutOrStdout(), "unwatched schema %s\n", schema)
+					fmt.Fprintf(cmd.OutOrStdout(), "unwatched %s\n", name)
 				} else {
-					fmt.Fprintf(cmd.OutOrStdout(), "schema %s was not watched; nothing to do\n", schema)
+					fmt.Fprintf(cmd.OutOrStdout(), "%s was not watched; nothing to do\n", name)
 				}
 				return nil
-			}
-			t, err := watches.ParseTableName(args[0])
-			if err != nil {
-				return &ExitError{Code: 2, Err: err}
-			}
-			removed, err := reg.Unwatch(cmd.Context(), t)
-			if err != nil {
-				return err
-			}
-			name := decode.QualifiedName(t.Schema, t.Name)
-			if removed {
-				fmt.Fprintf(cmd.OutOrStdout(), "unwatched %s\n", name)
-			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s was not watched; nothing to do\n", name)
-			}
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&schema, "schema", "", "remove a schema-wide watch (instead of TABLE)")
@@ -185,28 +180,25 @@ func newListCmd(o *options) *cobra.Command {
 		Example: "  pgaudit-cdc list\n  pgaudit-cdc list --all   # include unwatched tables kept as tombstones",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := o.connect(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			entries, err := watches.NewRegistry(conn, o.publication, o.slot).List(cmd.Context(), all)
-			if err != nil {
-				return err
-			}
-			schemas, err := watches.LoadSchemas(cmd.Context(), conn, all)
-			if err != nil {
-				return err
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE\tOPTIONS")
-			for _, e := range schemas {
-				fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", decode.QuoteIdent(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
-			}
-			for _, e := range entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, describeOptions(e.Options))
-			}
-			return tw.Flush()
+			return o.withConn(cmd, func(conn *pgx.Conn) error {
+				entries, err := watches.NewRegistry(conn, o.publication, o.slot).List(cmd.Context(), all)
+				if err != nil {
+					return err
+				}
+				schemas, err := watches.LoadSchemas(cmd.Context(), conn, all)
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE\tOPTIONS")
+				for _, e := range schemas {
+					fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", decode.QuoteIdent(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
+				}
+				for _, e := range entries {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, describeOptions(e.Options))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "include tables that were unwatched")

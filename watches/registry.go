@@ -35,6 +35,38 @@ func NewRegistry(conn *pgx.Conn, publication, slot string) *Registry {
 	return &Registry{conn: conn, publication: publication, slot: slot}
 }
 
+// prepare brings the schema up to date and makes sure the publication, the
+// slot (so that capture starts now) and, for a superuser, the event trigger
+// exist. Slot creation waits for writing transactions, so it happens before
+// the registry transaction.
+func (r *Registry) prepare(ctx context.Context) error {
+	if _, err := migrations.Apply(ctx, r.conn); err != nil {
+		return err
+	}
+	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
+		return err
+	}
+	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
+		return err
+	}
+	_, err := EnsureEventTrigger(ctx, r.conn)
+	return err
+}
+
+// lockedTx begins a transaction holding the registry lock, which serialises
+// registry changes across CLI calls.
+func (r *Registry) lockedTx(ctx context.Context, what string) (pgx.Tx, error) {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting the %s transaction: %w", what, err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, fmt.Errorf("locking the registry: %w", err)
+	}
+	return tx, nil
+}
+
 // Entry is one row of the registry.
 type Entry struct {
 	TableOID  uint32
@@ -114,27 +146,14 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if kind == "" || source == "" {
 		return "", errors.New("a watch needs a kind and a non-empty source")
 	}
-	if _, err := migrations.Apply(ctx, r.conn); err != nil {
+	if err := r.prepare(ctx); err != nil {
 		return "", err
 	}
-	// Slot creation waits for writing transactions, so it happens before ours.
-	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
-		return "", err
-	}
-	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
-		return "", err
-	}
-	if _, err := EnsureEventTrigger(ctx, r.conn); err != nil {
-		return "", err
-	}
-	tx, err := r.conn.Begin(ctx)
+	tx, err := r.lockedTx(ctx, "watch")
 	if err != nil {
-		return "", fmt.Errorf("starting the watch transaction: %w", err)
+		return "", err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
-		return "", fmt.Errorf("locking the registry: %w", err)
-	}
 	rel, ok, err := r.lookup(ctx, tx, t)
 	if err != nil {
 		return "", err
@@ -405,14 +424,11 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 	if _, err := migrations.Apply(ctx, r.conn); err != nil {
 		return false, err
 	}
-	tx, err := r.conn.Begin(ctx)
+	tx, err := r.lockedTx(ctx, "unwatch")
 	if err != nil {
-		return false, fmt.Errorf("starting the unwatch transaction: %w", err)
+		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
-		return false, fmt.Errorf("locking the registry: %w", err)
-	}
 	name := decode.QualifiedName(t.Schema, t.Name)
 	rel, exists, err := r.lookup(ctx, tx, t)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
 // SchemaEntry is a schema-wide watch.
@@ -36,26 +35,14 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	if kind == "" || source == "" {
 		return errors.New("a watch needs a kind and a non-empty source")
 	}
-	if _, err := migrations.Apply(ctx, r.conn); err != nil {
+	if err := r.prepare(ctx); err != nil {
 		return err
 	}
-	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
-		return err
-	}
-	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
-		return err
-	}
-	if _, err := EnsureEventTrigger(ctx, r.conn); err != nil {
-		return err
-	}
-	tx, err := r.conn.Begin(ctx)
+	tx, err := r.lockedTx(ctx, "watch")
 	if err != nil {
-		return fmt.Errorf("starting the watch transaction: %w", err)
+		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
-		return fmt.Errorf("locking the registry: %w", err)
-	}
 	if serverVersion(ctx, tx) < 150000 {
 		return errors.New("schema-wide watches need PostgreSQL 15 or later (publications FOR TABLES IN SCHEMA); watch the tables one by one")
 	}
@@ -98,14 +85,11 @@ func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, erro
 	if _, err := migrations.Apply(ctx, r.conn); err != nil {
 		return false, err
 	}
-	tx, err := r.conn.Begin(ctx)
+	tx, err := r.lockedTx(ctx, "unwatch")
 	if err != nil {
-		return false, fmt.Errorf("starting the unwatch transaction: %w", err)
+		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockKey)); err != nil {
-		return false, fmt.Errorf("locking the registry: %w", err)
-	}
 	var member bool
 	_ = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
 		JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid

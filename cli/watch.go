@@ -59,7 +59,9 @@ audit-stream v0.1 list).`,
 					if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
 						return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
 					}
-					if err := reg.WatchSchema(cmd.Context(), schema, kind, source); err != nil {
+					if err := withProgress(cmd.ErrOrStderr(), "watching schema "+schema+" (slot creation waits for open transactions)", func() error {
+					return reg.WatchSchema(cmd.Context(), schema, kind, source)
+				}); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
@@ -69,8 +71,13 @@ audit-stream v0.1 list).`,
 				if err != nil {
 					return &ExitError{Code: 2, Err: err}
 				}
-				name, err := reg.Watch(cmd.Context(), t, kind, source, watches.Options{
-					RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
+				var name string
+				err = withProgress(cmd.ErrOrStderr(), "watching "+decode.QualifiedName(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
+					var err error
+					name, err = reg.Watch(cmd.Context(), t, kind, source, watches.Options{
+						RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
+					return err
+				})
 				if err != nil {
 					return err
 				}

@@ -60,8 +60,8 @@ audit-stream v0.1 list).`,
 						return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
 					}
 					if err := withProgress(cmd.ErrOrStderr(), "watching schema "+schema+" (slot creation waits for open transactions)", func() error {
-					return reg.WatchSchema(cmd.Context(), schema, kind, source)
-				}); err != nil {
+						return reg.WatchSchema(cmd.Context(), schema, kind, source)
+					}); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)

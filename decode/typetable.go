@@ -82,7 +82,7 @@ var TypeTable = []TypeMappingRow{
 	},
 	{
 		Types: "money",
-		JSON:  "string, formatted by the server's lc_monetary",
+		JSON:  "string, formatted with lc_monetary = C (the replication session pins it, so the form does not depend on the server's locale)",
 		Examples: []TypeExample{
 			{SQLType: "money", OID: 790, Text: "-$1,234.56", JSON: `"-$1,234.56"`},
 		},

@@ -283,3 +283,20 @@ func slotConfirmed(t *testing.T, h *harness) decode.LSN {
 	}
 	return l
 }
+
+func TestReconnectsAfterTerminateBackend(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE k (id int PRIMARY KEY)`)
+	h.watch("k", "other", "terminate")
+	h.startAgent()
+	h.exec(`INSERT INTO k SELECT generate_series(1, 10)`)
+	h.waitEvents(10, 30*time.Second)
+	for i := 0; i < 3; i++ {
+		h.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active`, testSlot)
+		h.exec(`INSERT INTO k VALUES ($1)`, 100+i)
+	}
+	evs := h.expectExactly(13, time.Second)
+	if got := jsonOf(t, field(t, evs[12], "new", "id")); got != "102" {
+		t.Fatalf("last event: got id %s, want 102", got)
+	}
+}

@@ -114,6 +114,8 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 // partitions created after their table was watched. Failures are logged, not
 // fatal: the stream matters more.
 func (r *reader) housekeeping(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	var retained, lag *int64
 	err := r.meta.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,
 			(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint

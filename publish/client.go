@@ -131,11 +131,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 
 // SetIdentity tells the client which idempotency keys are its own: those of
 // this server and slot. It must be called before Publish.
+//
+// The agent calls it at the start of every replication session: it also
+// forgets which sources were read back, so that each source is read back
+// again before its first event. A POST abandoned when the previous session
+// broke may have been appended after all.
 func (c *Client) SetIdentity(systemID, slot string) {
 	if c.systemID != systemID || c.slot != slot {
 		c.mark = decode.Position{}
-		c.checked = map[string]bool{}
 	}
+	c.checked = map[string]bool{}
 	c.systemID, c.slot = systemID, slot
 }
 

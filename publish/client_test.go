@@ -219,3 +219,28 @@ func TestCanceledPublishReturns(t *testing.T) {
 		t.Fatalf("got nil, want the context error while the spine is down")
 	}
 }
+
+// TestNewSessionReadsBackAgain: a POST abandoned when a replication session
+// broke may have been appended, so a new session (SetIdentity) reads each
+// source back before its first event.
+func TestNewSessionReadsBackAgain(t *testing.T) {
+	spine := spinetest.Start(t)
+	c := newTestClient(t, spine.URL())
+	if err := c.Publish(context.Background(), testEvent("s", 0x10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Appended behind the client's back, as an abandoned POST could be.
+	ghost := testEvent("s", 0x10, 2)
+	resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewReader(ghost.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c.SetIdentity("7301", "slot") // the next session
+	if err := c.Publish(context.Background(), testEvent("s", 0x10, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(spine.Events()); n != 2 {
+		t.Fatalf("got %d events, want 2: the replayed event was sent again", n)
+	}
+}

@@ -381,12 +381,19 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) error {
 // FixReplicaIdentity gives partitions created after their partitioned table
 // was watched, and tables created in a watched schema, the REPLICA IDENTITY
 // FULL they need. The agent calls it periodically.
+//
+// ALTER TABLE needs an ACCESS EXCLUSIVE lock; a short lock_timeout keeps a
+// long application transaction from stalling the caller (the agent's reader,
+// which must keep the replication session alive): it tries again later.
 func (r *Registry) FixReplicaIdentity(ctx context.Context) error {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("starting transaction: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
+		return fmt.Errorf("setting lock_timeout: %w", err)
+	}
 	rows, err := tx.Query(ctx, `SELECT w.table_oid FROM pgaudit_cdc.watches w
 		JOIN pg_class c ON c.oid = w.table_oid WHERE w.active AND c.relkind = 'p'`)
 	if err != nil {

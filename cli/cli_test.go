@@ -290,12 +290,32 @@ func TestRunAsLeastPrivilegeRole(t *testing.T) {
 	waitFor(t, "the third insert", 30*time.Second, func() bool { return len(spine.Events()) == 4 })
 	waitFor(t, "/readyz to recover", 10*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 })
 
+	// Every gauge has a value and the ones that must move did.
+	_, body = get(t, base+"/metrics")
+	for _, g := range []string{"pgaudit_cdc_confirmed_lsn", "pgaudit_cdc_last_delivered_commit_timestamp_seconds", "pgaudit_cdc_slot_retained_wal_bytes"} {
+		if v, ok := metricValue(body, g+" "); !ok || v <= 0 {
+			t.Errorf("%s: got %v (%v), want > 0", g, v, ok)
+		}
+	}
+	if _, ok := metricValue(body, "pgaudit_cdc_replication_lag_bytes "); !ok {
+		t.Errorf("pgaudit_cdc_replication_lag_bytes missing")
+	}
+	// A refusal becomes a dead letter, counted.
+	spine.SetKinds("decision_card_drafted")
+	exec(t, dsn, `INSERT INTO decisions VALUES (4, 'refused')`)
+	waitFor(t, "the dead-letter counter", 20*time.Second, func() bool {
+		_, body := get(t, base+"/metrics")
+		v, ok := metricValue(body, `pgaudit_cdc_dead_letters_total{table="public.decisions"}`)
+		return ok && v == 1
+	})
+	spine.SetKinds(spinetest.DefaultKinds...)
+
 	statusOut := mustRun(t, env, "status", "--json")
 	var st Status
 	if err := json.Unmarshal([]byte(statusOut), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, statusOut)
 	}
-	if !st.Slot.Exists || !st.Slot.AgentConnected || len(st.Watches) != 1 || st.Watches[0].Table != "public.decisions" || !st.Publication.Exists {
+	if !st.Slot.Exists || !st.Slot.AgentConnected || len(st.Watches) != 1 || st.Watches[0].Table != "public.decisions" || !st.Publication.Exists || st.DeadLetters != 1 {
 		t.Errorf("status: got %+v", st)
 	}
 	human := mustRun(t, env, "status")

@@ -283,7 +283,7 @@ func (c *Client) authorize(req *http.Request) {
 // highest position of this agent's among them. It widens the read until it
 // finds one of ours or has read the whole source (or the window).
 func (c *Client) learn(ctx context.Context, source string) error {
-	for limit := 100; ; limit *= 10 {
+	for limit := 10; ; limit *= 10 {
 		if limit > c.cfg.DedupWindow {
 			limit = c.cfg.DedupWindow
 		}
@@ -299,47 +299,63 @@ func (c *Client) learn(ctx context.Context, source string) error {
 }
 
 func (c *Client) readBack(ctx context.Context, source string, limit int) (int, bool, error) {
+	found := false
+	n, err := c.scanEvents(ctx, source, limit, func(key string, redelivered bool) {
+		if redelivered {
+			return
+		}
+		sys, slot, pos, ok := decode.ParseKey(key)
+		if !ok || sys != c.systemID || slot != c.slot {
+			return
+		}
+		found = true
+		c.MarkHandled(pos)
+	})
+	return n, found, err
+}
+
+// scanEvents reads GET /events?source=…&limit=… and calls fn with each
+// event's idempotency key, one event at a time: events can be large (a 20 MB
+// row), so the answer is never held whole.
+func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(key string, redelivered bool)) (int, error) {
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
 	if err != nil {
-		return 0, false, fmt.Errorf("building request: %w", err)
+		return 0, fmt.Errorf("building request: %w", err)
 	}
 	c.authorize(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.up(false)
-		return 0, false, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
+		return 0, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
 	}
 	defer resp.Body.Close()
 	c.up(true)
 	if resp.StatusCode != http.StatusOK {
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return 0, false, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, truncate(string(text), 200))
+		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, truncate(string(text), 200))
 	}
-	var events []struct {
-		Payload struct {
-			Metadata struct {
-				Key         string `json:"idempotency_key"`
-				Redelivered bool   `json:"redelivered"`
-			} `json:"metadata"`
-		} `json:"payload"`
+	dec := json.NewDecoder(resp.Body)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (%v)", source, err)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&events); err != nil {
-		return 0, false, fmt.Errorf("reading back events of source %q: %w", source, err)
-	}
-	found := false
-	for _, e := range events {
-		if e.Payload.Metadata.Redelivered {
-			continue
+	n := 0
+	for dec.More() {
+		var e struct {
+			Payload struct {
+				Metadata struct {
+					Key         string `json:"idempotency_key"`
+					Redelivered bool   `json:"redelivered"`
+				} `json:"metadata"`
+			} `json:"payload"`
 		}
-		sys, slot, pos, ok := decode.ParseKey(e.Payload.Metadata.Key)
-		if !ok || sys != c.systemID || slot != c.slot {
-			continue
+		if err := dec.Decode(&e); err != nil {
+			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
 		}
-		found = true
-		c.MarkHandled(pos)
+		n++
+		fn(e.Payload.Metadata.Key, e.Payload.Metadata.Redelivered)
 	}
-	return len(events), found, nil
+	return n, nil
 }
 
 // wait sleeps before the next attempt: capped exponential backoff with full
@@ -565,34 +581,11 @@ func MarkRedelivered(body []byte) []byte {
 
 // hasKey reports whether the newest DedupWindow events of source include key.
 func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
-	q := url.Values{"source": {source}, "limit": {strconv.Itoa(c.cfg.DedupWindow)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
-	if err != nil {
-		return false, fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return false, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("reading back events of source %q: HTTP %d", source, resp.StatusCode)
-	}
-	var events []struct {
-		Payload struct {
-			Metadata struct {
-				Key string `json:"idempotency_key"`
-			} `json:"metadata"`
-		} `json:"payload"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&events); err != nil {
-		return false, fmt.Errorf("reading back events of source %q: %w", source, err)
-	}
-	for _, e := range events {
-		if e.Payload.Metadata.Key == key {
-			return true, nil
+	found := false
+	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(k string, _ bool) {
+		if k == key {
+			found = true
 		}
-	}
-	return false, nil
+	})
+	return found, err
 }

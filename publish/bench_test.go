@@ -1,0 +1,112 @@
+package publish_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+)
+
+// benchBody is a typical envelope: an UPDATE of an eight-column row with
+// REPLICA IDENTITY FULL (the size bench/ measures, about 1 kB).
+var benchBody = []byte(`{"kind":"decision_card_status_changed","source":"procurement-api","timestamp":"2026-11-22T19:34:41.416978+00:00","payload":{"table":"public.orders","operation":"UPDATE",` +
+	`"old":{"id":424242,"account_id":4243,"status":"paid","amount":"6060.29","paid":false,"note":"order 424242 for customer 4242 via web checkout","created_at":"2026-01-05T21:50:42+00:00","details":{"qty":6,"sku":"SKU-551","tags":["gift","express"]}},` +
+	`"new":{"id":424242,"account_id":4243,"status":"shipped","amount":"6061.54","paid":true,"note":"order 424242 for customer 4242 via web checkout","created_at":"2026-01-05T21:50:42+00:00","details":{"qty":6,"sku":"SKU-551","tags":["gift","express"],"shipped":true}},` +
+	`"metadata":{"commit_lsn":"1/6B374D48","lsn":"1/6B374100","xid":91234,"commit_timestamp":"2026-11-22T19:34:41.416978+00:00","idempotency_key":"pgaudit-cdc:7441925118437418807:pgaudit_cdc:000000016B374D48:1"}}}`)
+
+// instantSpine answers POST /events with 201 and the client's read-back
+// with an empty list.
+func instantSpine(b *testing.B) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, "[]")
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusCreated)
+	}))
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+// BenchmarkClientPublish is one event delivered by publish.Client to a
+// loopback spine that answers at once (client and server in this process).
+func BenchmarkClientPublish(b *testing.B) {
+	srv := instantSpine(b)
+	c, err := publish.NewClient(publish.ClientConfig{URL: srv.URL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.SetIdentity("7441925118437418807", "pgaudit_cdc")
+	ctx := context.Background()
+	ev := &decode.Event{Body: benchBody, Source: "procurement-api", Pos: decode.Position{CommitLSN: 1}}
+	b.SetBytes(int64(len(benchBody)))
+	b.ReportAllocs()
+	for b.Loop() {
+		ev.Pos.Seq++
+		if err := c.Publish(ctx, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPlainPost is the baseline for BenchmarkClientPublish: a bare
+// keep-alive net/http POST of the same body.
+func BenchmarkPlainPost(b *testing.B) {
+	srv := instantSpine(b)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	defer hc.CloseIdleConnections()
+	url := srv.URL + "/events"
+	b.SetBytes(int64(len(benchBody)))
+	b.ReportAllocs()
+	for b.Loop() {
+		req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(benchBody))
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			b.Fatalf("HTTP %d", resp.StatusCode)
+		}
+	}
+}
+
+// BenchmarkWriterPublish is the built-in stdout sink writing to a discarding
+// writer.
+func BenchmarkWriterPublish(b *testing.B) {
+	w := publish.NewWriter(io.Discard)
+	ev := &decode.Event{Body: benchBody}
+	ctx := context.Background()
+	b.SetBytes(int64(len(benchBody)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := w.Publish(ctx, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMarkRedelivered is the rewrite applied to a dead letter when it is
+// retried.
+func BenchmarkMarkRedelivered(b *testing.B) {
+	b.SetBytes(int64(len(benchBody)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if out := publish.MarkRedelivered(benchBody); !strings.Contains(string(out[len(out)-200:]), "idempotency_key") {
+			b.Fatal("marker lost")
+		}
+	}
+}

@@ -90,12 +90,16 @@ func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, erro
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	var member bool
 	// pg_publication_namespace exists from PostgreSQL 15 on, as do schema
 	// watches; on older servers only the registry row can be left.
-	_ = serverVersion(ctx, tx) >= 150000 && tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
-		JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
-		WHERE p.pubname = $1 AND n.nspname = $2)`, r.publication, schema).Scan(&member) == nil
+	var member bool
+	if serverVersion(ctx, tx) >= 150000 {
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
+			JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
+			WHERE p.pubname = $1 AND n.nspname = $2)`, r.publication, schema).Scan(&member); err != nil {
+			return false, fmt.Errorf("checking publication %q: %w", r.publication, err)
+		}
+	}
 	if member {
 		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLES IN SCHEMA " + pgx.Identifier{schema}.Sanitize()
 		if _, err := tx.Exec(ctx, sql); err != nil {

@@ -29,8 +29,16 @@ fuzz:
 	$(GO) test ./decode -run '^$$' -fuzz FuzzStream -fuzztime 60s
 	$(GO) test ./decode -run '^$$' -fuzz FuzzAppendValue -fuzztime 60s
 
+# Benchmarks, see BENCHMARKS.md. `bench` runs everything (a throwaway
+# PostgreSQL, 10-20 minutes, the Go micro-benchmarks included) and rewrites
+# the results section of BENCHMARKS.md; `bench-smoke` is the seconds-long
+# version with tiny sizes (CI runs it as TestSmoke in ./bench).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./decode ./publish
+	$(GO) run ./bench -out BENCHMARKS.md
+
+.PHONY: bench-smoke
+bench-smoke:
+	$(GO) run ./bench -quick
 
 # Runs the main job on the embedded default: a throwaway PostgreSQL, a
 # sample table, a few changes, the envelopes on stdout.

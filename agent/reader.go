@@ -201,6 +201,12 @@ func (r *reader) send(ctx context.Context, w work) error {
 			// Counted before the hand-over so the publisher's decrement can
 			// never come first.
 			r.inflight.Add(w.size)
+			// Fast path: room in the buffer, no timer needed.
+			select {
+			case sendCh <- w:
+				return nil
+			default:
+			}
 		}
 		wait := time.Until(r.nextStatus)
 		if wait < 0 {

@@ -65,7 +65,16 @@ const keyPrefix = "pgaudit-cdc:"
 // Key is the idempotency key of the change at p: unique across servers
 // (system identifier), agents (slot) and changes (position).
 func Key(systemID, slot string, p Position) string {
-	return fmt.Sprintf("%s%s:%s:%016X:%d", keyPrefix, systemID, slot, uint64(p.CommitLSN), p.Seq)
+	b := make([]byte, 0, len(keyPrefix)+len(systemID)+len(slot)+30)
+	b = append(b, keyPrefix...)
+	b = append(b, systemID...)
+	b = append(b, ':')
+	b = append(b, slot...)
+	b = append(b, ':')
+	b = appendHex(b, uint64(p.CommitLSN), 16)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, uint64(p.Seq), 10)
+	return string(b)
 }
 
 // ParseKey splits an idempotency key made by Key. ok is false for anything
@@ -301,7 +310,7 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 	}
 
 	ev := s.newEvent(lsn, rel, w, op)
-	b := make([]byte, 0, 256+tupleSize(old)+tupleSize(newT))
+	b := make([]byte, 0, 384+len(w.Kind)+len(w.Source)+tupleSize(rel, old)+tupleSize(rel, newT))
 	b = s.appendHead(b, ev)
 	var missing []string
 	oldFull := oldKind == 'O'
@@ -336,10 +345,13 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
-func tupleSize(t Tuple) int {
+// tupleSize estimates the JSON size of t (values, column names,
+// punctuation) so that the envelope is usually built without regrowing.
+// t has as many columns as rel.
+func tupleSize(rel *RelationMessage, t Tuple) int {
 	n := 0
-	for _, c := range t {
-		n += len(c.Data) + 8
+	for i, c := range t {
+		n += len(c.Data) + len(rel.Columns[i].Name) + 8
 	}
 	return n
 }
@@ -409,9 +421,9 @@ func (s *Stream) appendHead(b []byte, ev *Event) []byte {
 // can add fields.
 func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
 	b = append(b, `,"metadata":{"commit_lsn":"`...)
-	b = append(b, s.begin.FinalLSN.String()...)
+	b = s.begin.FinalLSN.appendText(b)
 	b = append(b, `","lsn":"`...)
-	b = append(b, lsn.String()...)
+	b = lsn.appendText(b)
 	b = append(b, `","xid":`...)
 	b = strconv.AppendUint(b, uint64(s.begin.Xid), 10)
 	b = append(b, `,"commit_timestamp":"`...)

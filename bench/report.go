@@ -1,0 +1,297 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Markers around the generated part of BENCHMARKS.md.
+const (
+	markerStart = "<!-- bench:results:start -->"
+	markerEnd   = "<!-- bench:results:end -->"
+)
+
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func secsOf[T any](xs []T, get func(T) time.Duration) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = get(x).Seconds()
+	}
+	return out
+}
+
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func f0(v float64) string { return thousands(int64(v + 0.5)) }
+
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms"
+}
+
+func secs(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + " s"
+}
+
+func mb(b int64) string {
+	return strconv.FormatFloat(float64(b)/(1<<20), 'f', 1, 64) + " MB"
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**not met**"
+}
+
+// Markdown renders the results section of BENCHMARKS.md.
+func (r *Results) Markdown(command string) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mode := "full"
+	if r.Opts.Quick {
+		mode = "quick (smoke test: sizes too small for conclusions)"
+	}
+	p("### Results of %s (%s)\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), mode)
+	m := r.Machine
+	p("- Machine: %d CPUs (`nproc`), %s, %s RAM, Linux %s; load average at start %s\n", m.NProc, m.CPU, m.MemTotal, m.Kernel, m.LoadAvg)
+	p("- %s\n", m.PGVersion)
+	p("- Go %s\n", strings.TrimPrefix(m.GoVersion, "go"))
+	p("- Command: `%s` (%s in all)\n\n", command, r.Duration.Round(time.Second))
+
+	if d := r.Drain; d != nil {
+		n := d.Rows
+		p("#### 1. Drain rate: pgaudit-cdc vs pg_recvlogical\n\n")
+		p("%s row changes (40%% INSERT, 40%% UPDATE, 20%% DELETE) on the 8-column `orders` table with REPLICA IDENTITY FULL, in %s transactions, %s of WAL, generated in %s. Each round drains its own three slots, all created before the changes, in rotating order: the agent (in-process, discarding sink) until the sink has %s events, the same with `GOMAXPROCS=1`, and `pg_recvlogical` to `/dev/null` until `--endpos`. Times include connecting.\n\n",
+			thousands(int64(n)), thousands(int64(d.Transactions)), mb(d.WALBytes), secs(d.Generate), thousands(int64(n)))
+		p("| round | order | pgaudit-cdc | pg_recvlogical | ratio | pgaudit-cdc, GOMAXPROCS=1 | ratio | CPU: agent + its walsender | CPU: agent GOMAXPROCS=1 + walsender | CPU: pg_recvlogical + walsender |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		var ra, rr, r1, ratios, ratios1, ac, aw, a1c, a1w, rc, rw []float64
+		for i, x := range d.Rounds {
+			a, a1, rv := rate(n, x.Agent), rate(n, x.Agent1P), rate(n, x.Recv)
+			ra, rr, r1 = append(ra, a), append(rr, rv), append(r1, a1)
+			ratios, ratios1 = append(ratios, a/rv), append(ratios1, a1/rv)
+			ac, aw = append(ac, x.AgentCPU.Seconds()), append(aw, x.AgentWalsenderCPU.Seconds())
+			a1c, a1w = append(a1c, x.Agent1PCPU.Seconds()), append(a1w, x.Agent1PWalsenderCPU.Seconds())
+			rc, rw = append(rc, x.RecvCPU.Seconds()), append(rw, x.RecvWalsenderCPU.Seconds())
+			order := strings.NewReplacer("A", "agent ", "G", "agent-1P ", "R", "recvlogical ").Replace(x.Order)
+			p("| %d | %s | %s (%s rows/s) | %s (%s rows/s) | %.3f | %s (%s rows/s) | %.3f | %s + %s | %s + %s | %s + %s |\n", i+1, strings.TrimSpace(order),
+				secs(x.Agent), f0(a), secs(x.Recv), f0(rv), a/rv, secs(x.Agent1P), f0(a1), a1/rv,
+				secs(x.AgentCPU), secs(x.AgentWalsenderCPU), secs(x.Agent1PCPU), secs(x.Agent1PWalsenderCPU), secs(x.RecvCPU), secs(x.RecvWalsenderCPU))
+		}
+		p("| **median** | | **%s rows/s** | **%s rows/s** | **%.3f** | **%s rows/s** | **%.3f** | **%.2f s + %.2f s** | **%.2f s + %.2f s** | **%.2f s + %.2f s** |\n\n",
+			f0(median(ra)), f0(median(rr)), median(ratios), f0(median(r1)), median(ratios1),
+			median(ac), median(aw), median(a1c), median(a1w), median(rc), median(rw))
+		perRow := func(sec float64) string { return fmt.Sprintf("%.1f µs", sec/float64(n)*1e6) }
+		p("Median ratio of the rounds, pgaudit-cdc / pg_recvlogical: %.3f with the default GOMAXPROCS (target ≥ 0.9: %s), %.3f with GOMAXPROCS=1. ",
+			median(ratios), verdict(median(ratios) >= 0.9), median(ratios1))
+		p("CPU per row change: the agent %s (GOMAXPROCS=1: %s; pg_recvlogical %s); the walsender %s when serving the agent, %s when serving pg_recvlogical. ",
+			perRow(median(ac)), perRow(median(a1c)), perRow(median(rc)), perRow(median(aw)), perRow(median(rw)))
+		p("While draining, agent + walsender keep %.2f of the %d cores busy (GOMAXPROCS=1: %.2f; pg_recvlogical + walsender %.2f).\n\n",
+			(median(ac)+median(aw))/median(secsOf(d.Rounds, func(x DrainRound) time.Duration { return x.Agent })), r.Machine.NProc,
+			(median(a1c)+median(a1w))/median(secsOf(d.Rounds, func(x DrainRound) time.Duration { return x.Agent1P })),
+			(median(rc)+median(rw))/median(secsOf(d.Rounds, func(x DrainRound) time.Duration { return x.Recv })))
+	}
+
+	if x := r.E2E; x != nil {
+		n := x.Rows
+		p("#### 2. End to end to an HTTP spine\n\n")
+		p("%s row changes (mean envelope %d bytes), delivered one at a time to an in-process HTTP server that answers `201` at once. *agent*: slot → agent → `publish.Client` → HTTP, timed from the agent's start to the last `201`. *client*: a fresh `publish.Client` replaying the same decoded envelopes. *net/http*: a keep-alive `net/http` client POSTing the same bodies sequentially, the ceiling of a one-at-a-time producer. Producers rotate order each round.\n\n", thousands(int64(n)), x.BodyBytes)
+		p("| round | order | agent (events/s) | client (events/s) | net/http (events/s) | agent / net/http | client / net/http |\n|---|---|---|---|---|---|---|\n")
+		var va, vc, vp, r1, r2 []float64
+		for i, rd := range x.Rounds {
+			a, c, pl := rate(n, rd.Agent), rate(n, rd.Client), rate(n, rd.Plain)
+			va, vc, vp = append(va, a), append(vc, c), append(vp, pl)
+			r1, r2 = append(r1, a/pl), append(r2, c/pl)
+			order := strings.NewReplacer("A", "agent ", "C", "client ", "P", "net/http ").Replace(rd.Order)
+			p("| %d | %s | %s | %s | %s | %.3f | %.3f |\n", i+1, strings.TrimSpace(order), f0(a), f0(c), f0(pl), a/pl, c/pl)
+		}
+		p("| **median** | | **%s** | **%s** | **%s** | **%.3f** | **%.3f** |\n\n", f0(median(va)), f0(median(vc)), f0(median(vp)), median(r1), median(r2))
+		perEv := func(get func(E2ERound) time.Duration) string {
+			return fmt.Sprintf("%.1f µs", median(secsOf(x.Rounds, get))/float64(n)*1e6)
+		}
+		p("CPU per event (median; this process, i.e. producer and in-process server together): agent %s plus %s in its walsender; client %s; net/http %s.\n\n",
+			perEv(func(r E2ERound) time.Duration { return r.AgentCPU }), perEv(func(r E2ERound) time.Duration { return r.WalsenderCPU }),
+			perEv(func(r E2ERound) time.Duration { return r.ClientCPU }), perEv(func(r E2ERound) time.Duration { return r.PlainCPU }))
+	}
+
+	if l := r.Latency; l != nil {
+		p("#### 3. Commit-to-accepted latency\n\n")
+		p("A writer commits single-row transactions (INSERT, UPDATE, DELETE in turn, `synchronous_commit = on`) at %d/s for %s (reached %.0f/s); the agent delivers them through `publish.Client` to the instant HTTP server. Latency = time the `201` was received − the commit timestamp in the event (`decode.Event.CommitTime`), over %s changes.\n\n",
+			l.Rate, l.For, l.Achieved, thousands(int64(len(l.Samples))))
+		p("| p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|\n| %s | %s | %s | %s | %s |\n\n", ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max))
+		p("p99 target < 20 ms on loopback: %s.\n\n", verdict(l.P99 < 20*time.Millisecond))
+	}
+
+	if w := r.Writer; w != nil {
+		p("#### 4. Writer overhead (pgbench)\n\n")
+		p("`pgbench -n -c %d -j %d -T %d --max-tries=10` with a custom script: one transaction = UPDATE of a random row + DELETE of another + INSERT of it again (3 row changes), on `orders` with %s rows, one database per variant. Autovacuum is off on these tables; instead each run starts with `CHECKPOINT` and is followed by `VACUUM ANALYZE orders`, so that no variant's clean-up runs during another's run. For (b) the agent is started and has caught up before pgbench starts; for (b1) a new slot is created and pg_recvlogical started. Rounds interleave the variants in the order %s.\n\n",
+			w.Clients, min(w.Clients, 2), int(w.For.Seconds()), thousands(int64(w.Rows)), strings.Join(w.Variants, ", "))
+		for _, v := range w.Variants {
+			p("- (%s) %s\n", v, variantNames[v])
+		}
+		p("\n| round |")
+		for _, v := range w.Variants {
+			p(" (%s) tps |", v)
+		}
+		p("\n|---|")
+		for range w.Variants {
+			p("---|")
+		}
+		p("\n")
+		tps := map[string][]float64{}
+		ratios := map[string][]float64{}
+		for i, rd := range w.Rounds {
+			p("| %d |", i+1)
+			for _, v := range w.Variants {
+				tps[v] = append(tps[v], rd[v].TPS)
+				ratios[v] = append(ratios[v], rd[v].TPS/rd[varNone].TPS)
+				p(" %s |", f0(rd[v].TPS))
+			}
+			p("\n")
+		}
+		p("| **median** |")
+		for _, v := range w.Variants {
+			p(" **%s** |", f0(median(tps[v])))
+		}
+		p("\n| **median ratio to (a)** |")
+		for _, v := range w.Variants {
+			p(" **%.3f** |", median(ratios[v]))
+		}
+		p("\n\n")
+		cdc, trig := median(ratios[varCDC]), median(ratios[varTrigger])
+		loss := func(v string) string { return fmt.Sprintf("%.1f%%", (1-median(ratios[v]))*100) }
+		p("Ratios are medians of the per-round ratios. Writers lose %s of their throughput to pgaudit-cdc with the agent on the same machine (b/a = %.3f) and %s to the trigger design (c/a = %.3f)",
+			loss(varCDC), cdc, loss(varTrigger), trig)
+		switch {
+		case 1-cdc > 0.005 && trig < cdc:
+			p(": pgaudit-cdc costs writers %.1f× less.\n\n", (1-trig)/(1-cdc))
+		case trig < cdc:
+			p(": pgaudit-cdc costs writers nothing measurable.\n\n")
+		default:
+			p(": on this machine pgaudit-cdc costs writers %.2f× what the trigger design does.\n\n", (1-cdc)/(1-trig))
+		}
+		p("Where pgaudit-cdc's cost comes from: the writers' own path pays only the extra WAL of REPLICA IDENTITY FULL (b0/a = %.3f); logical decoding in the walsender, which any consumer causes on the database host, brings it to b1/a = %.3f; the rest, down to b/a = %.3f, is the agent's own CPU competing with the writers for the same %d cores, which an agent on another host does not take. With GOMAXPROCS=1 the agent needs much less CPU per event here (see below) and writers keep b2/a = %.3f",
+			median(ratios[varWALOnly]), median(ratios[varDecode]), cdc, r.Machine.NProc, median(ratios[varCDC1P]))
+		if one := median(ratios[varCDC1P]); one > trig && 1-one > 0.005 {
+			p(", %.1f× less loss than the trigger's", (1-trig)/(1-one))
+		}
+		p(". The trigger's cost is inside every writing transaction (JSON built per row, `pg_notify` queued under a cluster-wide lock at commit) and cannot be moved anywhere.\n\n")
+		var caught []time.Duration
+		var delivered, notified []string
+		cpu := map[string][2][]float64{}
+		for _, rd := range w.Rounds {
+			caught = append(caught, rd[varCDC].CatchUp)
+			delivered = append(delivered, thousands(rd[varCDC].Delivered))
+			notified = append(notified, thousands(rd[varTrigger].Delivered))
+			for _, v := range []string{varDecode, varCDC, varCDC1P, varTrigger} {
+				c := cpu[v]
+				c[0] = append(c[0], rd[v].WalsenderCPU.Seconds())
+				c[1] = append(c[1], rd[v].ConsumerCPU.Seconds())
+				cpu[v] = c
+			}
+		}
+		slices.Sort(caught)
+		p("Auditing kept up: the agent delivered %s events in the (b) runs and needed at most %s after pgbench ended to confirm the last one; the LISTEN client received %s notifications in the (c) runs.\n\n",
+			strings.Join(delivered, ", "), ms(caught[len(caught)-1]), strings.Join(notified, ", "))
+		cores := func(v string) float64 { return (median(cpu[v][0]) + median(cpu[v][1])) / w.For.Seconds() }
+		perEvent := func(v string) float64 {
+			var us []float64
+			for _, rd := range w.Rounds {
+				if rd[v].Delivered > 0 {
+					us = append(us, rd[v].ConsumerCPU.Seconds()/float64(rd[v].Delivered)*1e6)
+				}
+			}
+			return median(us)
+		}
+		p("CPU used by the auditing side outside the writing backends, per %d s run (median, until everything was delivered): (b1) walsender %.2f s + pg_recvlogical %.2f s (%.2f cores); (b) walsender %.2f s + agent %.2f s (%.2f cores, %.0f µs of agent CPU per event); (b2) walsender %.2f s + agent %.2f s (%.2f cores, %.0f µs per event); (c) LISTEN client %.2f s (%.2f cores; the trigger's own work is inside the writing backends and shows only in tps).\n\n",
+			int(w.For.Seconds()), median(cpu[varDecode][0]), median(cpu[varDecode][1]), cores(varDecode),
+			median(cpu[varCDC][0]), median(cpu[varCDC][1]), cores(varCDC), perEvent(varCDC),
+			median(cpu[varCDC1P][0]), median(cpu[varCDC1P][1]), cores(varCDC1P), perEvent(varCDC1P),
+			median(cpu[varTrigger][1]), cores(varTrigger))
+	}
+
+	if mem := r.Memory; mem != nil {
+		p("#### 5. Memory\n\n")
+		p("The built binary runs as `pgaudit-cdc run` with the stdout sink sent to `/dev/null`, a fresh process per workload. Peak RSS is `VmHWM` from `/proc/<pid>/status` once the slot confirmed the workload; idle is the same once streaming, before the workload.\n\n")
+		p("| workload | idle VmHWM | peak VmHWM | VmRSS after | peak − idle | drained in |\n|---|---|---|---|---|---|\n")
+		for _, c := range mem.Cases {
+			p("| %s | %s | %s | %s | %s | %s |\n", c.Name, mb(c.IdleHWM), mb(c.HWM), mb(c.RSS), mb(c.HWM-c.IdleHWM), secs(c.DrainTime))
+		}
+		p("\n")
+		for _, c := range mem.Cases {
+			if c.RowBytes > 0 {
+				p("- %s: peak − idle = %.2f × the event.\n", c.Name, float64(c.HWM-c.IdleHWM)/float64(c.RowBytes))
+			}
+		}
+		p("\n")
+	}
+
+	if mi := r.Micro; mi != nil {
+		p("#### 6. Go micro-benchmarks\n\n`%s`, medians over the runs.\n\n", mi.Command)
+		p("| package | benchmark | ns/op | MB/s | B/op | allocs/op |\n|---|---|---|---|---|---|\n")
+		for _, bch := range mi.Benches {
+			val := func(unit, format string) string {
+				v, ok := bch.Values[unit]
+				if !ok {
+					return ""
+				}
+				return fmt.Sprintf(format, v)
+			}
+			p("| %s | %s | %s | %s | %s | %s |\n", strings.TrimPrefix(bch.Pkg, "github.com/pgaudit-cdc/pgaudit-cdc/"), bch.Name,
+				val("ns/op", "%.0f"), val("MB/s", "%.1f"), val("B/op", "%.0f"), val("allocs/op", "%.0f"))
+		}
+		p("\n")
+	}
+	return b.String()
+}
+
+// writeResults replaces the text between the markers in path (appending
+// the markers when they are missing) with section.
+func writeResults(path, section string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	text := string(old)
+	block := markerStart + "\n" + section + markerEnd
+	i := strings.Index(text, markerStart)
+	j := strings.Index(text, markerEnd)
+	if i >= 0 && j > i {
+		text = text[:i] + block + text[j+len(markerEnd):]
+	} else {
+		if text != "" && !strings.HasSuffix(text, "\n") {
+			text += "\n"
+		}
+		text += "\n" + block + "\n"
+	}
+	return os.WriteFile(path, []byte(text), 0o644)
+}

@@ -45,7 +45,7 @@ type Config struct {
 	// a stop was asked for (default 5s).
 	ShutdownGrace time.Duration
 	// MaxBufferedBytes bounds the envelopes decoded but not yet delivered
-	// (default 64 MiB; one larger event is always let through).
+	// (default 64 MiB; one larger batch is always let through).
 	MaxBufferedBytes int64
 	Logger           *slog.Logger
 	Metrics          *metrics.Metrics
@@ -157,7 +157,7 @@ type work struct {
 	// keepalive, when set, is a server WAL position received while no
 	// transaction was open: it may be confirmed once everything before it is.
 	keepalive decode.LSN
-	size      int64
+	size      int64 // bytes of the envelope
 }
 
 func (a *Agent) session(ctx context.Context) error {
@@ -246,7 +246,7 @@ func (a *Agent) session(ctx context.Context) error {
 			SchemaRegistryTable: replication.SchemaRegistryTable,
 		}, watches.Map(entries)),
 		resolver: newResolver(meta),
-		items:    make(chan work, 1024),
+		items:    make(chan batch, 64),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,
 	}

@@ -13,7 +13,7 @@ import (
 // publisher delivers work items in order and advances acked.
 type publisher struct {
 	a        *Agent
-	items    <-chan work
+	items    <-chan batch
 	freed    chan<- struct{}
 	acked    *atomic.Uint64
 	inflight *atomic.Int64
@@ -23,21 +23,23 @@ type publisher struct {
 func (p *publisher) run(ctx context.Context) error {
 	defer p.dl.close(context.WithoutCancel(ctx))
 	for {
-		var w work
+		var b batch
 		var ok bool
 		select {
-		case w, ok = <-p.items:
+		case b, ok = <-p.items:
 			if !ok {
 				return nil
 			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := p.process(ctx, w); err != nil {
-			return err
+		for _, w := range b.items {
+			if err := p.process(ctx, w); err != nil {
+				return err
+			}
 		}
-		if w.size > 0 {
-			p.inflight.Add(-w.size)
+		if b.size > 0 {
+			p.inflight.Add(-b.size)
 		}
 		select {
 		case p.freed <- struct{}{}:

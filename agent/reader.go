@@ -28,8 +28,8 @@ type reader struct {
 	stream   *decode.Stream
 	resolver typeResolver
 
-	items    chan work
-	freed    chan struct{} // signalled by the publisher when it finished an item
+	items    chan batch
+	freed    chan struct{} // signalled by the publisher when it finished a batch
 	pubDone  <-chan error
 	pubErr   error
 	acked    *atomic.Uint64
@@ -39,7 +39,23 @@ type reader struct {
 	nextHouse    time.Time
 	serverWALEnd decode.LSN
 	lastQueued   decode.LSN // last keepalive position handed to the publisher
+	pending      batch      // items not yet handed over (see queue)
 }
+
+// batch is what goes from the reader to the publisher in one hand-over: a
+// transaction's items, or part of a large one. One wake-up of the publisher
+// per transaction instead of per row keeps the agent's CPU per event low
+// (the Go scheduler's hand-off cost dominated small transactions).
+type batch struct {
+	items []work
+	size  int64 // bytes of envelopes
+}
+
+// Batches are handed over at each commit, or sooner when they grow this big.
+const (
+	maxBatchItems = 256
+	maxBatchBytes = 1 << 20
+)
 
 type agent = Agent
 
@@ -75,7 +91,10 @@ func (r *reader) run(ctx context.Context) error {
 			// has been received: once delivered, it can be confirmed, so an
 			// idle slot does not pin WAL.
 			if !r.stream.InTransaction() && rec.ServerWALEnd > r.lastQueued {
-				if err := r.send(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
+				if err := r.queue(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
+					return err
+				}
+				if err := r.flush(ctx); err != nil {
 					return err
 				}
 				r.lastQueued = rec.ServerWALEnd
@@ -170,8 +189,28 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 			r.a.log.Warn(it.Notice)
 			return nil
 		}
-		return r.send(ctx, w)
+		return r.queue(ctx, w)
 	})
+}
+
+// queue adds w to the pending batch and hands the batch over at a commit or
+// when it is full.
+func (r *reader) queue(ctx context.Context, w work) error {
+	r.pending.items = append(r.pending.items, w)
+	r.pending.size += w.size
+	if w.item.Kind == decode.ItemCommit || len(r.pending.items) >= maxBatchItems || r.pending.size >= maxBatchBytes {
+		return r.flush(ctx)
+	}
+	return nil
+}
+
+func (r *reader) flush(ctx context.Context) error {
+	if len(r.pending.items) == 0 {
+		return nil
+	}
+	b := r.pending
+	r.pending = batch{items: make([]work, 0, min(2*len(b.items), maxBatchItems))}
+	return r.send(ctx, b)
 }
 
 func (r *reader) logWatchChange(it decode.Item) {
@@ -192,10 +231,10 @@ func (r *reader) logWatchChange(it decode.Item) {
 
 // send hands w to the publisher, waiting while the buffer is full (by count
 // or bytes) and keeping the replication session alive meanwhile.
-func (r *reader) send(ctx context.Context, w work) error {
+func (r *reader) send(ctx context.Context, w batch) error {
 	for {
 		fits := w.size == 0 || r.inflight.Load() == 0 || r.inflight.Load()+w.size <= r.a.cfg.MaxBufferedBytes
-		var sendCh chan work
+		var sendCh chan batch
 		if fits {
 			sendCh = r.items
 			// Counted before the hand-over so the publisher's decrement can

@@ -62,7 +62,7 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 	}
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
-		conn.Close(context.Background())
+		conn.Close(context.WithoutCancel(ctx))
 		return nil, Explain(fmt.Errorf("identifying the server: %w", err))
 	}
 	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline}, nil

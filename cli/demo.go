@@ -126,7 +126,7 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 	}
 }
 
-// countingSink closes done once want events were accepted.
+// countingSink closes done once want change events were accepted.
 type countingSink struct {
 	publish.Sink
 	n    *atomic.Int64
@@ -137,6 +137,9 @@ type countingSink struct {
 func (c countingSink) Publish(ctx context.Context, ev *decode.Event) error {
 	if err := c.Sink.Publish(ctx, ev); err != nil {
 		return err
+	}
+	if ev.Source == decode.SelfAuditSource {
+		return nil // the watch's own event, printed too, but not one of the changes
 	}
 	if c.n.Add(1) == c.want {
 		close(c.done)

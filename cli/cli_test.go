@@ -429,3 +429,26 @@ func TestReadinessFollowsTheDatabase(t *testing.T) {
 	exec(t, dsn, `INSERT INTO r VALUES (1)`)
 	waitFor(t, "the insert after the restart", 30*time.Second, func() bool { return len(spine.Events()) == 2 })
 }
+
+func TestDemoPrintsTheChanges(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	out, errOut, err := run(t, nil, "demo", "--database-url", dsn, "--log-format", "json")
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, errOut)
+	}
+	var ops []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct {
+			Payload struct {
+				Operation string `json:"operation"`
+			} `json:"payload"`
+		}
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("demo printed a line that is not JSON: %q", line)
+		}
+		ops = append(ops, ev.Payload.Operation)
+	}
+	if got := strings.Join(ops, " "); got != "WATCH INSERT INSERT UPDATE DELETE TRUNCATE" {
+		t.Fatalf("demo printed %s, want the watch and the five changes", got)
+	}
+}

@@ -74,6 +74,8 @@ type Client struct {
 	log      *slog.Logger
 	systemID string
 	slot     string
+	// eventsURL is POST /events, built once.
+	eventsURL string
 
 	mark    decode.Position
 	checked map[string]bool
@@ -121,11 +123,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	return &Client{
-		cfg:     cfg,
-		base:    u,
-		http:    &http.Client{Transport: transport, Timeout: cfg.Timeout},
-		log:     cfg.Logger,
-		checked: map[string]bool{},
+		cfg:       cfg,
+		base:      u,
+		eventsURL: u.String() + "/events",
+		http:      &http.Client{Transport: transport, Timeout: cfg.Timeout},
+		log:       cfg.Logger,
+		checked:   map[string]bool{},
 	}, nil
 }
 
@@ -237,7 +240,7 @@ func (c *Client) Publish(ctx context.Context, ev *decode.Event) error {
 }
 
 func (c *Client) post(ctx context.Context, body []byte) (int, http.Header, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base.String()+"/events", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.eventsURL, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, "", fmt.Errorf("building request: %w", err)
 	}
@@ -251,9 +254,17 @@ func (c *Client) post(ctx context.Context, body []byte) (int, http.Header, strin
 		return 0, nil, "", fmt.Errorf("posting to the spine: %w", redactErr(err))
 	}
 	defer resp.Body.Close()
-	text, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	c.up(true)
-	if err != nil && resp.StatusCode != http.StatusCreated {
+	if resp.StatusCode == http.StatusCreated {
+		// The answer echoes the stored event, as large as ours: only the
+		// status matters. Draining it (without keeping it) lets the
+		// connection serve the next request; the event is accepted either way.
+		_, _ = io.Copy(io.Discard, resp.Body)
+		c.observe("201", start)
+		return resp.StatusCode, resp.Header, "", nil
+	}
+	text, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
 		c.observe("error", start)
 		return 0, nil, "", fmt.Errorf("reading the spine's answer: %w", err)
 	}

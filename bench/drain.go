@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
-	"runtime/pprof"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -43,11 +39,7 @@ type DrainRound struct {
 const drainBatch = 10_000
 
 func (e *env) drain(ctx context.Context) (*DrainResult, error) {
-	url, err := e.createDB(ctx, "bench_drain")
-	if err != nil {
-		return nil, err
-	}
-	conn, err := pgx.Connect(ctx, url)
+	url, conn, err := e.openDB(ctx, "bench_drain")
 	if err != nil {
 		return nil, err
 	}
@@ -160,17 +152,11 @@ func rate(n int, d time.Duration) float64 {
 // accepted n events.
 func (e *env) drainAgent(ctx context.Context, url, slot, pub string, n int, profile string) (time.Duration, error) {
 	sink := newCountSink(nil, n)
-	if profile != "" {
-		f, err := os.Create(profile)
-		if err != nil {
-			return 0, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return 0, err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfile(profile)
+	if err != nil {
+		return 0, err
 	}
+	defer stopProfile()
 	start := time.Now()
 	ra, err := e.startAgent(ctx, url, slot, pub, sink, nil, time.Second)
 	if err != nil {

@@ -7,12 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"runtime/pprof"
 	"sync/atomic"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -71,11 +67,7 @@ func newInstantSpine() *instantSpine {
 func (s *instantSpine) close() { s.srv.Close() }
 
 func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
-	url, err := e.createDB(ctx, "bench_e2e")
-	if err != nil {
-		return nil, err
-	}
-	conn, err := pgx.Connect(ctx, url)
+	url, conn, err := e.openDB(ctx, "bench_e2e")
 	if err != nil {
 		return nil, err
 	}
@@ -188,17 +180,11 @@ func (e *env) e2eAgent(ctx context.Context, url, slot, pub string, spine *instan
 		return 0, err
 	}
 	sink := newCountSink(client, n)
-	if profile != "" {
-		f, err := os.Create(profile)
-		if err != nil {
-			return 0, err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return 0, err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startProfile(profile)
+	if err != nil {
+		return 0, err
 	}
+	defer stopProfile()
 	start := time.Now()
 	ra, err := e.startAgent(ctx, url, slot, pub, sink, client, time.Second)
 	if err != nil {

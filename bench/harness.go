@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -215,6 +216,40 @@ func (e *env) createDB(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	return e.cluster.DatabaseURL(name), nil
+}
+
+// openDB creates a fresh database and connects to it; the caller closes
+// the connection.
+func (e *env) openDB(ctx context.Context, name string) (string, *pgx.Conn, error) {
+	url, err := e.createDB(ctx, name)
+	if err != nil {
+		return "", nil, err
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return "", nil, err
+	}
+	return url, conn, nil
+}
+
+// startProfile starts a CPU profile written to path; stop ends it. An empty
+// path profiles nothing.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // tool finds a PostgreSQL client program: the cluster's bin directory

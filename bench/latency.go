@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 )
 
@@ -27,11 +25,7 @@ type LatencyResult struct {
 }
 
 func (e *env) latency(ctx context.Context) (*LatencyResult, error) {
-	url, err := e.createDB(ctx, "bench_latency")
-	if err != nil {
-		return nil, err
-	}
-	conn, err := pgx.Connect(ctx, url)
+	url, conn, err := e.openDB(ctx, "bench_latency")
 	if err != nil {
 		return nil, err
 	}

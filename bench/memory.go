@@ -51,11 +51,7 @@ func (e *env) memory(ctx context.Context) (*MemoryResult, error) {
 			return nil, err
 		}
 	}
-	url, err := e.createDB(ctx, "bench_memory")
-	if err != nil {
-		return nil, err
-	}
-	conn, err := pgx.Connect(ctx, url)
+	url, conn, err := e.openDB(ctx, "bench_memory")
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -253,19 +252,12 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 			_ = ra.stop()
 			return run, err
 		}
-		if profile != "" {
-			f, err := os.Create(profile)
-			if err != nil {
-				_ = ra.stop()
-				return run, err
-			}
-			defer f.Close()
-			if err := pprof.StartCPUProfile(f); err != nil {
-				_ = ra.stop()
-				return run, err
-			}
-			defer pprof.StopCPUProfile()
+		stopProfile, err := startProfile(profile)
+		if err != nil {
+			_ = ra.stop()
+			return run, err
 		}
+		defer stopProfile()
 		self0 := selfCPU()
 		stopAudit = func() error {
 			end, err := currentLSN(ctx, conn)

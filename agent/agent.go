@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
@@ -245,7 +246,7 @@ func (a *Agent) session(ctx context.Context) error {
 			RegistryTable:       replication.RegistryTable,
 			SchemaRegistryTable: replication.SchemaRegistryTable,
 		}, watches.Map(entries)),
-		resolver: newResolver(meta),
+		resolver: catalog.NewResolver(meta),
 		items:    make(chan batch, 64),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,

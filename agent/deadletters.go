@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
 // deadLetters writes refused events to pgaudit_cdc.dead_letters on a
@@ -26,17 +28,17 @@ func (d *deadLetters) maxPosition(ctx context.Context, conn *pgx.Conn) (decode.P
 	var seq *int64
 	err := conn.QueryRow(ctx, `SELECT commit_lsn::text, seq FROM pgaudit_cdc.dead_letters
 		WHERE slot_name = $1 ORDER BY commit_lsn DESC, seq DESC LIMIT 1`, d.slot).Scan(&lsn, &seq)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return decode.Position{}, nil
 	}
 	if err != nil {
 		return decode.Position{}, fmt.Errorf("reading dead letters: %w", err)
 	}
-	var hi, lo uint32
-	if _, err := fmt.Sscanf(*lsn, "%X/%X", &hi, &lo); err != nil {
-		return decode.Position{}, fmt.Errorf("reading dead letters: bad LSN %q", *lsn)
+	commit, err := replication.ParseLSN(*lsn)
+	if err != nil {
+		return decode.Position{}, fmt.Errorf("reading dead letters: %w", err)
 	}
-	return decode.Position{CommitLSN: decode.LSN(uint64(hi)<<32 | uint64(lo)), Seq: uint32(*seq)}, nil
+	return decode.Position{CommitLSN: commit, Seq: uint32(*seq)}, nil
 }
 
 func (d *deadLetters) store(ctx context.Context, dsn string, ev *decode.Event, rej *publish.RejectedError) error {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -88,7 +89,7 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
 		WHERE s.slot_name = $1`, o.slot).Scan(&st.Slot.Exists, &st.Slot.AgentConnected, &st.Slot.ActivePID,
 		&confirmed, &restart, &st.Slot.LagBytes, &st.Slot.RetainedWALBytes, &walStatus, &addr)
-	if err != nil && err != pgx.ErrNoRows {
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("reading the slot: %w", err)
 	}
 	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN, st.Slot.WALStatus = deref(confirmed), deref(restart), deref(walStatus)
@@ -100,7 +101,7 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	err = conn.QueryRow(ctx, `SELECT true, (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname
 			AND NOT (t.schemaname = 'pgaudit_cdc' AND t.tablename = 'watches'))
 		FROM pg_publication p WHERE p.pubname = $1`, o.publication).Scan(&st.Publication.Exists, &st.Publication.Tables)
-	if err != nil && err != pgx.ErrNoRows {
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("reading the publication: %w", err)
 	}
 	entries, err := watches.Load(ctx, conn, false)

@@ -213,6 +213,16 @@ func (w *workload) step(ctx context.Context) (int, error) {
 	return len(tokens), nil
 }
 
+// runUntil commits transactions until at least n changes are committed.
+func (w *workload) runUntil(ctx context.Context, t *testing.T, n int) {
+	t.Helper()
+	for w.changes() < n {
+		if _, err := w.step(ctx); err != nil {
+			t.Fatalf("workload: %v", err)
+		}
+	}
+}
+
 func (w *workload) pick(k int) []int {
 	if k > len(w.live) {
 		k = len(w.live)
@@ -445,28 +455,16 @@ func TestStandbyTakesOver(t *testing.T) {
 	watch(t, dsn)
 	ctx := context.Background()
 	first := startAgentProc(t, dsn, spine.URL())
-	for w.changes() < 200 {
-		if _, err := w.step(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.runUntil(ctx, t, 200)
 	waitDrained(t, spine, w.changes(), time.Minute, first)
 	second := startAgentProc(t, dsn, spine.URL())
 	time.Sleep(1500 * time.Millisecond)
 	if !strings.Contains(second.logs(), "waiting as standby") {
 		t.Fatalf("second instance did not report standby; log:\n%s", second.logs())
 	}
-	for w.changes() < 400 {
-		if _, err := w.step(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.runUntil(ctx, t, 400)
 	first.kill()
-	for w.changes() < 600 {
-		if _, err := w.step(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.runUntil(ctx, t, 600)
 	waitDrained(t, spine, w.changes(), time.Minute, second)
 	second.terminate(t)
 	verify(t, w, spine)
@@ -479,21 +477,13 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	watch(t, dsn)
 	ctx := context.Background()
 	p := startAgentProc(t, dsn, spine.URL())
-	for w.changes() < 20 {
-		if _, err := w.step(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.runUntil(ctx, t, 20)
 	waitDrained(t, spine, w.changes(), time.Minute, p)
 	before := w.changes()
 	// The spine stops accepting our kind: events are refused, kept, and the
 	// stream moves on.
 	spine.SetKinds("decision_card_drafted")
-	for w.changes() < before+15 {
-		if _, err := w.step(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	w.runUntil(ctx, t, before+15)
 	refused := w.changes() - before
 	deadline := time.Now().Add(time.Minute)
 	for countDeadLetters(t, dsn) < refused {

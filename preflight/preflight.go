@@ -6,6 +6,7 @@ package preflight
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -83,7 +84,7 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	_ = conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbName)
 	err := conn.QueryRow(ctx, `SELECT true, active, active_pid, plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).
 		Scan(&slotExists, &slotActive, &slotPID, &plugin, &slotDB, &walStatus)
-	if err != nil && err != pgx.ErrNoRows {
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
 	}
 

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -19,11 +18,6 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgaudit-cdc:", err)
-		code := 1
-		var exit *cli.ExitError
-		if errors.As(err, &exit) {
-			code = exit.Code
-		}
-		os.Exit(code)
+		os.Exit(cli.ExitCode(err))
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
@@ -45,6 +46,12 @@ type Config struct {
 	// ShutdownGrace is how long buffered events may still be delivered after
 	// a stop was asked for (default 5s).
 	ShutdownGrace time.Duration
+	// AcceptGap is the operator's consent to continue past a capture gap:
+	// "" (none: Run returns a *capture.GapError), capture.AcceptAny, or the
+	// gap's ID. Accepting records one GAP event and starts a new slot.
+	AcceptGap string
+	// AcceptedBy says who consented (recorded in the GAP event).
+	AcceptedBy string
 	// MaxBufferedBytes bounds the envelopes decoded but not yet delivered
 	// (default 64 MiB; one larger batch is always let through).
 	MaxBufferedBytes int64
@@ -58,6 +65,15 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics.Metrics
+	// unrecorded is the highest position confirmed to the slot without
+	// being recorded as progress (the server was going away): the next
+	// session records it before it checks the slot. Sessions run one after
+	// another, so only one goroutine uses it at a time.
+	unrecorded decode.LSN
+}
+
+func (a *Agent) noteUnrecorded(lsn decode.LSN) {
+	a.unrecorded = max(a.unrecorded, lsn)
 }
 
 // New validates cfg and returns an Agent.
@@ -122,7 +138,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		var cfgErr *ConfigError
-		if errors.As(err, &cfgErr) {
+		var gapErr *capture.GapError
+		if errors.As(err, &cfgErr) || errors.As(err, &gapErr) {
 			return err
 		}
 		var wait time.Duration
@@ -176,13 +193,6 @@ func (a *Agent) session(ctx context.Context) error {
 	if err := replication.EnsurePublication(ctx, meta, a.cfg.Publication); err != nil {
 		return err
 	}
-	if err := replication.EnsureSlot(ctx, meta, a.cfg.Slot); err != nil {
-		if isConfigProblem(err) {
-			return &ConfigError{err}
-		}
-		return err
-	}
-
 	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL)
 	if err != nil {
 		if isConfigProblem(err) {
@@ -192,12 +202,53 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	defer sess.Close(context.WithoutCancel(ctx))
 
+	// What this process confirmed last time without recording it is its
+	// own progress, not someone else's advance of the slot.
+	if a.unrecorded != 0 {
+		if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, a.unrecorded); err != nil {
+			return err
+		}
+		a.unrecorded = 0
+	}
+	// Capture continuity first: a lost, invalidated or advanced slot stops
+	// here with a recorded gap instead of streaming a history with a hole.
+	capt, err := capture.Ensure(ctx, meta, capture.Options{
+		Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap})
+	if capt.NewGap {
+		a.m.GapsDetected.WithLabelValues(capt.Gap.Reason).Inc()
+	}
+	var gapErr *capture.GapError
+	if errors.As(err, &gapErr) {
+		a.m.GapPending.Set(1)
+		a.log.Error("capture gap: the audit trail has a hole and capture is stopped until an operator accepts it",
+			"gap_id", gapErr.Gap.ID, "reason", gapErr.Gap.Reason, "detail", gapErr.Gap.Detail,
+			"tables", strings.Join(gapErr.Gap.Tables, ", "),
+			"fix", fmt.Sprintf("pgaudit-cdc run --accept-gap=%d, then pgaudit-cdc backfill TABLE for each affected table", gapErr.Gap.ID))
+		return err
+	}
+	if err != nil {
+		if isConfigProblem(err) {
+			return &ConfigError{err}
+		}
+		return err
+	}
+	if capt.Assessment.TimelineMoved {
+		a.log.Warn("the server is on a new timeline and the failover slot continues there", "timeline", sess.Timeline)
+	}
+	keySlot := capture.KeySlot(a.cfg.Slot, capt.State.Generation)
+	if capt.Accepted {
+		if err := a.recordGap(ctx, meta, capt); err != nil {
+			return err
+		}
+	}
+	a.m.GapPending.Set(0)
+
 	if a.cfg.Spine != nil {
-		a.cfg.Spine.SetIdentity(sess.SystemID, a.cfg.Slot)
+		a.cfg.Spine.SetIdentity(sess.SystemID, keySlot)
 	}
 	dl := newDeadLetters(a.cfg.Slot)
 	if a.cfg.Spine != nil {
-		pos, err := dl.maxPosition(ctx, meta)
+		pos, err := dl.maxPosition(ctx, meta, decode.KeyPrefix(sess.SystemID, keySlot))
 		if err != nil {
 			return err
 		}
@@ -213,6 +264,11 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	slot, err := replication.LookupSlot(ctx, meta, a.cfg.Slot)
 	if err != nil {
+		return err
+	}
+	// The progress record must cover what the slot says before anything is
+	// confirmed (see capture.SaveProgress).
+	if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, slot.ConfirmedFlushLSN); err != nil {
 		return err
 	}
 	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
@@ -241,15 +297,17 @@ func (a *Agent) session(ctx context.Context) error {
 		registry: watches.NewRegistry(meta, a.cfg.Publication, a.cfg.Slot),
 		stream: decode.NewStream(decode.StreamConfig{
 			SystemID:            sess.SystemID,
-			Slot:                a.cfg.Slot,
+			Slot:                keySlot,
 			RegistrySchema:      migrations.Schema,
 			RegistryTable:       replication.RegistryTable,
 			SchemaRegistryTable: replication.SchemaRegistryTable,
+			ControlTable:        replication.ControlTable,
 		}, watches.Map(entries)),
 		resolver: catalog.NewResolver(meta),
 		items:    make(chan batch, 64),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,
+		recorded: slot.ConfirmedFlushLSN,
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
 
@@ -282,7 +340,10 @@ func (a *Agent) session(ctx context.Context) error {
 	// Final status: whatever the publisher confirmed, nothing more.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	final := decode.LSN(acked.Load())
+	if acked := decode.LSN(acked.Load()); acked > r.recorded {
+		r.recordProgress(fctx, acked, 0)
+	}
+	final := r.confirmable()
 	if err := sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {
 		a.log.Debug("final status update failed", "err", err)
 	}

@@ -21,13 +21,16 @@ type deadLetters struct {
 
 func newDeadLetters(slot string) *deadLetters { return &deadLetters{slot: slot} }
 
-// maxPosition is the highest position kept as a dead letter for this slot:
-// everything up to it was handled before a restart.
-func (d *deadLetters) maxPosition(ctx context.Context, conn *pgx.Conn) (decode.Position, error) {
+// maxPosition is the highest position kept as a dead letter for this slot
+// and key prefix (the capture generation): everything up to it was handled
+// before a restart. Dead letters of an older generation belong to another WAL
+// history and say nothing about this one.
+func (d *deadLetters) maxPosition(ctx context.Context, conn *pgx.Conn, keyPrefix string) (decode.Position, error) {
 	var lsn *string
 	var seq *int64
 	err := conn.QueryRow(ctx, `SELECT commit_lsn::text, seq FROM pgaudit_cdc.dead_letters
-		WHERE slot_name = $1 ORDER BY commit_lsn DESC, seq DESC LIMIT 1`, d.slot).Scan(&lsn, &seq)
+		WHERE slot_name = $1 AND left(idempotency_key, length($2)) = $2
+		ORDER BY commit_lsn DESC, seq DESC LIMIT 1`, d.slot, keyPrefix).Scan(&lsn, &seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return decode.Position{}, nil
 	}

@@ -87,6 +87,12 @@ func (h *harness) unwatch(table string) bool {
 // startAgent runs an agent against the spine double until stopAgent.
 func (h *harness) startAgent() {
 	h.t.Helper()
+	h.startAgentWith(nil)
+}
+
+// startAgentWith is startAgent with a change to the agent's configuration.
+func (h *harness) startAgentWith(tune func(*agent.Config)) {
+	h.t.Helper()
 	if h.stop != nil {
 		h.t.Fatalf("BUG: agent already running")
 	}
@@ -97,11 +103,15 @@ func (h *harness) startAgent() {
 	if err != nil {
 		h.t.Fatalf("client: %v", err)
 	}
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		DatabaseURL: h.dsn, Slot: testSlot, Publication: testPub,
 		Sink: client, Spine: client, StatusInterval: 100 * time.Millisecond,
 		ShutdownGrace: 500 * time.Millisecond, Logger: log,
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		h.t.Fatalf("agent: %v", err)
 	}
@@ -109,6 +119,23 @@ func (h *harness) startAgent() {
 	h.done = make(chan error, 1)
 	go func() { h.done <- a.Run(ctx) }()
 	h.stop = cancel
+}
+
+// waitExit waits for the agent to stop by itself and returns Run's error.
+func (h *harness) waitExit(within time.Duration) error {
+	h.t.Helper()
+	if h.stop == nil {
+		h.t.Fatalf("BUG: no agent running")
+	}
+	select {
+	case err := <-h.done:
+		h.stop()
+		h.stop = nil
+		return err
+	case <-time.After(within):
+		h.t.Fatalf("the agent did not stop by itself within %s", within)
+		return nil
+	}
 }
 
 func (h *harness) stopAgent() {

@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -34,6 +36,13 @@ type reader struct {
 	pubErr   error
 	acked    *atomic.Uint64
 	inflight atomic.Int64
+
+	// recorded is the highest LSN saved as progress (capture.SaveProgress):
+	// nothing beyond it is ever confirmed.
+	recorded decode.LSN
+	// recordFailed: the last attempt to record progress failed (see
+	// recordProgress).
+	recordFailed bool
 
 	nextStatus   time.Time
 	nextHouse    time.Time
@@ -112,7 +121,8 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 	now := time.Now()
 	if !now.Before(r.nextStatus) {
 		acked := decode.LSN(r.acked.Load())
-		if err := r.sess.SendStatus(ctx, acked, false); err != nil {
+		r.recordProgress(ctx, acked, progressSlack)
+		if err := r.sess.SendStatus(ctx, r.confirmable(), false); err != nil {
 			return err
 		}
 		r.nextStatus = now.Add(interval)
@@ -127,6 +137,48 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 		r.housekeeping(ctx)
 	}
 	return nil
+}
+
+// progressSlack is how far the acknowledged LSN may run ahead of the
+// recorded progress before it is saved again. Saving costs a commit record
+// in the WAL, which the next keepalive reports as new WAL to confirm: without
+// the slack an idle database would write one every status interval for ever.
+// The slot then lags by at most this much, which costs nothing but a replay
+// of a few bytes (found in the spine by the read-back) after a restart.
+const progressSlack = 512
+
+// recordProgress saves acked as the slot's progress when it is more than
+// slack ahead of the last record. A failure is logged and retried at the next
+// status: until then nothing past the last record is confirmed.
+func (r *reader) recordProgress(ctx context.Context, acked, slack decode.LSN) {
+	if acked <= r.recorded+slack {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, acked); err != nil {
+		// The catalog connection is gone, most often because the server is
+		// shutting down: its walsender then waits for everything sent to be
+		// confirmed, so holding the confirmation back would hold up the
+		// shutdown. Confirm it, and remember it for the next session to
+		// record before it checks the slot (see Agent.session).
+		r.a.log.Warn("recording the slot progress failed; confirming anyway and recording it at the next session", "err", err)
+		r.recordFailed = true
+		return
+	}
+	r.recorded = acked
+	r.recordFailed = false
+}
+
+// confirmable is the position sent to the server: what was delivered, but
+// never beyond the recorded progress while it can be recorded.
+func (r *reader) confirmable() decode.LSN {
+	acked := decode.LSN(r.acked.Load())
+	if r.recordFailed {
+		r.a.noteUnrecorded(acked)
+		return acked
+	}
+	return min(acked, r.recorded)
 }
 
 // housekeeping refreshes slot metrics and fixes the replica identity of
@@ -144,8 +196,12 @@ func (r *reader) housekeeping(ctx context.Context) {
 	} else if retained != nil {
 		r.a.m.RetainedWAL.Set(float64(*retained))
 	}
-	if err := r.registry.FixReplicaIdentity(ctx); err != nil {
-		r.a.log.Warn("setting REPLICA IDENTITY FULL on new partitions or schema tables failed", "err", err)
+	fixed, err := r.registry.FixReplicaIdentity(ctx)
+	if err != nil {
+		r.a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)
+	}
+	if len(fixed) > 0 {
+		r.a.log.Warn("restored REPLICA IDENTITY FULL on watched tables; their UPDATE/DELETE events carry full old rows again", "tables", strings.Join(fixed, ", "))
 	}
 	var pending int64
 	if err := r.meta.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&pending); err == nil {
@@ -187,6 +243,15 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 			return nil
 		case decode.ItemNotice:
 			r.a.log.Warn(it.Notice)
+			return nil
+		case decode.ItemRejectedControl:
+			r.a.m.UnauthenticatedControl.WithLabelValues(it.Prefix).Inc()
+			r.a.log.Error(it.Notice, "prefix", it.Prefix)
+			return nil
+		case decode.ItemReplicaIdentity:
+			r.a.m.ReplicaIdentityWeakened.WithLabelValues(it.Table).Inc()
+			r.a.log.Warn(it.Notice+"; restoring FULL", "table", it.Table)
+			r.nextHouse = time.Time{} // fix it now rather than within 15 s
 			return nil
 		}
 		return r.queue(ctx, w)

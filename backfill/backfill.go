@@ -11,7 +11,11 @@
 // it) or wait until after it (its event comes after the READ). So a READ is
 // never older than an event before it, and never newer than one after it.
 // Progress is stored in the same transaction (pgaudit_cdc.backfills), so a
-// backfill interrupted at any moment resumes after its last chunk.
+// backfill interrupted at any moment resumes after its last chunk. Each
+// chunk's transaction checks, ordered with watch and unwatch by the registry
+// lock, that the table is still watched: a backfill whose table was
+// unwatched stops before writing another chunk, stays unfinished, and
+// resumes after its last chunk once the table is watched again.
 package backfill
 
 import (
@@ -26,6 +30,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // Progress is reported after every chunk.
@@ -48,6 +53,11 @@ type Options struct {
 
 // ErrNoPrimaryKey is wrapped when the table has no primary key to page by.
 var ErrNoPrimaryKey = errors.New("table has no primary key")
+
+// ErrUnwatched is wrapped when the table was unwatched while the backfill
+// ran. The backfill stops before the next chunk and stays unfinished: after
+// a new watch, running it again resumes after the last chunk sent.
+var ErrUnwatched = errors.New("the table was unwatched during the backfill")
 
 type column struct {
 	name    string
@@ -118,6 +128,14 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 	for {
 		query := chunkQuery(schema, table, cols, keys, rowFilter, lastKey != nil)
 		n, next, err := chunk(ctx, conn, query, p, schema, table, tableOID, cols, keys, lastKey, o.ChunkSize)
+		if errors.Is(err, ErrUnwatched) {
+			after := fmt.Sprintf("after chunk %d (%d rows sent)", p.Chunks, p.Rows)
+			if p.Chunks == 0 {
+				after = "before its first chunk"
+			}
+			return p, fmt.Errorf("backfill %d of %s stopped %s: %w; to finish it, watch the table again and run the backfill again: it resumes after the last chunk sent",
+				p.ID, name, after, err)
+		}
 		if err != nil {
 			return p, fmt.Errorf("backfilling %s (resumable: run it again): %w", name, err)
 		}
@@ -219,6 +237,26 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 			return 0, nil, fmt.Errorf("setting %s: %w", k, err)
 		}
 	}
+	// The watch must still be active when the chunk is written. The registry
+	// lock, taken shared, orders the chunk with watch and unwatch (which take
+	// it exclusively, first): an unwatch that came first has committed and is
+	// seen here, so no chunk follows it into the WAL; one that comes later
+	// waits until this chunk committed, and the agent reads the chunk while
+	// the table is still watched. Taking it before any table lock keeps a
+	// re-watch (ALTER TABLE, then the registry row) from deadlocking with the
+	// chunk. FOR SHARE also makes a stale snapshot (REPEATABLE READ by
+	// default_transaction_isolation) fail instead of reading active = true.
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared($1)", int64(watches.RegistryLockKey)); err != nil {
+		return 0, nil, fmt.Errorf("locking the watch registry: %w", err)
+	}
+	var active bool
+	err = tx.QueryRow(ctx, `SELECT active FROM pgaudit_cdc.watches WHERE table_oid = $1 FOR SHARE`, oid).Scan(&active)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !active) {
+		return 0, nil, ErrUnwatched
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("checking the watch: %w", err)
+	}
 	args := make([]any, 0, len(keys)+1)
 	for _, k := range lastKey {
 		args = append(args, k)
@@ -262,6 +300,17 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 		content, err := json.Marshal(msg)
 		if err != nil {
 			return 0, nil, fmt.Errorf("encoding a chunk: %w", err)
+		}
+		// The control row authenticates the chunk: the agent turns a backfill
+		// message into READ events only after a row naming the same table
+		// and the message's SHA-256, written in the same transaction by a
+		// role allowed to write pgaudit_cdc.control.
+		// The digest is taken by the server over the bytes the message will
+		// hold (the text in the server's encoding).
+		if _, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.control (action, table_oid, digest, reason)
+			VALUES ('backfill', $1, encode(sha256(convert_to($2::text, current_setting('server_encoding'))), 'hex'), $3)`,
+			oid, string(content), fmt.Sprintf("backfill %d chunk %d", p.ID, p.Chunks+1)); err != nil {
+			return 0, nil, fmt.Errorf("authorising a chunk (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
 		}
 		if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.BackfillPrefix, string(content)); err != nil {
 			return 0, nil, fmt.Errorf("writing a chunk to the WAL: %w", err)

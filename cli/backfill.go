@@ -13,6 +13,10 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
+// maxChunkSize bounds --chunk-size: a chunk is one WAL message, which the
+// agent decodes whole.
+const maxChunkSize = 1000000
+
 func newBackfillCmd(o *options) *cobra.Command {
 	var chunk int
 	cmd := &cobra.Command{
@@ -27,6 +31,9 @@ must be watched and have a primary key. The agent ('run') delivers the events.`,
   pgaudit-cdc backfill billing.invoices --chunk-size 5000`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if chunk < 1 || chunk > maxChunkSize {
+				return usageError("invalid --chunk-size %d: use 1 to %d rows per chunk (each chunk is one transaction and one WAL message the agent holds in memory)", chunk, maxChunkSize)
+			}
 			t, err := watches.ParseTableName(args[0])
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
@@ -36,7 +43,7 @@ must be watched and have a primary key. The agent ('run') delivers the events.`,
 			})
 		},
 	}
-	cmd.Flags().IntVar(&chunk, "chunk-size", 1000, "rows per chunk (one transaction and one WAL message each)")
+	cmd.Flags().IntVar(&chunk, "chunk-size", 1000, "rows per chunk, 1 to 1000000 (one transaction and one WAL message each)")
 	return cmd
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -78,16 +77,7 @@ func exec(t *testing.T, dsn, sql string, args ...any) {
 	}
 }
 
-func exitCode(err error) int {
-	var e *ExitError
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	if err != nil {
-		return 1
-	}
-	return 0
-}
+func exitCode(err error) int { return ExitCode(err) }
 
 func TestWatchListUnwatch(t *testing.T) {
 	dsn := pgtest.DSN(t)
@@ -230,7 +220,7 @@ func TestRunAsLeastPrivilegeRole(t *testing.T) {
 	})
 	exec(t, adminDSN, `CREATE TABLE decisions (id int PRIMARY KEY, status text)`)
 	exec(t, adminDSN, fmt.Sprintf(`ALTER TABLE decisions OWNER TO %s`, owner))
-	exec(t, adminDSN, strings.Replace(SetupSQL(role, db, owner), "'change-me'", "'x'", 1))
+	exec(t, adminDSN, strings.Replace(SetupSQL(role, db, owner, ""), "'change-me'", "'x'", 1))
 	u.User = url.User(role)
 	dsn := u.String()
 

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -38,8 +39,34 @@ type Status struct {
 		Exists bool   `json:"exists"`
 		Tables int    `json:"tables"`
 	} `json:"publication"`
+	Capture     captureJSON `json:"capture"`
 	Watches     []watchJSON `json:"watches"`
 	DeadLetters int64       `json:"dead_letters"`
+}
+
+// captureJSON is capture continuity: the recorded generation, and a gap
+// (pending, or detectable now but not yet recorded by the agent).
+type captureJSON struct {
+	Recorded   bool               `json:"recorded"`
+	SystemID   string             `json:"system_identifier,omitempty"`
+	Timeline   int32              `json:"timeline,omitempty"`
+	Generation int                `json:"generation"`
+	StartLSN   string             `json:"start_lsn,omitempty"`
+	Verdict    string             `json:"verdict"`
+	GapReason  string             `json:"gap_reason,omitempty"`
+	GapDetail  string             `json:"gap_detail,omitempty"`
+	PendingGap *capture.GapRecord `json:"pending_gap"`
+}
+
+// gapExit is status's error when capture has a hole: exit code ExitGap.
+func (st *Status) gapExit() error {
+	switch {
+	case st.Capture.PendingGap != nil:
+		return &ExitError{Code: ExitGap, Err: &capture.GapError{Gap: *st.Capture.PendingGap}}
+	case st.Capture.Verdict == capture.Gap.String():
+		return &ExitError{Code: ExitGap, Err: fmt.Errorf("capture gap (%s): %s; start `pgaudit-cdc run` to record it, then accept it with --accept-gap", st.Capture.GapReason, st.Capture.GapDetail)}
+	}
+	return nil
 }
 
 type watchJSON struct {
@@ -65,10 +92,13 @@ func newStatusCmd(o *options) *cobra.Command {
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
-					return enc.Encode(st)
+					if err := enc.Encode(st); err != nil {
+						return err
+					}
+					return st.gapExit()
 				}
 				printStatus(cmd.OutOrStdout(), st)
-				return nil
+				return st.gapExit()
 			})
 		},
 	}
@@ -99,10 +129,25 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		st.Slot.AgentAddress = "local socket"
 	}
 	err = conn.QueryRow(ctx, `SELECT true, (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname
-			AND NOT (t.schemaname = 'pgaudit_cdc' AND t.tablename = 'watches'))
+			AND t.schemaname <> 'pgaudit_cdc')
 		FROM pg_publication p WHERE p.pubname = $1`, o.publication).Scan(&st.Publication.Exists, &st.Publication.Tables)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("reading the publication: %w", err)
+	}
+	a, pending, err := capture.Check(ctx, conn, o.slot)
+	if err != nil {
+		return nil, err
+	}
+	state, err := capture.LoadState(ctx, conn, o.slot)
+	if err != nil {
+		return nil, err
+	}
+	st.Capture = captureJSON{Recorded: state.Known, Generation: state.Generation, Verdict: a.Verdict.String(), PendingGap: pending}
+	if state.Known {
+		st.Capture.SystemID, st.Capture.Timeline, st.Capture.StartLSN = state.SystemID, state.Timeline, state.StartLSN.String()
+	}
+	if a.Verdict == capture.Gap {
+		st.Capture.GapReason, st.Capture.GapDetail = a.Reason, a.Detail
 	}
 	entries, err := watches.Load(ctx, conn, false)
 	if err != nil {
@@ -120,9 +165,12 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 
 func printStatus(w io.Writer, st *Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if !st.Slot.Exists {
+	switch {
+	case !st.Slot.Exists && st.Capture.Verdict == capture.Gap.String():
+		fmt.Fprintf(tw, "slot\t%s: MISSING although capture started (see capture below)\n", st.Slot.Name)
+	case !st.Slot.Exists:
 		fmt.Fprintf(tw, "slot\t%s (not created yet: run pgaudit-cdc watch)\n", st.Slot.Name)
-	} else {
+	default:
 		agent := "no agent connected"
 		if st.Slot.AgentConnected {
 			agent = fmt.Sprintf("agent connected (PID %d, %s)", derefInt32(st.Slot.ActivePID), st.Slot.AgentAddress)
@@ -137,6 +185,17 @@ func printStatus(w io.Writer, st *Status) {
 		pub = fmt.Sprintf("%d tables", st.Publication.Tables)
 	}
 	fmt.Fprintf(tw, "publication\t%s: %s\n", st.Publication.Name, pub)
+	switch {
+	case st.Capture.PendingGap != nil:
+		g := st.Capture.PendingGap
+		fmt.Fprintf(tw, "capture\tGAP #%d PENDING (%s, detected %s): %s\n", g.ID, g.Reason, g.DetectedAt.UTC().Format(time.RFC3339), g.Detail)
+		fmt.Fprintf(tw, "\tcapture is stopped; fix: pgaudit-cdc run --accept-gap=%d, then pgaudit-cdc backfill TABLE for: %s\n", g.ID, strings.Join(g.Tables, ", "))
+	case st.Capture.Verdict == capture.Gap.String():
+		fmt.Fprintf(tw, "capture\tGAP (%s): %s\n", st.Capture.GapReason, st.Capture.GapDetail)
+		fmt.Fprintf(tw, "\tthe agent records it at its next start and stops; then accept it with pgaudit-cdc run --accept-gap\n")
+	case st.Capture.Recorded:
+		fmt.Fprintf(tw, "capture\tcontinuous since %s (generation %d, timeline %d)\n", st.Capture.StartLSN, st.Capture.Generation, st.Capture.Timeline)
+	}
 	fmt.Fprintf(tw, "dead letters\t%d\n", st.DeadLetters)
 	fmt.Fprintf(tw, "watches\t%d\n", len(st.Watches))
 	_ = tw.Flush()
@@ -230,8 +289,10 @@ func printChecks(w io.Writer, rs []preflight.Result) {
 }
 
 // SetupSQL returns the statements creating a least-privilege role for
-// pgaudit-cdc in database db, able to watch tables owned by tableOwner.
-func SetupSQL(role, db, tableOwner string) string {
+// pgaudit-cdc in database db, able to watch tables owned by tableOwner, and,
+// when maintenance is set, the grants letting that role skip row events
+// (pgaudit_cdc.skip) and write backfill chunks.
+func SetupSQL(role, db, tableOwner, maintenance string) string {
 	id := func(s string) string { return pgx.Identifier{s}.Sanitize() }
 	var b strings.Builder
 	fmt.Fprintf(&b, `-- Least-privilege role for pgaudit-cdc. Run as a superuser (or your cloud's admin role).
@@ -255,12 +316,28 @@ GRANT %[3]s TO %[1]s;
 --    does it within 15 s, and their UPDATE/DELETE events carry the key only until then):
 %[4]s;
 `, id(role), id(db), id(tableOwner), "-- "+strings.ReplaceAll(watches.EventTriggerSQL, "\n", "\n-- "))
+	fmt.Fprintf(&b, `
+-- 5. Control messages are authenticated by PostgreSQL's privileges: skipping row
+--    events (pgaudit_cdc.skip) and writing backfill chunks need INSERT on
+--    pgaudit_cdc.control, which only %[1]s has. No application role should.
+`, id(role))
+	if maintenance != "" {
+		fmt.Fprintf(&b, `--    A maintenance role that may run bulk jobs with pgaudit_cdc.skip('reason'),
+--    AFTER the first pgaudit-cdc watch (which creates the schema), run as %[2]s:
+GRANT USAGE ON SCHEMA pgaudit_cdc TO %[1]s;
+GRANT INSERT ON pgaudit_cdc.control TO %[1]s;
+GRANT USAGE ON SEQUENCE pgaudit_cdc.control_id_seq TO %[1]s;
+GRANT EXECUTE ON FUNCTION pgaudit_cdc.skip(text) TO %[1]s;
+`, id(maintenance), id(role))
+	} else {
+		b.WriteString("--    To let a maintenance role skip row events, print this again with --maintenance-role NAME.\n")
+	}
 	return b.String()
 }
 
 func newSetupCmd(o *options) *cobra.Command {
 	var printSQL bool
-	var role, db, owner string
+	var role, db, owner, maintenance string
 	cmd := &cobra.Command{
 		Use:   "setup --print-sql",
 		Short: "Print the SQL creating a least-privilege role for pgaudit-cdc",
@@ -279,7 +356,7 @@ func newSetupCmd(o *options) *cobra.Command {
 			if db == "" {
 				db = "app"
 			}
-			fmt.Fprint(cmd.OutOrStdout(), SetupSQL(role, db, owner))
+			fmt.Fprint(cmd.OutOrStdout(), SetupSQL(role, db, owner, maintenance))
 			return nil
 		},
 	}
@@ -287,5 +364,6 @@ func newSetupCmd(o *options) *cobra.Command {
 	cmd.Flags().StringVar(&role, "role", "pgaudit_cdc", "name of the role to create")
 	cmd.Flags().StringVar(&db, "database", "", "database to audit (default: the one in --database-url)")
 	cmd.Flags().StringVar(&owner, "table-owner", "app_owner", "role that owns the tables to watch")
+	cmd.Flags().StringVar(&maintenance, "maintenance-role", "", "role allowed to skip row events with pgaudit_cdc.skip (and to write pgaudit_cdc.control)")
 	return cmd
 }

@@ -10,10 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -35,6 +37,14 @@ type options struct {
 	logFormat      string
 	spineTimeout   time.Duration
 	dedupWindow    int
+	// acceptGap is run's --accept-gap: consent to continue past a capture
+	// gap. Deliberately without an environment fall-back: consent is given
+	// once, for one gap, not left in a deployment's configuration.
+	acceptGap string
+
+	// fromEnv maps the flags that took their value from the environment
+	// to the variable's name, so that errors name what the user set.
+	fromEnv map[string]string
 }
 
 // envFallbacks maps flags to the environment variables read when the flag
@@ -62,6 +72,11 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
+// usageError is an exit-2 error: something only the user can fix.
+func usageError(format string, args ...any) *ExitError {
+	return &ExitError{Code: 2, Err: fmt.Errorf(format, args...)}
+}
+
 // NewRootCmd returns the pgaudit-cdc command tree.
 func NewRootCmd() *cobra.Command {
 	o := &options{}
@@ -79,7 +94,23 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags())
+			fromEnv, err := applyEnv(cmd.Flags())
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			o.fromEnv = fromEnv
+			// Cobra checks these after this hook and returns plain errors
+			// (exit 1); checked here they exit 2, as a usage error should.
+			if err := cmd.ValidateRequiredFlags(); err != nil {
+				return usageError("%w: see '%s --help'", err, cmd.CommandPath())
+			}
+			if err := cmd.ValidateFlagGroups(); err != nil {
+				return usageError("%w: see '%s --help'", err, cmd.CommandPath())
+			}
+			if !needsConfig(cmd) {
+				return nil
+			}
+			return o.check()
 		},
 	}
 	pf := root.PersistentFlags()
@@ -103,10 +134,94 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		newDeadLettersCmd(o), newDemoCmd(o), newVersionCmd(),
 		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o), newBackfillCmd(o),
 	)
+	exitCodes(root)
 	return root
 }
 
-func applyEnv(fs *pflag.FlagSet) error {
+// exitCodes makes the command tree exit 2 on usage errors cobra itself
+// reports as plain errors (wrong arguments, an unknown subcommand), and on
+// failures only the user can fix (a missing privilege, wal_level), as the
+// README documents.
+func exitCodes(c *cobra.Command) {
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		// A group (the root, dead-letters): without arguments it shows its
+		// help; an unknown subcommand is a usage error, not a help page.
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if cmd.SuggestionsMinimumDistance <= 0 {
+				cmd.SuggestionsMinimumDistance = 2 // cobra's default
+			}
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf(" (did you mean %q?)", strings.Join(s, `" or "`))
+			}
+			return usageError("%s: run '%s --help' for the commands", msg, cmd.CommandPath())
+		}
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	} else if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return usageError("%w: see '%s --help'", err, cmd.CommandPath())
+			}
+			return nil
+		}
+	}
+	if runE := c.RunE; runE != nil {
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			err := runE(cmd, args)
+			var exit *ExitError
+			if err != nil && !errors.As(err, &exit) && userMustFix(err) {
+				return &ExitError{Code: 2, Err: err}
+			}
+			return err
+		}
+	}
+	for _, sub := range c.Commands() {
+		exitCodes(sub)
+	}
+}
+
+// userMustFix reports failures no retry can cure: a missing privilege,
+// failed authentication, a database that does not exist, wal_level not
+// logical, a slot of another database or plugin. The agent treats the same
+// ones as configuration errors.
+func userMustFix(err error) bool {
+	if errors.Is(err, replication.ErrWrongSlot) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42501", "28000", "28P01", "3D000":
+			return true
+		case "55000":
+			return strings.Contains(pgErr.Message, "wal_level")
+		}
+	}
+	return false
+}
+
+// needsConfig reports whether cmd reads the configuration: version, help
+// and shell completion run whatever the environment holds.
+func needsConfig(cmd *cobra.Command) bool {
+	if cmd.HasSubCommands() {
+		return false // a group (the root, dead-letters) only shows its help
+	}
+	for c := cmd; c.HasParent(); c = c.Parent() {
+		switch c.Name() {
+		case "version", "help", "completion", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd:
+			return false
+		}
+	}
+	return true
+}
+
+// applyEnv sets the flags not given from their environment variables and
+// returns which flags it set, and from which variable.
+func applyEnv(fs *pflag.FlagSet) (map[string]string, error) {
+	fromEnv := map[string]string{}
 	for _, f := range envFallbacks {
 		flag := fs.Lookup(f.flag)
 		if flag == nil || flag.Changed {
@@ -114,11 +229,21 @@ func applyEnv(fs *pflag.FlagSet) error {
 		}
 		if val, ok := os.LookupEnv(f.env); ok && val != "" {
 			if err := fs.Set(f.flag, val); err != nil {
-				return fmt.Errorf("invalid %s %q: %w", f.env, redactIfSecret(f.env, val), err)
+				return nil, fmt.Errorf("invalid %s %q: %w", f.env, redactIfSecret(f.env, val), err)
 			}
+			fromEnv[f.flag] = f.env
 		}
 	}
-	return nil
+	return fromEnv, nil
+}
+
+// setting names where a value came from: "--flag" or the environment
+// variable it fell back to.
+func (o *options) setting(flag string) string {
+	if env, ok := o.fromEnv[flag]; ok {
+		return env
+	}
+	return "--" + flag
 }
 
 func redactIfSecret(env, val string) string {
@@ -173,17 +298,66 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// publicationNameRE is the rule for --publication: a name PostgreSQL keeps
+// as written when unquoted, so that SQL, logs and psql all spell it alike.
+var publicationNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
+
+// maxDedupWindow is the most events the spine returns for one read-back.
+const maxDedupWindow = 100000
+
+// validate checks the configuration of a command that needs the database.
 func (o *options) validate() error {
 	if o.databaseURL == "" {
 		return &ExitError{Code: 2, Err: errors.New("no database: set --database-url or DATABASE_URL (e.g. postgres://user@host:5432/db)")}
 	}
+	return o.check()
+}
+
+// check validates the global settings, flags and environment fall-backs
+// alike; every failure is an exit-2 error whose one sentence names the fix.
+// The root command runs it before every command that reads the
+// configuration, so that no value is silently replaced by a default.
+func (o *options) check() error {
+	if o.databaseURL != "" {
+		if err := checkDatabaseURL(o.setting("database-url"), o.databaseURL); err != nil {
+			return err
+		}
+	}
 	if err := replication.ValidateSlotName(o.slot); err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
-	if err := replication.ValidatePublicationName(o.publication); err != nil {
+	if !publicationNameRE.MatchString(o.publication) {
+		return usageError("invalid publication name %q (%s): use 1 to 63 characters, lower-case letters, digits, _ and $, starting with a letter or _ (e.g. pgaudit_cdc)", o.publication, o.setting("publication"))
+	}
+	if o.spineTimeout <= 0 {
+		return usageError("invalid %s %s: the spine timeout must be a positive duration, e.g. 30s", o.setting("spine-timeout"), o.spineTimeout)
+	}
+	if o.dedupWindow < 1 || o.dedupWindow > maxDedupWindow {
+		return usageError("invalid %s %d: the dedup window must be between 1 and %d events (default 10000)", o.setting("dedup-window"), o.dedupWindow, maxDedupWindow)
+	}
+	if _, err := o.logger(io.Discard); err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
 	return nil
+}
+
+// checkDatabaseURL refuses a connection string pgx cannot parse. The
+// message never repeats the string: a malformed one may hide a password
+// where the parser's best-effort redaction does not find it.
+func checkDatabaseURL(name, dsn string) error {
+	_, err := pgx.ParseConfig(dsn)
+	if err == nil {
+		return nil
+	}
+	reason := "it is neither a postgres:// URL nor a key=value connection string"
+	// "cannot parse `<string, password masked>`: <reason> (<cause>)": keep
+	// the reason, which pgx words without the password.
+	if msg := err.Error(); strings.HasPrefix(msg, "cannot parse `") {
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			reason = msg[i+3:]
+		}
+	}
+	return usageError("%s cannot be parsed (%s): give a URL such as postgres://user:password@host:5432/db?sslmode=verify-full, percent-encoding reserved characters in the password (%%40 for @, %%25 for %%), or a key=value string such as 'host=db user=auditor dbname=app'", name, reason)
 }
 
 // connect opens a normal (non-replication) connection.

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
@@ -38,6 +39,15 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 			if err := o.validate(); err != nil {
 				return err
 			}
+			if statusInterval <= 0 {
+				return usageError("invalid --status-interval %s: it must be a positive duration, e.g. 10s", statusInterval)
+			}
+			if grace < 0 {
+				return usageError("invalid --shutdown-grace %s: it must be 0 (stop at once; undelivered events stay in the slot and are sent after the restart) or a positive duration, e.g. 5s", grace)
+			}
+			if grace == 0 {
+				grace = time.Nanosecond // the agent takes 0 for "use the default"
+			}
 			log, err := o.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
@@ -45,8 +55,10 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout(), statusInterval, grace, nil)
 		},
 	}
-	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL")
-	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM")
+	cmd.Flags().StringVar(&o.acceptGap, "accept-gap", "", "consent to continue past the pending capture gap with this ID (alone: whichever is pending); records one GAP event and resumes from a new slot")
+	cmd.Flags().Lookup("accept-gap").NoOptDefVal = capture.AcceptAny
+	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL (positive)")
+	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM (0: stop at once)")
 	return cmd
 }
 
@@ -117,6 +129,8 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		Spine:          spine,
 		StatusInterval: statusInterval,
 		ShutdownGrace:  grace,
+		AcceptGap:      o.acceptGap,
+		AcceptedBy:     acceptedBy(),
 		Logger:         log,
 		Metrics:        m,
 		Ready:          ready,
@@ -131,6 +145,10 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		var cfgErr *agent.ConfigError
 		if errors.As(err, &cfgErr) {
 			return &ExitError{Code: 2, Err: err}
+		}
+		var gapErr *capture.GapError
+		if errors.As(err, &gapErr) {
+			return &ExitError{Code: ExitGap, Err: err}
 		}
 		return err
 	}
@@ -155,4 +173,37 @@ func preflightLog(ctx context.Context, o *options, log *slog.Logger, spine *publ
 			log.Warn("preflight warning", "check", r.Name, "detail", r.Detail, "fix", r.Fix)
 		}
 	}
+}
+
+// ExitGap is the exit code of `run` and `status` while a capture gap awaits
+// an operator's consent (and of `watch`, which cannot start capture then).
+const ExitGap = 3
+
+// acceptedBy names who consented to a gap: the OS user and host running the
+// command (the database role is added when the gap is recorded).
+func acceptedBy() string {
+	who := os.Getenv("USER")
+	if who == "" {
+		who = fmt.Sprintf("uid %d", os.Getuid())
+	}
+	host, _ := os.Hostname()
+	return who + "@" + host + " (pgaudit-cdc run --accept-gap)"
+}
+
+// ExitCode is the process exit code for an error returned by the root
+// command: an *ExitError's code, ExitGap for a pending capture gap from any
+// command, else 1.
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var exit *ExitError
+	if errors.As(err, &exit) {
+		return exit.Code
+	}
+	var gapErr *capture.GapError
+	if errors.As(err, &gapErr) {
+		return ExitGap
+	}
+	return 1
 }

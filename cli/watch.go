@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
@@ -46,6 +48,29 @@ audit-stream v0.1 list).`,
 			if strings.TrimSpace(source) == "" {
 				return &ExitError{Code: 2, Err: fmt.Errorf("--source is required and must not be empty")}
 			}
+			var t watches.TableName
+			if schema != "" {
+				if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
+					return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
+				}
+				if err := watches.CheckWatchableSchema(schema); err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+			} else {
+				var err error
+				if t, err = watches.ParseTableName(args[0]); err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+				if err := watches.CheckWatchable(t); err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+				if len(columns) > 0 && len(exclude) > 0 {
+					return &ExitError{Code: 2, Err: fmt.Errorf("use --columns or --exclude-columns, not both")}
+				}
+				if len(columns)+len(exclude) > 0 && len(onColumns) > 0 {
+					return &ExitError{Code: 2, Err: fmt.Errorf("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")}
+				}
+			}
 			log, err := o.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
@@ -56,9 +81,6 @@ audit-stream v0.1 list).`,
 			return o.withConn(cmd, func(conn *pgx.Conn) error {
 				reg := watches.NewRegistry(conn, o.publication, o.slot)
 				if schema != "" {
-					if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
-						return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
-					}
 					if err := withProgress(cmd.ErrOrStderr(), "watching schema "+schema+" (slot creation waits for open transactions)", func() error {
 						return reg.WatchSchema(cmd.Context(), schema, kind, source)
 					}); err != nil {
@@ -67,19 +89,15 @@ audit-stream v0.1 list).`,
 					fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
 					return nil
 				}
-				t, err := watches.ParseTableName(args[0])
-				if err != nil {
-					return &ExitError{Code: 2, Err: err}
-				}
 				var name string
-				err = withProgress(cmd.ErrOrStderr(), "watching "+decode.QualifiedName(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
+				err := withProgress(cmd.ErrOrStderr(), "watching "+decode.QualifiedName(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
 					var err error
 					name, err = reg.Watch(cmd.Context(), t, kind, source, watches.Options{
 						RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
 					return err
 				})
 				if err != nil {
-					return err
+					return explainWhere(err, where)
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), name)
 				if backfill {
@@ -100,6 +118,32 @@ audit-stream v0.1 list).`,
 	_ = cmd.MarkFlagRequired("kind")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
+}
+
+// explainWhere turns the server's refusal of a --where expression into an
+// exit-2 error with the server's message and the fix. The row filter is
+// checked by PostgreSQL when the table is added to the publication: syntax
+// errors (42601), unknown columns (42703), type, function and operator
+// errors (SQLSTATE classes 42 and 22), and what a row filter may not use
+// (0A000: mutable or user-defined functions, subqueries) are the user's to
+// fix.
+func explainWhere(err error, where string) error {
+	var pgErr *pgconn.PgError
+	if where == "" || !errors.As(err, &pgErr) {
+		return err
+	}
+	class := pgErr.Code[:2]
+	if (class != "42" && class != "22" && pgErr.Code != "0A000") || pgErr.Code == "42501" {
+		return err // a missing privilege is not the expression's fault
+	}
+	msg := pgErr.Message
+	if pgErr.Detail != "" {
+		msg += " (" + pgErr.Detail + ")"
+	}
+	if pgErr.Hint != "" {
+		msg += "; hint: " + pgErr.Hint
+	}
+	return usageError("PostgreSQL refused --where %q: %s (SQLSTATE %s): fix the expression; it must be a boolean SQL expression over the table's own columns using only immutable built-in functions and operators, e.g. --where \"status <> 'draft'\"", where, msg, pgErr.Code)
 }
 
 // checkKind refuses a kind the spine would reject, listing the accepted ones.

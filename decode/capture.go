@@ -2,6 +2,8 @@ package decode
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -22,6 +24,9 @@ const (
 	BemiPrefix = "_bemi"
 	// SkipPrefix turns the rest of the transaction's changes into one
 	// summary event per table. pgaudit_cdc.skip(reason) emits it.
+	// SkipPrefix is the prefix older versions' pgaudit_cdc.skip(reason)
+	// emitted. Such messages are now ignored (and counted): skipping is
+	// authorised by a pgaudit_cdc.control row only.
 	SkipPrefix = "pgaudit_cdc.skip"
 	// BackfillPrefix carries a chunk of existing rows, written by
 	// `pgaudit-cdc backfill`, delivered as READ events.
@@ -64,18 +69,11 @@ func (s *Stream) logicalMessage(lsn LSN, m *LogicalMessage, emit func(Item) erro
 		s.annotations, s.annotationsErr = nil, ""
 		return nil
 	case SkipPrefix:
+		// Any role may emit a logical message: a skip marker counts only as
+		// a pgaudit_cdc.control row (see controlRow), never as a message.
 		s.seq++
-		obj, err := compactObject(m.Content)
-		if err != nil {
-			if len(bytes.TrimSpace(m.Content)) == 0 {
-				obj = []byte("{}")
-			} else {
-				// The marker still counts: say what it said, as a string.
-				obj = AppendString(nil, m.Content)
-			}
-		}
-		s.skip = obj
-		return nil
+		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
+			Notice: fmt.Sprintf("ignored a %s message without an authorising pgaudit_cdc.control row (xid %d, at %s): the transaction's changes are audited row by row; only pgaudit_cdc.skip(), run by a role allowed to write pgaudit_cdc.control, skips them", m.Prefix, s.begin.Xid, lsn)})
 	case BackfillPrefix:
 		return s.backfill(lsn, m, emit)
 	default:
@@ -256,7 +254,8 @@ func (s *Stream) registryChange(lsn LSN, rel *RelationMessage, op string, old, n
 	if cur == nil || !cur.hasKey {
 		return nil
 	}
-	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil, OnColumns: cur.OnColumns}
+	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil, OnColumns: cur.OnColumns,
+		KeyIdentity: len(cur.Columns) > 0 || len(cur.ExcludeColumns) > 0}
 	prev, existed := s.watches[cur.TableOID]
 	s.watches[cur.TableOID] = w
 	if !existed || !prev.equal(w) {
@@ -391,6 +390,11 @@ func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) err
 		s.seq++
 		return emit(Item{Kind: ItemNotice, Notice: fmt.Sprintf("ignoring a malformed backfill message at %s: %v", lsn, err)})
 	}
+	if !s.useBackfillAuth(chunk.TableOID, m.Content) {
+		s.seq++
+		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
+			Notice: fmt.Sprintf("ignored a backfill chunk for table OID %d without an authorising pgaudit_cdc.control row (xid %d, at %s): no READ events were produced; only `pgaudit-cdc backfill`, run by a role allowed to write pgaudit_cdc.control, can write one", chunk.TableOID, s.begin.Xid, lsn)})
+	}
 	w, ok := s.watchFor(chunk.TableOID, chunk.Schema)
 	rel := &RelationMessage{ID: chunk.TableOID, Namespace: chunk.Schema, Name: chunk.Table, Columns: make([]RelationColumn, len(chunk.Columns))}
 	for i, c := range chunk.Columns {
@@ -433,4 +437,122 @@ func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) err
 		}
 	}
 	return nil
+}
+
+// controlRow is an INSERT into the control table: the authority for a skip
+// or a backfill chunk in the same transaction. Only roles granted INSERT on
+// the table can write one, and its who-columns are set by a trigger from the
+// session, so what the agent reads here is what PostgreSQL recorded.
+type controlRow struct {
+	id       string
+	action   string
+	reason   *string
+	tableOID uint32
+	digest   string
+	byRole   string
+	session  string
+	appName  *string
+}
+
+func (s *Stream) controlRow(rel *RelationMessage, row Tuple) {
+	var c controlRow
+	for i, rc := range rel.Columns {
+		if i >= len(row) || row[i].Kind != TupleText {
+			continue
+		}
+		v := string(row[i].Data)
+		switch rc.Name {
+		case "id":
+			c.id = v
+		case "action":
+			c.action = v
+		case "reason":
+			c.reason = &v
+		case "table_oid":
+			if oid, err := strconv.ParseUint(v, 10, 32); err == nil {
+				c.tableOID = uint32(oid)
+			}
+		case "digest":
+			c.digest = v
+		case "by_role":
+			c.byRole = v
+		case "session_role":
+			c.session = v
+		case "application_name":
+			c.appName = &v
+		}
+	}
+	switch c.action {
+	case "skip":
+		b := []byte(`{"reason":`)
+		b = appendNullableString(b, c.reason)
+		b = append(b, `,"by":`...)
+		b = AppendString(b, []byte(c.byRole))
+		b = append(b, `,"session_user":`...)
+		b = AppendString(b, []byte(c.session))
+		b = append(b, `,"application_name":`...)
+		b = appendNullableString(b, c.appName)
+		b = append(b, `,"control_id":`...)
+		b = AppendString(b, []byte(c.id))
+		s.skip = append(b, '}')
+	case "backfill":
+		s.backfillAuth = append(s.backfillAuth, c)
+	}
+}
+
+func appendNullableString(b []byte, p *string) []byte {
+	if p == nil {
+		return append(b, "null"...)
+	}
+	return AppendString(b, []byte(*p))
+}
+
+// useBackfillAuth consumes the control row that authorises a backfill chunk
+// of table oid whose message content is content: same table, same SHA-256.
+func (s *Stream) useBackfillAuth(oid uint32, content []byte) bool {
+	sum := sha256.Sum256(content)
+	digest := hex.EncodeToString(sum[:])
+	for i, c := range s.backfillAuth {
+		if c.tableOID == oid && c.digest == digest {
+			s.backfillAuth = slices.Delete(s.backfillAuth, i, i+1)
+			return true
+		}
+	}
+	return false
+}
+
+// checkReplicaIdentity reports a watched table whose RELATION message shows
+// a replica identity other than FULL: its UPDATE and DELETE events then
+// carry the key at most as old row. Reported when first seen weakened, and
+// again after it was FULL in between.
+func (s *Stream) checkReplicaIdentity(rel *RelationMessage, emit func(Item) error) error {
+	if rel.Namespace == s.cfg.RegistrySchema {
+		return nil
+	}
+	prev, seen := s.identity[rel.ID]
+	s.identity[rel.ID] = rel.ReplicaIdentity
+	if rel.ReplicaIdentity == 'f' || (seen && prev == rel.ReplicaIdentity) {
+		return nil
+	}
+	if w, ok := s.watchFor(rel.ID, rel.Namespace); !ok || !w.Active || w.KeyIdentity {
+		return nil
+	}
+	name := QualifiedName(rel.Namespace, rel.Name)
+	return emit(Item{Kind: ItemReplicaIdentity, TableOID: rel.ID, Table: name, ReplicaIdentity: rel.ReplicaIdentity,
+		Notice: fmt.Sprintf("%s streams with REPLICA IDENTITY %s, not FULL: its UPDATE and DELETE events carry the key at most as old row (flagged old_is_key_only)", name, ReplicaIdentityName(rel.ReplicaIdentity))})
+}
+
+// ReplicaIdentityName spells a pg_class.relreplident code.
+func ReplicaIdentityName(c byte) string {
+	switch c {
+	case 'd':
+		return "DEFAULT"
+	case 'n':
+		return "NOTHING"
+	case 'f':
+		return "FULL"
+	case 'i':
+		return "USING INDEX"
+	}
+	return fmt.Sprintf("%q", c)
 }

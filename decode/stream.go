@@ -20,10 +20,15 @@ type Watch struct {
 	// OnColumns, when set, limits UPDATE events to those that change at
 	// least one of these columns.
 	OnColumns []string
+	// KeyIdentity says the watch has a column list, which makes the
+	// table's replica identity its primary key on purpose: old rows are
+	// key-only by design, not because the identity was weakened.
+	KeyIdentity bool
 }
 
 func (w Watch) equal(o Watch) bool {
-	return w.Kind == o.Kind && w.Source == o.Source && w.Active == o.Active && slices.Equal(w.OnColumns, o.OnColumns)
+	return w.Kind == o.Kind && w.Source == o.Source && w.Active == o.Active && slices.Equal(w.OnColumns, o.OnColumns) &&
+		w.KeyIdentity == o.KeyIdentity
 }
 
 // StreamConfig is fixed for the life of a Stream.
@@ -40,6 +45,9 @@ type StreamConfig struct {
 	// SchemaRegistryTable names the schema-wide watch table, in
 	// RegistrySchema.
 	SchemaRegistryTable string
+	// ControlTable names the table, in RegistrySchema, whose rows authorise
+	// control messages (skip, backfill) in their transaction.
+	ControlTable string
 }
 
 // Position orders every change of a slot: the commit LSN of its transaction,
@@ -75,6 +83,11 @@ func Key(systemID, slot string, p Position) string {
 	b = append(b, ':')
 	b = strconv.AppendUint(b, uint64(p.Seq), 10)
 	return string(b)
+}
+
+// KeyPrefix is what every key of systemID and slot starts with.
+func KeyPrefix(systemID, slot string) string {
+	return keyPrefix + systemID + ":" + slot + ":"
 }
 
 // ParseKey splits an idempotency key made by Key. ok is false for anything
@@ -130,6 +143,13 @@ const (
 	ItemCommit                           // a transaction ended at EndLSN: once every earlier item is delivered, EndLSN may be confirmed
 	ItemWatchChanged                     // the registry changed: Table, Watch and Previous say how
 	ItemNotice                           // something the operator should know (Notice); nothing to deliver
+	// ItemRejectedControl is a control message that no authorising control
+	// row came with: it had no effect. Prefix and Notice say what it was.
+	ItemRejectedControl
+	// ItemReplicaIdentity is a watched table streaming without REPLICA
+	// IDENTITY FULL: its old rows are incomplete. TableOID, Table and
+	// ReplicaIdentity say which and how.
+	ItemReplicaIdentity
 )
 
 // Item is one output of Stream.Apply.
@@ -143,8 +163,14 @@ type Item struct {
 	Previous Watch
 	Existed  bool
 	Schema   string // set for schema-wide watch changes instead of TableOID
-	// Notice is a one-line explanation for ItemNotice.
+	// Notice is a one-line explanation for ItemNotice and
+	// ItemRejectedControl.
 	Notice string
+	// Prefix is the logical message prefix of an ItemRejectedControl.
+	Prefix string
+	// Table and ReplicaIdentity describe an ItemReplicaIdentity.
+	Table           string
+	ReplicaIdentity byte
 }
 
 // Stream turns parsed pgoutput messages into events. It holds the relation
@@ -168,6 +194,13 @@ type Stream struct {
 	annotationsErr string
 	skip           []byte // the skip marker's content while skipping, else nil
 	skipped        []*skipCount
+	// backfillAuth are the backfill chunks the transaction's control rows
+	// authorised, not yet used.
+	backfillAuth []controlRow
+
+	// identity remembers the replica identity last reported per watched
+	// relation, so a weakening is reported once.
+	identity map[uint32]byte
 }
 
 // NewStream returns a Stream that labels events with watches (keyed by table
@@ -178,7 +211,7 @@ func NewStream(cfg StreamConfig, watches map[uint32]Watch) *Stream {
 		w[k] = v
 	}
 	return &Stream{cfg: cfg, relations: map[uint32]*RelationMessage{}, watches: w,
-		schemaWatches: map[string]Watch{}, types: map[uint32]*Type{}}
+		schemaWatches: map[string]Watch{}, types: map[uint32]*Type{}, identity: map[uint32]byte{}}
 }
 
 // SetSchemaWatches replaces the schema-wide watches (keyed by schema name).
@@ -236,7 +269,7 @@ func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
 		s.inTx, s.begin, s.seq = true, *m, 0
 		s.commitTime = PGTime(m.CommitTime)
 		s.timestamp = FormatTimestamp(s.commitTime)
-		s.annotations, s.annotationsErr, s.skip, s.skipped = nil, "", nil, nil
+		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth = nil, "", nil, nil, nil
 		return nil
 	case *CommitMessage:
 		if !s.inTx {
@@ -249,7 +282,7 @@ func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
 		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN})
 	case *RelationMessage:
 		s.relations[m.ID] = m
-		return nil
+		return s.checkReplicaIdentity(m, emit)
 	case *TypeMessage, *OriginMessage:
 		return nil
 	case *LogicalMessage:
@@ -290,6 +323,11 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 			return s.registryChange(lsn, rel, op, old, newT, emit)
 		case s.cfg.SchemaRegistryTable:
 			return s.schemaRegistryChange(lsn, rel, old, newT, emit)
+		case s.cfg.ControlTable:
+			if op == OpInsert {
+				s.controlRow(rel, newT)
+			}
+			return nil
 		}
 	}
 	w, ok := s.watchFor(rel.ID, rel.Namespace)
@@ -327,7 +365,9 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 		b, missing = appendRow(b, rel, newT, fallback, false)
 	}
 	b = s.appendMetadata(b, ev, lsn)
-	if oldKind == 'K' {
+	if (op == OpUpdate || op == OpDelete) && oldKind != 'O' {
+		// The old row is the key at most (REPLICA IDENTITY DEFAULT or
+		// USING INDEX), or absent (an UPDATE that kept the key).
 		b = append(b, `,"old_is_key_only":true`...)
 	}
 	if len(missing) > 0 {

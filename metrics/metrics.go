@@ -34,6 +34,12 @@ type Metrics struct {
 	SlotActive         prometheus.Gauge
 	Reconnects         prometheus.Counter
 	WatchChanges       prometheus.Counter
+	// Integrity: holes in the capture, control messages that failed
+	// authentication, replica identities weakened under a watch.
+	GapsDetected            *prometheus.CounterVec // reason
+	GapPending              prometheus.Gauge
+	UnauthenticatedControl  *prometheus.CounterVec // prefix
+	ReplicaIdentityWeakened *prometheus.CounterVec // table
 }
 
 // New registers all families, with the Go and process collectors.
@@ -51,7 +57,7 @@ func New() *Metrics {
 	})
 	m.PublishDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pgaudit_cdc_publish_duration_seconds",
-		Help:    "Duration of one POST /events, by outcome (201, 4xx, 5xx, 408, 429, error).",
+		Help:    "Duration of one POST /events, by outcome (201, 201_unconfirmed: a 201 whose body is not the stored event, 3xx, 4xx, 5xx, 408, 429, other, error).",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"outcome"})
 	m.CommitToAccepted = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -61,7 +67,7 @@ func New() *Metrics {
 	})
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_publish_retries_total",
-		Help: "Waits before retrying delivery, by reason (connection, 5xx, 408, 429, read_back, dead_letter_store).",
+		Help: "Waits before retrying delivery, by reason (connection, 5xx, 408, 429, unexpected, unconfirmed, read_back, dead_letter_store, and refused_auth, refused_spine, refused_redirect while the spine refuses this client as a whole).",
 	}, []string{"reason"})
 	m.DeadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_dead_letters_total",
@@ -93,7 +99,7 @@ func New() *Metrics {
 	})
 	m.SpineUp = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "pgaudit_cdc_spine_up",
-		Help: "1 when the last request to the spine got an HTTP answer.",
+		Help: "1 when the last request to the spine got a working spine's answer; 0 after no answer, a refusal of this client (3xx, 401, 403, 404, ...), a 201 that is not the stored event, or a read-back or health check other than 200.",
 	})
 	m.SlotActive = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "pgaudit_cdc_slot_active",
@@ -107,6 +113,22 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_watch_changes_total",
 		Help: "Watch, re-watch and unwatch changes applied from the stream.",
 	})
+	m.GapsDetected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_gaps_detected_total",
+		Help: "Holes in the capture detected (slot dropped, invalidated, advanced, or lost in a failover or restore), by reason.",
+	}, []string{"reason"})
+	m.GapPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_gap_pending",
+		Help: "1 while a detected capture gap awaits an operator's consent (capture is stopped).",
+	})
+	m.UnauthenticatedControl = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_unauthenticated_control_messages_total",
+		Help: "Control messages (skip, backfill) ignored because no authorising pgaudit_cdc.control row was written with them, by prefix.",
+	}, []string{"prefix"})
+	m.ReplicaIdentityWeakened = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_replica_identity_weakened_total",
+		Help: "Watched tables seen streaming without REPLICA IDENTITY FULL (old rows incomplete), by table.",
+	}, []string{"table"})
 	v, commit, gov := version.Info()
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "pgaudit_cdc_build_info",
@@ -117,7 +139,7 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{m.EventsDelivered, m.EventsSkipped, m.PublishDuration,
 		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
 		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
-		m.WatchChanges, info,
+		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -134,7 +156,8 @@ type Readiness struct {
 // SetDatabase records whether replication is streaming.
 func (r *Readiness) SetDatabase(up bool) { r.database.Store(up) }
 
-// SetSink records whether the sink answered its last request.
+// SetSink records whether the sink's last answer was a working sink's (see
+// publish.Hooks.SpineUp).
 func (r *Readiness) SetSink(up bool) { r.sink.Store(up) }
 
 // Ready reports both, with the reason when not ready.
@@ -143,7 +166,7 @@ func (r *Readiness) Ready() (bool, string) {
 	case !r.database.Load():
 		return false, "replication connection not streaming"
 	case !r.sink.Load():
-		return false, "spine unreachable"
+		return false, "spine unreachable or refusing this client (see the logs)"
 	}
 	return true, "ok"
 }

@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -87,6 +90,8 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
 	}
+
+	checkCapture(ctx, conn, o.Slot, add)
 
 	var maxSlots, usedSlots, maxSenders, usedSenders int
 	_ = conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
@@ -275,4 +280,27 @@ func derefPID(p *int32) int32 {
 		return 0
 	}
 	return *p
+}
+
+// checkCapture fails when capture has a hole: a pending gap, or a slot that
+// is missing, invalidated or advanced although capture started.
+func checkCapture(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
+	var hasSchema bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.capture_state') IS NOT NULL`).Scan(&hasSchema); err != nil || !hasSchema {
+		return // nothing captured yet (or an older schema the agent migrates)
+	}
+	a, pending, err := capture.Check(ctx, conn, slot)
+	switch {
+	case err != nil:
+		add(Result{Name: "capture continuity", Status: Fail, Detail: err.Error(), Fix: "check the connection and the role's privileges on schema pgaudit_cdc"})
+	case pending != nil:
+		add(Result{Name: "capture continuity", Status: Fail,
+			Detail: fmt.Sprintf("gap #%d pending since %s (%s): %s", pending.ID, pending.DetectedAt.UTC().Format(time.RFC3339), pending.Reason, pending.Detail),
+			Fix:    fmt.Sprintf("capture is stopped: accept the gap with `pgaudit-cdc run --accept-gap=%d` (one GAP event is recorded), then run `pgaudit-cdc backfill TABLE` for: %s", pending.ID, strings.Join(pending.Tables, ", "))})
+	case a.Verdict == capture.Gap:
+		add(Result{Name: "capture continuity", Status: Fail, Detail: fmt.Sprintf("%s: %s", a.Reason, a.Detail),
+			Fix: "start `pgaudit-cdc run`: it records the gap and stops; then accept it with `pgaudit-cdc run --accept-gap=ID` and backfill the affected tables"})
+	case a.Verdict == capture.Continue:
+		add(Result{Name: "capture continuity", Status: OK, Detail: "the slot continues the recorded capture"})
+	}
 }

@@ -3,6 +3,7 @@ package publish_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -20,17 +21,38 @@ var benchBody = []byte(`{"kind":"decision_card_status_changed","source":"procure
 	`"new":{"id":424242,"account_id":4243,"status":"shipped","amount":"6061.54","paid":true,"note":"order 424242 for customer 4242 via web checkout","created_at":"2026-01-05T21:50:42+00:00","details":{"qty":6,"sku":"SKU-551","tags":["gift","express"],"shipped":true}},` +
 	`"metadata":{"commit_lsn":"1/6B374D48","lsn":"1/6B374100","xid":91234,"commit_timestamp":"2026-11-22T19:34:41.416978+00:00","idempotency_key":"pgaudit-cdc:7441925118437418807:pgaudit_cdc:000000016B374D48:1"}}}`)
 
-// instantSpine answers POST /events with 201 and the client's read-back
-// with an empty list.
+// benchKey is benchBody's idempotency key.
+const benchKey = "pgaudit-cdc:7441925118437418807:pgaudit_cdc:000000016B374D48:1"
+
+// benchEcho is what the spine answers to benchBody: the stored event, about
+// as large as the envelope.
+var benchEcho = func() []byte {
+	var req struct {
+		Kind      string          `json:"kind"`
+		Source    string          `json:"source"`
+		Timestamp string          `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
+	}
+	if err := json.Unmarshal(benchBody, &req); err != nil {
+		panic(err)
+	}
+	hash := strings.Repeat("ab", 32)
+	return []byte(`{"event_id":1,"timestamp":"` + req.Timestamp + `","kind":"` + req.Kind + `","source":"` + req.Source +
+		`","payload":` + string(req.Payload) + `,"prev_hash":"` + hash + `","hash":"` + hash + `"}`)
+}()
+
+// instantSpine answers POST /events with 201 and benchEcho, and the
+// client's read-back with an empty list.
 func instantSpine(b *testing.B) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
 		if r.Method == http.MethodGet {
-			w.Header().Set("Content-Type", "application/json")
 			_, _ = io.WriteString(w, "[]")
 			return
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write(benchEcho)
 	}))
 	b.Cleanup(srv.Close)
 	return srv
@@ -46,7 +68,7 @@ func BenchmarkClientPublish(b *testing.B) {
 	}
 	c.SetIdentity("7441925118437418807", "pgaudit_cdc")
 	ctx := context.Background()
-	ev := &decode.Event{Body: benchBody, Source: "procurement-api", Pos: decode.Position{CommitLSN: 1}}
+	ev := &decode.Event{Body: benchBody, Key: benchKey, Source: "procurement-api", Pos: decode.Position{CommitLSN: 1}}
 	b.SetBytes(int64(len(benchBody)))
 	b.ReportAllocs()
 	for b.Loop() {

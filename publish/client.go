@@ -46,14 +46,23 @@ type ClientConfig struct {
 
 // Hooks let the caller observe delivery (metrics). Nil fields are skipped.
 type Hooks struct {
-	// Post is called after every POST with its outcome: "201", "4xx", "5xx",
-	// "429", "408" or "error", and its duration.
+	// Post is called after every POST with its outcome and duration: "201"
+	// (the answer is the stored event), "201_unconfirmed" (a 201 whose body
+	// is not: HTML, truncated, another event), "3xx", "4xx", "5xx", "429",
+	// "408", "other" (any other status) or "error" (no answer).
 	Post func(outcome string, d time.Duration)
-	// Retry is called before each wait, with the reason.
+	// Retry is called before each wait, with the reason: "connection",
+	// "5xx", "408", "429", "unexpected", "unconfirmed", "read_back", or,
+	// while the spine refuses this client as a whole, "refused_auth",
+	// "refused_spine" or "refused_redirect".
 	Retry func(reason string, wait time.Duration)
 	// Skipped is called for an event found already in the spine.
 	Skipped func(ev *decode.Event)
-	// SpineUp reports whether the last request reached the spine.
+	// SpineUp reports whether the last request was answered by a spine that
+	// serves this client. It is false after no answer, after an answer by
+	// which the spine (or what stands in its place) refuses the client
+	// (3xx, 401, 403, 404, 405, ...), after a 201 that is not the stored
+	// event, and after a read-back or health check that did not answer 200.
 	SpineUp func(up bool)
 }
 
@@ -126,9 +135,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg:       cfg,
 		base:      u,
 		eventsURL: u.String() + "/events",
-		http:      &http.Client{Transport: transport, Timeout: cfg.Timeout},
-		log:       cfg.Logger,
-		checked:   map[string]bool{},
+		http: &http.Client{
+			Transport: transport,
+			Timeout:   cfg.Timeout,
+			// A redirect is answered as it is, never followed: the spine
+			// does not redirect, so one means the URL is wrong, and the
+			// token must reach no host but the configured one.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		log:     cfg.Logger,
+		checked: map[string]bool{},
 	}, nil
 }
 
@@ -158,8 +174,95 @@ func (c *Client) MarkHandled(p decode.Position) {
 // Mark returns the high-water mark.
 func (c *Client) Mark() decode.Position { return c.mark }
 
-// RejectedError is a refusal by the spine that retrying will not change: a
-// 4xx other than 408 and 429.
+// Publish delivers ev and returns nil once the spine holds it (or held it
+// already). It retries transient failures, and refusals of the client as a
+// whole (a wrong token or URL), with capped exponential backoff until ctx
+// ends; it returns a *RejectedError when the spine refuses this event.
+func (c *Client) Publish(ctx context.Context, ev *decode.Event) error {
+	if c.systemID == "" {
+		return errors.New("BUG: publish.Client used before SetIdentity")
+	}
+	if ev.Key == "" {
+		return errors.New("BUG: publish.Client.Publish of an event without an idempotency key")
+	}
+	skipped, err := c.deliver(ctx, ev.Body, ev.Key, !c.checked[ev.Source],
+		func(ctx context.Context, readBack bool) (bool, error) {
+			if readBack {
+				if err := c.learn(ctx, ev.Source); err != nil {
+					return false, err
+				}
+			}
+			return !c.mark.Less(ev.Pos), nil
+		})
+	if err != nil {
+		return err
+	}
+	if skipped {
+		if c.cfg.Hooks.Skipped != nil {
+			c.cfg.Hooks.Skipped(ev)
+		}
+		return nil
+	}
+	c.MarkHandled(ev.Pos)
+	return nil
+}
+
+// deliver is the retry loop of Publish and Redeliver. Before each POST it
+// asks held whether the envelope is already handled — reading the spine back
+// (readBack) first, and again after every answer that leaves the append in
+// doubt — and returns skipped when it is. It returns nil once a POST is
+// accepted, a *RejectedError when the spine refuses the envelope, or ctx's
+// error; everything else is waited out and retried.
+func (c *Client) deliver(ctx context.Context, body []byte, key string, readBack bool,
+	held func(ctx context.Context, readBack bool) (bool, error)) (skipped bool, err error) {
+	attempt := 0
+	for {
+		done, err := held(ctx, readBack)
+		if err != nil {
+			if ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+			reason := "read_back"
+			var ref *refusedError
+			if errors.As(err, &ref) {
+				reason = ref.reason()
+			}
+			if err := c.wait(ctx, &attempt, reason, 0, err); err != nil {
+				return false, err
+			}
+			continue
+		}
+		readBack = false
+		if done {
+			return true, nil
+		}
+		a := c.post(ctx, body, key)
+		switch a.verdict {
+		case accepted:
+			return false, nil
+		case rejected:
+			return false, a.err
+		case unknown:
+			readBack = true
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if err := c.wait(ctx, &attempt, a.reason, a.retryAfter, a.err); err != nil {
+			return false, err
+		}
+	}
+}
+
+// RejectedError is the spine's refusal of one event that retrying will not
+// change: 400, 413 or 422, the answers about a request's body (the contract's
+// validation errors, an unparseable or too large body). The agent keeps such
+// an event as a dead letter and goes on.
+//
+// Every other 4xx, and every 3xx, is an answer about the client as a whole,
+// not about the event (a wrong token, a wrong URL, a proxy in the spine's
+// place): those are retried until the operator fixes the cause, and never
+// become dead letters.
 type RejectedError struct {
 	StatusCode int
 	Body       string
@@ -175,74 +278,123 @@ func IsRejected(err error) bool {
 	return errors.As(err, &r)
 }
 
-// Publish delivers ev and returns nil once the spine holds it (or held it
-// already). It retries transient failures with capped exponential backoff
-// and jitter until ctx ends; it returns a *RejectedError for refusals.
-func (c *Client) Publish(ctx context.Context, ev *decode.Event) error {
-	if c.systemID == "" {
-		return errors.New("BUG: publish.Client used before SetIdentity")
-	}
-	attempt := 0
-	uncertain := !c.checked[ev.Source]
-	for {
-		if uncertain {
-			if err := c.learn(ctx, ev.Source); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if err := c.wait(ctx, &attempt, "read_back", 0, err); err != nil {
-					return err
-				}
-				continue
-			}
-			uncertain = false
-		}
-		if !c.mark.Less(ev.Pos) {
-			if c.cfg.Hooks.Skipped != nil {
-				c.cfg.Hooks.Skipped(ev)
-			}
-			return nil
-		}
-		status, header, body, err := c.post(ctx, ev.Body)
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// A request that may have reached the spine is checked before it
-			// is sent again; one that never left (dial failure) is not.
-			uncertain = !isDialError(err)
-			if err := c.wait(ctx, &attempt, "connection", 0, err); err != nil {
-				return err
-			}
-		case status == http.StatusCreated:
-			c.mark = ev.Pos
-			return nil
-		case status == http.StatusTooManyRequests:
-			if err := c.wait(ctx, &attempt, "429", retryAfter(header), fmt.Errorf("HTTP 429")); err != nil {
-				return err
-			}
-		case status == http.StatusRequestTimeout || status >= 500:
-			// The append may have happened before the failure was reported.
-			uncertain = true
-			if err := c.wait(ctx, &attempt, statusClass(status), retryAfter(header), fmt.Errorf("HTTP %d: %s", status, truncate(body, 200))); err != nil {
-				return err
-			}
-		case status >= 400:
-			return &RejectedError{StatusCode: status, Body: body}
-		default:
-			uncertain = true
-			if err := c.wait(ctx, &attempt, "unexpected", 0, fmt.Errorf("unexpected HTTP %d: %s", status, truncate(body, 200))); err != nil {
-				return err
-			}
-		}
+// refusedError is an answer by which the spine, or whatever answers at its
+// URL, refuses this client rather than one event: nothing was appended, and
+// sending again works once the operator has fixed the cause that Error names.
+type refusedError struct {
+	request    string // "POST /events"
+	statusCode int
+	location   string // of a redirect, redacted
+}
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("the spine answered %s with HTTP %d %s: %s", e.request, e.statusCode,
+		http.StatusText(e.statusCode), refusalFix(e.statusCode, e.location))
+}
+
+// reason is the Retry hook's reason for waiting after this refusal.
+func (e *refusedError) reason() string {
+	switch {
+	case e.statusCode == http.StatusUnauthorized || e.statusCode == http.StatusForbidden ||
+		e.statusCode == http.StatusProxyAuthRequired:
+		return "refused_auth"
+	case e.statusCode >= 300 && e.statusCode < 400:
+		return "refused_redirect"
+	default:
+		return "refused_spine"
 	}
 }
 
-func (c *Client) post(ctx context.Context, body []byte) (int, http.Header, string, error) {
+// refusalFix says what to check for a refusal status.
+func refusalFix(code int, location string) string {
+	switch {
+	case code == http.StatusUnauthorized:
+		return "check AUDIT_STREAM_TOKEN: the spine, or a proxy in front of it, wants a valid bearer token"
+	case code == http.StatusForbidden:
+		return "check AUDIT_STREAM_TOKEN and what the spine, or a proxy in front of it, allows that token"
+	case code == http.StatusProxyAuthRequired:
+		return "a proxy between pgaudit-cdc and the spine wants credentials: check HTTP_PROXY, HTTPS_PROXY and NO_PROXY"
+	case code >= 300 && code < 400:
+		to := ""
+		if location != "" {
+			to = " (to " + location + ")"
+		}
+		return "check AUDIT_STREAM_URL: it redirects" + to + ", and redirects are not followed so that the token reaches no other host; set the URL the spine is served at"
+	case code == http.StatusNotFound:
+		return "check AUDIT_STREAM_URL: it must be the spine's base URL, to which /events is appended"
+	case code == http.StatusMethodNotAllowed:
+		return "check AUDIT_STREAM_URL: what answers there refuses a method the spine takes, so it is not the spine"
+	default:
+		return "check AUDIT_STREAM_URL and what answers there: the spine itself never gives this answer"
+	}
+}
+
+// verdict is what one POST's answer means for the event.
+type verdict int
+
+const (
+	// accepted: the answer is the stored event; the spine holds it.
+	accepted verdict = iota
+	// unknown: the event may or may not have been appended; the spine is
+	// read back before the event is sent again.
+	unknown
+	// notSent: the event was certainly not appended (429, a connection that
+	// was never made); it is sent again after the wait.
+	notSent
+	// refused: the spine refuses this client as a whole (*refusedError);
+	// nothing was appended; the event is sent again after the wait.
+	refused
+	// rejected: the spine refuses this event (*RejectedError).
+	rejected
+)
+
+// classify tells what an answer other than 201 means.
+//
+// Only 400, 413 and 422 speak about the request's body, so only they reject
+// the event. 401, 403 and 407 (credentials), 404, 405, 409, 410 and the
+// rest of 4xx, and every 3xx, come from a spine that refuses us or from
+// something that is not the spine (a proxy, a login page, a wrong path):
+// the contract's spine answers none of them to POST /events, and nothing
+// was appended. Dead-lettering on them would empty the stream into the
+// dead-letter table during a mere misconfiguration, so they are retried.
+func classify(code int) verdict {
+	switch {
+	case code == http.StatusTooManyRequests:
+		return notSent
+	case code == http.StatusRequestTimeout || code >= 500:
+		// The append may have happened before the failure was reported.
+		return unknown
+	case code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge ||
+		code == http.StatusUnprocessableEntity:
+		return rejected
+	case code >= 300 && code < 500:
+		return refused
+	default:
+		// Another 2xx, or a 1xx the transport did not handle: not the
+		// contract's answer, so the append is in doubt.
+		return unknown
+	}
+}
+
+// answer is the outcome of one POST.
+type answer struct {
+	verdict verdict
+	// err says why the event is not accepted: a *RejectedError, a
+	// *refusedError, or a transport or protocol error.
+	err error
+	// reason is the Retry hook's reason, retryAfter the wait the server
+	// asked for.
+	reason     string
+	retryAfter time.Duration
+}
+
+// post sends body once and judges the answer. A 201 counts as accepted only
+// when its body is the stored event with this key (see confirm); anything
+// else that may have been appended is unknown.
+func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.eventsURL, bytes.NewReader(body))
 	if err != nil {
-		return 0, nil, "", fmt.Errorf("building request: %w", err)
+		return answer{verdict: notSent, reason: "connection", err: fmt.Errorf("building request: %w", err)}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	c.authorize(req)
@@ -251,25 +403,71 @@ func (c *Client) post(ctx context.Context, body []byte) (int, http.Header, strin
 	if err != nil {
 		c.observe("error", start)
 		c.up(false)
-		return 0, nil, "", fmt.Errorf("posting to the spine: %w", redactErr(err))
+		// A request that may have reached the spine is checked before it
+		// is sent again; one that never left (dial failure) is not.
+		v := unknown
+		if isDialError(err) {
+			v = notSent
+		}
+		return answer{verdict: v, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(err))}
 	}
 	defer resp.Body.Close()
-	c.up(true)
 	if resp.StatusCode == http.StatusCreated {
-		// The answer echoes the stored event, as large as ours: only the
-		// status matters. Draining it (without keeping it) lets the
-		// connection serve the next request; the event is accepted either way.
-		_, _ = io.Copy(io.Discard, resp.Body)
+		if err := confirm(resp.Body, key); err != nil {
+			// Not drained: the body may be stalled or huge. Closing it
+			// closes the connection, which is what a broken answer deserves.
+			c.observe("201_unconfirmed", start)
+			c.up(false)
+			return answer{verdict: unknown, reason: "unconfirmed",
+				err: fmt.Errorf("the spine answered 201, but not with the stored event: %w", redactErr(err))}
+		}
 		c.observe("201", start)
-		return resp.StatusCode, resp.Header, "", nil
+		c.up(true)
+		return answer{verdict: accepted}
 	}
-	text, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
+	v := classify(resp.StatusCode)
+	text, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if rerr != nil && v == rejected {
+		// A verdict on the event needs the whole refusal; without it the
+		// answer is as good as lost.
 		c.observe("error", start)
-		return 0, nil, "", fmt.Errorf("reading the spine's answer: %w", err)
+		c.up(false)
+		return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", redactErr(rerr))}
 	}
 	c.observe(statusClass(resp.StatusCode), start)
-	return resp.StatusCode, resp.Header, string(text), nil
+	c.up(v != refused)
+	a := answer{verdict: v, reason: statusClass(resp.StatusCode)}
+	switch v {
+	case rejected:
+		a.err = &RejectedError{StatusCode: resp.StatusCode, Body: string(text)}
+	case refused:
+		ref := &refusedError{request: "POST /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))}
+		a.err, a.reason = ref, ref.reason()
+	case notSent:
+		a.retryAfter = retryAfter(resp.Header)
+		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
+	default:
+		if resp.StatusCode < 300 {
+			a.reason = "unexpected"
+		} else {
+			a.retryAfter = retryAfter(resp.Header)
+		}
+		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
+	}
+	return a
+}
+
+// redactLocation keeps the scheme, host and path of a redirect's target:
+// its user info and query may hold credentials or single-sign-on state.
+func redactLocation(loc string) string {
+	if loc == "" {
+		return ""
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return "an unparseable URL"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 }
 
 func (c *Client) observe(outcome string, start time.Time) {
@@ -341,15 +539,24 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		return 0, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
 	}
 	defer resp.Body.Close()
-	c.up(true)
+	// Only the spine's own answer, a JSON array, counts as the spine being
+	// there: a refusal or a proxy's page would otherwise keep /readyz green
+	// while nothing can be delivered.
 	if resp.StatusCode != http.StatusOK {
+		c.up(false)
+		if classify(resp.StatusCode) == refused {
+			return 0, fmt.Errorf("reading back events of source %q: %w", source,
+				&refusedError{request: "GET /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))})
+		}
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, truncate(string(text), 200))
 	}
 	dec := json.NewDecoder(resp.Body)
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		c.up(false)
 		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (%v)", source, err)
 	}
+	c.up(true)
 	n := 0
 	for dec.More() {
 		var e struct {
@@ -369,8 +576,9 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	return n, nil
 }
 
-// wait sleeps before the next attempt: capped exponential backoff with full
-// jitter, or the server's Retry-After when it asked for longer.
+// wait sleeps before the next attempt: capped exponential backoff with
+// equal jitter (see Backoff), or the server's Retry-After when it asked for
+// longer.
 func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAfter time.Duration, cause error) error {
 	d := Backoff(*attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	if retryAfter > d {
@@ -380,11 +588,16 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAft
 	if c.cfg.Hooks.Retry != nil {
 		c.cfg.Hooks.Retry(reason, d)
 	}
-	level := slog.LevelWarn
+	level, msg := slog.LevelWarn, "spine delivery failed; retrying"
+	var ref *refusedError
+	if errors.As(cause, &ref) {
+		// Nothing heals by itself here: the operator must act.
+		level, msg = slog.LevelError, "the spine refuses this client; retrying until the cause is fixed"
+	}
 	if *attempt > 1 && *attempt%10 != 0 {
 		level = slog.LevelDebug // one line per ten retries keeps a long outage readable
 	}
-	c.log.Log(ctx, level, "spine delivery failed; retrying", "reason", reason, "attempt", *attempt, "wait", d.Round(time.Millisecond), "err", cause)
+	c.log.Log(ctx, level, msg, "reason", reason, "attempt", *attempt, "wait", d.Round(time.Millisecond), "err", cause)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -396,7 +609,9 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAft
 }
 
 // Backoff is the delay before retry number attempt (0-based): a random
-// duration in [d/2, d] where d = min·2^attempt, capped at max.
+// duration in [d/2, d] where d = min·2^attempt, capped at max ("equal
+// jitter": never less than half the step, so retries still back off, while
+// agents restarted together spread out).
 func Backoff(attempt int, minD, maxD time.Duration) time.Duration {
 	d := minD
 	for i := 0; i < attempt && d < maxD; i++ {
@@ -435,6 +650,8 @@ func statusClass(code int) string {
 		return "5xx"
 	case code >= 400:
 		return "4xx"
+	case code >= 300:
+		return "3xx"
 	default:
 		return "other"
 	}
@@ -445,8 +662,11 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// Kinds returns the event kinds the spine advertises in its OpenAPI schema
-// (components.schemas.EventKind.enum).
+// Kinds returns the event kinds the spine advertises in its OpenAPI schema.
+// The spine's pydantic v2 models inline the kinds into the request schema,
+// at components.schemas.PublishRequest.properties.kind.enum; a spine whose
+// schema has a separate components.schemas.EventKind (pydantic v1 style) is
+// read there instead.
 func (c *Client) Kinds(ctx context.Context) ([]string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/openapi.json", nil)
 	if err != nil {
@@ -459,23 +679,41 @@ func (c *Client) Kinds(ctx context.Context) ([]string, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		if classify(resp.StatusCode) == refused {
+			return nil, fmt.Errorf("reading the spine's kinds: %w",
+				&refusedError{request: "GET /openapi.json", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))})
+		}
 		return nil, fmt.Errorf("reading the spine's kinds: GET /openapi.json answered HTTP %d", resp.StatusCode)
 	}
+	type enum struct {
+		Enum []string `json:"enum"`
+	}
+	// Only the two places read are typed: the other schemas may hold enums
+	// of anything.
 	var doc struct {
 		Components struct {
-			Schemas map[string]struct {
-				Enum []string `json:"enum"`
+			Schemas struct {
+				PublishRequest struct {
+					Properties struct {
+						Kind enum `json:"kind"`
+					} `json:"properties"`
+				} `json:"PublishRequest"`
+				EventKind enum `json:"EventKind"`
 			} `json:"schemas"`
 		} `json:"components"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
-		return nil, fmt.Errorf("reading the spine's kinds: %w", err)
+		return nil, fmt.Errorf("reading the spine's kinds: decoding /openapi.json: %w", err)
 	}
-	kinds := doc.Components.Schemas["EventKind"].Enum
-	if len(kinds) == 0 {
-		return nil, errors.New("reading the spine's kinds: /openapi.json has no EventKind enum")
+	schemas := doc.Components.Schemas
+	if kinds := schemas.PublishRequest.Properties.Kind.Enum; len(kinds) > 0 {
+		return kinds, nil
 	}
-	return kinds, nil
+	if kinds := schemas.EventKind.Enum; len(kinds) > 0 {
+		return kinds, nil
+	}
+	return nil, errors.New("reading the spine's kinds: /openapi.json lists none " +
+		"(neither components.schemas.PublishRequest.properties.kind.enum nor components.schemas.EventKind.enum)")
 }
 
 // Health checks GET /healthz.
@@ -491,8 +729,12 @@ func (c *Client) Health(ctx context.Context) error {
 		return fmt.Errorf("the spine at %s is unreachable: %w", c.base.Redacted(), redactErr(err))
 	}
 	resp.Body.Close()
-	c.up(true)
+	c.up(resp.StatusCode == http.StatusOK)
 	if resp.StatusCode != http.StatusOK {
+		if classify(resp.StatusCode) == refused {
+			return fmt.Errorf("the spine at %s: %w", c.base.Redacted(),
+				&refusedError{request: "GET /healthz", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))})
+		}
 		return fmt.Errorf("the spine at %s answered /healthz with HTTP %d", c.base.Redacted(), resp.StatusCode)
 	}
 	return nil
@@ -525,52 +767,22 @@ func redactURL(s string) string {
 
 // Redeliver sends one envelope again outside the ordered stream (a dead
 // letter being retried). It first looks for key in the spine, and after an
-// uncertain failure looks again before re-sending, so the envelope is in the
-// chain exactly once. It returns a *RejectedError if the spine refuses it
-// again.
+// uncertain outcome looks again before re-sending, so the envelope is in the
+// chain exactly once. Like Publish it retries until ctx ends, refusals of
+// the client as a whole included; it returns a *RejectedError if the spine
+// refuses the envelope again.
 func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte) error {
-	body = MarkRedelivered(body)
-	attempt := 0
-	check := true
-	for {
-		if check {
-			found, err := c.hasKey(ctx, source, key)
-			if err != nil {
-				if err := c.wait(ctx, &attempt, "read_back", 0, err); err != nil {
-					return err
-				}
-				continue
-			}
-			if found {
-				return nil
-			}
-			check = false
-		}
-		status, header, text, err := c.post(ctx, body)
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			check = !isDialError(err)
-			if err := c.wait(ctx, &attempt, "connection", 0, err); err != nil {
-				return err
-			}
-		case status == http.StatusCreated:
-			return nil
-		case status == http.StatusTooManyRequests:
-			if err := c.wait(ctx, &attempt, "429", retryAfter(header), fmt.Errorf("HTTP 429")); err != nil {
-				return err
-			}
-		case status == http.StatusRequestTimeout || status >= 500 || status < 400:
-			check = true
-			if err := c.wait(ctx, &attempt, statusClass(status), retryAfter(header), fmt.Errorf("HTTP %d", status)); err != nil {
-				return err
-			}
-		default:
-			return &RejectedError{StatusCode: status, Body: text}
-		}
+	if key == "" {
+		return errors.New("BUG: publish.Client.Redeliver of an envelope without an idempotency key")
 	}
+	_, err := c.deliver(ctx, MarkRedelivered(body), key, true,
+		func(ctx context.Context, readBack bool) (bool, error) {
+			if !readBack {
+				return false, nil
+			}
+			return c.hasKey(ctx, source, key)
+		})
+	return err
 }
 
 // MarkRedelivered adds "redelivered": true to an envelope's

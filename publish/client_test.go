@@ -3,7 +3,6 @@ package publish
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -42,10 +41,13 @@ func keys(evs []spinetest.Event) []string {
 }
 
 func TestPublishFaultsGiveExactlyOnce(t *testing.T) {
-	faults := []spinetest.Fault{spinetest.Fault503, spinetest.Fault500, spinetest.FaultDropBefore, spinetest.FaultDropAfter, spinetest.Fault429}
+	faults := []spinetest.Fault{spinetest.Fault503, spinetest.Fault500, spinetest.FaultDropBefore, spinetest.FaultDropAfter, spinetest.Fault429,
+		spinetest.Fault201HTML, spinetest.Fault201HTMLAfter, spinetest.FaultStallBody,
+		spinetest.Fault401, spinetest.Fault403, spinetest.Fault404, spinetest.Fault405, spinetest.Fault302}
 	for _, f := range faults {
 		t.Run(f.String(), func(t *testing.T) {
 			spine := spinetest.Start(t)
+			spine.SetStall(20 * time.Millisecond)
 			c := newTestClient(t, spine.URL())
 			spine.FailNext(2, f)
 			for i := uint32(1); i <= 3; i++ {
@@ -159,24 +161,20 @@ func TestRedeliverIsIdempotentAndIgnoredByReadBack(t *testing.T) {
 }
 
 func TestRetryAfterIsHonoured(t *testing.T) {
+	spine := spinetest.New()
+	spine.FailNext(1, spinetest.Fault429) // answers Retry-After: 1
 	calls := 0
 	var first time.Time
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			_ = json.NewEncoder(w).Encode([]any{})
-			return
+		if r.Method == http.MethodPost {
+			calls++
+			if calls == 1 {
+				first = time.Now()
+			} else if d := time.Since(first); d < 900*time.Millisecond {
+				t.Errorf("retried after %s, want ≥ 1s (Retry-After)", d)
+			}
 		}
-		calls++
-		if calls == 1 {
-			first = time.Now()
-			w.Header().Set("Retry-After", "1")
-			w.WriteHeader(http.StatusTooManyRequests)
-			return
-		}
-		if d := time.Since(first); d < 900*time.Millisecond {
-			t.Errorf("retried after %s, want ≥ 1s (Retry-After)", d)
-		}
-		w.WriteHeader(http.StatusCreated)
+		spine.ServeHTTP(w, r)
 	}))
 	defer srv.Close()
 	c := newTestClient(t, srv.URL)

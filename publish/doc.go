@@ -2,8 +2,24 @@
 // (Client), or as JSON lines to a writer (Writer, the built-in sink).
 //
 // The spine's contract is in shared/audit-stream-contract.md: POST /events
-// appends one event and answers 201; there is no de-duplication, so Client
-// reads the spine back before re-sending anything whose fate is unknown.
+// appends one event and answers 201 with the stored event; there is no
+// de-duplication, so Client reads the spine back before re-sending anything
+// whose fate is unknown.
+//
+// Client judges each answer by what it proves, not by its status alone:
+//   - An event is accepted only when the 201's body is the stored event
+//     carrying the event's idempotency key. A 201 with an HTML page, a body
+//     cut short or stalled, or another event leaves the append in doubt, as a
+//     5xx, a 408 or a dropped connection do: the spine is read back, and the
+//     event is sent again only if it is not there.
+//   - 400, 413 and 422 are the spine's refusal of this event (RejectedError):
+//     the caller keeps it as a dead letter.
+//   - Every 3xx and every other 4xx but 408 and 429 (401, 403, 404, 405, ...)
+//     is a refusal of the client as a whole — a wrong token or URL, a proxy
+//     answering in the spine's place — which no event deserves to be
+//     dead-lettered for: delivery is retried with backoff, the spine is
+//     reported down, and the log says what to fix. Redirects are never
+//     followed, so the token reaches no host but the configured one.
 package publish
 
 import (

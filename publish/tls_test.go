@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
 // TestHTTPSWithCustomCAAndToken checks AUDIT_STREAM_CA_FILE and
@@ -21,18 +23,14 @@ import (
 func TestHTTPSWithCustomCAAndToken(t *testing.T) {
 	const token = "s3cr3t-token-value"
 	var authOK atomic.Int64
+	spine := spinetest.New()
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer "+token {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
 		authOK.Add(1)
-		switch {
-		case r.Method == http.MethodGet:
-			_, _ = w.Write([]byte("[]"))
-		default:
-			w.WriteHeader(http.StatusCreated)
-		}
+		spine.ServeHTTP(w, r)
 	}))
 	defer srv.Close()
 	caFile := filepath.Join(t.TempDir(), "ca.pem")

@@ -202,3 +202,15 @@ func Explain(err error) error {
 	}
 	return err
 }
+
+// Identify returns the server's system identifier and timeline
+// (IDENTIFY_SYSTEM on a short-lived replication connection). Only the
+// replication protocol tells the timeline of a running primary reliably.
+func Identify(ctx context.Context, dsn string) (systemID string, timeline int32, err error) {
+	s, err := Connect(ctx, dsn)
+	if err != nil {
+		return "", 0, err
+	}
+	defer s.Close(context.WithoutCancel(ctx))
+	return s.SystemID, s.Timeline, nil
+}

@@ -20,7 +20,13 @@ import (
 const (
 	RegistryTable       = "watches"
 	SchemaRegistryTable = "schema_watches"
+	// ControlTable holds the rows that authenticate control messages (skip,
+	// backfill): it is published so the agent sees them in their transaction.
+	ControlTable = "control"
 )
+
+// publishedTables are pgaudit-cdc's own tables in the publication.
+var publishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable}
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
@@ -68,6 +74,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
 		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
 		", " + pgx.Identifier{migrations.Schema, SchemaRegistryTable}.Sanitize() +
+		", " + pgx.Identifier{migrations.Schema, ControlTable}.Sanitize() +
 		" WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		if isCode(err, "42710") { // created meanwhile by a concurrent call
@@ -79,7 +86,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 }
 
 func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication string) error {
-	for _, table := range []string{RegistryTable, SchemaRegistryTable} {
+	for _, table := range publishedTables {
 		var member bool
 		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
 			JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = $2::regclass)`,
@@ -102,7 +109,9 @@ func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication st
 // database or output plugin.
 var ErrWrongSlot = errors.New("slot belongs to another database or plugin")
 
-// SlotInfo is what pg_replication_slots says about a slot.
+// SlotInfo is what pg_replication_slots says about a slot. It is the one
+// query of that view: status, doctor, the agent and capture continuity all
+// read it through LookupSlot.
 type SlotInfo struct {
 	Exists            bool
 	Plugin            string
@@ -111,41 +120,71 @@ type SlotInfo struct {
 	ActivePID         int32
 	ConfirmedFlushLSN decode.LSN
 	RestartLSN        decode.LSN
+	// WALStatus is reserved, extended, unreserved or lost (PostgreSQL 13+).
+	WALStatus string
+	// InvalidationReason is PostgreSQL 17's invalidation_reason; on 16,
+	// "conflict" when the slot is marked conflicting.
+	InvalidationReason string
+	// Failover and Synced are PostgreSQL 17's failover-slot columns.
+	Failover bool
+	Synced   bool
 }
 
-// LookupSlot reads a slot's state.
-func LookupSlot(ctx context.Context, conn *pgx.Conn, slot string) (SlotInfo, error) {
-	var (
-		info              SlotInfo
-		pid               *int32
-		confirmed, restrt *string
-		plugin, database  *string
-	)
-	err := conn.QueryRow(ctx, `SELECT plugin, database, active, active_pid,
-			confirmed_flush_lsn::text, restart_lsn::text
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &database, &info.Active, &pid, &confirmed, &restrt)
+// Invalidated reports whether the slot can no longer deliver every change
+// after its confirmed position: its WAL was removed, or it was invalidated.
+func (s SlotInfo) Invalidated() bool {
+	return s.Exists && (s.WALStatus == "lost" || s.InvalidationReason != "")
+}
+
+// LookupSlot reads a slot's state. The row is read as JSON so that columns
+// added by later PostgreSQL versions (failover, synced, invalidation_reason)
+// are read where they exist, with one query for every version.
+func LookupSlot(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, slot string) (SlotInfo, error) {
+	var row struct {
+		Plugin             *string `json:"plugin"`
+		Database           *string `json:"database"`
+		Active             bool    `json:"active"`
+		ActivePID          *int32  `json:"active_pid"`
+		ConfirmedFlushLSN  *string `json:"confirmed_flush_lsn"`
+		RestartLSN         *string `json:"restart_lsn"`
+		WALStatus          *string `json:"wal_status"`
+		InvalidationReason *string `json:"invalidation_reason"`
+		Conflicting        *bool   `json:"conflicting"`
+		Failover           *bool   `json:"failover"`
+		Synced             *bool   `json:"synced"`
+	}
+	err := q.QueryRow(ctx, `SELECT to_jsonb(s) FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return SlotInfo{}, nil
 	}
 	if err != nil {
 		return SlotInfo{}, fmt.Errorf("looking up replication slot %q: %w", slot, err)
 	}
-	info.Exists = true
-	if plugin != nil {
-		info.Plugin = *plugin
+	info := SlotInfo{Exists: true, Active: row.Active}
+	str := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
 	}
-	if database != nil {
-		info.Database = *database
+	info.Plugin, info.Database, info.WALStatus = str(row.Plugin), str(row.Database), str(row.WALStatus)
+	info.InvalidationReason = str(row.InvalidationReason)
+	if info.InvalidationReason == "" && row.Conflicting != nil && *row.Conflicting {
+		info.InvalidationReason = "conflict"
 	}
-	if pid != nil {
-		info.ActivePID = *pid
+	if row.ActivePID != nil {
+		info.ActivePID = *row.ActivePID
 	}
-	if confirmed != nil {
-		info.ConfirmedFlushLSN, _ = ParseLSN(*confirmed)
+	if row.ConfirmedFlushLSN != nil {
+		info.ConfirmedFlushLSN, _ = ParseLSN(*row.ConfirmedFlushLSN)
 	}
-	if restrt != nil {
-		info.RestartLSN, _ = ParseLSN(*restrt)
+	if row.RestartLSN != nil {
+		info.RestartLSN, _ = ParseLSN(*row.RestartLSN)
 	}
+	info.Failover = row.Failover != nil && *row.Failover
+	info.Synced = row.Synced != nil && *row.Synced
 	return info, nil
 }
 
@@ -158,36 +197,61 @@ func ParseLSN(s string) (decode.LSN, error) {
 	return decode.LSN(uint64(hi)<<32 | uint64(lo)), nil
 }
 
-// EnsureSlot creates the logical replication slot (plugin pgoutput) when it
-// does not exist, so that changes are retained from this moment on, whether or
-// not an agent is running. It must not run inside a transaction that has
-// written: slot creation waits for every running writing transaction.
-func EnsureSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
-	info, err := LookupSlot(ctx, conn, slot)
-	if err != nil {
-		return err
+// CreateSlot creates the logical replication slot (plugin pgoutput), so that
+// changes are retained from this moment on, whether or not an agent is
+// running. A slot created concurrently by another call is not an error. It
+// must not run inside a transaction that has written: slot creation waits for
+// every running writing transaction.
+//
+// Only package capture decides when a slot may be created: re-creating a lost
+// slot silently would hide the changes it lost.
+func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	switch {
+	case err == nil, isCode(err, "42710"): // 42710: created concurrently
+		return nil
+	case isCode(err, "53400"):
+		return fmt.Errorf("creating replication slot %q: all replication slots are in use: raise max_replication_slots (and restart PostgreSQL) or drop an unused slot: %w", slot, err)
+	case isCode(err, "42501"):
+		return fmt.Errorf("creating replication slot %q: the role lacks the REPLICATION attribute: run ALTER ROLE <role> REPLICATION as a superuser: %w", slot, err)
+	case isCode(err, "55000"):
+		return fmt.Errorf("creating replication slot %q: %w (set wal_level = logical and restart PostgreSQL)", slot, err)
+	default:
+		return fmt.Errorf("creating replication slot %q: %w", slot, err)
 	}
-	if !info.Exists {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		defer cancel()
-		_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
-		switch {
-		case err == nil:
+}
+
+// DropSlot drops the slot, ending the walsender that holds it first. Only an
+// operator's acceptance of a gap leads here (an invalidated slot).
+func DropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	_, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+		WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot)
+	if err != nil {
+		return fmt.Errorf("ending the walsender of slot %q: %w", slot, err)
+	}
+	for attempt := 0; ; attempt++ {
+		_, err = conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot)
+		if err == nil || isCode(err, "42704") { // 42704: already gone
 			return nil
-		case isCode(err, "42710"): // created concurrently
-			info, err = LookupSlot(ctx, conn, slot)
-			if err != nil {
-				return err
-			}
-		case isCode(err, "53400"):
-			return fmt.Errorf("creating replication slot %q: all replication slots are in use: raise max_replication_slots (and restart PostgreSQL) or drop an unused slot: %w", slot, err)
-		case isCode(err, "42501"):
-			return fmt.Errorf("creating replication slot %q: the role lacks the REPLICATION attribute: run ALTER ROLE <role> REPLICATION as a superuser: %w", slot, err)
-		case isCode(err, "55000"):
-			return fmt.Errorf("creating replication slot %q: %w (set wal_level = logical and restart PostgreSQL)", slot, err)
-		default:
-			return fmt.Errorf("creating replication slot %q: %w", slot, err)
 		}
+		if !isCode(err, "55006") || attempt >= 50 { // 55006: still active
+			return fmt.Errorf("dropping replication slot %q: %w", slot, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// CheckSlotOwner fails when the slot exists but belongs to another database
+// or output plugin.
+func CheckSlotOwner(ctx context.Context, conn *pgx.Conn, slot string, info SlotInfo) error {
+	if !info.Exists {
+		return nil
 	}
 	var db string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {

@@ -1,9 +1,45 @@
 package watches
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 )
+
+// RegistryLockKey is the transaction-level advisory lock that Watch and
+// Unwatch hold exclusively while they change the registry. A transaction
+// that must not interleave with them (a backfill chunk, which must see
+// whether its table is still watched) takes it shared, before any other lock.
+const RegistryLockKey = lockKey
+
+// ErrOwnTable is wrapped when asked to watch pgaudit-cdc's own tables.
+var ErrOwnTable = errors.New("pgaudit-cdc's own tables cannot be watched")
+
+// CheckWatchable refuses the tables of pgaudit-cdc's own schema: changes to
+// the watch registry are audited by its self-audit events already, and the
+// other tables (progress, dead letters) are its bookkeeping, which a watch
+// would feed back into the stream it keeps.
+func CheckWatchable(t TableName) error {
+	if t.Schema != migrations.Schema {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is in schema %s, whose changes pgaudit-cdc's self-audit events (WATCH, UNWATCH) record already; watch your application's tables instead",
+		ErrOwnTable, decode.QualifiedName(t.Schema, t.Name), migrations.Schema)
+}
+
+// CheckWatchableSchema refuses a schema-wide watch of pgaudit-cdc's own
+// schema, for the reasons of CheckWatchable. schema is as PostgreSQL stores
+// it (no case folding).
+func CheckWatchableSchema(schema string) error {
+	if schema != migrations.Schema {
+		return nil
+	}
+	return fmt.Errorf("%w: schema %s holds them, and pgaudit-cdc's self-audit events (WATCH, UNWATCH) record their changes already; watch your application's schemas instead",
+		ErrOwnTable, migrations.Schema)
+}
 
 // TableName is a schema-qualified table name as PostgreSQL stores it (case
 // folded, quotes removed).

@@ -1,6 +1,7 @@
 package watches
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -42,5 +43,34 @@ func TestParseTableName(t *testing.T) {
 				t.Fatalf("got %+v, %v; want %s.%s", got, err, tt.schema, tt.name)
 			}
 		})
+	}
+}
+
+func TestCheckWatchable(t *testing.T) {
+	for _, in := range []string{"pgaudit_cdc.watches", "PGAUDIT_CDC.backfills", `"pgaudit_cdc"."dead_letters"`, "pgaudit_cdc.nonexistent"} {
+		tn, err := ParseTableName(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckWatchable(tn); !errors.Is(err, ErrOwnTable) || !strings.Contains(err.Error(), "self-audit") {
+			t.Errorf("CheckWatchable(%s): got %v, want ErrOwnTable explaining the self-audit", in, err)
+		}
+	}
+	for _, in := range []string{"decisions", "public.watches", `"PGAUDIT_CDC".watches`, `"pgaudit_cdc ".watches`, `"pgaudit_cdc.watches"`} {
+		tn, err := ParseTableName(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckWatchable(tn); err != nil {
+			t.Errorf("CheckWatchable(%s): got %v, want nil", in, err)
+		}
+	}
+	if err := CheckWatchableSchema("pgaudit_cdc"); !errors.Is(err, ErrOwnTable) {
+		t.Errorf("CheckWatchableSchema(pgaudit_cdc): got %v, want ErrOwnTable", err)
+	}
+	for _, s := range []string{"billing", "PGAUDIT_CDC", "public"} {
+		if err := CheckWatchableSchema(s); err != nil {
+			t.Errorf("CheckWatchableSchema(%s): got %v, want nil", s, err)
+		}
 	}
 }

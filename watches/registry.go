@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -46,10 +47,17 @@ func (r *Registry) prepare(ctx context.Context) error {
 	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
 		return err
 	}
-	if err := replication.EnsureSlot(ctx, r.conn, r.slot); err != nil {
+	// The slot exists from the first watch on, so capture starts now. Only
+	// package capture creates it: a slot lost after capture started is a
+	// gap (a *capture.GapError), not something to re-create quietly.
+	sys, timeline, err := replication.Identify(ctx, r.conn.Config().ConnString())
+	if err != nil {
 		return err
 	}
-	_, err := EnsureEventTrigger(ctx, r.conn)
+	if _, err := capture.Ensure(ctx, r.conn, capture.Options{Slot: r.slot, SystemID: sys, Timeline: timeline}); err != nil {
+		return err
+	}
+	_, err = EnsureEventTrigger(ctx, r.conn)
 	return err
 }
 
@@ -347,20 +355,21 @@ func (r *Registry) setReplicaIdentityFull(ctx context.Context, tx pgx.Tx, rel re
 		}
 	}
 	if rel.partitioned {
-		return fixPartitions(ctx, tx, rel.oid)
+		_, err := fixPartitions(ctx, tx, rel.oid)
+		return err
 	}
 	return nil
 }
 
 // fixPartitions sets REPLICA IDENTITY FULL on the partitions of root that
 // lack it.
-func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) error {
+func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname
 		FROM pg_partition_tree($1::oid::regclass) pt
 		JOIN pg_class c ON c.oid = pt.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE pt.relid <> $1::oid::regclass AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'`, root)
 	if err != nil {
-		return fmt.Errorf("listing partitions: %w", err)
+		return nil, fmt.Errorf("listing partitions: %w", err)
 	}
 	names, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (TableName, error) {
 		var t TableName
@@ -368,60 +377,95 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) error {
 		return t, err
 	})
 	if err != nil {
-		return fmt.Errorf("listing partitions: %w", err)
+		return nil, fmt.Errorf("listing partitions: %w", err)
 	}
+	var fixed []string
 	for _, p := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{p.Schema, p.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fmt.Errorf("setting REPLICA IDENTITY FULL on partition %s: %w", decode.QualifiedName(p.Schema, p.Name), err)
+			return fixed, fmt.Errorf("setting REPLICA IDENTITY FULL on partition %s: %w", decode.QualifiedName(p.Schema, p.Name), err)
 		}
+		fixed = append(fixed, decode.QualifiedName(p.Schema, p.Name))
 	}
-	return nil
+	return fixed, nil
 }
 
-// FixReplicaIdentity gives partitions created after their partitioned table
-// was watched, and tables created in a watched schema, the REPLICA IDENTITY
-// FULL they need. The agent calls it periodically.
+// FixReplicaIdentity gives every table a watch covers the REPLICA IDENTITY
+// FULL it needs: partitions created after their partitioned table was
+// watched, tables created in a watched schema, and watched tables whose
+// identity a migration weakened (ALTER TABLE ... REPLICA IDENTITY DEFAULT).
+// Tables with a column list keep their primary key as identity. It returns
+// the tables it changed. The agent calls it periodically, and at once when
+// the stream shows a weakened identity.
 //
 // ALTER TABLE needs an ACCESS EXCLUSIVE lock; a short lock_timeout keeps a
-// long application transaction from stalling the caller (the agent's reader,
-// which must keep the replication session alive): it tries again later.
-func (r *Registry) FixReplicaIdentity(ctx context.Context) error {
+// long application transaction from stalling the caller: it tries again
+// later.
+func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("starting transaction: %w", err)
+		return nil, fmt.Errorf("starting transaction: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return fmt.Errorf("setting lock_timeout: %w", err)
+		return nil, fmt.Errorf("setting lock_timeout: %w", err)
 	}
-	rows, err := tx.Query(ctx, `SELECT w.table_oid FROM pgaudit_cdc.watches w
+	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname FROM pgaudit_cdc.watches w
+		JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE w.active AND w.columns IS NULL AND w.exclude_columns IS NULL
+			AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'`)
+	if err != nil {
+		return nil, fmt.Errorf("listing watched tables: %w", err)
+	}
+	weakened, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (TableName, error) {
+		var t TableName
+		err := row.Scan(&t.Schema, &t.Name)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing watched tables: %w", err)
+	}
+	var fixed []string
+	for _, t := range weakened {
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
+			return nil, fmt.Errorf("restoring REPLICA IDENTITY FULL on %s (the role must own the table or be a member of its owner): %w", decode.QualifiedName(t.Schema, t.Name), err)
+		}
+		fixed = append(fixed, decode.QualifiedName(t.Schema, t.Name))
+	}
+	rows, err = tx.Query(ctx, `SELECT w.table_oid FROM pgaudit_cdc.watches w
 		JOIN pg_class c ON c.oid = w.table_oid WHERE w.active AND c.relkind = 'p'`)
 	if err != nil {
-		return fmt.Errorf("listing watched partitioned tables: %w", err)
+		return nil, fmt.Errorf("listing watched partitioned tables: %w", err)
 	}
 	roots, err := pgx.CollectRows(rows, pgx.RowTo[uint32])
 	if err != nil {
-		return fmt.Errorf("listing watched partitioned tables: %w", err)
+		return nil, fmt.Errorf("listing watched partitioned tables: %w", err)
 	}
 	for _, root := range roots {
-		if err := fixPartitions(ctx, tx, root); err != nil {
-			return err
+		names, err := fixPartitions(ctx, tx, root)
+		if err != nil {
+			return nil, err
 		}
+		fixed = append(fixed, names...)
 	}
 	rows, err = tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active`)
 	if err != nil {
-		return fmt.Errorf("listing watched schemas: %w", err)
+		return nil, fmt.Errorf("listing watched schemas: %w", err)
 	}
 	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("listing watched schemas: %w", err)
+		return nil, fmt.Errorf("listing watched schemas: %w", err)
 	}
-	for _, s := range schemas {
-		if err := fixSchemaTables(ctx, tx, s); err != nil {
-			return err
+	for _, sc := range schemas {
+		names, err := fixSchemaTables(ctx, tx, sc)
+		if err != nil {
+			return nil, err
 		}
+		fixed = append(fixed, names...)
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("committing replica identity changes: %w", err)
+	}
+	return fixed, nil
 }
 
 // Unwatch stops auditing t. It reports whether an active watch was removed;
@@ -519,7 +563,8 @@ func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
 func Map(entries []Entry) map[uint32]decode.Watch {
 	m := make(map[uint32]decode.Watch, len(entries))
 	for _, e := range entries {
-		m[e.TableOID] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active, OnColumns: nilIfEmpty(e.Options.OnColumns)}
+		m[e.TableOID] = decode.Watch{Kind: e.Kind, Source: e.Source, Active: e.Active, OnColumns: nilIfEmpty(e.Options.OnColumns),
+			KeyIdentity: len(e.Options.Columns) > 0 || len(e.Options.ExcludeColumns) > 0}
 	}
 	return m
 }

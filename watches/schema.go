@@ -54,7 +54,7 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	if err != nil {
 		return fmt.Errorf("looking up schema %q: %w", schema, err)
 	}
-	if err := fixSchemaTables(ctx, tx, schema); err != nil {
+	if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
 		return err
 	}
 	var member bool
@@ -119,24 +119,26 @@ func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, erro
 
 // fixSchemaTables sets REPLICA IDENTITY FULL on the tables of schema that
 // lack it (partitions included).
-func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) error {
+func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'
 			AND c.oid NOT IN (SELECT table_oid FROM pgaudit_cdc.watches
 				WHERE active AND (columns IS NOT NULL OR exclude_columns IS NOT NULL))`, schema)
 	if err != nil {
-		return fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+		return nil, fmt.Errorf("listing the tables of schema %q: %w", schema, err)
 	}
 	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+		return nil, fmt.Errorf("listing the tables of schema %q: %w", schema, err)
 	}
+	var fixed []string
 	for _, n := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, n}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fmt.Errorf("setting REPLICA IDENTITY FULL on %s (the role must own it): %w", decode.QualifiedName(schema, n), err)
+			return fixed, fmt.Errorf("setting REPLICA IDENTITY FULL on %s (the role must own it): %w", decode.QualifiedName(schema, n), err)
 		}
+		fixed = append(fixed, decode.QualifiedName(schema, n))
 	}
-	return nil
+	return fixed, nil
 }
 
 // LoadSchemas reads the schema-wide watches.

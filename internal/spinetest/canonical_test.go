@@ -86,13 +86,23 @@ func TestVectorsCanonicalAndHash(t *testing.T) {
 // TestVectorsCopyMatchesShared checks that testdata's copy of the vectors
 // is the one in shared/ when the package sits in the project tree.
 func TestVectorsCopyMatchesShared(t *testing.T) {
+	compareWithShared(t, vectorsFile)
+}
+
+// compareWithShared checks that testdata/name is a byte-for-byte copy of
+// shared/name, looked for in this package's directory and its parents. When
+// shared/ is absent (a clone without it) there is nothing to compare and the
+// committed copy is what the tests use; CI always has shared/ beside the
+// clone, so there its absence is a failure.
+func compareWithShared(t *testing.T, name string) {
+	t.Helper()
 	var shared string
 	dir, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for {
-		p := filepath.Join(dir, "shared", vectorsFile)
+		p := filepath.Join(dir, "shared", name)
 		if _, err := os.Stat(p); err == nil {
 			shared = p
 			break
@@ -104,22 +114,21 @@ func TestVectorsCopyMatchesShared(t *testing.T) {
 		dir = parent
 	}
 	if shared == "" {
-		// CI always has shared/ beside the clone: there its absence is a failure.
 		if os.Getenv("CI") != "" {
-			t.Fatalf("shared/%s not found above the package", vectorsFile)
+			t.Fatalf("shared/%s not found above the package", name)
 		}
-		t.Skip("shared/" + vectorsFile + " not found above the package: nothing to compare (the committed copy is tested)")
+		t.Skip("shared/" + name + " not found above the package: nothing to compare (the committed copy is tested)")
 	}
 	want, err := os.ReadFile(shared)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(filepath.Join("testdata", vectorsFile))
+	got, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("testdata/%s differs from %s: got %d bytes, want %d bytes (copy it again)", vectorsFile, shared, len(got), len(want))
+		t.Errorf("testdata/%s differs from %s: got %d bytes, want %d bytes (copy it again)", name, shared, len(got), len(want))
 	}
 }
 

@@ -4,8 +4,13 @@
 // with the spine's validation, status codes and FastAPI-shaped error bodies,
 // computes the hash chain byte for byte like the real service (Canonical,
 // Hash), and injects faults into POST /events (FailNext, SetRandomFaults,
-// SetStall, SetDown) so that integration tests and benchmarks can exercise a
-// producer's retry and ambiguity handling.
+// SetStall, SetStallBytes, SetRedirect) and into the read-back GET /events
+// (FailNextRead), or takes the whole spine away (SetDown), so that
+// integration tests and benchmarks can exercise a producer's retry and
+// ambiguity handling. Some faults are answers the spine itself never gives
+// but a proxy in its place does (a 201 with an HTML page, 401, 403, 404, 405,
+// a redirect), so that a producer can be checked not to take them for the
+// spine's verdict on its event.
 //
 // Typical use:
 //
@@ -50,6 +55,11 @@
 //     an empty source means no source filter.
 //   - GET /verify reports checked as the number of events found intact
 //     before the first break (all of them when valid).
+//   - GET /openapi.json serves the PublishRequest and GovernanceEvent schemas
+//     exactly as shared/audit-stream-openapi-components.json holds them (a
+//     copy is embedded from testdata/), with both kind enums listing the
+//     kinds accepted right now (SetKinds); as on the real spine there is no
+//     EventKind schema.
 //
 // Known gaps, where the double is stricter than the spine (a producer
 // should not rely on any of these): Python's json module accepts NaN,

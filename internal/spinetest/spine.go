@@ -137,10 +137,13 @@ type Server struct {
 
 	fmu        sync.Mutex // guards the fault state below
 	queue      []Fault
+	readQueue  []Fault
 	randP      float64
 	rng        *rand.Rand
 	randFaults []Fault
 	stall      time.Duration
+	stallBytes int
+	redirect   string
 	counts     map[Fault]int64
 
 	now     func() time.Time
@@ -153,10 +156,11 @@ type Server struct {
 // http.Handler.
 func New(kinds ...string) *Server {
 	s := &Server{
-		stall:   DefaultStall,
-		counts:  map[Fault]int64{},
-		now:     time.Now,
-		closing: make(chan struct{}),
+		stall:      DefaultStall,
+		stallBytes: DefaultStallBytes,
+		counts:     map[Fault]int64{},
+		now:        time.Now,
+		closing:    make(chan struct{}),
 	}
 	s.SetKinds(kinds...)
 	return s
@@ -307,6 +311,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case r.Method == http.MethodPost:
 			s.handlePost(w, r)
 		case get:
+			if f, cfg := s.nextReadFault(); refuse(w, r, f, cfg) {
+				return
+			}
 			s.handleList(w, r)
 		default:
 			methodNotAllowed(w, "GET, POST")
@@ -332,7 +339,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case "/healthz":
 			writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 		default:
-			writeJSON(w, http.StatusOK, s.openAPI())
+			doc, err := s.openAPI()
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, map[string]any{"detail": "BUG: " + err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, doc)
 		}
 		return
 	}
@@ -402,27 +414,19 @@ func write422(w http.ResponseWriter, errs ...map[string]any) {
 // handlePost is POST /events, with fault injection.
 func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 	s.requests.Add(1)
-	fault, stall := s.nextFault()
+	fault, cfg := s.nextFault()
+	if refuse(w, r, fault, cfg) {
+		return
+	}
 	switch fault {
-	case Fault503:
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"detail": "Service Unavailable"})
-		return
-	case Fault500:
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusInternalServerError)
-		io.WriteString(w, "Internal Server Error")
-		return
-	case Fault429:
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusTooManyRequests, map[string]any{"detail": "Too Many Requests"})
-		return
-	case FaultDropBefore:
-		drop(w)
-		return
 	case FaultReject:
 		io.Copy(io.Discard, r.Body)
 		write422(w, validationError("value_error", []any{"body", "payload"},
 			"Value error, payload refused (spinetest injected fault)", nil, nil))
+		return
+	case Fault201HTML:
+		io.Copy(io.Discard, r.Body)
+		writeHTML201(w)
 		return
 	}
 	body, err := io.ReadAll(r.Body)
@@ -431,20 +435,19 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fault == FaultStall {
-		t := time.NewTimer(stall)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-		case <-s.closing:
-		}
-		t.Stop()
+		s.pause(r, cfg.stall)
 	}
 	status, resp := s.post(r.Header.Get("Content-Type"), body)
-	if fault == FaultDropAfter {
+	switch fault {
+	case FaultDropAfter:
 		drop(w)
-		return
+	case Fault201HTMLAfter:
+		writeHTML201(w)
+	case FaultStallBody:
+		s.writeStalled(w, r, status, resp, cfg)
+	default:
+		writeRaw(w, status, resp)
 	}
-	writeRaw(w, status, resp)
 }
 
 // post validates and appends one event, returning the answer.

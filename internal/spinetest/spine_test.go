@@ -18,6 +18,12 @@ import (
 // timeout so that a broken double fails the test instead of hanging it.
 var client = &http.Client{Timeout: 10 * time.Second}
 
+// noRedirects is client without following redirects, to see a 302 itself.
+var noRedirects = &http.Client{
+	Timeout:       10 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
 type reply struct {
 	status int
 	header http.Header
@@ -548,42 +554,78 @@ func TestVerifyDetectsTampering(t *testing.T) {
 	}
 }
 
+// openAPIDoc fetches /openapi.json, checks its paths and returns its
+// component schemas, numbers as json.Number.
+func openAPIDoc(t *testing.T, s *Server) map[string]any {
+	t.Helper()
+	r := get(t, s, "/openapi.json")
+	wantStatus(t, r, http.StatusOK)
+	doc, _ := decodeAny(t, r.body).(map[string]any)
+	paths, _ := doc["paths"].(map[string]any)
+	for _, p := range []string{"/events", "/events/{event_id}", "/stats", "/verify", "/healthz"} {
+		if _, ok := paths[p]; !ok {
+			t.Errorf("paths: %s missing", p)
+		}
+	}
+	schemas, _ := dig(doc, "components", "schemas").(map[string]any)
+	if schemas == nil {
+		t.Fatalf("no components.schemas in %s", r.body)
+	}
+	return schemas
+}
+
+// kindEnum returns components.schemas.<schema>.properties.kind.enum.
+func kindEnum(t *testing.T, schemas map[string]any, schema string) []string {
+	t.Helper()
+	raw, ok := dig(schemas, schema, "properties", "kind", "enum").([]any)
+	if !ok {
+		t.Fatalf("%s.properties.kind.enum: missing", schema)
+	}
+	out := make([]string, len(raw))
+	for i, k := range raw {
+		out[i], _ = k.(string)
+	}
+	return out
+}
+
+// TestOpenAPIServesTheSpineSchemas: the double's PublishRequest and
+// GovernanceEvent are the real spine's, and like the real spine it has no
+// EventKind schema.
+func TestOpenAPIServesTheSpineSchemas(t *testing.T) {
+	s := Start(t)
+	schemas := openAPIDoc(t, s)
+	want, _ := dig(decodeAny(t, componentsJSON), "components", "schemas").(map[string]any)
+	for _, name := range []string{"PublishRequest", "GovernanceEvent"} {
+		if !reflect.DeepEqual(schemas[name], want[name]) {
+			t.Errorf("%s: got %v, want %v", name, schemas[name], want[name])
+		}
+	}
+	if _, ok := schemas["EventKind"]; ok {
+		t.Errorf("components.schemas.EventKind: got a schema, want none (the real spine inlines the kinds)")
+	}
+}
+
+func TestComponentsCopyMatchesShared(t *testing.T) {
+	compareWithShared(t, componentsFile)
+}
+
 func TestOpenAPIFollowsKinds(t *testing.T) {
 	s := Start(t)
-	enum := func() []string {
+	enums := func() []string {
 		t.Helper()
-		var doc struct {
-			Paths      map[string]any `json:"paths"`
-			Components struct {
-				Schemas map[string]struct {
-					Type  string   `json:"type"`
-					Enum  []string `json:"enum"`
-					Title string   `json:"title"`
-				} `json:"schemas"`
-			} `json:"components"`
+		schemas := openAPIDoc(t, s)
+		got := kindEnum(t, schemas, "PublishRequest")
+		if ev := kindEnum(t, schemas, "GovernanceEvent"); !reflect.DeepEqual(ev, got) {
+			t.Errorf("GovernanceEvent kinds: got %v, want the PublishRequest kinds %v", ev, got)
 		}
-		r := get(t, s, "/openapi.json")
-		wantStatus(t, r, http.StatusOK)
-		if err := json.Unmarshal(r.body, &doc); err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range []string{"/events", "/events/{event_id}", "/stats", "/verify", "/healthz"} {
-			if _, ok := doc.Paths[p]; !ok {
-				t.Errorf("paths: %s missing", p)
-			}
-		}
-		k := doc.Components.Schemas["EventKind"]
-		if k.Type != "string" || k.Title != "EventKind" {
-			t.Errorf("EventKind: got type %q title %q, want string EventKind", k.Type, k.Title)
-		}
-		return k.Enum
+		return got
 	}
-	if got := enum(); !reflect.DeepEqual(got, DefaultKinds) {
+	if got := enums(); !reflect.DeepEqual(got, DefaultKinds) {
 		t.Errorf("default enum: got %v, want %v", got, DefaultKinds)
 	}
 	s.SetKinds("cdc_row_changed", "other", "cdc_row_changed")
 	want := []string{"cdc_row_changed", "other"}
-	if got := enum(); !reflect.DeepEqual(got, want) {
+	if got := enums(); !reflect.DeepEqual(got, want) {
 		t.Errorf("enum after SetKinds: got %v, want %v", got, want)
 	}
 	wantStatus(t, post(t, s, eventBody("cdc_row_changed", "s", "{}")), http.StatusCreated)
@@ -591,8 +633,17 @@ func TestOpenAPIFollowsKinds(t *testing.T) {
 	wantStatus(t, get(t, s, "/events?kind=cdc_row_changed"), http.StatusOK)
 	wantStatus(t, get(t, s, "/events?kind=watch_created"), http.StatusUnprocessableEntity)
 	s.SetKinds()
-	if got := enum(); !reflect.DeepEqual(got, DefaultKinds) {
+	if got := enums(); !reflect.DeepEqual(got, DefaultKinds) {
 		t.Errorf("enum after SetKinds(): got %v, want %v", got, DefaultKinds)
+	}
+	// The served document is a copy: changing the kinds does not touch the
+	// embedded schemas.
+	base, err := spineSchemas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(dig(base, "PublishRequest", "properties", "kind", "enum").([]any)); got != len(DefaultKinds) {
+		t.Errorf("embedded enum: got %d kinds, want %d", got, len(DefaultKinds))
 	}
 }
 
@@ -683,39 +734,52 @@ func outcome(t *testing.T, s *Server, c *http.Client) string {
 
 func TestFailNext(t *testing.T) {
 	tests := []struct {
-		fault      Fault
-		want       string // outcome of the faulted POST
-		appended   int    // events it appended
-		retryAfter string
+		fault       Fault
+		want        string // outcome of the faulted POST
+		appended    int    // events it appended
+		header      string // a header the answer must carry, "Name: value"
+		contentType string // of the answer, when it is not JSON
 	}{
-		{Fault503, "503", 0, ""},
-		{Fault500, "500", 0, ""},
-		{Fault429, "429", 0, "1"},
-		{FaultDropBefore, "error", 0, ""},
-		{FaultDropAfter, "error", 1, ""},
-		{FaultStall, "201", 1, ""},
-		{FaultReject, "422", 0, ""},
-		{FaultNone, "201", 1, ""},
+		{Fault503, "503", 0, "", ""},
+		{Fault500, "500", 0, "", "text/plain; charset=utf-8"},
+		{Fault429, "429", 0, "Retry-After: 1", ""},
+		{FaultDropBefore, "error", 0, "", ""},
+		{FaultDropAfter, "error", 1, "", ""},
+		{FaultStall, "201", 1, "", ""},
+		{FaultReject, "422", 0, "", ""},
+		{Fault201HTML, "201", 0, "", "text/html; charset=utf-8"},
+		{Fault201HTMLAfter, "201", 1, "", "text/html; charset=utf-8"},
+		{FaultStallBody, "error", 1, "", ""},
+		{Fault401, "401", 0, "WWW-Authenticate: Bearer", ""},
+		{Fault403, "403", 0, "", ""},
+		{Fault404, "404", 0, "", ""},
+		{Fault405, "405", 0, "Allow: GET", ""},
+		{Fault302, "302", 0, "Location: https://sso.example/login", "text/html; charset=utf-8"},
+		{FaultNone, "201", 1, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.fault.String(), func(t *testing.T) {
 			s := Start(t)
 			s.SetStall(50 * time.Millisecond)
+			s.SetRedirect("https://sso.example/login")
 			s.FailNext(2, tt.fault)
 			for i := 0; i < 2; i++ {
 				start := time.Now()
-				r, err := do(t, client, http.MethodPost, s.URL()+"/events", "application/json", eventBody("other", "s", "{}"))
+				r, err := do(t, noRedirects, http.MethodPost, s.URL()+"/events", "application/json", eventBody("other", "s", "{}"))
 				got := "error"
 				if err == nil {
 					got = fmt.Sprint(r.status)
 				}
 				if got != tt.want {
-					t.Fatalf("faulted post %d: got %s, want %s", i+1, got, tt.want)
+					t.Fatalf("faulted post %d: got %s (%v), want %s", i+1, got, err, tt.want)
 				}
-				if tt.retryAfter != "" && r.header.Get("Retry-After") != tt.retryAfter {
-					t.Errorf("Retry-After: got %q, want %q", r.header.Get("Retry-After"), tt.retryAfter)
+				if name, value, ok := strings.Cut(tt.header, ": "); ok && r.header.Get(name) != value {
+					t.Errorf("%s: got %q, want %q", name, r.header.Get(name), value)
 				}
-				if tt.fault == FaultStall && time.Since(start) < 50*time.Millisecond {
+				if tt.contentType != "" && r.header.Get("Content-Type") != tt.contentType {
+					t.Errorf("Content-Type: got %q, want %q", r.header.Get("Content-Type"), tt.contentType)
+				}
+				if (tt.fault == FaultStall || tt.fault == FaultStallBody) && time.Since(start) < 50*time.Millisecond {
 					t.Errorf("stall: got %v, want at least 50ms", time.Since(start))
 				}
 			}
@@ -795,6 +859,86 @@ func TestFaultStallOutlivesClient(t *testing.T) {
 	}
 	if got := len(s.Events()); got != 1 {
 		t.Errorf("events after the client gave up: got %d, want 1", got)
+	}
+}
+
+// TestFaultStallBodyIsTruncated: the answer announces the whole stored
+// event, stops after the configured bytes and the connection closes, while
+// the event is in the chain.
+func TestFaultStallBodyIsTruncated(t *testing.T) {
+	s := Start(t)
+	s.SetStall(20 * time.Millisecond)
+	s.SetStallBytes(5)
+	s.FailNext(1, FaultStallBody)
+	resp, err := client.Post(s.URL()+"/events", "application/json", strings.NewReader(eventBody("other", "s", "{}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("status: got %d, want 201", resp.StatusCode)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("body: got %q and no error, want a truncated read", b)
+	}
+	if string(b) != `{"eve` {
+		t.Errorf("body before the cut: got %q, want %q", b, `{"eve`)
+	}
+	if resp.ContentLength <= int64(len(b)) {
+		t.Errorf("Content-Length: got %d, want more than the %d bytes sent", resp.ContentLength, len(b))
+	}
+	if got := len(s.Events()); got != 1 {
+		t.Errorf("events: got %d, want 1", got)
+	}
+}
+
+// TestFailNextRead: read faults hit GET /events only, in order, and faults
+// that concern an append let the read through.
+func TestFailNextRead(t *testing.T) {
+	s := Start(t)
+	post(t, s, eventBody("other", "s", "{}"))
+	s.FailNextRead(1, Fault401)
+	s.FailNextRead(1, FaultDropAfter) // not a read fault: served normally
+	s.FailNextRead(1, Fault302)
+	wantStatus(t, post(t, s, eventBody("other", "s", "{}")), http.StatusCreated)
+	wantStatus(t, get(t, s, "/healthz"), http.StatusOK)
+	var got []string
+	for i := 0; i < 4; i++ {
+		r, err := do(t, noRedirects, http.MethodGet, s.URL()+"/events?source=s", "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprint(r.status))
+		if r.status == http.StatusUnauthorized && r.header.Get("WWW-Authenticate") != "Bearer" {
+			t.Errorf("WWW-Authenticate: got %q, want Bearer", r.header.Get("WWW-Authenticate"))
+		}
+	}
+	if want := []string{"401", "200", "302", "200"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("reads: got %v, want %v", got, want)
+	}
+	if want := map[Fault]int64{Fault401: 1, Fault302: 1}; !reflect.DeepEqual(s.Faults(), want) {
+		t.Errorf("Faults: got %v, want %v", s.Faults(), want)
+	}
+	if got := s.Requests(); got != 2 {
+		t.Errorf("Requests: got %d, want 2 (reads are not counted)", got)
+	}
+}
+
+// TestFault302DefaultLocation: without SetRedirect the redirect goes to
+// /login on the double's own host, which answers 404.
+func TestFault302DefaultLocation(t *testing.T) {
+	s := Start(t)
+	s.FailNext(1, Fault302)
+	r, err := do(t, noRedirects, http.MethodPost, s.URL()+"/events", "application/json", eventBody("other", "s", "{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := s.URL() + "/login"; r.status != http.StatusFound || r.header.Get("Location") != want {
+		t.Errorf("got %d Location %q, want 302 Location %q", r.status, r.header.Get("Location"), want)
+	}
+	if got := len(s.Events()); got != 0 {
+		t.Errorf("events: got %d, want 0", got)
 	}
 }
 

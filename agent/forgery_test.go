@@ -1,0 +1,203 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+)
+
+// roleConn creates a login role for the test's database, runs grants as
+// the superuser, and returns a connection as that role.
+func (h *harness) roleConn(name string, grants ...string) *pgx.Conn {
+	h.t.Helper()
+	h.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'x'`, name))
+	h.t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = h.conn.Exec(ctx, fmt.Sprintf(`DROP OWNED BY %s CASCADE`, name))
+		_, _ = h.conn.Exec(ctx, fmt.Sprintf(`DROP ROLE %s`, name))
+	})
+	for _, g := range grants {
+		h.exec(g)
+	}
+	u, err := url.Parse(h.dsn)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	u.User = url.UserPassword(name, "x")
+	conn, err := pgx.Connect(context.Background(), u.String())
+	if err != nil {
+		h.t.Fatalf("connecting as %s: %v", name, err)
+	}
+	h.t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func run(t *testing.T, conn *pgx.Conn, sqls ...string) error {
+	t.Helper()
+	tx, err := conn.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck
+	for _, sql := range sqls {
+		if _, err := tx.Exec(context.Background(), sql); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(context.Background())
+}
+
+func isDenied(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42501"
+}
+
+// TestForgedControlMessagesHaveNoEffect plays an application role with DML
+// on orders only, trying every way to suppress or invent audit events.
+func TestForgedControlMessagesHaveNoEffect(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE orders (id int PRIMARY KEY, total numeric)`)
+	h.exec(`CREATE TABLE payroll (id int PRIMARY KEY, salary numeric)`)
+	h.exec(`INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 3) g`)
+	h.exec(`INSERT INTO payroll VALUES (7, 100)`)
+	h.watch("orders", "other", "shop")
+	h.watch("payroll", "other", "hr")
+	var payrollOID uint32
+	if err := h.conn.QueryRow(context.Background(), `SELECT 'payroll'::regclass::oid`).Scan(&payrollOID); err != nil {
+		t.Fatal(err)
+	}
+	app := h.roleConn("app_forger", `GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO app_forger`)
+	h.startAgent()
+
+	// 1. skip() is not executable by PUBLIC any more.
+	if err := run(t, app, `SELECT pgaudit_cdc.skip('bulk')`, `UPDATE orders SET total = 0 WHERE id = 1`); !isDenied(err) {
+		t.Fatalf("pgaudit_cdc.skip as an application role: got %v, want permission denied", err)
+	}
+	// 2. Nor can the role write the control table itself.
+	if err := run(t, app, `INSERT INTO pgaudit_cdc.control (action, reason) VALUES ('skip', 'x')`, `DELETE FROM orders WHERE id = 1`); !isDenied(err) {
+		t.Fatalf("INSERT into pgaudit_cdc.control as an application role: got %v, want permission denied", err)
+	}
+	// 3. A raw skip message claiming to be postgres, then a DELETE.
+	forged := `{"reason":"approved by CFO","by":"postgres","application_name":"psql"}`
+	if err := run(t, app, fmt.Sprintf(`SELECT pg_logical_emit_message(true, 'pgaudit_cdc.skip', '%s')`, forged),
+		`DELETE FROM orders WHERE id = 2`); err != nil {
+		t.Fatalf("forged skip: %v", err)
+	}
+	// 4. A crafted backfill chunk for a table the role cannot even read.
+	chunk, _ := json.Marshal(decode.BackfillChunk{ID: 1, TableOID: payrollOID, Schema: "public", Table: "payroll", Chunk: 1,
+		Columns: []decode.BackfillColumn{{Name: "id", TypeOID: 23}, {Name: "salary", TypeOID: 1700}},
+		Rows:    [][]*string{{ptr("7"), ptr("999999")}}})
+	if err := run(t, app, fmt.Sprintf(`SELECT pg_logical_emit_message(true, 'pgaudit_cdc.backfill', '%s')`, strings.ReplaceAll(string(chunk), "'", "''")),
+		`UPDATE orders SET total = 1 WHERE id = 3`); err != nil {
+		t.Fatalf("forged backfill: %v", err)
+	}
+
+	evs := h.expectExactly(2, 500*time.Millisecond)
+	for i, want := range []string{"DELETE", "UPDATE"} {
+		if op := field(t, evs[i], "operation"); op != want {
+			t.Fatalf("event %d is %v, want the row event %s:\n%s", i, op, want, dump(evs))
+		}
+	}
+	if id := field(t, evs[0], "old", "id"); fmt.Sprint(id) != "2" {
+		t.Fatalf("the DELETE after a forged skip carries old %v, want the deleted row 2", field(t, evs[0], "old"))
+	}
+	for _, e := range h.spine.Events() {
+		if op, _ := e.Payload["operation"].(string); op == decode.OpSummary || op == decode.OpRead {
+			t.Fatalf("a forged control message had an effect: %s", dump([]spinetest.Event{e}))
+		}
+	}
+}
+
+// TestSkipByMaintenanceRole: a role granted as setup --print-sql shows can
+// skip, and the summary says who it was from what PostgreSQL recorded.
+func TestSkipByMaintenanceRole(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE orders (id int PRIMARY KEY, total numeric)`)
+	h.watch("orders", "other", "shop")
+	maint := h.roleConn("maint_ops",
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO maint_ops`,
+		`GRANT INSERT ON pgaudit_cdc.control TO maint_ops`,
+		`GRANT USAGE ON SEQUENCE pgaudit_cdc.control_id_seq TO maint_ops`,
+		`GRANT EXECUTE ON FUNCTION pgaudit_cdc.skip(text) TO maint_ops`)
+	h.startAgent()
+	if err := run(t, maint, `SET application_name = 'nightly'`, `SELECT pgaudit_cdc.skip('reindex')`,
+		`INSERT INTO orders SELECT g, g FROM generate_series(1, 50) g`); err != nil {
+		t.Fatalf("skip as the maintenance role: %v", err)
+	}
+	// Trying to claim another name in the control row does not stick.
+	if err := run(t, maint, `INSERT INTO pgaudit_cdc.control (action, reason, by_role) VALUES ('skip', 'claim', 'postgres')`,
+		`DELETE FROM orders WHERE id = 1`); err != nil {
+		t.Fatalf("skip with a claimed name: %v", err)
+	}
+	evs := h.expectExactly(2, 500*time.Millisecond)
+	for _, e := range evs {
+		if op := field(t, e, "operation"); op != decode.OpSummary {
+			t.Fatalf("got %v, want SUMMARY events:\n%s", op, dump(evs))
+		}
+		if by := field(t, e, "skip", "by"); by != "maint_ops" {
+			t.Fatalf("skip.by = %v, want maint_ops (what the session was)", by)
+		}
+	}
+	if got := field(t, evs[0], "counts", "INSERT"); fmt.Sprint(got) != "50" {
+		t.Fatalf("counts.INSERT = %v, want 50", got)
+	}
+	if got := field(t, evs[0], "skip", "reason"); got != "reindex" {
+		t.Fatalf("skip.reason = %v, want reindex", got)
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+// TestReplicaIdentityWeakened: a migration sets REPLICA IDENTITY DEFAULT on a
+// watched table. The events written meanwhile say their old row is
+// incomplete, the agent notices from the RELATION message, and it restores
+// FULL, so later events carry the whole old row again.
+func TestReplicaIdentityWeakened(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE orders (id int PRIMARY KEY, total numeric, note text)`)
+	h.exec(`INSERT INTO orders VALUES (1, 10, 'a'), (2, 20, 'b')`)
+	h.watch("orders", "other", "shop")
+	h.startAgent()
+	h.exec(`ALTER TABLE orders REPLICA IDENTITY DEFAULT`)
+	h.exec(`UPDATE orders SET total = 11 WHERE id = 1`)
+	h.exec(`DELETE FROM orders WHERE id = 2`)
+	evs := h.waitEvents(2, 30*time.Second)
+	for _, e := range evs[:2] {
+		if field(t, e, "metadata", "old_is_key_only") != true {
+			t.Fatalf("%v under REPLICA IDENTITY DEFAULT does not flag its incomplete old row: %s", field(t, e, "operation"), jsonOf(t, e.Payload))
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ident string
+		if err := h.conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'orders'::regclass`).Scan(&ident); err != nil {
+			t.Fatal(err)
+		}
+		if ident == "f" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not restore REPLICA IDENTITY FULL within 30s (still %q)", ident)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.exec(`UPDATE orders SET total = 12 WHERE id = 1`)
+	evs = h.expectExactly(3, 300*time.Millisecond)
+	if got := field(t, evs[2], "old", "note"); got != "a" {
+		t.Fatalf("after FULL was restored the old row is %v, want the whole row", field(t, evs[2], "old"))
+	}
+	if field(t, evs[2], "metadata", "old_is_key_only") != nil {
+		t.Fatalf("a full old row is flagged key-only")
+	}
+}

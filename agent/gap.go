@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+// lastDeliveredReader is implemented by sinks that can say which event of a
+// key generation they hold last (the spine, by reading back).
+type lastDeliveredReader interface {
+	LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (decode.Position, string, error)
+}
+
+// recordGap delivers the GAP event of a gap the operator accepted, then
+// marks the gap done and saves the new generation. The event goes first: a
+// crash in between leaves the gap pending, and the same event (same key) is
+// found in the spine the next time instead of being appended again.
+func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Result) error {
+	var last *capture.Delivered
+	if r, ok := a.cfg.Sink.(lastDeliveredReader); ok {
+		sources, err := watchSources(ctx, meta)
+		if err != nil {
+			return err
+		}
+		prev := capt.Previous
+		if prev.Known {
+			pos, ts, err := r.LastDelivered(ctx, prev.SystemID, capture.KeySlot(a.cfg.Slot, prev.Generation), sources)
+			if err != nil {
+				return fmt.Errorf("reading back the last delivered events before recording gap #%d: %w", capt.Gap.ID, err)
+			}
+			last = &capture.Delivered{Position: pos, CommitTime: ts}
+		}
+	}
+	ev := capture.GapEvent(capt.Gap, capt.State, a.cfg.Slot, last, a.cfg.AcceptedBy, time.Now())
+	if a.cfg.Spine != nil {
+		a.cfg.Spine.SetIdentity(capt.State.SystemID, capture.KeySlot(a.cfg.Slot, capt.State.Generation))
+	}
+	if err := a.cfg.Sink.Publish(ctx, ev); err != nil {
+		if publish.IsRejected(err) {
+			return &ConfigError{fmt.Errorf("the spine refused the GAP event of gap #%d, so the gap cannot be recorded: %w", capt.Gap.ID, err)}
+		}
+		return fmt.Errorf("delivering the GAP event of gap #%d: %w", capt.Gap.ID, err)
+	}
+	a.m.EventsDelivered.WithLabelValues(ev.Table, ev.Operation, ev.Kind).Inc()
+	if err := capture.Complete(ctx, meta, a.cfg.Slot, capt.Gap, capt.State, ev.Key, a.cfg.AcceptedBy); err != nil {
+		return err
+	}
+	tables := capt.Gap.Tables
+	a.log.Warn("capture gap accepted: one GAP event is in the audit trail and capture resumes from a new position; re-baseline the affected tables",
+		"gap_id", capt.Gap.ID, "reason", capt.Gap.Reason, "resume_lsn", capt.State.StartLSN.String(),
+		"generation", capt.State.Generation, "tables", strings.Join(tables, ", "),
+		"next", "pgaudit-cdc backfill TABLE, for each table listed")
+	return nil
+}
+
+// watchSources lists every source a watch ever used, and the self-audit
+// source: where the last delivered event can be.
+func watchSources(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	entries, err := watches.Load(ctx, conn, true)
+	if err != nil {
+		return nil, err
+	}
+	schemas, err := watches.LoadSchemas(ctx, conn, true)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{decode.SelfAuditSource: true}
+	out := []string{decode.SelfAuditSource}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, e := range entries {
+		add(e.Source)
+	}
+	for _, e := range schemas {
+		add(e.Source)
+	}
+	return out, nil
+}

@@ -196,6 +196,16 @@ func (r *reader) housekeeping(ctx context.Context) {
 	} else if retained != nil {
 		r.a.m.RetainedWAL.Set(float64(*retained))
 	}
+	dropped, renamed, err := r.registry.FollowLifecycle(ctx)
+	if err != nil {
+		r.a.log.Warn("following dropped and renamed watched tables failed", "err", err)
+	}
+	if len(dropped) > 0 {
+		r.a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
+	}
+	if len(renamed) > 0 {
+		r.a.log.Info("watched tables were renamed; their watches follow them", "tables", strings.Join(renamed, ", "))
+	}
 	fixed, err := r.registry.FixReplicaIdentity(ctx)
 	if err != nil {
 		r.a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)

@@ -49,9 +49,21 @@ func newInstantSpine() *instantSpine {
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/events" && r.Method == http.MethodPost:
-			_, _ = io.Copy(io.Discard, r.Body)
-			s.posts.Add(1)
+			body, _ := io.ReadAll(r.Body)
+			n := s.posts.Add(1)
+			// The client accepts a 201 only with the stored event echoing
+			// its idempotency key: answer the smallest such event.
+			key := ""
+			const marker = `"idempotency_key":"`
+			if i := bytes.LastIndex(body, []byte(marker)); i >= 0 {
+				rest := body[i+len(marker):]
+				if j := bytes.IndexByte(rest, '"'); j >= 0 {
+					key = string(rest[:j])
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusCreated)
+			fmt.Fprintf(w, `{"event_id":%d,"timestamp":"2026-01-01T00:00:00+00:00","kind":"other","source":"bench","payload":{"metadata":{"idempotency_key":%q}},"prev_hash":"%064d","hash":"%064d"}`, n, key, 0, 0)
 		case r.URL.Path == "/events" && r.Method == http.MethodGet:
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write([]byte("[]"))

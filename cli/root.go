@@ -41,6 +41,9 @@ type options struct {
 	// gap. Deliberately without an environment fall-back: consent is given
 	// once, for one gap, not left in a deployment's configuration.
 	acceptGap string
+	// gapHold is how long run keeps serving /metrics after a gap stopped
+	// capture, before it exits with ExitGap.
+	gapHold time.Duration
 
 	// fromEnv maps the flags that took their value from the environment
 	// to the variable's name, so that errors name what the user set.

@@ -57,6 +57,7 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 	}
 	cmd.Flags().StringVar(&o.acceptGap, "accept-gap", "", "consent to continue past the pending capture gap with this ID (alone: whichever is pending); records one GAP event and resumes from a new slot")
 	cmd.Flags().Lookup("accept-gap").NoOptDefVal = capture.AcceptAny
+	cmd.Flags().DurationVar(&o.gapHold, "gap-hold", 30*time.Second, "with --metrics-addr: how long to keep serving /metrics (pgaudit_cdc_gap_pending 1) after a capture gap stopped capture, before exiting with code 3, so that Prometheus sees it")
 	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL (positive)")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM (0: stop at once)")
 	return cmd
@@ -148,6 +149,16 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		}
 		var gapErr *capture.GapError
 		if errors.As(err, &gapErr) {
+			if o.metricsAddr != "" && o.gapHold > 0 {
+				log.Error("capture is stopped by a gap; serving /metrics a little longer so that the gap is scraped, then exiting with code 3",
+					"hold", o.gapHold, "gap_id", gapErr.Gap.ID)
+				t := time.NewTimer(o.gapHold)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+			}
 			return &ExitError{Code: ExitGap, Err: err}
 		}
 		return err

@@ -246,7 +246,11 @@ func newListCmd(o *options) *cobra.Command {
 					fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", decode.QuoteIdent(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
 				}
 				for _, e := range entries {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, describeOptions(e.Options))
+					opts := describeOptions(e.Options)
+					if e.DroppedAt != nil {
+						opts = "table dropped " + e.DroppedAt.UTC().Format(time.RFC3339)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\t%s\n", e.Table, e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, opts)
 				}
 				return tw.Flush()
 			})

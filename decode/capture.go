@@ -40,6 +40,7 @@ const (
 	OpWatch   = "WATCH"   // self-audit: a watch was created
 	OpRewatch = "REWATCH" // self-audit: a watch changed
 	OpUnwatch = "UNWATCH" // self-audit: a watch was removed
+	OpDrop    = "DROP"    // self-audit: a watched table was dropped, which ends its watch
 )
 
 // SelfAuditKind and SelfAuditSource label the events the registry emits
@@ -178,6 +179,7 @@ type registryEntry struct {
 	ExcludeColumns []string `json:"exclude_columns,omitempty"`
 	OnColumns      []string `json:"on_columns,omitempty"`
 	ChangedBy      string   `json:"-"`
+	DroppedAt      string   `json:"dropped_at,omitempty"`
 	hasKey         bool
 }
 
@@ -222,6 +224,8 @@ func parseRegistryRow(rel *RelationMessage, row Tuple, bySchema bool) registryEn
 			e.OnColumns = parseTextArray(v)
 		case "changed_by":
 			e.ChangedBy = string(v)
+		case "dropped_at":
+			e.DroppedAt = string(v)
 		}
 	}
 	if table != "" {
@@ -304,6 +308,8 @@ func (s *Stream) selfAudit(lsn LSN, rel *RelationMessage, before, after *registr
 	var action string
 	var shown, previous *registryEntry
 	switch {
+	case after != nil && after.DroppedAt != "" && before != nil && before.DroppedAt == "" && before.Active:
+		action, shown, previous = OpDrop, after, before
 	case after != nil && after.Active && (before == nil || !before.Active):
 		action, shown = OpWatch, after
 	case after != nil && after.Active:

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // Status of one check.
@@ -226,15 +227,28 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 	if err := rows.Err(); err != nil {
 		return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
 	}
-	var needsTrigger, hasTrigger bool
-	_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid
-			WHERE w.active AND c.relkind = 'p')
-		OR EXISTS (SELECT 1 FROM pgaudit_cdc.schema_watches WHERE active),
-		EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgaudit_cdc_replica_identity')`).Scan(&needsTrigger, &hasTrigger)
-	if needsTrigger && !hasTrigger {
-		rs = append(rs, Result{Name: "event trigger", Status: Warn,
-			Detail: "partitioned or schema-wide watches exist, but tables created later get REPLICA IDENTITY FULL only from the agent (within 15 s)",
-			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statement printed by pgaudit-cdc setup --print-sql"})
+	var triggers int
+	_ = conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname IN ($1, $2)`,
+		watches.EventTriggerName, watches.DropTriggerName).Scan(&triggers)
+	if n > 0 && triggers < 2 {
+		rs = append(rs, Result{Name: "event triggers", Status: Warn,
+			Detail: "without them, tables joining a partitioned or schema-wide watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only from the agent's housekeeping (within 15 s)",
+			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
+	}
+	// A watched table dropped and created again under its name is a new
+	// table: its watch ended with the DROP event. Say so.
+	recreated, _ := conn.Query(ctx, `SELECT quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)
+		FROM pgaudit_cdc.watches w
+		WHERE w.dropped_at IS NOT NULL AND to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)) IS NOT NULL
+			AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches a WHERE a.active
+				AND a.table_oid = to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)))`)
+	if recreated != nil {
+		names, _ := pgx.CollectRows(recreated, pgx.RowTo[string])
+		for _, name := range names {
+			rs = append(rs, Result{Name: "re-created table", Status: Warn,
+				Detail: name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
+				Fix:    "pgaudit-cdc watch " + name + " --kind KIND --source SOURCE, if the new table should be audited"})
+		}
 	}
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})

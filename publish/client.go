@@ -509,7 +509,7 @@ func (c *Client) learn(ctx context.Context, source string) error {
 
 func (c *Client) readBack(ctx context.Context, source string, limit int) (int, bool, error) {
 	found := false
-	n, err := c.scanEvents(ctx, source, limit, func(key string, redelivered bool) {
+	n, err := c.scanEvents(ctx, source, limit, func(key string, redelivered bool, _ string) {
 		if redelivered {
 			return
 		}
@@ -526,7 +526,7 @@ func (c *Client) readBack(ctx context.Context, source string, limit int) (int, b
 // scanEvents reads GET /events?source=…&limit=… and calls fn with each
 // event's idempotency key, one event at a time: events can be large (a 20 MB
 // row), so the answer is never held whole.
-func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(key string, redelivered bool)) (int, error) {
+func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(key string, redelivered bool, commitTime string)) (int, error) {
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
 	if err != nil {
@@ -564,6 +564,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 				Metadata struct {
 					Key         string `json:"idempotency_key"`
 					Redelivered bool   `json:"redelivered"`
+					CommitTime  string `json:"commit_timestamp"`
 				} `json:"metadata"`
 			} `json:"payload"`
 		}
@@ -571,7 +572,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
 		}
 		n++
-		fn(e.Payload.Metadata.Key, e.Payload.Metadata.Redelivered)
+		fn(e.Payload.Metadata.Key, e.Payload.Metadata.Redelivered, e.Payload.Metadata.CommitTime)
 	}
 	return n, nil
 }
@@ -805,10 +806,31 @@ func MarkRedelivered(body []byte) []byte {
 // hasKey reports whether the newest DedupWindow events of source include key.
 func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
 	found := false
-	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(k string, _ bool) {
+	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(k string, _ bool, _ string) {
 		if k == key {
 			found = true
 		}
 	})
 	return found, err
+}
+
+// LastDelivered returns the highest position among the events of systemID
+// and keySlot found in the newest DedupWindow events of each source, with
+// that event's commit timestamp: where a capture gap begins. It is zero when
+// none is found.
+func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (decode.Position, string, error) {
+	var last decode.Position
+	var commitTime string
+	for _, source := range sources {
+		_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(key string, _ bool, ts string) {
+			sys, slot, pos, ok := decode.ParseKey(key)
+			if ok && sys == systemID && slot == keySlot && last.Less(pos) {
+				last, commitTime = pos, ts
+			}
+		})
+		if err != nil {
+			return decode.Position{}, "", err
+		}
+	}
+	return last, commitTime, nil
 }

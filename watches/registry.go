@@ -88,6 +88,8 @@ type Entry struct {
 	UpdatedAt time.Time
 	Options   Options
 	ChangedBy string
+	// DroppedAt is set when the watch ended because its table was dropped.
+	DroppedAt *time.Time
 }
 
 // ErrTableNotFound is wrapped when the table to watch does not exist.
@@ -540,16 +542,21 @@ func (r *Registry) List(ctx context.Context, all bool) ([]Entry, error) {
 
 // Load reads the registry without migrating (the agent has migrated).
 func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
-	rows, err := conn.Query(ctx, `SELECT table_oid, schema_name, table_name, kind, source, active, created_at, updated_at,
-			coalesce(row_filter, ''), coalesce(columns, '{}'), coalesce(exclude_columns, '{}'), coalesce(on_columns, '{}'), changed_by
-		FROM pgaudit_cdc.watches WHERE active OR $1 ORDER BY schema_name, table_name`, all)
+	// The names come from the catalog while the table exists: a rename is
+	// shown at once, before the registry row follows it.
+	rows, err := conn.Query(ctx, `SELECT w.table_oid, coalesce(n.nspname, w.schema_name), coalesce(c.relname, w.table_name),
+			w.kind, w.source, w.active, w.created_at, w.updated_at,
+			coalesce(w.row_filter, ''), coalesce(w.columns, '{}'), coalesce(w.exclude_columns, '{}'), coalesce(w.on_columns, '{}'), w.changed_by,
+			w.dropped_at
+		FROM pgaudit_cdc.watches w LEFT JOIN pg_class c ON c.oid = w.table_oid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE w.active OR $1 ORDER BY 2, 3`, all)
 	if err != nil {
 		return nil, fmt.Errorf("reading the watch registry: %w", err)
 	}
 	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Entry, error) {
 		var e Entry
 		err := row.Scan(&e.TableOID, &e.Schema, &e.Name, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.UpdatedAt,
-			&e.Options.RowFilter, &e.Options.Columns, &e.Options.ExcludeColumns, &e.Options.OnColumns, &e.ChangedBy)
+			&e.Options.RowFilter, &e.Options.Columns, &e.Options.ExcludeColumns, &e.Options.OnColumns, &e.ChangedBy, &e.DroppedAt)
 		e.Table = decode.QualifiedName(e.Schema, e.Name)
 		return e, err
 	})
@@ -567,4 +574,26 @@ func Map(entries []Entry) map[uint32]decode.Watch {
 			KeyIdentity: len(e.Options.Columns) > 0 || len(e.Options.ExcludeColumns) > 0}
 	}
 	return m
+}
+
+// FollowLifecycle ends the watches of tables that were dropped (a DROP
+// event) and renames the watches of renamed tables (a REWATCH event showing
+// the old name). The event triggers do both in the DDL's transaction where a
+// superuser installed them; the agent calls this periodically for the rest.
+func (r *Registry) FollowLifecycle(ctx context.Context) (dropped, renamed []string, err error) {
+	rows, err := r.conn.Query(ctx, `SELECT pgaudit_cdc.mark_dropped_tables()`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("recording dropped tables: %w", err)
+	}
+	if dropped, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		return nil, nil, fmt.Errorf("recording dropped tables: %w", err)
+	}
+	rows, err = r.conn.Query(ctx, `SELECT pgaudit_cdc.sync_watch_names()`)
+	if err != nil {
+		return dropped, nil, fmt.Errorf("following renamed tables: %w", err)
+	}
+	if renamed, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		return dropped, nil, fmt.Errorf("following renamed tables: %w", err)
+	}
+	return dropped, renamed, nil
 }

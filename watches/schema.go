@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
@@ -172,27 +172,46 @@ func SchemaMap(entries []SchemaEntry) map[string]decode.Watch {
 // later REPLICA IDENTITY FULL in the transaction that creates them.
 const EventTriggerName = "pgaudit_cdc_replica_identity"
 
-// EventTriggerSQL creates the event trigger (superuser only).
-const EventTriggerSQL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
+// EventTriggerSQL creates the event triggers (superuser only): one that gives
+// tables joining a watch REPLICA IDENTITY FULL and follows renames, one that
+// ends the watch of a dropped table, both in the DDL's own transaction.
+const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL
+
+const (
+	eventTriggerDDL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TABLE AS', 'SELECT INTO')
     EXECUTE FUNCTION pgaudit_cdc.ensure_replica_identity()`
+	// DropTriggerName is the sql_drop event trigger.
+	DropTriggerName = "pgaudit_cdc_on_sql_drop"
+	dropTriggerDDL  = `CREATE EVENT TRIGGER ` + DropTriggerName + ` ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION pgaudit_cdc.on_sql_drop()`
+)
 
-// EnsureEventTrigger creates the event trigger when it is missing and the
-// role is a superuser. It reports whether the trigger exists afterwards.
+// EnsureEventTrigger creates the event triggers that are missing when the
+// role is a superuser. It reports whether all exist afterwards.
 func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
-	var exists, super bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
-			(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, EventTriggerName).Scan(&exists, &super); err != nil {
-		return false, fmt.Errorf("checking the event trigger: %w", err)
-	}
-	if exists || !super {
-		return exists, nil
-	}
-	if _, err := conn.Exec(ctx, EventTriggerSQL); err != nil {
-		if strings.Contains(err.Error(), "already exists") {
-			return true, nil
+	all := true
+	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}} {
+		var exists, super bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
+				(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, trig.name).Scan(&exists, &super); err != nil {
+			return false, fmt.Errorf("checking the event trigger: %w", err)
 		}
-		return false, fmt.Errorf("creating the event trigger: %w", err)
+		if exists {
+			continue
+		}
+		if !super {
+			all = false
+			continue
+		}
+		if _, err := conn.Exec(ctx, trig.ddl); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created concurrently
+				continue
+			}
+			return false, fmt.Errorf("creating the event trigger %s: %w", trig.name, err)
+		}
 	}
-	return true, nil
+	return all, nil
 }

@@ -125,7 +125,8 @@ func writeEvent(buf *bytes.Buffer, e Event) error {
 
 // Server is an in-process double of the audit-stream spine. It serves the
 // contract's endpoints through ServeHTTP and lets tests inspect the chain and
-// inject faults into POST /events. All methods are safe for concurrent use.
+// inject faults into POST /events and the read-back GET /events. All
+// methods are safe for concurrent use.
 type Server struct {
 	mu     sync.Mutex // guards events, kinds, kindSet
 	events []Event

@@ -201,3 +201,47 @@ func TestReplicaIdentityWeakened(t *testing.T) {
 		t.Fatalf("a full old row is flagged key-only")
 	}
 }
+
+// TestTableLifecycle: a rename keeps the watch and the registry follows it;
+// a drop ends the watch with a DROP event in commit order; a new table of
+// the same name is a new table and is not audited until watched.
+func TestTableLifecycle(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE ledger (id int PRIMARY KEY, v text)`)
+	h.watch("ledger", "other", "books")
+	h.startAgent()
+	h.exec(`INSERT INTO ledger VALUES (1, 'a')`)
+	h.exec(`ALTER TABLE ledger RENAME TO journal`)
+	h.exec(`INSERT INTO journal VALUES (2, 'b')`)
+	h.waitEvents(2, 30*time.Second)
+	entries, err := newRegistry(h).List(context.Background(), true)
+	if err != nil || len(entries) != 1 || entries[0].Table != "public.journal" {
+		t.Fatalf("list after a rename: %+v, %v; want public.journal", entries, err)
+	}
+	h.exec(`DROP TABLE journal`)
+	h.exec(`CREATE TABLE journal (id int PRIMARY KEY, v text)`)
+	h.exec(`INSERT INTO journal VALUES (3, 'c')`)
+	time.Sleep(500 * time.Millisecond)
+	h.stopAgent()
+
+	var ops []string
+	for _, e := range h.spine.Events() {
+		ops = append(ops, fmt.Sprintf("%s %v", e.Source, field(t, e, "operation")))
+	}
+	want := []string{"pgaudit-cdc WATCH", "books INSERT", "pgaudit-cdc REWATCH", "books INSERT", "pgaudit-cdc DROP"}
+	if fmt.Sprint(ops) != fmt.Sprint(want) {
+		t.Fatalf("events %v, want %v", ops, want)
+	}
+	evs := h.spine.Events()
+	if got := field(t, evs[2], "previous", "table"); got != "public.ledger" {
+		t.Fatalf("the rename's REWATCH shows previous table %v, want public.ledger", got)
+	}
+	drop := evs[4]
+	if field(t, drop, "previous", "table") != "public.journal" || field(t, drop, "watch", "dropped_at") == nil {
+		t.Fatalf("DROP event: %s", jsonOf(t, drop.Payload))
+	}
+	entries, err = newRegistry(h).List(context.Background(), true)
+	if err != nil || len(entries) != 1 || entries[0].Active || entries[0].DroppedAt == nil {
+		t.Fatalf("list after the drop: %+v, %v; want one inactive, dropped watch", entries, err)
+	}
+}

@@ -72,3 +72,7 @@ BEGIN
     END;
 END;
 $$;
+
+-- The helpers run with the registry owner's rights: only the event triggers
+-- and the agent (the owner) call them.
+REVOKE EXECUTE ON FUNCTION pgaudit_cdc.mark_dropped_tables(), pgaudit_cdc.sync_watch_names() FROM PUBLIC;

@@ -310,6 +310,19 @@ func (a *Agent) session(ctx context.Context) error {
 		recorded: slot.ConfirmedFlushLSN,
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
+	// The self-linked stream starts from the last event the spine holds, so
+	// the first new event names its real predecessor.
+	if lr, ok := a.cfg.Sink.(lastDeliveredReader); ok {
+		sources, err := watchSources(ctx, meta)
+		if err != nil {
+			return err
+		}
+		last, _, err := lr.LastDelivered(ctx, sess.SystemID, keySlot, sources)
+		if err != nil {
+			return fmt.Errorf("reading back the last delivered event: %w", err)
+		}
+		r.stream.SetPrevious(last)
+	}
 
 	// The publisher outlives a stop request by the grace period, so that
 	// what was already decoded can still be delivered.

@@ -136,6 +136,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		newWatchCmd(o), newUnwatchCmd(o), newListCmd(o), newRunCmd(o),
 		newDeadLettersCmd(o), newDemoCmd(o), newVersionCmd(),
 		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o), newBackfillCmd(o),
+		newCheckpointCmd(o), newVerifyCmd(o),
 	)
 	exitCodes(root)
 	return root

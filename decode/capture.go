@@ -31,6 +31,9 @@ const (
 	// BackfillPrefix carries a chunk of existing rows, written by
 	// `pgaudit-cdc backfill`, delivered as READ events.
 	BackfillPrefix = "pgaudit_cdc.backfill"
+	// CheckpointPrefix carries a digest of a table's rows, written by
+	// `pgaudit-cdc checkpoint`, delivered as a CHECKPOINT event.
+	CheckpointPrefix = "pgaudit_cdc.checkpoint"
 )
 
 // Operations besides row changes.
@@ -41,6 +44,8 @@ const (
 	OpRewatch = "REWATCH" // self-audit: a watch changed
 	OpUnwatch = "UNWATCH" // self-audit: a watch was removed
 	OpDrop    = "DROP"    // self-audit: a watched table was dropped, which ends its watch
+	// OpCheckpoint is a digest of a table's rows at its place in commit order.
+	OpCheckpoint = "CHECKPOINT"
 )
 
 // SelfAuditKind and SelfAuditSource label the events the registry emits
@@ -77,6 +82,8 @@ func (s *Stream) logicalMessage(lsn LSN, m *LogicalMessage, emit func(Item) erro
 			Notice: fmt.Sprintf("ignored a %s message without an authorising pgaudit_cdc.control row (xid %d, at %s): the transaction's changes are audited row by row; only pgaudit_cdc.skip(), run by a role allowed to write pgaudit_cdc.control, skips them", m.Prefix, s.begin.Xid, lsn)})
 	case BackfillPrefix:
 		return s.backfill(lsn, m, emit)
+	case CheckpointPrefix:
+		return s.checkpoint(lsn, m, emit)
 	default:
 		s.seq++
 		return nil
@@ -396,7 +403,7 @@ func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) err
 		s.seq++
 		return emit(Item{Kind: ItemNotice, Notice: fmt.Sprintf("ignoring a malformed backfill message at %s: %v", lsn, err)})
 	}
-	if !s.useBackfillAuth(chunk.TableOID, m.Content) {
+	if !s.useControlAuth("backfill", chunk.TableOID, m.Content) {
 		s.seq++
 		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
 			Notice: fmt.Sprintf("ignored a backfill chunk for table OID %d without an authorising pgaudit_cdc.control row (xid %d, at %s): no READ events were produced; only `pgaudit-cdc backfill`, run by a role allowed to write pgaudit_cdc.control, can write one", chunk.TableOID, s.begin.Xid, lsn)})
@@ -501,7 +508,7 @@ func (s *Stream) controlRow(rel *RelationMessage, row Tuple) {
 		b = append(b, `,"control_id":`...)
 		b = AppendString(b, []byte(c.id))
 		s.skip = append(b, '}')
-	case "backfill":
+	case "backfill", "checkpoint":
 		s.backfillAuth = append(s.backfillAuth, c)
 	}
 }
@@ -513,13 +520,14 @@ func appendNullableString(b []byte, p *string) []byte {
 	return AppendString(b, []byte(*p))
 }
 
-// useBackfillAuth consumes the control row that authorises a backfill chunk
-// of table oid whose message content is content: same table, same SHA-256.
-func (s *Stream) useBackfillAuth(oid uint32, content []byte) bool {
+// useControlAuth consumes the control row that authorises a message of the
+// given action (backfill, checkpoint) for table oid whose content is
+// content: same action, same table, same SHA-256.
+func (s *Stream) useControlAuth(action string, oid uint32, content []byte) bool {
 	sum := sha256.Sum256(content)
 	digest := hex.EncodeToString(sum[:])
 	for i, c := range s.backfillAuth {
-		if c.tableOID == oid && c.digest == digest {
+		if c.action == action && c.tableOID == oid && c.digest == digest {
 			s.backfillAuth = slices.Delete(s.backfillAuth, i, i+1)
 			return true
 		}
@@ -561,4 +569,63 @@ func ReplicaIdentityName(c byte) string {
 		return "USING INDEX"
 	}
 	return fmt.Sprintf("%q", c)
+}
+
+// CheckpointMessage is the content of a CheckpointPrefix message.
+type CheckpointMessage struct {
+	ID         int64    `json:"checkpoint_id"`
+	TableOID   uint32   `json:"table_oid"`
+	Schema     string   `json:"schema"`
+	Table      string   `json:"table"`
+	Rows       int64    `json:"rows"`
+	Digest     string   `json:"digest"`
+	KeyColumns []string `json:"key_columns"`
+	Columns    []string `json:"columns"`
+}
+
+// checkpoint turns an authorised checkpoint message into a CHECKPOINT event
+// of the table's watch, at the message's place in commit order.
+func (s *Stream) checkpoint(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+	s.seq++
+	var cp CheckpointMessage
+	if err := json.Unmarshal(m.Content, &cp); err != nil {
+		return emit(Item{Kind: ItemNotice, Notice: fmt.Sprintf("ignoring a malformed checkpoint message at %s: %v", lsn, err)})
+	}
+	if !s.useControlAuth("checkpoint", cp.TableOID, m.Content) {
+		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
+			Notice: fmt.Sprintf("ignored a checkpoint for table OID %d without an authorising pgaudit_cdc.control row (xid %d, at %s): no CHECKPOINT event was produced", cp.TableOID, s.begin.Xid, lsn)})
+	}
+	w, ok := s.watchFor(cp.TableOID, cp.Schema)
+	if !ok {
+		return nil
+	}
+	rel := &RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
+	ev := s.newEvent(lsn, rel, w, OpCheckpoint)
+	b := s.appendHead(make([]byte, 0, 512), ev)
+	b = append(b, `,"checkpoint":{"id":`...)
+	b = strconv.AppendInt(b, cp.ID, 10)
+	b = append(b, `,"rows":`...)
+	b = strconv.AppendInt(b, cp.Rows, 10)
+	b = append(b, `,"digest":`...)
+	b = AppendString(b, []byte(cp.Digest))
+	b = append(b, `,"key_columns":`...)
+	b = appendStrings(b, cp.KeyColumns)
+	b = append(b, `,"columns":`...)
+	b = appendStrings(b, cp.Columns)
+	b = append(b, '}')
+	b = s.appendMetadata(b, ev, lsn)
+	b = append(b, "}}}"...)
+	ev.Body = b
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, x := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = AppendString(b, []byte(x))
+	}
+	return append(b, ']')
 }

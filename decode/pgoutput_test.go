@@ -153,8 +153,18 @@ func TestStreamEnvelopes(t *testing.T) {
 		newMsg('T').u32(1).u8(TruncateCascade).u32(rel),
 		commitMsg(0x1A2B3C8, 0x1A2B3F0),
 	)
+	// Each event links to the one before it (prev) and counts itself in its
+	// transaction (tx_index); the last also says how many there were.
 	meta := func(lsn string, seq int) string {
-		return `"metadata":{"commit_lsn":"0/1A2B3C8","lsn":"` + lsn + `","xid":1234,"commit_timestamp":"2026-11-14T19:33:20+00:00","idempotency_key":"pgaudit-cdc:7301:pgaudit_cdc:0000000001A2B3C8:` + string(rune('0'+seq)) + `"}`
+		prev := "null"
+		if seq > 1 {
+			prev = `"0/1A2B3C8:` + string(rune('0'+seq-1)) + `"`
+		}
+		last := ""
+		if seq == 4 {
+			last = `,"tx_events":4`
+		}
+		return `"metadata":{"commit_lsn":"0/1A2B3C8","lsn":"` + lsn + `","xid":1234,"commit_timestamp":"2026-11-14T19:33:20+00:00","idempotency_key":"pgaudit-cdc:7301:pgaudit_cdc:0000000001A2B3C8:` + string(rune('0'+seq)) + `","prev":` + prev + `,"tx_index":` + string(rune('0'+seq)) + last + `}`
 	}
 	head := `{"kind":"decision_card_status_changed","source":"procurement-api","timestamp":"2026-11-14T19:33:20+00:00","payload":{"table":"public.decisions",`
 	want := []string{
@@ -206,14 +216,17 @@ func TestStreamSkipsUnwatchedAndTracksRegistry(t *testing.T) {
 		kinds = append(kinds, it.Kind)
 	}
 	// Each registry change is applied and audited itself (WATCH, UNWATCH).
-	want := []ItemKind{ItemWatchChanged, ItemEvent, ItemEvent, ItemWatchChanged, ItemEvent, ItemEvent, ItemCommit}
+	// Events are handed on one step late (the last of a transaction is only
+	// known at its commit), so a watch change comes before the event built
+	// just ahead of it.
+	want := []ItemKind{ItemWatchChanged, ItemEvent, ItemWatchChanged, ItemEvent, ItemEvent, ItemEvent, ItemCommit}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Fatalf("got item kinds %v, want %v", kinds, want)
 	}
-	if items[3].Watch.Active {
+	if items[2].Watch.Active {
 		t.Fatalf("got an active watch after the registry delete, want inactive")
 	}
-	for i, op := range map[int]string{1: OpWatch, 2: OpInsert, 4: OpUnwatch, 5: OpInsert} {
+	for i, op := range map[int]string{1: OpWatch, 3: OpInsert, 4: OpUnwatch, 5: OpInsert} {
 		ev := items[i].Event
 		if ev.Operation != op {
 			t.Errorf("item %d: got operation %s, want %s", i, ev.Operation, op)

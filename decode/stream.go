@@ -57,6 +57,36 @@ type Position struct {
 	Seq       uint32
 }
 
+// AppendText writes p as "<commit LSN>:<seq>", e.g. "0/1A2B3C8:5", the form
+// of metadata.prev.
+func (p Position) AppendText(b []byte) []byte {
+	b = p.CommitLSN.appendText(b)
+	b = append(b, ':')
+	return strconv.AppendUint(b, uint64(p.Seq), 10)
+}
+
+// String is AppendText as a string.
+func (p Position) String() string { return string(p.AppendText(nil)) }
+
+// ParsePosition parses the form of Position.String.
+func ParsePosition(s string) (Position, bool) {
+	lsnText, seqText, ok := strings.Cut(s, ":")
+	if !ok {
+		return Position{}, false
+	}
+	hiText, loText, ok := strings.Cut(lsnText, "/")
+	if !ok {
+		return Position{}, false
+	}
+	hi, err1 := strconv.ParseUint(hiText, 16, 32)
+	lo, err2 := strconv.ParseUint(loText, 16, 32)
+	seq, err3 := strconv.ParseUint(seqText, 10, 32)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return Position{}, false
+	}
+	return Position{CommitLSN: LSN(hi<<32 | lo), Seq: uint32(seq)}, true
+}
+
 // Less reports whether p comes before q in commit order.
 func (p Position) Less(q Position) bool {
 	if p.CommitLSN != q.CommitLSN {
@@ -201,7 +231,20 @@ type Stream struct {
 	// identity remembers the replica identity last reported per watched
 	// relation, so a weakening is reported once.
 	identity map[uint32]byte
+
+	// The self-linked stream (see appendMetadata): the position of the
+	// previous event, the number of events built in this transaction, and
+	// the last of them, held back until it is known whether it is the last.
+	prev    Position
+	txCount uint32
+	held    *Event
 }
+
+// SetPrevious tells the stream the position of the last event already
+// delivered (read back from the spine at the start of a session), so the
+// first event it builds links to it when the replay regenerates nothing
+// before it.
+func (s *Stream) SetPrevious(p Position) { s.prev = p }
 
 // NewStream returns a Stream that labels events with watches (keyed by table
 // OID). The map is copied.
@@ -261,12 +304,46 @@ var ErrProtocol = errors.New("unexpected pgoutput message sequence")
 // each item it yields, in order. Tuple data of m may be reused after Apply
 // returns: events own their bytes.
 func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
+	return s.apply(lsn, m, func(it Item) error {
+		switch it.Kind {
+		case ItemEvent:
+			// Hold each event until the next one or the commit: only then
+			// is it known whether it is the transaction's last.
+			held := s.held
+			s.held = it.Event
+			if held != nil {
+				return emit(Item{Kind: ItemEvent, Event: held})
+			}
+			return nil
+		case ItemCommit:
+			if held := s.held; held != nil {
+				s.held = nil
+				markLast(held, s.txCount)
+				if err := emit(Item{Kind: ItemEvent, Event: held}); err != nil {
+					return err
+				}
+			}
+		}
+		return emit(it)
+	})
+}
+
+// markLast adds the transaction's event count to its last event's metadata,
+// which is the innermost object the body closes last.
+func markLast(ev *Event, count uint32) {
+	b := ev.Body[:len(ev.Body)-3] // "}}}": metadata, payload, envelope
+	b = append(b, `,"tx_events":`...)
+	b = strconv.AppendUint(b, uint64(count), 10)
+	ev.Body = append(b, "}}}"...)
+}
+
+func (s *Stream) apply(lsn LSN, m Message, emit func(Item) error) error {
 	switch m := m.(type) {
 	case *BeginMessage:
 		if s.inTx {
 			return fmt.Errorf("%w: BEGIN of xid %d inside xid %d", ErrProtocol, m.Xid, s.begin.Xid)
 		}
-		s.inTx, s.begin, s.seq = true, *m, 0
+		s.inTx, s.begin, s.seq, s.txCount, s.held = true, *m, 0, 0, nil
 		s.commitTime = PGTime(m.CommitTime)
 		s.timestamp = FormatTimestamp(s.commitTime)
 		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth = nil, "", nil, nil, nil
@@ -470,6 +547,22 @@ func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
 	b = append(b, s.timestamp...)
 	b = append(b, `","idempotency_key":`...)
 	b = AppendString(b, []byte(ev.Key))
+	// The self-linked stream: the previous event's position (null for the
+	// first one known) and this event's index in its transaction. The last
+	// event of a transaction also carries tx_events (see markLast). A
+	// verifier can tell from these alone that nothing is missing.
+	b = append(b, `,"prev":`...)
+	if s.prev.IsZero() {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = s.prev.AppendText(b)
+		b = append(b, '"')
+	}
+	s.prev = ev.Pos
+	s.txCount++
+	b = append(b, `,"tx_index":`...)
+	b = strconv.AppendUint(b, uint64(s.txCount), 10)
 	if s.annotations != nil {
 		b = append(b, `,"annotations":`...)
 		b = append(b, s.annotations...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,16 +61,38 @@ func CheckWALLevel(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// RegistryLockKey is the transaction-level advisory lock that serialises
+// changes of the watch registry and of the publication's membership (watch,
+// unwatch, the agent's housekeeping, the conversion below).
+const RegistryLockKey = 0x7067617564697401
+
+// Querier runs a query: a *pgx.Conn or a pgx.Tx.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // EnsurePublication creates the publication, holding the registry table,
 // when it does not exist. publish_via_partition_root reports changes of
 // partitions under the partitioned table that is watched.
+//
+// Every watched table is a member of the publication by itself, schema-wide
+// watches included: a publication with FOR TABLES IN SCHEMA members may hold
+// no table with a column list, and ignores the row filter of a table in such
+// a schema. An existing publication that still holds schemas that way (made
+// by an earlier version) is converted here to per-table membership, in one
+// transaction, when the role may (see ConvertSchemaMembership).
 func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) error {
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", publication).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up publication %q: %w", publication, err)
 	}
 	if exists {
-		return ensureRegistryPublished(ctx, conn, publication)
+		if err := ensureRegistryPublished(ctx, conn, publication); err != nil {
+			return err
+		}
+		_, err := ConvertSchemaMembership(ctx, conn, publication)
+		return err
 	}
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
 		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
@@ -80,7 +103,10 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 		if isCode(err, "42710") { // created meanwhile by a concurrent call
 			return nil
 		}
-		return fmt.Errorf("creating publication %q (the role needs CREATE on the database and ownership of the watched tables): %w", publication, err)
+		if isCode(err, "42501") {
+			return fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", publication, err)
+		}
+		return fmt.Errorf("creating publication %q: %w", publication, err)
 	}
 	return nil
 }
@@ -99,10 +125,152 @@ func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication st
 		}
 		sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{migrations.Schema, table}.Sanitize()
 		if _, err := conn.Exec(ctx, sql); err != nil && !isCode(err, "42710") {
+			if isCode(err, "42501") {
+				return fmt.Errorf("adding the watch registry to publication %q: the role must own the publication: %w", publication, err)
+			}
 			return fmt.Errorf("adding the watch registry to publication %q: %w", publication, err)
 		}
 	}
 	return nil
+}
+
+// ServerVersion returns server_version_num (150004 for 15.4).
+func ServerVersion(ctx context.Context, q Querier) (int, error) {
+	var v int
+	if err := q.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading the server version: %w", err)
+	}
+	return v, nil
+}
+
+// SchemaMembers returns the schemas publication holds as FOR TABLES IN
+// SCHEMA members: only publications made by pgaudit-cdc before per-table
+// membership have any. PostgreSQL 14 has no such members.
+func SchemaMembers(ctx context.Context, q Querier, publication string) ([]string, error) {
+	v, err := ServerVersion(ctx, q)
+	if err != nil || v < 150000 {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, `SELECT n.nspname FROM pg_publication_namespace pn
+		JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
+		WHERE p.pubname = $1 ORDER BY 1`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("reading the schemas of publication %q: %w", publication, err)
+	}
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reading the schemas of publication %q: %w", publication, err)
+	}
+	return schemas, nil
+}
+
+// ConvertSchemaMembership replaces every FOR TABLES IN SCHEMA member of
+// publication by the schema's tables, each a member by itself, in one
+// transaction: publication changes are transactional, so every change is
+// published either through the schema (committed before) or through the
+// table (committed after), and none is missed. It returns the schemas
+// converted.
+//
+// It runs only when the role may do all of it: own the publication (or be
+// a superuser) and own, or be a member of the owner of, every table to add.
+// Otherwise it returns nothing and changes nothing: the old membership keeps
+// publishing the schema as before, and a watch that needs the conversion
+// (a column list, or a row filter in such a schema) says how to get it.
+func ConvertSchemaMembership(ctx context.Context, conn *pgx.Conn, publication string) ([]string, error) {
+	schemas, err := SchemaMembers(ctx, conn, publication)
+	if err != nil || len(schemas) == 0 {
+		return nil, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("converting the schemas of publication %q: %w", publication, err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10s'"); err != nil {
+		return nil, fmt.Errorf("converting the schemas of publication %q: %w", publication, err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(RegistryLockKey)); err != nil {
+		return nil, fmt.Errorf("locking the watch registry: %w", err)
+	}
+	// Read again under the lock: a concurrent call may have converted.
+	if schemas, err = SchemaMembers(ctx, tx, publication); err != nil || len(schemas) == 0 {
+		return nil, err
+	}
+	var allowed bool
+	if err := tx.QueryRow(ctx, `SELECT pg_has_role(p.pubowner, 'USAGE') AND NOT EXISTS (
+			SELECT 1 FROM pg_publication_namespace pn JOIN pg_class c ON c.relnamespace = pn.pnnspid
+			WHERE pn.pnpubid = p.oid AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+				AND NOT pg_has_role(c.relowner, 'USAGE'))
+		FROM pg_publication p WHERE p.pubname = $1`, publication).Scan(&allowed); err != nil {
+		return nil, fmt.Errorf("checking the ownership of publication %q and its tables: %w", publication, err)
+	}
+	if !allowed {
+		return nil, nil
+	}
+	pub := pgx.Identifier{publication}.Sanitize()
+	for _, schema := range schemas {
+		tables, err := SchemaTablesOutside(ctx, tx, publication, schema)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLES IN SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return nil, fmt.Errorf("converting schema %q of publication %q to per-table membership: %w", schema, publication, err)
+		}
+		if err := AddTables(ctx, tx, publication, tables); err != nil {
+			return nil, fmt.Errorf("converting schema %q of publication %q to per-table membership: %w", schema, publication, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("committing the conversion of publication %q to per-table membership: %w", publication, err)
+	}
+	return schemas, nil
+}
+
+// SchemaTablesOutside lists the tables of schema that a schema-wide watch
+// covers (tables and partitioned tables, partitions included, that can be
+// published: not unlogged) and that are not members of publication by
+// themselves.
+func SchemaTablesOutside(ctx context.Context, q Querier, publication, schema string) ([]pgx.Identifier, error) {
+	rows, err := q.Query(ctx, `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $2 AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+			AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+				WHERE p.pubname = $1 AND pr.prrelid = c.oid)
+		ORDER BY c.oid`, publication, schema)
+	if err != nil {
+		return nil, fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+	}
+	tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (pgx.Identifier, error) {
+		var s, t string
+		err := row.Scan(&s, &t)
+		return pgx.Identifier{s, t}, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the tables of schema %q: %w", schema, err)
+	}
+	return tables, nil
+}
+
+// AddTables adds tables, without row filter or column list, to publication
+// in one statement.
+func AddTables(ctx context.Context, tx pgx.Tx, publication string, tables []pgx.Identifier) error {
+	if len(tables) == 0 {
+		return nil
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Sanitize()
+	}
+	_, err := tx.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{publication}.Sanitize()+" ADD TABLE "+strings.Join(names, ", "))
+	return err
+}
+
+// TableNames writes tables as schema.table, quoted where needed.
+func TableNames(tables []pgx.Identifier) string {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = decode.QualifiedName(t[0], t[1])
+	}
+	return strings.Join(names, ", ")
 }
 
 // ErrWrongSlot is wrapped when the named slot exists but belongs to another
@@ -262,6 +430,9 @@ func CheckSlotOwner(ctx context.Context, conn *pgx.Conn, slot string, info SlotI
 	}
 	return nil
 }
+
+// IsCode reports whether err is a PostgreSQL error with SQLSTATE code.
+func IsCode(err error, code string) bool { return isCode(err, code) }
 
 func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError

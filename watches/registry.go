@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,8 +20,9 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
-// lockKey serialises registry changes across CLI calls.
-const lockKey = 0x7067617564697401
+// lockKey serialises registry and publication membership changes across CLI
+// calls and the agent.
+const lockKey = replication.RegistryLockKey
 
 // Registry changes watches in one database.
 type Registry struct {
@@ -99,15 +99,16 @@ type relation struct {
 	oid         uint32
 	kind        string
 	replIdent   string
+	persistence string // p permanent, u unlogged, t temporary
 	partitioned bool
 }
 
 func (r *Registry) lookup(ctx context.Context, q pgx.Tx, t TableName) (relation, bool, error) {
 	var rel relation
 	var oid uint32
-	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text
+	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text, c.relpersistence::text
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid, &rel.kind, &rel.replIdent)
+		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid, &rel.kind, &rel.replIdent, &rel.persistence)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return relation{}, false, nil
 	}
@@ -174,11 +175,21 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if rel.kind != "r" && rel.kind != "p" {
 		return "", fmt.Errorf("%s is not a table (relkind %q): only tables and partitioned tables can be watched", name, rel.kind)
 	}
+	if rel.persistence != "p" {
+		return "", fmt.Errorf("%s is an unlogged or temporary table: its changes are not written to the WAL, so logical replication cannot capture them; make it a regular table (ALTER TABLE %s SET LOGGED) and watch it again", name, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+	}
 	if rel.kind == "p" && o.columnControl() {
 		return "", fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)
 	}
 	if (o.RowFilter != "" || o.columnControl()) && serverVersion(ctx, tx) < 150000 {
 		return "", fmt.Errorf("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
+	}
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return "", err
+	}
+	if err := r.legacyConflict(legacy, t, o); err != nil {
+		return "", err
 	}
 	cols, err := r.columnList(ctx, tx, rel, t, o)
 	if err != nil {
@@ -188,50 +199,39 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 		// A column list must cover the replica identity: the primary key.
 		if rel.replIdent != "d" {
 			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
-				return "", fmt.Errorf("setting REPLICA IDENTITY DEFAULT on %s (the role must own the table): %w", name, err)
+				return "", denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
 			}
 		}
 	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
 		return "", err
 	}
-	var member bool
-	var prevFilter *string
-	var prevCols, prevExcl []string
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
-		JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = $2)`, r.publication, rel.oid).Scan(&member); err != nil {
-		return "", fmt.Errorf("checking publication %q: %w", r.publication, err)
+	// The table's own membership, which a schema-wide watch of its schema
+	// may have made (plain): this watch's row filter and column list take
+	// precedence.
+	cur, err := r.membershipOf(ctx, tx, rel.oid)
+	if err != nil {
+		return "", err
 	}
-	_ = tx.QueryRow(ctx, `SELECT row_filter, columns, exclude_columns FROM pgaudit_cdc.watches WHERE table_oid = $1`, rel.oid).Scan(&prevFilter, &prevCols, &prevExcl)
-	changedShape := deref(prevFilter) != o.RowFilter || !slices.Equal(prevCols, o.Columns) || !slices.Equal(prevExcl, o.ExcludeColumns)
-	pub := pgx.Identifier{r.publication}.Sanitize()
-	ident := pgx.Identifier{t.Schema, t.Name}.Sanitize()
-	if member && changedShape {
+	var prevActive bool
+	var prevFilter *string
+	err = tx.QueryRow(ctx, `SELECT active, row_filter FROM pgaudit_cdc.watches WHERE table_oid = $1`, rel.oid).Scan(&prevActive, &prevFilter)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("reading the watch of %s: %w", name, err)
+	}
+	// A row filter cannot be read back as written, so an unchanged one is
+	// known from the active watch that set it.
+	same := cur.member && slices.Equal(cur.columns, cols) && cur.hasFilter == (o.RowFilter != "") &&
+		(o.RowFilter == "" || (prevActive && deref(prevFilter) == o.RowFilter))
+	if cur.member && !same {
 		// Replace the table's filter and column list in this transaction:
 		// changes committed after it follow the new definition.
-		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLE "+ident); err != nil {
-			return "", fmt.Errorf("updating %s in publication %q: %w", name, r.publication, err)
+		if err := r.dropTable(ctx, tx, t); err != nil {
+			return "", err
 		}
-		member = false
 	}
-	if !member {
-		sql := "ALTER PUBLICATION " + pub + " ADD TABLE " + ident
-		if len(cols) > 0 {
-			quoted := make([]string, len(cols))
-			for i, c := range cols {
-				quoted[i] = pgx.Identifier{c}.Sanitize()
-			}
-			sql += " (" + strings.Join(quoted, ", ") + ")"
-		}
-		if o.RowFilter != "" {
-			sql += " WHERE (" + o.RowFilter + ")"
-		}
-		// The extended protocol runs exactly one statement: a --where
-		// expression cannot smuggle in a second one.
-		if _, err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
-			if o.RowFilter != "" || len(cols) > 0 {
-				return "", fmt.Errorf("adding %s to publication %q with the given --where/--columns: %w", name, r.publication, err)
-			}
-			return "", fmt.Errorf("adding %s to publication %q (the role must own the table): %w", name, r.publication, err)
+	if !same {
+		if err := r.addTable(ctx, tx, t, cols, o.RowFilter); err != nil {
+			return "", err
 		}
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
@@ -353,7 +353,7 @@ func (r *Registry) setReplicaIdentityFull(ctx context.Context, tx pgx.Tx, rel re
 	if rel.replIdent != "f" {
 		sql := "ALTER TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize() + " REPLICA IDENTITY FULL"
 		if _, err := tx.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("setting REPLICA IDENTITY FULL on %s (the role must own the table): %w", decode.QualifiedName(t.Schema, t.Name), err)
+			return denied("setting REPLICA IDENTITY FULL on "+decode.QualifiedName(t.Schema, t.Name), err)
 		}
 	}
 	if rel.partitioned {
@@ -384,7 +384,7 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 	var fixed []string
 	for _, p := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{p.Schema, p.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, fmt.Errorf("setting REPLICA IDENTITY FULL on partition %s: %w", decode.QualifiedName(p.Schema, p.Name), err)
+			return fixed, denied("setting REPLICA IDENTITY FULL on partition "+decode.QualifiedName(p.Schema, p.Name), err)
 		}
 		fixed = append(fixed, decode.QualifiedName(p.Schema, p.Name))
 	}
@@ -396,13 +396,23 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 // watched, tables created in a watched schema, and watched tables whose
 // identity a migration weakened (ALTER TABLE ... REPLICA IDENTITY DEFAULT).
 // Tables with a column list keep their primary key as identity. It returns
-// the tables it changed. The agent calls it periodically, and at once when
+// the tables it changed. First it adds the tables of watched schemas that are
+// not yet members of the publication (created where no event trigger is
+// installed). The agent calls it periodically, and at once when
 // the stream shows a weakened identity.
 //
 // ALTER TABLE needs an ACCESS EXCLUSIVE lock; a short lock_timeout keeps a
 // long application transaction from stalling the caller: it tries again
 // later.
 func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
+	// Tables that joined a watched schema without the event trigger join
+	// the publication first (with FULL), in a transaction of their own.
+	_, syncErr := r.syncSchemaMembership(ctx)
+	fixed, err := r.fixReplicaIdentity(ctx)
+	return fixed, errors.Join(syncErr, err)
+}
+
+func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("starting transaction: %w", err)
@@ -429,7 +439,7 @@ func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
 	var fixed []string
 	for _, t := range weakened {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return nil, fmt.Errorf("restoring REPLICA IDENTITY FULL on %s (the role must own the table or be a member of its owner): %w", decode.QualifiedName(t.Schema, t.Name), err)
+			return nil, denied("restoring REPLICA IDENTITY FULL on "+decode.QualifiedName(t.Schema, t.Name), err)
 		}
 		fixed = append(fixed, decode.QualifiedName(t.Schema, t.Name))
 	}
@@ -489,19 +499,42 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 	}
 	var removed int64
 	if exists {
-		var member bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
-			JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1 AND pr.prrelid = $2)`, r.publication, rel.oid).Scan(&member); err != nil {
-			return false, fmt.Errorf("checking publication %q: %w", r.publication, err)
+		// A table of a watched schema stays in the publication for the
+		// schema-wide watch, as a plain member with REPLICA IDENTITY FULL:
+		// the schema watch takes over from the per-table one.
+		covered, err := schemaWatched(ctx, tx, t.Schema)
+		if err != nil {
+			return false, err
 		}
-		if member {
-			sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
-			if _, err := tx.Exec(ctx, sql); err != nil {
-				return false, fmt.Errorf("removing %s from publication %q: %w", name, r.publication, err)
+		legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+		if err != nil {
+			return false, err
+		}
+		throughSchema := slices.Contains(legacy, t.Schema) // FOR TABLES IN SCHEMA, from an earlier version
+		cur, err := r.membershipOf(ctx, tx, rel.oid)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case covered && !throughSchema:
+			if cur.member && !cur.plain() {
+				if err := r.dropTable(ctx, tx, t); err != nil {
+					return false, err
+				}
+				cur.member = false
+			}
+			if !cur.member && (rel.kind == "r" || rel.kind == "p") {
+				if err := r.addTable(ctx, tx, t, nil, ""); err != nil {
+					return false, err
+				}
+			}
+		case cur.member:
+			if err := r.dropTable(ctx, tx, t); err != nil {
+				return false, err
 			}
 		}
 		var prior *string
-		err := tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
+		err = tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
 			WHERE table_oid = $1 AND active RETURNING prior_replica_identity::text`, rel.oid).Scan(&prior)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -509,12 +542,19 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 			return false, fmt.Errorf("unregistering %s: %w", name, err)
 		default:
 			removed = 1
-			// Give the table back the replica identity it had, when that
-			// can be restored without knowing an index name.
-			if prior != nil && (*prior == "d" || *prior == "n") && rel.replIdent == "f" {
+			switch {
+			case covered:
+				// A column-controlled watch left the primary key as the
+				// identity: the schema watch sends whole old rows.
+				if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
+					return false, err
+				}
+			case prior != nil && (*prior == "d" || *prior == "n") && rel.replIdent == "f":
+				// Give the table back the replica identity it had, when
+				// that can be restored without knowing an index name.
 				ident := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[*prior]
 				if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY "+ident); err != nil {
-					return false, fmt.Errorf("restoring the replica identity of %s: %w", name, err)
+					return false, denied("restoring the replica identity of "+name, err)
 				}
 			}
 		}

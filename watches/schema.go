@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
 // SchemaEntry is a schema-wide watch.
@@ -23,11 +26,14 @@ type SchemaEntry struct {
 	ChangedBy string
 }
 
-// WatchSchema audits every table of schema, including tables created later
-// (publication FOR TABLES IN SCHEMA, PostgreSQL 15+). A per-table watch of
-// a table in it takes precedence. Existing tables get REPLICA IDENTITY FULL
-// now; tables created later get it from the agent's housekeeping (until then
-// their old rows carry the primary key only).
+// WatchSchema audits every table of schema, including tables created later.
+// Each table becomes a member of the publication by itself (not FOR TABLES
+// IN SCHEMA, see membership.go), so the schema watch combines with per-table
+// watches of any kind; a per-table watch of a table in it takes precedence,
+// and its membership (row filter, column list) is left as it is. Existing
+// tables get REPLICA IDENTITY FULL now; tables created later join the
+// publication and get it from the DDL event trigger, in the transaction that
+// creates them, or else from the agent's housekeeping.
 func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string) error {
 	if schema == migrations.Schema {
 		return errors.New("the pgaudit_cdc schema cannot be watched")
@@ -44,28 +50,31 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	if serverVersion(ctx, tx) < 150000 {
-		return errors.New("schema-wide watches need PostgreSQL 15 or later (publications FOR TABLES IN SCHEMA); watch the tables one by one")
+		return errors.New("schema-wide watches need PostgreSQL 15 or later; watch the tables one by one")
 	}
-	var nspOID uint32
-	err = tx.QueryRow(ctx, "SELECT oid FROM pg_namespace WHERE nspname = $1", schema).Scan(&nspOID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("schema %q does not exist: %w", schema, ErrTableNotFound)
-	}
-	if err != nil {
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up schema %q: %w", schema, err)
+	}
+	if !exists {
+		return fmt.Errorf("schema %q does not exist: create it first, or check the name (it is case-sensitive): %w", schema, ErrTableNotFound)
 	}
 	if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
 		return err
 	}
-	var member bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
-		JOIN pg_publication p ON p.oid = pn.pnpubid WHERE p.pubname = $1 AND pn.pnnspid = $2)`, r.publication, nspOID).Scan(&member); err != nil {
-		return fmt.Errorf("checking publication %q: %w", r.publication, err)
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return err
 	}
-	if !member {
-		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " ADD TABLES IN SCHEMA " + pgx.Identifier{schema}.Sanitize()
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("adding schema %q to publication %q (needs superuser in PostgreSQL 15+): %w", schema, r.publication, err)
+	// A schema still published FOR TABLES IN SCHEMA (an earlier version's
+	// watch, not converted) is covered already.
+	if !slices.Contains(legacy, schema) {
+		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
+		if err != nil {
+			return err
+		}
+		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
+			return denied(fmt.Sprintf("adding the tables of schema %q to publication %q", schema, r.publication), err)
 		}
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.schema_watches AS w (schema_name, kind, source, active, changed_by)
@@ -76,11 +85,15 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	if err != nil {
 		return fmt.Errorf("registering the watch of schema %q: %w", schema, err)
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("committing the watch of schema %q: %w", schema, err)
+	}
+	return nil
 }
 
 // UnwatchSchema removes a schema-wide watch; it reports whether one was
-// active. Per-table watches in the schema stay.
+// active. The tables of the schema leave the publication, except those with
+// a per-table watch, which stay as they are.
 func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, error) {
 	if _, err := migrations.Apply(ctx, r.conn); err != nil {
 		return false, err
@@ -90,26 +103,45 @@ func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, erro
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	// pg_publication_namespace exists from PostgreSQL 15 on, as do schema
-	// watches; on older servers only the registry row can be left.
-	var member bool
-	if serverVersion(ctx, tx) >= 150000 {
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_namespace pn
-			JOIN pg_publication p ON p.oid = pn.pnpubid JOIN pg_namespace n ON n.oid = pn.pnnspid
-			WHERE p.pubname = $1 AND n.nspname = $2)`, r.publication, schema).Scan(&member); err != nil {
-			return false, fmt.Errorf("checking publication %q: %w", r.publication, err)
-		}
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return false, err
 	}
-	if member {
-		sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLES IN SCHEMA " + pgx.Identifier{schema}.Sanitize()
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return false, fmt.Errorf("removing schema %q from publication %q: %w", schema, r.publication, err)
+	pub := pgx.Identifier{r.publication}.Sanitize()
+	if slices.Contains(legacy, schema) {
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLES IN SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return false, denied(fmt.Sprintf("removing schema %q from publication %q", schema, r.publication), err)
 		}
 	}
 	tag, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.schema_watches SET active = false, changed_by = current_user, updated_at = now()
 		WHERE schema_name = $1 AND active`, schema)
 	if err != nil {
 		return false, fmt.Errorf("unregistering schema %q: %w", schema, err)
+	}
+	if tag.RowsAffected() > 0 {
+		// The tables that are members only for the schema watch.
+		rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname FROM pg_publication_rel pr
+			JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE p.pubname = $1 AND n.nspname = $2
+				AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w WHERE w.active AND w.table_oid = c.oid)
+			ORDER BY c.oid`, r.publication, schema)
+		if err != nil {
+			return false, fmt.Errorf("listing the tables of schema %q in publication %q: %w", schema, r.publication, err)
+		}
+		tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
+			var s, t string
+			err := row.Scan(&s, &t)
+			return pgx.Identifier{s, t}.Sanitize(), err
+		})
+		if err != nil {
+			return false, fmt.Errorf("listing the tables of schema %q in publication %q: %w", schema, r.publication, err)
+		}
+		if len(tables) > 0 {
+			if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLE "+strings.Join(tables, ", ")); err != nil {
+				return false, denied(fmt.Sprintf("removing the tables of schema %q from publication %q", schema, r.publication), err)
+			}
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return false, fmt.Errorf("committing the unwatch of schema %q: %w", schema, err)
@@ -134,7 +166,7 @@ func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, e
 	var fixed []string
 	for _, n := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, n}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, fmt.Errorf("setting REPLICA IDENTITY FULL on %s (the role must own it): %w", decode.QualifiedName(schema, n), err)
+			return fixed, denied("setting REPLICA IDENTITY FULL on "+decode.QualifiedName(schema, n), err)
 		}
 		fixed = append(fixed, decode.QualifiedName(schema, n))
 	}

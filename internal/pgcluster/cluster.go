@@ -34,6 +34,8 @@ type Cluster struct {
 
 	// Local cluster only.
 	binDir  string
+	version string // "16.14", from postgres --version
+	major   int
 	tempDir string
 	dataDir string
 	logFile string
@@ -53,6 +55,10 @@ func (c *Cluster) External() bool { return c.external }
 // BinDir returns the directory holding initdb, pg_ctl, postgres and
 // pg_recvlogical, or "" for an external server.
 func (c *Cluster) BinDir() string { return c.binDir }
+
+// Version returns the server's version ("16.14") and major version (16) as
+// reported by postgres --version, or "" and 0 for an external server.
+func (c *Cluster) Version() (string, int) { return c.version, c.major }
 
 // Port returns the TCP port the server listens on.
 func (c *Cluster) Port() int { return c.port }
@@ -118,6 +124,9 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 		return nil, err
 	}
 	c := &Cluster{binDir: binDir, asRoot: os.Geteuid() == 0, extra: settings}
+	if c.major, c.version, err = ServerVersion(binDir); err != nil {
+		return nil, err
+	}
 
 	var uid, gid int
 	if c.asRoot {
@@ -159,6 +168,13 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 	// From here on, the watchdog removes the cluster if this process dies.
 	if err := c.startWatchdog(); err != nil {
 		return nil, err
+	}
+
+	// As root the server runs as postgres, who must be able to reach the
+	// binaries and their libraries (an npm cache under root's home is not).
+	if out, err := c.command(ctx, "postgres", "--version").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("cannot run %s as the server's OS user: %v: %s (as root, the postgres user needs read and search access to the directory: chmod -R o+rX, or a cache outside /root)",
+			filepath.Join(binDir, "postgres"), err, bytesTail(out, 5))
 	}
 
 	out, err := c.command(ctx, "initdb", "-D", c.dataDir, "-U", "postgres",
@@ -321,11 +337,19 @@ func bytesTail(data []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// findBinDir returns the first directory that holds initdb, pg_ctl and
-// postgres, trying pg_config --bindir, the directory of initdb on PATH
-// (symlinks resolved) and /usr/lib/postgresql/<version>/bin, highest
-// version first.
+// findBinDir returns the bin directory of the version PGAUDIT_PG_VERSION
+// names (see BinDirFor), or, when it is unset, the first directory that
+// holds initdb, pg_ctl and postgres, trying pg_config --bindir, the
+// directory of initdb on PATH (symlinks resolved) and
+// /usr/lib/postgresql/<version>/bin, highest version first.
 func findBinDir() (string, error) {
+	v, err := RequestedVersion()
+	if err != nil {
+		return "", err
+	}
+	if v != 0 {
+		return BinDirFor(v)
+	}
 	var candidates []string
 	if pgConfig, err := exec.LookPath("pg_config"); err == nil {
 		if out, err := exec.Command(pgConfig, "--bindir").Output(); err == nil {

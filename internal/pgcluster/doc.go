@@ -1,7 +1,12 @@
 // Package pgcluster starts a throwaway PostgreSQL cluster (initdb + pg_ctl in
 // a temporary directory, wal_level=logical, a free port, fsync off), for the
 // integration tests and for `pgaudit-cdc demo`. As root the server runs as
-// the postgres OS user through runuser, since initdb refuses root. Server
-// binaries are looked for with pg_config, on PATH, and under
+// the postgres OS user through runuser, since initdb refuses root.
+//
+// PGAUDIT_PG_VERSION=16 chooses the major version: its binaries are looked
+// for in PGAUDIT_PG_BINDIRS, in /usr/lib/postgresql/16/bin and in the npm
+// cache (<PGAUDIT_PG_CACHE>/pg16, filled by `make pg-versions`), and their
+// absence is an error, never a reason to use another version. Without it,
+// server binaries are looked for with pg_config, on PATH, and under
 // /usr/lib/postgresql/<version>/bin.
 package pgcluster

@@ -35,6 +35,9 @@ func Run(m *testing.M) int {
 		return 1
 	}
 	current = c
+	if v, _ := c.Version(); v != "" {
+		fmt.Fprintf(os.Stderr, "pgtest: PostgreSQL %s from %s\n", v, c.BinDir())
+	}
 	defer func() {
 		current = nil
 		c.Shutdown()
@@ -69,6 +72,26 @@ func Current(t testing.TB) *pgcluster.Cluster {
 		t.Fatalf("pgtest: no PostgreSQL cluster: call pgtest.Run from TestMain")
 	}
 	return current
+}
+
+// ServerVersionNum returns the server's server_version_num (160014 for
+// 16.14), read from the server itself, so it holds for an external server
+// too. Tests use it for what differs by version: they check the behaviour
+// of each version, never skip.
+func ServerVersionNum(t testing.TB) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, AdminDSN(t))
+	if err != nil {
+		t.Fatalf("pgtest: connect to admin database: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&v); err != nil {
+		t.Fatalf("pgtest: server_version_num: %v", err)
+	}
+	return v
 }
 
 // AdminDSN returns the URL of the cluster's maintenance database (postgres)

@@ -1,0 +1,117 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+)
+
+// listLimit is the most events GET /events returns.
+const listLimit = 100000
+
+// Walk reads the whole chain in event_id order and calls fn with each event,
+// one at a time (events can be large; the chain is never held whole).
+// GET /events returns at most the newest 100,000 events, so older ones are
+// read one by one with GET /events/{id}. progress, when set, is called every
+// 10,000 events with how many were read and how many there were at the
+// start.
+func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress func(done, total int64)) error {
+	var stats struct {
+		Count       int64 `json:"count"`
+		LastEventID int64 `json:"last_event_id"`
+	}
+	if err := c.getJSON(ctx, "/stats", func(r io.Reader) error { return json.NewDecoder(r).Decode(&stats) }); err != nil {
+		return err
+	}
+	total := stats.LastEventID
+	var done int64
+	next := int64(1)
+	emit := func(e chain.Event) error {
+		if e.EventID < next {
+			return nil // already read (a list overlapping the walk)
+		}
+		next = e.EventID + 1
+		done++
+		if progress != nil && done%10000 == 0 {
+			progress(done, total)
+		}
+		return fn(e)
+	}
+	listFrom := total - listLimit + 1
+	for next < listFrom {
+		id := next
+		err := c.getJSON(ctx, "/events/"+strconv.FormatInt(id, 10), func(r io.Reader) error {
+			e, err := decodeEvent(json.NewDecoder(r))
+			if err != nil {
+				return err
+			}
+			return emit(e)
+		})
+		if err != nil {
+			return err
+		}
+		if next == id { // the event came back with another id
+			return fmt.Errorf("GET /events/%d answered another event", id)
+		}
+	}
+	limit := total - next + 1
+	if limit <= 0 {
+		return nil
+	}
+	if limit > listLimit {
+		limit = listLimit
+	}
+	return c.getJSON(ctx, "/events?limit="+strconv.FormatInt(limit, 10), func(r io.Reader) error {
+		dec := json.NewDecoder(r)
+		dec.UseNumber()
+		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+			return fmt.Errorf("GET /events: the answer is not a JSON array (%v)", err)
+		}
+		for dec.More() {
+			e, err := decodeEvent(dec)
+			if err != nil {
+				return err
+			}
+			if e.EventID > next {
+				return fmt.Errorf("GET /events skipped from event %d to %d: the store changed while it was read; run verify again", next, e.EventID)
+			}
+			if err := emit(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func decodeEvent(dec *json.Decoder) (chain.Event, error) {
+	dec.UseNumber()
+	var e chain.Event
+	if err := dec.Decode(&e); err != nil {
+		return e, fmt.Errorf("reading an event: %w", err)
+	}
+	return e, nil
+}
+
+// getJSON GETs path from the spine and hands a 200's body to read.
+func (c *Client) getJSON(ctx context.Context, path string, read func(io.Reader) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+path, nil)
+	if err != nil {
+		return fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("GET %s from the spine at %s: %w", path, c.base.Redacted(), redactErr(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		text, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: the spine answered HTTP %d: %s", path, resp.StatusCode, truncate(string(text), 200))
+	}
+	return read(resp.Body)
+}

@@ -1,0 +1,306 @@
+// Package verify proves, from the spine's events alone, that the audit trail
+// is intact, complete and faithful: it recomputes the hash chain, follows the
+// links every pgaudit-cdc event carries to its predecessor, and folds each
+// table's events up to its checkpoints to compare them with the digest
+// PostgreSQL's own rows gave at that point of commit order.
+//
+// A Verifier is fed the chain in event_id order (Add) and reports at the end
+// (Finish). It keeps per table a multiset of row hashes, not the rows.
+package verify
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+)
+
+// Check names.
+const (
+	CheckChain        = "chain integrity"
+	CheckCompleteness = "completeness"
+	CheckFaithfulness = "faithfulness"
+)
+
+// Options configure a Verifier.
+type Options struct {
+	// Slot is the agent's slot: its events are those whose idempotency key
+	// names this slot, or a later generation of it (slot.gN).
+	Slot string
+	// DeadLetters maps the idempotency keys of events refused by the spine
+	// and still pending to their position (from pgaudit_cdc.dead_letters,
+	// when the database is at hand): a hole they explain has a known cause.
+	DeadLetters map[string]decode.Position
+}
+
+// Result is one check's outcome.
+type Result struct {
+	Check  string `json:"check"`
+	Pass   bool   `json:"pass"`
+	Detail string `json:"detail"`
+	// EventID is the first offending event (0 when none).
+	EventID int64 `json:"event_id,omitempty"`
+	// KnownCause is set when the failure was declared (a GAP event, a
+	// pending dead letter): a hole whose cause is already known.
+	KnownCause string `json:"known_cause,omitempty"`
+}
+
+// Report is what Finish returns.
+type Report struct {
+	Events      int64    `json:"events"`
+	Ours        int64    `json:"pgaudit_cdc_events"`
+	Checkpoints int      `json:"checkpoints"`
+	Results     []Result `json:"results"`
+	Failures    []Result `json:"failures"`
+}
+
+// OK reports whether every check passed.
+func (r *Report) OK() bool { return len(r.Failures) == 0 }
+
+type generation struct {
+	last    decode.Position // last in-order event
+	lastID  int64
+	present map[decode.Position]bool
+	// txCommit, txIndex, txEnded describe the transaction being read.
+	txCommit decode.LSN
+	txIndex  int
+	txEnded  bool
+	txFirst  int64
+	started  bool
+}
+
+// tableState is the fold of one table's events.
+type tableState struct {
+	rows map[[32]byte]int
+	n    int64
+	// rebase: a declared gap covers the table; the fold restarts from its
+	// READ baseline and mismatches until then have a known cause.
+	rebase bool
+	broken string // why the fold cannot be trusted (first reason)
+	// sawFullOld and columnList tell a weakened replica identity from a
+	// column list's key-only identity.
+	sawFullOld bool
+	columnList bool
+	// unseen counts UPDATE/DELETE events whose old row was not in the fold.
+	unseen      int
+	firstUnseen int64
+}
+
+// Verifier accumulates the checks over a chain read in order.
+type Verifier struct {
+	o        Options
+	report   Report
+	first    map[string]bool // check → a failure was recorded
+	expect   int64           // next event_id
+	prevHash string
+	keys     map[string]int64
+	gens     map[string]*generation
+	missing  map[string]map[decode.Position]int64 // generation → missing predecessor → event naming it
+	tables   map[string]*tableState
+	checked  map[string]bool
+	// sources are those of pgaudit-cdc's watches (from its WATCH events):
+	// an event with one of them but no key of this agent was not sent by it.
+	sources map[string]bool
+}
+
+// New returns a Verifier.
+func New(o Options) *Verifier {
+	return &Verifier{o: o, first: map[string]bool{}, expect: 1, prevHash: chain.Genesis,
+		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[decode.Position]int64{},
+		tables: map[string]*tableState{}, checked: map[string]bool{}, sources: map[string]bool{}}
+}
+
+func (v *Verifier) fail(check string, id int64, known, format string, args ...any) {
+	r := Result{Check: check, Detail: fmt.Sprintf(format, args...), EventID: id, KnownCause: known}
+	v.report.Failures = append(v.report.Failures, r)
+	v.first[check] = true
+}
+
+// Add feeds the next event of the chain.
+func (v *Verifier) Add(e chain.Event) {
+	v.report.Events++
+	v.checkChain(e)
+	meta, _ := e.Payload["metadata"].(map[string]any)
+	key, _ := meta["idempotency_key"].(string)
+	sys, keySlot, pos, ok := decode.ParseKey(key)
+	if !ok || (keySlot != v.o.Slot && !strings.HasPrefix(keySlot, v.o.Slot+".g")) {
+		if v.sources[e.Source] {
+			v.fail(CheckCompleteness, e.EventID, "", "event %d has source %q of a pgaudit-cdc watch but no idempotency key of this agent: it was not sent by pgaudit-cdc", e.EventID, e.Source)
+		}
+		return
+	}
+	v.report.Ours++
+	gen := sys + ":" + keySlot
+	op, _ := e.Payload["operation"].(string)
+	table, _ := e.Payload["table"].(string)
+	redelivered, _ := meta["redelivered"].(bool)
+	late, _ := meta["late"].(bool)
+	v.checkCompleteness(e, meta, key, gen, pos, op, redelivered || late)
+	if w, ok := e.Payload["watch"].(map[string]any); ok && (op == decode.OpWatch || op == decode.OpRewatch) {
+		if src, ok := w["source"].(string); ok {
+			v.sources[src] = true
+		}
+		if name, ok := w["table"].(string); ok {
+			cols, _ := w["columns"].([]any)
+			excl, _ := w["exclude_columns"].([]any)
+			v.table(name).columnList = len(cols) > 0 || len(excl) > 0
+		}
+	}
+	v.fold(e, op, table)
+}
+
+func (v *Verifier) checkChain(e chain.Event) {
+	if e.EventID != v.expect && !v.first[CheckChain] {
+		v.fail(CheckChain, e.EventID, "", "event %d follows event %d: events are missing or out of order in the store", e.EventID, v.expect-1)
+	}
+	v.expect = e.EventID + 1
+	if e.PrevHash != v.prevHash && !v.first[CheckChain] {
+		v.fail(CheckChain, e.EventID, "", "event %d's prev_hash does not match the hash of the event before it: an event was removed, inserted or altered", e.EventID)
+	}
+	h, err := chain.Hash(e)
+	switch {
+	case err != nil && !v.first[CheckChain]:
+		v.fail(CheckChain, e.EventID, "", "event %d cannot be hashed: %v", e.EventID, err)
+	case err == nil && h != e.Hash && !v.first[CheckChain]:
+		v.fail(CheckChain, e.EventID, "", "event %d's content does not match its hash (recomputed %s, stored %s): it was altered after it was appended", e.EventID, h[:12], shortHash(e.Hash))
+	}
+	v.prevHash = e.Hash
+}
+
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, gen string, pos decode.Position, op string, outOfOrder bool) {
+	if first, dup := v.keys[key]; dup {
+		v.fail(CheckCompleteness, e.EventID, "", "event %d repeats the idempotency key of event %d (%s): a duplicate", e.EventID, first, key)
+		return
+	}
+	v.keys[key] = e.EventID
+	if op == "GAP" {
+		g, _ := e.Payload["gap"].(map[string]any)
+		v.fail(CheckCompleteness, e.EventID, fmt.Sprintf("declared gap #%v (%v): %v", g["id"], g["reason"], g["detail"]),
+			"the capture has a declared hole before event %d", e.EventID)
+		if tables, ok := g["tables"].([]any); ok {
+			for _, t := range tables {
+				if name, ok := t.(string); ok {
+					v.table(name).restart()
+				}
+			}
+		}
+	}
+	st := v.gens[gen]
+	if st == nil {
+		st = &generation{present: map[decode.Position]bool{}}
+		v.gens[gen] = st
+	}
+	st.present[pos] = true
+	if outOfOrder {
+		// A late event (a retried dead letter, or one re-sent after a later
+		// one landed) fills the hole it left.
+		if m := v.missing[gen]; m != nil {
+			delete(m, pos)
+		}
+		return
+	}
+	if st.started && !st.last.Less(pos) {
+		v.fail(CheckCompleteness, e.EventID, "", "event %d (position %s) is out of commit order after event %d (position %s) and is not marked late", e.EventID, pos, st.lastID, st.last)
+	}
+	rawPrev, hasPrev := meta["prev"]
+	if hasPrev {
+		switch p := rawPrev.(type) {
+		case nil:
+			if st.started {
+				v.fail(CheckCompleteness, e.EventID, "", "event %d does not name its predecessor although events of this capture precede it", e.EventID)
+			}
+		case string:
+			prev, ok := decode.ParsePosition(p)
+			switch {
+			case !ok:
+				v.fail(CheckCompleteness, e.EventID, "", "event %d names an unreadable predecessor %q", e.EventID, p)
+			case st.started && prev != st.last:
+				if st.present[prev] {
+					v.fail(CheckCompleteness, e.EventID, "", "event %d names %s as its predecessor, but %s came last", e.EventID, prev, st.last)
+				} else {
+					if v.missing[gen] == nil {
+						v.missing[gen] = map[decode.Position]int64{}
+					}
+					v.missing[gen][prev] = e.EventID
+				}
+			}
+		}
+	}
+	// Transactions: indices 1..n, the last one saying n.
+	idx := intOf(meta["tx_index"])
+	if idx > 0 {
+		if st.started && st.txIndex > 0 && pos.CommitLSN != st.txCommit && !st.txEnded {
+			v.fail(CheckCompleteness, st.txFirst, "", "the transaction committed at %s ends without its last event (event %d has tx_index %d and no tx_events)", st.txCommit, st.lastID, st.txIndex)
+		}
+		if pos.CommitLSN != st.txCommit {
+			st.txCommit, st.txIndex, st.txFirst, st.txEnded = pos.CommitLSN, 0, e.EventID, false
+		}
+		if idx != st.txIndex+1 && !v.missingExplains(gen) {
+			v.fail(CheckCompleteness, e.EventID, "", "event %d has tx_index %d after %d in the transaction committed at %s: events of it are missing", e.EventID, idx, st.txIndex, st.txCommit)
+		}
+		st.txIndex = idx
+		if n := intOf(meta["tx_events"]); n > 0 {
+			st.txEnded = n == idx
+		}
+	}
+	st.last, st.lastID, st.started = pos, e.EventID, true
+}
+
+// missingExplains: a hole already recorded as a missing predecessor also
+// explains the index gap it causes.
+func (v *Verifier) missingExplains(gen string) bool { return len(v.missing[gen]) > 0 }
+
+func intOf(x any) int {
+	var n int
+	if x == nil {
+		return 0
+	}
+	fmt.Sscan(fmt.Sprint(x), &n)
+	return n
+}
+
+// Finish completes the checks and returns the report.
+func (v *Verifier) Finish() Report {
+	for gen, m := range v.missing {
+		for pos, id := range m {
+			known := ""
+			for key, p := range v.o.DeadLetters {
+				if p == pos && strings.Contains(key, gen) {
+					known = "the missing event is a dead letter still pending (pgaudit-cdc dead-letters list): retry it"
+				}
+			}
+			v.fail(CheckCompleteness, id, known, "the event before event %d (position %s) is not in the chain", id, pos)
+		}
+	}
+	for _, st := range v.gens {
+		if st.started && !st.txEnded && st.txIndex > 0 {
+			// The newest transaction may still be on its way; only a
+			// verifier reading a stopped agent's chain can be sure.
+			v.report.Results = append(v.report.Results, Result{Check: CheckCompleteness, Pass: true,
+				Detail: fmt.Sprintf("the newest transaction (committed at %s) has no last event yet: still being delivered?", st.txCommit)})
+		}
+	}
+	for _, c := range []string{CheckChain, CheckCompleteness, CheckFaithfulness} {
+		if !v.first[c] {
+			detail := map[string]string{
+				CheckChain:        fmt.Sprintf("%d events, every hash recomputed and every link checked", v.report.Events),
+				CheckCompleteness: fmt.Sprintf("%d pgaudit-cdc events, each linked to its predecessor, no duplicate, in commit order", v.report.Ours),
+				CheckFaithfulness: fmt.Sprintf("%d checkpoints match the tables folded from their events", v.report.Checkpoints),
+			}[c]
+			v.report.Results = append(v.report.Results, Result{Check: c, Pass: true, Detail: detail})
+		}
+	}
+	v.report.Results = append(v.report.Results, v.report.Failures...)
+	if v.report.Failures == nil {
+		v.report.Failures = []Result{}
+	}
+	return v.report
+}

@@ -1,0 +1,193 @@
+package watches
+
+// Publication membership. Every watched table is a member of the publication
+// by itself: a per-table watch with its own row filter and column list, a
+// table of a watched schema without either. Schema-wide watches do not use
+// FOR TABLES IN SCHEMA, because PostgreSQL allows no column list in a
+// publication with such a member, and ignores the row filter of a table whose
+// schema is one: per-table membership is what lets a schema watch and every
+// kind of per-table watch share the publication, with the per-table watch
+// taking precedence. Tables that join a watched schema later are added by the
+// DDL event trigger (migration 0007) in their DDL's transaction, and by the
+// agent's housekeeping (syncSchemaMembership) where that did not happen.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+)
+
+// membership is how a table is a member of the publication by itself.
+type membership struct {
+	member    bool
+	hasFilter bool
+	columns   []string // the column list in column order; nil: none
+}
+
+func (m membership) plain() bool { return !m.hasFilter && m.columns == nil }
+
+// membershipOf reads the table's own membership of the publication (not
+// through a schema).
+func (r *Registry) membershipOf(ctx context.Context, tx pgx.Tx, oid uint32) (membership, error) {
+	var m membership
+	var err error
+	if serverVersion(ctx, tx) < 150000 {
+		// No row filters or column lists before PostgreSQL 15.
+		err = tx.QueryRow(ctx, `SELECT true FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+			WHERE p.pubname = $1 AND pr.prrelid = $2`, r.publication, oid).Scan(&m.member)
+	} else {
+		err = tx.QueryRow(ctx, `SELECT true, pr.prqual IS NOT NULL,
+				CASE WHEN pr.prattrs IS NOT NULL THEN
+					(SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+					 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[])) END
+			FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+			WHERE p.pubname = $1 AND pr.prrelid = $2`, r.publication, oid).Scan(&m.member, &m.hasFilter, &m.columns)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return membership{}, nil
+	}
+	if err != nil {
+		return membership{}, fmt.Errorf("checking publication %q: %w", r.publication, err)
+	}
+	return m, nil
+}
+
+// addTable makes t a member of the publication with the column list cols
+// (nil: all columns) and the row filter.
+func (r *Registry) addTable(ctx context.Context, tx pgx.Tx, t TableName, cols []string, rowFilter string) error {
+	name := decode.QualifiedName(t.Schema, t.Name)
+	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if len(cols) > 0 {
+		quoted := make([]string, len(cols))
+		for i, c := range cols {
+			quoted[i] = pgx.Identifier{c}.Sanitize()
+		}
+		sql += " (" + strings.Join(quoted, ", ") + ")"
+	}
+	if rowFilter != "" {
+		sql += " WHERE (" + rowFilter + ")"
+	}
+	// The extended protocol runs exactly one statement: a --where
+	// expression cannot smuggle in a second one.
+	if _, err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
+		if rowFilter != "" || len(cols) > 0 {
+			return denied(fmt.Sprintf("adding %s to publication %q with the given --where/--columns", name, r.publication), err)
+		}
+		return denied(fmt.Sprintf("adding %s to publication %q", name, r.publication), err)
+	}
+	return nil
+}
+
+func (r *Registry) dropTable(ctx context.Context, tx pgx.Tx, t TableName) error {
+	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if _, err := tx.Exec(ctx, sql); err != nil {
+		return denied(fmt.Sprintf("removing %s from publication %q", decode.QualifiedName(t.Schema, t.Name), r.publication), err)
+	}
+	return nil
+}
+
+// schemaWatched reports whether schema has an active schema-wide watch.
+func schemaWatched(ctx context.Context, tx pgx.Tx, schema string) (bool, error) {
+	var watched bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.schema_watches WHERE schema_name = $1 AND active)`, schema).Scan(&watched)
+	if err != nil {
+		return false, fmt.Errorf("checking the schema-wide watch of %q: %w", schema, err)
+	}
+	return watched, nil
+}
+
+// denied wraps err, saying what failed, and gives the privilege fix only when
+// PostgreSQL said a privilege was missing (SQLSTATE 42501).
+func denied(what string, err error) error {
+	if replication.IsCode(err, "42501") {
+		return fmt.Errorf("%s: the role must own the table and the publication, or be a member of their owner's role (GRANT owner_role TO the role): %w", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// legacyConflict refuses, before anything changes, a per-table watch that a
+// publication made by an earlier version cannot carry: one with FOR TABLES IN
+// SCHEMA members (listed in legacy) may hold no column list, and ignores the
+// row filter of a table in such a schema. EnsurePublication converts such a
+// publication when the role may; this is what is left when it could not.
+func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error {
+	fix := fmt.Sprintf("convert the publication to per-table membership: run any `pgaudit-cdc watch` or `pgaudit-cdc run` once as a role that owns publication %q and every table of schema(s) %s (a superuser does), then watch again",
+		r.publication, strings.Join(legacy, ", "))
+	name := decode.QualifiedName(t.Schema, t.Name)
+	if o.columnControl() && len(legacy) > 0 {
+		return fmt.Errorf("cannot watch %s with --columns/--exclude-columns: publication %q holds schema(s) %s as FOR TABLES IN SCHEMA (made by an earlier version of pgaudit-cdc), and PostgreSQL allows no column list in such a publication; %s",
+			name, r.publication, strings.Join(legacy, ", "), fix)
+	}
+	if o.RowFilter != "" && slices.Contains(legacy, t.Schema) {
+		return fmt.Errorf("cannot watch %s with --where: publication %q holds its schema %q as FOR TABLES IN SCHEMA (made by an earlier version of pgaudit-cdc), and PostgreSQL ignores the row filter of a table in such a schema; %s",
+			name, r.publication, t.Schema, fix)
+	}
+	return nil
+}
+
+// syncSchemaMembership adds the tables of watched schemas that are not yet
+// members of the publication (created while no event trigger was installed,
+// or when it failed), giving them REPLICA IDENTITY FULL first. It skips the
+// round when a watch or unwatch holds the registry lock.
+func (r *Registry) syncSchemaMembership(ctx context.Context) ([]string, error) {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting transaction: %w", err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
+		return nil, fmt.Errorf("setting lock_timeout: %w", err)
+	}
+	var locked bool
+	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil {
+		return nil, fmt.Errorf("locking the registry: %w", err)
+	}
+	if !locked {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("listing watched schemas: %w", err)
+	}
+	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(schemas) == 0 {
+		return nil, err
+	}
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return nil, err
+	}
+	var added []string
+	for _, schema := range schemas {
+		if slices.Contains(legacy, schema) {
+			continue // published through the schema
+		}
+		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
+		if err != nil {
+			return nil, err
+		}
+		if len(tables) == 0 {
+			continue
+		}
+		if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
+			return nil, err
+		}
+		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
+			return nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, replication.TableNames(tables), r.publication), err)
+		}
+		for _, t := range tables {
+			added = append(added, decode.QualifiedName(t[0], t[1]))
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("committing the tables of watched schemas: %w", err)
+	}
+	return added, nil
+}

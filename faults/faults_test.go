@@ -13,6 +13,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	chainverify "github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -317,6 +319,16 @@ func verify(t *testing.T, w *workload, spine *spinetest.Server) {
 	}
 	if !valid {
 		t.Errorf("spine chain invalid at %d: %s", at, reason)
+	}
+	// pgaudit-cdc verify's own checks over the same chain: recomputed
+	// hashes, every event linked to its predecessor, commit order.
+	v := chainverify.New(chainverify.Options{Slot: "pgaudit_cdc"})
+	for _, e := range spine.Events() {
+		v.Add(chain.Event{EventID: e.EventID, Timestamp: e.Timestamp, Kind: e.Kind, Source: e.Source,
+			Payload: e.Payload, PrevHash: e.PrevHash, Hash: e.Hash})
+	}
+	if rep := v.Finish(); !rep.OK() {
+		t.Errorf("verify fails after the faults: %+v", rep.Failures)
 	}
 }
 

@@ -362,6 +362,7 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	db := dbOf(t, h)
 	lp := h.roleConn(agentRole, `ALTER ROLE `+agentRole+` REPLICATION`, `GRANT CREATE ON DATABASE `+db+` TO `+agentRole,
 		`GRANT `+appOwner+` TO `+agentRole)
+	t.Cleanup(h.stopAgent) // before the role's cleanup drops what it owns
 	lpReg := watches.NewRegistry(lp, testPub, testSlot)
 	// The least-privilege role sets up the registry, publication and slot.
 	if _, err := lpReg.Watch(ctx, mustName(t, "users"), "other", "users"); err != nil {
@@ -376,7 +377,7 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	// is refused before anything changes.
 	_, err := lpReg.Watch(ctx, mustName(t, "users"), "other", "users", watches.Options{ExcludeColumns: []string{"ssn"}})
 	if err == nil || !strings.Contains(err.Error(), "FOR TABLES IN SCHEMA") || !strings.Contains(err.Error(), "per-table membership") ||
-		strings.Contains(err.Error(), "must own") {
+		strings.Contains(err.Error(), "must own the table") {
 		t.Fatalf("column-controlled watch beside a TABLES IN SCHEMA member: got %v, want the PostgreSQL rule and the conversion as the fix", err)
 	}
 	var ident string
@@ -426,6 +427,29 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	h.exec(`CREATE TABLE billing.b (id int PRIMARY KEY)`)
 	h.exec(`INSERT INTO billing.b VALUES (2)`)
 	n := 1 + int(written.Load()) + 2
+	deadline := time.Now().Add(30 * time.Second)
+	for len(h.dataEvents()) < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if evs := h.dataEvents(); len(evs) != n {
+		seen := map[int]bool{}
+		var other []string
+		for _, e := range evs {
+			if id, ok := field(t, e, "new", "id").(float64); ok && field(t, e, "table") == "billing.a" {
+				seen[int(id)] = true
+			} else {
+				other = append(other, render(t, e))
+			}
+		}
+		var missing []int
+		for id := 100; id < 100+int(written.Load()); id++ {
+			if !seen[id] {
+				missing = append(missing, id)
+			}
+		}
+		t.Fatalf("got %d events, want %d: billing.a 1 seen %v, rows missing %v (of 100..%d), other events %v",
+			len(evs), n, seen[1], missing, 99+written.Load(), other)
+	}
 	evs := h.expectExactly(n, 500*time.Millisecond)
 	var got []int
 	for _, e := range evs[:n-2] {
@@ -446,7 +470,6 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	if r := render(t, evs[n-1]); r != "billing.b legacy INSERT 2 new=id old=-" {
 		t.Errorf("new table: got %s", r)
 	}
-	h.stopAgent() // before the role's cleanup drops what it owns
 }
 
 // TestSchemaWatchWithoutSuperuser: with per-table membership, a schema-wide
@@ -465,8 +488,9 @@ func TestSchemaWatchWithoutSuperuser(t *testing.T) {
 		_, _ = h.conn.Exec(ctx, `DROP OWNED BY `+appOwner+` CASCADE`)
 		_, _ = h.conn.Exec(ctx, `DROP ROLE `+appOwner)
 	})
-	h.exec(`CREATE SCHEMA billing`)
+	h.exec(`CREATE SCHEMA billing AUTHORIZATION ` + appOwner)
 	h.exec(`CREATE SCHEMA payroll`)
+	h.exec(`GRANT USAGE ON SCHEMA payroll TO ` + appOwner)
 	h.exec(`CREATE TABLE billing.a (id int PRIMARY KEY)`)
 	h.exec(`CREATE TABLE users (id int PRIMARY KEY, name text, ssn text)`)
 	h.exec(`CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY)`)
@@ -478,6 +502,7 @@ func TestSchemaWatchWithoutSuperuser(t *testing.T) {
 	db := dbOf(t, h)
 	lp := h.roleConn(agentRole, `ALTER ROLE `+agentRole+` REPLICATION`, `GRANT CREATE ON DATABASE `+db+` TO `+agentRole,
 		`GRANT `+appOwner+` TO `+agentRole)
+	t.Cleanup(h.stopAgent) // before the role's cleanup drops what it owns
 	reg := watches.NewRegistry(lp, testPub, testSlot)
 	if err := reg.WatchSchema(ctx, "billing", "other", "billing"); err != nil {
 		t.Fatalf("watch --schema as %s: %v", agentRole, err)
@@ -488,15 +513,15 @@ func TestSchemaWatchWithoutSuperuser(t *testing.T) {
 
 	// Refusals: the reason PostgreSQL gave, privileges only for 42501.
 	_, err := reg.Watch(ctx, mustName(t, "scratch"), "other", "s")
-	if err == nil || !strings.Contains(err.Error(), "unlogged") || strings.Contains(err.Error(), "must own") {
+	if err == nil || !strings.Contains(err.Error(), "unlogged") || strings.Contains(err.Error(), "must own the table") {
 		t.Errorf("watch of an unlogged table: got %v, want the reason, not privileges", err)
 	}
 	_, err = reg.Watch(ctx, mustName(t, "users"), "other", "users", watches.Options{RowFilter: "no_such_column > 1"})
-	if err == nil || !strings.Contains(err.Error(), "no_such_column") || strings.Contains(err.Error(), "must own") {
+	if err == nil || !strings.Contains(err.Error(), "no_such_column") || strings.Contains(err.Error(), "must own the table") {
 		t.Errorf("watch with a bad --where: got %v, want the reason, not privileges", err)
 	}
 	err = reg.WatchSchema(ctx, "payroll", "other", "payroll")
-	if err == nil || !strings.Contains(err.Error(), "must own") || !isDenied(err) {
+	if err == nil || !strings.Contains(err.Error(), "must own the table") || !isDenied(err) {
 		t.Errorf("watch --schema with a table the role does not own: got %v, want SQLSTATE 42501 and the ownership fix", err)
 	}
 	var payrollWatched, payrollMembers int
@@ -543,7 +568,6 @@ func TestSchemaWatchWithoutSuperuser(t *testing.T) {
 	if ok, err := reg.Unwatch(ctx, mustName(t, "users")); err != nil || !ok {
 		t.Fatalf("unwatch as %s: %v %v", agentRole, ok, err)
 	}
-	h.stopAgent()
 }
 
 // dbOf returns the name of the test's database.

@@ -107,7 +107,7 @@ func schemaWatched(ctx context.Context, tx pgx.Tx, schema string) (bool, error) 
 // PostgreSQL said a privilege was missing (SQLSTATE 42501).
 func denied(what string, err error) error {
 	if replication.IsCode(err, "42501") {
-		return fmt.Errorf("%s: the role must own the table and the publication, or be a member of their owner's role (GRANT owner_role TO the role): %w", what, err)
+		return fmt.Errorf("%s: permission denied: the role needs USAGE on the table's schema and must own the table and the publication (membership in the owner's role counts: GRANT owner_role TO the role): %w", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

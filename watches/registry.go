@@ -195,45 +195,15 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if err != nil {
 		return "", err
 	}
-	if o.columnControl() {
-		// A column list must cover the replica identity: the primary key.
-		if rel.replIdent != "d" {
-			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
-				return "", denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
-			}
-		}
-	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
-		return "", err
-	}
-	// The table's own membership, which a schema-wide watch of its schema
-	// may have made (plain): this watch's row filter and column list take
-	// precedence.
-	cur, err := r.membershipOf(ctx, tx, rel.oid)
-	if err != nil {
-		return "", err
-	}
 	var prevActive bool
 	var prevFilter *string
 	err = tx.QueryRow(ctx, `SELECT active, row_filter FROM pgaudit_cdc.watches WHERE table_oid = $1`, rel.oid).Scan(&prevActive, &prevFilter)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return "", fmt.Errorf("reading the watch of %s: %w", name, err)
 	}
-	// A row filter cannot be read back as written, so an unchanged one is
-	// known from the active watch that set it.
-	same := cur.member && slices.Equal(cur.columns, cols) && cur.hasFilter == (o.RowFilter != "") &&
-		(o.RowFilter == "" || (prevActive && deref(prevFilter) == o.RowFilter))
-	if cur.member && !same {
-		// Replace the table's filter and column list in this transaction:
-		// changes committed after it follow the new definition.
-		if err := r.dropTable(ctx, tx, t); err != nil {
-			return "", err
-		}
-	}
-	if !same {
-		if err := r.addTable(ctx, tx, t, cols, o.RowFilter); err != nil {
-			return "", err
-		}
-	}
+	// The registry row first: the DDL event trigger, fired by the ALTER
+	// TABLE below, reads it (a column-controlled table of a watched schema
+	// must keep its primary key as identity, not get FULL).
 	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
 			(table_oid, schema_name, table_name, kind, source, active, prior_replica_identity,
 			 row_filter, columns, exclude_columns, on_columns, changed_by)
@@ -251,6 +221,39 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 		rel.oid, t.Schema, t.Name, kind, source, rel.replIdent, nullIfEmpty(o.RowFilter), nilIfEmpty(o.Columns), nilIfEmpty(o.ExcludeColumns), nilIfEmpty(o.OnColumns))
 	if err != nil {
 		return "", fmt.Errorf("registering the watch of %s: %w", name, err)
+	}
+	if o.columnControl() {
+		// A column list must cover the replica identity: the primary key.
+		if rel.replIdent != "d" {
+			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
+				return "", denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
+			}
+		}
+	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
+		return "", err
+	}
+	// The table's own membership, which a schema-wide watch of its schema
+	// may have made (plain): this watch's row filter and column list take
+	// precedence.
+	cur, err := r.membershipOf(ctx, tx, rel.oid)
+	if err != nil {
+		return "", err
+	}
+	// A row filter cannot be read back as written, so an unchanged one is
+	// known from the active watch that set it.
+	same := cur.member && slices.Equal(cur.columns, cols) && cur.hasFilter == (o.RowFilter != "") &&
+		(o.RowFilter == "" || (prevActive && deref(prevFilter) == o.RowFilter))
+	if cur.member && !same {
+		// Replace the table's filter and column list in this transaction:
+		// changes committed after it follow the new definition.
+		if err := r.dropTable(ctx, tx, t); err != nil {
+			return "", err
+		}
+	}
+	if !same {
+		if err := r.addTable(ctx, tx, t, cols, o.RowFilter); err != nil {
+			return "", err
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return "", fmt.Errorf("committing the watch of %s: %w", name, err)

@@ -248,11 +248,13 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	dl := newDeadLetters(a.cfg.Slot)
 	if a.cfg.Spine != nil {
-		pos, err := dl.maxPosition(ctx, meta, decode.KeyPrefix(sess.SystemID, keySlot))
+		keys, err := dl.keys(ctx, meta, decode.KeyPrefix(sess.SystemID, keySlot))
 		if err != nil {
 			return err
 		}
-		a.cfg.Spine.MarkHandled(pos)
+		for _, k := range keys {
+			a.cfg.Spine.MarkKeyHandled(k)
+		}
 	}
 	entries, err := watches.Load(ctx, meta, true)
 	if err != nil {

@@ -82,6 +82,7 @@ func TestAnnotations(t *testing.T) {
 
 func TestRowFilterAndColumnControl(t *testing.T) {
 	h := newHarness(t)
+	rowFilterVersion(t, h)
 	h.exec(`CREATE TABLE f (id int PRIMARY KEY, status text, amount int)`)
 	h.exec(`CREATE TABLE users (id int PRIMARY KEY, name text, ssn text, password_hash text)`)
 	h.exec(`CREATE TABLE c (id int PRIMARY KEY, a text, b text, secret text)`)
@@ -160,6 +161,7 @@ func TestOnColumns(t *testing.T) {
 
 func TestSchemaWideWatch(t *testing.T) {
 	h := newHarness(t)
+	schemaWatchVersion(t, h)
 	h.exec(`CREATE SCHEMA billing`)
 	h.exec(`CREATE TABLE billing.invoices (id int PRIMARY KEY)`)
 	h.exec(`CREATE TABLE billing.special (id int PRIMARY KEY)`)

@@ -2,14 +2,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
 // deadLetters writes refused events to pgaudit_cdc.dead_letters on a
@@ -21,27 +19,21 @@ type deadLetters struct {
 
 func newDeadLetters(slot string) *deadLetters { return &deadLetters{slot: slot} }
 
-// maxPosition is the highest position kept as a dead letter for this slot
-// and key prefix (the capture generation): everything up to it was handled
-// before a restart. Dead letters of an older generation belong to another WAL
-// history and say nothing about this one.
-func (d *deadLetters) maxPosition(ctx context.Context, conn *pgx.Conn, keyPrefix string) (decode.Position, error) {
-	var lsn *string
-	var seq *int64
-	err := conn.QueryRow(ctx, `SELECT commit_lsn::text, seq FROM pgaudit_cdc.dead_letters
-		WHERE slot_name = $1 AND left(idempotency_key, length($2)) = $2
-		ORDER BY commit_lsn DESC, seq DESC LIMIT 1`, d.slot, keyPrefix).Scan(&lsn, &seq)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return decode.Position{}, nil
-	}
+// keys lists the idempotency keys kept as dead letters for this slot and
+// key prefix (the capture generation): those events were handled before a
+// restart, and their replays are not sent. Dead letters of an older
+// generation belong to another WAL history and say nothing about this one.
+func (d *deadLetters) keys(ctx context.Context, conn *pgx.Conn, keyPrefix string) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT idempotency_key FROM pgaudit_cdc.dead_letters
+		WHERE slot_name = $1 AND left(idempotency_key, length($2)) = $2`, d.slot, keyPrefix)
 	if err != nil {
-		return decode.Position{}, fmt.Errorf("reading dead letters: %w", err)
+		return nil, fmt.Errorf("reading dead letters: %w", err)
 	}
-	commit, err := replication.ParseLSN(*lsn)
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return decode.Position{}, fmt.Errorf("reading dead letters: %w", err)
+		return nil, fmt.Errorf("reading dead letters: %w", err)
 	}
-	return decode.Position{CommitLSN: commit, Seq: uint32(*seq)}, nil
+	return keys, nil
 }
 
 func (d *deadLetters) store(ctx context.Context, dsn string, ev *decode.Event, rej *publish.RejectedError) error {

@@ -20,8 +20,23 @@ type publisher struct {
 	dl       *deadLetters
 }
 
+// batchSink delivers many events in order with several in flight
+// (publish.Client.PublishBatch): done is called once per event, in order.
+type batchSink interface {
+	PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error
+}
+
+// Most events gathered from several hand-overs into one pipelined delivery.
+const (
+	maxGatherEvents = 2048
+	maxGatherBytes  = 8 << 20
+)
+
 func (p *publisher) run(ctx context.Context) error {
 	defer p.dl.close(context.WithoutCancel(ctx))
+	if bs, ok := p.a.cfg.Sink.(batchSink); ok && p.a.cfg.Spine != nil {
+		return p.runBatched(ctx, bs)
+	}
 	for {
 		var b batch
 		var ok bool
@@ -74,8 +89,106 @@ func (p *publisher) advance(lsn decode.LSN) {
 	}
 }
 
+// runBatched takes what the reader handed over, and whatever else is
+// already waiting, and delivers the events in one pipelined run: under load,
+// many small transactions share the window. Acknowledgements follow in order
+// once every event before them is settled.
+func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
+	for {
+		var first batch
+		var ok bool
+		select {
+		case first, ok = <-p.items:
+			if !ok {
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		batches := []batch{first}
+		closed := false
+		n, size := len(first.items), first.size
+	gather:
+		for n < maxGatherEvents && size < maxGatherBytes {
+			select {
+			case b, ok := <-p.items:
+				if !ok {
+					closed = true
+					break gather
+				}
+				batches = append(batches, b)
+				n += len(b.items)
+				size += b.size
+			default:
+				break gather
+			}
+		}
+		var items []work
+		var evs []*decode.Event
+		for _, b := range batches {
+			items = append(items, b.items...)
+			for _, w := range b.items {
+				if w.item.Kind == decode.ItemEvent {
+					evs = append(evs, w.item.Event)
+				}
+			}
+		}
+		// Settle events as their verdicts come, in order, and confirm each
+		// transaction as soon as its last event is settled: a server that
+		// waits for its WAL to be confirmed (a shutdown) is not held up by
+		// the rest of the run.
+		next := 0
+		confirm := func() {
+			for next < len(items) && items[next].item.Kind != decode.ItemEvent {
+				if w := items[next]; w.keepalive != 0 {
+					p.advance(w.keepalive)
+				} else if w.item.Kind == decode.ItemCommit {
+					p.advance(w.item.EndLSN)
+				}
+				next++
+			}
+		}
+		confirm()
+		var settleErr error
+		if len(evs) > 0 {
+			err := bs.PublishBatch(ctx, evs, func(_ int, err error) {
+				if settleErr == nil {
+					settleErr = p.settle(ctx, items[next].item.Event, err)
+				}
+				if settleErr == nil {
+					next++
+					confirm()
+				}
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if settleErr != nil {
+			return settleErr
+		}
+		for _, b := range batches {
+			if b.size > 0 {
+				p.inflight.Add(-b.size)
+			}
+		}
+		select {
+		case p.freed <- struct{}{}:
+		default:
+		}
+		if closed {
+			return nil
+		}
+	}
+}
+
 func (p *publisher) deliver(ctx context.Context, ev *decode.Event) error {
-	err := p.a.cfg.Sink.Publish(ctx, ev)
+	return p.settle(ctx, ev, p.a.cfg.Sink.Publish(ctx, ev))
+}
+
+// settle records the outcome of delivering ev: counted when accepted, kept
+// as a dead letter when refused for good.
+func (p *publisher) settle(ctx context.Context, ev *decode.Event, err error) error {
 	if err == nil {
 		p.a.m.EventsDelivered.WithLabelValues(ev.Table, ev.Operation, ev.Kind).Inc()
 		p.a.m.CommitToAccepted.Observe(time.Since(ev.CommitTime).Seconds())
@@ -107,7 +220,7 @@ func (p *publisher) deliver(ctx context.Context, ev *decode.Event) error {
 		case <-t.C:
 		}
 	}
-	p.a.cfg.Spine.MarkHandled(ev.Pos)
+	p.a.cfg.Spine.MarkKeyHandled(ev.Key)
 	p.a.m.DeadLetters.WithLabelValues(ev.Table).Inc()
 	p.a.log.Error("the spine refused an event; kept as a dead letter (see `pgaudit-cdc dead-letters list`)",
 		"table", ev.Table, "operation", ev.Operation, "kind", ev.Kind, "key", ev.Key,

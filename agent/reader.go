@@ -43,6 +43,8 @@ type reader struct {
 	// recordFailed: the last attempt to record progress failed (see
 	// recordProgress).
 	recordFailed bool
+	// forceRecord: the server asked for a reply; record without slack.
+	forceRecord bool
 
 	nextStatus   time.Time
 	nextHouse    time.Time
@@ -94,7 +96,11 @@ func (r *reader) run(ctx context.Context) error {
 		}
 		if rec.Keepalive {
 			if rec.ReplyRequested {
+				// The server wants everything sent confirmed (a walsender
+				// stopping for a shutdown waits for it): record without
+				// slack, or confirm anyway when recording fails.
 				r.nextStatus = time.Time{}
+				r.forceRecord = true
 			}
 			// Outside a transaction everything up to the server's position
 			// has been received: once delivered, it can be confirmed, so an
@@ -121,7 +127,11 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 	now := time.Now()
 	if !now.Before(r.nextStatus) {
 		acked := decode.LSN(r.acked.Load())
-		r.recordProgress(ctx, acked, progressSlack)
+		slack := decode.LSN(progressSlack)
+		if r.forceRecord {
+			slack, r.forceRecord = 0, false
+		}
+		r.recordProgress(ctx, acked, slack)
 		if err := r.sess.SendStatus(ctx, r.confirmable(), false); err != nil {
 			return err
 		}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +54,26 @@ func schemaWatchVersion(t *testing.T, h *harness) int {
 			t.Fatalf("PostgreSQL %d: WatchSchema: got %v, want a refusal naming PostgreSQL 15", v/10000, err)
 		}
 		t.Skipf("PostgreSQL %d has no row filters, column lists or TABLES IN SCHEMA: schema-wide watches need PostgreSQL 15 (the refusal is checked above)", v/10000)
+	}
+	return v
+}
+
+// rowFilterVersion skips the test on a server without row filters and
+// column lists (PostgreSQL 14), after checking that watch says so.
+func rowFilterVersion(t *testing.T, h *harness) int {
+	t.Helper()
+	var v int
+	if err := h.conn.QueryRow(context.Background(), "SELECT current_setting('server_version_num')::int").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v < 150000 {
+		h.exec(`CREATE TABLE IF NOT EXISTS version_probe (id int PRIMARY KEY, secret text)`)
+		for _, o := range []watches.Options{{RowFilter: "id > 1"}, {ExcludeColumns: []string{"secret"}}} {
+			if err := h.watchWith("version_probe", "other", "s", o); err == nil || !strings.Contains(err.Error(), "need PostgreSQL 15") {
+				t.Fatalf("PostgreSQL %d: watch %+v: got %v, want a refusal naming PostgreSQL 15", v/10000, o, err)
+			}
+		}
+		t.Skipf("PostgreSQL %d has no row filters or column lists: --where, --columns and --exclude-columns need PostgreSQL 15 (the refusal is checked above)", v/10000)
 	}
 	return v
 }
@@ -424,52 +446,41 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	h.noSchemaMembers()
 	h.startAgent()
 	h.exec(`INSERT INTO users VALUES (1, 'ann', '123-45-6789')`)
-	h.exec(`CREATE TABLE billing.b (id int PRIMARY KEY)`)
-	h.exec(`INSERT INTO billing.b VALUES (2)`)
-	n := 1 + int(written.Load()) + 2
+	n := 1 + int(written.Load()) + 1
 	deadline := time.Now().Add(30 * time.Second)
 	for len(h.dataEvents()) < n && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if evs := h.dataEvents(); len(evs) != n {
-		seen := map[int]bool{}
-		var other []string
-		for _, e := range evs {
-			if id, ok := field(t, e, "new", "id").(float64); ok && field(t, e, "table") == "billing.a" {
-				seen[int(id)] = true
-			} else {
-				other = append(other, render(t, e))
-			}
+	evs := h.dataEvents()
+	var got []int
+	for _, e := range evs {
+		if field(t, e, "table") != "billing.a" {
+			continue
 		}
+		if e.Source != "legacy" {
+			t.Fatalf("got %s, want billing.a under the schema watch", render(t, e))
+		}
+		id, _ := strconv.Atoi(fmt.Sprint(field(t, e, "new", "id")))
+		got = append(got, id)
+	}
+	want := []int{1}
+	for id := 100; id < 100+int(written.Load()); id++ {
+		want = append(want, id)
+	}
+	if !slices.Equal(got, want) {
 		var missing []int
-		for id := 100; id < 100+int(written.Load()); id++ {
-			if !seen[id] {
+		for _, id := range want {
+			if !slices.Contains(got, id) {
 				missing = append(missing, id)
 			}
 		}
-		t.Fatalf("got %d events, want %d: billing.a 1 seen %v, rows missing %v (of 100..%d), other events %v",
-			len(evs), n, seen[1], missing, 99+written.Load(), other)
+		t.Fatalf("billing.a across the conversion: got %d rows, want 1 then 100..%d in order; missing %v", len(got), 99+written.Load(), missing[:min(len(missing), 20)])
 	}
-	evs := h.expectExactly(n, 500*time.Millisecond)
-	var got []int
-	for _, e := range evs[:n-2] {
-		if field(t, e, "table") != "billing.a" || e.Source != "legacy" {
-			t.Fatalf("got %s, want billing.a under the schema watch", render(t, e))
-		}
-		id, _ := field(t, e, "new", "id").(float64)
-		got = append(got, int(id))
-	}
-	for i, id := range got[1:] {
-		if id != 100+i {
-			t.Fatalf("billing.a rows across the conversion: got %v, want 1 then 100..%d without a hole", got, 99+written.Load())
-		}
-	}
-	if r := render(t, evs[n-2]); r != "public.users users INSERT 1 new=id,name old=-" {
+	evs = h.expectExactly(n, 500*time.Millisecond)
+	if r := render(t, evs[n-1]); r != "public.users users INSERT 1 new=id,name old=-" {
 		t.Errorf("users: got %s, want ssn left out", r)
 	}
-	if r := render(t, evs[n-1]); r != "billing.b legacy INSERT 2 new=id old=-" {
-		t.Errorf("new table: got %s", r)
-	}
+	t.Logf("%d rows written while the publication was converted, all delivered", written.Load())
 }
 
 // TestSchemaWatchWithoutSuperuser: with per-table membership, a schema-wide
@@ -586,4 +597,66 @@ func roleSuffix(t *testing.T, h *harness) string {
 	t.Helper()
 	db := dbOf(t, h)
 	return db[len(db)-6:]
+}
+
+// TestSchemaWatchPartitionOptionsRefused: with publish_via_partition_root,
+// a partition's changes are published as its partitioned table's, with that
+// table's row filter and column list. A schema watch or a watch that would
+// make PostgreSQL ignore a partition's own --where/--columns is refused, in
+// either order, before anything changes.
+func TestSchemaWatchPartitionOptionsRefused(t *testing.T) {
+	h := newHarness(t)
+	schemaWatchVersion(t, h)
+	ctx := context.Background()
+	h.exec(`CREATE SCHEMA billing`)
+	h.exec(`CREATE TABLE billing.r (id int PRIMARY KEY, secret text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE billing.r1 PARTITION OF billing.r FOR VALUES FROM (0) TO (100)`)
+	h.exec(`CREATE TABLE billing.r2 PARTITION OF billing.r FOR VALUES FROM (100) TO (200)`)
+	members := func() string {
+		t.Helper()
+		var s string
+		if err := h.conn.QueryRow(ctx, `SELECT coalesce(string_agg(prrelid::regclass::text, ' ' ORDER BY prrelid::regclass::text), '')
+			FROM pg_publication_rel WHERE prrelid::regclass::text LIKE 'billing.%'`).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	exclude := watches.Options{ExcludeColumns: []string{"secret"}}
+
+	// Partition first: the schema watch and a watch of the partitioned
+	// table are refused.
+	h.mustWatch("billing.r1", "r1", exclude)
+	err := newRegistry(h).WatchSchema(ctx, "billing", "other", "schema")
+	if err == nil || !strings.Contains(err.Error(), "billing.r1") || !strings.Contains(err.Error(), "unwatch billing.r1") {
+		t.Fatalf("watch --schema over a column-controlled partition: got %v, want a refusal naming the partition and the fix", err)
+	}
+	if err := h.watchWith("billing.r", "other", "r", watches.Options{}); err == nil || !strings.Contains(err.Error(), "billing.r1") {
+		t.Fatalf("watch of the partitioned table over a column-controlled partition: got %v, want a refusal", err)
+	}
+	if got := members(); got != "billing.r1" {
+		t.Fatalf("the refusals changed the publication: members %q, want billing.r1 only", got)
+	}
+	if entries, _ := watches.LoadSchemas(ctx, h.conn, true); len(entries) != 0 {
+		t.Fatalf("the refused schema watch was registered: %+v", entries)
+	}
+
+	// Schema first: the column-controlled watch of a partition is refused.
+	h.unwatch("billing.r1")
+	h.watchSchema("billing", "schema")
+	err = h.watchWith("billing.r2", "other", "r2", exclude)
+	if err == nil || !strings.Contains(err.Error(), "partition of billing.r") {
+		t.Fatalf("column-controlled watch of a partition of a published partitioned table: got %v, want a refusal", err)
+	}
+	if got := members(); got != "billing.r billing.r1 billing.r2" {
+		t.Fatalf("members %q, want the schema's three tables", got)
+	}
+	// The schema watch publishes the partitions' changes as billing.r's.
+	h.startAgent()
+	h.exec(`INSERT INTO billing.r VALUES (1, 's'), (150, 's')`)
+	evs := h.expectExactly(2, 300*time.Millisecond)
+	for _, e := range evs {
+		if r := render(t, e); !strings.HasPrefix(r, "billing.r schema INSERT") || !strings.Contains(r, "new=id,secret") {
+			t.Errorf("got %s, want the change under billing.r with every column", r)
+		}
+	}
 }

@@ -37,6 +37,7 @@ type options struct {
 	logFormat      string
 	spineTimeout   time.Duration
 	dedupWindow    int
+	maxInFlight    int
 	// acceptGap is run's --accept-gap: consent to continue past a capture
 	// gap. Deliberately without an environment fall-back: consent is given
 	// once, for one gap, not left in a deployment's configuration.
@@ -64,6 +65,7 @@ var envFallbacks = []struct{ flag, env string }{
 	{"log-format", "LOG_FORMAT"},
 	{"spine-timeout", "AUDIT_STREAM_TIMEOUT"},
 	{"dedup-window", "PGAUDIT_DEDUP_WINDOW"},
+	{"max-in-flight", "PGAUDIT_MAX_IN_FLIGHT"},
 }
 
 // ExitError carries a process exit code.
@@ -127,6 +129,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 	pf.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (env LOG_LEVEL)")
 	pf.StringVar(&o.logFormat, "log-format", "auto", "text, json, or auto: text on a terminal, JSON otherwise (env LOG_FORMAT)")
 	pf.DurationVar(&o.spineTimeout, "spine-timeout", 30*time.Second, "timeout of one request to the spine (env AUDIT_STREAM_TIMEOUT)")
+	pf.IntVar(&o.maxInFlight, "max-in-flight", publish.DefaultMaxInFlight, "events in flight on the one connection to the spine (HTTP/1.1 pipelining, in commit order); 1 sends one at a time, for proxies that do not pipeline (env PGAUDIT_MAX_IN_FLIGHT)")
 	pf.IntVar(&o.dedupWindow, "dedup-window", 10000, "most events of one source read back from the spine to find what was already delivered (env PGAUDIT_DEDUP_WINDOW)")
 
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
@@ -336,6 +339,9 @@ func (o *options) check() error {
 	if o.spineTimeout <= 0 {
 		return usageError("invalid %s %s: the spine timeout must be a positive duration, e.g. 30s", o.setting("spine-timeout"), o.spineTimeout)
 	}
+	if o.maxInFlight < 1 || o.maxInFlight > 1024 {
+		return usageError("invalid %s %d: use 1 (one request at a time) to 1024 requests in flight (default %d)", o.setting("max-in-flight"), o.maxInFlight, publish.DefaultMaxInFlight)
+	}
 	if o.dedupWindow < 1 || o.dedupWindow > maxDedupWindow {
 		return usageError("invalid %s %d: the dedup window must be between 1 and %d events (default 10000)", o.setting("dedup-window"), o.dedupWindow, maxDedupWindow)
 	}
@@ -397,6 +403,7 @@ func (o *options) spineClient(log *slog.Logger, hooks publish.Hooks) (*publish.C
 		CAFile:      o.caFile,
 		Timeout:     o.spineTimeout,
 		DedupWindow: o.dedupWindow,
+		MaxInFlight: o.maxInFlight,
 		Logger:      log,
 		Hooks:       hooks,
 	})

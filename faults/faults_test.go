@@ -270,7 +270,7 @@ func verify(t *testing.T, w *workload, spine *spinetest.Server) {
 	}
 	want := len(txOf)
 	seen := map[string]int{}
-	duplicates, unknown, outOfOrder := 0, 0, 0
+	duplicates, unknown, outOfOrder, late := 0, 0, 0, 0
 	lastTx := -1
 	selfAudit := 0
 	for _, e := range spine.Events() {
@@ -292,6 +292,12 @@ func verify(t *testing.T, w *workload, spine *spinetest.Server) {
 			unknown++
 			continue
 		}
+		if meta, _ := e.Payload["metadata"].(map[string]any); meta["late"] == true {
+			// Re-sent after a later event of its window landed: out of
+			// commit order, and marked so.
+			late++
+			continue
+		}
 		if tx < lastTx {
 			outOfOrder++
 		}
@@ -309,8 +315,8 @@ func verify(t *testing.T, w *workload, spine *spinetest.Server) {
 	}
 	sort.Strings(missing)
 	valid, at, reason := spine.Verify()
-	t.Logf("changes committed: %d in %d transactions; events in spine: %d (+%d self-audit); duplicates: %d; gaps: %d; unknown: %d; out of order: %d; chain valid: %v",
-		want, len(w.txns), len(spine.Events())-selfAudit, selfAudit, duplicates, gaps, unknown, outOfOrder, valid)
+	t.Logf("changes committed: %d in %d transactions; events in spine: %d (+%d self-audit); duplicates: %d; gaps: %d; unknown: %d; out of order: %d (+%d marked late); chain valid: %v",
+		want, len(w.txns), len(spine.Events())-selfAudit, selfAudit, duplicates, gaps, unknown, outOfOrder, late, valid)
 	if selfAudit != 1 {
 		t.Errorf("got %d self-audit events, want exactly 1 (the watch)", selfAudit)
 	}
@@ -329,6 +335,14 @@ func verify(t *testing.T, w *workload, spine *spinetest.Server) {
 	}
 	if rep := v.Finish(); !rep.OK() {
 		t.Errorf("verify fails after the faults: %+v", rep.Failures)
+		for _, f := range rep.Failures[:1] {
+			for _, e := range spine.Events() {
+				m, _ := e.Payload["metadata"].(map[string]any)
+				if e.EventID >= f.EventID-3 && e.EventID <= f.EventID+12 {
+					t.Logf("#%d %v idx=%v n=%v late=%v prev=%v key=%v", e.EventID, m["commit_lsn"], m["tx_index"], m["tx_events"], m["late"], m["prev"], m["idempotency_key"])
+				}
+			}
+		}
 	}
 }
 
@@ -425,7 +439,7 @@ func TestSpineFaultsAndPostgresRestart(t *testing.T) {
 	w := setupWorkload(t, dsn)
 	watch(t, dsn)
 	ctx := context.Background()
-	p := startAgentProc(t, dsn, spine.URL())
+	p := startAgentProc(t, dsn, spine.URL(), strings.Fields(os.Getenv("PGAUDIT_FAULT_AGENT_ARGS"))...)
 	restarted := false
 	for w.changes() < rows {
 		if _, err := w.step(ctx); err != nil {
@@ -437,7 +451,14 @@ func TestSpineFaultsAndPostgresRestart(t *testing.T) {
 				t.Log("external server: PostgreSQL restart part not run")
 			} else {
 				if err := cluster.Restart(ctx); err != nil {
-					t.Fatalf("restarting PostgreSQL: %v", err)
+					p.mu.Lock()
+					logText := p.log.String()
+					p.mu.Unlock()
+					_ = os.WriteFile(filepath.Join(os.TempDir(), "pgaudit-faults-agent.log"), []byte(logText), 0o644)
+					if len(logText) > 6000 {
+						logText = logText[len(logText)-6000:]
+					}
+					t.Fatalf("restarting PostgreSQL: %v\nthe agent's log, last lines:\n%s", err, logText)
 				}
 				conn, err := pgx.Connect(ctx, dsn)
 				if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -184,6 +185,7 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 		add(Result{Name: "max_slot_wal_keep_size", Status: OK, Detail: keep + " (the slot is invalidated past it: alert on retained WAL well before)"})
 	}
 
+	rs = append(rs, checkVersionFeatures(ctx, conn, o.Slot, o.Publication)...)
 	rs = append(rs, checkWatches(ctx, conn)...)
 	if o.Spine != nil {
 		rs = append(rs, checkSpine(ctx, conn, o.Spine)...)
@@ -316,5 +318,193 @@ func checkCapture(ctx context.Context, conn *pgx.Conn, slot string, add func(Res
 			Fix: "start `pgaudit-cdc run`: it records the gap and stops; then accept it with `pgaudit-cdc run --accept-gap=ID` and backfill the affected tables"})
 	case a.Verdict == capture.Continue:
 		add(Result{Name: "capture continuity", Status: OK, Detail: "the slot continues the recorded capture"})
+	}
+}
+
+// checkVersionFeatures checks what depends on the server's version: slot
+// invalidation by idle_replication_slot_timeout (18+), and what a failover
+// to a standby does to the slot: lost on 16 and earlier; on 17+ kept when the
+// slot is a failover slot and the failover set-up is complete (checked from
+// the primary, or, when doctor runs against a standby, from the standby).
+func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, slot, publication string) []Result {
+	var version int
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, pg_is_in_recovery()").Scan(&version, &inRecovery); err != nil {
+		return nil
+	}
+	var rs []Result
+	add := func(r Result) { rs = append(rs, r) }
+	if version >= 180000 {
+		checkIdleSlotTimeout(ctx, conn, add)
+		checkVirtualGeneratedColumns(ctx, conn, publication, add)
+	}
+	if inRecovery {
+		if version >= 170000 {
+			checkStandbyFailover(ctx, conn, slot, add)
+		}
+		return rs
+	}
+
+	// Physical standbys of this primary: physical slots, and walsenders
+	// that stream no logical slot.
+	var physicalSlots []string
+	if rows, err := conn.Query(ctx, `SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1`); err == nil {
+		physicalSlots, _ = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	var streaming int
+	_ = conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication r
+		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical')`).Scan(&streaming)
+	hasStandby := len(physicalSlots) > 0 || streaming > 0
+
+	if version < 170000 {
+		if hasStandby {
+			add(Result{Name: "failover", Status: Warn,
+				Detail: fmt.Sprintf("this server has a physical standby, but PostgreSQL %d cannot keep the logical slot on it: after a failover the new primary has no slot %q, and pgaudit-cdc records a GAP and stops until you accept it", version/10000, slot),
+				Fix:    "upgrade to PostgreSQL 17 or later for failover slots; until then, after a failover accept the gap with `pgaudit-cdc run --accept-gap=ID` and backfill the watched tables (README, \"Gaps\")"})
+		}
+		return rs
+	}
+
+	info, err := replication.LookupSlot(ctx, conn, slot)
+	switch {
+	case err != nil:
+		add(Result{Name: "failover slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
+	case !info.Exists:
+		add(Result{Name: "failover slot", Status: OK, Detail: fmt.Sprintf("%q will be created as a failover slot", slot)})
+	case !info.Failover:
+		add(Result{Name: "failover slot", Status: Warn,
+			Detail: fmt.Sprintf("%q is not a failover slot (made before PostgreSQL 17 or by an earlier pgaudit-cdc): a standby cannot keep a copy, and a failover loses it (a GAP)", slot),
+			Fix:    fmt.Sprintf("stop the agent, then run over a replication connection: psql \"dbname=DB replication=database\" -c 'ALTER_REPLICATION_SLOT %s (FAILOVER true)'", slot)})
+	default:
+		add(Result{Name: "failover slot", Status: OK, Detail: fmt.Sprintf("%q is a failover slot", slot)})
+	}
+
+	var sss string
+	_ = conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss)
+	sss = strings.TrimSpace(sss)
+	suggest := "the physical slot of each standby that may be promoted"
+	if len(physicalSlots) > 0 {
+		suggest = "'" + strings.Join(physicalSlots, ",") + "'"
+	}
+	switch {
+	case sss == "" && !hasStandby:
+		add(Result{Name: "synchronized_standby_slots", Status: OK, Detail: "empty, and no physical standby to fail over to"})
+	case sss == "":
+		add(Result{Name: "synchronized_standby_slots", Status: Warn,
+			Detail: "empty: the agent can receive changes no standby has received yet; after a failover the audit trail can hold transactions the new primary never had, and the standby's copy of the slot may be behind",
+			Fix:    fmt.Sprintf("name the standbys' physical slots: ALTER SYSTEM SET synchronized_standby_slots = %s; SELECT pg_reload_conf(); on each standby set sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name, and dbname in primary_conninfo", suggest)})
+	default:
+		var missing []string
+		for _, name := range strings.Split(sss, ",") {
+			name = strings.Trim(strings.TrimSpace(name), `"`)
+			var ok bool
+			_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'
+				AND coalesce(wal_status, '') <> 'lost')`, name).Scan(&ok)
+			if !ok {
+				missing = append(missing, name)
+			}
+		}
+		if len(missing) > 0 {
+			add(Result{Name: "synchronized_standby_slots", Status: Fail,
+				Detail: fmt.Sprintf("names %s, which is not a usable physical slot: logical decoding waits for it, so capture stalls", strings.Join(missing, ", ")),
+				Fix:    fmt.Sprintf("create the standby's physical slot (SELECT pg_create_physical_replication_slot('NAME')) and point the standby's primary_slot_name at it, or correct the list: ALTER SYSTEM SET synchronized_standby_slots = %s; SELECT pg_reload_conf()", suggest)})
+		} else {
+			add(Result{Name: "synchronized_standby_slots", Status: OK, Detail: sss + ": changes reach the agent only after these standbys have them"})
+		}
+	}
+	return rs
+}
+
+// checkIdleSlotTimeout warns when idle_replication_slot_timeout (18+) can
+// invalidate the slot while the agent is stopped.
+func checkIdleSlotTimeout(ctx context.Context, conn *pgx.Conn, add func(Result)) {
+	var setting, shown string
+	if err := conn.QueryRow(ctx, `SELECT setting, current_setting('idle_replication_slot_timeout') FROM pg_settings WHERE name = 'idle_replication_slot_timeout'`).Scan(&setting, &shown); err != nil {
+		return
+	}
+	if setting == "0" {
+		add(Result{Name: "idle_replication_slot_timeout", Status: OK, Detail: "0: the slot is never invalidated for being idle"})
+		return
+	}
+	add(Result{Name: "idle_replication_slot_timeout", Status: Warn,
+		Detail: shown + ": if the agent is stopped (or cannot connect) for longer, PostgreSQL invalidates the slot at the next checkpoint, and the changes since are lost (a GAP)",
+		Fix:    "ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf(); or keep it longer than any agent outage you can have (Amazon RDS/Aurora, Cloud SQL, Azure: the parameter of the same name)"})
+}
+
+// checkStandbyFailover checks, on a standby (17+), the settings that keep a
+// synced copy of the slot, and the copy itself.
+func checkStandbyFailover(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
+	var syncSlots, feedback, conninfo, primarySlot string
+	_ = conn.QueryRow(ctx, `SELECT current_setting('sync_replication_slots'), current_setting('hot_standby_feedback'),
+		current_setting('primary_conninfo'), current_setting('primary_slot_name')`).Scan(&syncSlots, &feedback, &conninfo, &primarySlot)
+	onOff := func(name, value string) {
+		if value == "on" {
+			add(Result{Name: name, Status: OK, Detail: "on"})
+			return
+		}
+		add(Result{Name: name, Status: Fail, Detail: value + " on this standby: it keeps no usable copy of the slot, and a failover to it loses the slot (a GAP)",
+			Fix: "ALTER SYSTEM SET " + name + " = on; SELECT pg_reload_conf();"})
+	}
+	onOff("sync_replication_slots", syncSlots)
+	onOff("hot_standby_feedback", feedback)
+	if primarySlot == "" {
+		add(Result{Name: "primary_slot_name", Status: Fail, Detail: "empty: slot synchronisation needs the standby to stream through a physical slot",
+			Fix: "create one on the primary (SELECT pg_create_physical_replication_slot('standby1')), then ALTER SYSTEM SET primary_slot_name = 'standby1' here and restart or reload; name it in the primary's synchronized_standby_slots"})
+	} else {
+		add(Result{Name: "primary_slot_name", Status: OK, Detail: primarySlot})
+	}
+	if !strings.Contains(conninfo, "dbname=") {
+		add(Result{Name: "primary_conninfo", Status: Fail, Detail: "has no dbname: the slot sync worker cannot connect to the primary's database",
+			Fix: "add dbname=<the watched database> to primary_conninfo (ALTER SYSTEM SET primary_conninfo = '... dbname=DB'; SELECT pg_reload_conf())"})
+	} else {
+		add(Result{Name: "primary_conninfo", Status: OK, Detail: "names a database"})
+	}
+	info, err := replication.LookupSlot(ctx, conn, slot)
+	switch {
+	case err != nil:
+		add(Result{Name: "synced slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
+	case !info.Exists:
+		add(Result{Name: "synced slot", Status: Warn, Detail: fmt.Sprintf("no copy of slot %q on this standby yet: a failover to it now loses the slot (a GAP)", slot),
+			Fix: "make the slot a failover slot on the primary and complete the settings above; the copy appears once the primary's slot has advanced past what this standby has replayed"})
+	case !info.Synced:
+		add(Result{Name: "synced slot", Status: Warn, Detail: fmt.Sprintf("slot %q exists here but is not synced from the primary", slot),
+			Fix: "make it a failover slot on the primary (ALTER_REPLICATION_SLOT ... (FAILOVER true)) and complete the settings above"})
+	case info.Invalidated():
+		add(Result{Name: "synced slot", Status: Fail, Detail: fmt.Sprintf("the copy of slot %q is invalidated (%s%s)", slot, info.WALStatus, info.InvalidationReason),
+			Fix: "check hot_standby_feedback and primary_slot_name; the copy is re-created from the primary's slot"})
+	default:
+		add(Result{Name: "synced slot", Status: OK, Detail: fmt.Sprintf("slot %q synced, confirmed up to %s", slot, info.ConfirmedFlushLSN)})
+	}
+}
+
+// checkVirtualGeneratedColumns fails for every published table with
+// REPLICA IDENTITY FULL and a virtual generated column (PostgreSQL 18+):
+// PostgreSQL cannot publish virtual generated columns and so refuses UPDATE
+// and DELETE on such a table, breaking the application's writes.
+func checkVirtualGeneratedColumns(ctx context.Context, conn *pgx.Conn, publication string, add func(Result)) {
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname),
+			string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+		FROM pg_publication_tables t
+		JOIN pg_namespace n ON n.nspname = t.schemaname
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attgenerated = 'v' AND NOT a.attisdropped
+		WHERE t.pubname = $1 AND c.relreplident = 'f'
+		GROUP BY 1 ORDER BY 1`, publication)
+	if err != nil {
+		return
+	}
+	type table struct{ name, columns string }
+	tables, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (table, error) {
+		var t table
+		err := r.Scan(&t.name, &t.columns)
+		return t, err
+	})
+	if err != nil {
+		return
+	}
+	for _, t := range tables {
+		add(Result{Name: "virtual generated columns", Status: Fail,
+			Detail: fmt.Sprintf("%s has REPLICA IDENTITY FULL and the virtual generated column(s) %s, which PostgreSQL 18 cannot publish: it refuses every UPDATE and DELETE on the table (\"Replica identity must not contain unpublished generated columns\")", t.name, t.columns),
+			Fix:    fmt.Sprintf("make the column(s) STORED (drop them and add them again as GENERATED ALWAYS AS (...) STORED: stored generated columns are published), or stop auditing the table with pgaudit-cdc unwatch %s", t.name)})
 	}
 }

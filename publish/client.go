@@ -36,6 +36,12 @@ type ClientConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between retries (defaults
 	// 200ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
+	// MaxInFlight is how many POSTs may be in flight on the connection
+	// (pipelining, default DefaultMaxInFlight); 1 sends one at a time.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the bytes of the POSTs in flight (default
+	// DefaultMaxInFlightBytes); one larger event is still sent, alone.
+	MaxInFlightBytes int
 	// DedupWindow is the most events of one source read back from the spine
 	// to find what this agent already delivered (default 10000, at most
 	// 100000, the spine's limit).
@@ -86,8 +92,26 @@ type Client struct {
 	// eventsURL is POST /events, built once.
 	eventsURL string
 
+	// mark is the highest position delivered in order in this session:
+	// everything up to it is handled.
 	mark    decode.Position
 	checked map[string]bool
+	// present holds, per source, the keys of this identity read back from
+	// the spine: with several requests in flight a later event can be in the
+	// chain while an earlier one is not, so the read-back learns which keys
+	// are there, not only the highest. handled holds keys handled otherwise
+	// (dead letters).
+	present map[string]map[string]decode.Position
+	handled map[string]bool
+	// maxPresent is the highest position known to be in the chain: an event
+	// sent after it lands out of commit order and is marked late.
+	maxPresent decode.Position
+
+	// Pipelining (see pipeline.go).
+	tlsConfig    *tls.Config
+	pipe         *pipeConn
+	noPipelining bool
+	pipeCloses   int // windows in a row cut short by the server closing
 }
 
 // NewClient validates cfg and builds a client.
@@ -107,6 +131,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxInFlightBytes <= 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
 	}
 	if cfg.DedupWindow <= 0 {
 		cfg.DedupWindow = 10000
@@ -143,8 +173,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 			// token must reach no host but the configured one.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		log:     cfg.Logger,
-		checked: map[string]bool{},
+		log:       cfg.Logger,
+		checked:   map[string]bool{},
+		present:   map[string]map[string]decode.Position{},
+		handled:   map[string]bool{},
+		tlsConfig: transport.TLSClientConfig,
 	}, nil
 }
 
@@ -157,9 +190,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // broke may have been appended after all.
 func (c *Client) SetIdentity(systemID, slot string) {
 	if c.systemID != systemID || c.slot != slot {
-		c.mark = decode.Position{}
+		c.mark, c.maxPresent = decode.Position{}, decode.Position{}
+		c.handled = map[string]bool{}
 	}
 	c.checked = map[string]bool{}
+	c.present = map[string]map[string]decode.Position{}
 	c.systemID, c.slot = systemID, slot
 }
 
@@ -169,6 +204,19 @@ func (c *Client) MarkHandled(p decode.Position) {
 	if c.mark.Less(p) {
 		c.mark = p
 	}
+}
+
+// MarkKeyHandled records that the event with key is handled (kept as a dead
+// letter): a replay of it is not sent.
+func (c *Client) MarkKeyHandled(key string) { c.handled[key] = true }
+
+// isHandled says whether ev is already in the spine or otherwise handled.
+func (c *Client) isHandled(ev *decode.Event) bool {
+	if !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
+		return true
+	}
+	_, ok := c.present[ev.Source][ev.Key]
+	return ok
 }
 
 // Mark returns the high-water mark.
@@ -188,22 +236,27 @@ func (c *Client) Publish(ctx context.Context, ev *decode.Event) error {
 	skipped, err := c.deliver(ctx, ev.Body, ev.Key, !c.checked[ev.Source],
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if readBack {
-				if err := c.learn(ctx, ev.Source); err != nil {
+				if err := c.learn(ctx, ev.Source, ev.Pos); err != nil {
 					return false, err
 				}
 			}
-			return !c.mark.Less(ev.Pos), nil
+			return c.isHandled(ev), nil
 		})
 	if err != nil {
 		return err
 	}
+	// Events are delivered one after another here: each one handled,
+	// skipped or sent, extends the handled prefix.
+	c.MarkHandled(ev.Pos)
 	if skipped {
 		if c.cfg.Hooks.Skipped != nil {
 			c.cfg.Hooks.Skipped(ev)
 		}
 		return nil
 	}
-	c.MarkHandled(ev.Pos)
+	if c.maxPresent.Less(ev.Pos) {
+		c.maxPresent = ev.Pos
+	}
 	return nil
 }
 
@@ -491,36 +544,37 @@ func (c *Client) authorize(req *http.Request) {
 // learn reads back the newest events of source and raises the mark to the
 // highest position of this agent's among them. It widens the read until it
 // finds one of ours or has read the whole source (or the window).
-func (c *Client) learn(ctx context.Context, source string) error {
+func (c *Client) learn(ctx context.Context, source string, upTo decode.Position) error {
 	for limit := 10; ; limit *= 10 {
 		if limit > c.cfg.DedupWindow {
 			limit = c.cfg.DedupWindow
 		}
-		n, found, err := c.readBack(ctx, source, limit)
+		keys := map[string]decode.Position{}
+		var oldest decode.Position
+		n, err := c.scanEvents(ctx, source, limit, func(key string, _ bool, _ string) {
+			sys, slot, pos, ok := decode.ParseKey(key)
+			if !ok || sys != c.systemID || slot != c.slot {
+				return
+			}
+			keys[key] = pos
+			if len(keys) == 1 || pos.Less(oldest) {
+				oldest = pos
+			}
+			if c.maxPresent.Less(pos) {
+				c.maxPresent = pos
+			}
+		})
 		if err != nil {
 			return err
 		}
-		if found || n < limit || limit >= c.cfg.DedupWindow {
+		// Done when the newest events reach back to upTo (anything of ours
+		// after it is among them), or the source or the window is read.
+		if (len(keys) > 0 && !upTo.Less(oldest)) || n < limit || limit >= c.cfg.DedupWindow {
+			c.present[source] = keys
 			c.checked[source] = true
 			return nil
 		}
 	}
-}
-
-func (c *Client) readBack(ctx context.Context, source string, limit int) (int, bool, error) {
-	found := false
-	n, err := c.scanEvents(ctx, source, limit, func(key string, redelivered bool, _ string) {
-		if redelivered {
-			return
-		}
-		sys, slot, pos, ok := decode.ParseKey(key)
-		if !ok || sys != c.systemID || slot != c.slot {
-			return
-		}
-		found = true
-		c.MarkHandled(pos)
-	})
-	return n, found, err
 }
 
 // scanEvents reads GET /events?source=…&limit=… and calls fn with each
@@ -790,16 +844,21 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 // payload.metadata. Redelivered events sit out of commit order in the chain,
 // so the read-back that learns the high-water mark must ignore them. The
 // envelope's own metadata is always its last "metadata" object.
-func MarkRedelivered(body []byte) []byte {
+func MarkRedelivered(body []byte) []byte { return markMetadata(body, `"redelivered":true,`) }
+
+// markMetadata inserts field (ending in a comma) at the start of the
+// envelope's own payload.metadata: its last "metadata" object, which opens
+// with commit_lsn.
+func markMetadata(body []byte, field string) []byte {
 	const marker = `"metadata":{"commit_lsn":`
 	i := bytes.LastIndex(body, []byte(marker))
 	if i < 0 {
 		return body
 	}
 	at := i + len(`"metadata":{`)
-	out := make([]byte, 0, len(body)+20)
+	out := make([]byte, 0, len(body)+len(field))
 	out = append(out, body[:at]...)
-	out = append(out, `"redelivered":true,`...)
+	out = append(out, field...)
 	return append(out, body[at:]...)
 }
 

@@ -76,6 +76,12 @@ type Querier interface {
 // when it does not exist. publish_via_partition_root reports changes of
 // partitions under the partitioned table that is watched.
 //
+// On PostgreSQL 18+ the publication publishes stored generated columns
+// (publish_generated_columns = stored), set on an existing publication too:
+// their values reach the events, and PostgreSQL 18 refuses UPDATE and DELETE
+// on a REPLICA IDENTITY FULL table whose identity holds a generated column
+// the publication does not publish.
+//
 // Every watched table is a member of the publication by itself, schema-wide
 // watches included: a publication with FOR TABLES IN SCHEMA members may hold
 // no table with a column list, and ignores the row filter of a table in such
@@ -87,18 +93,31 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", publication).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up publication %q: %w", publication, err)
 	}
+	version, err := ServerVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
 	if exists {
 		if err := ensureRegistryPublished(ctx, conn, publication); err != nil {
 			return err
 		}
+		if version >= 180000 {
+			if err := ensureGeneratedColumnsPublished(ctx, conn, publication); err != nil {
+				return err
+			}
+		}
 		_, err := ConvertSchemaMembership(ctx, conn, publication)
 		return err
+	}
+	options := "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
+	if version >= 180000 {
+		options += ", publish_generated_columns = stored"
 	}
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
 		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
 		", " + pgx.Identifier{migrations.Schema, SchemaRegistryTable}.Sanitize() +
 		", " + pgx.Identifier{migrations.Schema, ControlTable}.Sanitize() +
-		" WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"
+		" WITH (" + options + ")"
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		if isCode(err, "42710") { // created meanwhile by a concurrent call
 			return nil
@@ -107,6 +126,28 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 			return fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", publication, err)
 		}
 		return fmt.Errorf("creating publication %q: %w", publication, err)
+	}
+	return nil
+}
+
+// ensureGeneratedColumnsPublished sets publish_generated_columns = stored on
+// an existing publication (PostgreSQL 18+) that does not have it: one made by
+// an earlier version of pgaudit-cdc or before an upgrade to 18.
+func ensureGeneratedColumnsPublished(ctx context.Context, conn *pgx.Conn, publication string) error {
+	var gencols string
+	if err := conn.QueryRow(ctx, "SELECT pubgencols::text FROM pg_publication WHERE pubname = $1", publication).Scan(&gencols); err != nil {
+		return fmt.Errorf("checking publication %q: %w", publication, err)
+	}
+	if gencols == "s" {
+		return nil
+	}
+	sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " SET (publish_generated_columns = stored)"
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		if isCode(err, "42501") {
+			return fmt.Errorf("publishing stored generated columns in publication %q (PostgreSQL 18 refuses UPDATE and DELETE on a watched table with a generated column otherwise): the role must own the publication, or run ALTER PUBLICATION %s SET (publish_generated_columns = stored) as its owner: %w",
+				publication, pgx.Identifier{publication}.Sanitize(), err)
+		}
+		return fmt.Errorf("publishing stored generated columns in publication %q: %w", publication, err)
 	}
 	return nil
 }
@@ -373,10 +414,23 @@ func ParseLSN(s string) (decode.LSN, error) {
 //
 // Only package capture decides when a slot may be created: re-creating a lost
 // slot silently would hide the changes it lost.
+//
+// On PostgreSQL 17+ the slot is a failover slot (failover = true): a standby
+// with sync_replication_slots = on keeps a copy of it, so that after a
+// promotion the new primary has the slot and capture continues.
 func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	version, err := ServerVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	// (slot_name, plugin, temporary, twophase, failover) from 17 on.
+	sql := "SELECT pg_create_logical_replication_slot($1, 'pgoutput')"
+	if version >= 170000 {
+		sql = "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+	}
+	_, err = conn.Exec(ctx, sql, slot)
 	switch {
 	case err == nil, isCode(err, "42710"): // 42710: created concurrently
 		return nil

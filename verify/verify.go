@@ -67,6 +67,7 @@ type generation struct {
 	txIndex  int
 	txEnded  bool
 	txFirst  int64
+	txSeen   int // events of the transaction seen in order
 	started  bool
 }
 
@@ -99,6 +100,10 @@ type Verifier struct {
 	missing  map[string]map[decode.Position]int64 // generation → missing predecessor → event naming it
 	tables   map[string]*tableState
 	checked  map[string]bool
+	// txHoles are transactions whose events did not all arrive in order:
+	// late events may still complete them (see Finish).
+	txHoles map[string]map[decode.LSN]*txHole
+	late    map[string]map[decode.LSN]*lateTx
 	// sources are those of pgaudit-cdc's watches (from its WATCH events):
 	// an event with one of them but no key of this agent was not sent by it.
 	sources map[string]bool
@@ -108,7 +113,8 @@ type Verifier struct {
 func New(o Options) *Verifier {
 	return &Verifier{o: o, first: map[string]bool{}, expect: 1, prevHash: chain.Genesis,
 		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[decode.Position]int64{},
-		tables: map[string]*tableState{}, checked: map[string]bool{}, sources: map[string]bool{}}
+		tables: map[string]*tableState{}, checked: map[string]bool{}, sources: map[string]bool{},
+		txHoles: map[string]map[decode.LSN]*txHole{}, late: map[string]map[decode.LSN]*lateTx{}}
 }
 
 func (v *Verifier) fail(check string, id int64, known, format string, args ...any) {
@@ -201,9 +207,22 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	st.present[pos] = true
 	if outOfOrder {
 		// A late event (a retried dead letter, or one re-sent after a later
-		// one landed) fills the hole it left.
+		// one landed) fills the hole it left, in the links and in its
+		// transaction.
 		if m := v.missing[gen]; m != nil {
 			delete(m, pos)
+		}
+		if v.late[gen] == nil {
+			v.late[gen] = map[decode.LSN]*lateTx{}
+		}
+		lt := v.late[gen][pos.CommitLSN]
+		if lt == nil {
+			lt = &lateTx{}
+			v.late[gen][pos.CommitLSN] = lt
+		}
+		lt.n++
+		if n := intOf(meta["tx_events"]); n > 0 {
+			lt.total = n
 		}
 		return
 	}
@@ -238,25 +257,49 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	idx := intOf(meta["tx_index"])
 	if idx > 0 {
 		if st.started && st.txIndex > 0 && pos.CommitLSN != st.txCommit && !st.txEnded {
-			v.fail(CheckCompleteness, st.txFirst, "", "the transaction committed at %s ends without its last event (event %d has tx_index %d and no tx_events)", st.txCommit, st.lastID, st.txIndex)
+			v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, 0)
 		}
 		if pos.CommitLSN != st.txCommit {
-			st.txCommit, st.txIndex, st.txFirst, st.txEnded = pos.CommitLSN, 0, e.EventID, false
+			st.txCommit, st.txIndex, st.txFirst, st.txEnded, st.txSeen = pos.CommitLSN, 0, e.EventID, false, 0
 		}
-		if idx != st.txIndex+1 && !v.missingExplains(gen) {
-			v.fail(CheckCompleteness, e.EventID, "", "event %d has tx_index %d after %d in the transaction committed at %s: events of it are missing", e.EventID, idx, st.txIndex, st.txCommit)
-		}
+		st.txSeen++
 		st.txIndex = idx
 		if n := intOf(meta["tx_events"]); n > 0 {
-			st.txEnded = n == idx
+			st.txEnded = n == st.txSeen
+			if !st.txEnded {
+				v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, n)
+				st.txEnded = true // recorded
+			}
 		}
 	}
 	st.last, st.lastID, st.started = pos, e.EventID, true
 }
 
-// missingExplains: a hole already recorded as a missing predecessor also
-// explains the index gap it causes.
-func (v *Verifier) missingExplains(gen string) bool { return len(v.missing[gen]) > 0 }
+// lateTx counts a transaction's events that arrived late, and the count
+// its last event gave when that one was late.
+type lateTx struct{ n, total int }
+
+// txHole is a transaction seen incomplete in commit order.
+type txHole struct {
+	first       int64
+	seen, total int // events seen in order, the count its last event gave (0: unknown)
+	late        int // events of it that arrived late
+}
+
+func (v *Verifier) txHole(gen string, commit decode.LSN, first int64, seen, total int) {
+	if v.txHoles[gen] == nil {
+		v.txHoles[gen] = map[decode.LSN]*txHole{}
+	}
+	h := v.txHoles[gen][commit]
+	if h == nil {
+		h = &txHole{first: first}
+		v.txHoles[gen][commit] = h
+	}
+	h.seen = seen
+	if total > 0 {
+		h.total = total
+	}
+}
 
 func intOf(x any) int {
 	var n int
@@ -278,6 +321,24 @@ func (v *Verifier) Finish() Report {
 				}
 			}
 			v.fail(CheckCompleteness, id, known, "the event before event %d (position %s) is not in the chain", id, pos)
+		}
+	}
+	for gen, holes := range v.txHoles {
+		for commit, h := range holes {
+			if lt := v.late[gen][commit]; lt != nil {
+				h.late = lt.n
+				if h.total == 0 {
+					h.total = lt.total
+				}
+			}
+			if h.total > 0 && h.seen+h.late == h.total {
+				continue // completed by late events
+			}
+			if len(v.missing[gen]) > 0 && h.total == 0 && h.late == 0 {
+				// Already reported as a missing event.
+				continue
+			}
+			v.fail(CheckCompleteness, h.first, "", "the transaction committed at %s is incomplete: %d of its events arrived (%d late), its last event says %d", commit, h.seen+h.late, h.late, h.total)
 		}
 	}
 	for _, st := range v.gens {

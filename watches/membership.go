@@ -134,60 +134,142 @@ func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error
 
 // syncSchemaMembership adds the tables of watched schemas that are not yet
 // members of the publication (created while no event trigger was installed,
-// or when it failed), giving them REPLICA IDENTITY FULL first. It skips the
-// round when a watch or unwatch holds the registry lock.
-func (r *Registry) syncSchemaMembership(ctx context.Context) ([]string, error) {
+// or when it failed), giving them REPLICA IDENTITY FULL first. It returns the
+// tables added and those whose identity it changed. It skips the round when
+// a watch or unwatch holds the registry lock.
+func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity []string, err error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("starting transaction: %w", err)
+		return nil, nil, fmt.Errorf("starting transaction: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return nil, fmt.Errorf("setting lock_timeout: %w", err)
+		return nil, nil, fmt.Errorf("setting lock_timeout: %w", err)
 	}
 	var locked bool
 	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil {
-		return nil, fmt.Errorf("locking the registry: %w", err)
+		return nil, nil, fmt.Errorf("locking the registry: %w", err)
 	}
 	if !locked {
-		return nil, nil
+		return nil, nil, nil
 	}
 	rows, err := tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active ORDER BY 1`)
 	if err != nil {
-		return nil, fmt.Errorf("listing watched schemas: %w", err)
+		return nil, nil, fmt.Errorf("listing watched schemas: %w", err)
 	}
 	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil || len(schemas) == 0 {
-		return nil, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing watched schemas: %w", err)
+	}
+	if len(schemas) == 0 {
+		return nil, nil, nil
 	}
 	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var added []string
 	for _, schema := range schemas {
 		if slices.Contains(legacy, schema) {
 			continue // published through the schema
 		}
 		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(tables) == 0 {
 			continue
 		}
-		if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
-			return nil, err
+		fixed, err := fixSchemaTables(ctx, tx, schema)
+		if err != nil {
+			return nil, nil, err
 		}
+		identity = append(identity, fixed...)
 		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
-			return nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, replication.TableNames(tables), r.publication), err)
+			return nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, replication.TableNames(tables), r.publication), err)
 		}
 		for _, t := range tables {
 			added = append(added, decode.QualifiedName(t[0], t[1]))
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, fmt.Errorf("committing the tables of watched schemas: %w", err)
+		return nil, nil, fmt.Errorf("committing the tables of watched schemas: %w", err)
 	}
-	return added, nil
+	return added, identity, nil
+}
+
+// Partitions. The publication has publish_via_partition_root: the changes
+// of a partition whose partitioned table (an ancestor) is in the publication
+// are published as that table's, with that table's row filter and column
+// list. A row filter or column list of the partition's own watch would then
+// be ignored, so a watch or schema watch that leads there is refused before
+// anything changes.
+
+// filteredOptions says whether o puts a row filter or column list on the
+// table.
+func filteredOptions(o Options) bool { return o.RowFilter != "" || o.columnControl() }
+
+// publishedAncestor returns a partitioned table of which oid is a partition
+// and that is a member of the publication by itself.
+func (r *Registry) publishedAncestor(ctx context.Context, tx pgx.Tx, oid uint32) (string, bool, error) {
+	var schema, name string
+	err := tx.QueryRow(ctx, `SELECT n.nspname, c.relname FROM pg_partition_ancestors($1::oid::regclass) a
+		JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE a.relid <> $1::oid::regclass AND EXISTS (SELECT 1 FROM pg_publication_rel pr
+			JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $2 AND pr.prrelid = a.relid)
+		LIMIT 1`, oid, r.publication).Scan(&schema, &name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("checking the partitioned tables above table %d: %w", oid, err)
+	}
+	return decode.QualifiedName(schema, name), true, nil
+}
+
+// filteredPartition returns a partition of the partitioned tables that
+// match (by oid, or by schema when oid is 0) whose own watch has a row
+// filter or column list, and that partitioned table.
+func filteredPartition(ctx context.Context, tx pgx.Tx, oid uint32, schema string) (root, partition string, found bool, err error) {
+	var rs, rn, ps, pn string
+	err = tx.QueryRow(ctx, `SELECT rn.nspname, r.relname, n.nspname, c.relname
+		FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
+		CROSS JOIN LATERAL pg_partition_tree(r.oid::regclass) pt
+		JOIN pgaudit_cdc.watches w ON w.table_oid = pt.relid AND w.active
+			AND (w.row_filter IS NOT NULL OR w.columns IS NOT NULL OR w.exclude_columns IS NOT NULL)
+		JOIN pg_class c ON c.oid = pt.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE r.relkind = 'p' AND pt.relid <> r.oid AND (r.oid = $1 OR ($1 = 0 AND rn.nspname = $2))
+		LIMIT 1`, oid, schema).Scan(&rs, &rn, &ps, &pn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("checking the watches of partitions: %w", err)
+	}
+	return decode.QualifiedName(rs, rn), decode.QualifiedName(ps, pn), true, nil
+}
+
+// partitionConflict refuses a per-table watch whose row filter or column
+// list publish_via_partition_root would override, in either direction.
+func (r *Registry) partitionConflict(ctx context.Context, tx pgx.Tx, rel relation, name string, o Options) error {
+	if filteredOptions(o) {
+		ancestor, found, err := r.publishedAncestor(ctx, tx, rel.oid)
+		if err != nil {
+			return err
+		}
+		if found {
+			return fmt.Errorf("cannot watch %s with --where/--columns/--exclude-columns: it is a partition of %s, which is in the publication, and PostgreSQL then publishes the partition's changes as %s's, with its row filter and column list; unwatch %s (or its schema) first, or put the options on it",
+				name, ancestor, ancestor, ancestor)
+		}
+	}
+	if rel.partitioned {
+		_, partition, found, err := filteredPartition(ctx, tx, rel.oid, "")
+		if err != nil {
+			return err
+		}
+		if found {
+			return fmt.Errorf("cannot watch %s: its partition %s is watched with --where/--columns/--exclude-columns, which PostgreSQL would ignore once %s is in the publication (a partition's changes are then published as its partitioned table's); unwatch %s first, or watch the other partitions one by one",
+				name, partition, name, partition)
+		}
+	}
+	return nil
 }

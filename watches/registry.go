@@ -157,6 +157,13 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if kind == "" || source == "" {
 		return "", errors.New("a watch needs a kind and a non-empty source")
 	}
+	if o.RowFilter != "" || o.columnControl() {
+		if v, err := replication.ServerVersion(ctx, r.conn); err != nil {
+			return "", err
+		} else if v < 150000 {
+			return "", errors.New("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
+		}
+	}
 	if err := r.prepare(ctx); err != nil {
 		return "", err
 	}
@@ -181,14 +188,14 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if rel.kind == "p" && o.columnControl() {
 		return "", fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)
 	}
-	if (o.RowFilter != "" || o.columnControl()) && serverVersion(ctx, tx) < 150000 {
-		return "", fmt.Errorf("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
-	}
 	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
 	if err != nil {
 		return "", err
 	}
 	if err := r.legacyConflict(legacy, t, o); err != nil {
+		return "", err
+	}
+	if err := r.partitionConflict(ctx, tx, rel, name, o); err != nil {
 		return "", err
 	}
 	cols, err := r.columnList(ctx, tx, rel, t, o)
@@ -410,9 +417,9 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
 	// Tables that joined a watched schema without the event trigger join
 	// the publication first (with FULL), in a transaction of their own.
-	_, syncErr := r.syncSchemaMembership(ctx)
+	_, identity, syncErr := r.syncSchemaMembership(ctx)
 	fixed, err := r.fixReplicaIdentity(ctx)
-	return fixed, errors.Join(syncErr, err)
+	return append(identity, fixed...), errors.Join(syncErr, err)
 }
 
 func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
@@ -526,7 +533,7 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 				}
 				cur.member = false
 			}
-			if !cur.member && (rel.kind == "r" || rel.kind == "p") {
+			if !cur.member && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
 				if err := r.addTable(ctx, tx, t, nil, ""); err != nil {
 					return false, err
 				}

@@ -41,6 +41,11 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	if kind == "" || source == "" {
 		return errors.New("a watch needs a kind and a non-empty source")
 	}
+	if v, err := replication.ServerVersion(ctx, r.conn); err != nil {
+		return err
+	} else if v < 150000 {
+		return errors.New("schema-wide watches need PostgreSQL 15 or later; watch the tables one by one")
+	}
 	if err := r.prepare(ctx); err != nil {
 		return err
 	}
@@ -49,15 +54,20 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if serverVersion(ctx, tx) < 150000 {
-		return errors.New("schema-wide watches need PostgreSQL 15 or later; watch the tables one by one")
-	}
 	var exists bool
 	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
 		return fmt.Errorf("looking up schema %q: %w", schema, err)
 	}
 	if !exists {
 		return fmt.Errorf("schema %q does not exist: create it first, or check the name (it is case-sensitive): %w", schema, ErrTableNotFound)
+	}
+	// publish_via_partition_root would override the row filter or column
+	// list of a partition of a partitioned table of the schema.
+	if root, partition, found, err := filteredPartition(ctx, tx, 0, schema); err != nil {
+		return err
+	} else if found {
+		return fmt.Errorf("cannot watch schema %q: partition %s of its table %s is watched with --where/--columns/--exclude-columns, which PostgreSQL would ignore once %s is in the publication (a partition's changes are then published as its partitioned table's); unwatch %s first, or watch the tables of the schema one by one",
+			schema, partition, root, root, partition)
 	}
 	if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
 		return err

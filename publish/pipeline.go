@@ -1,0 +1,449 @@
+package publish
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+)
+
+// Pipelining: several POSTs in flight on one keep-alive HTTP/1.1 connection,
+// written in commit order. An HTTP/1.1 server answers pipelined requests in
+// the order it received them, and the spine (uvicorn) handles a connection's
+// requests one after another, so it appends them in the order they were
+// written. One connection, never several: that order is the chain's.
+//
+// The window is bounded in requests (ClientConfig.MaxInFlight) and in bytes
+// (MaxInFlightBytes; one larger event still goes alone). A server or proxy
+// that cannot pipeline (it closes the connection with requests pending, or
+// answers Connection: close) turns pipelining off for the client's life.
+
+// DefaultMaxInFlight is the default window: enough to keep a spine busy
+// across a 10 ms round trip at its sequential rate.
+const DefaultMaxInFlight = 32
+
+// DefaultMaxInFlightBytes bounds the bytes of the requests in flight.
+const DefaultMaxInFlightBytes = 16 << 20
+
+// pipeConn is one connection to the spine used for pipelined POSTs.
+type pipeConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+}
+
+func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
+	if c.pipe != nil {
+		return c.pipe, nil
+	}
+	d := net.Dialer{Timeout: c.cfg.Timeout, KeepAlive: 30 * time.Second}
+	host := c.base.Host
+	if c.base.Port() == "" {
+		if c.base.Scheme == "https" {
+			host = net.JoinHostPort(c.base.Hostname(), "443")
+		} else {
+			host = net.JoinHostPort(c.base.Hostname(), "80")
+		}
+	}
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	if c.base.Scheme == "https" {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.tlsConfig != nil {
+			cfg = c.tlsConfig.Clone()
+		}
+		cfg.ServerName = c.base.Hostname()
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(conn, cfg)
+		hctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			conn.Close()
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("TLS handshake: %w", err)}
+		}
+		conn = tc
+	}
+	c.pipe = &pipeConn{conn: conn, br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 64<<10)}
+	return c.pipe, nil
+}
+
+func (c *Client) closePipe() {
+	if c.pipe != nil {
+		c.pipe.conn.Close()
+		c.pipe = nil
+	}
+}
+
+// window is the number of requests that may be in flight.
+func (c *Client) window() int {
+	if c.noPipelining || c.cfg.MaxInFlight <= 1 {
+		return 1
+	}
+	return c.cfg.MaxInFlight
+}
+
+// sendWindow writes the bodies as pipelined POSTs on one connection and
+// returns one answer per body, in order. Bodies not written (the connection
+// broke first) are answered notSent; bodies written but not answered are
+// unknown.
+func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string) []answer {
+	answers := make([]answer, len(bodies))
+	pc, err := c.dialPipe(ctx)
+	if err != nil {
+		c.up(false)
+		for i := range answers {
+			answers[i] = answer{verdict: notSent, reason: "connection", err: fmt.Errorf("posting to the spine: %w", err)}
+		}
+		return answers
+	}
+	maxBytes := c.cfg.MaxInFlightBytes
+	var (
+		mu       sync.Mutex
+		cond     = sync.NewCond(&mu)
+		inFlight int
+		bytesIn  int
+		read     int  // answers read
+		stop     bool // the reader gave up: write no more
+		written  = make([]time.Time, len(bodies))
+		nWritten int
+		werr     error
+	)
+	w := c.window()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for i, body := range bodies {
+			mu.Lock()
+			for !stop && inFlight > 0 && (inFlight >= w || bytesIn+len(body) > maxBytes) {
+				cond.Wait()
+			}
+			if stop {
+				mu.Unlock()
+				return
+			}
+			inFlight++
+			bytesIn += len(body)
+			mu.Unlock()
+			req, err := http.NewRequest(http.MethodPost, c.eventsURL, bytes.NewReader(body))
+			if err == nil {
+				req.Header.Set("Content-Type", "application/json")
+				c.authorize(req)
+				_ = pc.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
+				err = req.Write(pc.bw)
+				if err == nil {
+					err = pc.bw.Flush()
+				}
+			}
+			mu.Lock()
+			written[i] = time.Now()
+			nWritten = i + 1
+			if err != nil {
+				werr = err
+				stop = true
+				cond.Broadcast()
+				mu.Unlock()
+				return
+			}
+			cond.Broadcast()
+			mu.Unlock()
+		}
+	}()
+
+	broken := false
+	for i := range bodies {
+		mu.Lock()
+		for nWritten <= i && werr == nil && !stop {
+			cond.Wait()
+		}
+		if nWritten <= i {
+			// Never written.
+			mu.Unlock()
+			for j := i; j < len(bodies); j++ {
+				answers[j] = answer{verdict: notSent, reason: "connection", err: fmt.Errorf("posting to the spine: %w", firstErr(werr, errors.New("held back after an earlier request failed")))}
+			}
+			break
+		}
+		start := written[i]
+		partial := werr != nil && nWritten == i+1 // the failed write
+		mu.Unlock()
+		if partial {
+			answers[i] = answer{verdict: unknown, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(werr))}
+			broken = true
+			for j := i + 1; j < len(bodies); j++ {
+				answers[j] = answer{verdict: notSent, reason: "connection", err: errors.New("not sent: the connection broke")}
+			}
+			break
+		}
+		_ = pc.conn.SetReadDeadline(time.Now().Add(c.cfg.Timeout))
+		a, closeAfter, saidClose := c.readAnswer(pc.br, keys[i], start)
+		answers[i] = a
+		mu.Lock()
+		read++
+		inFlight--
+		bytesIn -= len(bodies[i])
+		if a.verdict != accepted && a.verdict != rejected {
+			// Send nothing more after a failure: what is in flight cannot
+			// be recalled, but every request held back now is one that
+			// cannot land ahead of the failed one.
+			stop = true
+		}
+		cond.Broadcast()
+		pending := nWritten - read
+		mu.Unlock()
+		if a.verdict == unknown && a.reason == "connection" || closeAfter {
+			broken = true
+			// A server that cannot pipeline closes the connection with
+			// requests pending, every time; a dropped connection does it
+			// once. Twice in a row (or Connection: close) is the former.
+			if (saidClose || isEOF(a.err)) && pending > 0 && !c.noPipelining {
+				c.pipeCloses++
+				if c.pipeCloses >= 2 || saidClose {
+					c.noPipelining = true
+					c.log.Warn("the spine (or a proxy in front of it) does not keep pipelined requests; sending one event at a time from now on (set --max-in-flight 1 to say so)")
+				}
+			}
+			for j := i + 1; j < len(bodies); j++ {
+				if j < pending+i+1 {
+					answers[j] = answer{verdict: unknown, reason: "connection", err: errors.New("the connection closed before this request was answered")}
+				} else {
+					answers[j] = answer{verdict: notSent, reason: "connection", err: errors.New("not sent: the connection closed")}
+				}
+			}
+			break
+		}
+	}
+	mu.Lock()
+	stop = true
+	cond.Broadcast()
+	mu.Unlock()
+	if !broken {
+		c.pipeCloses = 0
+	}
+	if broken {
+		c.closePipe()
+	}
+	<-writerDone
+	return answers
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// readAnswer reads one response and judges it as post does. closeAfter says
+// the connection cannot serve another answer; saidClose that the server
+// announced it (Connection: close).
+func (c *Client) readAnswer(br *bufio.Reader, key string, start time.Time) (a answer, closeAfter, saidClose bool) {
+	a, closeAfter, saidClose = c.readOne(br, key, start)
+	return a, closeAfter || saidClose, saidClose
+}
+
+func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer, bool, bool) {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		c.observe("error", start)
+		c.up(false)
+		return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", err)}, true, false
+	}
+	defer resp.Body.Close()
+	saidClose := resp.Close
+	closeAfter := false
+	if resp.StatusCode == http.StatusCreated {
+		if err := confirm(resp.Body, key); err != nil {
+			c.observe("201_unconfirmed", start)
+			c.up(false)
+			return answer{verdict: unknown, reason: "unconfirmed",
+				err: fmt.Errorf("the spine answered 201, but not with the stored event: %w", err)}, true, saidClose
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			closeAfter = true
+		}
+		c.observe("201", start)
+		c.up(true)
+		return answer{verdict: accepted}, closeAfter, saidClose
+	}
+	v := classify(resp.StatusCode)
+	text, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil || rerr != nil {
+		closeAfter = true
+		if v == rejected {
+			c.observe("error", start)
+			c.up(false)
+			return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", firstErr(rerr, err))}, true, saidClose
+		}
+	}
+	c.observe(statusClass(resp.StatusCode), start)
+	c.up(v != refused)
+	a := answer{verdict: v, reason: statusClass(resp.StatusCode)}
+	switch v {
+	case rejected:
+		a.err = &RejectedError{StatusCode: resp.StatusCode, Body: string(text)}
+	case refused:
+		ref := &refusedError{request: "POST /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))}
+		a.err, a.reason = ref, ref.reason()
+	default:
+		if v == unknown && resp.StatusCode < 300 {
+			a.reason = "unexpected"
+		}
+		a.retryAfter = retryAfter(resp.Header)
+		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
+	}
+	return a, closeAfter, saidClose
+}
+
+// PublishBatch delivers evs in order, up to the window in flight on one
+// connection, and calls done(i, err) for each, in order: err is nil when the
+// spine holds the event (now or already), or a *RejectedError when it
+// refused that event for good. It returns an error only when ctx ends (then
+// done was called for a prefix of evs).
+//
+// Exactly once with a window: answers come in order, so every 201 before a
+// failure is known. After a failure the outcome of the rest is unknown: the
+// agent reads back which keys the spine holds (not only the highest) and
+// sends again, in position order, every event that is missing. An event
+// sent again after a later one landed is out of commit order in the chain
+// and says so (metadata.late).
+func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error {
+	if c.systemID == "" {
+		return errors.New("BUG: publish.Client used before SetIdentity")
+	}
+	state := make([]int, len(evs)) // 0 pending, 1 accepted or present, 2 rejected
+	errs := make([]error, len(evs))
+	reported := 0
+	attempt := 0
+	report := func() {
+		for reported < len(evs) && state[reported] != 0 {
+			ev := evs[reported]
+			if state[reported] == 1 {
+				c.MarkHandled(ev.Pos)
+			}
+			done(reported, errs[reported])
+			reported++
+		}
+	}
+	for reported < len(evs) {
+		// Each source is read back once per session before its first event,
+		// and again after an uncertain outcome.
+		for i := reported; i < len(evs); i++ {
+			if state[i] != 0 || c.checked[evs[i].Source] {
+				continue
+			}
+			if err := c.learn(ctx, evs[i].Source, evs[i].Pos); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				reason := "read_back"
+				var ref *refusedError
+				if errors.As(err, &ref) {
+					reason = ref.reason()
+				}
+				if err := c.wait(ctx, &attempt, reason, 0, err); err != nil {
+					return err
+				}
+				i = reported - 1 // start over
+				continue
+			}
+		}
+		var idx []int
+		var bodies [][]byte
+		var keys []string
+		for i := reported; i < len(evs) && len(idx) < 4*c.window(); i++ {
+			if state[i] != 0 {
+				continue
+			}
+			ev := evs[i]
+			if c.isHandled(ev) {
+				state[i] = 1
+				if c.cfg.Hooks.Skipped != nil {
+					c.cfg.Hooks.Skipped(ev)
+				}
+				continue
+			}
+			body := ev.Body
+			if ev.Pos.Less(c.maxPresent) {
+				body = MarkLate(body)
+			}
+			idx = append(idx, i)
+			bodies = append(bodies, body)
+			keys = append(keys, ev.Key)
+		}
+		report()
+		if len(idx) == 0 {
+			continue
+		}
+		answers := c.sendWindow(ctx, bodies, keys)
+		var failed *answer
+		uncertain, progress := false, false
+		for j, a := range answers {
+			i := idx[j]
+			switch a.verdict {
+			case accepted:
+				progress = true
+				state[i] = 1
+				if c.maxPresent.Less(evs[i].Pos) {
+					c.maxPresent = evs[i].Pos
+				}
+			case rejected:
+				state[i], errs[i] = 2, a.err
+			default:
+				if failed == nil {
+					failed = &answers[j]
+				}
+				if a.verdict == unknown {
+					uncertain = true
+					c.checked[evs[i].Source] = false
+				}
+			}
+		}
+		report()
+		if failed == nil || progress {
+			// The backoff grows only while nothing gets through: a fault
+			// in a window that delivered something is retried promptly.
+			attempt = 0
+		}
+		if failed == nil {
+			continue
+		}
+		if uncertain {
+			// Read back every pending event's source, not only the one that
+			// failed: a request after it may have landed.
+			for i := reported; i < len(evs); i++ {
+				if state[i] == 0 {
+					c.checked[evs[i].Source] = false
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := c.wait(ctx, &attempt, failed.reason, failed.retryAfter, failed.err); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// MarkLate adds "late": true to an envelope's payload.metadata: the event
+// lands after a later one (its earlier attempt failed while the later one
+// was appended), so it is out of commit order in the chain, at its original
+// position (its idempotency key says which).
+func MarkLate(body []byte) []byte { return markMetadata(body, `"late":true,`) }

@@ -1,0 +1,225 @@
+package publish
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+)
+
+func batchOf(n int) []*decode.Event {
+	evs := make([]*decode.Event, n)
+	for i := range evs {
+		evs[i] = testEvent("s", decode.LSN(0x1000+i/4*0x10), uint32(i%4+1))
+	}
+	return evs
+}
+
+func publishBatch(t *testing.T, c *Client, evs []*decode.Event) []error {
+	t.Helper()
+	errs := make([]error, len(evs))
+	next := 0
+	err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
+		if i != next {
+			t.Errorf("done(%d) called out of order, want %d", i, next)
+		}
+		next++
+		errs[i] = err
+	})
+	if err != nil {
+		t.Fatalf("PublishBatch: %v", err)
+	}
+	if next != len(evs) {
+		t.Fatalf("done called %d times, want %d", next, len(evs))
+	}
+	return errs
+}
+
+// chainReport counts duplicates, missing events and events out of order
+// (not marked late) in the spine's chain, against evs.
+func chainReport(t *testing.T, spine *spinetest.Server, evs []*decode.Event, skip map[int]bool) (dup, missing, disorder, late int) {
+	t.Helper()
+	want := map[string]int{}
+	for i, ev := range evs {
+		if !skip[i] {
+			want[ev.Key] = i
+		}
+	}
+	seen := map[string]int{}
+	last := -1
+	for _, e := range spine.Events() {
+		m, _ := e.Payload["metadata"].(map[string]any)
+		key := fmt.Sprint(m["idempotency_key"])
+		seen[key]++
+		if seen[key] > 1 {
+			dup++
+		}
+		if m["late"] == true {
+			late++
+			continue
+		}
+		if i, ok := want[key]; ok {
+			if i < last {
+				disorder++
+			}
+			last = i
+		}
+	}
+	for k := range want {
+		if seen[k] == 0 {
+			missing++
+		}
+	}
+	return
+}
+
+func newPipeClient(t *testing.T, url string, window int) *Client {
+	t.Helper()
+	c, err := NewClient(ClientConfig{URL: url, Timeout: time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxInFlight: window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetIdentity("7301", "slot")
+	return c
+}
+
+// TestPipelinedFaultsInTheWindow injects each fault at a chosen point of a
+// full window and checks: every event exactly once, commit order except
+// events marked late, and the verdicts reported in order.
+func TestPipelinedFaultsInTheWindow(t *testing.T) {
+	tests := []struct {
+		name   string
+		fault  spinetest.Fault
+		at, n  int
+		reject bool
+	}{
+		{"503 in the middle of the window", spinetest.Fault503, 5, 1, false},
+		{"429 in the middle of the window", spinetest.Fault429, 5, 1, false},
+		{"drop after append in the middle", spinetest.FaultDropAfter, 7, 1, false},
+		{"reset with the whole window in flight", spinetest.FaultDropBefore, 0, 1, false},
+		{"422 in the middle of the window", spinetest.FaultReject, 6, 1, true},
+		{"unconfirmed 201 in the middle", spinetest.Fault201HTMLAfter, 4, 1, false},
+		{"proxy 201 without forwarding", spinetest.Fault201HTML, 3, 2, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spine := spinetest.Start(t)
+			c := newPipeClient(t, spine.URL(), 16)
+			evs := batchOf(40)
+			spine.FailNext(tt.at, spinetest.FaultNone)
+			spine.FailNext(tt.n, tt.fault)
+			errs := publishBatch(t, c, evs)
+			skip := map[int]bool{}
+			for i, err := range errs {
+				if err != nil {
+					if !tt.reject || !IsRejected(err) {
+						t.Fatalf("event %d: %v", i, err)
+					}
+					skip[i] = true
+				}
+			}
+			if tt.reject && len(skip) != 1 {
+				t.Fatalf("%d events refused, want the 1 the spine refused", len(skip))
+			}
+			dup, missing, disorder, late := chainReport(t, spine, evs, skip)
+			t.Logf("%s: %d events, dup %d, missing %d, out of order %d, late %d", tt.name, len(spine.Events()), dup, missing, disorder, late)
+			if dup != 0 || missing != 0 || disorder != 0 {
+				t.Fatalf("dup %d, missing %d, out of order (unmarked) %d", dup, missing, disorder)
+			}
+			if ok, at, why := spine.Verify(); !ok {
+				t.Fatalf("chain invalid at %d: %s", at, why)
+			}
+			if c.window() == 1 {
+				t.Fatalf("a single fault turned pipelining off")
+			}
+		})
+	}
+}
+
+// TestPipelineKeepsUpAcrossRestart: a new client (a restarted agent) after a
+// window where a later event landed and an earlier one did not sends the
+// missing one, late, and nothing twice.
+func TestPipelineRestartAfterHole(t *testing.T) {
+	spine := spinetest.Start(t)
+	evs := batchOf(12)
+	first := newPipeClient(t, spine.URL(), 16)
+	spine.FailNext(3, spinetest.FaultNone)
+	spine.FailNext(1, spinetest.Fault503) // event 3 fails, 4.. land
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	_ = first.PublishBatch(ctx, evs, func(i int, err error) {
+		n++
+		if n == 3 {
+			cancel() // the agent dies before the retry
+		}
+	})
+	second := newPipeClient(t, spine.URL(), 16)
+	publishBatch(t, second, evs)
+	dup, missing, disorder, late := chainReport(t, spine, evs, nil)
+	if dup != 0 || missing != 0 || disorder != 0 || late != 1 {
+		t.Fatalf("dup %d, missing %d, out of order %d, late %d; want one late event and nothing else", dup, missing, disorder, late)
+	}
+}
+
+// TestServerWithoutPipelining: a server that closes the connection after
+// each answer makes the client fall back to one request at a time, once,
+// with every event delivered once.
+func TestServerWithoutPipelining(t *testing.T) {
+	spine := spinetest.Start(t)
+	var conns atomic.Int64
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		proxy(w, r, spine.URL())
+	}))
+	front.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	front.Start()
+	t.Cleanup(front.Close)
+	c := newPipeClient(t, front.URL, 16)
+	evs := batchOf(30)
+	publishBatch(t, c, evs)
+	if c.window() != 1 {
+		t.Fatalf("the client still pipelines to a server that closes each connection")
+	}
+	dup, missing, disorder, _ := chainReport(t, spine, evs, nil)
+	if dup != 0 || missing != 0 || disorder != 0 {
+		t.Fatalf("dup %d, missing %d, out of order %d", dup, missing, disorder)
+	}
+}
+
+// proxy forwards one request to the spine double.
+func proxy(w http.ResponseWriter, r *http.Request, to string) {
+	req, _ := http.NewRequest(r.Method, to+r.URL.RequestURI(), r.Body)
+	req.Header = r.Header.Clone()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	var b strings.Builder
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	_, _ = w.Write([]byte(b.String()))
+}

@@ -264,6 +264,16 @@ func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Re
 			Fix: "check --audit-stream-url (and AUDIT_STREAM_CA_FILE for https) and that audit-stream is running; events wait in the slot meanwhile"}}
 	}
 	rs := []Result{{Name: "spine", Status: OK, Detail: "answers /healthz"}}
+	switch ok, err := spine.ProbePipelining(ctx); {
+	case err != nil:
+		rs = append(rs, Result{Name: "spine pipelining", Status: Warn, Detail: err.Error(), Fix: "check what stands between pgaudit-cdc and the spine"})
+	case ok:
+		rs = append(rs, Result{Name: "spine pipelining", Status: OK, Detail: "requests written back to back on one connection are answered in order: events are delivered with several in flight (--max-in-flight)"})
+	default:
+		rs = append(rs, Result{Name: "spine pipelining", Status: Warn,
+			Detail: "the spine, or a proxy in front of it, does not keep pipelined requests: pgaudit-cdc falls back to one event at a time, one round trip each",
+			Fix:    "let pgaudit-cdc reach the spine without that proxy, or configure the proxy to keep HTTP/1.1 connections (nginx: proxy_http_version 1.1 and keepalive upstreams); set --max-in-flight 1 to silence this"})
+	}
 	kinds, err := spine.Kinds(ctx)
 	if err != nil {
 		return append(rs, Result{Name: "spine kinds", Status: Warn, Detail: err.Error(), Fix: "make sure the spine serves /openapi.json"})

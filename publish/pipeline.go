@@ -447,3 +447,43 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 // was appended), so it is out of commit order in the chain, at its original
 // position (its idempotency key says which).
 func MarkLate(body []byte) []byte { return markMetadata(body, `"late":true,`) }
+
+// ProbePipelining tells whether the spine (and whatever stands in front of
+// it) answers two requests written back to back on one connection, in
+// order, keeping the connection open: what pipelined delivery needs.
+func (c *Client) ProbePipelining(ctx context.Context) (bool, error) {
+	pc, err := c.dialPipe(ctx)
+	if err != nil {
+		return false, fmt.Errorf("connecting to the spine: %w", err)
+	}
+	defer c.closePipe()
+	_ = pc.conn.SetDeadline(time.Now().Add(c.cfg.Timeout))
+	for i := 0; i < 2; i++ {
+		req, err := http.NewRequest(http.MethodGet, c.base.String()+"/healthz", nil)
+		if err != nil {
+			return false, err
+		}
+		c.authorize(req)
+		if err := req.Write(pc.bw); err != nil {
+			return false, fmt.Errorf("writing to the spine: %w", err)
+		}
+	}
+	if err := pc.bw.Flush(); err != nil {
+		return false, fmt.Errorf("writing to the spine: %w", err)
+	}
+	for i := 0; i < 2; i++ {
+		resp, err := http.ReadResponse(pc.br, nil)
+		if err != nil {
+			return false, nil // closed with a request pending
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false, fmt.Errorf("the spine answered /healthz with HTTP %d", resp.StatusCode)
+		}
+		if resp.Close && i == 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}

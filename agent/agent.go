@@ -7,7 +7,10 @@
 // while it waits for the publisher (back-pressure), so the server never times
 // the session out. The publisher owns the sink and the dead-letter
 // connection; it advances the acknowledged LSN after the last event of each
-// transaction. The acknowledged LSN is the only state they share.
+// transaction. They share the acknowledged LSN (advanced by the publisher
+// only, by compare-and-swap), the count of bytes handed over but not yet
+// delivered (inflight, the reader's back-pressure) and a freed signal that
+// wakes the reader when the publisher finished a hand-over.
 package agent
 
 import (

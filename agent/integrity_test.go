@@ -169,9 +169,11 @@ func TestReplicaIdentityWeakened(t *testing.T) {
 	h.exec(`INSERT INTO orders VALUES (1, 10, 'a'), (2, 20, 'b')`)
 	h.watch("orders", "other", "shop")
 	h.startAgent()
-	h.exec(`ALTER TABLE orders REPLICA IDENTITY DEFAULT`)
-	h.exec(`UPDATE orders SET total = 11 WHERE id = 1`)
-	h.exec(`DELETE FROM orders WHERE id = 2`)
+	// One transaction, so the agent cannot restore FULL in between.
+	if err := run(t, h.conn, `ALTER TABLE orders REPLICA IDENTITY DEFAULT`,
+		`UPDATE orders SET total = 11 WHERE id = 1`, `DELETE FROM orders WHERE id = 2`); err != nil {
+		t.Fatal(err)
+	}
 	evs := h.waitEvents(2, 30*time.Second)
 	for _, e := range evs[:2] {
 		if field(t, e, "metadata", "old_is_key_only") != true {

@@ -311,9 +311,11 @@ GRANT CONNECT, CREATE ON DATABASE %[2]s TO %[1]s;
 GRANT %[3]s TO %[1]s;
 
 -- 4. Optional, superuser only, AFTER the first pgaudit-cdc watch (which creates the
---    function): give partitions of watched tables and tables created in watched schemas
---    REPLICA IDENTITY FULL in the transaction that creates them (otherwise the agent
---    does it within 15 s, and their UPDATE/DELETE events carry the key only until then):
+--    functions): in the DDL's own transaction, add tables created in (or moved into)
+--    watched schemas to the publication and give them and new partitions of watched
+--    tables REPLICA IDENTITY FULL, follow renames, and end the watch of a dropped table
+--    with a DROP event. Without them the agent does it within 15 s: a new table's changes
+--    before then are not captured, and UPDATE/DELETE events carry the key only.
 %[4]s;
 `, id(role), id(db), id(tableOwner), "-- "+strings.ReplaceAll(watches.EventTriggerSQL, "\n", "\n-- "))
 	fmt.Fprintf(&b, `

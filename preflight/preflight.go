@@ -234,7 +234,7 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 		watches.EventTriggerName, watches.DropTriggerName).Scan(&triggers)
 	if n > 0 && triggers < 2 {
 		rs = append(rs, Result{Name: "event triggers", Status: Warn,
-			Detail: "without them, tables joining a partitioned or schema-wide watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only from the agent's housekeeping (within 15 s)",
+			Detail: "without them, new tables of watched schemas join the publication (their changes until then are not captured), tables joining a watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only through the agent's housekeeping (within 15 s)",
 			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
 	}
 	// A watched table dropped and created again under its name is a new

@@ -492,7 +492,9 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 
 // Unwatch stops auditing t. It reports whether an active watch was removed;
 // unwatching an unwatched table is not an error, and it works after the
-// table was dropped. The registry keeps the row as a tombstone.
+// table was dropped. The registry keeps the row as a tombstone. A table of a
+// watched schema stays audited by the schema watch: it stays in the
+// publication without row filter or column list, with REPLICA IDENTITY FULL.
 func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 	if _, err := migrations.Apply(ctx, r.conn); err != nil {
 		return false, err

@@ -41,6 +41,8 @@ type Cluster struct {
 	logFile string
 	asRoot  bool   // run server commands as the postgres OS user
 	runuser string // path of runuser when asRoot
+	uid     int    // of the postgres OS user, when asRoot
+	gid     int
 
 	extra []string // settings overriding the defaults
 
@@ -123,12 +125,35 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 	if err != nil {
 		return nil, err
 	}
+	c, err := newLocal(ctx, binDir, settings)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.Shutdown()
+		}
+	}()
+	out, err := c.command(ctx, "initdb", "-D", c.dataDir, "-U", "postgres",
+		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("initdb: %v\n%s", err, bytesTail(out, 30))
+	}
+	if err := c.startOnFreePort(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newLocal prepares a local cluster of the server in binDir: its directory
+// (owned by postgres as root) and the watchdog that removes it. The data
+// directory is not created.
+func newLocal(ctx context.Context, binDir string, settings []string) (_ *Cluster, err error) {
 	c := &Cluster{binDir: binDir, asRoot: os.Geteuid() == 0, extra: settings}
 	if c.major, c.version, err = ServerVersion(binDir); err != nil {
 		return nil, err
 	}
 
-	var uid, gid int
 	if c.asRoot {
 		if c.runuser, err = exec.LookPath("runuser"); err != nil {
 			return nil, fmt.Errorf("running as root needs runuser to run the server as the postgres user: %w", err)
@@ -137,10 +162,10 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 		if err != nil {
 			return nil, fmt.Errorf("running as root needs a postgres OS user: %w", err)
 		}
-		if uid, err = strconv.Atoi(u.Uid); err != nil {
+		if c.uid, err = strconv.Atoi(u.Uid); err != nil {
 			return nil, fmt.Errorf("postgres user: bad uid %q", u.Uid)
 		}
-		if gid, err = strconv.Atoi(u.Gid); err != nil {
+		if c.gid, err = strconv.Atoi(u.Gid); err != nil {
 			return nil, fmt.Errorf("postgres user: bad gid %q", u.Gid)
 		}
 	}
@@ -158,7 +183,7 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 		return nil, err
 	}
 	if c.asRoot {
-		if err := os.Chown(c.tempDir, uid, gid); err != nil {
+		if err := os.Chown(c.tempDir, c.uid, c.gid); err != nil {
 			return nil, err
 		}
 	}
@@ -176,28 +201,25 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 		return nil, fmt.Errorf("cannot run %s as the server's OS user: %v: %s (as root, the postgres user needs read and search access to the directory: chmod -R o+rX, or a cache outside /root)",
 			filepath.Join(binDir, "postgres"), err, bytesTail(out, 5))
 	}
+	return c, nil
+}
 
-	out, err := c.command(ctx, "initdb", "-D", c.dataDir, "-U", "postgres",
-		"--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync").CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("initdb: %v\n%s", err, bytesTail(out, 30))
-	}
-
+// startOnFreePort starts the server on a free port and sets the admin URL.
+func (c *Cluster) startOnFreePort(ctx context.Context) (err error) {
 	// The free port may be taken by someone else before the server binds
 	// it; retry with a new port in that case.
 	for attempt := 0; ; attempt++ {
 		if c.port, err = freePort(); err != nil {
-			return nil, err
+			return err
 		}
 		err = c.pgCtl(ctx, "start", "-l", c.logFile, "-o", c.serverOptions())
 		if err == nil {
 			break
 		}
 		if attempt >= 2 || !strings.Contains(err.Error(), "could not bind") {
-			return nil, err
+			return err
 		}
 	}
-
 	c.adminURL = &url.URL{
 		Scheme:   "postgres",
 		User:     url.User("postgres"),
@@ -205,7 +227,7 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 		Path:     "/postgres",
 		RawQuery: "sslmode=disable",
 	}
-	return c, nil
+	return nil
 }
 
 // serverOptions returns the -o argument of pg_ctl. pg_ctl hands it to a

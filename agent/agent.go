@@ -68,15 +68,6 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics.Metrics
-	// unrecorded is the highest position confirmed to the slot without
-	// being recorded as progress (the server was going away): the next
-	// session records it before it checks the slot. Sessions run one after
-	// another, so only one goroutine uses it at a time.
-	unrecorded decode.LSN
-}
-
-func (a *Agent) noteUnrecorded(lsn decode.LSN) {
-	a.unrecorded = max(a.unrecorded, lsn)
 }
 
 // New validates cfg and returns an Agent.
@@ -205,14 +196,6 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	defer sess.Close(context.WithoutCancel(ctx))
 
-	// What this process confirmed last time without recording it is its
-	// own progress, not someone else's advance of the slot.
-	if a.unrecorded != 0 {
-		if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, a.unrecorded); err != nil {
-			return err
-		}
-		a.unrecorded = 0
-	}
 	// Capture continuity first: a lost, invalidated or advanced slot stops
 	// here with a recorded gap instead of streaming a history with a hole.
 	capt, err := capture.Ensure(ctx, meta, capture.Options{
@@ -244,6 +227,9 @@ func (a *Agent) session(ctx context.Context) error {
 			return err
 		}
 	}
+	// Consent covers the gap pending when it was given, once: a later gap
+	// of this same process needs a new decision.
+	a.cfg.AcceptGap = ""
 	a.m.GapPending.Set(0)
 
 	if a.cfg.Spine != nil {
@@ -275,6 +261,19 @@ func (a *Agent) session(ctx context.Context) error {
 	// confirmed (see capture.SaveProgress).
 	if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, slot.ConfirmedFlushLSN); err != nil {
 		return err
+	}
+	// The self-linked stream starts from the last event the spine holds, so
+	// the first new event names its real predecessor. Read before streaming
+	// starts: the walsender would time out while it is read.
+	var last decode.Position
+	if lr, ok := a.cfg.Sink.(lastDeliveredReader); ok {
+		sources, err := watchSources(ctx, meta)
+		if err != nil {
+			return err
+		}
+		if last, _, err = lr.LastDelivered(ctx, sess.SystemID, keySlot, sources); err != nil {
+			return fmt.Errorf("reading back the last delivered event: %w", err)
+		}
 	}
 	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
 		return err
@@ -315,19 +314,7 @@ func (a *Agent) session(ctx context.Context) error {
 		recorded: slot.ConfirmedFlushLSN,
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
-	// The self-linked stream starts from the last event the spine holds, so
-	// the first new event names its real predecessor.
-	if lr, ok := a.cfg.Sink.(lastDeliveredReader); ok {
-		sources, err := watchSources(ctx, meta)
-		if err != nil {
-			return err
-		}
-		last, _, err := lr.LastDelivered(ctx, sess.SystemID, keySlot, sources)
-		if err != nil {
-			return fmt.Errorf("reading back the last delivered event: %w", err)
-		}
-		r.stream.SetPrevious(last)
-	}
+	r.stream.SetPrevious(last)
 
 	// The publisher outlives a stop request by the grace period, so that
 	// what was already decoded can still be delivered.
@@ -358,8 +345,8 @@ func (a *Agent) session(ctx context.Context) error {
 	// Final status: whatever the publisher confirmed, nothing more.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if acked := decode.LSN(acked.Load()); acked > r.recorded {
-		r.recordProgress(fctx, acked, 0)
+	if err := r.recordProgress(fctx, decode.LSN(acked.Load()), 0); err != nil {
+		a.log.Debug("the final progress could not be recorded; confirming what was recorded", "err", err)
 	}
 	final := r.confirmable()
 	if err := sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {

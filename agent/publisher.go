@@ -95,6 +95,11 @@ func (p *publisher) advance(lsn decode.LSN) {
 // once every event before them is settled.
 func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 	for {
+		// A stop request wins over waiting work: after it nothing more is
+		// delivered (the slot may be a standby's already).
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		var first batch
 		var ok bool
 		select {

@@ -40,9 +40,6 @@ type reader struct {
 	// recorded is the highest LSN saved as progress (capture.SaveProgress):
 	// nothing beyond it is ever confirmed.
 	recorded decode.LSN
-	// recordFailed: the last attempt to record progress failed (see
-	// recordProgress).
-	recordFailed bool
 	// forceRecord: the server asked for a reply; record without slack.
 	forceRecord bool
 
@@ -131,7 +128,12 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 		if r.forceRecord {
 			slack, r.forceRecord = 0, false
 		}
-		r.recordProgress(ctx, acked, slack)
+		if err := r.recordProgress(ctx, acked, slack); err != nil {
+			// Nothing is ever confirmed beyond the recorded progress: end
+			// the session instead (a server shutting down then lets its
+			// walsender go at once), and start again.
+			return err
+		}
 		if err := r.sess.SendStatus(ctx, r.confirmable(), false); err != nil {
 			return err
 		}
@@ -158,37 +160,24 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 const progressSlack = 512
 
 // recordProgress saves acked as the slot's progress when it is more than
-// slack ahead of the last record. A failure is logged and retried at the next
-// status: until then nothing past the last record is confirmed.
-func (r *reader) recordProgress(ctx context.Context, acked, slack decode.LSN) {
+// slack ahead of the last record.
+func (r *reader) recordProgress(ctx context.Context, acked, slack decode.LSN) error {
 	if acked <= r.recorded+slack {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, acked); err != nil {
-		// The catalog connection is gone, most often because the server is
-		// shutting down: its walsender then waits for everything sent to be
-		// confirmed, so holding the confirmation back would hold up the
-		// shutdown. Confirm it, and remember it for the next session to
-		// record before it checks the slot (see Agent.session).
-		r.a.log.Warn("recording the slot progress failed; confirming anyway and recording it at the next session", "err", err)
-		r.recordFailed = true
-		return
+		return fmt.Errorf("recording the slot progress before confirming it: %w", err)
 	}
 	r.recorded = acked
-	r.recordFailed = false
+	return nil
 }
 
 // confirmable is the position sent to the server: what was delivered, but
-// never beyond the recorded progress while it can be recorded.
+// never beyond the recorded progress.
 func (r *reader) confirmable() decode.LSN {
-	acked := decode.LSN(r.acked.Load())
-	if r.recordFailed {
-		r.a.noteUnrecorded(acked)
-		return acked
-	}
-	return min(acked, r.recorded)
+	return min(decode.LSN(r.acked.Load()), r.recorded)
 }
 
 // housekeeping refreshes slot metrics and fixes the replica identity of

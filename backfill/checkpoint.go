@@ -53,9 +53,10 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 	}
 	var schema, table string
 	var columnsList []string
-	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.columns
+	var rowFilter *string
+	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.columns, w.row_filter
 		FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE w.table_oid = $1 AND w.active`, tableOID).Scan(&schema, &table, &columnsList)
+		WHERE w.table_oid = $1 AND w.active`, tableOID).Scan(&schema, &table, &columnsList, &rowFilter)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return CheckpointResult{}, errors.New("the table is not watched: run pgaudit-cdc watch first (a checkpoint describes the audited table)")
 	}
@@ -113,7 +114,13 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 		id := pgx.Identifier{c.name}.Sanitize()
 		sel = append(sel, "CASE WHEN "+id+" IS NULL THEN NULL ELSE format('%s', "+id+") END")
 	}
-	rows, err := tx.Query(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+pgx.Identifier{schema, table}.Sanitize())
+	query := "SELECT " + strings.Join(sel, ", ") + " FROM " + pgx.Identifier{schema, table}.Sanitize()
+	if rowFilter != nil && *rowFilter != "" {
+		// The watch's row filter (the operator's SQL, as the publication
+		// runs it): the digest covers the rows events are sent for.
+		query += " WHERE (" + *rowFilter + ")"
+	}
+	rows, err := tx.Query(ctx, query)
 	if err != nil {
 		return res, fmt.Errorf("reading %s: %w", name, err)
 	}

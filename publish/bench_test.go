@@ -127,7 +127,7 @@ func BenchmarkMarkRedelivered(b *testing.B) {
 	b.SetBytes(int64(len(benchBody)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if out := publish.MarkRedelivered(benchBody); !strings.Contains(string(out[len(out)-200:]), "idempotency_key") {
+		if out := publish.MarkRedelivered(benchBody, benchKey); !strings.Contains(string(out[len(out)-200:]), "idempotency_key") {
 			b.Fatal("marker lost")
 		}
 	}

@@ -830,7 +830,7 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 	if key == "" {
 		return errors.New("BUG: publish.Client.Redeliver of an envelope without an idempotency key")
 	}
-	_, err := c.deliver(ctx, MarkRedelivered(body), key, true,
+	_, err := c.deliver(ctx, MarkRedelivered(body, key), key, true,
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if !readBack {
 				return false, nil
@@ -844,14 +844,25 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 // payload.metadata. Redelivered events sit out of commit order in the chain,
 // so the read-back that learns the high-water mark must ignore them. The
 // envelope's own metadata is always its last "metadata" object.
-func MarkRedelivered(body []byte) []byte { return markMetadata(body, `"redelivered":true,`) }
+func MarkRedelivered(body []byte, key string) []byte {
+	return markMetadata(body, key, `"redelivered":true,`)
+}
 
 // markMetadata inserts field (ending in a comma) at the start of the
-// envelope's own payload.metadata: its last "metadata" object, which opens
-// with commit_lsn.
-func markMetadata(body []byte, field string) []byte {
+// envelope's own payload.metadata: the "metadata" object, opening with
+// commit_lsn, that holds this event's idempotency key. Row values (jsonb)
+// come before it and annotations inside it after the key, so neither can
+// move the insertion point, whatever they contain.
+func markMetadata(body []byte, key, field string) []byte {
 	const marker = `"metadata":{"commit_lsn":`
-	i := bytes.LastIndex(body, []byte(marker))
+	k := bytes.LastIndex(body, append(append([]byte(`"idempotency_key":`), AppendQuoted(key)...), ','))
+	if k < 0 {
+		k = bytes.LastIndex(body, append([]byte(`"idempotency_key":`), AppendQuoted(key)...))
+	}
+	if k < 0 {
+		return body
+	}
+	i := bytes.LastIndex(body[:k], []byte(marker))
 	if i < 0 {
 		return body
 	}
@@ -861,6 +872,9 @@ func markMetadata(body []byte, field string) []byte {
 	out = append(out, field...)
 	return append(out, body[at:]...)
 }
+
+// AppendQuoted is key as the envelope writes it: a JSON string.
+func AppendQuoted(key string) []byte { return decode.AppendString(nil, []byte(key)) }
 
 // hasKey reports whether the newest DedupWindow events of source include key.
 func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
@@ -890,6 +904,10 @@ func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, so
 		if err != nil {
 			return decode.Position{}, "", err
 		}
+	}
+	// Events resent after a restart land behind this one: they are late.
+	if systemID == c.systemID && keySlot == c.slot && c.maxPresent.Less(last) {
+		c.maxPresent = last
 	}
 	return last, commitTime, nil
 }

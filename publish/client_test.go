@@ -202,10 +202,18 @@ func TestBackoffBounds(t *testing.T) {
 }
 
 func TestMarkRedelivered(t *testing.T) {
-	in := `{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"commit_lsn":"0/1","idempotency_key":"k"}}}`
-	want := `{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k"}}}`
-	if got := string(MarkRedelivered([]byte(in))); got != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
+	tests := []struct{ name, in, want string }{
+		{"a jsonb row value looking like metadata",
+			`{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"commit_lsn":"0/1","idempotency_key":"k"}}}`,
+			`{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k"}}}`},
+		{"an annotation looking like metadata (any role may annotate)",
+			`{"payload":{"metadata":{"commit_lsn":"0/1","idempotency_key":"k","prev":null,"annotations":{"metadata":{"commit_lsn":1}}}}}`,
+			`{"payload":{"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k","prev":null,"annotations":{"metadata":{"commit_lsn":1}}}}}`},
+	}
+	for _, tt := range tests {
+		if got := string(MarkRedelivered([]byte(tt.in), "k")); got != tt.want {
+			t.Fatalf("%s:\ngot  %s\nwant %s", tt.name, got, tt.want)
+		}
 	}
 }
 

@@ -115,12 +115,24 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		inFlight int
 		bytesIn  int
 		read     int  // answers read
-		stop     bool // the reader gave up: write no more
+		claimed  int  // bodies the writer has started to write
+		stop     bool // the reader gave up, or ctx ended: write no more
 		written  = make([]time.Time, len(bodies))
 		nWritten int
 		werr     error
 	)
 	w := c.window()
+	// A stop request (the stream broke, the grace period ran out) ends the
+	// window at once: nothing more is written, and a blocked read or write
+	// returns.
+	stopOnCancel := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		stop = true
+		cond.Broadcast()
+		mu.Unlock()
+		_ = pc.conn.SetDeadline(time.Now())
+	})
+	defer stopOnCancel()
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -135,6 +147,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 			}
 			inFlight++
 			bytesIn += len(body)
+			claimed = i + 1
 			mu.Unlock()
 			req, err := http.NewRequest(http.MethodPost, c.eventsURL, bytes.NewReader(body))
 			if err == nil {
@@ -164,7 +177,9 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	broken := false
 	for i := range bodies {
 		mu.Lock()
-		for nWritten <= i && werr == nil && !stop {
+		// Wait for body i while it may still be written: not claimed yet
+		// and nothing stopped the writer, or claimed and being written.
+		for nWritten <= i && werr == nil && (!stop || claimed > i) {
 			cond.Wait()
 		}
 		if nWritten <= i {
@@ -228,6 +243,9 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	stop = true
 	cond.Broadcast()
 	mu.Unlock()
+	if ctx.Err() != nil {
+		broken = true // answers may still be on their way: never reuse it
+	}
 	if !broken {
 		c.pipeCloses = 0
 	}
@@ -340,7 +358,22 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 			reported++
 		}
 	}
+	if c.proxied() {
+		// Through an HTTP proxy, one request at a time with net/http,
+		// which speaks to the proxy.
+		for i, ev := range evs {
+			err := c.Publish(ctx, ev)
+			if err != nil && !IsRejected(err) {
+				return err
+			}
+			done(i, err)
+		}
+		return nil
+	}
 	for reported < len(evs) {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		// Each source is read back once per session before its first event,
 		// and again after an uncertain outcome.
 		for i := reported; i < len(evs); i++ {
@@ -380,7 +413,7 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 			}
 			body := ev.Body
 			if ev.Pos.Less(c.maxPresent) {
-				body = MarkLate(body)
+				body = MarkLate(body, ev.Key)
 			}
 			idx = append(idx, i)
 			bodies = append(bodies, body)
@@ -446,7 +479,7 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 // lands after a later one (its earlier attempt failed while the later one
 // was appended), so it is out of commit order in the chain, at its original
 // position (its idempotency key says which).
-func MarkLate(body []byte) []byte { return markMetadata(body, `"late":true,`) }
+func MarkLate(body []byte, key string) []byte { return markMetadata(body, key, `"late":true,`) }
 
 // ProbePipelining tells whether the spine (and whatever stands in front of
 // it) answers two requests written back to back on one connection, in
@@ -486,4 +519,20 @@ func (c *Client) ProbePipelining(ctx context.Context) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// proxied says requests to the spine go through an HTTP proxy (the
+// environment's HTTP_PROXY / HTTPS_PROXY): pipelined connections are direct,
+// so deliveries then use net/http, one at a time.
+func (c *Client) proxied() bool {
+	t, ok := c.http.Transport.(*http.Transport)
+	if !ok || t.Proxy == nil {
+		return false
+	}
+	req, err := http.NewRequest(http.MethodPost, c.eventsURL, nil)
+	if err != nil {
+		return false
+	}
+	u, err := t.Proxy(req)
+	return err == nil && u != nil
 }

@@ -42,21 +42,22 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 		}
 		return fn(e)
 	}
-	listFrom := total - listLimit + 1
-	for next < listFrom {
-		id := next
-		err := c.getJSON(ctx, "/events/"+strconv.FormatInt(id, 10), func(r io.Reader) error {
+	byID := func(id int64) error {
+		return c.getJSON(ctx, "/events/"+strconv.FormatInt(id, 10), func(r io.Reader) error {
 			e, err := decodeEvent(json.NewDecoder(r))
 			if err != nil {
 				return err
 			}
+			if e.EventID != id {
+				return fmt.Errorf("GET /events/%d answered event %d", id, e.EventID)
+			}
 			return emit(e)
 		})
-		if err != nil {
+	}
+	listFrom := total - listLimit + 1
+	for next < listFrom {
+		if err := byID(next); err != nil {
 			return err
-		}
-		if next == id { // the event came back with another id
-			return fmt.Errorf("GET /events/%d answered another event", id)
 		}
 	}
 	limit := total - next + 1
@@ -77,8 +78,12 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 			if err != nil {
 				return err
 			}
-			if e.EventID > next {
-				return fmt.Errorf("GET /events skipped from event %d to %d: the store changed while it was read; run verify again", next, e.EventID)
+			// Events appended since /stats push the list's start forward:
+			// read the ones in between one by one.
+			for e.EventID > next {
+				if err := byID(next); err != nil {
+					return err
+				}
 			}
 			if err := emit(e); err != nil {
 				return err

@@ -62,7 +62,7 @@ func (t *tableState) digest() Digest {
 
 // fold applies one of the agent's events to its table's state, and
 // compares a CHECKPOINT with it.
-func (v *Verifier) fold(e chain.Event, op, table string) {
+func (v *Verifier) fold(e chain.Event, op, gen, table string) {
 	meta, _ := e.Payload["metadata"].(map[string]any)
 	keyOnly, _ := meta["old_is_key_only"].(bool)
 	switch op {
@@ -70,7 +70,7 @@ func (v *Verifier) fold(e chain.Event, op, table string) {
 	default:
 		return
 	}
-	t := v.table(table)
+	t := v.table(gen + "|" + table)
 	oldRow, newRow := e.Payload["old"], e.Payload["new"]
 	if (op == "UPDATE" || op == "DELETE") && keyOnly {
 		if t.broken == "" {

@@ -113,7 +113,10 @@ type Verifier struct {
 func New(o Options) *Verifier {
 	return &Verifier{o: o, first: map[string]bool{}, expect: 1, prevHash: chain.Genesis,
 		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[decode.Position]int64{},
-		tables: map[string]*tableState{}, checked: map[string]bool{}, sources: map[string]bool{},
+		tables: map[string]*tableState{}, checked: map[string]bool{},
+		// The self-audit source is pgaudit-cdc's own from the start: a WATCH,
+		// DROP or GAP "explanation" posted by someone else is caught.
+		sources: map[string]bool{decode.SelfAuditSource: true},
 		txHoles: map[string]map[decode.LSN]*txHole{}, late: map[string]map[decode.LSN]*lateTx{}}
 }
 
@@ -143,17 +146,32 @@ func (v *Verifier) Add(e chain.Event) {
 	redelivered, _ := meta["redelivered"].(bool)
 	late, _ := meta["late"].(bool)
 	v.checkCompleteness(e, meta, key, gen, pos, op, redelivered || late)
-	if w, ok := e.Payload["watch"].(map[string]any); ok && (op == decode.OpWatch || op == decode.OpRewatch) {
+	w, _ := e.Payload["watch"].(map[string]any)
+	prevWatch, _ := e.Payload["previous"].(map[string]any)
+	newName, _ := w["table"].(string)
+	oldName, _ := prevWatch["table"].(string)
+	switch op {
+	case decode.OpWatch, decode.OpRewatch:
 		if src, ok := w["source"].(string); ok {
 			v.sources[src] = true
 		}
-		if name, ok := w["table"].(string); ok {
+		// A rename keeps the watch: the table's fold follows its name.
+		if op == decode.OpRewatch && oldName != "" && newName != "" && oldName != newName {
+			if t, ok := v.tables[gen+"|"+oldName]; ok {
+				v.tables[gen+"|"+newName] = t
+				delete(v.tables, gen+"|"+oldName)
+			}
+		}
+		if newName != "" {
 			cols, _ := w["columns"].([]any)
 			excl, _ := w["exclude_columns"].([]any)
-			v.table(name).columnList = len(cols) > 0 || len(excl) > 0
+			v.table(gen + "|" + newName).columnList = len(cols) > 0 || len(excl) > 0
 		}
+	case decode.OpDrop:
+		// A table of the same name later is another table.
+		delete(v.tables, gen+"|"+oldName)
 	}
-	v.fold(e, op, table)
+	v.fold(e, op, gen, table)
 }
 
 func (v *Verifier) checkChain(e chain.Event) {
@@ -192,9 +210,10 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 		v.fail(CheckCompleteness, e.EventID, fmt.Sprintf("declared gap #%v (%v): %v", g["id"], g["reason"], g["detail"]),
 			"the capture has a declared hole before event %d", e.EventID)
 		if tables, ok := g["tables"].([]any); ok {
+			// The new generation's folds start from the backfill.
 			for _, t := range tables {
 				if name, ok := t.(string); ok {
-					v.table(name).restart()
+					v.table(gen + "|" + name).restart()
 				}
 			}
 		}

@@ -9,4 +9,8 @@
 // absence is an error, never a reason to use another version. Without it,
 // server binaries are looked for with pg_config, on PATH, and under
 // /usr/lib/postgresql/<version>/bin.
+//
+// StartStandby makes a streaming physical standby of a local cluster from a
+// clean copy of its data directory (the npm packages have no
+// pg_basebackup); Promote and StopImmediate play a failover.
 package pgcluster

@@ -25,7 +25,7 @@ PGAUDIT_PG_VERSIONS ?= 14,15,16,17,18
 # capture features, the reduced kill -9 cycles, the idle slot, doctor. The
 # features of PostgreSQL 15+ (row filters, column lists, TABLES IN SCHEMA)
 # are left out of the runs on 14 by pattern, not skipped.
-MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|KillNineCycles|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere
+MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|WatchRefusesVirtualGeneratedColumns|KillNineCycles|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere
 MATRIX_RUN_14 := |FidelityUnchangedToastFullIdentity
 MATRIX_RUN_15 := |FidelityUnchangedToast|RowFilterAndColumnControl|SchemaWideWatch
 MATRIX_PKGS := ./agent ./faults ./cli

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // TestPublicationAndSlotByVersion checks what pgaudit-cdc makes of each
@@ -78,4 +80,27 @@ func TestPublicationAndSlotByVersion(t *testing.T) {
 	if got := jsonOf(t, field(t, evs[0], "new")); got != `{"id":1,"price":"2","qty":4,"total":"8"}` {
 		t.Errorf("new: got %s, want the stored generated column", got)
 	}
+}
+
+// TestWatchRefusesVirtualGeneratedColumns: on PostgreSQL 18 a virtual
+// generated column cannot be published, and REPLICA IDENTITY FULL would make
+// the table refuse UPDATE and DELETE: watch refuses, naming the column and
+// the fix, and changes nothing; excluding the column works.
+func TestWatchRefusesVirtualGeneratedColumns(t *testing.T) {
+	h := newHarness(t)
+	if v := pgtest.ServerVersionNum(t); v < 180000 {
+		t.Skipf("PostgreSQL %d has no virtual generated columns (18+)", v)
+	}
+	h.exec(`CREATE TABLE vpriced (id int PRIMARY KEY, price numeric, qty int,
+		total numeric GENERATED ALWAYS AS (price * qty) VIRTUAL)`)
+	_, err := newRegistry(h).Watch(context.Background(), mustName(t, "vpriced"), "other", "s")
+	if err == nil || !strings.Contains(err.Error(), "virtual generated columns (total)") || !strings.Contains(err.Error(), "STORED") {
+		t.Fatalf("watch of a table with a virtual generated column: got %v", err)
+	}
+	h.exec(`UPDATE vpriced SET qty = 1`) // still writable: nothing was changed
+	if _, err := newRegistry(h).Watch(context.Background(), mustName(t, "vpriced"), "other", "s",
+		watches.Options{ExcludeColumns: []string{"total"}}); err != nil {
+		t.Fatalf("watch excluding the virtual column: %v", err)
+	}
+	h.exec(`UPDATE vpriced SET qty = 2`)
 }

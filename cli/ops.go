@@ -17,6 +17,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -33,6 +34,12 @@ type Status struct {
 		LagBytes          *int64 `json:"lag_bytes"`
 		RetainedWALBytes  *int64 `json:"retained_wal_bytes"`
 		WALStatus         string `json:"wal_status,omitempty"`
+		// Failover and Synced are PostgreSQL 17's failover-slot state: a
+		// failover slot is kept by standbys that sync it; on a standby,
+		// Synced says its copy is in sync.
+		Failover  bool `json:"failover"`
+		Synced    bool `json:"synced"`
+		OnStandby bool `json:"on_standby"`
 	} `json:"slot"`
 	Publication struct {
 		Name   string `json:"name"`
@@ -123,6 +130,10 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		return nil, fmt.Errorf("reading the slot: %w", err)
 	}
 	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN, st.Slot.WALStatus = deref(confirmed), deref(restart), deref(walStatus)
+	if info, err := replication.LookupSlot(ctx, conn, o.slot); err == nil {
+		st.Slot.Failover, st.Slot.Synced = info.Failover, info.Synced
+	}
+	_ = conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&st.Slot.OnStandby)
 	if addr != nil {
 		st.Slot.AgentAddress = *addr
 	} else if st.Slot.AgentConnected {
@@ -179,6 +190,14 @@ func printStatus(w io.Writer, st *Status) {
 		fmt.Fprintf(tw, "confirmed LSN\t%s\n", st.Slot.ConfirmedFlushLSN)
 		fmt.Fprintf(tw, "lag\t%s behind the server's WAL\n", humanBytes(st.Slot.LagBytes))
 		fmt.Fprintf(tw, "retained WAL\t%s (wal_status %s)\n", humanBytes(st.Slot.RetainedWALBytes), st.Slot.WALStatus)
+		switch {
+		case st.Slot.OnStandby && st.Slot.Synced:
+			fmt.Fprintf(tw, "failover\tthis is a standby; its copy of the slot is synced (confirmed %s)\n", st.Slot.ConfirmedFlushLSN)
+		case st.Slot.OnStandby:
+			fmt.Fprintf(tw, "failover\tthis is a standby; its copy of the slot is NOT synced: a promotion now loses the slot (a GAP)\n")
+		case st.Slot.Failover:
+			fmt.Fprintf(tw, "failover\ta failover slot: standbys that sync it keep it across a promotion\n")
+		}
 	}
 	pub := "missing"
 	if st.Publication.Exists {

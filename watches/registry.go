@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -184,6 +185,23 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	}
 	if rel.persistence != "p" {
 		return "", fmt.Errorf("%s is an unlogged or temporary table: its changes are not written to the WAL, so logical replication cannot capture them; make it a regular table (ALTER TABLE %s SET LOGGED) and watch it again", name, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+	}
+	if !o.columnControl() {
+		// PostgreSQL 18's virtual generated columns cannot be published, and
+		// under REPLICA IDENTITY FULL the table would then refuse every
+		// UPDATE and DELETE: refuse the watch rather than break the writers.
+		rows, err := tx.Query(ctx, `SELECT attname FROM pg_attribute
+			WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = 'v' ORDER BY attnum`, rel.oid)
+		if err != nil {
+			return "", fmt.Errorf("reading the columns of %s: %w", name, err)
+		}
+		virtual, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return "", fmt.Errorf("reading the columns of %s: %w", name, err)
+		}
+		if len(virtual) > 0 {
+			return "", fmt.Errorf("%s has virtual generated columns (%s), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL the table would refuse every UPDATE and DELETE; make them STORED (drop and add them again with STORED), or watch with --exclude-columns naming them", name, strings.Join(virtual, ", "))
+		}
 	}
 	if rel.kind == "p" && o.columnControl() {
 		return "", fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)

@@ -76,13 +76,13 @@ fuzz:
 # Benchmarks, see BENCHMARKS.md. `bench` runs everything (a throwaway
 # PostgreSQL, 10-20 minutes, the Go micro-benchmarks included) and rewrites
 # the results section of BENCHMARKS.md; `bench-smoke` is the seconds-long
-# version with tiny sizes (CI runs it as TestSmoke in ./bench).
+# version with tiny sizes (CI runs it as TestSmoke in ./cmd/bench).
 bench:
-	$(GO) run ./bench -out BENCHMARKS.md
+	$(GO) run ./cmd/bench -out BENCHMARKS.md
 
 .PHONY: bench-smoke
 bench-smoke:
-	$(GO) run ./bench -quick
+	$(GO) run ./cmd/bench -quick
 
 # Runs the main job on the embedded default: a throwaway PostgreSQL, a
 # sample table, a few changes, the envelopes on stdout.

@@ -298,7 +298,7 @@ func (a *Agent) session(ctx context.Context) error {
 		a:        a,
 		sess:     sess,
 		meta:     meta,
-		registry: watches.NewRegistry(meta, a.cfg.Publication, a.cfg.Slot),
+		house:    newHousekeeper(a),
 		stream: decode.NewStream(decode.StreamConfig{
 			SystemID:            sess.SystemID,
 			Slot:                keySlot,
@@ -315,6 +315,11 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
 	r.stream.SetPrevious(last)
+
+	houseCtx, houseCancel := context.WithCancel(ctx)
+	houseDone := make(chan struct{})
+	go func() { defer close(houseDone); r.house.run(houseCtx) }()
+	defer func() { houseCancel(); <-houseDone }()
 
 	// The publisher outlives a stop request by the grace period, so that
 	// what was already decoded can still be delivered.

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -12,12 +11,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
-	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
-
-// housekeepingInterval spaces the slot statistics query and the partition
-// replica-identity check.
-const housekeepingInterval = 15 * time.Second
 
 // reader owns the replication session, the catalog connection and the
 // decoder (all fields below are used by its goroutine only, except the
@@ -26,7 +20,9 @@ type reader struct {
 	a        *agent
 	sess     *replication.Session
 	meta     *pgx.Conn
-	registry *watches.Registry
+	// house is asked to run at once when the stream shows something to fix
+	// (a weakened replica identity); it runs on its own goroutine.
+	house *housekeeper
 	stream   *decode.Stream
 	resolver typeResolver
 
@@ -44,7 +40,6 @@ type reader struct {
 	forceRecord bool
 
 	nextStatus   time.Time
-	nextHouse    time.Time
 	serverWALEnd decode.LSN
 	lastQueued   decode.LSN // last keepalive position handed to the publisher
 	pending      batch      // items not yet handed over (see queue)
@@ -76,7 +71,6 @@ type typeResolver interface {
 func (r *reader) run(ctx context.Context) error {
 	interval := r.a.cfg.StatusInterval
 	r.nextStatus = time.Now()
-	r.nextHouse = time.Now()
 	for {
 		if err := r.tick(ctx, interval); err != nil {
 			return err
@@ -144,10 +138,6 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 			r.a.m.ReplicationLag.Set(0)
 		}
 	}
-	if !now.Before(r.nextHouse) {
-		r.nextHouse = now.Add(housekeepingInterval)
-		r.housekeeping(ctx)
-	}
 	return nil
 }
 
@@ -183,40 +173,6 @@ func (r *reader) confirmable() decode.LSN {
 // housekeeping refreshes slot metrics and fixes the replica identity of
 // partitions created after their table was watched. Failures are logged, not
 // fatal: the stream matters more.
-func (r *reader) housekeeping(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var retained, lag *int64
-	err := r.meta.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,
-			(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-		FROM pg_replication_slots WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&retained, &lag)
-	if err != nil {
-		r.a.log.Debug("reading slot statistics failed", "err", err)
-	} else if retained != nil {
-		r.a.m.RetainedWAL.Set(float64(*retained))
-	}
-	dropped, renamed, err := r.registry.FollowLifecycle(ctx)
-	if err != nil {
-		r.a.log.Warn("following dropped and renamed watched tables failed", "err", err)
-	}
-	if len(dropped) > 0 {
-		r.a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
-	}
-	if len(renamed) > 0 {
-		r.a.log.Info("watched tables were renamed; their watches follow them", "tables", strings.Join(renamed, ", "))
-	}
-	fixed, err := r.registry.FixReplicaIdentity(ctx)
-	if err != nil {
-		r.a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)
-	}
-	if len(fixed) > 0 {
-		r.a.log.Warn("restored REPLICA IDENTITY FULL on watched tables; their UPDATE/DELETE events carry full old rows again", "tables", strings.Join(fixed, ", "))
-	}
-	var pending int64
-	if err := r.meta.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, r.a.cfg.Slot).Scan(&pending); err == nil {
-		r.a.m.DeadLettersPending.Set(float64(pending))
-	}
-}
 
 func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 	msg, err := decode.Parse(rec.Data)
@@ -260,7 +216,7 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 		case decode.ItemReplicaIdentity:
 			r.a.m.ReplicaIdentityWeakened.WithLabelValues(it.Table).Inc()
 			r.a.log.Warn(it.Notice+"; restoring FULL", "table", it.Table)
-			r.nextHouse = time.Time{} // fix it now rather than within 15 s
+			r.house.poke() // fix it now rather than within 15 s
 			return nil
 		}
 		return r.queue(ctx, w)

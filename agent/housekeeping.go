@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+// housekeepingInterval spaces the maintenance rounds.
+const housekeepingInterval = 15 * time.Second
+
+// housekeeper does the agent's maintenance on a goroutine and a database
+// connection of its own, so that receiving never waits on it: slot
+// statistics, dead-letter counts, following dropped and renamed tables,
+// restoring REPLICA IDENTITY FULL and schema-watch membership. ALTER TABLE
+// can wait for locks; the replication session must not.
+type housekeeper struct {
+	a   *Agent
+	now chan struct{}
+}
+
+func newHousekeeper(a *Agent) *housekeeper {
+	return &housekeeper{a: a, now: make(chan struct{}, 1)}
+}
+
+// poke asks for a round at once (without blocking).
+func (h *housekeeper) poke() {
+	select {
+	case h.now <- struct{}{}:
+	default:
+	}
+}
+
+// run does a round at once, then every housekeepingInterval or when poked,
+// until ctx ends. It connects, and reconnects, by itself.
+func (h *housekeeper) run(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-h.now:
+		}
+		if conn == nil || conn.IsClosed() {
+			c, err := pgx.Connect(ctx, h.a.cfg.DatabaseURL)
+			if err != nil {
+				h.a.log.Debug("housekeeping cannot connect; trying again later", "err", err)
+				t.Reset(housekeepingInterval)
+				continue
+			}
+			conn = c
+		}
+		h.round(ctx, conn)
+		t.Reset(housekeepingInterval)
+	}
+}
+
+func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
+	a := h.a
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var retained, lag *int64
+	err := conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,
+			(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, a.cfg.Slot).Scan(&retained, &lag)
+	if err != nil {
+		a.log.Debug("reading slot statistics failed", "err", err)
+	} else if retained != nil {
+		a.m.RetainedWAL.Set(float64(*retained))
+	}
+	registry := watches.NewRegistry(conn, a.cfg.Publication, a.cfg.Slot)
+	dropped, renamed, err := registry.FollowLifecycle(ctx)
+	if err != nil {
+		a.log.Warn("following dropped and renamed watched tables failed", "err", err)
+	}
+	if len(dropped) > 0 {
+		a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
+	}
+	if len(renamed) > 0 {
+		a.log.Info("watched tables were renamed; their watches follow them", "tables", strings.Join(renamed, ", "))
+	}
+	fixed, err := registry.FixReplicaIdentity(ctx)
+	if err != nil {
+		a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)
+	}
+	if len(fixed) > 0 {
+		a.log.Warn("restored REPLICA IDENTITY FULL on watched tables; their UPDATE/DELETE events carry full old rows again", "tables", strings.Join(fixed, ", "))
+	}
+	var pending int64
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, a.cfg.Slot).Scan(&pending); err == nil {
+		a.m.DeadLettersPending.Set(float64(pending))
+	}
+}

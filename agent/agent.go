@@ -40,10 +40,12 @@ type Config struct {
 	DatabaseURL string
 	Slot        string
 	Publication string
-	// Sink receives the events. Spine, when set, is the same sink as a
-	// *publish.Client: it enables read-back de-duplication and dead letters.
+	// Sink receives the events. Spine, when set, is the same sink seen as
+	// the audit-stream client: it enables read-back de-duplication, dead
+	// letters and pipelined delivery. Leave it nil (not a nil pointer) for
+	// a sink that is not the spine.
 	Sink  publish.Sink
-	Spine *publish.Client
+	Spine Spine
 	// StatusInterval is how often the confirmed LSN is reported (default 10s).
 	StatusInterval time.Duration
 	// ShutdownGrace is how long buffered events may still be delivered after
@@ -61,6 +63,15 @@ type Config struct {
 	Logger           *slog.Logger
 	Metrics          *metrics.Metrics
 	Ready            *metrics.Readiness
+}
+
+// Spine is what the agent needs of the audit-stream client beyond a Sink:
+// whose events are its own (SetIdentity, at each session), and what is
+// handled otherwise (dead letters). *publish.Client implements it.
+type Spine interface {
+	publish.Sink
+	SetIdentity(systemID, slot string)
+	MarkKeyHandled(key string)
 }
 
 // Agent is the long-lived service behind `pgaudit-cdc run`.

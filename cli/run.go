@@ -122,12 +122,11 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		}()
 		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
 	}
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		DatabaseURL:    o.databaseURL,
 		Slot:           o.slot,
 		Publication:    o.publication,
 		Sink:           sink,
-		Spine:          spine,
 		StatusInterval: statusInterval,
 		ShutdownGrace:  grace,
 		AcceptGap:      o.acceptGap,
@@ -135,7 +134,11 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		Logger:         log,
 		Metrics:        m,
 		Ready:          ready,
-	})
+	}
+	if spine != nil {
+		cfg.Spine = spine
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}

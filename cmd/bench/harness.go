@@ -493,11 +493,15 @@ type runningAgent struct {
 
 func (e *env) startAgent(ctx context.Context, dbURL, slot, pub string, sink publish.Sink, spine *publish.Client, status time.Duration) (*runningAgent, error) {
 	log := slog.New(slog.NewTextHandler(e.opts.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		DatabaseURL: dbURL, Slot: slot, Publication: pub,
-		Sink: sink, Spine: spine, StatusInterval: status,
+		Sink: sink, StatusInterval: status,
 		ShutdownGrace: time.Second, Logger: log,
-	})
+	}
+	if spine != nil {
+		cfg.Spine = spine
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		return nil, err
 	}

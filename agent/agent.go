@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
@@ -159,7 +160,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if time.Since(start) > time.Minute {
 				attempt = 0
 			}
-			wait = publish.Backoff(attempt, 500*time.Millisecond, 30*time.Second)
+			wait = backoff.Delay(attempt, 500*time.Millisecond, 30*time.Second)
 			attempt++
 			a.m.Reconnects.Inc()
 			a.log.Warn("replication session ended; reconnecting", "err", err, "wait", wait.Round(time.Millisecond))
@@ -306,10 +307,10 @@ func (a *Agent) session(ctx context.Context) error {
 	a.m.ConfirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
 
 	r := &reader{
-		a:        a,
-		sess:     sess,
-		meta:     meta,
-		house:    newHousekeeper(a),
+		a:     a,
+		sess:  sess,
+		meta:  meta,
+		house: newHousekeeper(a),
 		stream: decode.NewStream(decode.StreamConfig{
 			SystemID:            sess.SystemID,
 			Slot:                keySlot,

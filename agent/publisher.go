@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -214,7 +215,7 @@ func (p *publisher) settle(ctx context.Context, ev *decode.Event, err error) err
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		wait := publish.Backoff(attempt, 500*time.Millisecond, 30*time.Second)
+		wait := backoff.Delay(attempt, 500*time.Millisecond, 30*time.Second)
 		p.a.m.Retries.WithLabelValues("dead_letter_store").Inc()
 		p.a.log.Warn("storing a dead letter failed; retrying", "key", ev.Key, "err", serr, "wait", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)

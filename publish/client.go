@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 )
 
@@ -635,7 +635,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 // equal jitter (see Backoff), or the server's Retry-After when it asked for
 // longer.
 func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAfter time.Duration, cause error) error {
-	d := Backoff(*attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
+	d := backoff.Delay(*attempt, c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	if retryAfter > d {
 		d = retryAfter
 	}
@@ -663,20 +663,9 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAft
 	}
 }
 
-// Backoff is the delay before retry number attempt (0-based): a random
-// duration in [d/2, d] where d = min·2^attempt, capped at max ("equal
-// jitter": never less than half the step, so retries still back off, while
-// agents restarted together spread out).
+// Backoff is backoff.Delay, kept for callers of this package.
 func Backoff(attempt int, minD, maxD time.Duration) time.Duration {
-	d := minD
-	for i := 0; i < attempt && d < maxD; i++ {
-		d *= 2
-	}
-	if d > maxD {
-		d = maxD
-	}
-	half := d / 2
-	return half + time.Duration(rand.Int64N(int64(half)+1))
+	return backoff.Delay(attempt, minD, maxD)
 }
 
 func retryAfter(h http.Header) time.Duration {

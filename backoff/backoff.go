@@ -1,0 +1,25 @@
+// Package backoff paces retries: of deliveries to the spine, of database
+// reconnects, of dead-letter writes. One policy everywhere, so that a
+// restarted fleet spreads out the same way whatever it retries.
+package backoff
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Delay is the wait before retry number attempt (0-based): a random duration
+// in [d/2, d] where d = min·2^attempt, capped at max ("equal jitter": never
+// less than half the step, so retries still back off, while agents
+// restarted together spread out).
+func Delay(attempt int, minD, maxD time.Duration) time.Duration {
+	d := minD
+	for i := 0; i < attempt && d < maxD; i++ {
+		d *= 2
+	}
+	if d > maxD {
+		d = maxD
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(half)+1))
+}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -24,16 +25,7 @@ func newDeadLetters(slot string) *deadLetters { return &deadLetters{slot: slot} 
 // restart, and their replays are not sent. Dead letters of an older
 // generation belong to another WAL history and say nothing about this one.
 func (d *deadLetters) keys(ctx context.Context, conn *pgx.Conn, keyPrefix string) ([]string, error) {
-	rows, err := conn.Query(ctx, `SELECT idempotency_key FROM pgaudit_cdc.dead_letters
-		WHERE slot_name = $1 AND left(idempotency_key, length($2)) = $2`, d.slot, keyPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	return keys, nil
+	return deadletters.New(conn, d.slot).Keys(ctx, keyPrefix)
 }
 
 func (d *deadLetters) store(ctx context.Context, dsn string, ev *decode.Event, rej *publish.RejectedError) error {
@@ -44,16 +36,7 @@ func (d *deadLetters) store(ctx context.Context, dsn string, ev *decode.Event, r
 		}
 		d.conn = conn
 	}
-	_, err := d.conn.Exec(ctx, `INSERT INTO pgaudit_cdc.dead_letters
-			(idempotency_key, slot_name, commit_lsn, seq, table_name, operation, kind, source, envelope, status_code, response)
-		VALUES ($1, $2, $3::text::pg_lsn, $4, $5, $6, $7, $8, $9, $10, $11)
-		ON CONFLICT (idempotency_key) DO NOTHING`,
-		ev.Key, d.slot, ev.Pos.CommitLSN.String(), int64(ev.Pos.Seq), ev.Table, ev.Operation, ev.Kind, ev.Source,
-		string(ev.Body), rej.StatusCode, rej.Body)
-	if err != nil {
-		return fmt.Errorf("storing a dead letter: %w", err)
-	}
-	return nil
+	return deadletters.New(d.conn, d.slot).Put(ctx, ev, rej.StatusCode, rej.Body)
 }
 
 func (d *deadLetters) close(ctx context.Context) {

@@ -214,7 +214,28 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	if _, err := sconn.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // the sync worker goes
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		var workers int
+		if err := sconn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'slotsync worker'`).Scan(&workers); err != nil {
+			t.Fatal(err)
+		}
+		if workers == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot sync worker still runs 30s after sync_replication_slots = off")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	frozen := lsnOf(t, sconn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
+	deadline = time.Now().Add(30 * time.Second)
+	for lsnLE(t, lsnOf(t, h.conn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot), frozen) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary's slot did not move past %s within 30s", frozen)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	h.waitEvents(len(h.dataEvents())+40, 60*time.Second)
 	primaryConfirmed := lsnOf(t, h.conn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
 	beforeCrash := w.count()
@@ -253,6 +274,12 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	// skip the new primary's first changes.
 	if !lsnLE(t, syncedBefore, replayed) {
 		t.Fatalf("the synced slot's confirmed_flush_lsn %s is past the promotion point %s", syncedBefore, replayed)
+	}
+	// With synchronized_standby_slots the walsender decodes, and so reports
+	// in keepalives, only WAL the standby has flushed: what the agent
+	// confirmed on the old primary is never beyond what the standby got.
+	if !lsnLE(t, primaryConfirmed, received) {
+		t.Fatalf("the old primary's slot was confirmed up to %s, beyond what the standby received (%s)", primaryConfirmed, received)
 	}
 	if lsnLE(t, primaryConfirmed, syncedBefore) {
 		t.Fatalf("the synced copy (%s) does not lag the old primary's slot (%s): no replay is tested", syncedBefore, primaryConfirmed)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -98,8 +99,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	if len(fixed) > 0 {
 		a.log.Warn("restored REPLICA IDENTITY FULL on watched tables; their UPDATE/DELETE events carry full old rows again", "tables", strings.Join(fixed, ", "))
 	}
-	var pending int64
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, a.cfg.Slot).Scan(&pending); err == nil {
+	if pending, err := deadletters.New(conn, a.cfg.Slot).Count(ctx); err == nil {
 		a.m.DeadLettersPending.Set(float64(pending))
 	}
 }

@@ -17,12 +17,12 @@ import (
 // decoder (all fields below are used by its goroutine only, except the
 // channels and the atomics).
 type reader struct {
-	a        *agent
-	sess     *replication.Session
-	meta     *pgx.Conn
+	a    *agent
+	sess *replication.Session
+	meta *pgx.Conn
 	// house is asked to run at once when the stream shows something to fix
 	// (a weakened replica identity); it runs on its own goroutine.
-	house *housekeeper
+	house    *housekeeper
 	stream   *decode.Stream
 	resolver typeResolver
 

@@ -12,24 +12,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
-type deadLetter struct {
-	ID        int64     `json:"id"`
-	Key       string    `json:"idempotency_key"`
-	CommitLSN string    `json:"commit_lsn"`
-	Seq       int32     `json:"seq"`
-	Table     string    `json:"table"`
-	Operation string    `json:"operation"`
-	Kind      string    `json:"kind"`
-	Source    string    `json:"source"`
-	Status    int32     `json:"status_code"`
-	Response  string    `json:"response"`
-	FailedAt  time.Time `json:"failed_at"`
-	Envelope  string    `json:"-"`
-}
+type deadLetter = deadletters.Letter
 
 func newDeadLettersCmd(o *options) *cobra.Command {
 	cmd := &cobra.Command{
@@ -105,16 +93,15 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 					switch {
 					case errors.As(err, &rej):
 						failed++
-						if _, uerr := conn.Exec(cmd.Context(), `UPDATE pgaudit_cdc.dead_letters
-							SET status_code = $2, response = $3, failed_at = now() WHERE id = $1`, d.ID, rej.StatusCode, rej.Body); uerr != nil {
-							return fmt.Errorf("updating dead letter %d: %w", d.ID, uerr)
+						if uerr := deadletters.New(conn, o.slot).RefusedAgain(cmd.Context(), d.ID, rej.StatusCode, rej.Body); uerr != nil {
+							return uerr
 						}
 						fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
 					case err != nil:
 						return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
 					default:
-						if _, err := conn.Exec(cmd.Context(), "DELETE FROM pgaudit_cdc.dead_letters WHERE id = $1", d.ID); err != nil {
-							return fmt.Errorf("removing delivered dead letter %d: %w", d.ID, err)
+						if err := deadletters.New(conn, o.slot).Delivered(cmd.Context(), d.ID); err != nil {
+							return err
 						}
 						sent++
 					}
@@ -143,12 +130,11 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 				if _, err := migrations.Apply(cmd.Context(), conn); err != nil {
 					return err
 				}
-				tag, err := conn.Exec(cmd.Context(), `DELETE FROM pgaudit_cdc.dead_letters
-					WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))`, o.slot, ids)
+				n, err := deadletters.New(conn, o.slot).Discard(cmd.Context(), ids)
 				if err != nil {
-					return fmt.Errorf("discarding dead letters: %w", err)
+					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%d discarded\n", tag.RowsAffected())
+				fmt.Fprintf(cmd.OutOrStdout(), "%d discarded\n", n)
 				return nil
 			})
 		},
@@ -180,22 +166,7 @@ func loadDeadLetters(ctx context.Context, conn *pgx.Conn, slot string, ids []int
 	if _, err := migrations.Apply(ctx, conn); err != nil {
 		return nil, err
 	}
-	rows, err := conn.Query(ctx, `SELECT id, idempotency_key, commit_lsn::text, seq, table_name, operation, kind, source,
-			status_code, response, failed_at, envelope
-		FROM pgaudit_cdc.dead_letters WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))
-		ORDER BY commit_lsn, seq`, slot, ids)
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	dls, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (deadLetter, error) {
-		var d deadLetter
-		err := r.Scan(&d.ID, &d.Key, &d.CommitLSN, &d.Seq, &d.Table, &d.Operation, &d.Kind, &d.Source, &d.Status, &d.Response, &d.FailedAt, &d.Envelope)
-		return d, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	return dls, nil
+	return deadletters.New(conn, slot).List(ctx, ids)
 }
 
 func oneLine(s string, n int) string {

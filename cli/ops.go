@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -168,8 +169,8 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	for _, e := range entries {
 		st.Watches = append(st.Watches, watchJSON{Table: e.Table, Kind: e.Kind, Source: e.Source, Since: e.CreatedAt})
 	}
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, o.slot).Scan(&st.DeadLetters); err != nil {
-		return nil, fmt.Errorf("counting dead letters: %w", err)
+	if st.DeadLetters, err = deadletters.New(conn, o.slot).Count(ctx); err != nil {
+		return nil, err
 	}
 	return st, nil
 }

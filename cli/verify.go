@@ -13,9 +13,9 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -171,23 +171,5 @@ func printReport(w io.Writer, rep *verify.Report) {
 }
 
 func pendingDeadLetters(ctx context.Context, conn *pgx.Conn, slot string) (map[string]decode.Position, error) {
-	rows, err := conn.Query(ctx, `SELECT idempotency_key, commit_lsn::text, seq FROM pgaudit_cdc.dead_letters WHERE slot_name = $1`, slot)
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	out := map[string]decode.Position{}
-	var key, lsn string
-	var seq int64
-	_, err = pgx.ForEachRow(rows, []any{&key, &lsn, &seq}, func() error {
-		l, err := replication.ParseLSN(lsn)
-		if err != nil {
-			return err
-		}
-		out[key] = decode.Position{CommitLSN: l, Seq: uint32(seq)}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading dead letters: %w", err)
-	}
-	return out, nil
+	return deadletters.New(conn, slot).Positions(ctx)
 }

@@ -22,6 +22,19 @@ import (
 // Schema is the schema pgaudit-cdc owns in the audited database.
 const Schema = "pgaudit_cdc"
 
+// The tables of Schema that travel through the publication with the data:
+// the watch registry (per table and per schema), whose changes a running
+// agent applies in commit order, and the control table, whose rows
+// authenticate skip, backfill and checkpoint messages in their transaction.
+const (
+	RegistryTable       = "watches"
+	SchemaRegistryTable = "schema_watches"
+	ControlTable        = "control"
+)
+
+// PublishedTables lists them.
+var PublishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable}
+
 //go:embed *.sql
 var files embed.FS
 

@@ -15,19 +15,17 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 )
 
-// RegistryTable and SchemaRegistryTable are the watch registry's tables in
-// migrations.Schema. Both are in the publication, so registry changes reach a
-// running agent in commit order with the data.
+// The tables of pgaudit-cdc's own that are published (their names are the
+// migrations' to own): registry changes and control rows reach a running
+// agent in commit order with the data.
 const (
-	RegistryTable       = "watches"
-	SchemaRegistryTable = "schema_watches"
-	// ControlTable holds the rows that authenticate control messages (skip,
-	// backfill): it is published so the agent sees them in their transaction.
-	ControlTable = "control"
+	RegistryTable       = migrations.RegistryTable
+	SchemaRegistryTable = migrations.SchemaRegistryTable
+	ControlTable        = migrations.ControlTable
 )
 
 // publishedTables are pgaudit-cdc's own tables in the publication.
-var publishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable}
+var publishedTables = migrations.PublishedTables
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 

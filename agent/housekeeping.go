@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -72,14 +73,15 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	a := h.a
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var retained, lag *int64
-	err := conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::bigint,
-			(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-		FROM pg_replication_slots WHERE slot_name = $1`, a.cfg.Slot).Scan(&retained, &lag)
+	slot, err := replication.LookupSlot(ctx, conn, a.cfg.Slot)
+	var current string
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&current)
+	}
 	if err != nil {
 		a.log.Debug("reading slot statistics failed", "err", err)
-	} else if retained != nil {
-		a.m.RetainedWAL.Set(float64(*retained))
+	} else if cur, perr := replication.ParseLSN(current); perr == nil && slot.Exists && slot.RestartLSN != 0 && cur >= slot.RestartLSN {
+		a.m.RetainedWAL.Set(float64(cur - slot.RestartLSN))
 	}
 	registry := watches.NewRegistry(conn, a.cfg.Publication, a.cfg.Slot)
 	dropped, renamed, err := registry.FollowLifecycle(ctx)

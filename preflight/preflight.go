@@ -6,7 +6,6 @@ package preflight
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -81,15 +80,11 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 			Fix: "set wal_level = logical and restart PostgreSQL (self-managed: ALTER SYSTEM SET wal_level = logical; Amazon RDS/Aurora: rds.logical_replication = 1 in the parameter group; Google Cloud SQL: flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL: server parameter wal_level = LOGICAL; Supabase: already logical)"})
 	}
 
-	var slotExists bool
-	var slotActive bool
-	var slotPID *int32
-	var plugin, slotDB, walStatus *string
 	var dbName string
 	_ = conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbName)
-	err := conn.QueryRow(ctx, `SELECT true, active, active_pid, plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = $1`, o.Slot).
-		Scan(&slotExists, &slotActive, &slotPID, &plugin, &slotDB, &walStatus)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	slot, err := replication.LookupSlot(ctx, conn, o.Slot)
+	slotExists, slotActive := slot.Exists, slot.Active
+	if err != nil {
 		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
 	}
 
@@ -164,14 +159,14 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	switch {
 	case !slotExists:
 		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", o.Slot)})
-	case deref(plugin) != "pgoutput" || deref(slotDB) != dbName:
-		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q uses plugin %q in database %q", o.Slot, deref(plugin), deref(slotDB)),
+	case slot.Plugin != "pgoutput" || slot.Database != dbName:
+		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q uses plugin %q in database %q", o.Slot, slot.Plugin, slot.Database),
 			Fix: fmt.Sprintf("choose another --slot, or drop it with SELECT pg_drop_replication_slot('%s')", o.Slot)})
-	case deref(walStatus) == "lost":
+	case slot.Invalidated():
 		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q was invalidated: WAL it needed was removed (max_slot_wal_keep_size)", o.Slot),
 			Fix: fmt.Sprintf("changes were lost: drop the slot with SELECT pg_drop_replication_slot('%s'), run watch again, and backfill; raise max_slot_wal_keep_size", o.Slot)})
 	case slotActive:
-		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q in use by PID %d (an agent is connected)", o.Slot, derefPID(slotPID))})
+		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q in use by PID %d (an agent is connected)", o.Slot, slot.ActivePID)})
 	default:
 		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q exists, no agent connected", o.Slot)})
 	}
@@ -293,20 +288,6 @@ func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Re
 }
 
 func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
-func derefPID(p *int32) int32 {
-	if p == nil {
-		return 0
-	}
-	return *p
-}
 
 // checkCapture fails when capture has a hole: a pending gap, or a slot that
 // is missing, invalidated or advanced although capture started.

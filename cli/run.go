@@ -15,7 +15,6 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -69,21 +68,7 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	statusInterval, grace time.Duration, wrap func(publish.Sink) publish.Sink) error {
 	m := metrics.New()
 	ready := &metrics.Readiness{}
-	hooks := publish.Hooks{
-		Post: func(outcome string, d time.Duration) { m.PublishDuration.WithLabelValues(outcome).Observe(d.Seconds()) },
-		Retry: func(reason string, _ time.Duration) {
-			m.Retries.WithLabelValues(reason).Inc()
-		},
-		Skipped: func(*decode.Event) { m.EventsSkipped.Inc() },
-		SpineUp: func(up bool) {
-			ready.SetSink(up)
-			if up {
-				m.SpineUp.Set(1)
-			} else {
-				m.SpineUp.Set(0)
-			}
-		},
-	}
+	hooks := m.PublishHooks(ready)
 	spine, err := o.spineClient(log, hooks)
 	if err != nil {
 		return err

@@ -5,12 +5,15 @@ package metrics
 import (
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/version"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
 // Metrics holds every metric family. Labels come from small fixed sets:
@@ -191,4 +194,23 @@ func (m *Metrics) Handler(ready *Readiness) http.Handler {
 		_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
 	})
 	return mux
+}
+
+// PublishHooks connects the spine client's observations to these metrics
+// and to ready: the one place where delivery is wired to metrics, as the
+// agent's own are through the *Metrics it is given.
+func (m *Metrics) PublishHooks(ready *Readiness) publish.Hooks {
+	return publish.Hooks{
+		Post:    func(outcome string, d time.Duration) { m.PublishDuration.WithLabelValues(outcome).Observe(d.Seconds()) },
+		Retry:   func(reason string, _ time.Duration) { m.Retries.WithLabelValues(reason).Inc() },
+		Skipped: func(*decode.Event) { m.EventsSkipped.Inc() },
+		SpineUp: func(up bool) {
+			ready.SetSink(up)
+			if up {
+				m.SpineUp.Set(1)
+			} else {
+				m.SpineUp.Set(0)
+			}
+		},
+	}
 }

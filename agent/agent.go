@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
@@ -201,7 +200,7 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL)
 	if err != nil {
-		if isConfigProblem(err) {
+		if replication.UserMustFix(err) {
 			return &ConfigError{err}
 		}
 		return err
@@ -225,7 +224,7 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	if err != nil {
-		if isConfigProblem(err) {
+		if replication.UserMustFix(err) {
 			return &ConfigError{err}
 		}
 		return err
@@ -379,21 +378,3 @@ func (a *Agent) session(ctx context.Context) error {
 	return readErr
 }
 
-// isConfigProblem tells errors only the user can fix: missing privileges,
-// failed authentication, a server not set up for logical decoding, a slot
-// that belongs to something else.
-func isConfigProblem(err error) bool {
-	if errors.Is(err, replication.ErrWrongSlot) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "42501", "28000", "28P01", "3D000":
-			return true
-		case "55000":
-			return strings.Contains(pgErr.Message, "wal_level")
-		}
-	}
-	return false
-}

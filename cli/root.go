@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -179,7 +178,7 @@ func exitCodes(c *cobra.Command) {
 		c.RunE = func(cmd *cobra.Command, args []string) error {
 			err := runE(cmd, args)
 			var exit *ExitError
-			if err != nil && !errors.As(err, &exit) && userMustFix(err) {
+			if err != nil && !errors.As(err, &exit) && replication.UserMustFix(err) {
 				return &ExitError{Code: 2, Err: err}
 			}
 			return err
@@ -190,25 +189,6 @@ func exitCodes(c *cobra.Command) {
 	}
 }
 
-// userMustFix reports failures no retry can cure: a missing privilege,
-// failed authentication, a database that does not exist, wal_level not
-// logical, a slot of another database or plugin. The agent treats the same
-// ones as configuration errors.
-func userMustFix(err error) bool {
-	if errors.Is(err, replication.ErrWrongSlot) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "42501", "28000", "28P01", "3D000":
-			return true
-		case "55000":
-			return strings.Contains(pgErr.Message, "wal_level")
-		}
-	}
-	return false
-}
 
 // needsConfig reports whether cmd reads the configuration: version, help
 // and shell completion run whatever the environment holds.

@@ -487,6 +487,13 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		c.up(false)
 		return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", redactErr(rerr))}
 	}
+	return c.judge(resp, v, text, start)
+}
+
+// judge turns an answer other than 201, whose body (its first 64 KiB) was
+// read into text, into the verdict on the event, and reports it to the
+// hooks. post and the pipelined reader share it.
+func (c *Client) judge(resp *http.Response, v verdict, text []byte, start time.Time) answer {
 	c.observe(statusClass(resp.StatusCode), start)
 	c.up(v != refused)
 	a := answer{verdict: v, reason: statusClass(resp.StatusCode)}
@@ -496,15 +503,11 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 	case refused:
 		ref := &refusedError{request: "POST /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))}
 		a.err, a.reason = ref, ref.reason()
-	case notSent:
-		a.retryAfter = retryAfter(resp.Header)
-		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
 	default:
-		if resp.StatusCode < 300 {
+		if v == unknown && resp.StatusCode < 300 {
 			a.reason = "unexpected"
-		} else {
-			a.retryAfter = retryAfter(resp.Header)
 		}
+		a.retryAfter = retryAfter(resp.Header)
 		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
 	}
 	return a

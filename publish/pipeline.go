@@ -309,22 +309,7 @@ func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer,
 			return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", firstErr(rerr, err))}, true, saidClose
 		}
 	}
-	c.observe(statusClass(resp.StatusCode), start)
-	c.up(v != refused)
-	a := answer{verdict: v, reason: statusClass(resp.StatusCode)}
-	switch v {
-	case rejected:
-		a.err = &RejectedError{StatusCode: resp.StatusCode, Body: string(text)}
-	case refused:
-		ref := &refusedError{request: "POST /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))}
-		a.err, a.reason = ref, ref.reason()
-	default:
-		if v == unknown && resp.StatusCode < 300 {
-			a.reason = "unexpected"
-		}
-		a.retryAfter = retryAfter(resp.Header)
-		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
-	}
+	a := c.judge(resp, v, text, start)
 	return a, closeAfter, saidClose
 }
 

@@ -486,6 +486,26 @@ func CheckSlotOwner(ctx context.Context, conn *pgx.Conn, slot string, info SlotI
 // IsCode reports whether err is a PostgreSQL error with SQLSTATE code.
 func IsCode(err error, code string) bool { return isCode(err, code) }
 
+// UserMustFix reports failures no retry can cure: a missing privilege,
+// failed authentication, a database that does not exist, wal_level not
+// logical, a slot of another database or plugin. The agent stops on them
+// (exit 2) instead of retrying, and the CLI exits 2 for them.
+func UserMustFix(err error) bool {
+	if errors.Is(err, ErrWrongSlot) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42501", "28000", "28P01", "3D000":
+			return true
+		case "55000":
+			return strings.Contains(pgErr.Message, "wal_level")
+		}
+	}
+	return false
+}
+
 func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code

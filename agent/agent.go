@@ -377,4 +377,3 @@ func (a *Agent) session(ctx context.Context) error {
 	}
 	return readErr
 }
-

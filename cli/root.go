@@ -189,7 +189,6 @@ func exitCodes(c *cobra.Command) {
 	}
 }
 
-
 // needsConfig reports whether cmd reads the configuration: version, help
 // and shell completion run whatever the environment holds.
 func needsConfig(cmd *cobra.Command) bool {

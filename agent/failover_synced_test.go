@@ -204,39 +204,28 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// More changes after the synced point, with slot synchronisation
-	// switched off on the standby: its copy lags the primary's slot, as a
-	// copy may at any failover, and the replay of what was already delivered
-	// must be absorbed by the read-back, never duplicated.
-	if _, err := sconn.Exec(ctx, `ALTER SYSTEM SET sync_replication_slots = off`); err != nil {
+	// More changes after the synced point, with the slot sync worker
+	// stopped (the postmaster restarts it only after 10 s): the copy lags the
+	// primary's slot, as a copy may at any failover, and the replay of what
+	// was already delivered must be absorbed by the read-back, never
+	// duplicated. (sync_replication_slots is a command-line setting here,
+	// which ALTER SYSTEM cannot override.)
+	var stopped bool
+	if err := sconn.QueryRow(ctx, `SELECT coalesce(bool_and(pg_terminate_backend(pid, 5000)), false)
+		FROM pg_stat_activity WHERE backend_type = 'slotsync worker'`).Scan(&stopped); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sconn.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
-		t.Fatal(err)
-	}
-	// PostgreSQL 17's worker leaves at once; where it stays, the copy may
-	// still lag (it syncs at intervals) but the test cannot insist on it.
-	workerGone := false
-	deadline = time.Now().Add(5 * time.Second)
-	for !workerGone && time.Now().Before(deadline) {
-		var workers int
-		if err := sconn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'slotsync worker'`).Scan(&workers); err != nil {
-			t.Fatal(err)
-		}
-		workerGone = workers == 0
-		time.Sleep(20 * time.Millisecond)
-	}
-	if workerGone {
-		frozen := lsnOf(t, sconn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
-		deadline = time.Now().Add(30 * time.Second)
+	frozen := lsnOf(t, sconn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
+	if stopped {
+		deadline = time.Now().Add(5 * time.Second)
 		for lsnLE(t, lsnOf(t, h.conn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot), frozen) {
 			if time.Now().After(deadline) {
-				t.Fatalf("the primary's slot did not move past %s within 30s", frozen)
+				t.Fatalf("the primary's slot did not move past %s within 5s", frozen)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	} else {
-		t.Logf("the slot sync worker still runs 5s after sync_replication_slots = off; the copy may not lag")
+		t.Logf("the slot sync worker could not be stopped; the copy may not lag")
 	}
 	h.waitEvents(len(h.dataEvents())+40, 60*time.Second)
 	primaryConfirmed := lsnOf(t, h.conn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
@@ -264,12 +253,13 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	syncedBefore := lsnOf(t, sconn, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot)
+	promotedAt := replayed
 	if err := standby.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
 	sconn.Close(ctx)
-	t.Logf("sync worker stopped: %v; delivered point %s; copy synced at %s, at promotion %s; old primary's slot confirmed ≥ %s; standby received %s, replayed %s; %d rows committed on the old primary before the crash",
-		workerGone, delivered, syncedAt, syncedBefore, primaryConfirmed, received, replayed, beforeCrash)
+	t.Logf("sync worker stopped: %v; delivered point %s; copy synced at %s, frozen at %s, at promotion %s; old primary's slot confirmed ≥ %s; standby received %s, replayed %s; %d rows committed on the old primary before the crash",
+		stopped, delivered, syncedAt, frozen, syncedBefore, primaryConfirmed, received, replayed, beforeCrash)
 	// Confirming keepalive positions must never put the synced copy past
 	// what the standby had: a position beyond the promotion point would
 	// skip the new primary's first changes.
@@ -282,7 +272,7 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	if !lsnLE(t, primaryConfirmed, received) {
 		t.Fatalf("the old primary's slot was confirmed up to %s, beyond what the standby received (%s)", primaryConfirmed, received)
 	}
-	if lsnLE(t, primaryConfirmed, syncedBefore) && workerGone {
+	if lsnLE(t, primaryConfirmed, syncedBefore) && stopped {
 		t.Fatalf("the synced copy (%s) does not lag the old primary's slot (%s): no replay is tested", syncedBefore, primaryConfirmed)
 	}
 
@@ -307,10 +297,11 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	// Every row the old primary acknowledged before its last few commits is
-	// on the standby (synchronized_standby_slots held the agent back, not
-	// the workload: unacknowledged ones may be missing, which is fine).
-	t.Logf("%d rows on the new primary (%d committed on the old one before the crash was noticed)", len(want), w.count()+10)
+	// The standby is asynchronous: the last commits the old primary
+	// acknowledged may not have reached it. They were never decoded either
+	// (synchronized_standby_slots holds the walsender back), so the new
+	// primary's table is the expected set.
+	t.Logf("%d rows on the new primary; %d acknowledged by the old one", len(want), w.count()+10)
 
 	deadline = time.Now().Add(90 * time.Second)
 	for {
@@ -353,6 +344,13 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	}
 	sort.Ints(extra)
 	gaps := len(h.gapEvents())
+	replays := 0
+	for _, e := range evs {
+		if c, ok := field(t, e, "metadata", "commit_lsn").(string); ok && !lsnLE(t, c, syncedBefore) && lsnLE(t, c, promotedAt) {
+			replays++
+		}
+	}
+	t.Logf("%d changes between the promoted copy of the slot and the promotion point (commit LSN in (%s, %s]) were decoded again after the failover", replays, syncedBefore, promotedAt)
 	t.Logf("figures: %d changes on the new primary, %d data events, %d duplicated, %d missing, %d not on the new primary, %d GAP events",
 		len(want), len(evs), dups, len(missing), len(extra), gaps)
 	if dups != 0 || len(missing) != 0 || len(extra) != 0 {

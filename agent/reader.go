@@ -82,6 +82,10 @@ func (r *reader) run(ctx context.Context) error {
 		if !ok {
 			continue
 		}
+		if rec.Notice != "" {
+			r.a.log.Warn("the server says: "+rec.Notice, "slot", r.a.cfg.Slot)
+			continue
+		}
 		if rec.ServerWALEnd > r.serverWALEnd {
 			r.serverWALEnd = rec.ServerWALEnd
 		}

@@ -103,6 +103,9 @@ type Received struct {
 	Keepalive      bool
 	ServerWALEnd   decode.LSN
 	ReplyRequested bool
+	// Notice is a notice the server sent (severity: message); nothing else
+	// is set then.
+	Notice string
 }
 
 // Receive waits until deadline for the next message. It returns ok=false when
@@ -151,6 +154,13 @@ func (s *Session) Receive(ctx context.Context, deadline time.Time) (Received, bo
 		return Received{}, false, Explain(fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m)))
 	case *pgproto3.CopyDone:
 		return Received{}, false, fmt.Errorf("replication stream ended by the server")
+	case *pgproto3.NoticeResponse:
+		// The server tells something without ending the stream (PostgreSQL
+		// 17+ warns, for example, when a slot named in
+		// synchronized_standby_slots has no active walsender).
+		return Received{Notice: m.Severity + ": " + m.Message}, true, nil
+	case *pgproto3.ParameterStatus:
+		return Received{}, false, nil
 	default:
 		return Received{}, false, fmt.Errorf("replication stream: unexpected message %T", msg)
 	}

@@ -6,14 +6,15 @@ import (
 )
 
 func TestDelayBounds(t *testing.T) {
+	// With a 200 ms first step and a 30 s cap: the step doubles per attempt.
 	tests := []struct {
-		attempt  int
-		min, max time.Duration
+		attempt int
+		max     time.Duration
 	}{
-		{0, 200 * time.Millisecond, 200 * time.Millisecond},
-		{1, 200 * time.Millisecond, 400 * time.Millisecond},
-		{3, 200 * time.Millisecond, 1600 * time.Millisecond},
-		{20, 200 * time.Millisecond, 30 * time.Second},
+		{0, 200 * time.Millisecond},
+		{1, 400 * time.Millisecond},
+		{3, 1600 * time.Millisecond},
+		{20, 30 * time.Second},
 	}
 	for _, tt := range tests {
 		for i := 0; i < 200; i++ {

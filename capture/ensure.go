@@ -177,12 +177,10 @@ func save(ctx context.Context, conn *pgx.Conn, slot string, st State, progress d
 	if reset {
 		err = resetProgress(ctx, tx, slot, progress)
 	} else {
-		_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.slot_progress (slot_name, confirmed_lsn) VALUES ($1, $2::text::pg_lsn)
-			ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = greatest(pgaudit_cdc.slot_progress.confirmed_lsn, EXCLUDED.confirmed_lsn)`,
-			slot, progress.String())
+		err = SaveProgress(ctx, tx, slot, progress)
 	}
 	if err != nil {
-		return fmt.Errorf("recording the slot progress: %w", err)
+		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("recording the capture state: %w", err)

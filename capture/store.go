@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -76,11 +77,16 @@ func SaveState(ctx context.Context, q pgx.Tx, slot string, st State) error {
 	return nil
 }
 
+// execer is a connection or a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
 // SaveProgress records lsn as the highest position confirmed to slot. It
 // must be called before that position is sent to the server: a slot beyond
 // the recorded progress was then moved by someone else. It never lowers the
 // record.
-func SaveProgress(ctx context.Context, conn *pgx.Conn, slot string, lsn decode.LSN) error {
+func SaveProgress(ctx context.Context, conn execer, slot string, lsn decode.LSN) error {
 	_, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.slot_progress (slot_name, confirmed_lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = greatest(pgaudit_cdc.slot_progress.confirmed_lsn, EXCLUDED.confirmed_lsn),
 			updated_at = now()`, slot, lsn.String())
@@ -92,7 +98,7 @@ func SaveProgress(ctx context.Context, conn *pgx.Conn, slot string, lsn decode.L
 
 // resetProgress replaces the recorded progress (a new slot starts lower
 // than the old one may have reached).
-func resetProgress(ctx context.Context, q pgx.Tx, slot string, lsn decode.LSN) error {
+func resetProgress(ctx context.Context, q execer, slot string, lsn decode.LSN) error {
 	_, err := q.Exec(ctx, `INSERT INTO pgaudit_cdc.slot_progress (slot_name, confirmed_lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = EXCLUDED.confirmed_lsn, updated_at = now()`, slot, lsn.String())
 	if err != nil {

@@ -99,7 +99,6 @@ type Verifier struct {
 	gens     map[string]*generation
 	missing  map[string]map[decode.Position]int64 // generation → missing predecessor → event naming it
 	tables   map[string]*tableState
-	checked  map[string]bool
 	// txHoles are transactions whose events did not all arrive in order:
 	// late events may still complete them (see Finish).
 	txHoles map[string]map[decode.LSN]*txHole
@@ -113,7 +112,7 @@ type Verifier struct {
 func New(o Options) *Verifier {
 	return &Verifier{o: o, first: map[string]bool{}, expect: 1, prevHash: chain.Genesis,
 		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[decode.Position]int64{},
-		tables: map[string]*tableState{}, checked: map[string]bool{},
+		tables: map[string]*tableState{},
 		// The self-audit source is pgaudit-cdc's own from the start: a WATCH,
 		// DROP or GAP "explanation" posted by someone else is caught.
 		sources: map[string]bool{decode.SelfAuditSource: true},
@@ -140,7 +139,7 @@ func (v *Verifier) Add(e chain.Event) {
 		return
 	}
 	v.report.Ours++
-	gen := sys + ":" + keySlot
+	gen := decode.KeyPrefix(sys, keySlot) // one capture generation
 	op, _ := e.Payload["operation"].(string)
 	table, _ := e.Payload["table"].(string)
 	redelivered, _ := meta["redelivered"].(bool)
@@ -335,7 +334,7 @@ func (v *Verifier) Finish() Report {
 		for pos, id := range m {
 			known := ""
 			for key, p := range v.o.DeadLetters {
-				if p == pos && strings.Contains(key, gen) {
+				if p == pos && strings.HasPrefix(key, gen) {
 					known = "the missing event is a dead letter still pending (pgaudit-cdc dead-letters list): retry it"
 				}
 			}

@@ -128,13 +128,7 @@ func (h *harness) acceptAndCheckLast(gapID int64, reason string, lastID int, che
 	h.t.Helper()
 	t := h.t
 	h.startAgentWith(func(c *agent.Config) { c.AcceptGap = fmt.Sprint(gapID); c.AcceptedBy = "test" })
-	deadline := time.Now().Add(30 * time.Second)
-	for len(h.gapEvents()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no GAP event within 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	h.waitOp(capture.OpGap, 1)
 	h.insertRange(21, 30)
 	evs := h.waitEvents(lastID+10, 30*time.Second)
 	h.stopAgent()

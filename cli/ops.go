@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -120,21 +121,41 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	}
 	st := &Status{}
 	st.Slot.Name, st.Publication.Name = o.slot, o.publication
-	var confirmed, restart, walStatus, addr *string
-	err := conn.QueryRow(ctx, `SELECT true, s.active, s.active_pid, s.confirmed_flush_lsn::text, s.restart_lsn::text,
-			(pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint, (pg_current_wal_lsn() - s.restart_lsn)::bigint,
-			s.wal_status, host(r.client_addr)
-		FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-		WHERE s.slot_name = $1`, o.slot).Scan(&st.Slot.Exists, &st.Slot.AgentConnected, &st.Slot.ActivePID,
-		&confirmed, &restart, &st.Slot.LagBytes, &st.Slot.RetainedWALBytes, &walStatus, &addr)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("reading the slot: %w", err)
+	slot, err := replication.LookupSlot(ctx, conn, o.slot)
+	if err != nil {
+		return nil, err
 	}
-	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN, st.Slot.WALStatus = deref(confirmed), deref(restart), deref(walStatus)
-	if info, err := replication.LookupSlot(ctx, conn, o.slot); err == nil {
-		st.Slot.Failover, st.Slot.Synced = info.Failover, info.Synced
+	var current, addr *string
+	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+			CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,
+			(SELECT host(client_addr) FROM pg_stat_replication WHERE pid = $1)`, slot.ActivePID).Scan(&st.Slot.OnStandby, &current, &addr); err != nil {
+		return nil, fmt.Errorf("reading the server's position: %w", err)
 	}
-	_ = conn.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&st.Slot.OnStandby)
+	st.Slot.Exists, st.Slot.AgentConnected, st.Slot.WALStatus = slot.Exists, slot.Active, slot.WALStatus
+	st.Slot.Failover, st.Slot.Synced = slot.Failover, slot.Synced
+	if slot.ActivePID != 0 {
+		pid := slot.ActivePID
+		st.Slot.ActivePID = &pid
+	}
+	lsnText := func(l decode.LSN) string {
+		if l == 0 {
+			return ""
+		}
+		return l.String()
+	}
+	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN = lsnText(slot.ConfirmedFlushLSN), lsnText(slot.RestartLSN)
+	if slot.Exists && current != nil {
+		if cur, err := replication.ParseLSN(*current); err == nil {
+			behind := func(l decode.LSN) *int64 {
+				if l == 0 {
+					return nil
+				}
+				d := int64(cur) - int64(l)
+				return &d
+			}
+			st.Slot.LagBytes, st.Slot.RetainedWALBytes = behind(slot.ConfirmedFlushLSN), behind(slot.RestartLSN)
+		}
+	}
 	if addr != nil {
 		st.Slot.AgentAddress = *addr
 	} else if st.Slot.AgentConnected {
@@ -247,12 +268,6 @@ func humanBytes(p *int64) string {
 	return ""
 }
 
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
 
 func derefInt32(p *int32) int32 {
 	if p == nil {

@@ -268,7 +268,6 @@ func humanBytes(p *int64) string {
 	return ""
 }
 
-
 func derefInt32(p *int32) int32 {
 	if p == nil {
 		return 0

@@ -25,7 +25,7 @@ PGAUDIT_PG_VERSIONS ?= 14,15,16,17,18
 # capture features, the reduced kill -9 cycles, the idle slot, doctor. The
 # features of PostgreSQL 15+ (row filters, column lists, TABLES IN SCHEMA)
 # are left out of the runs on 14 by pattern, not skipped.
-MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|WatchRefusesVirtualGeneratedColumns|SchemaWatch.*|FailoverWithSyncedSlot|KillNineCycles|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere
+MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|WatchRefusesVirtualGeneratedColumns|SchemaWatch.*|FailoverWithSyncedSlot|KillNineCycles|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere|Checkpoint.*
 MATRIX_RUN_14 := |FidelityUnchangedToastFullIdentity
 MATRIX_RUN_15 := |FidelityUnchangedToast|RowFilterAndColumnControl|SchemaWideWatch
 MATRIX_PKGS := ./agent ./faults ./cli
@@ -69,9 +69,9 @@ test-faults:
 	PGAUDIT_FAULT_CYCLES=25 PGAUDIT_FAULT_ROWS=5000 $(GO) test -count=1 -timeout 60m -run 'Fault|Kill|Standby|DeadLetter' -v ./faults/...
 
 fuzz:
-	$(GO) test ./decode -run '^$$' -fuzz FuzzParse -fuzztime 60s
+	$(GO) test ./pgoutput -run '^$$' -fuzz FuzzParse -fuzztime 60s
 	$(GO) test ./decode -run '^$$' -fuzz FuzzStream -fuzztime 60s
-	$(GO) test ./decode -run '^$$' -fuzz FuzzAppendValue -fuzztime 60s
+	$(GO) test ./pgjson -run '^$$' -fuzz FuzzAppendValue -fuzztime 60s
 
 # Benchmarks, see BENCHMARKS.md. `bench` runs everything (a throwaway
 # PostgreSQL, 10-20 minutes, the Go micro-benchmarks included) and rewrites

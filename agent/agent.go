@@ -30,6 +30,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -179,7 +180,7 @@ type work struct {
 	item decode.Item
 	// keepalive, when set, is a server WAL position received while no
 	// transaction was open: it may be confirmed once everything before it is.
-	keepalive decode.LSN
+	keepalive pgoutput.LSN
 	size      int64 // bytes of the envelope
 }
 
@@ -317,8 +318,8 @@ func (a *Agent) session(ctx context.Context) error {
 			RegistryTable:       migrations.RegistryTable,
 			SchemaRegistryTable: migrations.SchemaRegistryTable,
 			ControlTable:        migrations.ControlTable,
+			Types:               catalog.NewResolver(meta),
 		}, watches.Map(entries)),
-		resolver: catalog.NewResolver(meta),
 		items:    make(chan batch, 64),
 		freed:    make(chan struct{}, 1),
 		acked:    &acked,
@@ -361,7 +362,7 @@ func (a *Agent) session(ctx context.Context) error {
 	// Final status: whatever the publisher confirmed, nothing more.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := r.recordProgress(fctx, decode.LSN(acked.Load()), 0); err != nil {
+	if err := r.recordProgress(fctx, pgoutput.LSN(acked.Load()), 0); err != nil {
 		a.log.Debug("the final progress could not be recorded; confirming what was recorded", "err", err)
 	}
 	final := r.confirmable()

@@ -9,13 +9,14 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // TestRealCaptureDecodes takes real pgoutput messages from a server (a
 // peeked slot, protocol 1 with messages) for a varied workload, and checks
 // that every one parses and that the stream turns them into valid JSON.
-// With PGAUDIT_UPDATE_CORPUS=1 it also writes them into the decoder's fuzz
-// seed corpus (decode/testdata/fuzz/FuzzParse/real-*).
+// With PGAUDIT_UPDATE_CORPUS=1 it also writes them into the parser's fuzz
+// seed corpus (pgoutput/testdata/fuzz/FuzzParse/real-*).
 func TestRealCaptureDecodes(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
@@ -63,22 +64,18 @@ func TestRealCaptureDecodes(t *testing.T) {
 	if err := h.conn.QueryRow(ctx, `SELECT 'cap'::regclass::oid`).Scan(&oid); err != nil {
 		t.Fatal(err)
 	}
+	// No Types: the built-in types are resolved, the rest mapped as text.
 	s := decode.NewStream(decode.StreamConfig{SystemID: "1", Slot: "cap_slot", RegistrySchema: "pgaudit_cdc", RegistryTable: "watches"},
 		map[uint32]decode.Watch{oid: {Kind: "other", Source: "cap", Active: true}})
 	kinds := map[byte]int{}
 	events := 0
 	for i, m := range msgs {
-		parsed, err := decode.Parse(m.data)
+		parsed, err := pgoutput.Parse(m.data)
 		if err != nil {
 			t.Fatalf("message %d at %s (%q): %v", i, m.lsn, m.data[0], err)
 		}
 		kinds[m.data[0]]++
-		if rel, ok := parsed.(*decode.RelationMessage); ok {
-			for c := range rel.Columns {
-				rel.Columns[c].Type, _ = decode.BuiltinType(rel.Columns[c].TypeOID)
-			}
-		}
-		if err := s.Apply(decode.LSN(i), parsed, func(it decode.Item) error {
+		if err := s.Apply(ctx, pgoutput.LSN(i), parsed, func(it decode.Item) error {
 			if it.Kind == decode.ItemEvent {
 				events++
 				if !json.Valid(it.Event.Body) {
@@ -99,7 +96,7 @@ func TestRealCaptureDecodes(t *testing.T) {
 		t.Errorf("got %d events from the capture, want at least 5", events)
 	}
 	if os.Getenv("PGAUDIT_UPDATE_CORPUS") != "" {
-		dir := filepath.Join("..", "decode", "testdata", "fuzz", "FuzzParse")
+		dir := filepath.Join("..", "pgoutput", "testdata", "fuzz", "FuzzParse")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -119,11 +120,11 @@ func lsnOf(t *testing.T, conn *pgx.Conn, sql string, args ...any) string {
 
 func lsnLE(t *testing.T, a, b string) bool {
 	t.Helper()
-	x, err := replication.ParseLSN(a)
+	x, err := pgoutput.ParseLSN(a)
 	if err != nil {
 		t.Fatalf("parsing %q: %v", a, err)
 	}
-	y, err := replication.ParseLSN(b)
+	y, err := pgoutput.ParseLSN(b)
 	if err != nil {
 		t.Fatalf("parsing %q: %v", b, err)
 	}

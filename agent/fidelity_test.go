@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -419,7 +419,7 @@ func TestFidelityTypes(t *testing.T) {
 	}
 }
 
-// TestFidelityTypeTable checks decode.TypeTable against a real server and
+// TestFidelityTypeTable checks pgjson.TypeTable against a real server and
 // the spine double: each example's text is what PostgreSQL sends for it, and
 // its JSON is what the spine stores.
 func TestFidelityTypeTable(t *testing.T) {
@@ -431,11 +431,11 @@ func TestFidelityTypeTable(t *testing.T) {
 	type example struct {
 		col   string
 		types string
-		ex    decode.TypeExample
+		ex    pgjson.TypeExample
 	}
 	var exs []example
 	var defs, lits, cols []string
-	for _, row := range decode.TypeTable {
+	for _, row := range pgjson.TypeTable {
 		for _, ex := range row.Examples {
 			col := fmt.Sprintf("c%d", len(exs)+1)
 			exs = append(exs, example{col, row.Types, ex})

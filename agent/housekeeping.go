@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -80,7 +81,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	}
 	if err != nil {
 		a.log.Debug("reading slot statistics failed", "err", err)
-	} else if cur, perr := replication.ParseLSN(current); perr == nil && slot.Exists && slot.RestartLSN != 0 && cur >= slot.RestartLSN {
+	} else if cur, perr := pgoutput.ParseLSN(current); perr == nil && slot.Exists && slot.RestartLSN != 0 && cur >= slot.RestartLSN {
 		a.m.RetainedWAL.Set(float64(cur - slot.RestartLSN))
 	}
 	registry := watches.NewRegistry(conn, a.cfg.Publication, a.cfg.Slot)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 func TestEnvelopesForPlainSQL(t *testing.T) {
@@ -257,7 +257,7 @@ func TestConfirmedLSNNeverAheadOfSpine(t *testing.T) {
 	// Other traffic moves the server's WAL on; the slot must still wait.
 	h.exec(`CREATE TABLE noise AS SELECT generate_series(1, 1000) g`)
 	time.Sleep(1500 * time.Millisecond) // many status intervals
-	beforeLSN, _ := replication.ParseLSN(before)
+	beforeLSN, _ := pgoutput.ParseLSN(before)
 	confirmed := slotConfirmed(t, h)
 	if confirmed > beforeLSN {
 		t.Fatalf("confirmed_flush_lsn %s passed %s while the spine had not accepted the change after it", confirmed, beforeLSN)
@@ -273,13 +273,13 @@ func TestConfirmedLSNNeverAheadOfSpine(t *testing.T) {
 	}
 }
 
-func slotConfirmed(t *testing.T, h *harness) decode.LSN {
+func slotConfirmed(t *testing.T, h *harness) pgoutput.LSN {
 	t.Helper()
 	var s string
 	if err := h.conn.QueryRow(context.Background(), `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, testSlot).Scan(&s); err != nil {
 		t.Fatal(err)
 	}
-	l, err := replication.ParseLSN(s)
+	l, err := pgoutput.ParseLSN(s)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -35,7 +36,7 @@ const (
 
 func (p *publisher) run(ctx context.Context) error {
 	defer p.dl.close(context.WithoutCancel(ctx))
-	if bs, ok := p.a.cfg.Sink.(batchSink); ok && p.a.cfg.Spine != nil {
+	if bs, ok := p.a.cfg.Sink.(batchSink); ok {
 		return p.runBatched(ctx, bs)
 	}
 	for {
@@ -77,7 +78,7 @@ func (p *publisher) process(ctx context.Context, w work) error {
 }
 
 // advance raises the acknowledged LSN; it never goes back.
-func (p *publisher) advance(lsn decode.LSN) {
+func (p *publisher) advance(lsn pgoutput.LSN) {
 	for {
 		cur := p.acked.Load()
 		if uint64(lsn) <= cur {

@@ -18,7 +18,7 @@ package capture
 import (
 	"fmt"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -39,7 +39,7 @@ type State struct {
 	SystemID   string
 	Timeline   int32
 	Generation int
-	StartLSN   decode.LSN
+	StartLSN   pgoutput.LSN
 }
 
 // Observation is everything Assess looks at.
@@ -52,7 +52,7 @@ type Observation struct {
 	// Watermark is the highest LSN this agent ever confirmed to the slot
 	// (pgaudit_cdc.slot_progress); zero when unknown (after a crash of the
 	// server, or on a promoted standby: the table is unlogged).
-	Watermark decode.LSN
+	Watermark pgoutput.LSN
 	// RegistryUsed says watches were ever registered: capture started.
 	RegistryUsed bool
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -165,7 +165,7 @@ func Complete(ctx context.Context, conn *pgx.Conn, slot string, g *GapRecord, st
 
 // save records the state and the slot's position as progress (reset says
 // replace rather than raise it: a new slot).
-func save(ctx context.Context, conn *pgx.Conn, slot string, st State, progress decode.LSN, reset bool) error {
+func save(ctx context.Context, conn *pgx.Conn, slot string, st State, progress pgoutput.LSN, reset bool) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("recording the capture state: %w", err)

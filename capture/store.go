@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -47,11 +48,11 @@ func LoadState(ctx context.Context, conn *pgx.Conn, slot string) (State, error) 
 		return State{}, fmt.Errorf("reading the capture state: %w", err)
 	}
 	st.Known = true
-	st.StartLSN, _ = replication.ParseLSN(start)
+	st.StartLSN, _ = pgoutput.ParseLSN(start)
 	return st, nil
 }
 
-func loadWatermark(ctx context.Context, conn *pgx.Conn, slot string) (decode.LSN, error) {
+func loadWatermark(ctx context.Context, conn *pgx.Conn, slot string) (pgoutput.LSN, error) {
 	var s string
 	err := conn.QueryRow(ctx, `SELECT confirmed_lsn::text FROM pgaudit_cdc.slot_progress WHERE slot_name = $1`, slot).Scan(&s)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -60,7 +61,7 @@ func loadWatermark(ctx context.Context, conn *pgx.Conn, slot string) (decode.LSN
 	if err != nil {
 		return 0, fmt.Errorf("reading the slot progress: %w", err)
 	}
-	return replication.ParseLSN(s)
+	return pgoutput.ParseLSN(s)
 }
 
 // SaveState records the capture state of slot (insert or replace).
@@ -86,7 +87,7 @@ type execer interface {
 // must be called before that position is sent to the server: a slot beyond
 // the recorded progress was then moved by someone else. It never lowers the
 // record.
-func SaveProgress(ctx context.Context, conn execer, slot string, lsn decode.LSN) error {
+func SaveProgress(ctx context.Context, conn execer, slot string, lsn pgoutput.LSN) error {
 	_, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.slot_progress (slot_name, confirmed_lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = greatest(pgaudit_cdc.slot_progress.confirmed_lsn, EXCLUDED.confirmed_lsn),
 			updated_at = now()`, slot, lsn.String())
@@ -98,7 +99,7 @@ func SaveProgress(ctx context.Context, conn execer, slot string, lsn decode.LSN)
 
 // resetProgress replaces the recorded progress (a new slot starts lower
 // than the old one may have reached).
-func resetProgress(ctx context.Context, q execer, slot string, lsn decode.LSN) error {
+func resetProgress(ctx context.Context, q execer, slot string, lsn pgoutput.LSN) error {
 	_, err := q.Exec(ctx, `INSERT INTO pgaudit_cdc.slot_progress (slot_name, confirmed_lsn) VALUES ($1, $2::text::pg_lsn)
 		ON CONFLICT (slot_name) DO UPDATE SET confirmed_lsn = EXCLUDED.confirmed_lsn, updated_at = now()`, slot, lsn.String())
 	if err != nil {

@@ -1,6 +1,3 @@
-// Package catalog resolves column type OIDs to decode.Type descriptions,
-// from decode.BuiltinType for built-in types and from the PostgreSQL system
-// catalogs (pg_type, pg_attribute) for everything else.
 package catalog
 
 import (
@@ -10,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
 // Querier is the part of *pgx.Conn the resolver needs.
@@ -40,17 +37,18 @@ const fieldsQuery = `SELECT a.attname::text, a.atttypid
  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum`
 
-// Resolver maps type OIDs to decode.Type, using decode.BuiltinType for
+// Resolver maps type OIDs to pgjson.Type, using pgjson.Builtin for
 // built-ins and the catalog (pg_type, pg_attribute) for the rest; results
-// are cached. Safe for use by one goroutine.
+// are cached. It is the stream's decode.TypeLookup. Safe for use by one
+// goroutine.
 type Resolver struct {
 	q     Querier
-	cache map[uint32]*decode.Type
+	cache map[uint32]*pgjson.Type
 }
 
 // NewResolver returns a Resolver that reads the catalog through q.
 func NewResolver(q Querier) *Resolver {
-	return &Resolver{q: q, cache: make(map[uint32]*decode.Type)}
+	return &Resolver{q: q, cache: make(map[uint32]*pgjson.Type)}
 }
 
 // Resolve returns the Type for oid. Domains resolve to their base type's
@@ -64,7 +62,7 @@ func NewResolver(q Querier) *Resolver {
 // error, so that a type dropped since the change was written does not stop
 // the stream. Errors are those of the queries (and of ctx). The returned
 // Type is shared: callers must not mutate it.
-func (r *Resolver) Resolve(ctx context.Context, oid uint32) (*decode.Type, error) {
+func (r *Resolver) Resolve(ctx context.Context, oid uint32) (*pgjson.Type, error) {
 	return r.resolve(ctx, oid, 0)
 }
 
@@ -82,8 +80,8 @@ type typeRow struct {
 	elemDelim             string
 }
 
-func (r *Resolver) resolve(ctx context.Context, oid uint32, depth int) (*decode.Type, error) {
-	if t, ok := decode.BuiltinType(oid); ok {
+func (r *Resolver) resolve(ctx context.Context, oid uint32, depth int) (*pgjson.Type, error) {
+	if t, ok := pgjson.Builtin(oid); ok {
 		return t, nil
 	}
 	if t, ok := r.cache[oid]; ok {
@@ -94,11 +92,11 @@ func (r *Resolver) resolve(ctx context.Context, oid uint32, depth int) (*decode.
 		return nil, err
 	}
 	if !found {
-		t := &decode.Type{OID: oid, Name: "unknown(" + strconv.FormatUint(uint64(oid), 10) + ")", Kind: decode.KindText}
+		t := &pgjson.Type{OID: oid, Name: "unknown(" + strconv.FormatUint(uint64(oid), 10) + ")", Kind: pgjson.KindText}
 		r.cache[oid] = t
 		return t, nil
 	}
-	t := &decode.Type{OID: oid, Name: row.name, Kind: decode.KindText}
+	t := &pgjson.Type{OID: oid, Name: row.name, Kind: pgjson.KindText}
 	if row.schema != "pg_catalog" {
 		t.Name = row.schema + "." + row.name
 	}
@@ -118,7 +116,7 @@ func (r *Resolver) resolve(ctx context.Context, oid uint32, depth int) (*decode.
 		if err != nil {
 			return nil, err
 		}
-		t.Kind, t.Elem, t.Delim = decode.KindArray, elem, ','
+		t.Kind, t.Elem, t.Delim = pgjson.KindArray, elem, ','
 		if len(row.elemDelim) == 1 {
 			t.Delim = row.elemDelim[0]
 		}
@@ -127,7 +125,7 @@ func (r *Resolver) resolve(ctx context.Context, oid uint32, depth int) (*decode.
 		if err != nil {
 			return nil, err
 		}
-		t.Kind, t.Fields = decode.KindComposite, fields
+		t.Kind, t.Fields = pgjson.KindComposite, fields
 	}
 	r.cache[oid] = t
 	return t, nil
@@ -157,7 +155,7 @@ func (r *Resolver) lookup(ctx context.Context, oid uint32) (typeRow, bool, error
 
 // fields reads and resolves the attributes of the composite type whose
 // pg_class row is relid.
-func (r *Resolver) fields(ctx context.Context, relid uint32, depth int) ([]decode.Field, error) {
+func (r *Resolver) fields(ctx context.Context, relid uint32, depth int) ([]pgjson.Field, error) {
 	type attr struct {
 		name string
 		oid  uint32
@@ -181,13 +179,13 @@ func (r *Resolver) fields(ctx context.Context, relid uint32, depth int) ([]decod
 	}
 	// Resolve after the rows are closed: a connection runs one query at a
 	// time.
-	fields := make([]decode.Field, 0, len(attrs))
+	fields := make([]pgjson.Field, 0, len(attrs))
 	for _, a := range attrs {
 		ft, err := r.resolve(ctx, a.oid, depth+1)
 		if err != nil {
 			return nil, err
 		}
-		fields = append(fields, decode.Field{Name: a.name, Type: ft})
+		fields = append(fields, pgjson.Field{Name: a.name, Type: ft})
 	}
 	return fields, nil
 }

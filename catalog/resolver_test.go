@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
@@ -71,29 +71,29 @@ func typeOID(t *testing.T, conn *pgx.Conn, name string) uint32 {
 	return oid
 }
 
-var kindNames = map[decode.TypeKind]string{
-	decode.KindText: "text", decode.KindInteger: "integer", decode.KindFloat: "float",
-	decode.KindNumeric: "numeric", decode.KindBool: "bool", decode.KindJSON: "json",
-	decode.KindTimestamp: "timestamp", decode.KindTimestampTZ: "timestamptz", decode.KindDate: "date",
-	decode.KindTime: "time", decode.KindTimeTZ: "timetz", decode.KindBytea: "bytea",
-	decode.KindArray: "array", decode.KindComposite: "composite",
+var kindNames = map[pgjson.TypeKind]string{
+	pgjson.KindText: "text", pgjson.KindInteger: "integer", pgjson.KindFloat: "float",
+	pgjson.KindNumeric: "numeric", pgjson.KindBool: "bool", pgjson.KindJSON: "json",
+	pgjson.KindTimestamp: "timestamp", pgjson.KindTimestampTZ: "timestamptz", pgjson.KindDate: "date",
+	pgjson.KindTime: "time", pgjson.KindTimeTZ: "timetz", pgjson.KindBytea: "bytea",
+	pgjson.KindArray: "array", pgjson.KindComposite: "composite",
 }
 
 // describe renders a Type as "name kind", with "[elem]" for arrays (and
 // the delimiter if not ',') and "{field:type,...}" for composites.
-func describe(t *decode.Type) string {
+func describe(t *pgjson.Type) string {
 	if t == nil {
 		return "<nil>"
 	}
 	var b strings.Builder
 	b.WriteString(t.Name + " " + kindNames[t.Kind])
 	switch t.Kind {
-	case decode.KindArray:
+	case pgjson.KindArray:
 		if t.Delim != ',' && t.Delim != 0 {
 			b.WriteByte(t.Delim)
 		}
 		b.WriteString("[" + describe(t.Elem) + "]")
-	case decode.KindComposite:
+	case pgjson.KindComposite:
 		b.WriteString("{")
 		for i, f := range t.Fields {
 			if i > 0 {
@@ -178,8 +178,8 @@ func TestResolve(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Kind != decode.KindArray || got.Elem.Kind != decode.KindComposite || len(got.Elem.Fields) < 10 ||
-			got.Elem.Fields[0].Name != "oid" || got.Elem.Fields[0].Type.Kind != decode.KindInteger {
+		if got.Kind != pgjson.KindArray || got.Elem.Kind != pgjson.KindComposite || len(got.Elem.Fields) < 10 ||
+			got.Elem.Fields[0].Name != "oid" || got.Elem.Fields[0].Type.Kind != pgjson.KindInteger {
 			t.Fatalf("got %.200s, want an array of the pg_class composite", describe(got))
 		}
 	})
@@ -250,7 +250,7 @@ func (failingQuerier) Query(context.Context, string, ...any) (pgx.Rows, error) {
 
 func TestResolveErrors(t *testing.T) {
 	r := catalog.NewResolver(failingQuerier{})
-	if got, err := r.Resolve(context.Background(), 1007); err != nil || got.Kind != decode.KindArray {
+	if got, err := r.Resolve(context.Background(), 1007); err != nil || got.Kind != pgjson.KindArray {
 		t.Fatalf("got %v, %v, want the built-in _int4 without a query", got, err)
 	}
 	if _, err := r.Resolve(context.Background(), 16400); !errors.Is(err, errBoom) {
@@ -435,7 +435,7 @@ func TestEndToEnd(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := decode.AppendValue(nil, typ, texts[i])
+			got, err := pgjson.AppendValue(nil, typ, texts[i])
 			if err != nil {
 				t.Fatalf("text %q: got error %v, want %s", texts[i], err, c.want)
 			}

@@ -15,8 +15,8 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -137,7 +137,7 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		pid := slot.ActivePID
 		st.Slot.ActivePID = &pid
 	}
-	lsnText := func(l decode.LSN) string {
+	lsnText := func(l pgoutput.LSN) string {
 		if l == 0 {
 			return ""
 		}
@@ -145,8 +145,8 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	}
 	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN = lsnText(slot.ConfirmedFlushLSN), lsnText(slot.RestartLSN)
 	if slot.Exists && current != nil {
-		if cur, err := replication.ParseLSN(*current); err == nil {
-			behind := func(l decode.LSN) *int64 {
+		if cur, err := pgoutput.ParseLSN(*current); err == nil {
+			behind := func(l pgoutput.LSN) *int64 {
 				if l == 0 {
 					return nil
 				}

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // Querier is a connection or a transaction.
@@ -84,7 +84,7 @@ func (s *Store) Positions(ctx context.Context) (map[string]decode.Position, erro
 	}
 	out := make(map[string]decode.Position, len(ls))
 	for _, l := range ls {
-		lsn, err := replication.ParseLSN(l.CommitLSN)
+		lsn, err := pgoutput.ParseLSN(l.CommitLSN)
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 package decode_test
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // The benchmark row is one of bench/'s orders table: eight columns of the
@@ -73,30 +75,23 @@ func benchUpdate() []byte {
 }
 
 // benchStream returns a stream inside a transaction that knows the orders
-// relation, with its column types resolved as the agent does.
+// relation, with its column types resolved as the agent does (all built in:
+// a nil StreamConfig.Types resolves those).
 func benchStream(b *testing.B) *decode.Stream {
 	s := decode.NewStream(decode.StreamConfig{
 		SystemID: "7441925118437418807", Slot: "pgaudit_cdc",
 		RegistrySchema: "pgaudit_cdc", RegistryTable: "watches", SchemaRegistryTable: "schema_watches",
 	}, map[uint32]decode.Watch{benchRelID: {Kind: "decision_card_status_changed", Source: "procurement-api", Active: true}})
-	rel, err := decode.Parse(benchRelation())
+	rel, err := pgoutput.Parse(benchRelation())
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := rel.(*decode.RelationMessage)
-	for i := range r.Columns {
-		t, ok := decode.BuiltinType(r.Columns[i].TypeOID)
-		if !ok {
-			b.Fatalf("no built-in type %d", r.Columns[i].TypeOID)
-		}
-		r.Columns[i].Type = t
-	}
-	begin, err := decode.Parse(benchMsg{'B'}.u64(0x1_6B37_4D48).u64(848_000_000_123_456).u32(91_234))
+	begin, err := pgoutput.Parse(benchMsg{'B'}.u64(0x1_6B37_4D48).u64(848_000_000_123_456).u32(91_234))
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, m := range []decode.Message{begin, r} {
-		if err := s.Apply(0x1_6B37_4000, m, func(decode.Item) error { return nil }); err != nil {
+	for _, m := range []pgoutput.Message{begin, rel} {
+		if err := s.Apply(context.Background(), 0x1_6B37_4000, m, func(decode.Item) error { return nil }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -112,15 +107,16 @@ func benchDecode(b *testing.B, data []byte) {
 		body = it.Event.Body
 		return nil
 	}
-	lsn := decode.LSN(0x1_6B37_4100)
+	lsn := pgoutput.LSN(0x1_6B37_4100)
+	ctx := context.Background()
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		m, err := decode.Parse(data)
+		m, err := pgoutput.Parse(data)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.Apply(lsn, m, emit); err != nil {
+		if err := s.Apply(ctx, lsn, m, emit); err != nil {
 			b.Fatal(err)
 		}
 		lsn += 0x100
@@ -145,7 +141,7 @@ func BenchmarkParseInsert(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := decode.Parse(data); err != nil {
+		if _, err := pgoutput.Parse(data); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -160,7 +156,7 @@ func TestFormatWithoutFmt(t *testing.T) {
 		values = append(values, rng.Uint64()>>rng.IntN(64))
 	}
 	for _, v := range values {
-		l := decode.LSN(v)
+		l := pgoutput.LSN(v)
 		if got, want := l.String(), fmt.Sprintf("%X/%X", uint32(v>>32), uint32(v)); got != want {
 			t.Fatalf("LSN(%#x).String() = %q, want %q", v, got, want)
 		}

@@ -2,12 +2,16 @@ package decode
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // Logical message prefixes understood in a transaction.
@@ -55,7 +59,7 @@ const (
 	SelfAuditSource = "pgaudit-cdc"
 )
 
-func (s *Stream) logicalMessage(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+func (s *Stream) logicalMessage(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit func(Item) error) error {
 	if !m.Transactional || !s.inTx {
 		return nil // non-transactional messages are not part of any change
 	}
@@ -81,7 +85,7 @@ func (s *Stream) logicalMessage(lsn LSN, m *LogicalMessage, emit func(Item) erro
 		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
 			Notice: fmt.Sprintf("ignored a %s message without an authorising pgaudit_cdc.control row (xid %d, at %s): the transaction's changes are audited row by row; only pgaudit_cdc.skip(), run by a role allowed to write pgaudit_cdc.control, skips them", m.Prefix, s.begin.Xid, lsn)})
 	case BackfillPrefix:
-		return s.backfill(lsn, m, emit)
+		return s.backfill(ctx, lsn, m, emit)
 	case CheckpointPrefix:
 		return s.checkpoint(lsn, m, emit)
 	default:
@@ -105,12 +109,12 @@ func compactObject(content []byte) ([]byte, error) {
 
 // skipCount is one table's tally in a skipped transaction.
 type skipCount struct {
-	rel    *RelationMessage
+	rel    *pgoutput.RelationMessage
 	watch  Watch
 	counts map[string]int
 }
 
-func (s *Stream) countSkipped(rel *RelationMessage, op string) {
+func (s *Stream) countSkipped(rel *pgoutput.RelationMessage, op string) {
 	for _, c := range s.skipped {
 		if c.rel.ID == rel.ID {
 			c.counts[op]++
@@ -123,7 +127,7 @@ func (s *Stream) countSkipped(rel *RelationMessage, op string) {
 
 // emitSkipSummaries writes, at commit, one SUMMARY event per table whose
 // changes were skipped: the counts and the skip marker's content.
-func (s *Stream) emitSkipSummaries(lsn LSN, emit func(Item) error) error {
+func (s *Stream) emitSkipSummaries(lsn pgoutput.LSN, emit func(Item) error) error {
 	for _, c := range s.skipped {
 		s.seq++
 		ev := s.newEvent(lsn, c.rel, c.watch, OpSummary)
@@ -157,13 +161,13 @@ func (s *Stream) emitSkipSummaries(lsn LSN, emit func(Item) error) error {
 
 // changedAny reports whether any of cols differs between the old and new
 // row. An unchanged TOAST value ('u') is unchanged by definition.
-func changedAny(rel *RelationMessage, old, newT Tuple, cols []string) bool {
+func changedAny(rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, cols []string) bool {
 	for i, rc := range rel.Columns {
 		if i >= len(old) || i >= len(newT) || !slices.Contains(cols, rc.Name) {
 			continue
 		}
 		o, n := old[i], newT[i]
-		if n.Kind == TupleUnchanged {
+		if n.Kind == pgoutput.TupleUnchanged {
 			continue
 		}
 		if o.Kind != n.Kind || !bytes.Equal(o.Data, n.Data) {
@@ -190,15 +194,16 @@ type registryEntry struct {
 	hasKey         bool
 }
 
-var textArrayType = &Type{Name: "_text", Kind: KindArray, Elem: textType}
+// textArrayType maps the registry's text[] columns.
+var textArrayType, _ = pgjson.Builtin(1009)
 
 // parseRegistryRow reads a registry row; bySchema says the row is keyed by
 // schema_name (schema-wide watches) rather than table_oid.
-func parseRegistryRow(rel *RelationMessage, row Tuple, bySchema bool) registryEntry {
+func parseRegistryRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple, bySchema bool) registryEntry {
 	var e registryEntry
 	var schema, table string
 	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != TupleText {
+		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
 			continue
 		}
 		v := row[i].Data
@@ -242,7 +247,7 @@ func parseRegistryRow(rel *RelationMessage, row Tuple, bySchema bool) registryEn
 }
 
 func parseTextArray(v []byte) []string {
-	js, err := AppendValue(nil, textArrayType, v)
+	js, err := pgjson.AppendValue(nil, textArrayType, v)
 	if err != nil {
 		return nil
 	}
@@ -253,11 +258,12 @@ func parseTextArray(v []byte) []string {
 	return out
 }
 
-// registryChange applies a change of the watch registry and emits the
-// registry's own audit event. The registry has REPLICA IDENTITY FULL, so
-// updates and deletes carry the whole old row.
-func (s *Stream) registryChange(lsn LSN, rel *RelationMessage, op string, old, newT Tuple, emit func(Item) error) error {
-	before, after := registryRows(rel, old, newT, false)
+// registryChange applies a change of a watch registry table, the per-table
+// one or, bySchema, the schema-wide one, and emits the registry's own audit
+// event. The registry tables have REPLICA IDENTITY FULL, so updates and
+// deletes carry the whole old row.
+func (s *Stream) registryChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, bySchema bool, emit func(Item) error) error {
+	before, after := registryRows(rel, old, newT, bySchema)
 	cur := after
 	if cur == nil {
 		cur = before
@@ -265,19 +271,27 @@ func (s *Stream) registryChange(lsn LSN, rel *RelationMessage, op string, old, n
 	if cur == nil || !cur.hasKey {
 		return nil
 	}
-	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil, OnColumns: cur.OnColumns,
-		KeyIdentity: len(cur.Columns) > 0 || len(cur.ExcludeColumns) > 0}
-	prev, existed := s.watches[cur.TableOID]
-	s.watches[cur.TableOID] = w
-	if !existed || !prev.equal(w) {
-		if err := emit(Item{Kind: ItemWatchChanged, TableOID: cur.TableOID, Watch: w, Previous: prev, Existed: existed}); err != nil {
+	it := Item{Kind: ItemWatchChanged, Watch: Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil}}
+	if bySchema {
+		it.Schema = cur.Schema
+		it.Previous, it.Existed = s.schemaWatches[cur.Schema]
+		s.schemaWatches[cur.Schema] = it.Watch
+	} else {
+		it.TableOID = cur.TableOID
+		it.Watch.OnColumns = cur.OnColumns
+		it.Watch.KeyIdentity = len(cur.Columns) > 0 || len(cur.ExcludeColumns) > 0
+		it.Previous, it.Existed = s.watches[cur.TableOID]
+		s.watches[cur.TableOID] = it.Watch
+	}
+	if !it.Existed || !it.Previous.equal(it.Watch) {
+		if err := emit(it); err != nil {
 			return err
 		}
 	}
 	return s.selfAudit(lsn, rel, before, after, emit)
 }
 
-func registryRows(rel *RelationMessage, old, newT Tuple, bySchema bool) (before, after *registryEntry) {
+func registryRows(rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, bySchema bool) (before, after *registryEntry) {
 	if old != nil {
 		e := parseRegistryRow(rel, old, bySchema)
 		before = &e
@@ -289,29 +303,9 @@ func registryRows(rel *RelationMessage, old, newT Tuple, bySchema bool) (before,
 	return before, after
 }
 
-func (s *Stream) schemaRegistryChange(lsn LSN, rel *RelationMessage, old, newT Tuple, emit func(Item) error) error {
-	before, after := registryRows(rel, old, newT, true)
-	cur := after
-	if cur == nil {
-		cur = before
-	}
-	if cur == nil || !cur.hasKey {
-		return nil
-	}
-	w := Watch{Kind: cur.Kind, Source: cur.Source, Active: cur.Active && after != nil}
-	prev, existed := s.schemaWatches[cur.Schema]
-	s.schemaWatches[cur.Schema] = w
-	if !existed || !prev.equal(w) {
-		if err := emit(Item{Kind: ItemWatchChanged, Schema: cur.Schema, Watch: w, Previous: prev, Existed: existed}); err != nil {
-			return err
-		}
-	}
-	return s.selfAudit(lsn, rel, before, after, emit)
-}
-
 // selfAudit emits the registry's own event: which watch changed, how, and
 // who changed it, in commit order with the data around it.
-func (s *Stream) selfAudit(lsn LSN, rel *RelationMessage, before, after *registryEntry, emit func(Item) error) error {
+func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, before, after *registryEntry, emit func(Item) error) error {
 	var action string
 	var shown, previous *registryEntry
 	switch {
@@ -343,7 +337,7 @@ func (s *Stream) selfAudit(lsn LSN, rel *RelationMessage, before, after *registr
 		b = append(append(b, `,"previous":`...), js...)
 	}
 	b = append(b, `,"changed_by":`...)
-	b = AppendString(b, []byte(by))
+	b = pgjson.AppendString(b, []byte(by))
 	b = s.appendMetadata(b, ev, lsn)
 	b = append(b, "}}}"...)
 	ev.Body = b
@@ -367,37 +361,11 @@ type BackfillColumn struct {
 	TypeOID uint32 `json:"type_oid"`
 }
 
-// BackfillTypes returns the type OIDs a backfill message needs that the
-// stream does not know yet, so the caller can resolve them (SetType) before
-// Apply. It returns nil for every other message.
-func (s *Stream) BackfillTypes(m Message) []uint32 {
-	lm, ok := m.(*LogicalMessage)
-	if !ok || lm.Prefix != BackfillPrefix {
-		return nil
-	}
-	var hdr struct {
-		Columns []BackfillColumn `json:"columns"`
-	}
-	if json.Unmarshal(lm.Content, &hdr) != nil {
-		return nil
-	}
-	var need []uint32
-	for _, c := range hdr.Columns {
-		if _, ok := s.types[c.TypeOID]; !ok && !slices.Contains(need, c.TypeOID) {
-			need = append(need, c.TypeOID)
-		}
-	}
-	return need
-}
-
-// SetType records the mapping of a type OID for backfill chunks.
-func (s *Stream) SetType(oid uint32, t *Type) { s.types[oid] = t }
-
 // backfill turns a chunk of existing rows into READ events. The chunk was
 // read under FOR SHARE in the transaction that wrote this message, so it sits
 // in commit order: every change before it is older than its rows, every
 // change after it newer.
-func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+func (s *Stream) backfill(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit func(Item) error) error {
 	var chunk BackfillChunk
 	if err := json.Unmarshal(m.Content, &chunk); err != nil {
 		s.seq++
@@ -409,13 +377,15 @@ func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) err
 			Notice: fmt.Sprintf("ignored a backfill chunk for table OID %d without an authorising pgaudit_cdc.control row (xid %d, at %s): no READ events were produced; only `pgaudit-cdc backfill`, run by a role allowed to write pgaudit_cdc.control, can write one", chunk.TableOID, s.begin.Xid, lsn)})
 	}
 	w, ok := s.watchFor(chunk.TableOID, chunk.Schema)
-	rel := &RelationMessage{ID: chunk.TableOID, Namespace: chunk.Schema, Name: chunk.Table, Columns: make([]RelationColumn, len(chunk.Columns))}
+	rel := &pgoutput.RelationMessage{ID: chunk.TableOID, Namespace: chunk.Schema, Name: chunk.Table, Columns: make([]pgoutput.RelationColumn, len(chunk.Columns))}
+	types := make([]*pgjson.Type, len(chunk.Columns))
 	for i, c := range chunk.Columns {
-		t := s.types[c.TypeOID]
-		if t == nil {
-			t, _ = BuiltinType(c.TypeOID)
+		t, err := s.lookupType(ctx, c.TypeOID)
+		if err != nil {
+			return fmt.Errorf("resolving type %d of a backfill chunk: %w", c.TypeOID, err)
 		}
-		rel.Columns[i] = RelationColumn{Name: c.Name, TypeOID: c.TypeOID, Type: t}
+		rel.Columns[i] = pgoutput.RelationColumn{Name: c.Name, TypeOID: c.TypeOID}
+		types[i] = t
 	}
 	for _, row := range chunk.Rows {
 		s.seq++
@@ -429,12 +399,12 @@ func (s *Stream) backfill(lsn LSN, m *LogicalMessage, emit func(Item) error) err
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = AppendString(b, []byte(rel.Columns[i].Name))
+			b = pgjson.AppendString(b, []byte(rel.Columns[i].Name))
 			b = append(b, ':')
 			if v == nil {
-				b = appendColumn(b, &rel.Columns[i], TupleColumn{Kind: TupleNull})
+				b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleNull})
 			} else {
-				b = appendColumn(b, &rel.Columns[i], TupleColumn{Kind: TupleText, Data: []byte(*v)})
+				b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleText, Data: []byte(*v)})
 			}
 		}
 		b = append(b, `},"backfill":{"id":`...)
@@ -467,10 +437,10 @@ type controlRow struct {
 	appName  *string
 }
 
-func (s *Stream) controlRow(rel *RelationMessage, row Tuple) {
+func (s *Stream) controlRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) {
 	var c controlRow
 	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != TupleText {
+		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
 			continue
 		}
 		v := string(row[i].Data)
@@ -500,13 +470,13 @@ func (s *Stream) controlRow(rel *RelationMessage, row Tuple) {
 		b := []byte(`{"reason":`)
 		b = appendNullableString(b, c.reason)
 		b = append(b, `,"by":`...)
-		b = AppendString(b, []byte(c.byRole))
+		b = pgjson.AppendString(b, []byte(c.byRole))
 		b = append(b, `,"session_user":`...)
-		b = AppendString(b, []byte(c.session))
+		b = pgjson.AppendString(b, []byte(c.session))
 		b = append(b, `,"application_name":`...)
 		b = appendNullableString(b, c.appName)
 		b = append(b, `,"control_id":`...)
-		b = AppendString(b, []byte(c.id))
+		b = pgjson.AppendString(b, []byte(c.id))
 		s.skip = append(b, '}')
 	case "backfill", "checkpoint":
 		s.backfillAuth = append(s.backfillAuth, c)
@@ -517,7 +487,7 @@ func appendNullableString(b []byte, p *string) []byte {
 	if p == nil {
 		return append(b, "null"...)
 	}
-	return AppendString(b, []byte(*p))
+	return pgjson.AppendString(b, []byte(*p))
 }
 
 // useControlAuth consumes the control row that authorises a message of the
@@ -539,7 +509,7 @@ func (s *Stream) useControlAuth(action string, oid uint32, content []byte) bool 
 // a replica identity other than FULL: its UPDATE and DELETE events then
 // carry the key at most as old row. Reported when first seen weakened, and
 // again after it was FULL in between.
-func (s *Stream) checkReplicaIdentity(rel *RelationMessage, emit func(Item) error) error {
+func (s *Stream) checkReplicaIdentity(rel *pgoutput.RelationMessage, emit func(Item) error) error {
 	if rel.Namespace == s.cfg.RegistrySchema {
 		return nil
 	}
@@ -573,19 +543,31 @@ func ReplicaIdentityName(c byte) string {
 
 // CheckpointMessage is the content of a CheckpointPrefix message.
 type CheckpointMessage struct {
-	ID         int64    `json:"checkpoint_id"`
-	TableOID   uint32   `json:"table_oid"`
-	Schema     string   `json:"schema"`
-	Table      string   `json:"table"`
+	ID       int64  `json:"checkpoint_id"`
+	TableOID uint32 `json:"table_oid"`
+	Schema   string `json:"schema"`
+	Table    string `json:"table"`
+	// Chunk numbers a chunked checkpoint's chunks from 1 (0: a checkpoint
+	// of one snapshot, from before checkpoints were chunked); Last marks
+	// the final one, which also carries the totals.
+	Chunk int64 `json:"chunk,omitempty"`
+	Last  bool  `json:"last,omitempty"`
+	// Rows and Digest are the chunk's row count and order-independent hash.
 	Rows       int64    `json:"rows"`
 	Digest     string   `json:"digest"`
 	KeyColumns []string `json:"key_columns"`
 	Columns    []string `json:"columns"`
+	// Pairs lists the chunk's rows as base64 of 12-byte pairs (the first 6
+	// bytes of the SHA-256 of the key's canonical JSON, then of the row's);
+	// absent for a table without a primary key.
+	Pairs       *string `json:"pairs,omitempty"`
+	TotalRows   *int64  `json:"total_rows,omitempty"`
+	TotalDigest string  `json:"total_digest,omitempty"`
 }
 
 // checkpoint turns an authorised checkpoint message into a CHECKPOINT event
 // of the table's watch, at the message's place in commit order.
-func (s *Stream) checkpoint(lsn LSN, m *LogicalMessage, emit func(Item) error) error {
+func (s *Stream) checkpoint(lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit func(Item) error) error {
 	s.seq++
 	var cp CheckpointMessage
 	if err := json.Unmarshal(m.Content, &cp); err != nil {
@@ -599,19 +581,35 @@ func (s *Stream) checkpoint(lsn LSN, m *LogicalMessage, emit func(Item) error) e
 	if !ok {
 		return nil
 	}
-	rel := &RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
+	rel := &pgoutput.RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
 	ev := s.newEvent(lsn, rel, w, OpCheckpoint)
 	b := s.appendHead(make([]byte, 0, 512), ev)
 	b = append(b, `,"checkpoint":{"id":`...)
 	b = strconv.AppendInt(b, cp.ID, 10)
+	if cp.Chunk > 0 {
+		b = append(b, `,"chunk":`...)
+		b = strconv.AppendInt(b, cp.Chunk, 10)
+		b = append(b, `,"last":`...)
+		b = strconv.AppendBool(b, cp.Last)
+	}
 	b = append(b, `,"rows":`...)
 	b = strconv.AppendInt(b, cp.Rows, 10)
 	b = append(b, `,"digest":`...)
-	b = AppendString(b, []byte(cp.Digest))
+	b = pgjson.AppendString(b, []byte(cp.Digest))
+	if cp.Last && cp.TotalRows != nil {
+		b = append(b, `,"total_rows":`...)
+		b = strconv.AppendInt(b, *cp.TotalRows, 10)
+		b = append(b, `,"total_digest":`...)
+		b = pgjson.AppendString(b, []byte(cp.TotalDigest))
+	}
 	b = append(b, `,"key_columns":`...)
 	b = appendStrings(b, cp.KeyColumns)
 	b = append(b, `,"columns":`...)
 	b = appendStrings(b, cp.Columns)
+	if cp.Pairs != nil {
+		b = append(b, `,"pairs":`...)
+		b = pgjson.AppendString(b, []byte(*cp.Pairs))
+	}
 	b = append(b, '}')
 	b = s.appendMetadata(b, ev, lsn)
 	b = append(b, "}}}"...)
@@ -625,7 +623,7 @@ func appendStrings(b []byte, ss []string) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = AppendString(b, []byte(x))
+		b = pgjson.AppendString(b, []byte(x))
 	}
 	return append(b, ']')
 }

@@ -1,12 +1,16 @@
 package decode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // Watch is the registry entry of one watched table: what its events are
@@ -48,19 +52,42 @@ type StreamConfig struct {
 	// ControlTable names the table, in RegistrySchema, whose rows authorise
 	// control messages (skip, backfill) in their transaction.
 	ControlTable string
+	// Types resolves the column types of RELATION messages and backfill
+	// chunks (catalog.Resolver in the agent). Nil resolves the built-in
+	// types only (pgjson.Builtin) and maps every other type as text.
+	Types TypeLookup
+}
+
+// TypeLookup maps column type OIDs to their JSON mapping. The stream asks it
+// for every column of a RELATION message, and for the columns of a backfill
+// chunk, so that it holds the I/O (package catalog reads pg_type) and the
+// stream stays pure.
+type TypeLookup interface {
+	// Resolve returns the mapping of the type oid; nil maps as text.
+	Resolve(ctx context.Context, oid uint32) (*pgjson.Type, error)
+	// Forget drops what the lookup cached. The stream calls it when a
+	// RELATION message arrives: the table, or a type it uses, may have
+	// changed.
+	Forget()
+}
+
+// relation is a RELATION message with its column types resolved.
+type relation struct {
+	*pgoutput.RelationMessage
+	types []*pgjson.Type // one per column; nil maps as text
 }
 
 // Position orders every change of a slot: the commit LSN of its transaction,
 // then its sequence number in that transaction. It is stable across replays.
 type Position struct {
-	CommitLSN LSN
+	CommitLSN pgoutput.LSN
 	Seq       uint32
 }
 
 // AppendText writes p as "<commit LSN>:<seq>", e.g. "0/1A2B3C8:5", the form
 // of metadata.prev.
 func (p Position) AppendText(b []byte) []byte {
-	b = p.CommitLSN.appendText(b)
+	b = p.CommitLSN.AppendText(b)
 	b = append(b, ':')
 	return strconv.AppendUint(b, uint64(p.Seq), 10)
 }
@@ -84,7 +111,7 @@ func ParsePosition(s string) (Position, bool) {
 	if err1 != nil || err2 != nil || err3 != nil {
 		return Position{}, false
 	}
-	return Position{CommitLSN: LSN(hi<<32 | lo), Seq: uint32(seq)}, true
+	return Position{CommitLSN: pgoutput.LSN(hi<<32 | lo), Seq: uint32(seq)}, true
 }
 
 // Less reports whether p comes before q in commit order.
@@ -109,7 +136,11 @@ func Key(systemID, slot string, p Position) string {
 	b = append(b, ':')
 	b = append(b, slot...)
 	b = append(b, ':')
-	b = appendHex(b, uint64(p.CommitLSN), 16)
+	// The commit LSN as 16 upper-case hex digits, without fmt (hot path).
+	const hexDigits = "0123456789ABCDEF"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, hexDigits[uint64(p.CommitLSN)>>shift&0xF])
+	}
 	b = append(b, ':')
 	b = strconv.AppendUint(b, uint64(p.Seq), 10)
 	return string(b)
@@ -139,7 +170,7 @@ func ParseKey(key string) (systemID, slot string, p Position, ok bool) {
 	if err != nil {
 		return "", "", Position{}, false
 	}
-	return parts[0], parts[1], Position{CommitLSN: LSN(lsn), Seq: uint32(seq)}, true
+	return parts[0], parts[1], Position{CommitLSN: pgoutput.LSN(lsn), Seq: uint32(seq)}, true
 }
 
 // Operation names as they appear in payload.operation.
@@ -156,7 +187,7 @@ type Event struct {
 	Body       []byte
 	Key        string
 	Pos        Position
-	LSN        LSN
+	LSN        pgoutput.LSN
 	Kind       string
 	Source     string
 	Table      string // as in payload.table
@@ -186,7 +217,7 @@ const (
 type Item struct {
 	Kind   ItemKind
 	Event  *Event
-	EndLSN LSN
+	EndLSN pgoutput.LSN
 	// Watch changes.
 	TableOID uint32
 	Watch    Watch
@@ -208,13 +239,12 @@ type Item struct {
 // A Stream is used by one goroutine.
 type Stream struct {
 	cfg           StreamConfig
-	relations     map[uint32]*RelationMessage
+	relations     map[uint32]*relation
 	watches       map[uint32]Watch
 	schemaWatches map[string]Watch
-	types         map[uint32]*Type // for backfill chunks, which carry type OIDs
 
 	inTx       bool
-	begin      BeginMessage
+	begin      pgoutput.BeginMessage
 	seq        uint32
 	timestamp  string // commit time, ISO 8601, of the current transaction
 	commitTime time.Time
@@ -253,8 +283,8 @@ func NewStream(cfg StreamConfig, watches map[uint32]Watch) *Stream {
 	for k, v := range watches {
 		w[k] = v
 	}
-	return &Stream{cfg: cfg, relations: map[uint32]*RelationMessage{}, watches: w,
-		schemaWatches: map[string]Watch{}, types: map[uint32]*Type{}, identity: map[uint32]byte{}}
+	return &Stream{cfg: cfg, relations: map[uint32]*relation{}, watches: w,
+		schemaWatches: map[string]Watch{}, identity: map[uint32]byte{}}
 }
 
 // SetSchemaWatches replaces the schema-wide watches (keyed by schema name).
@@ -302,9 +332,10 @@ var ErrProtocol = errors.New("unexpected pgoutput message sequence")
 
 // Apply feeds one message, received at WAL position lsn, and calls emit for
 // each item it yields, in order. Tuple data of m may be reused after Apply
-// returns: events own their bytes.
-func (s *Stream) Apply(lsn LSN, m Message, emit func(Item) error) error {
-	return s.apply(lsn, m, func(it Item) error {
+// returns: events own their bytes. ctx bounds the type lookups (see
+// StreamConfig.Types), whose errors Apply returns.
+func (s *Stream) Apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message, emit func(Item) error) error {
+	return s.apply(ctx, lsn, m, func(it Item) error {
 		switch it.Kind {
 		case ItemEvent:
 			// Hold each event until the next one or the commit: only then
@@ -337,18 +368,18 @@ func markLast(ev *Event, count uint32) {
 	ev.Body = append(b, "}}}"...)
 }
 
-func (s *Stream) apply(lsn LSN, m Message, emit func(Item) error) error {
+func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message, emit func(Item) error) error {
 	switch m := m.(type) {
-	case *BeginMessage:
+	case *pgoutput.BeginMessage:
 		if s.inTx {
 			return fmt.Errorf("%w: BEGIN of xid %d inside xid %d", ErrProtocol, m.Xid, s.begin.Xid)
 		}
 		s.inTx, s.begin, s.seq, s.txCount, s.held = true, *m, 0, 0, nil
-		s.commitTime = PGTime(m.CommitTime)
+		s.commitTime = pgoutput.PGTime(m.CommitTime)
 		s.timestamp = FormatTimestamp(s.commitTime)
 		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth = nil, "", nil, nil, nil
 		return nil
-	case *CommitMessage:
+	case *pgoutput.CommitMessage:
 		if !s.inTx {
 			return fmt.Errorf("%w: COMMIT outside a transaction", ErrProtocol)
 		}
@@ -357,27 +388,56 @@ func (s *Stream) apply(lsn LSN, m Message, emit func(Item) error) error {
 		}
 		s.inTx = false
 		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN})
-	case *RelationMessage:
-		s.relations[m.ID] = m
+	case *pgoutput.RelationMessage:
+		rel, err := s.resolveRelation(ctx, m)
+		if err != nil {
+			return err
+		}
+		s.relations[m.ID] = rel
 		return s.checkReplicaIdentity(m, emit)
-	case *TypeMessage, *OriginMessage:
+	case *pgoutput.TypeMessage, *pgoutput.OriginMessage:
 		return nil
-	case *LogicalMessage:
-		return s.logicalMessage(lsn, m, emit)
-	case *InsertMessage:
+	case *pgoutput.LogicalMessage:
+		return s.logicalMessage(ctx, lsn, m, emit)
+	case *pgoutput.InsertMessage:
 		return s.change(lsn, m.RelationID, OpInsert, 0, nil, m.New, emit)
-	case *UpdateMessage:
+	case *pgoutput.UpdateMessage:
 		return s.change(lsn, m.RelationID, OpUpdate, m.OldKind, m.Old, m.New, emit)
-	case *DeleteMessage:
+	case *pgoutput.DeleteMessage:
 		return s.change(lsn, m.RelationID, OpDelete, m.OldKind, m.Old, nil, emit)
-	case *TruncateMessage:
+	case *pgoutput.TruncateMessage:
 		return s.truncate(lsn, m, emit)
 	default:
 		return fmt.Errorf("%w: message type %q", ErrProtocol, m.Type())
 	}
 }
 
-func (s *Stream) relation(id uint32) (*RelationMessage, error) {
+// resolveRelation looks up the column types of a RELATION message, afresh.
+func (s *Stream) resolveRelation(ctx context.Context, m *pgoutput.RelationMessage) (*relation, error) {
+	if s.cfg.Types != nil {
+		s.cfg.Types.Forget()
+	}
+	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns))}
+	for i, c := range m.Columns {
+		t, err := s.lookupType(ctx, c.TypeOID)
+		if err != nil {
+			return nil, fmt.Errorf("resolving the type of %s.%s: %w", QualifiedName(m.Namespace, m.Name), c.Name, err)
+		}
+		rel.types[i] = t
+	}
+	return rel, nil
+}
+
+// lookupType resolves one type OID through StreamConfig.Types.
+func (s *Stream) lookupType(ctx context.Context, oid uint32) (*pgjson.Type, error) {
+	if s.cfg.Types == nil {
+		t, _ := pgjson.Builtin(oid)
+		return t, nil
+	}
+	return s.cfg.Types.Resolve(ctx, oid)
+}
+
+func (s *Stream) relation(id uint32) (*relation, error) {
 	if !s.inTx {
 		return nil, fmt.Errorf("%w: change outside a transaction", ErrProtocol)
 	}
@@ -388,18 +448,19 @@ func (s *Stream) relation(id uint32) (*RelationMessage, error) {
 	return rel, nil
 }
 
-func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, newT Tuple, emit func(Item) error) error {
-	rel, err := s.relation(relID)
+func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte, old, newT pgoutput.Tuple, emit func(Item) error) error {
+	resolved, err := s.relation(relID)
 	if err != nil {
 		return err
 	}
+	rel := resolved.RelationMessage
 	s.seq++
 	if rel.Namespace == s.cfg.RegistrySchema {
 		switch rel.Name {
 		case s.cfg.RegistryTable:
-			return s.registryChange(lsn, rel, op, old, newT, emit)
+			return s.registryChange(lsn, rel, old, newT, false, emit)
 		case s.cfg.SchemaRegistryTable:
-			return s.schemaRegistryChange(lsn, rel, old, newT, emit)
+			return s.registryChange(lsn, rel, old, newT, true, emit)
 		case s.cfg.ControlTable:
 			if op == OpInsert {
 				s.controlRow(rel, newT)
@@ -431,15 +492,15 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 	oldFull := oldKind == 'O'
 	if old != nil {
 		b = append(b, `,"old":`...)
-		b, _ = appendRow(b, rel, old, nil, oldKind == 'K')
+		b, _ = appendRow(b, resolved, old, nil, oldKind == 'K')
 	}
 	if newT != nil {
 		b = append(b, `,"new":`...)
-		var fallback Tuple
+		var fallback pgoutput.Tuple
 		if oldFull {
 			fallback = old
 		}
-		b, missing = appendRow(b, rel, newT, fallback, false)
+		b, missing = appendRow(b, resolved, newT, fallback, false)
 	}
 	b = s.appendMetadata(b, ev, lsn)
 	if (op == OpUpdate || op == OpDelete) && oldKind != 'O' {
@@ -453,7 +514,7 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b = AppendString(b, []byte(name))
+			b = pgjson.AppendString(b, []byte(name))
 		}
 		b = append(b, ']')
 	}
@@ -465,7 +526,7 @@ func (s *Stream) change(lsn LSN, relID uint32, op string, oldKind byte, old, new
 // tupleSize estimates the JSON size of t (values, column names,
 // punctuation) so that the envelope is usually built without regrowing.
 // t has as many columns as rel.
-func tupleSize(rel *RelationMessage, t Tuple) int {
+func tupleSize(rel *pgoutput.RelationMessage, t pgoutput.Tuple) int {
 	n := 0
 	for i, c := range t {
 		n += len(c.Data) + len(rel.Columns[i].Name) + 8
@@ -473,12 +534,13 @@ func tupleSize(rel *RelationMessage, t Tuple) int {
 	return n
 }
 
-func (s *Stream) truncate(lsn LSN, m *TruncateMessage, emit func(Item) error) error {
+func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit func(Item) error) error {
 	for _, id := range m.RelationIDs {
-		rel, err := s.relation(id)
+		resolved, err := s.relation(id)
 		if err != nil {
 			return err
 		}
+		rel := resolved.RelationMessage
 		s.seq++
 		w, ok := s.watchFor(rel.ID, rel.Namespace)
 		if !ok || rel.Namespace == s.cfg.RegistrySchema {
@@ -491,9 +553,9 @@ func (s *Stream) truncate(lsn LSN, m *TruncateMessage, emit func(Item) error) er
 		ev := s.newEvent(lsn, rel, w, OpTruncate)
 		b := s.appendHead(make([]byte, 0, 384), ev)
 		b = append(b, `,"cascade":`...)
-		b = strconv.AppendBool(b, m.Options&TruncateCascade != 0)
+		b = strconv.AppendBool(b, m.Options&pgoutput.TruncateCascade != 0)
 		b = append(b, `,"restart_identity":`...)
-		b = strconv.AppendBool(b, m.Options&TruncateRestartIdentity != 0)
+		b = strconv.AppendBool(b, m.Options&pgoutput.TruncateRestartIdentity != 0)
 		b = s.appendMetadata(b, ev, lsn)
 		b = append(b, "}}}"...)
 		ev.Body = b
@@ -504,7 +566,7 @@ func (s *Stream) truncate(lsn LSN, m *TruncateMessage, emit func(Item) error) er
 	return nil
 }
 
-func (s *Stream) newEvent(lsn LSN, rel *RelationMessage, w Watch, op string) *Event {
+func (s *Stream) newEvent(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, w Watch, op string) *Event {
 	pos := Position{CommitLSN: s.begin.FinalLSN, Seq: s.seq}
 	return &Event{
 		Key:        Key(s.cfg.SystemID, s.cfg.Slot, pos),
@@ -521,13 +583,13 @@ func (s *Stream) newEvent(lsn LSN, rel *RelationMessage, w Watch, op string) *Ev
 // appendHead writes the envelope up to and including payload.operation.
 func (s *Stream) appendHead(b []byte, ev *Event) []byte {
 	b = append(b, `{"kind":`...)
-	b = AppendString(b, []byte(ev.Kind))
+	b = pgjson.AppendString(b, []byte(ev.Kind))
 	b = append(b, `,"source":`...)
-	b = AppendString(b, []byte(ev.Source))
+	b = pgjson.AppendString(b, []byte(ev.Source))
 	b = append(b, `,"timestamp":"`...)
 	b = append(b, s.timestamp...)
 	b = append(b, `","payload":{"table":`...)
-	b = AppendString(b, []byte(ev.Table))
+	b = pgjson.AppendString(b, []byte(ev.Table))
 	b = append(b, `,"operation":"`...)
 	b = append(b, ev.Operation...)
 	b = append(b, '"')
@@ -536,17 +598,17 @@ func (s *Stream) appendHead(b []byte, ev *Event) []byte {
 
 // appendMetadata writes payload.metadata, leaving the object open so callers
 // can add fields.
-func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
+func (s *Stream) appendMetadata(b []byte, ev *Event, lsn pgoutput.LSN) []byte {
 	b = append(b, `,"metadata":{"commit_lsn":"`...)
-	b = s.begin.FinalLSN.appendText(b)
+	b = s.begin.FinalLSN.AppendText(b)
 	b = append(b, `","lsn":"`...)
-	b = lsn.appendText(b)
+	b = lsn.AppendText(b)
 	b = append(b, `","xid":`...)
 	b = strconv.AppendUint(b, uint64(s.begin.Xid), 10)
 	b = append(b, `,"commit_timestamp":"`...)
 	b = append(b, s.timestamp...)
 	b = append(b, `","idempotency_key":`...)
-	b = AppendString(b, []byte(ev.Key))
+	b = pgjson.AppendString(b, []byte(ev.Key))
 	// The self-linked stream: the previous event's position (null for the
 	// first one known) and this event's index in its transaction. The last
 	// event of a transaction also carries tx_events (see markLast). A
@@ -568,7 +630,7 @@ func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
 		b = append(b, s.annotations...)
 	} else if s.annotationsErr != "" {
 		b = append(b, `,"annotations_error":`...)
-		b = AppendString(b, []byte(s.annotationsErr))
+		b = pgjson.AppendString(b, []byte(s.annotationsErr))
 	}
 	return b
 }
@@ -577,7 +639,7 @@ func (s *Stream) appendMetadata(b []byte, ev *Event, lsn LSN) []byte {
 // TOAST values are taken from fallback (the full old row) when it has them;
 // the names of columns that could not be filled are returned and left out.
 // keyOnly tuples carry only the replica identity columns.
-func appendRow(b []byte, rel *RelationMessage, t, fallback Tuple, keyOnly bool) ([]byte, []string) {
+func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool) ([]byte, []string) {
 	var missing []string
 	b = append(b, '{')
 	first := true
@@ -586,10 +648,10 @@ func appendRow(b []byte, rel *RelationMessage, t, fallback Tuple, keyOnly bool) 
 		if keyOnly && rc.Flags&1 == 0 {
 			continue
 		}
-		if col.Kind == TupleUnchanged && fallback != nil && fallback[i].Kind != TupleUnchanged {
+		if col.Kind == pgoutput.TupleUnchanged && fallback != nil && fallback[i].Kind != pgoutput.TupleUnchanged {
 			col = fallback[i]
 		}
-		if col.Kind == TupleUnchanged {
+		if col.Kind == pgoutput.TupleUnchanged {
 			missing = append(missing, rc.Name)
 			continue
 		}
@@ -597,36 +659,30 @@ func appendRow(b []byte, rel *RelationMessage, t, fallback Tuple, keyOnly bool) 
 			b = append(b, ',')
 		}
 		first = false
-		b = AppendString(b, []byte(rc.Name))
+		b = pgjson.AppendString(b, []byte(rc.Name))
 		b = append(b, ':')
-		b = appendColumn(b, rc, col)
+		b = appendColumn(b, rel.types[i], col)
 	}
 	return append(b, '}'), missing
 }
 
-// appendColumn writes one value. A value that does not parse as its type
-// says it is (which would be a server bug or a type we map wrongly) is sent as
-// its text form rather than stopping the audit trail.
-func appendColumn(b []byte, rc *RelationColumn, col TupleColumn) []byte {
+// appendColumn writes one value of type t (nil: text). A value that does not
+// parse as its type says it is (which would be a server bug or a type we map
+// wrongly) is sent as its text form rather than stopping the audit trail.
+func appendColumn(b []byte, t *pgjson.Type, col pgoutput.TupleColumn) []byte {
 	switch col.Kind {
-	case TupleNull:
+	case pgoutput.TupleNull:
 		return append(b, "null"...)
-	case TupleBinary:
+	case pgoutput.TupleBinary:
 		// Never requested; keep the bytes recognisable rather than failing.
-		return AppendString(b, []byte(`\x`+fmt.Sprintf("%x", col.Data)))
+		return pgjson.AppendString(b, []byte(`\x`+fmt.Sprintf("%x", col.Data)))
 	}
-	t := rc.Type
-	if t == nil {
-		t = textType
-	}
-	out, err := AppendValue(b, t, col.Data)
+	out, err := pgjson.AppendValue(b, t, col.Data)
 	if err != nil {
-		return AppendString(b, col.Data)
+		return pgjson.AppendString(b, col.Data)
 	}
 	return out
 }
-
-var textType = &Type{Name: "text", Kind: KindText}
 
 // FormatTimestamp formats t in UTC the way the spine (Python's isoformat)
 // writes timestamps back: seconds, microseconds only when not zero, and an

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
 // ClientConfig configures a Client.
@@ -866,7 +867,7 @@ func markMetadata(body []byte, key, field string) []byte {
 }
 
 // AppendQuoted is key as the envelope writes it: a JSON string.
-func AppendQuoted(key string) []byte { return decode.AppendString(nil, []byte(key)) }
+func AppendQuoted(key string) []byte { return pgjson.AppendString(nil, []byte(key)) }
 
 // hasKey reports whether the newest DedupWindow events of source include key.
 func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {

@@ -11,9 +11,10 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
-func testEvent(source string, lsn decode.LSN, seq uint32) *decode.Event {
+func testEvent(source string, lsn pgoutput.LSN, seq uint32) *decode.Event {
 	pos := decode.Position{CommitLSN: lsn, Seq: seq}
 	key := decode.Key("7301", "slot", pos)
 	body := fmt.Sprintf(`{"kind":"other","source":%q,"timestamp":"2026-11-22T10:00:00+00:00","payload":{"table":"public.t","operation":"INSERT","new":{"id":%d},"metadata":{"commit_lsn":%q,"idempotency_key":%q}}}`,

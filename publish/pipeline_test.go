@@ -13,12 +13,13 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 func batchOf(n int) []*decode.Event {
 	evs := make([]*decode.Event, n)
 	for i := range evs {
-		evs[i] = testEvent("s", decode.LSN(0x1000+i/4*0x10), uint32(i%4+1))
+		evs[i] = testEvent("s", pgoutput.LSN(0x1000+i/4*0x10), uint32(i%4+1))
 	}
 	return evs
 }

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // The tables of pgaudit-cdc's own that are published (their names are the
@@ -303,15 +303,6 @@ func AddTables(ctx context.Context, tx pgx.Tx, publication string, tables []pgx.
 	return err
 }
 
-// TableNames writes tables as schema.table, quoted where needed.
-func TableNames(tables []pgx.Identifier) string {
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = decode.QualifiedName(t[0], t[1])
-	}
-	return strings.Join(names, ", ")
-}
-
 // ErrWrongSlot is wrapped when the named slot exists but belongs to another
 // database or output plugin.
 var ErrWrongSlot = errors.New("slot belongs to another database or plugin")
@@ -325,8 +316,8 @@ type SlotInfo struct {
 	Database          string
 	Active            bool
 	ActivePID         int32
-	ConfirmedFlushLSN decode.LSN
-	RestartLSN        decode.LSN
+	ConfirmedFlushLSN pgoutput.LSN
+	RestartLSN        pgoutput.LSN
 	// WALStatus is reserved, extended, unreserved or lost (PostgreSQL 13+).
 	WALStatus string
 	// InvalidationReason is PostgreSQL 17's invalidation_reason; on 16,
@@ -385,23 +376,14 @@ func LookupSlot(ctx context.Context, q interface {
 		info.ActivePID = *row.ActivePID
 	}
 	if row.ConfirmedFlushLSN != nil {
-		info.ConfirmedFlushLSN, _ = ParseLSN(*row.ConfirmedFlushLSN)
+		info.ConfirmedFlushLSN, _ = pgoutput.ParseLSN(*row.ConfirmedFlushLSN)
 	}
 	if row.RestartLSN != nil {
-		info.RestartLSN, _ = ParseLSN(*row.RestartLSN)
+		info.RestartLSN, _ = pgoutput.ParseLSN(*row.RestartLSN)
 	}
 	info.Failover = row.Failover != nil && *row.Failover
 	info.Synced = row.Synced != nil && *row.Synced
 	return info, nil
-}
-
-// ParseLSN parses the X/X form.
-func ParseLSN(s string) (decode.LSN, error) {
-	var hi, lo uint32
-	if _, err := fmt.Sscanf(s, "%X/%X", &hi, &lo); err != nil {
-		return 0, fmt.Errorf("invalid LSN %q: %w", s, err)
-	}
-	return decode.LSN(uint64(hi)<<32 | uint64(lo)), nil
 }
 
 // CreateSlot creates the logical replication slot (plugin pgoutput), so that

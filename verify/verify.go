@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // Check names.
@@ -44,7 +45,15 @@ type Result struct {
 	// KnownCause is set when the failure was declared (a GAP event, a
 	// pending dead letter): a hole whose cause is already known.
 	KnownCause string `json:"known_cause,omitempty"`
+	// Keys names the keys on which a checkpoint and the trail disagree
+	// (faithfulness, chunked checkpoints), at most MaxKeys of them;
+	// KeysTotal counts them all.
+	Keys      []KeyDiff `json:"keys,omitempty"`
+	KeysTotal int       `json:"keys_total,omitempty"`
 }
+
+// MaxKeys bounds the keys one failure lists.
+const MaxKeys = 10000
 
 // Report is what Finish returns.
 type Report struct {
@@ -63,7 +72,7 @@ type generation struct {
 	lastID  int64
 	present map[decode.Position]bool
 	// txCommit, txIndex, txEnded describe the transaction being read.
-	txCommit decode.LSN
+	txCommit pgoutput.LSN
 	txIndex  int
 	txEnded  bool
 	txFirst  int64
@@ -86,6 +95,10 @@ type tableState struct {
 	// unseen counts UPDATE/DELETE events whose old row was not in the fold.
 	unseen      int
 	firstUnseen int64
+	// ix indexes the fold by key; cps are its chunked checkpoints under way,
+	// by checkpoint id.
+	ix  keyIndex
+	cps map[string]*cpState
 }
 
 // Verifier accumulates the checks over a chain read in order.
@@ -101,8 +114,8 @@ type Verifier struct {
 	tables   map[string]*tableState
 	// txHoles are transactions whose events did not all arrive in order:
 	// late events may still complete them (see Finish).
-	txHoles map[string]map[decode.LSN]*txHole
-	late    map[string]map[decode.LSN]*lateTx
+	txHoles map[string]map[pgoutput.LSN]*txHole
+	late    map[string]map[pgoutput.LSN]*lateTx
 	// sources are those of pgaudit-cdc's watches (from its WATCH events):
 	// an event with one of them but no key of this agent was not sent by it.
 	sources map[string]bool
@@ -116,7 +129,7 @@ func New(o Options) *Verifier {
 		// The self-audit source is pgaudit-cdc's own from the start: a WATCH,
 		// DROP or GAP "explanation" posted by someone else is caught.
 		sources: map[string]bool{decode.SelfAuditSource: true},
-		txHoles: map[string]map[decode.LSN]*txHole{}, late: map[string]map[decode.LSN]*lateTx{}}
+		txHoles: map[string]map[pgoutput.LSN]*txHole{}, late: map[string]map[pgoutput.LSN]*lateTx{}}
 }
 
 func (v *Verifier) fail(check string, id int64, known, format string, args ...any) {
@@ -231,7 +244,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 			delete(m, pos)
 		}
 		if v.late[gen] == nil {
-			v.late[gen] = map[decode.LSN]*lateTx{}
+			v.late[gen] = map[pgoutput.LSN]*lateTx{}
 		}
 		lt := v.late[gen][pos.CommitLSN]
 		if lt == nil {
@@ -304,9 +317,9 @@ type txHole struct {
 	late        int // events of it that arrived late
 }
 
-func (v *Verifier) txHole(gen string, commit decode.LSN, first int64, seen, total int) {
+func (v *Verifier) txHole(gen string, commit pgoutput.LSN, first int64, seen, total int) {
 	if v.txHoles[gen] == nil {
-		v.txHoles[gen] = map[decode.LSN]*txHole{}
+		v.txHoles[gen] = map[pgoutput.LSN]*txHole{}
 	}
 	h := v.txHoles[gen][commit]
 	if h == nil {
@@ -367,6 +380,7 @@ func (v *Verifier) Finish() Report {
 				Detail: fmt.Sprintf("the newest transaction (committed at %s) has no last event yet: still being delivered?", st.txCommit)})
 		}
 	}
+	v.unfinishedCheckpoints()
 	for _, c := range []string{CheckChain, CheckCompleteness, CheckFaithfulness} {
 		if !v.first[c] {
 			detail := map[string]string{

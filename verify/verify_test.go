@@ -7,6 +7,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // synthetic builds a chain of n INSERT events of one table in transactions
@@ -17,7 +18,7 @@ func synthetic(tb testing.TB, n int) []chain.Event {
 	prevHash := chain.Genesis
 	var prev decode.Position
 	for i := 0; i < n; i++ {
-		pos := decode.Position{CommitLSN: decode.LSN(0x1000 + (i/3)*0x100), Seq: uint32(i%3 + 1)}
+		pos := decode.Position{CommitLSN: pgoutput.LSN(0x1000 + (i/3)*0x100), Seq: uint32(i%3 + 1)}
 		meta := map[string]any{"idempotency_key": decode.Key("7", "pgaudit_cdc", pos), "tx_index": json.Number(fmt.Sprint(i%3 + 1))}
 		if prev.IsZero() {
 			meta["prev"] = nil

@@ -184,12 +184,14 @@ func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity []
 			return nil, nil, err
 		}
 		identity = append(identity, fixed...)
+		names := make([]string, len(tables))
+		for i, t := range tables {
+			names[i] = decode.QualifiedName(t[0], t[1])
+		}
 		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
-			return nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, replication.TableNames(tables), r.publication), err)
+			return nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, strings.Join(names, ", "), r.publication), err)
 		}
-		for _, t := range tables {
-			added = append(added, decode.QualifiedName(t[0], t[1]))
-		}
+		added = append(added, names...)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, nil, fmt.Errorf("committing the tables of watched schemas: %w", err)

@@ -514,6 +514,14 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 // watched schema stays audited by the schema watch: it stays in the
 // publication without row filter or column list, with REPLICA IDENTITY FULL.
 func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
+	name := decode.QualifiedName(t.Schema, t.Name)
+	return r.unwatch(ctx, name, func(tx pgx.Tx) (bool, error) { return r.unwatchTable(ctx, tx, t, name) })
+}
+
+// unwatch runs remove, which ends a watch and reports whether an active one
+// was removed, in a registry transaction: the schema migrated first, the
+// registry lock held, committed at the end. what names the watch in errors.
+func (r *Registry) unwatch(ctx context.Context, what string, remove func(tx pgx.Tx) (bool, error)) (bool, error) {
 	if _, err := migrations.Apply(ctx, r.conn); err != nil {
 		return false, err
 	}
@@ -522,7 +530,18 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	name := decode.QualifiedName(t.Schema, t.Name)
+	removed, err := remove(tx)
+	if err != nil {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("committing the unwatch of %s: %w", what, err)
+	}
+	return removed, nil
+}
+
+// unwatchTable is Unwatch's part in the registry transaction.
+func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, name string) (bool, error) {
 	rel, exists, err := r.lookup(ctx, tx, t)
 	if err != nil {
 		return false, err
@@ -596,9 +615,6 @@ func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 		}
 		removed = tag.RowsAffected()
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return false, fmt.Errorf("committing the unwatch of %s: %w", name, err)
-	}
 	return removed > 0, nil
 }
 
@@ -614,26 +630,32 @@ func (r *Registry) List(ctx context.Context, all bool) ([]Entry, error) {
 func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
 	// The names come from the catalog while the table exists: a rename is
 	// shown at once, before the registry row follows it.
-	rows, err := conn.Query(ctx, `SELECT w.table_oid, coalesce(n.nspname, w.schema_name), coalesce(c.relname, w.table_name),
-			w.kind, w.source, w.active, w.created_at, w.updated_at,
-			coalesce(w.row_filter, ''), coalesce(w.columns, '{}'), coalesce(w.exclude_columns, '{}'), coalesce(w.on_columns, '{}'), w.changed_by,
-			w.dropped_at
-		FROM pgaudit_cdc.watches w LEFT JOIN pg_class c ON c.oid = w.table_oid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE w.active OR $1 ORDER BY 2, 3`, all)
-	if err != nil {
-		return nil, fmt.Errorf("reading the watch registry: %w", err)
-	}
-	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Entry, error) {
+	return readRows(ctx, conn, "the watch registry", func(row pgx.CollectableRow) (Entry, error) {
 		var e Entry
 		err := row.Scan(&e.TableOID, &e.Schema, &e.Name, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.UpdatedAt,
 			&e.Options.RowFilter, &e.Options.Columns, &e.Options.ExcludeColumns, &e.Options.OnColumns, &e.ChangedBy, &e.DroppedAt)
 		e.Table = decode.QualifiedName(e.Schema, e.Name)
 		return e, err
-	})
+	}, `SELECT w.table_oid, coalesce(n.nspname, w.schema_name), coalesce(c.relname, w.table_name),
+			w.kind, w.source, w.active, w.created_at, w.updated_at,
+			coalesce(w.row_filter, ''), coalesce(w.columns, '{}'), coalesce(w.exclude_columns, '{}'), coalesce(w.on_columns, '{}'), w.changed_by,
+			w.dropped_at
+		FROM pgaudit_cdc.watches w LEFT JOIN pg_class c ON c.oid = w.table_oid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE w.active OR $1 ORDER BY 2, 3`, all)
+}
+
+// readRows runs a query and collects its rows with scan; what names the
+// rows in errors.
+func readRows[T any](ctx context.Context, conn *pgx.Conn, what string, scan pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("reading the watch registry: %w", err)
+		return nil, fmt.Errorf("reading %s: %w", what, err)
 	}
-	return entries, nil
+	out, err := pgx.CollectRows(rows, scan)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", what, err)
+	}
+	return out, nil
 }
 
 // Map turns entries into the decoder's watch map, tombstones included.

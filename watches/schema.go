@@ -105,14 +105,11 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 // active. The tables of the schema leave the publication, except those with
 // a per-table watch, which stay as they are.
 func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, error) {
-	if _, err := migrations.Apply(ctx, r.conn); err != nil {
-		return false, err
-	}
-	tx, err := r.lockedTx(ctx, "unwatch")
-	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	return r.unwatch(ctx, fmt.Sprintf("schema %q", schema), func(tx pgx.Tx) (bool, error) { return r.unwatchSchema(ctx, tx, schema) })
+}
+
+// unwatchSchema is UnwatchSchema's part in the registry transaction.
+func (r *Registry) unwatchSchema(ctx context.Context, tx pgx.Tx, schema string) (bool, error) {
 	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
 	if err != nil {
 		return false, err
@@ -153,9 +150,6 @@ func (r *Registry) UnwatchSchema(ctx context.Context, schema string) (bool, erro
 			}
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return false, fmt.Errorf("committing the unwatch of schema %q: %w", schema, err)
-	}
 	return tag.RowsAffected() > 0, nil
 }
 
@@ -185,20 +179,12 @@ func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, e
 
 // LoadSchemas reads the schema-wide watches.
 func LoadSchemas(ctx context.Context, conn *pgx.Conn, all bool) ([]SchemaEntry, error) {
-	rows, err := conn.Query(ctx, `SELECT schema_name, kind, source, active, created_at, changed_by
-		FROM pgaudit_cdc.schema_watches WHERE active OR $1 ORDER BY schema_name`, all)
-	if err != nil {
-		return nil, fmt.Errorf("reading schema watches: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (SchemaEntry, error) {
+	return readRows(ctx, conn, "schema watches", func(row pgx.CollectableRow) (SchemaEntry, error) {
 		var e SchemaEntry
 		err := row.Scan(&e.Schema, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.ChangedBy)
 		return e, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading schema watches: %w", err)
-	}
-	return out, nil
+	}, `SELECT schema_name, kind, source, active, created_at, changed_by
+		FROM pgaudit_cdc.schema_watches WHERE active OR $1 ORDER BY schema_name`, all)
 }
 
 // SchemaMap turns schema entries into the decoder's schema watch map.

@@ -8,8 +8,7 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // DrainResult compares the agent draining a slot to a discarding sink with
@@ -80,7 +79,7 @@ func (e *env) drain(ctx context.Context) (*DrainResult, error) {
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&endS); err != nil {
 		return nil, err
 	}
-	end, err := replication.ParseLSN(endS)
+	end, err := pgoutput.ParseLSN(endS)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +177,7 @@ func (e *env) drainAgent(ctx context.Context, url, slot, pub string, n int, prof
 
 // drainRecv times pg_recvlogical streaming slot to /dev/null until end, and
 // returns the CPU time it used.
-func (e *env) drainRecv(ctx context.Context, url, slot, pub string, end decode.LSN) (time.Duration, time.Duration, error) {
+func (e *env) drainRecv(ctx context.Context, url, slot, pub string, end pgoutput.LSN) (time.Duration, time.Duration, error) {
 	bin, err := e.tool("pg_recvlogical")
 	if err != nil {
 		return 0, 0, err

@@ -229,25 +229,5 @@ func e2eClient(ctx context.Context, spine *instantSpine, events []*decode.Event)
 // e2ePlain times the simplest sequential producer: a keep-alive net/http
 // client POSTing each body and reading the answer.
 func e2ePlain(ctx context.Context, spine *instantSpine, events []*decode.Event) (time.Duration, error) {
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-	defer hc.CloseIdleConnections()
-	url := spine.srv.URL + "/events"
-	start := time.Now()
-	for _, ev := range events {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(ev.Body))
-		if err != nil {
-			return 0, err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			return 0, fmt.Errorf("plain POST: HTTP %d", resp.StatusCode)
-		}
-	}
-	return time.Since(start), nil
+	return sequentialPost(ctx, spine.srv.URL, events)
 }

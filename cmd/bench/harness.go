@@ -21,8 +21,8 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -33,6 +33,7 @@ type Options struct {
 	Rounds int // interleaved rounds of every comparison
 
 	E2ERows       int           // row changes delivered over HTTP per round
+	NetEvents     int           // events per agent run across the delay proxy
 	LatencyRate   int           // single-row commits per second
 	LatencyFor    time.Duration // how long the latency writer runs
 	WriterFor     time.Duration // one pgbench run
@@ -69,6 +70,7 @@ func (o *Options) defaults() {
 	def(&o.Rows, 1_000_000, 20_000)
 	def(&o.Rounds, 5, 1)
 	def(&o.E2ERows, 100_000, 2_000)
+	def(&o.NetEvents, 20_000, 1_000)
 	def(&o.LatencyRate, 1000, 1000)
 	defd(&o.LatencyFor, 20*time.Second, 2*time.Second)
 	defd(&o.WriterFor, 15*time.Second, 2*time.Second)
@@ -95,6 +97,8 @@ type Results struct {
 	Opts     Options
 	Drain    *DrainResult
 	E2E      *E2EResult
+	Network  *NetworkResult
+	PerTx    *PerTxResult
 	Latency  *LatencyResult
 	Writer   *WriterResult
 	Memory   *MemoryResult
@@ -150,8 +154,10 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	steps := []step{
 		{"drain", func() (err error) { res.Drain, err = e.drain(ctx); return err }},
 		{"e2e", func() (err error) { res.E2E, err = e.e2e(ctx); return err }},
+		{"network", func() (err error) { res.Network, err = e.network(ctx); return err }},
 		{"latency", func() (err error) { res.Latency, err = e.latency(ctx); return err }},
 		{"writer", func() (err error) { res.Writer, err = e.writer(ctx); return err }},
+		{"pertx", func() (err error) { res.PerTx, err = e.perTx(ctx); return err }},
 		{"memory", func() (err error) { res.Memory, err = e.memory(ctx); return err }},
 		{"micro", func() (err error) {
 			if !opts.Micro {
@@ -286,15 +292,15 @@ func firstLine(s string) string {
 	return s
 }
 
-func currentLSN(ctx context.Context, conn *pgx.Conn) (decode.LSN, error) {
+func currentLSN(ctx context.Context, conn *pgx.Conn) (pgoutput.LSN, error) {
 	var s string
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
 		return 0, err
 	}
-	return replication.ParseLSN(s)
+	return pgoutput.ParseLSN(s)
 }
 
-func confirmedLSN(ctx context.Context, conn *pgx.Conn, slot string) (decode.LSN, error) {
+func confirmedLSN(ctx context.Context, conn *pgx.Conn, slot string) (pgoutput.LSN, error) {
 	var s *string
 	if err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&s); err != nil {
 		return 0, fmt.Errorf("reading slot %s: %w", slot, err)
@@ -302,11 +308,11 @@ func confirmedLSN(ctx context.Context, conn *pgx.Conn, slot string) (decode.LSN,
 	if s == nil {
 		return 0, nil
 	}
-	return replication.ParseLSN(*s)
+	return pgoutput.ParseLSN(*s)
 }
 
 // waitConfirmed polls until slot's confirmed_flush_lsn reaches lsn.
-func waitConfirmed(ctx context.Context, conn *pgx.Conn, slot string, lsn decode.LSN, timeout time.Duration, alive func() error) error {
+func waitConfirmed(ctx context.Context, conn *pgx.Conn, slot string, lsn pgoutput.LSN, timeout time.Duration, alive func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		got, err := confirmedLSN(ctx, conn, slot)
@@ -468,6 +474,11 @@ func (s *countSink) Publish(ctx context.Context, ev *decode.Event) error {
 			return err
 		}
 	}
+	s.accepted(ev)
+	return nil
+}
+
+func (s *countSink) accepted(ev *decode.Event) {
 	now := time.Now()
 	if s.observe != nil {
 		s.observe(ev, now)
@@ -481,7 +492,31 @@ func (s *countSink) Publish(ctx context.Context, ev *decode.Event) error {
 			close(s.done)
 		})
 	}
-	return nil
+}
+
+// batchSink is the pipelined delivery of publish.Client, which the agent
+// uses when its sink offers it.
+type batchSink interface {
+	PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error
+}
+
+// PublishBatch passes a run of events to the inner sink's pipelined
+// delivery (one at a time when it has none), counting each as it settles,
+// so that the agent takes the same path it takes in production.
+func (s *countSink) PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error {
+	bs, ok := s.inner.(batchSink)
+	if !ok {
+		for i, ev := range evs {
+			done(i, s.Publish(ctx, ev))
+		}
+		return nil
+	}
+	return bs.PublishBatch(ctx, evs, func(i int, err error) {
+		if err == nil {
+			s.accepted(evs[i])
+		}
+		done(i, err)
+	})
 }
 
 // runningAgent is an in-process agent started by startAgent.

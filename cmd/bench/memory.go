@@ -11,12 +11,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // MemoryResult is the peak RSS of the built agent, run as `pgaudit-cdc run`
@@ -38,19 +37,11 @@ type MemoryCase struct {
 }
 
 func (e *env) memory(ctx context.Context) (*MemoryResult, error) {
-	bin := e.opts.AgentBin
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "pgaudit-bench-bin-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		bin = filepath.Join(dir, "pgaudit-cdc")
-		e.logf("building the agent binary")
-		if err := e.buildAgent(ctx, bin); err != nil {
-			return nil, err
-		}
+	bin, cleanup, err := e.agentBinary(ctx)
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	url, conn, err := e.openDB(ctx, "bench_memory")
 	if err != nil {
 		return nil, err
@@ -104,46 +95,12 @@ func (e *env) memory(ctx context.Context) (*MemoryResult, error) {
 // memoryCase starts a fresh agent process, waits until it streams, commits
 // the workload, waits until the agent confirmed it and reads the peak RSS.
 func (e *env) memoryCase(ctx context.Context, conn *pgx.Conn, bin, url, pub, slot string, c MemoryCase, sql string, args ...any) (MemoryCase, error) {
-	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	p, err := startAgentProcess(ctx, bin, url, slot, pub, 200*time.Millisecond)
 	if err != nil {
 		return c, err
 	}
-	defer devnull.Close()
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "run", "--database-url", url, "--slot", slot, "--publication", pub,
-		"--status-interval", "200ms", "--log-format", "text", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = devnull, &stderr
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AUDIT_STREAM_") && !strings.HasPrefix(kv, "PGAUDIT_") &&
-			!strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "METRICS_ADDR=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	if err := cmd.Start(); err != nil {
-		return c, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	var exitErr error
-	alive := func() error {
-		select {
-		case err := <-exited:
-			exitErr = fmt.Errorf("the agent exited: %v: %s", err, stderr.String())
-			exited <- err
-			return exitErr
-		default:
-			return nil
-		}
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer p.stop()
+	alive := p.alive
 
 	// Streaming and caught up with everything before the workload.
 	now, err := currentLSN(ctx, conn)
@@ -156,7 +113,7 @@ func (e *env) memoryCase(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 	if err := waitConfirmed(ctx, conn, slot, now, 5*time.Minute, alive); err != nil {
 		return c, err
 	}
-	if c.IdleHWM, _, err = procMem(cmd.Process.Pid); err != nil {
+	if c.IdleHWM, _, err = procMem(p.pid()); err != nil {
 		return c, err
 	}
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
@@ -166,7 +123,7 @@ func (e *env) memoryCase(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&endS); err != nil {
 		return c, err
 	}
-	end, err := replication.ParseLSN(endS)
+	end, err := pgoutput.ParseLSN(endS)
 	if err != nil {
 		return c, err
 	}
@@ -175,7 +132,7 @@ func (e *env) memoryCase(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 		return c, err
 	}
 	c.DrainTime = time.Since(t0)
-	if c.HWM, c.RSS, err = procMem(cmd.Process.Pid); err != nil {
+	if c.HWM, c.RSS, err = procMem(p.pid()); err != nil {
 		return c, err
 	}
 	if c.RowBytes > 0 {

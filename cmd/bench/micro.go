@@ -23,7 +23,7 @@ type MicroBench struct {
 	Values    map[string]float64 // unit → median
 }
 
-var microPackages = []string{"./decode", "./publish"}
+var microPackages = []string{"./decode", "./pgjson", "./publish"}
 
 func (e *env) micro(ctx context.Context) (*MicroResult, error) {
 	goCmd, err := goTool()

@@ -17,8 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 // WriterResult is pgbench throughput on the same table under each way of
@@ -277,11 +276,11 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 			return ra.stop()
 		}
 	case varDecode:
-		stop, err := e.startRecvlogical(ctx, url, conn, pub, &run)
+		r, err := e.startRecvlogical(ctx, url, conn, pub, &run)
 		if err != nil {
 			return run, err
 		}
-		stopAudit = stop
+		stopAudit = r.stop
 	case varTrigger:
 		lconn, err := pgx.Connect(ctx, url)
 		if err != nil {
@@ -350,11 +349,17 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 	return run, nil
 }
 
+// recvlogical is a running pg_recvlogical.
+type recvlogical struct {
+	walsender int // its walsender's pid
+	// stop waits until the walsender has sent everything written so far,
+	// records the CPU used by the walsender and pg_recvlogical, and stops it.
+	stop func() error
+}
+
 // startRecvlogical drains a new slot of conn's database with pg_recvlogical
-// for variant (b1). The returned function waits until the walsender has sent
-// everything written so far, records the CPU used by the walsender and
-// pg_recvlogical in run, and stops it.
-func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, pub string, run *WriterRun) (func() error, error) {
+// to /dev/null, from the current position.
+func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, pub string, run *WriterRun) (*recvlogical, error) {
 	const slot = "writer_b1"
 	bin, err := e.tool("pg_recvlogical")
 	if err != nil {
@@ -373,7 +378,7 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	fail := func(err error) (func() error, error) {
+	fail := func(err error) (*recvlogical, error) {
 		_ = cmd.Process.Kill()
 		<-exited
 		_ = dropSlot(ctx, conn, slot)
@@ -400,7 +405,7 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 	if err1 != nil || err2 != nil {
 		return fail(fmt.Errorf("reading CPU times: %v, %v", err1, err2))
 	}
-	return func() error {
+	return &recvlogical{walsender: int(pid), stop: func() error {
 		defer func() { _ = dropSlot(context.WithoutCancel(ctx), conn, slot) }()
 		end, err := currentLSN(ctx, conn)
 		if err == nil {
@@ -422,18 +427,14 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 			<-exited
 		}
 		return err
-	}, nil
+	}}, nil
 }
 
 // waitSent polls until the walsender pid has sent WAL up to lsn.
-func waitSent(ctx context.Context, conn *pgx.Conn, pid int, lsn decode.LSN, timeout time.Duration, alive func() error) error {
+func waitSent(ctx context.Context, conn *pgx.Conn, pid int, lsn pgoutput.LSN, timeout time.Duration, alive func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		var sent string
-		if err := conn.QueryRow(ctx, "SELECT sent_lsn::text FROM pg_stat_replication WHERE pid = $1", pid).Scan(&sent); err != nil {
-			return fmt.Errorf("reading the walsender's position: %w", err)
-		}
-		got, err := replication.ParseLSN(sent)
+		got, err := walsenderSent(ctx, conn, pid)
 		if err != nil {
 			return err
 		}

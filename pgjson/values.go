@@ -1,4 +1,4 @@
-package decode
+package pgjson
 
 import (
 	"encoding/binary"
@@ -17,20 +17,20 @@ import (
 var ErrMalformedValue = errors.New("malformed value")
 
 const (
-	// valMaxDepth caps the nesting of arrays and composites in one value
+	// maxDepth caps the nesting of arrays and composites in one value
 	// (each array dimension and each composite counts one level).
-	valMaxDepth = 100
-	// valMaxJSONDepth caps the nesting of an embedded json/jsonb value;
+	maxDepth = 100
+	// maxJSONDepth caps the nesting of an embedded json/jsonb value;
 	// deeper documents are emitted as a JSON string so that consumers with
 	// a recursion limit (Python's json allows about 1000) can read them.
-	valMaxJSONDepth = 256
-	// valMaxJSONIntDigits caps the digits of an integer literal inside an
+	maxJSONDepth = 256
+	// maxJSONIntDigits caps the digits of an integer literal inside an
 	// embedded json/jsonb value; a document with a longer one is emitted as
 	// a JSON string (Python refuses to parse integers of more than 4300
 	// digits by default).
-	valMaxJSONIntDigits = 4000
-	// valErrTextMax is how much of a malformed value an error quotes.
-	valErrTextMax = 48
+	maxJSONIntDigits = 4000
+	// errTextMax is how much of a malformed value an error quotes.
+	errTextMax = 48
 )
 
 // AppendValue appends the JSON form of one column value, given its text
@@ -39,26 +39,26 @@ const (
 // error wrapping ErrMalformedValue, and dst unchanged. A nil t is treated
 // as KindText. It does not allocate when dst has enough capacity.
 func AppendValue(dst []byte, t *Type, text []byte) ([]byte, error) {
-	out, err := valAppend(dst, t, text, 0)
+	out, err := appendValue(dst, t, text, 0)
 	if err != nil {
 		return dst, err
 	}
 	return out, nil
 }
 
-// valAppend converts text at nesting depth depth (the number of arrays and
+// appendValue converts text at nesting depth depth (the number of arrays and
 // composites enclosing it).
-func valAppend(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+func appendValue(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
 	if t == nil {
 		return AppendString(dst, text), nil
 	}
 	switch t.Kind {
 	case KindInteger:
-		return valAppendInteger(dst, t, text)
+		return appendInteger(dst, t, text)
 	case KindFloat:
-		return valAppendFloat(dst, t, text)
+		return appendFloat(dst, t, text)
 	case KindNumeric:
-		return valAppendNumeric(dst, t, text)
+		return appendNumeric(dst, t, text)
 	case KindBool:
 		switch string(text) {
 		case "t", "true":
@@ -66,24 +66,24 @@ func valAppend(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
 		case "f", "false":
 			return append(dst, "false"...), nil
 		}
-		return dst, valError(t, text, "not a boolean")
+		return dst, malformed(t, text, "not a boolean")
 	case KindJSON:
-		return valAppendJSON(dst, text), nil
+		return appendJSON(dst, text), nil
 	case KindTimestamp, KindTimestampTZ, KindDate, KindTime, KindTimeTZ:
-		return valAppendDateTime(dst, t, text)
+		return appendDateTime(dst, t, text)
 	case KindBytea:
-		return valAppendBytea(dst, t, text)
+		return appendBytea(dst, t, text)
 	case KindArray:
-		return valAppendArray(dst, t, text, depth)
+		return appendArray(dst, t, text, depth)
 	case KindComposite:
-		return valAppendComposite(dst, t, text, depth)
+		return appendComposite(dst, t, text, depth)
 	}
 	return AppendString(dst, text), nil
 }
 
-// valError builds an error wrapping ErrMalformedValue that quotes the start
+// malformed builds an error wrapping ErrMalformedValue that quotes the start
 // of the text.
-func valError(t *Type, text []byte, reason string) error {
+func malformed(t *Type, text []byte, reason string) error {
 	name := "text"
 	if t != nil {
 		name = t.Name
@@ -92,32 +92,32 @@ func valError(t *Type, text []byte, reason string) error {
 		}
 	}
 	more := ""
-	if len(text) > valErrTextMax {
-		text, more = text[:valErrTextMax], "..."
+	if len(text) > errTextMax {
+		text, more = text[:errTextMax], "..."
 	}
 	return fmt.Errorf("%w: %s: %s: %q%s", ErrMalformedValue, name, reason, text, more)
 }
 
-func valIsDigit(c byte) bool { return c >= '0' && c <= '9' }
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-// valDigits returns the index of the first non-digit at or after i.
-func valDigits(s []byte, i int) int {
-	for i < len(s) && valIsDigit(s[i]) {
+// skipDigits returns the index of the first non-digit at or after i.
+func skipDigits(s []byte, i int) int {
+	for i < len(s) && isDigit(s[i]) {
 		i++
 	}
 	return i
 }
 
-// valAppendInteger writes an optional '-' and digits as a JSON number
+// appendInteger writes an optional '-' and digits as a JSON number
 // (leading zeros dropped, "-0" written as 0).
-func valAppendInteger(dst []byte, t *Type, text []byte) ([]byte, error) {
+func appendInteger(dst []byte, t *Type, text []byte) ([]byte, error) {
 	s := text
 	neg := len(s) > 0 && s[0] == '-'
 	if neg {
 		s = s[1:]
 	}
-	if len(s) == 0 || valDigits(s, 0) != len(s) {
-		return dst, valError(t, text, "not an integer")
+	if len(s) == 0 || skipDigits(s, 0) != len(s) {
+		return dst, malformed(t, text, "not an integer")
 	}
 	i := 0
 	for i < len(s)-1 && s[i] == '0' {
@@ -130,8 +130,8 @@ func valAppendInteger(dst []byte, t *Type, text []byte) ([]byte, error) {
 	return append(dst, s...), nil
 }
 
-// valJSONNumber reports whether s is a number in JSON's grammar.
-func valJSONNumber(s []byte) bool {
+// isJSONNumber reports whether s is a number in JSON's grammar.
+func isJSONNumber(s []byte) bool {
 	i := 0
 	if i < len(s) && s[i] == '-' {
 		i++
@@ -140,12 +140,12 @@ func valJSONNumber(s []byte) bool {
 	case i < len(s) && s[i] == '0':
 		i++
 	case i < len(s) && s[i] >= '1' && s[i] <= '9':
-		i = valDigits(s, i)
+		i = skipDigits(s, i)
 	default:
 		return false
 	}
 	if i < len(s) && s[i] == '.' {
-		j := valDigits(s, i+1)
+		j := skipDigits(s, i+1)
 		if j == i+1 {
 			return false
 		}
@@ -156,7 +156,7 @@ func valJSONNumber(s []byte) bool {
 		if i < len(s) && (s[i] == '+' || s[i] == '-') {
 			i++
 		}
-		j := valDigits(s, i)
+		j := skipDigits(s, i)
 		if j == i {
 			return false
 		}
@@ -165,24 +165,24 @@ func valJSONNumber(s []byte) bool {
 	return i == len(s)
 }
 
-// valAppendFloat writes a float4/float8 as a JSON number; the non-finite
+// appendFloat writes a float4/float8 as a JSON number; the non-finite
 // values become strings. "-0" is written as -0.0 so that readers which keep
 // integers apart from floats (Python) do not turn it into the integer 0.
-func valAppendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
+func appendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
 	switch string(text) {
 	case "NaN", "Infinity", "-Infinity":
 		return AppendString(dst, text), nil
 	case "-0":
 		return append(dst, "-0.0"...), nil
 	}
-	if !valJSONNumber(text) {
-		return dst, valError(t, text, "not a float")
+	if !isJSONNumber(text) {
+		return dst, malformed(t, text, "not a float")
 	}
 	return append(dst, text...), nil
 }
 
-// valAppendNumeric writes a numeric's exact text as a JSON string.
-func valAppendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
+// appendNumeric writes a numeric's exact text as a JSON string.
+func appendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
 	switch string(text) {
 	case "NaN", "Infinity", "-Infinity":
 		return AppendString(dst, text), nil
@@ -191,39 +191,39 @@ func valAppendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
 	if len(s) > 0 && (s[0] == '-' || s[0] == '+') {
 		s = s[1:]
 	}
-	i := valDigits(s, 0)
+	i := skipDigits(s, 0)
 	n := i
 	if i < len(s) && s[i] == '.' {
-		j := valDigits(s, i+1)
+		j := skipDigits(s, i+1)
 		n += j - i - 1
 		i = j
 	}
 	if n == 0 {
-		return dst, valError(t, text, "not a numeric")
+		return dst, malformed(t, text, "not a numeric")
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 		i++
 		if i < len(s) && (s[i] == '+' || s[i] == '-') {
 			i++
 		}
-		j := valDigits(s, i)
+		j := skipDigits(s, i)
 		if j == i {
-			return dst, valError(t, text, "not a numeric")
+			return dst, malformed(t, text, "not a numeric")
 		}
 		i = j
 	}
 	if i != len(s) {
-		return dst, valError(t, text, "not a numeric")
+		return dst, malformed(t, text, "not a numeric")
 	}
 	dst = append(dst, '"')
 	dst = append(dst, text...)
 	return append(dst, '"'), nil
 }
 
-// valAppendJSON embeds valid JSON, without insignificant whitespace (so the
+// appendJSON embeds valid JSON, without insignificant whitespace (so the
 // event stays on one line) and with U+2028/U+2029 escaped; anything else is
 // written as a JSON string of the text.
-func valAppendJSON(dst []byte, text []byte) []byte {
+func appendJSON(dst []byte, text []byte) []byte {
 	if !utf8.Valid(text) || !json.Valid(text) {
 		return AppendString(dst, text)
 	}
@@ -239,7 +239,7 @@ func valAppendJSON(dst []byte, text []byte) []byte {
 			start = i
 		case '{', '[':
 			depth++
-			if depth > valMaxJSONDepth {
+			if depth > maxJSONDepth {
 				return AppendString(dst[:n0], text)
 			}
 			i++
@@ -269,19 +269,19 @@ func valAppendJSON(dst []byte, text []byte) []byte {
 				i++
 			}
 		default:
-			if c == '-' || valIsDigit(c) {
+			if c == '-' || isDigit(c) {
 				j := i
 				if c == '-' {
 					j++
 				}
-				k := valDigits(text, j)
-				if k-j > valMaxJSONIntDigits {
+				k := skipDigits(text, j)
+				if k-j > maxJSONIntDigits {
 					return AppendString(dst[:n0], text)
 				}
 				// A fraction or an exponent makes it a float for the
 				// spine (Python): one beyond the float64 range would be
 				// stored as Infinity, which is not JSON.
-				e, big := valJSONFloatEnd(text, k)
+				e, big := jsonFloatEnd(text, k)
 				if e > k && (big || k-j > 300) {
 					if f, err := strconv.ParseFloat(string(text[i:e]), 64); err != nil || math.IsInf(f, 0) {
 						return AppendString(dst[:n0], text)
@@ -296,14 +296,14 @@ func valAppendJSON(dst []byte, text []byte) []byte {
 	return append(dst, text[start:]...)
 }
 
-// valJSONFloatEnd returns the end of the fraction and exponent of a JSON
+// jsonFloatEnd returns the end of the fraction and exponent of a JSON
 // number whose integer part ends at i (i itself when it has neither), and
 // whether the exponent has three digits or more (only then, or with more
 // than 300 integer digits, can the number overflow a float64).
-func valJSONFloatEnd(s []byte, i int) (int, bool) {
+func jsonFloatEnd(s []byte, i int) (int, bool) {
 	big := false
 	if i < len(s) && s[i] == '.' {
-		i = valDigits(s, i+1)
+		i = skipDigits(s, i+1)
 	}
 	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
 		i++
@@ -314,20 +314,20 @@ func valJSONFloatEnd(s []byte, i int) (int, bool) {
 		for j < len(s) && s[j] == '0' {
 			j++
 		}
-		i = valDigits(s, i)
+		i = skipDigits(s, i)
 		big = i-j >= 3
 	}
 	return i, big
 }
 
-// valAppendBytea writes the hex form "\x0102ff" as a JSON string.
-func valAppendBytea(dst []byte, t *Type, text []byte) ([]byte, error) {
+// appendBytea writes the hex form "\x0102ff" as a JSON string.
+func appendBytea(dst []byte, t *Type, text []byte) ([]byte, error) {
 	if len(text) < 2 || text[0] != '\\' || text[1] != 'x' || len(text)%2 != 0 {
-		return dst, valError(t, text, "not a hex bytea")
+		return dst, malformed(t, text, "not a hex bytea")
 	}
 	for _, c := range text[2:] {
-		if !valIsDigit(c) && (c|0x20 < 'a' || c|0x20 > 'f') {
-			return dst, valError(t, text, "not a hex bytea")
+		if !isDigit(c) && (c|0x20 < 'a' || c|0x20 > 'f') {
+			return dst, malformed(t, text, "not a hex bytea")
 		}
 	}
 	dst = append(dst, `"\\`...)
@@ -335,21 +335,21 @@ func valAppendBytea(dst []byte, t *Type, text []byte) ([]byte, error) {
 	return append(dst, '"'), nil
 }
 
-// valTwoDigits reports whether s[i:i+2] are two digits.
-func valTwoDigits(s []byte, i int) bool {
-	return i+2 <= len(s) && valIsDigit(s[i]) && valIsDigit(s[i+1])
+// twoDigits reports whether s[i:i+2] are two digits.
+func twoDigits(s []byte, i int) bool {
+	return i+2 <= len(s) && isDigit(s[i]) && isDigit(s[i+1])
 }
 
-// valParseTime checks "HH:MM:SS[.fraction]" at s[i:] and returns its end,
+// parseTime checks "HH:MM:SS[.fraction]" at s[i:] and returns its end,
 // or -1.
-func valParseTime(s []byte, i int) int {
-	if !valTwoDigits(s, i) || i+2 >= len(s) || s[i+2] != ':' ||
-		!valTwoDigits(s, i+3) || i+5 >= len(s) || s[i+5] != ':' || !valTwoDigits(s, i+6) {
+func parseTime(s []byte, i int) int {
+	if !twoDigits(s, i) || i+2 >= len(s) || s[i+2] != ':' ||
+		!twoDigits(s, i+3) || i+5 >= len(s) || s[i+5] != ':' || !twoDigits(s, i+6) {
 		return -1
 	}
 	i += 8
 	if i < len(s) && s[i] == '.' {
-		j := valDigits(s, i+1)
+		j := skipDigits(s, i+1)
 		if j == i+1 {
 			return -1
 		}
@@ -358,14 +358,14 @@ func valParseTime(s []byte, i int) int {
 	return i
 }
 
-// valParseOffset checks "+HH[:MM[:SS]]" at s[i:] and returns its end, or -1.
-func valParseOffset(s []byte, i int) int {
-	if i >= len(s) || (s[i] != '+' && s[i] != '-') || !valTwoDigits(s, i+1) {
+// parseOffset checks "+HH[:MM[:SS]]" at s[i:] and returns its end, or -1.
+func parseOffset(s []byte, i int) int {
+	if i >= len(s) || (s[i] != '+' && s[i] != '-') || !twoDigits(s, i+1) {
 		return -1
 	}
 	i += 3
 	for k := 0; k < 2 && i < len(s) && s[i] == ':'; k++ {
-		if !valTwoDigits(s, i+1) {
+		if !twoDigits(s, i+1) {
 			return -1
 		}
 		i += 3
@@ -373,9 +373,9 @@ func valParseOffset(s []byte, i int) int {
 	return i
 }
 
-// valAppendOffset writes an offset checked by valParseOffset, adding ":00"
+// appendOffset writes an offset checked by parseOffset, adding ":00"
 // when it has hours only.
-func valAppendOffset(dst []byte, off []byte) []byte {
+func appendOffset(dst []byte, off []byte) []byte {
 	dst = append(dst, off...)
 	if len(off) == 3 {
 		dst = append(dst, ":00"...)
@@ -383,54 +383,54 @@ func valAppendOffset(dst []byte, off []byte) []byte {
 	return dst
 }
 
-// valAppendDateTime maps the ISO text forms of date, time, timetz,
+// appendDateTime maps the ISO text forms of date, time, timetz,
 // timestamp and timestamptz to ISO 8601 strings.
-func valAppendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
+func appendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 	kind := t.Kind
 	if kind == KindTime || kind == KindTimeTZ {
-		end := valParseTime(text, 0)
+		end := parseTime(text, 0)
 		if end < 0 {
-			return dst, valError(t, text, "not a time")
+			return dst, malformed(t, text, "not a time")
 		}
 		off := end
 		if kind == KindTimeTZ {
-			off = valParseOffset(text, end)
+			off = parseOffset(text, end)
 			if off < 0 {
-				return dst, valError(t, text, "not a time with time zone")
+				return dst, malformed(t, text, "not a time with time zone")
 			}
 		}
 		if off != len(text) {
-			return dst, valError(t, text, "not a time")
+			return dst, malformed(t, text, "not a time")
 		}
 		dst = append(dst, '"')
 		dst = append(dst, text[:end]...)
-		dst = valAppendOffset(dst, text[end:off])
+		dst = appendOffset(dst, text[end:off])
 		return append(dst, '"'), nil
 	}
 	if s := string(text); s == "infinity" || s == "-infinity" {
 		return AppendString(dst, text), nil
 	}
 	// Date: at least 4 year digits (zero-padded), "-MM-DD".
-	yEnd := valDigits(text, 0)
+	yEnd := skipDigits(text, 0)
 	if yEnd < 4 || yEnd > 9 || yEnd+6 > len(text) || text[yEnd] != '-' ||
-		!valTwoDigits(text, yEnd+1) || text[yEnd+3] != '-' || !valTwoDigits(text, yEnd+4) {
-		return dst, valError(t, text, "not a date")
+		!twoDigits(text, yEnd+1) || text[yEnd+3] != '-' || !twoDigits(text, yEnd+4) {
+		return dst, malformed(t, text, "not a date")
 	}
 	dEnd := yEnd + 6
 	tEnd, oEnd := dEnd, dEnd
 	if kind != KindDate {
 		if dEnd >= len(text) || text[dEnd] != ' ' {
-			return dst, valError(t, text, "not a timestamp")
+			return dst, malformed(t, text, "not a timestamp")
 		}
-		tEnd = valParseTime(text, dEnd+1)
+		tEnd = parseTime(text, dEnd+1)
 		if tEnd < 0 {
-			return dst, valError(t, text, "not a timestamp")
+			return dst, malformed(t, text, "not a timestamp")
 		}
 		oEnd = tEnd
 		if kind == KindTimestampTZ {
-			oEnd = valParseOffset(text, tEnd)
+			oEnd = parseOffset(text, tEnd)
 			if oEnd < 0 {
-				return dst, valError(t, text, "not a timestamp with time zone")
+				return dst, malformed(t, text, "not a timestamp with time zone")
 			}
 		}
 	}
@@ -440,7 +440,7 @@ func valAppendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 	case " BC":
 		bc = true
 	default:
-		return dst, valError(t, text, "unexpected text after the date")
+		return dst, malformed(t, text, "unexpected text after the date")
 	}
 	dst = append(dst, '"')
 	if bc {
@@ -449,7 +449,7 @@ func valAppendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 			year = year*10 + int(c-'0')
 		}
 		if year == 0 {
-			return dst, valError(t, text, "year 0 BC")
+			return dst, malformed(t, text, "year 0 BC")
 		}
 		// 1 BC is year 0, 2 BC is year -1 (ISO 8601 astronomical years).
 		year--
@@ -471,45 +471,45 @@ func valAppendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 	if kind != KindDate {
 		dst = append(dst, 'T')
 		dst = append(dst, text[dEnd+1:tEnd]...)
-		dst = valAppendOffset(dst, text[tEnd:oEnd])
+		dst = appendOffset(dst, text[tEnd:oEnd])
 	}
 	return append(dst, '"'), nil
 }
 
-// valArraySpace reports whether PostgreSQL's array parser skips c as
+// arraySpace reports whether PostgreSQL's array parser skips c as
 // whitespace.
-func valArraySpace(c byte) bool {
+func arraySpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
 }
 
-// valIsNull reports whether s is "NULL", ignoring case.
-func valIsNull(s []byte) bool {
+// isNull reports whether s is "NULL", ignoring case.
+func isNull(s []byte) bool {
 	return len(s) == 4 && s[0]|0x20 == 'n' && s[1]|0x20 == 'u' && s[2]|0x20 == 'l' && s[3]|0x20 == 'l'
 }
 
-// valArrayParser holds the state of parsing one array literal.
-type valArrayParser struct {
+// arrayParser holds the state of parsing one array literal.
+type arrayParser struct {
 	t     *Type
 	text  []byte
 	pos   int
 	delim byte
 	// dims[l] is 1 + the element count of the sub-arrays at level l (0: none
 	// seen yet), so that ragged literals are rejected as PostgreSQL does.
-	dims [valMaxDepth + 1]int
+	dims [maxDepth + 1]int
 	// subs[l] is 1 if level l holds sub-arrays, 2 if it holds elements.
-	subs [valMaxDepth + 1]uint8
+	subs [maxDepth + 1]uint8
 }
 
-func (p *valArrayParser) skipSpace() {
-	for p.pos < len(p.text) && valArraySpace(p.text[p.pos]) {
+func (p *arrayParser) skipSpace() {
+	for p.pos < len(p.text) && arraySpace(p.text[p.pos]) {
 		p.pos++
 	}
 }
 
-// valAppendArray converts an array literal ("{1,2}", "{{1},{2}}",
+// appendArray converts an array literal ("{1,2}", "{{1},{2}}",
 // "[0:1]={1,2}") to a JSON array.
-func valAppendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
-	p := valArrayParser{t: t, text: text, delim: t.Delim}
+func appendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+	p := arrayParser{t: t, text: text, delim: t.Delim}
 	if p.delim == 0 {
 		p.delim = ','
 	}
@@ -522,9 +522,9 @@ func valAppendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error)
 				if p.pos < len(text) && (text[p.pos] == '-' || text[p.pos] == '+') {
 					p.pos++
 				}
-				end := valDigits(text, p.pos)
+				end := skipDigits(text, p.pos)
 				if end == p.pos {
-					return dst, valError(t, text, "bad array bounds")
+					return dst, malformed(t, text, "bad array bounds")
 				}
 				p.pos = end
 				if k == 0 && p.pos < len(text) && text[p.pos] == ':' {
@@ -534,13 +534,13 @@ func valAppendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error)
 				break
 			}
 			if p.pos >= len(text) || text[p.pos] != ']' {
-				return dst, valError(t, text, "bad array bounds")
+				return dst, malformed(t, text, "bad array bounds")
 			}
 			p.pos++
 			p.skipSpace()
 		}
 		if p.pos >= len(text) || text[p.pos] != '=' {
-			return dst, valError(t, text, "missing '=' after array bounds")
+			return dst, malformed(t, text, "missing '=' after array bounds")
 		}
 		p.pos++
 		p.skipSpace()
@@ -551,21 +551,21 @@ func valAppendArray(dst []byte, t *Type, text []byte, depth int) ([]byte, error)
 	}
 	p.skipSpace()
 	if p.pos != len(text) {
-		return dst, valError(t, text, "junk after the array")
+		return dst, malformed(t, text, "junk after the array")
 	}
 	return out, nil
 }
 
 // level parses one "{...}" at p.pos; depth is the nesting of the enclosing
 // value, lvl the dimension (0 for the outermost braces).
-func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
+func (p *arrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 	text := p.text
 	depth++
-	if depth > valMaxDepth || lvl >= len(p.dims) {
-		return dst, valError(p.t, text, "nested too deeply")
+	if depth > maxDepth || lvl >= len(p.dims) {
+		return dst, malformed(p.t, text, "nested too deeply")
 	}
 	if p.pos >= len(text) || text[p.pos] != '{' {
-		return dst, valError(p.t, text, "missing '{'")
+		return dst, malformed(p.t, text, "missing '{'")
 	}
 	p.pos++
 	dst = append(dst, '[')
@@ -577,7 +577,7 @@ func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 		for {
 			p.skipSpace()
 			if p.pos >= len(text) {
-				return dst, valError(p.t, text, "unterminated array")
+				return dst, malformed(p.t, text, "unterminated array")
 			}
 			if count > 0 {
 				dst = append(dst, ',')
@@ -585,13 +585,13 @@ func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 			var err error
 			if text[p.pos] == '{' {
 				if p.subs[lvl] == 2 {
-					return dst, valError(p.t, text, "sub-array mixed with elements")
+					return dst, malformed(p.t, text, "sub-array mixed with elements")
 				}
 				p.subs[lvl] = 1
 				dst, err = p.level(dst, depth, lvl+1)
 			} else {
 				if p.subs[lvl] == 1 {
-					return dst, valError(p.t, text, "element mixed with sub-arrays")
+					return dst, malformed(p.t, text, "element mixed with sub-arrays")
 				}
 				p.subs[lvl] = 2
 				dst, err = p.element(dst, depth)
@@ -602,7 +602,7 @@ func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 			count++
 			p.skipSpace()
 			if p.pos >= len(text) {
-				return dst, valError(p.t, text, "unterminated array")
+				return dst, malformed(p.t, text, "unterminated array")
 			}
 			if c := text[p.pos]; c == p.delim {
 				p.pos++
@@ -611,20 +611,20 @@ func (p *valArrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 				p.pos++
 				break
 			}
-			return dst, valError(p.t, text, "unexpected character in array")
+			return dst, malformed(p.t, text, "unexpected character in array")
 		}
 	}
 	if p.dims[lvl] == 0 {
 		p.dims[lvl] = count + 1
 	} else if p.dims[lvl] != count+1 {
-		return dst, valError(p.t, text, "sub-arrays of different sizes")
+		return dst, malformed(p.t, text, "sub-arrays of different sizes")
 	}
 	return append(dst, ']'), nil
 }
 
 // element parses one element at p.pos (not '{', whitespace skipped) and
 // appends its conversion by the element type.
-func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
+func (p *arrayParser) element(dst []byte, depth int) ([]byte, error) {
 	text := p.text
 	start := p.pos
 	// Fast path: an unquoted element without escapes.
@@ -638,15 +638,15 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 	}
 	if i < len(text) && (text[i] == p.delim || text[i] == '}') {
 		e := i
-		for e > start && valArraySpace(text[e-1]) {
+		for e > start && arraySpace(text[e-1]) {
 			e--
 		}
 		raw := text[start:e]
 		if len(raw) == 0 {
-			return dst, valError(p.t, text, "empty array element")
+			return dst, malformed(p.t, text, "empty array element")
 		}
 		p.pos = i
-		if valIsNull(raw) {
+		if isNull(raw) {
 			return append(dst, "null"...), nil
 		}
 		return p.convert(dst, raw, depth)
@@ -659,7 +659,7 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 		}
 		if j < len(text) && text[j] == '"' {
 			k := j + 1
-			for k < len(text) && valArraySpace(text[k]) {
+			for k < len(text) && arraySpace(text[k]) {
 				k++
 			}
 			if k < len(text) && (text[k] == p.delim || text[k] == '}') {
@@ -676,12 +676,12 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 	i = start
 	for {
 		if i >= len(text) {
-			return dst[:s0], valError(p.t, text, "unterminated array element")
+			return dst[:s0], malformed(p.t, text, "unterminated array element")
 		}
 		c := text[i]
 		if c == '\\' {
 			if i+1 >= len(text) {
-				return dst[:s0], valError(p.t, text, "unterminated array element")
+				return dst[:s0], malformed(p.t, text, "unterminated array element")
 			}
 			dst = append(dst, text[i+1])
 			i += 2
@@ -701,12 +701,12 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 				break
 			}
 			if c == '{' {
-				return dst[:s0], valError(p.t, text, "unexpected '{' in array element")
+				return dst[:s0], malformed(p.t, text, "unexpected '{' in array element")
 			}
 		}
 		dst = append(dst, c)
 		i++
-		if inQuotes || !valArraySpace(c) {
+		if inQuotes || !arraySpace(c) {
 			sig = len(dst)
 		}
 	}
@@ -715,9 +715,9 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 	raw := dst[s0:]
 	if !quoted {
 		if len(raw) == 0 {
-			return dst[:s0], valError(p.t, text, "empty array element")
+			return dst[:s0], malformed(p.t, text, "empty array element")
 		}
-		if valIsNull(raw) {
+		if isNull(raw) {
 			return append(dst[:s0], "null"...), nil
 		}
 	}
@@ -725,45 +725,45 @@ func (p *valArrayParser) element(dst []byte, depth int) ([]byte, error) {
 	if err != nil {
 		return dst[:s0], err
 	}
-	return valDropScratch(out, s0, len(raw)), nil
+	return dropScratch(out, s0, len(raw)), nil
 }
 
 // convert appends the element's JSON form.
-func (p *valArrayParser) convert(dst, raw []byte, depth int) ([]byte, error) {
-	out, err := valAppend(dst, p.t.Elem, raw, depth)
+func (p *arrayParser) convert(dst, raw []byte, depth int) ([]byte, error) {
+	out, err := appendValue(dst, p.t.Elem, raw, depth)
 	if err != nil {
 		return dst, fmt.Errorf("array %s: %w", p.t.Name, err)
 	}
 	return out, nil
 }
 
-// valDropScratch removes n scratch bytes at buf[at:] by moving what follows
+// dropScratch removes n scratch bytes at buf[at:] by moving what follows
 // them down.
-func valDropScratch(buf []byte, at, n int) []byte {
+func dropScratch(buf []byte, at, n int) []byte {
 	copy(buf[at:], buf[at+n:])
 	return buf[:len(buf)-n]
 }
 
-// valAppendComposite converts a record literal ("(1,\"a b\",)") to a JSON
+// appendComposite converts a record literal ("(1,\"a b\",)") to a JSON
 // object keyed by field name.
-func valAppendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
+func appendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error) {
 	depth++
-	if depth > valMaxDepth {
-		return dst, valError(t, text, "nested too deeply")
+	if depth > maxDepth {
+		return dst, malformed(t, text, "nested too deeply")
 	}
 	n0 := len(dst)
 	pos := 0
-	for pos < len(text) && valArraySpace(text[pos]) {
+	for pos < len(text) && arraySpace(text[pos]) {
 		pos++
 	}
 	if pos >= len(text) || text[pos] != '(' {
-		return dst, valError(t, text, "missing '('")
+		return dst, malformed(t, text, "missing '('")
 	}
 	pos++
 	dst = append(dst, '{')
 	if len(t.Fields) == 0 {
 		if pos >= len(text) || text[pos] != ')' {
-			return dst[:n0], valError(t, text, "too many fields")
+			return dst[:n0], malformed(t, text, "too many fields")
 		}
 		pos++
 	}
@@ -776,16 +776,16 @@ func valAppendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, er
 		dst = AppendString(dst, unsafe.Slice(unsafe.StringData(f.Name), len(f.Name)))
 		dst = append(dst, ':')
 		if pos >= len(text) {
-			return dst[:n0], valError(t, text, "unterminated record")
+			return dst[:n0], malformed(t, text, "unterminated record")
 		}
 		var err error
 		if c := text[pos]; c == ',' || c == ')' {
 			dst = append(dst, "null"...)
-		} else if dst, pos, err = valCompositeField(dst, t, f, text, pos, depth); err != nil {
+		} else if dst, pos, err = compositeField(dst, t, f, text, pos, depth); err != nil {
 			return dst[:n0], err
 		}
 		if pos >= len(text) {
-			return dst[:n0], valError(t, text, "unterminated record")
+			return dst[:n0], malformed(t, text, "unterminated record")
 		}
 		want := byte(',')
 		if fi == len(t.Fields)-1 {
@@ -793,26 +793,26 @@ func valAppendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, er
 		}
 		if text[pos] != want {
 			if want == ')' {
-				return dst[:n0], valError(t, text, "too many fields")
+				return dst[:n0], malformed(t, text, "too many fields")
 			}
-			return dst[:n0], valError(t, text, "too few fields")
+			return dst[:n0], malformed(t, text, "too few fields")
 		}
 		pos++
 	}
-	for pos < len(text) && valArraySpace(text[pos]) {
+	for pos < len(text) && arraySpace(text[pos]) {
 		pos++
 	}
 	if pos != len(text) {
-		return dst[:n0], valError(t, text, "junk after the record")
+		return dst[:n0], malformed(t, text, "junk after the record")
 	}
 	return append(dst, '}'), nil
 }
 
-// valCompositeField parses the non-empty field at text[pos:] and appends
+// compositeField parses the non-empty field at text[pos:] and appends
 // its conversion; it returns the position of the ',' or ')' after it.
-func valCompositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth int) ([]byte, int, error) {
+func compositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth int) ([]byte, int, error) {
 	convert := func(dst, raw []byte) ([]byte, error) {
-		out, err := valAppend(dst, f.Type, raw, depth)
+		out, err := appendValue(dst, f.Type, raw, depth)
 		if err != nil {
 			return dst, fmt.Errorf("field %s.%s: %w", t.Name, f.Name, err)
 		}
@@ -849,7 +849,7 @@ func valCompositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth in
 	i = pos
 	for {
 		if i >= len(text) {
-			return dst[:s0], i, valError(t, text, "unterminated record field")
+			return dst[:s0], i, malformed(t, text, "unterminated record field")
 		}
 		c := text[i]
 		if !inQuotes && (c == ',' || c == ')') {
@@ -858,7 +858,7 @@ func valCompositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth in
 		switch {
 		case c == '\\':
 			if i+1 >= len(text) {
-				return dst[:s0], i, valError(t, text, "unterminated record field")
+				return dst[:s0], i, malformed(t, text, "unterminated record field")
 			}
 			dst = append(dst, text[i+1])
 			i += 2
@@ -881,11 +881,11 @@ func valCompositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth in
 	if err != nil {
 		return dst[:s0], i, err
 	}
-	return valDropScratch(out, s0, len(raw)), i, nil
+	return dropScratch(out, s0, len(raw)), i, nil
 }
 
-// valSafe marks the ASCII bytes AppendString copies as they are.
-var valSafe = func() (tab [utf8.RuneSelf]bool) {
+// noEscape marks the ASCII bytes AppendString copies as they are.
+var noEscape = func() (tab [utf8.RuneSelf]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		tab[c] = c != '"' && c != '\\'
 	}
@@ -893,22 +893,22 @@ var valSafe = func() (tab [utf8.RuneSelf]bool) {
 }()
 
 const (
-	valOnes  = 0x0101010101010101
-	valHighs = 0x8080808080808080
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
 )
 
-// valWordSafe reports whether all 8 bytes of w are ASCII that AppendString
+// wordSafe reports whether all 8 bytes of w are ASCII that AppendString
 // copies unchanged (no control character, '"' or '\\').
-func valWordSafe(w uint64) bool {
-	ctl := (w - valOnes*0x20) & ^w
-	q := w ^ (valOnes * '"')
-	q = (q - valOnes) & ^q
-	b := w ^ (valOnes * '\\')
-	b = (b - valOnes) & ^b
-	return (w|ctl|q|b)&valHighs == 0
+func wordSafe(w uint64) bool {
+	ctl := (w - ones*0x20) & ^w
+	q := w ^ (ones * '"')
+	q = (q - ones) & ^q
+	b := w ^ (ones * '\\')
+	b = (b - ones) & ^b
+	return (w|ctl|q|b)&highs == 0
 }
 
-const valHex = "0123456789abcdef"
+const hexDigits = "0123456789abcdef"
 
 // AppendString appends s as a JSON string. Invalid UTF-8 bytes become
 // U+FFFD, so the result is always valid JSON. '"', '\\' and control
@@ -921,7 +921,7 @@ func AppendString(dst []byte, s []byte) []byte {
 	start := 0
 	i := 0
 	for i < len(s) {
-		for i+8 <= len(s) && valWordSafe(binary.LittleEndian.Uint64(s[i:])) {
+		for i+8 <= len(s) && wordSafe(binary.LittleEndian.Uint64(s[i:])) {
 			i += 8
 		}
 		if i >= len(s) {
@@ -929,7 +929,7 @@ func AppendString(dst []byte, s []byte) []byte {
 		}
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if valSafe[c] {
+			if noEscape[c] {
 				i++
 				continue
 			}
@@ -950,7 +950,7 @@ func AppendString(dst []byte, s []byte) []byte {
 			case '\f':
 				dst = append(dst, '\\', 'f')
 			default:
-				dst = append(dst, '\\', 'u', '0', '0', valHex[c>>4], valHex[c&0xf])
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
 			}
 			i++
 			start = i
@@ -966,7 +966,7 @@ func AppendString(dst []byte, s []byte) []byte {
 		}
 		if r == '\u2028' || r == '\u2029' {
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', valHex[r&0xf])
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
 			i += size
 			start = i
 			continue

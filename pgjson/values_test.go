@@ -1,4 +1,4 @@
-package decode
+package pgjson
 
 import (
 	"bytes"
@@ -9,11 +9,11 @@ import (
 	"unicode/utf8"
 )
 
-func valBuiltin(tb testing.TB, oid uint32) *Type {
+func mustBuiltin(tb testing.TB, oid uint32) *Type {
 	tb.Helper()
-	t, ok := BuiltinType(oid)
+	t, ok := Builtin(oid)
 	if !ok {
-		tb.Fatalf("BuiltinType(%d): not found", oid)
+		tb.Fatalf("Builtin(%d): not found", oid)
 	}
 	return t
 }
@@ -21,27 +21,27 @@ func valBuiltin(tb testing.TB, oid uint32) *Type {
 // Test types beyond the built-ins: composites, arrays of them, a domain
 // over an array (as the catalog resolver would build them).
 var (
-	valTInt4 = &Type{OID: 23, Name: "int4", Kind: KindInteger}
-	valTText = &Type{OID: 25, Name: "text", Kind: KindText}
-	valTPair = &Type{OID: 90001, Name: "public.pair", Kind: KindComposite, Fields: []Field{
-		{Name: "f1", Type: valTInt4}, {Name: "f2", Type: valTText}, {Name: "f3", Type: valTText},
+	int4Type = &Type{OID: 23, Name: "int4", Kind: KindInteger}
+	textType = &Type{OID: 25, Name: "text", Kind: KindText}
+	pairType = &Type{OID: 90001, Name: "public.pair", Kind: KindComposite, Fields: []Field{
+		{Name: "f1", Type: int4Type}, {Name: "f2", Type: textType}, {Name: "f3", Type: textType},
 	}}
-	valTPairArr = &Type{OID: 90002, Name: "public._pair", Kind: KindArray, Elem: valTPair, Delim: ','}
-	valTOuter   = &Type{OID: 90003, Name: "public.outer", Kind: KindComposite, Fields: []Field{
-		{Name: "id", Type: valTInt4},
-		{Name: "tags", Type: &Type{OID: 1009, Name: "_text", Kind: KindArray, Elem: valTText}},
-		{Name: "inner", Type: valTPair},
-		{Name: "pairs", Type: valTPairArr},
+	pairArrayType = &Type{OID: 90002, Name: "public._pair", Kind: KindArray, Elem: pairType, Delim: ','}
+	outerType     = &Type{OID: 90003, Name: "public.outer", Kind: KindComposite, Fields: []Field{
+		{Name: "id", Type: int4Type},
+		{Name: "tags", Type: &Type{OID: 1009, Name: "_text", Kind: KindArray, Elem: textType}},
+		{Name: "inner", Type: pairType},
+		{Name: "pairs", Type: pairArrayType},
 		{Name: "doc", Type: &Type{OID: 3802, Name: "jsonb", Kind: KindJSON}},
 	}}
-	valTEmpty    = &Type{OID: 90004, Name: "public.empty", Kind: KindComposite}
-	valTIntArrD  = &Type{OID: 90005, Name: "public.intarr", Kind: KindArray, Elem: valTInt4} // domain over int4[]
-	valTArrOfArr = &Type{OID: 90006, Name: "public._intarr", Kind: KindArray, Elem: valTIntArrD}
-	valTNoFields = &Type{OID: 90007, Name: "public.nil_types", Kind: KindComposite, Fields: []Field{{Name: "a"}}}
-	valTNoElem   = &Type{OID: 90008, Name: "public._weird", Kind: KindArray}
+	emptyType      = &Type{OID: 90004, Name: "public.empty", Kind: KindComposite}
+	intArrayDomain = &Type{OID: 90005, Name: "public.intarr", Kind: KindArray, Elem: int4Type} // domain over int4[]
+	arrayOfArrays  = &Type{OID: 90006, Name: "public._intarr", Kind: KindArray, Elem: intArrayDomain}
+	noFieldTypes   = &Type{OID: 90007, Name: "public.nil_types", Kind: KindComposite, Fields: []Field{{Name: "a"}}}
+	noElemType     = &Type{OID: 90008, Name: "public._weird", Kind: KindArray}
 )
 
-type valCase struct {
+type valueCase struct {
 	name string
 	t    *Type
 	in   string
@@ -49,7 +49,7 @@ type valCase struct {
 	err  bool
 }
 
-func valRun(t *testing.T, tests []valCase) {
+func runCases(t *testing.T, tests []valueCase) {
 	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,14 +88,14 @@ func valRun(t *testing.T, tests []valCase) {
 }
 
 func TestAppendValueScalars(t *testing.T) {
-	int8T, int2T, int4T, oidT := valBuiltin(t, 20), valBuiltin(t, 21), valBuiltin(t, 23), valBuiltin(t, 26)
-	f4, f8, num := valBuiltin(t, 700), valBuiltin(t, 701), valBuiltin(t, 1700)
-	boolT, jsonT, jsonbT := valBuiltin(t, 16), valBuiltin(t, 114), valBuiltin(t, 3802)
-	byteaT, textT, intervalT, uuidT := valBuiltin(t, 17), valBuiltin(t, 25), valBuiltin(t, 1186), valBuiltin(t, 2950)
+	int8T, int2T, int4T, oidT := mustBuiltin(t, 20), mustBuiltin(t, 21), mustBuiltin(t, 23), mustBuiltin(t, 26)
+	f4, f8, num := mustBuiltin(t, 700), mustBuiltin(t, 701), mustBuiltin(t, 1700)
+	boolT, jsonT, jsonbT := mustBuiltin(t, 16), mustBuiltin(t, 114), mustBuiltin(t, 3802)
+	byteaT, textT, intervalT, uuidT := mustBuiltin(t, 17), mustBuiltin(t, 25), mustBuiltin(t, 1186), mustBuiltin(t, 2950)
 	deepJSON := strings.Repeat("[", 257) + strings.Repeat("]", 257)
 	okJSON := strings.Repeat("[", 256) + strings.Repeat("]", 256)
 	hugeInt := "1" + strings.Repeat("0", 4500)
-	valRun(t, []valCase{
+	runCases(t, []valueCase{
 		{"int8/zero", int8T, "0", "0", false},
 		{"int8/positive", int8T, "42", "42", false},
 		{"int8/negative", int8T, "-42", "-42", false},
@@ -201,9 +201,9 @@ func TestAppendValueScalars(t *testing.T) {
 }
 
 func TestAppendValueDateTime(t *testing.T) {
-	ts, tstz, date := valBuiltin(t, 1114), valBuiltin(t, 1184), valBuiltin(t, 1082)
-	tm, tmtz := valBuiltin(t, 1083), valBuiltin(t, 1266)
-	valRun(t, []valCase{
+	ts, tstz, date := mustBuiltin(t, 1114), mustBuiltin(t, 1184), mustBuiltin(t, 1082)
+	tm, tmtz := mustBuiltin(t, 1083), mustBuiltin(t, 1266)
+	runCases(t, []valueCase{
 		{"timestamp/plain", ts, "2026-11-22 10:00:00", `"2026-11-22T10:00:00"`, false},
 		{"timestamp/micros", ts, "2026-11-22 10:00:00.123456", `"2026-11-22T10:00:00.123456"`, false},
 		{"timestamp/fraction", ts, "2026-11-22 10:00:00.5", `"2026-11-22T10:00:00.5"`, false},
@@ -265,13 +265,13 @@ func TestAppendValueDateTime(t *testing.T) {
 }
 
 func TestAppendValueArrays(t *testing.T) {
-	ai4, atext, abox := valBuiltin(t, 1007), valBuiltin(t, 1009), valBuiltin(t, 1020)
-	anum, ajsonb, atstz := valBuiltin(t, 1231), valBuiltin(t, 3807), valBuiltin(t, 1185)
-	abytea, abool, af8 := valBuiltin(t, 1001), valBuiltin(t, 1000), valBuiltin(t, 1022)
-	aint4range, adate := valBuiltin(t, 3905), valBuiltin(t, 1182)
+	ai4, atext, abox := mustBuiltin(t, 1007), mustBuiltin(t, 1009), mustBuiltin(t, 1020)
+	anum, ajsonb, atstz := mustBuiltin(t, 1231), mustBuiltin(t, 3807), mustBuiltin(t, 1185)
+	abytea, abool, af8 := mustBuiltin(t, 1001), mustBuiltin(t, 1000), mustBuiltin(t, 1022)
+	aint4range, adate := mustBuiltin(t, 3905), mustBuiltin(t, 1182)
 	deep := func(n int) string { return strings.Repeat("{", n) + "1" + strings.Repeat("}", n) }
 	deepWant := func(n int) string { return strings.Repeat("[", n) + "1" + strings.Repeat("]", n) }
-	valRun(t, []valCase{
+	runCases(t, []valueCase{
 		{"int4/1d", ai4, "{1,2,3}", "[1,2,3]", false},
 		{"int4/empty", ai4, "{}", "[]", false},
 		{"int4/empty_spaces", ai4, " { } ", "[]", false},
@@ -309,8 +309,8 @@ func TestAppendValueArrays(t *testing.T) {
 		{"float8/elements", af8, `{NaN,-0,1.5,Infinity}`, `["NaN",-0.0,1.5,"Infinity"]`, false},
 		{"int4range/elements", aint4range, `{"[1,3)",empty}`, `["[1,3)","empty"]`, false},
 		{"date/bc_elements", adate, `{"0044-03-15 BC",2026-11-22}`, `["-0043-03-15","2026-11-22"]`, false},
-		{"domain_over_array/elements", valTArrOfArr, `{"{1,2}","{3}",NULL}`, `[[1,2],[3],null]`, false},
-		{"no_elem/text", valTNoElem, `{a,"b"}`, `["a","b"]`, false},
+		{"domain_over_array/elements", arrayOfArrays, `{"{1,2}","{3}",NULL}`, `[[1,2],[3],null]`, false},
+		{"no_elem/text", noElemType, `{a,"b"}`, `["a","b"]`, false},
 
 		{"err/unterminated", ai4, "{1,2", "", true},
 		{"err/no_open", ai4, "1,2}", "", true},
@@ -340,48 +340,48 @@ func TestAppendValueComposites(t *testing.T) {
 	// Nested composites need their inner literal quoted (doubling quotes at
 	// every level), so the depth cap is exercised with composites inside a
 	// deep array instead: 99 dimensions + 1 composite = 100 levels.
-	oneField := &Type{OID: 1, Name: "one", Kind: KindComposite, Fields: []Field{{Name: "x", Type: valTInt4}}}
+	oneField := &Type{OID: 1, Name: "one", Kind: KindComposite, Fields: []Field{{Name: "x", Type: int4Type}}}
 	oneArr := &Type{OID: 2, Name: "_one", Kind: KindArray, Elem: oneField}
 	deep := func(n int) string { return strings.Repeat("{", n) + `"(1)"` + strings.Repeat("}", n) }
 	deepWant := func(n int) string { return strings.Repeat("[", n) + `{"x":1}` + strings.Repeat("]", n) }
 	nested := &Type{OID: 3, Name: "n3", Kind: KindComposite, Fields: []Field{{Name: "a", Type: &Type{
-		OID: 4, Name: "n2", Kind: KindComposite, Fields: []Field{{Name: "b", Type: oneField}, {Name: "c", Type: valTText}}}}}}
-	valRun(t, []valCase{
-		{"pair/null_last", valTPair, `(1,"a b",)`, `{"f1":1,"f2":"a b","f3":null}`, false},
-		{"pair/all_null", valTPair, `(,,)`, `{"f1":null,"f2":null,"f3":null}`, false},
-		{"pair/empty_strings", valTPair, `(1,"","")`, `{"f1":1,"f2":"","f3":""}`, false},
-		{"pair/doubled_quotes", valTPair, `(2,"say ""hi""","back\\slash")`, `{"f1":2,"f2":"say \"hi\"","f3":"back\\slash"}`, false},
-		{"pair/null_word_and_spaces", valTPair, `(3,NULL, x )`, `{"f1":3,"f2":"NULL","f3":" x "}`, false},
-		{"pair/specials", valTPair, `(4,"a,b)c",\"q)`, `{"f1":4,"f2":"a,b)c","f3":"\"q"}`, false},
-		{"pair/partly_quoted", valTPair, `(5,a"b,c"d,"")`, `{"f1":5,"f2":"ab,cd","f3":""}`, false},
-		{"pair/parens_inside", valTPair, `(6,(x,"(y)")`, `{"f1":6,"f2":"(x","f3":"(y)"}`, false},
-		{"pair/newline", valTPair, "(7,\"a\nb\",)", `{"f1":7,"f2":"a\nb","f3":null}`, false},
-		{"pair/surrounding_space", valTPair, ` (8,a,b) `, `{"f1":8,"f2":"a","f3":"b"}`, false},
-		{"outer/nested", valTOuter, `(7,"{a,""b c""}","(1,x,)","{""(2,y,z)"",NULL}","{""k"": [1, 2]}")`,
+		OID: 4, Name: "n2", Kind: KindComposite, Fields: []Field{{Name: "b", Type: oneField}, {Name: "c", Type: textType}}}}}}
+	runCases(t, []valueCase{
+		{"pair/null_last", pairType, `(1,"a b",)`, `{"f1":1,"f2":"a b","f3":null}`, false},
+		{"pair/all_null", pairType, `(,,)`, `{"f1":null,"f2":null,"f3":null}`, false},
+		{"pair/empty_strings", pairType, `(1,"","")`, `{"f1":1,"f2":"","f3":""}`, false},
+		{"pair/doubled_quotes", pairType, `(2,"say ""hi""","back\\slash")`, `{"f1":2,"f2":"say \"hi\"","f3":"back\\slash"}`, false},
+		{"pair/null_word_and_spaces", pairType, `(3,NULL, x )`, `{"f1":3,"f2":"NULL","f3":" x "}`, false},
+		{"pair/specials", pairType, `(4,"a,b)c",\"q)`, `{"f1":4,"f2":"a,b)c","f3":"\"q"}`, false},
+		{"pair/partly_quoted", pairType, `(5,a"b,c"d,"")`, `{"f1":5,"f2":"ab,cd","f3":""}`, false},
+		{"pair/parens_inside", pairType, `(6,(x,"(y)")`, `{"f1":6,"f2":"(x","f3":"(y)"}`, false},
+		{"pair/newline", pairType, "(7,\"a\nb\",)", `{"f1":7,"f2":"a\nb","f3":null}`, false},
+		{"pair/surrounding_space", pairType, ` (8,a,b) `, `{"f1":8,"f2":"a","f3":"b"}`, false},
+		{"outer/nested", outerType, `(7,"{a,""b c""}","(1,x,)","{""(2,y,z)"",NULL}","{""k"": [1, 2]}")`,
 			`{"id":7,"tags":["a","b c"],"inner":{"f1":1,"f2":"x","f3":null},"pairs":[{"f1":2,"f2":"y","f3":"z"},null],"doc":{"k":[1,2]}}`, false},
-		{"outer/nulls", valTOuter, `(,,,,)`, `{"id":null,"tags":null,"inner":null,"pairs":null,"doc":null}`, false},
-		{"outer/empty_array", valTOuter, `(1,{},,{},)`, `{"id":1,"tags":[],"inner":null,"pairs":[],"doc":null}`, false},
-		{"array_of_pairs", valTPairArr, `{"(1,a,)","(2,\"b c\",\"\")",NULL,"(,,)"}`, `[{"f1":1,"f2":"a","f3":null},{"f1":2,"f2":"b c","f3":""},null,{"f1":null,"f2":null,"f3":null}]`, false},
-		{"array_of_pairs/empty", valTPairArr, `{}`, `[]`, false},
-		{"empty_type", valTEmpty, `()`, `{}`, false},
-		{"nil_field_type", valTNoFields, `(a)`, `{"a":"a"}`, false},
+		{"outer/nulls", outerType, `(,,,,)`, `{"id":null,"tags":null,"inner":null,"pairs":null,"doc":null}`, false},
+		{"outer/empty_array", outerType, `(1,{},,{},)`, `{"id":1,"tags":[],"inner":null,"pairs":[],"doc":null}`, false},
+		{"array_of_pairs", pairArrayType, `{"(1,a,)","(2,\"b c\",\"\")",NULL,"(,,)"}`, `[{"f1":1,"f2":"a","f3":null},{"f1":2,"f2":"b c","f3":""},null,{"f1":null,"f2":null,"f3":null}]`, false},
+		{"array_of_pairs/empty", pairArrayType, `{}`, `[]`, false},
+		{"empty_type", emptyType, `()`, `{}`, false},
+		{"nil_field_type", noFieldTypes, `(a)`, `{"a":"a"}`, false},
 		{"nested/3", nested, `("(""(1)"",""a """"b"""""")")`, `{"a":{"b":{"x":1},"c":"a \"b\""}}`, false},
 		{"depth/100", oneArr, deep(99), deepWant(99), false},
 		{"depth/101", oneArr, deep(100), "", true},
 
-		{"err/too_few", valTPair, `(1,a)`, "", true},
-		{"err/too_many", valTPair, `(1,a,b,c)`, "", true},
-		{"err/no_parens", valTPair, `1,a,b`, "", true},
-		{"err/unterminated", valTPair, `(1,a,b`, "", true},
-		{"err/bad_field", valTPair, `(x,a,b)`, "", true},
-		{"err/junk_after", valTPair, `(1,a,b)x`, "", true},
-		{"err/unterminated_quote", valTPair, `("1,a,b)`, "", true},
-		{"err/escape_at_end", valTPair, `(1,a,b\`, "", true},
-		{"err/empty", valTPair, ``, "", true},
-		{"err/empty_type_with_field", valTEmpty, `(1)`, "", true},
-		{"err/empty_type_open", valTEmpty, `(`, "", true},
-		{"err/array_in_composite", valTOuter, `(1,"{a",,,)`, "", true},
-		{"err/composite_in_array", valTPairArr, `{"(1,a)"}`, "", true},
+		{"err/too_few", pairType, `(1,a)`, "", true},
+		{"err/too_many", pairType, `(1,a,b,c)`, "", true},
+		{"err/no_parens", pairType, `1,a,b`, "", true},
+		{"err/unterminated", pairType, `(1,a,b`, "", true},
+		{"err/bad_field", pairType, `(x,a,b)`, "", true},
+		{"err/junk_after", pairType, `(1,a,b)x`, "", true},
+		{"err/unterminated_quote", pairType, `("1,a,b)`, "", true},
+		{"err/escape_at_end", pairType, `(1,a,b\`, "", true},
+		{"err/empty", pairType, ``, "", true},
+		{"err/empty_type_with_field", emptyType, `(1)`, "", true},
+		{"err/empty_type_open", emptyType, `(`, "", true},
+		{"err/array_in_composite", outerType, `(1,"{a",,,)`, "", true},
+		{"err/composite_in_array", pairArrayType, `{"(1,a)"}`, "", true},
 	})
 }
 
@@ -460,7 +460,7 @@ func TestAppendString(t *testing.T) {
 // TestAppendValueNoAllocs checks that a typical row converts without
 // allocating once dst has room.
 func TestAppendValueNoAllocs(t *testing.T) {
-	row := valBenchRow(t)
+	row := benchRow(t)
 	dst := make([]byte, 0, 4096)
 	allocs := testing.AllocsPerRun(200, func() {
 		var err error
@@ -476,26 +476,26 @@ func TestAppendValueNoAllocs(t *testing.T) {
 	}
 }
 
-type valBenchCol struct {
+type benchCol struct {
 	t    *Type
 	text []byte
 }
 
-func valBenchRow(tb testing.TB) []valBenchCol {
-	return []valBenchCol{
-		{valBuiltin(tb, 23), []byte("123456")},
-		{valBuiltin(tb, 25), []byte("Order shipped to \"Main St\" warehouse, dock 4")},
-		{valBuiltin(tb, 1700), []byte("1234.50")},
-		{valBuiltin(tb, 1184), []byte("2026-11-22 10:00:00.123456+00")},
-		{valBuiltin(tb, 16), []byte("t")},
-		{valBuiltin(tb, 3802), []byte(`{"sku": "A-1", "qty": 3, "tags": ["x", "y"]}`)},
-		{valBuiltin(tb, 1009), []byte(`{red,"dark blue",NULL}`)},
-		{valBuiltin(tb, 701), []byte("3.14159")},
+func benchRow(tb testing.TB) []benchCol {
+	return []benchCol{
+		{mustBuiltin(tb, 23), []byte("123456")},
+		{mustBuiltin(tb, 25), []byte("Order shipped to \"Main St\" warehouse, dock 4")},
+		{mustBuiltin(tb, 1700), []byte("1234.50")},
+		{mustBuiltin(tb, 1184), []byte("2026-11-22 10:00:00.123456+00")},
+		{mustBuiltin(tb, 16), []byte("t")},
+		{mustBuiltin(tb, 3802), []byte(`{"sku": "A-1", "qty": 3, "tags": ["x", "y"]}`)},
+		{mustBuiltin(tb, 1009), []byte(`{red,"dark blue",NULL}`)},
+		{mustBuiltin(tb, 701), []byte("3.14159")},
 	}
 }
 
 func BenchmarkAppendValue(b *testing.B) {
-	row := valBenchRow(b)
+	row := benchRow(b)
 	dst := make([]byte, 0, 4096)
 	n := 0
 	for _, c := range row {
@@ -524,12 +524,12 @@ func BenchmarkAppendString20MB(b *testing.B) {
 	}
 }
 
-// valFuzzTypes are the types FuzzAppendValue picks from.
-func valFuzzTypes(tb testing.TB) []*Type {
-	ts := []*Type{nil, valTPair, valTPairArr, valTOuter, valTEmpty, valTArrOfArr, valTNoFields, valTNoElem}
+// fuzzTypes are the types FuzzAppendValue picks from.
+func fuzzTypes(tb testing.TB) []*Type {
+	ts := []*Type{nil, pairType, pairArrayType, outerType, emptyType, arrayOfArrays, noFieldTypes, noElemType}
 	for _, oid := range []uint32{25, 20, 700, 1700, 16, 114, 3802, 1114, 1184, 1082, 1083, 1266, 17,
 		1007, 1009, 1020, 1231, 3807, 1185, 1001, 1000, 1022, 1182, 1183, 1270, 1115, 199} {
-		ts = append(ts, valBuiltin(tb, oid))
+		ts = append(ts, mustBuiltin(tb, oid))
 	}
 	return ts
 }
@@ -550,7 +550,7 @@ func FuzzAppendValue(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.k, []byte(s.in))
 	}
-	types := valFuzzTypes(f)
+	types := fuzzTypes(f)
 	f.Fuzz(func(t *testing.T, k uint8, in []byte) {
 		typ := types[int(k)%len(types)]
 		prefix := []byte("[")

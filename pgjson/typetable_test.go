@@ -1,4 +1,4 @@
-package decode_test
+package pgjson_test
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
 var updateTypeTable = flag.Bool("update", false, "rewrite the generated type table section of the documentation")
@@ -33,11 +33,11 @@ func typeTableDoc(t *testing.T) string {
 	return filepath.Join("..", "docs", "type-mapping.md")
 }
 
-// TestTypeTableExamples runs every example of decode.TypeTable through
+// TestTypeTableExamples runs every example of pgjson.TypeTable through
 // AppendValue, so the documented mapping is the implemented one, and checks
 // that the example's JSON is already what the spine stores.
 func TestTypeTableExamples(t *testing.T) {
-	for _, row := range decode.TypeTable {
+	for _, row := range pgjson.TypeTable {
 		if row.Types == "" || row.JSON == "" || len(row.Examples) == 0 {
 			t.Errorf("row %q: got an empty field or no example, want types, JSON and examples", row.Types)
 		}
@@ -49,12 +49,12 @@ func TestTypeTableExamples(t *testing.T) {
 					t.Fatalf("got both OID %d and Type %s, want one of them", ex.OID, typ.Name)
 				case typ == nil:
 					var ok bool
-					typ, ok = decode.BuiltinType(ex.OID)
+					typ, ok = pgjson.Builtin(ex.OID)
 					if !ok {
-						t.Fatalf("BuiltinType(%d): not a built-in type", ex.OID)
+						t.Fatalf("Builtin(%d): not a built-in type", ex.OID)
 					}
 				}
-				got, err := decode.AppendValue(nil, typ, []byte(ex.Text))
+				got, err := pgjson.AppendValue(nil, typ, []byte(ex.Text))
 				if err != nil {
 					t.Fatalf("AppendValue(%s, %q): got error %v, want %s", typ.Name, ex.Text, err, ex.JSON)
 				}
@@ -83,10 +83,10 @@ func TestTypeTableExamples(t *testing.T) {
 // TypeTableMarkdown; -update rewrites it.
 func TestTypeTableDoc(t *testing.T) {
 	path := typeTableDoc(t)
-	want := decode.TypeTableMarkdown()
+	want := pgjson.TypeTableMarkdown()
 	b, err := os.ReadFile(path)
 	if err != nil && !(errors.Is(err, os.ErrNotExist) && *updateTypeTable) {
-		t.Fatalf("reading %s: %v (run `go test ./decode -run TypeTable -update` to create it)", path, err)
+		t.Fatalf("reading %s: %v (run `go test ./pgjson -run TypeTable -update` to create it)", path, err)
 	}
 	doc := string(b)
 	start := strings.Index(doc, typeTableStart)
@@ -112,11 +112,11 @@ func TestTypeTableDoc(t *testing.T) {
 		return
 	}
 	if start < 0 || end < start {
-		t.Fatalf("%s: got no %s ... %s section, want the generated type table: run `go test ./decode -run TypeTable -update`", path, typeTableStart, typeTableEnd)
+		t.Fatalf("%s: got no %s ... %s section, want the generated type table: run `go test ./pgjson -run TypeTable -update`", path, typeTableStart, typeTableEnd)
 	}
 	got := strings.TrimPrefix(doc[start+len(typeTableStart):end], "\n")
 	if got != want {
-		t.Fatalf("%s: the type table differs from decode.TypeTable: run `go test ./decode -run TypeTable -update`\n%s", path, firstDiff(got, want))
+		t.Fatalf("%s: the type table differs from pgjson.TypeTable: run `go test ./pgjson -run TypeTable -update`\n%s", path, firstDiff(got, want))
 	}
 }
 
@@ -140,7 +140,7 @@ func firstDiff(got, want string) string {
 
 // TestTypeTableMarkdownCells checks that examples cannot break the table.
 func TestTypeTableMarkdownCells(t *testing.T) {
-	for _, line := range strings.Split(decode.TypeTableMarkdown(), "\n") {
+	for _, line := range strings.Split(pgjson.TypeTableMarkdown(), "\n") {
 		if !strings.HasPrefix(line, "| ") || strings.HasPrefix(line, "|---") {
 			continue
 		}

@@ -1,4 +1,4 @@
-package decode
+package pgjson
 
 // TypeKind says how a value's text form maps to JSON.
 type TypeKind uint8
@@ -81,9 +81,9 @@ type Field struct {
 	Type *Type
 }
 
-// typBuiltin is one row of the built-in type table: a non-array type and
+// builtin is one row of the built-in type table: a non-array type and
 // the OID of its array type (0 if it has none).
-type typBuiltin struct {
+type builtin struct {
 	oid   uint32
 	name  string
 	kind  TypeKind
@@ -91,10 +91,10 @@ type typBuiltin struct {
 	delim byte
 }
 
-// typBuiltins lists the built-in base, range and multirange types (PostgreSQL
+// builtins lists the built-in base, range and multirange types (PostgreSQL
 // 15, OID < 10000) other than array types, which are derived from the array
 // column. See testdata/pg15_builtin_types.txt.
-var typBuiltins = [...]typBuiltin{
+var builtins = [...]builtin{
 	{16, "bool", KindBool, 1000, ','},
 	{17, "bytea", KindBytea, 1001, ','},
 	{18, "char", KindText, 1002, ','},
@@ -179,14 +179,14 @@ var typBuiltins = [...]typBuiltin{
 	{5069, "xid8", KindText, 271, ','},
 }
 
-// typByOID maps every built-in OID (the types above and their arrays) to its
+// byOID maps every built-in OID (the types above and their arrays) to its
 // shared Type.
-var typByOID = typBuildTable()
+var byOID = buildTable()
 
-func typBuildTable() map[uint32]*Type {
-	m := make(map[uint32]*Type, 2*len(typBuiltins))
-	for i := range typBuiltins {
-		b := &typBuiltins[i]
+func buildTable() map[uint32]*Type {
+	m := make(map[uint32]*Type, 2*len(builtins))
+	for i := range builtins {
+		b := &builtins[i]
 		elem := &Type{OID: b.oid, Name: b.name, Kind: b.kind}
 		m[b.oid] = elem
 		if b.array != 0 {
@@ -196,13 +196,13 @@ func typBuildTable() map[uint32]*Type {
 	return m
 }
 
-// BuiltinType returns the Type of a built-in type OID: every base, range and
+// Builtin returns the Type of a built-in type OID: every base, range and
 // multirange type that PostgreSQL defines with an OID below 10000, and the
 // array type of each. The second result is false for any other OID (user
 // types, pseudo-types, system catalog row types and their arrays), which
 // must be resolved from the catalog. Returned pointers are shared; callers
 // must not mutate them.
-func BuiltinType(oid uint32) (*Type, bool) {
-	t, ok := typByOID[oid]
+func Builtin(oid uint32) (*Type, bool) {
+	t, ok := byOID[oid]
 	return t, ok
 }

@@ -1,4 +1,4 @@
-package decode
+package pgoutput
 
 import (
 	"encoding/binary"
@@ -6,37 +6,6 @@ import (
 	"fmt"
 	"time"
 )
-
-// LSN is a PostgreSQL write-ahead log position.
-type LSN uint64
-
-// String formats the LSN as PostgreSQL does ("16/B374D848"), so that logs
-// can be matched with pg_replication_slots.
-func (l LSN) String() string {
-	return string(l.appendText(make([]byte, 0, 17)))
-}
-
-// appendText appends the String form without going through fmt: it is
-// written twice into every envelope.
-func (l LSN) appendText(b []byte) []byte {
-	b = appendHex(b, uint64(uint32(l>>32)), 1)
-	b = append(b, '/')
-	return appendHex(b, uint64(uint32(l)), 1)
-}
-
-// appendHex appends v in upper-case hexadecimal, zero-padded to at least
-// width digits (at most 16).
-func appendHex(b []byte, v uint64, width int) []byte {
-	const digits = "0123456789ABCDEF"
-	var buf [16]byte
-	i := len(buf)
-	for v != 0 || len(buf)-i < width {
-		i--
-		buf[i] = digits[v&0xF]
-		v >>= 4
-	}
-	return append(b, buf[i:]...)
-}
 
 // ErrMalformedMessage is wrapped by every Parse error: the bytes are not a
 // pgoutput message this package understands.
@@ -76,9 +45,6 @@ type RelationColumn struct {
 	Name    string
 	TypeOID uint32
 	TypeMod int32
-	// Type is not on the wire: the caller resolves TypeOID (decode.BuiltinType
-	// or the catalog) before handing the message to a Stream. Nil means text.
-	Type *Type
 }
 
 // RelationMessage describes a table before the first change to it in a

@@ -1,4 +1,4 @@
-package decode
+package pgjson
 
 import (
 	"strings"
@@ -11,7 +11,7 @@ type TypeMappingRow struct {
 	Types string
 	// JSON says what JSON value they become.
 	JSON string
-	// Examples show real values. Every example is checked by the decode
+	// Examples show real values. Every example is checked by the pgjson
 	// tests (through AppendValue) and by the agent's integration tests
 	// (through a real server and the spine double), so the table cannot
 	// drift from the code.
@@ -24,7 +24,7 @@ type TypeExample struct {
 	// SQL: "int8", "char(5)", "int4[]". The integration tests create the
 	// user-defined ones (mood, price, pair, citext) themselves.
 	SQLType string
-	// OID is the built-in type (BuiltinType) that maps the example; 0 when
+	// OID is the built-in type (Builtin) that maps the example; 0 when
 	// Type is set.
 	OID uint32
 	// Type is the mapping of a type that is not built in, as the catalog
@@ -44,8 +44,8 @@ type TypeExample struct {
 }
 
 var (
-	ttInt4 = &Type{OID: 23, Name: "int4", Kind: KindInteger}
-	ttText = &Type{OID: 25, Name: "text", Kind: KindText}
+	exampleInt4 = &Type{OID: 23, Name: "int4", Kind: KindInteger}
+	exampleText = &Type{OID: 25, Name: "text", Kind: KindText}
 )
 
 // TypeTable describes, per PostgreSQL type, the JSON that a column value
@@ -229,7 +229,7 @@ var TypeTable = []TypeMappingRow{
 		JSON:  "object keyed by field name, fields mapped as their type, an empty field as null",
 		Examples: []TypeExample{
 			{SQLType: "pair", Type: &Type{Name: "public.pair", Kind: KindComposite, Fields: []Field{
-				{Name: "a", Type: ttInt4}, {Name: "b", Type: ttText}, {Name: "c", Type: ttText},
+				{Name: "a", Type: exampleInt4}, {Name: "b", Type: exampleText}, {Name: "c", Type: exampleText},
 			}}, Text: `(1,"x, ""y""",)`, JSON: `{"a":1,"b":"x, \"y\"","c":null}`},
 		},
 	},
@@ -246,7 +246,7 @@ var TypeTable = []TypeMappingRow{
 // one table row per TypeMappingRow with its examples as "text → JSON".
 func TypeTableMarkdown() string {
 	var b strings.Builder
-	b.WriteString("<!-- Generated from decode.TypeTable by `go test ./decode -run TypeTable -update`: do not edit by hand. -->\n\n")
+	b.WriteString("<!-- Generated from pgjson.TypeTable by `go test ./pgjson -run TypeTable -update`: do not edit by hand. -->\n\n")
 	b.WriteString("Each column of a row becomes one member of the event's `old`/`new` object, keyed by column name; " +
 		"SQL NULL is `null` for every type. The agent receives each value as its type's text form " +
 		"and maps it as below.\n\n")

@@ -1,4 +1,4 @@
-package decode
+package pgjson
 
 import (
 	"bufio"
@@ -8,8 +8,8 @@ import (
 	"testing"
 )
 
-// typGoldenRow is one line of testdata/pg15_builtin_types.txt.
-type typGoldenRow struct {
+// goldenRow is one line of testdata/pg15_builtin_types.txt.
+type goldenRow struct {
 	oid      uint32
 	name     string
 	typtype  string
@@ -19,14 +19,14 @@ type typGoldenRow struct {
 	elem     uint32
 }
 
-func typLoadGolden(t *testing.T) map[uint32]typGoldenRow {
+func loadGolden(t *testing.T) map[uint32]goldenRow {
 	t.Helper()
 	f, err := os.Open("testdata/pg15_builtin_types.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rows := make(map[uint32]typGoldenRow)
+	rows := make(map[uint32]goldenRow)
 	sc := bufio.NewScanner(f)
 	for line := 1; sc.Scan(); line++ {
 		text := sc.Text()
@@ -44,7 +44,7 @@ func typLoadGolden(t *testing.T) map[uint32]typGoldenRow {
 			}
 			return uint32(v)
 		}
-		r := typGoldenRow{oid: num(fs[0]), name: fs[1], typtype: fs[2], category: fs[3], array: num(fs[4]), delim: fs[5][0], elem: num(fs[6])}
+		r := goldenRow{oid: num(fs[0]), name: fs[1], typtype: fs[2], category: fs[3], array: num(fs[4]), delim: fs[5][0], elem: num(fs[6])}
 		rows[r.oid] = r
 	}
 	if err := sc.Err(); err != nil {
@@ -56,17 +56,17 @@ func typLoadGolden(t *testing.T) map[uint32]typGoldenRow {
 	return rows
 }
 
-func typDelimOf(t *Type) byte {
+func delimOf(t *Type) byte {
 	if t.Delim == 0 {
 		return ','
 	}
 	return t.Delim
 }
 
-// TestBuiltinTypeGolden checks BuiltinType against the pg_type rows of a
+// TestBuiltinGolden checks Builtin against the pg_type rows of a
 // real PostgreSQL 15 server, both ways.
-func TestBuiltinTypeGolden(t *testing.T) {
-	golden := typLoadGolden(t)
+func TestBuiltinGolden(t *testing.T) {
+	golden := loadGolden(t)
 	for _, r := range golden {
 		t.Run(r.name, func(t *testing.T) {
 			// A true array type is the one its element names as typarray;
@@ -76,12 +76,12 @@ func TestBuiltinTypeGolden(t *testing.T) {
 			if r.elem != 0 && !elemKnown {
 				// Arrays of pseudo-types (cstring) or of catalog row types
 				// (pg_class...) are left to the catalog resolver.
-				if got, ok := BuiltinType(r.oid); ok {
+				if got, ok := Builtin(r.oid); ok {
 					t.Fatalf("got %v, want not found (element %d is not a built-in base type)", got.Name, r.elem)
 				}
 				return
 			}
-			got, ok := BuiltinType(r.oid)
+			got, ok := Builtin(r.oid)
 			if !ok {
 				t.Fatalf("got not found, want %s", r.name)
 			}
@@ -95,7 +95,7 @@ func TestBuiltinTypeGolden(t *testing.T) {
 				if got.Elem.OID != r.elem {
 					t.Fatalf("got elem %d, want %d", got.Elem.OID, r.elem)
 				}
-				if d := typDelimOf(got); d != r.delim || d != elemRow.delim {
+				if d := delimOf(got); d != r.delim || d != elemRow.delim {
 					t.Fatalf("got delim %q, want %q", d, elemRow.delim)
 				}
 				return
@@ -104,7 +104,7 @@ func TestBuiltinTypeGolden(t *testing.T) {
 				t.Fatalf("got kind %d elem %v, want a scalar kind", got.Kind, got.Elem)
 			}
 			if r.array != 0 {
-				arr, ok := BuiltinType(r.array)
+				arr, ok := Builtin(r.array)
 				if !ok || arr.Kind != KindArray || arr.Elem != got {
 					t.Fatalf("got array %d = %v, want KindArray of this type", r.array, arr)
 				}
@@ -113,7 +113,7 @@ func TestBuiltinTypeGolden(t *testing.T) {
 	}
 	t.Run("no_extra_oids", func(t *testing.T) {
 		for oid := uint32(0); oid < 70000; oid++ {
-			if got, ok := BuiltinType(oid); ok {
+			if got, ok := Builtin(oid); ok {
 				if _, in := golden[oid]; !in {
 					t.Errorf("got %d (%s), want not found: not in the golden list", oid, got.Name)
 				}
@@ -122,8 +122,8 @@ func TestBuiltinTypeGolden(t *testing.T) {
 	})
 }
 
-// TestBuiltinTypeKinds pins the kind of the types that are not plain text.
-func TestBuiltinTypeKinds(t *testing.T) {
+// TestBuiltinKinds pins the kind of the types that are not plain text.
+func TestBuiltinKinds(t *testing.T) {
 	tests := []struct {
 		oid  uint32
 		name string
@@ -183,7 +183,7 @@ func TestBuiltinTypeKinds(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := BuiltinType(tc.oid)
+			got, ok := Builtin(tc.oid)
 			if !ok {
 				t.Fatalf("got not found, want %s", tc.name)
 			}
@@ -196,11 +196,11 @@ func TestBuiltinTypeKinds(t *testing.T) {
 		})
 	}
 	for _, oid := range []uint32{0, 71, 210, 1263, 2249, 2275, 2287, 10000, 16384, 1<<32 - 1} {
-		if got, ok := BuiltinType(oid); ok {
-			t.Errorf("BuiltinType(%d): got %s, want not found", oid, got.Name)
+		if got, ok := Builtin(oid); ok {
+			t.Errorf("Builtin(%d): got %s, want not found", oid, got.Name)
 		}
 	}
-	if bx, _ := BuiltinType(1020); bx.Delim != ';' {
+	if bx, _ := Builtin(1020); bx.Delim != ';' {
 		t.Errorf("_box delim: got %q, want ';'", bx.Delim)
 	}
 }

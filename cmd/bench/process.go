@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// agentProcess is the built pgaudit-cdc binary running `run` with its
+// stdout sink sent to /dev/null: the agent as users run it, whole process.
+type agentProcess struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	exited chan error
+}
+
+// startAgentProcess starts bin run on slot and publication of the database
+// at url, reporting its confirmed position every status.
+func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status time.Duration) (*agentProcess, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	p := &agentProcess{exited: make(chan error, 1)}
+	p.cmd = exec.CommandContext(ctx, bin, "run", "--database-url", url, "--slot", slot, "--publication", pub,
+		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn")
+	p.cmd.Stdout, p.cmd.Stderr = devnull, &p.stderr
+	// Nothing from the caller's environment may point it elsewhere.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AUDIT_STREAM_") && !strings.HasPrefix(kv, "PGAUDIT_") &&
+			!strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "METRICS_ADDR=") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	return p, nil
+}
+
+// pid is the agent's process id.
+func (p *agentProcess) pid() int { return p.cmd.Process.Pid }
+
+// alive fails once the process exited.
+func (p *agentProcess) alive() error {
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		return fmt.Errorf("the agent exited: %v: %s", err, p.stderr.String())
+	default:
+		return nil
+	}
+}
+
+// stop sends SIGTERM and waits, killing it after 30 s.
+func (p *agentProcess) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		p.exited <- <-p.exited
+	}
+}
+
+// agentBinary returns e.opts.AgentBin, or builds the agent into a temporary
+// directory that cleanup removes.
+func (e *env) agentBinary(ctx context.Context) (bin string, cleanup func(), err error) {
+	if e.opts.AgentBin != "" {
+		return e.opts.AgentBin, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "pgaudit-bench-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	bin = filepath.Join(dir, "pgaudit-cdc")
+	e.logf("building the agent binary")
+	if err := e.buildAgent(ctx, bin); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	return bin, func() { os.RemoveAll(dir) }, nil
+}

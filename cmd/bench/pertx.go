@@ -144,7 +144,7 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 				return nil, fmt.Errorf("%s: %w", v, err)
 			}
 			round[v] = run
-			e.logf("round %d %-14s %7.0f tps, %d txns, WAL %s MB, behind %s MB at the end, caught up in %s, CPU %s (%.1f µs/tx), walsender %s",
+			e.logf("round %d %-14s %7.0f tps, %d txns, WAL %s, behind %s at the end, caught up in %s, CPU %s (%.1f µs/tx), walsender %s",
 				k, v, run.TPS, run.Txns, mb(run.WALBytes), mb(run.BehindBytes), run.CatchUp.Round(time.Millisecond),
 				run.ConsumerCPU.Round(time.Millisecond), perTx(run.ConsumerCPU, run.Txns), run.WalsenderCPU.Round(time.Millisecond))
 		}

@@ -284,10 +284,10 @@ func (r *Results) Markdown(command string) string {
 					a.catch = append(a.catch, run.CatchUp.Seconds())
 				}
 				if v == ptNone {
-					p("| %d | %s | %s | 1 | %s MB | | | | | |\n", i+1, v, f0(run.TPS), mb(run.WALBytes))
+					p("| %d | %s | %s | 1 | %s | | | | | |\n", i+1, v, f0(run.TPS), mb(run.WALBytes))
 					continue
 				}
-				p("| %d | %s | %s | %.3f | %s MB | %s MB | %.2f s | %s | %.1f µs | %.1f µs |\n", i+1, v, f0(run.TPS), ratio, mb(run.WALBytes), mb(run.BehindBytes),
+				p("| %d | %s | %s | %.3f | %s | %s | %.2f s | %s | %.1f µs | %.1f µs |\n", i+1, v, f0(run.TPS), ratio, mb(run.WALBytes), mb(run.BehindBytes),
 					behindSec, ms(run.CatchUp), perTx(run.ConsumerCPU, run.Txns), perTx(run.WalsenderCPU, run.Txns))
 			}
 			cpuRatio = append(cpuRatio, perTx(rd[ptAgent].ConsumerCPU, rd[ptAgent].Txns)/perTx(rd[ptRecv].ConsumerCPU, rd[ptRecv].Txns))

@@ -57,7 +57,8 @@ type batch struct {
 }
 
 // gatherDelay is how long the reader lets messages gather once it handed
-// its work over, while they arrive faster than this. At thousands of small
+// its work over and emptied the socket, while they arrive faster than this.
+// At thousands of small
 // transactions a second a read otherwise returns one message each, and the
 // wake-ups of the reading and the publishing goroutine (a system call,
 // a scheduler round and a futex each) cost more than decoding: it halved
@@ -94,10 +95,12 @@ func (r *reader) run(ctx context.Context) error {
 			rec, ok, err = r.sess.Poll(ctx)
 			if err == nil && !ok {
 				err = r.flush(ctx)
-				if err == nil && r.busy {
-					// Messages come faster than one per gatherDelay: let
-					// more arrive before reading again, so that one
-					// wake-up takes many of them (see gatherDelay).
+				if err == nil && r.busy && r.sess.Drained() {
+					// Messages come faster than one per gatherDelay, but
+					// the socket is empty: let more arrive before reading
+					// again, so that one wake-up takes many of them (see
+					// gatherDelay). With a backlog in the socket (a bulk
+					// drain, catching up) it reads on at once.
 					time.Sleep(gatherDelay)
 				}
 			}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -42,6 +44,8 @@ type Session struct {
 	rparent   context.Context
 	rstop     func() bool
 	rdone     bool // rparent ended: no read may wait any more
+
+	drained *atomic.Bool // see Drained
 }
 
 // ErrSlotInUse is wrapped when another process streams from the slot: the
@@ -60,6 +64,16 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 			cfg.RuntimeParams[k] = v
 		}
 	}
+	drained := new(atomic.Bool)
+	if dial := cfg.DialFunc; dial != nil {
+		cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &meteredConn{Conn: c, drained: drained}, nil
+		}
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, Explain(fmt.Errorf("opening the replication connection: %w", err))
@@ -69,7 +83,31 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, Explain(fmt.Errorf("identifying the server: %w", err))
 	}
-	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline}, nil
+	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline, drained: drained}, nil
+}
+
+// meteredConn notes whether its last read took all the socket had: a read
+// returning less than it asked for emptied the socket's receive buffer.
+type meteredConn struct {
+	net.Conn
+	drained *atomic.Bool
+}
+
+func (c *meteredConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		// A read that timed out before any byte (Poll) says nothing.
+		c.drained.Store(n < len(p))
+	}
+	return n, err
+}
+
+// Drained reports whether the last read from the network emptied the
+// socket: nothing more had arrived by then. The reader lets messages
+// gather only then; while the socket still holds data (a backlog, a bulk
+// drain) it reads on at once.
+func (s *Session) Drained() bool {
+	return s.drained == nil || s.drained.Load()
 }
 
 // Start begins streaming from the slot's confirmed position with pgoutput

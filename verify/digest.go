@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 )
@@ -108,19 +109,29 @@ func KeyJSON(row any, keyColumns []string) ([]byte, bool) {
 	if !isObj || len(keyColumns) == 0 {
 		return nil, false
 	}
-	k := make(map[string]any, len(keyColumns))
-	for _, c := range keyColumns {
+	// chain.Canonical of the key object, written without building it.
+	names := keyColumns
+	if !slices.IsSorted(names) {
+		names = slices.Sorted(slices.Values(keyColumns))
+	}
+	var buf bytes.Buffer
+	buf.WriteByte('{')
+	for i, c := range names {
 		v, has := m[c]
 		if !has {
 			return nil, false
 		}
-		k[c] = v
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		_ = chain.WriteValue(&buf, c, true) // a string cannot fail
+		buf.WriteByte(':')
+		if chain.WriteValue(&buf, v, true) != nil {
+			return nil, false
+		}
 	}
-	c, err := chain.Canonical(k)
-	if err != nil {
-		return nil, false
-	}
-	return c, true
+	buf.WriteByte('}')
+	return buf.Bytes(), true
 }
 
 // Prefix is the first PrefixSize bytes of a SHA-256, as a number.

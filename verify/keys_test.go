@@ -165,6 +165,21 @@ func TestKeyJSONIsCanonical(t *testing.T) {
 	if !ok1 || !ok2 || string(a) != string(b) || string(a) != `{"a":1,"b":"x"}` {
 		t.Fatalf("got %s and %s, want both {\"a\":1,\"b\":\"x\"}", a, b)
 	}
+	for _, r := range []string{`{"é":"ü\u0001","a":1.50,"z":[1,{"y":null}],"b":true}`, `{"id":1e400,"x":"\ud83d\ude00"}`} {
+		v := row(t, r)
+		m := v.(map[string]any)
+		var cols []string
+		for k := range m {
+			cols = append(cols, k)
+		}
+		want, err := chain.Canonical(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := KeyJSON(v, cols); !ok || string(got) != string(want) {
+			t.Fatalf("KeyJSON of %s: got %s, want chain.Canonical's %s", r, got, want)
+		}
+	}
 	if _, ok := KeyJSON(row(t, `{"a":1}`), []string{"a", "b"}); ok {
 		t.Fatal("a row without a key column has a key")
 	}

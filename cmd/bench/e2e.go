@@ -104,23 +104,10 @@ func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 	}
 
 	// The envelopes the agent produces, for the producers that replay them.
-	capture := newCountSink(nil, n)
-	capture.keep = true
-	ra, err := e.startAgent(ctx, url, "e2e_capture", pub, capture, nil, time.Second)
+	events, err := e.captureEvents(ctx, url, conn, "e2e_capture", pub, n)
 	if err != nil {
 		return nil, err
 	}
-	werr := ra.wait(capture.done, 10*time.Minute, func() string { return fmt.Sprintf("%d of %d", capture.n.Load(), n) })
-	if err := ra.stop(); err != nil {
-		return nil, err
-	}
-	if werr != nil {
-		return nil, werr
-	}
-	if err := dropSlot(ctx, conn, "e2e_capture"); err != nil {
-		return nil, err
-	}
-	events := capture.events
 	res := &E2EResult{Rows: n}
 	total := 0
 	for _, ev := range events {

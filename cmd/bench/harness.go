@@ -494,6 +494,25 @@ func (s *countSink) accepted(ev *decode.Event) {
 	}
 }
 
+// captureEvents drains n events from slot with an in-process agent, keeps
+// them (for producers that replay them) and drops the slot.
+func (e *env) captureEvents(ctx context.Context, url string, conn *pgx.Conn, slot, pub string, n int) ([]*decode.Event, error) {
+	capture := newCountSink(nil, n)
+	capture.keep = true
+	ra, err := e.startAgent(ctx, url, slot, pub, capture, nil, time.Second)
+	if err != nil {
+		return nil, err
+	}
+	werr := ra.wait(capture.done, 10*time.Minute, func() string { return fmt.Sprintf("%d of %d", capture.n.Load(), n) })
+	if err := ra.stop(); err != nil {
+		return nil, err
+	}
+	if werr != nil {
+		return nil, werr
+	}
+	return capture.events, dropSlot(ctx, conn, slot)
+}
+
 // batchSink is the pipelined delivery of publish.Client, which the agent
 // uses when its sink offers it.
 type batchSink interface {

@@ -4,9 +4,9 @@
 // no auditing and the predecessor's trigger + NOTIFY design), and peak memory.
 // It starts its own throwaway PostgreSQL. See BENCHMARKS.md.
 //
-//	go run ./bench                      # full run (10-20 minutes)
-//	go run ./bench -quick               # smoke run (seconds)
-//	go run ./bench -out BENCHMARKS.md   # also rewrite the results section
+//	go run ./cmd/bench                      # full run (10-20 minutes)
+//	go run ./cmd/bench -quick               # smoke run (seconds)
+//	go run ./cmd/bench -out BENCHMARKS.md   # also rewrite the results section
 package main
 
 import (
@@ -76,7 +76,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
-	command := "go run ./bench"
+	command := "go run ./cmd/bench"
 	if len(os.Args) > 1 {
 		command += " " + strings.Join(os.Args[1:], " ")
 	}

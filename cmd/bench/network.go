@@ -77,20 +77,8 @@ func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 		return nil, err
 	}
 	// The envelopes, for the sequential client.
-	capture := newCountSink(nil, n)
-	capture.keep = true
-	ra, err := e.startAgent(ctx, url, "net_capture", pub, capture, nil, time.Second)
+	events, err := e.captureEvents(ctx, url, conn, "net_capture", pub, n)
 	if err != nil {
-		return nil, err
-	}
-	werr := ra.wait(capture.done, 10*time.Minute, func() string { return fmt.Sprintf("%d of %d", capture.n.Load(), n) })
-	if err := ra.stop(); err != nil {
-		return nil, err
-	}
-	if werr != nil {
-		return nil, werr
-	}
-	if err := dropSlot(ctx, conn, "net_capture"); err != nil {
 		return nil, err
 	}
 
@@ -103,7 +91,7 @@ func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 			var d time.Duration
 			var err error
 			if nc.Window == 0 {
-				d, err = sequentialPost(ctx, spine.URL, capture.events)
+				d, err = sequentialPost(ctx, spine.URL, events)
 			} else {
 				d, err = e.networkAgent(ctx, url, slotOf(k, c), pub, spine, nc)
 			}

@@ -2,12 +2,9 @@ package pgjson
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
-	"strconv"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -222,102 +219,16 @@ func appendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
 
 // appendJSON embeds valid JSON, without insignificant whitespace (so the
 // event stays on one line) and with U+2028/U+2029 escaped; anything else is
-// written as a JSON string of the text.
+// written as a JSON string of the text. The grammar is checked in the same
+// pass that compacts (see compactJSON).
 func appendJSON(dst []byte, text []byte) []byte {
-	if !utf8.Valid(text) || !json.Valid(text) {
-		return AppendString(dst, text)
-	}
 	n0 := len(dst)
-	depth := 0
-	start := 0
-	i := 0
-	for i < len(text) {
-		switch c := text[i]; c {
-		case ' ', '\t', '\n', '\r':
-			dst = append(dst, text[start:i]...)
-			i++
-			start = i
-		case '{', '[':
-			depth++
-			if depth > maxJSONDepth {
-				return AppendString(dst[:n0], text)
-			}
-			i++
-		case '}', ']':
-			depth--
-			i++
-		case '"':
-			i++
-			for i < len(text) {
-				b := text[i]
-				if b == '\\' {
-					i += 2
-					continue
-				}
-				if b == '"' {
-					i++
-					break
-				}
-				if b == 0xE2 && i+2 < len(text) && text[i+1] == 0x80 && (text[i+2] == 0xA8 || text[i+2] == 0xA9) {
-					dst = append(dst, text[start:i]...)
-					dst = append(dst, `\u202`...)
-					dst = append(dst, '8'+text[i+2]-0xA8)
-					i += 3
-					start = i
-					continue
-				}
-				i++
-			}
-		default:
-			if c == '-' || isDigit(c) {
-				j := i
-				if c == '-' {
-					j++
-				}
-				k := skipDigits(text, j)
-				if k-j > maxJSONIntDigits {
-					return AppendString(dst[:n0], text)
-				}
-				// A fraction or an exponent makes it a float for the
-				// spine (Python): one beyond the float64 range would be
-				// stored as Infinity, which is not JSON.
-				e, big := jsonFloatEnd(text, k)
-				if e > k && (big || k-j > 300) {
-					if f, err := strconv.ParseFloat(string(text[i:e]), 64); err != nil || math.IsInf(f, 0) {
-						return AppendString(dst[:n0], text)
-					}
-				}
-				i = e
-				continue
-			}
-			i++
+	if utf8.Valid(text) {
+		if out, ok := compactJSON(dst, text); ok {
+			return out
 		}
 	}
-	return append(dst, text[start:]...)
-}
-
-// jsonFloatEnd returns the end of the fraction and exponent of a JSON
-// number whose integer part ends at i (i itself when it has neither), and
-// whether the exponent has three digits or more (only then, or with more
-// than 300 integer digits, can the number overflow a float64).
-func jsonFloatEnd(s []byte, i int) (int, bool) {
-	big := false
-	if i < len(s) && s[i] == '.' {
-		i = skipDigits(s, i+1)
-	}
-	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
-		i++
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			i++
-		}
-		j := i
-		for j < len(s) && s[j] == '0' {
-			j++
-		}
-		i = skipDigits(s, i)
-		big = i-j >= 3
-	}
-	return i, big
+	return AppendString(dst[:n0], text)
 }
 
 // appendBytea writes the hex form "\x0102ff" as a JSON string.

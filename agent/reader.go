@@ -110,6 +110,9 @@ func (r *reader) run(ctx context.Context) error {
 			r.busy = ok && time.Since(waited) < gatherDelay
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				r.handOverNow()
+			}
 			return err
 		}
 		if !ok {
@@ -249,6 +252,27 @@ func (r *reader) queue(ctx context.Context, w work) error {
 		return r.flush(ctx)
 	}
 	return nil
+}
+
+// handOverNow hands the pending work to the publisher if there is room at
+// once, without waiting. At a stop, transactions already read are then
+// still delivered within the shutdown grace, as they were when every commit
+// was handed over at once.
+func (r *reader) handOverNow() {
+	b := r.pending
+	if len(b.items) == 0 {
+		return
+	}
+	if b.size > 0 && r.inflight.Load() > 0 && r.inflight.Load()+b.size > r.a.cfg.MaxBufferedBytes {
+		return
+	}
+	r.inflight.Add(b.size)
+	select {
+	case r.items <- b:
+		r.pending = batch{}
+	default:
+		r.inflight.Add(-b.size)
+	}
 }
 
 func (r *reader) flush(ctx context.Context) error {

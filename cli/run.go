@@ -52,6 +52,17 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
+			if os.Getenv("GOMAXPROCS") == "" {
+				// One walsender, on one core, produces the stream; the
+				// agent's stages hand it to each other. On one P those
+				// hand-offs cost no cross-thread wake-ups: half the CPU
+				// per small transaction, and a faster drain too
+				// (BENCHMARKS.md). The GOMAXPROCS variable overrides it.
+				// Only the run command does this: the demo and tests
+				// share runAgent with other work in the process.
+				runtime.GOMAXPROCS(1)
+				defer runtime.SetDefaultGOMAXPROCS()
+			}
 			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout(), statusInterval, grace, nil)
 		},
 	}
@@ -67,14 +78,6 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 // until ctx ends. wrap, when set, wraps the sink (the demo counts events).
 func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interface{ Write([]byte) (int, error) },
 	statusInterval, grace time.Duration, wrap func(publish.Sink) publish.Sink) error {
-	if os.Getenv("GOMAXPROCS") == "" {
-		// One walsender, on one core, produces the stream; the agent's
-		// stages hand it to each other. On one P those hand-offs cost no
-		// cross-thread wake-ups: half the CPU per small transaction, at
-		// about 20 % less peak drain rate, still above pg_recvlogical's
-		// (BENCHMARKS.md). The GOMAXPROCS variable overrides it.
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	}
 	m := metrics.New()
 	ready := &metrics.Readiness{}
 	hooks := m.PublishHooks(ready)

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,7 +141,7 @@ func (s *Session) Start(ctx context.Context, slot, publication string) error {
 // keepalive.
 type Received struct {
 	WALStart       pgoutput.LSN
-	Data           []byte // a pgoutput message; valid until the next Receive
+	Data           []byte // a pgoutput message; valid until the next Receive or Poll
 	Keepalive      bool
 	ServerWALEnd   pgoutput.LSN
 	ReplyRequested bool
@@ -250,13 +250,16 @@ func (s *Session) arm(ctx context.Context, deadline time.Time) error {
 		if s.rstop != nil {
 			s.rstop()
 		}
-		s.rparent, s.rdone = ctx, false
+		// A new context: apply the deadline again, whatever the last
+		// one was (the previous context's end moved it).
+		s.rparent, s.rdone, s.rdeadline = ctx, false, time.Time{}
 		s.rstop = context.AfterFunc(ctx, func() {
 			s.rmu.Lock()
 			defer s.rmu.Unlock()
 			if s.rparent == ctx {
 				s.rdone = true
 				_ = s.conn.Conn().SetReadDeadline(pollDeadline)
+				s.rdeadline = pollDeadline
 			}
 		})
 	}

@@ -58,13 +58,13 @@ type batch struct {
 
 // gatherDelay is how long the reader lets messages gather once it handed
 // its work over and emptied the socket, while they arrive faster than this.
-// At thousands of small
-// transactions a second a read otherwise returns one message each, and the
-// wake-ups of the reading and the publishing goroutine (a system call,
-// a scheduler round and a futex each) cost more than decoding: it halved
-// the agent's CPU per transaction. The price is at most this much latency
-// under load, none when idle (the first message after a pause is read at
-// once).
+// At thousands of small transactions a second a read otherwise returns one
+// message each, and the wake-ups of the reading and the publishing
+// goroutine (a system call, a scheduler round and a futex each) cost more
+// than decoding: waiting halved the agent's CPU per transaction. The price
+// is at most this much latency under load, none when idle (the first
+// message after a pause is read at once) and none with a backlog (the
+// socket is not empty then).
 const gatherDelay = time.Millisecond
 
 // Batches are handed over when the stream is drained, or sooner when they

@@ -31,6 +31,9 @@ type CheckpointOptions struct {
 	ChunkRows int
 	// OnRows is called after each chunk with the rows read so far (progress).
 	OnRows func(rows int64)
+	// BetweenChunks, for tests, is called after chunk n is committed and
+	// before the next one begins (not after the last).
+	BetweenChunks func(n int64)
 }
 
 // DefaultChunkRows is the default CheckpointOptions.ChunkRows.
@@ -60,6 +63,11 @@ var ErrCheckpointUnwatched = errors.New("the table was unwatched during the chec
 // rows.
 var ErrWatchChanged = errors.New("the watch's column list or row filter changed during the checkpoint")
 
+// ErrTableChanged is wrapped when the table's columns, their types or its
+// primary key changed while a checkpoint ran (ALTER TABLE between chunks):
+// its chunks would not describe rows of one definition.
+var ErrTableChanged = errors.New("the table's definition changed during the checkpoint; run it again")
+
 // Checkpoint writes a digest of a watched table's rows into the WAL, in
 // chunks by primary key: each chunk's row count, an order-independent hash
 // of its rows' canonical JSON (in the mapping events use, the watch's
@@ -76,6 +84,9 @@ var ErrWatchChanged = errors.New("the watch's column list or row filter changed 
 // one chunk at most, never for the whole table. The last chunk carries the
 // totals. A table without a primary key is read in one chunk (one snapshot,
 // one lock for the whole scan) and can be compared as a whole only.
+// Each chunk checks, under its lock, that the watch and the table's
+// definition (columns, types, primary key) are those of the first: it
+// stops with ErrWatchChanged or ErrTableChanged otherwise.
 // Memory stays bounded by one chunk's pairs: rows are hashed as they
 // stream.
 func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o CheckpointOptions) (CheckpointResult, error) {
@@ -148,6 +159,9 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 		}
 		if c.last {
 			break
+		}
+		if o.BetweenChunks != nil {
+			o.BetweenChunks(chunk)
 		}
 	}
 	res.Rows, res.Digest = total.Rows, total.Hex()
@@ -255,6 +269,15 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 		return out, fmt.Errorf("locking %s against writes for the checkpoint (retry when long transactions on it are done): %w", w.name, err)
 	}
 	locked := time.Now()
+	// The table's definition, under the lock: the same as the chunks before
+	// (and the queries) were made for.
+	colsNow, err := columns(ctx, tx.Conn(), w.oid, w.columns)
+	if err != nil {
+		return out, fmt.Errorf("reading the columns of %s: %w", w.name, err)
+	}
+	if !slices.Equal(colsNow, w.cols) {
+		return out, fmt.Errorf("%w (columns were %s, are now %s)", ErrTableChanged, describeColumns(w.cols), describeColumns(colsNow))
+	}
 
 	query, args := w.query, []any{}
 	if len(w.keys) > 0 {
@@ -360,6 +383,19 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	}
 	out.held = time.Since(locked)
 	return out, nil
+}
+
+// describeColumns names columns with their types and key positions, for
+// an error.
+func describeColumns(cols []column) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = pgx.Identifier{c.name}.Sanitize() + " " + c.typ
+		if c.key > 0 {
+			parts[i] += fmt.Sprintf(" (key %d)", c.key)
+		}
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
 }
 
 // rowHasher hashes a chunk's rows on other goroutines while the chunk

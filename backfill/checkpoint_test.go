@@ -3,9 +3,11 @@ package backfill_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -206,5 +208,65 @@ func TestCheckpointTiming(t *testing.T) {
 		}
 		t.Logf("checkpoint of %d rows, --chunk-rows %d: %s wall, %d chunks, longest chunk lock %s; a concurrent writer: %d updates, longest wait %s",
 			res.Rows, chunk, wall.Round(10*time.Millisecond), res.Chunks, res.LongestLock.Round(time.Millisecond), writes, longest.Round(time.Millisecond))
+	}
+}
+
+// TestCheckpointStopsOnAlterTable: ALTER TABLE between two chunks (a
+// column's type, a new column, another primary key) stops the checkpoint at
+// the next chunk, under its lock, with ErrTableChanged; changes of rows
+// between chunks do not.
+func TestCheckpointStopsOnAlterTable(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DSN(t)
+	conn := connect(t, dsn)
+	other := connect(t, dsn)
+	reg := watches.NewRegistry(conn, pub, slot)
+	tests := []struct {
+		name  string
+		alter string // %[1]s: the table, %[2]s: its primary key; run between chunks 1 and 2
+		stops bool
+	}{
+		{name: "a column's type", alter: `ALTER TABLE %[1]s ALTER COLUMN n TYPE bigint`, stops: true},
+		{name: "a new column", alter: `ALTER TABLE %[1]s ADD COLUMN extra text DEFAULT 'x'`, stops: true},
+		{name: "a dropped column", alter: `ALTER TABLE %[1]s DROP COLUMN v`, stops: true},
+		{name: "another primary key", alter: `ALTER TABLE %[1]s DROP CONSTRAINT %[2]s, ADD PRIMARY KEY (id, n)`, stops: true},
+		{name: "rows only", alter: `UPDATE %[1]s SET v = 'changed' WHERE id > 10`, stops: false},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("alt %d", i)
+			ident := pgx.Identifier{name}.Sanitize()
+			pkey := pgx.Identifier{name + "_pkey"}.Sanitize()
+			if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE TABLE %[1]s (id int, n int, v text, CONSTRAINT %[2]s PRIMARY KEY (id));
+				INSERT INTO %[1]s SELECT g, g, 'row ' || g FROM generate_series(1, 20) g`, ident, pkey)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := reg.Watch(ctx, watches.TableName{Schema: "public", Name: name}, "other", "t"); err != nil {
+				t.Fatal(err)
+			}
+			var oid uint32
+			if err := conn.QueryRow(ctx, `SELECT $1::regclass::oid`, ident).Scan(&oid); err != nil {
+				t.Fatal(err)
+			}
+			var between []int64
+			res, err := backfill.Checkpoint(ctx, conn, oid, backfill.CheckpointOptions{ChunkRows: 5, BetweenChunks: func(n int64) {
+				between = append(between, n)
+				if n == 1 {
+					if _, err := other.Exec(ctx, fmt.Sprintf(tc.alter, ident, pkey)); err != nil {
+						t.Errorf("between chunks: %v", err)
+					}
+				}
+			}})
+			if !tc.stops {
+				if err != nil || res.Chunks != 4 || fmt.Sprint(between) != "[1 2 3]" {
+					t.Fatalf("got %d chunks, hook after %v, error %v; want 4 chunks, the hook after 1, 2, 3", res.Chunks, between, err)
+				}
+				return
+			}
+			if !errors.Is(err, backfill.ErrTableChanged) || !strings.Contains(err.Error(), "stopped after chunk 1") ||
+				!strings.Contains(err.Error(), "the table's definition changed during the checkpoint; run it again") {
+				t.Fatalf("got %v, want ErrTableChanged at chunk 2", err)
+			}
+		})
 	}
 }

@@ -13,8 +13,9 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
-// maxChunkSize bounds --chunk-size: a chunk is one WAL message, which the
-// agent decodes whole.
+// maxChunkSize bounds backfill --chunk-size: a chunk is one WAL message,
+// which the agent decodes whole (its rows become one READ event each).
+// checkpoint --chunk-rows has its own bound, maxChunkRows.
 const maxChunkSize = 1000000
 
 func newBackfillCmd(o *options) *cobra.Command {

@@ -20,6 +20,13 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
+// maxChunkRows bounds checkpoint --chunk-rows: each row adds 16 base64
+// characters (12 bytes) of pairs to its chunk's CHECKPOINT event, so a
+// chunk of 100,000 rows is an event of about 1.6 MB, within a spine's or a
+// proxy's body limit (a refused event would leave verify missing a chunk).
+// The backfill's --chunk-size has its own bound, maxChunkSize.
+const maxChunkRows = 100000
+
 func newCheckpointCmd(o *options) *cobra.Command {
 	var lockTimeout time.Duration
 	var chunkRows int
@@ -41,8 +48,8 @@ one chunk: writers wait for the whole scan, and verify compares counts and diges
 			if lockTimeout <= 0 {
 				return usageError("invalid --lock-timeout %s: use a positive duration, e.g. 10s", lockTimeout)
 			}
-			if chunkRows < 1 || chunkRows > maxChunkSize {
-				return usageError("invalid --chunk-rows %d: use 1 to %d rows per chunk (each chunk holds the table's SHARE lock while it reads)", chunkRows, maxChunkSize)
+			if chunkRows < 1 || chunkRows > maxChunkRows {
+				return usageError("invalid --chunk-rows %d: use 1 to %d rows per chunk (each chunk holds the table's SHARE lock while it reads, and is one CHECKPOINT event of about 16 bytes per row)", chunkRows, maxChunkRows)
 			}
 			t, err := watches.ParseTableName(args[0])
 			if err != nil {
@@ -81,7 +88,7 @@ one chunk: writers wait for the whole scan, and verify compares counts and diges
 		},
 	}
 	cmd.Flags().DurationVar(&lockTimeout, "lock-timeout", 10*time.Second, "longest wait for the SHARE lock on the table, per chunk")
-	cmd.Flags().IntVar(&chunkRows, "chunk-rows", backfill.DefaultChunkRows, "rows per chunk, 1 to 1000000 (each chunk is one transaction holding the table's SHARE lock)")
+	cmd.Flags().IntVar(&chunkRows, "chunk-rows", backfill.DefaultChunkRows, "rows per chunk, 1 to 100000 (each chunk is one transaction holding the table's SHARE lock, and one CHECKPOINT event of about 16 bytes per row)")
 	return cmd
 }
 

@@ -88,7 +88,18 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 		st = &cpState{id: id, begin: e.EventID, covered: map[uint64]struct{}{}}
 		t.cps[id] = st
 	case st == nil:
-		v.fail(CheckFaithfulness, e.EventID, "", "checkpoint %s of %s: chunk %d (event %d) came without the chunks before it", id, table, chunk, e.EventID)
+		if t.orphans[id] {
+			return // reported at its first chunk here
+		}
+		if t.orphans == nil {
+			t.orphans = map[string]bool{}
+		}
+		t.orphans[id] = true
+		known := ""
+		if t.gap != "" {
+			known = t.gap + " covers this table: the checkpoint began before the gap, its earlier chunks are in the capture before it; run checkpoint again"
+		}
+		v.fail(CheckFaithfulness, e.EventID, known, "checkpoint %s of %s: chunk %d (event %d) came without the chunks before it", id, table, chunk, e.EventID)
 		return
 	case chunk != st.chunks+1:
 		st.problem(e.EventID, "chunk %d (event %d) follows chunk %d: chunks are missing", chunk, e.EventID, st.chunks)

@@ -15,10 +15,10 @@ func (v *Verifier) table(name string) *tableState {
 	return t
 }
 
-// restart empties the fold after a declared gap: the table's state is
-// re-established by its backfill (READ events).
-func (t *tableState) restart() {
-	t.rows, t.n, t.rebase, t.broken = map[[32]byte]int{}, 0, true, ""
+// restart empties the fold after a declared gap (gap names it): the
+// table's state is re-established by its backfill (READ events).
+func (t *tableState) restart(gap string) {
+	t.rows, t.n, t.rebase, t.broken, t.gap = map[[32]byte]int{}, 0, true, "", gap
 	t.ix.emptied()
 	t.cps = map[string]*cpState{}
 }
@@ -41,8 +41,9 @@ func (t *tableState) addHashed(row any, h [32]byte, canon []byte, at int64) {
 
 // remove takes one row out; false when the row is not in the fold (it was
 // never seen: a change made while auditing was bypassed, or a row older
-// than the watch with no backfill).
-func (t *tableState) remove(row any) (bool, error) {
+// than the watch with no backfill). deleted: a DELETE, not an UPDATE's old
+// row.
+func (t *tableState) remove(row any, deleted bool) (bool, error) {
 	h, err := ValueHash(row)
 	if err != nil {
 		return false, err
@@ -52,11 +53,12 @@ func (t *tableState) remove(row any) (bool, error) {
 		return false, nil
 	}
 	t.rows[h]--
-	if t.rows[h] == 0 {
+	last := t.rows[h] == 0
+	if last {
 		delete(t.rows, h)
 	}
 	t.n--
-	t.ix.removed(row, h)
+	t.ix.removed(row, h, last, deleted)
 	return true, nil
 }
 
@@ -100,7 +102,7 @@ func (v *Verifier) fold(e chain.Event, op, gen, table string) {
 	case "UPDATE", "DELETE":
 		if oldRow != nil && !keyOnly {
 			var ok bool
-			if ok, err = t.remove(oldRow); err == nil && !ok {
+			if ok, err = t.remove(oldRow, op == "DELETE"); err == nil && !ok {
 				t.unseen++
 				if t.firstUnseen == 0 {
 					t.firstUnseen = e.EventID

@@ -92,15 +92,25 @@ func (e *keyed) all() []keyRow { return append([]keyRow{e.first}, e.more...) }
 
 // keyIndex indexes a table's fold by key, so that a chunked checkpoint can
 // name the keys that differ. The key columns are learnt from the table's
-// first checkpoint: until then the fold keeps each row's canonical JSON
-// (large values left out) to index it then.
+// first checkpoint that names some (a checkpoint of a table without a
+// primary key names none: a key added later is learnt from a later one).
+// Until then the index keeps the canonical JSON (large values left out) of
+// each row hash in the fold, to index it then, and of the newest rows
+// deleted meanwhile, to name their keys: memory follows the fold, not the
+// history.
 type keyIndex struct {
-	cols    []string // sorted; nil until a checkpoint names them, empty without a key
-	lost    string   // why the fold is not indexed by the key (non-empty)
+	cols []string // sorted; nil until a checkpoint names them
+	lost string   // why the fold is not indexed by the key (non-empty)
+	// pending: the rows in the fold, by row hash, until cols are known.
 	pending map[[32]byte][]byte
-	byKey   map[uint64]keyed
-	seen    map[uint64]string   // key hash → canonical key, every key the trail showed
-	collide map[uint64][]string // further keys with a hash already in seen
+	// gone: rows deleted (DELETE, TRUNCATE, a declared gap) before cols
+	// are known, at most pendingGone of them (the newest; goneOrder is
+	// their order), whose keys are named once cols are known.
+	gone      map[[32]byte][]byte
+	goneOrder [][32]byte
+	byKey     map[uint64]keyed
+	seen      map[uint64]string   // key hash → canonical key, every key the trail showed
+	collide   map[uint64][]string // further keys with a hash already in seen
 }
 
 // usable reports whether chunks can be compared key by key.
@@ -109,9 +119,13 @@ func (ix *keyIndex) usable() bool { return len(ix.cols) > 0 && ix.lost == "" }
 // Rows above pendingWhole bytes of canonical JSON keep only their values of
 // at most pendingValue bytes until the key columns are known (key values
 // are small: a btree entry is at most a third of a page).
+// Of the rows deleted before then, the newest pendingGone are kept, so
+// that their keys can be named as deleted in the trail (older ones are
+// named by their key hash only).
 const (
 	pendingWhole = 1024
 	pendingValue = 256
+	pendingGone  = 10000
 )
 
 func keyParts(keyJSON []byte) (uint64, uint64) {
@@ -181,8 +195,22 @@ func (ix *keyIndex) seeRow(row any) {
 	}
 }
 
-// removed records that one row with hash h left the fold.
-func (ix *keyIndex) removed(row any, h [32]byte) {
+// removed records that one row with hash h left the fold. last: no row
+// with hash h is left in it. deleted: the row's key left the trail (a
+// DELETE), rather than an UPDATE replacing the row (whose key, unless the
+// UPDATE changed it, stays in the fold with the new row).
+func (ix *keyIndex) removed(row any, h [32]byte, last, deleted bool) {
+	if ix.cols == nil {
+		if !last {
+			return
+		}
+		canon, ok := ix.pending[h]
+		delete(ix.pending, h)
+		if ok && deleted {
+			ix.bury(h, canon)
+		}
+		return
+	}
 	if !ix.usable() {
 		return
 	}
@@ -210,11 +238,35 @@ func (ix *keyIndex) removed(row any, h [32]byte) {
 	ix.byKey[kh] = e
 }
 
+// bury keeps a deleted row pending the key columns, to name its key then;
+// the oldest is forgotten beyond pendingGone.
+func (ix *keyIndex) bury(h [32]byte, canon []byte) {
+	if canon == nil {
+		return
+	}
+	if _, ok := ix.gone[h]; ok {
+		return
+	}
+	if ix.gone == nil {
+		ix.gone = map[[32]byte][]byte{}
+	}
+	ix.gone[h] = canon
+	ix.goneOrder = append(ix.goneOrder, h)
+	for len(ix.goneOrder) > pendingGone {
+		delete(ix.gone, ix.goneOrder[0])
+		ix.goneOrder = ix.goneOrder[1:]
+	}
+}
+
 // emptied records a TRUNCATE or a restart: no row is left. The keys seen
-// stay known.
-// (Rows pending an index stay too: learn indexes only those still in the
-// fold, and names the others.)
-func (ix *keyIndex) emptied() { ix.byKey = nil }
+// stay known; rows pending an index are deleted ones now.
+func (ix *keyIndex) emptied() {
+	ix.byKey = nil
+	for h, canon := range ix.pending {
+		ix.bury(h, canon)
+	}
+	ix.pending = nil
+}
 
 // reduced is what the fold keeps of a row until its key columns are known.
 func reduced(row any, canon []byte) []byte {
@@ -236,12 +288,14 @@ func reduced(row any, canon []byte) []byte {
 }
 
 // learn sets the key columns a checkpoint names, and indexes the rows
-// folded so far. rows is the fold's multiset.
+// folded so far. rows is the fold's multiset. A checkpoint that names no
+// key columns (the table has no primary key, now) teaches nothing: the
+// rows stay pending, for a key a later checkpoint names.
 func (ix *keyIndex) learn(cols []string, rows map[[32]byte]int) {
-	cols = slices.Sorted(slices.Values(cols))
-	if cols == nil {
-		cols = []string{}
+	if len(cols) == 0 {
+		return
 	}
+	cols = slices.Sorted(slices.Values(cols))
 	if ix.cols != nil {
 		if !slices.Equal(ix.cols, cols) && ix.lost == "" {
 			ix.lost = fmt.Sprintf("the table's primary key changed from %v to %v during the trail, and the fold is indexed by the first", ix.cols, cols)
@@ -250,19 +304,16 @@ func (ix *keyIndex) learn(cols []string, rows map[[32]byte]int) {
 		return
 	}
 	ix.cols = cols
-	pending := ix.pending
-	ix.pending = nil
-	if len(cols) == 0 {
-		return
+	pending, gone := ix.pending, ix.gone
+	ix.pending, ix.gone, ix.goneOrder = nil, nil, nil
+	for _, canon := range gone {
+		if k, ok := pendingKey(canon, cols); ok {
+			kh, _ := keyParts(k)
+			ix.see(kh, k) // a key the trail showed, deleted since
+		}
 	}
 	for h, canon := range pending {
-		dec := json.NewDecoder(bytes.NewReader(canon))
-		dec.UseNumber()
-		var v any
-		if dec.Decode(&v) != nil {
-			continue
-		}
-		k, ok := KeyJSON(v, cols)
+		k, ok := pendingKey(canon, cols)
 		if !ok {
 			continue
 		}
@@ -275,6 +326,17 @@ func (ix *keyIndex) learn(cols []string, rows map[[32]byte]int) {
 			ix.insert(k, h, 0)
 		}
 	}
+}
+
+// pendingKey is the key of a row kept pending the key columns.
+func pendingKey(canon []byte, cols []string) ([]byte, bool) {
+	dec := json.NewDecoder(bytes.NewReader(canon))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return nil, false
+	}
+	return KeyJSON(v, cols)
 }
 
 // diff names key hash kh.

@@ -123,7 +123,7 @@ func TestCompareChunk(t *testing.T) {
 					err = ts.add(row(t, s.row), s.at)
 				case "-":
 					var ok bool
-					if ok, err = ts.remove(row(t, s.row)); !ok {
+					if ok, err = ts.remove(row(t, s.row), true); !ok {
 						t.Fatalf("removing %s: not in the fold", s.row)
 					}
 				}
@@ -196,21 +196,36 @@ type chainBuilder struct {
 	evs      []chain.Event
 	prevHash string
 	prev     decode.Position
+	slot     string // the key's slot: "" is pgaudit_cdc, the first generation
+}
+
+// generation starts a new capture generation (after a gap): its first
+// event names no predecessor.
+func (c *chainBuilder) generation(slot string) {
+	c.slot, c.prev = slot, decode.Position{}
 }
 
 func (c *chainBuilder) add(t testing.TB, payload map[string]any) {
 	t.Helper()
 	i := len(c.evs)
 	pos := decode.Position{CommitLSN: pgoutput.LSN(0x1000 + i*0x100), Seq: 1}
-	meta := map[string]any{"idempotency_key": decode.Key("7", "pgaudit_cdc", pos), "tx_index": json.Number("1"), "tx_events": json.Number("1")}
+	slot := c.slot
+	if slot == "" {
+		slot = "pgaudit_cdc"
+	}
+	meta := map[string]any{"idempotency_key": decode.Key("7", slot, pos), "tx_index": json.Number("1"), "tx_events": json.Number("1")}
 	if i == 0 {
-		meta["prev"] = nil
 		c.prevHash = chain.Genesis
+	}
+	if c.prev.IsZero() {
+		meta["prev"] = nil
 	} else {
 		meta["prev"] = c.prev.String()
 	}
 	payload["metadata"] = meta
-	payload["table"] = "public.t"
+	if _, ok := payload["table"]; !ok {
+		payload["table"] = "public.t"
+	}
 	e := chain.Event{EventID: int64(i + 1), Timestamp: "2026-11-28T00:00:00+00:00", Kind: "other", Source: "s", Payload: payload, PrevHash: c.prevHash}
 	h, err := chain.Hash(e)
 	if err != nil {
@@ -226,6 +241,10 @@ func (c *chainBuilder) insert(t testing.TB, js string) {
 
 func (c *chainBuilder) update(t testing.TB, old, new string) {
 	c.add(t, map[string]any{"operation": "UPDATE", "old": row(t, old), "new": row(t, new)})
+}
+
+func (c *chainBuilder) delete(t testing.TB, old string) {
+	c.add(t, map[string]any{"operation": "DELETE", "old": row(t, old)})
 }
 
 // chunk appends a CHECKPOINT chunk of the given rows (nil keyCols: no pairs).
@@ -386,4 +405,190 @@ func BenchmarkVerifyKeyed(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(c.evs)), "ns/event")
+}
+
+// foldOf runs a chain through a Verifier and returns the report and the
+// state of public.t in the first generation.
+func foldOf(evs []chain.Event) (Report, *tableState) {
+	v := New(Options{Slot: "pgaudit_cdc"})
+	for _, e := range evs {
+		v.Add(e)
+	}
+	t := v.tables[decode.KeyPrefix("7", "pgaudit_cdc")+"|public.t"]
+	return v.Finish(), t
+}
+
+// TestPendingFollowsTheFold: until a checkpoint names the key, the index
+// keeps rows for the fold as it is now, not for every row version the
+// history showed; the keys of rows deleted meanwhile stay nameable, the
+// newest pendingGone of them at most.
+func TestPendingFollowsTheFold(t *testing.T) {
+	tests := []struct {
+		name  string
+		build func(t testing.TB, c *chainBuilder)
+		// most rows kept pending (in the fold) and deleted (gone)
+		pending, gone int
+	}{
+		{name: "10,000 updates of one row", pending: 1, gone: 0, build: func(t testing.TB, c *chainBuilder) {
+			c.insert(t, `{"id":1,"v":"0"}`)
+			for i := 1; i <= 10000; i++ {
+				c.update(t, fmt.Sprintf(`{"id":1,"v":"%d"}`, i-1), fmt.Sprintf(`{"id":1,"v":"%d"}`, i))
+			}
+		}},
+		{name: "updates and deletes of a few rows", pending: 2, gone: 1, build: func(t testing.TB, c *chainBuilder) {
+			for id := 1; id <= 3; id++ {
+				c.insert(t, fmt.Sprintf(`{"id":%d,"v":"0"}`, id))
+			}
+			for i := 1; i <= 2000; i++ {
+				for id := 1; id <= 3; id++ {
+					c.update(t, fmt.Sprintf(`{"id":%d,"v":"%d"}`, id, i-1), fmt.Sprintf(`{"id":%d,"v":"%d"}`, id, i))
+				}
+			}
+			c.delete(t, `{"id":2,"v":"2000"}`)
+		}},
+		{name: "a queue: more rows inserted and deleted than are kept", pending: 0, gone: pendingGone, build: func(t testing.TB, c *chainBuilder) {
+			for id := 1; id <= pendingGone+3000; id++ {
+				c.insert(t, fmt.Sprintf(`{"id":%d,"v":"job"}`, id))
+				c.delete(t, fmt.Sprintf(`{"id":%d,"v":"job"}`, id))
+			}
+		}},
+		{name: "duplicate rows leave when the last one does", pending: 1, gone: 0, build: func(t testing.TB, c *chainBuilder) {
+			c.insert(t, `{"id":1,"v":"same"}`)
+			c.insert(t, `{"id":1,"v":"same"}`)
+			c.update(t, `{"id":1,"v":"same"}`, `{"id":1,"v":"other"}`)
+			c.update(t, `{"id":1,"v":"same"}`, `{"id":1,"v":"other"}`)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var c chainBuilder
+			tc.build(t, &c)
+			rep, ts := foldOf(c.evs)
+			if !rep.OK() {
+				t.Fatalf("got failures %+v", rep.Failures)
+			}
+			if len(ts.ix.pending) != tc.pending || len(ts.ix.gone) > tc.gone || len(ts.ix.goneOrder) != len(ts.ix.gone) {
+				t.Fatalf("got %d rows pending and %d deleted (order %d), want %d pending and at most %d deleted (the fold holds %d rows)",
+					len(ts.ix.pending), len(ts.ix.gone), len(ts.ix.goneOrder), tc.pending, tc.gone, ts.n)
+			}
+		})
+	}
+	t.Run("a key deleted before the first checkpoint is named", func(t *testing.T) {
+		var c chainBuilder
+		c.insert(t, `{"id":1,"v":"a0"}`)
+		c.insert(t, `{"id":2,"v":"a"}`)
+		c.insert(t, `{"id":3,"v":"a"}`)
+		c.delete(t, `{"id":2,"v":"a"}`)
+		for i := 0; i < 100; i++ {
+			c.update(t, fmt.Sprintf(`{"id":1,"v":"a%d"}`, i), fmt.Sprintf(`{"id":1,"v":"a%d"}`, i+1))
+		}
+		var total Digest
+		c.chunk(t, 9, 1, true, &total, []string{"id"}, `{"id":1,"v":"a100"}`, `{"id":2,"v":"a"}`, `{"id":3,"v":"a"}`)
+		rep, _ := foldOf(c.evs)
+		if len(rep.Failures) != 1 || rep.Failures[0].KeysTotal != 1 || string(rep.Failures[0].Keys[0].Key) != `{"id":2}` ||
+			rep.Failures[0].Keys[0].Problem != ProblemDeletedInTrail {
+			js, _ := json.Marshal(rep.Failures)
+			t.Fatalf("got %s, want {\"id\":2} deleted in the trail", js)
+		}
+	})
+}
+
+// TestKeyLearntAfterKeylessCheckpoint: a table checkpointed without a
+// primary key, which gets one later, is compared key by key from its first
+// keyed checkpoint on.
+func TestKeyLearntAfterKeylessCheckpoint(t *testing.T) {
+	key := []string{"id"}
+	tests := []struct {
+		name  string
+		table []string // the keyed checkpoint's rows
+		want  []string // the keys that differ ("" : a match)
+	}{
+		{name: "table and trail agree", table: []string{`{"id":1,"v":"b"}`, `{"id":2,"v":"a"}`, `{"id":3,"v":"a"}`}},
+		{name: "a row differs", table: []string{`{"id":1,"v":"b"}`, `{"id":2,"v":"bypassed"}`, `{"id":3,"v":"a"}`},
+			want: []string{`{"id":2}: the table's row differs from the trail's (chunk 2)`}},
+		{name: "a row deleted without an event", table: []string{`{"id":1,"v":"b"}`, `{"id":3,"v":"a"}`},
+			want: []string{`{"id":2}: in the trail, not in the table (deleted without an event)`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var c chainBuilder
+			c.insert(t, `{"id":1,"v":"a"}`)
+			c.insert(t, `{"id":2,"v":"a"}`)
+			var t1 Digest
+			c.chunk(t, 9, 1, true, &t1, nil, `{"id":1,"v":"a"}`, `{"id":2,"v":"a"}`) // no primary key yet
+			// ALTER TABLE t ADD PRIMARY KEY (id), then changes:
+			c.insert(t, `{"id":3,"v":"a"}`)
+			c.update(t, `{"id":1,"v":"a"}`, `{"id":1,"v":"b"}`)
+			var t2 Digest
+			c.chunk(t, 10, 1, false, &t2, key, tc.table[:1]...)
+			c.chunk(t, 10, 2, true, &t2, key, tc.table[1:]...)
+			rep := run(c.evs)
+			if len(tc.want) == 0 {
+				if !rep.OK() || rep.Checkpoints != 2 {
+					t.Fatalf("got failures %+v, checkpoints %d; want none, 2", rep.Failures, rep.Checkpoints)
+				}
+				return
+			}
+			if len(rep.Failures) != 1 {
+				t.Fatalf("got %d failures, want 1: %+v", len(rep.Failures), rep.Failures)
+			}
+			var got []string
+			for _, k := range rep.Failures[0].Keys {
+				got = append(got, k.String())
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Fatalf("got keys %q, want %q (%s)", got, tc.want, rep.Failures[0].Detail)
+			}
+		})
+	}
+}
+
+// TestCheckpointAcrossGap: a checkpoint whose chunks straddle a declared
+// gap fails in the new generation with the gap as its known cause, once.
+func TestCheckpointAcrossGap(t *testing.T) {
+	key := []string{"id"}
+	tests := []struct {
+		name   string
+		after  int  // chunks after the gap (2, 3, …)
+		tables bool // the gap lists public.t
+		known  string
+	}{
+		{name: "the last chunk after the gap", after: 1, tables: true, known: "declared gap #4 (slot_lost) covers this table"},
+		{name: "several chunks after the gap, reported once", after: 3, tables: true, known: "declared gap #4 (slot_lost) covers this table"},
+		{name: "a gap not listing the table explains nothing", after: 1, tables: false, known: ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var c chainBuilder
+			c.insert(t, `{"id":1,"v":"a"}`)
+			c.insert(t, `{"id":2,"v":"a"}`)
+			var total Digest
+			c.chunk(t, 9, 1, false, &total, key, `{"id":1,"v":"a"}`)
+			c.generation("pgaudit_cdc.g1")
+			tables := []any{}
+			if tc.tables {
+				tables = []any{"public.t"}
+			}
+			c.add(t, map[string]any{"operation": "GAP", "table": "pgaudit_cdc.capture_state",
+				"gap": map[string]any{"id": json.Number("4"), "reason": "slot_lost", "detail": "the slot was dropped", "tables": tables}})
+			c.add(t, map[string]any{"operation": "READ", "new": row(t, `{"id":1,"v":"a"}`)})
+			c.add(t, map[string]any{"operation": "READ", "new": row(t, `{"id":2,"v":"a"}`)})
+			for i := 0; i < tc.after; i++ {
+				c.chunk(t, 9, 2+i, i == tc.after-1, &total, key, fmt.Sprintf(`{"id":%d,"v":"a"}`, 2+i))
+			}
+			rep := run(c.evs)
+			var orphans []Result
+			for _, f := range rep.Failures {
+				if f.Check == CheckFaithfulness {
+					orphans = append(orphans, f)
+				}
+			}
+			if len(orphans) != 1 || !strings.Contains(orphans[0].Detail, "chunk 2 (event 7) came without the chunks before it") {
+				t.Fatalf("got faithfulness failures %+v, want one for chunk 2", orphans)
+			}
+			if got := orphans[0].KnownCause; (tc.known == "") != (got == "") || !strings.Contains(got, tc.known) {
+				t.Fatalf("got known cause %q, want %q", got, tc.known)
+			}
+		})
+	}
 }

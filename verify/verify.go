@@ -87,7 +87,13 @@ type tableState struct {
 	// rebase: a declared gap covers the table; the fold restarts from its
 	// READ baseline and mismatches until then have a known cause.
 	rebase bool
-	broken string // why the fold cannot be trusted (first reason)
+	// gap names the declared gap that restarted the fold in this
+	// generation ("" if none): a checkpoint it interrupted continues here
+	// without its first chunks. orphans are those checkpoints, reported
+	// once each.
+	gap     string
+	orphans map[string]bool
+	broken  string // why the fold cannot be trusted (first reason)
 	// sawFullOld and columnList tell a weakened replica identity from a
 	// column list's key-only identity.
 	sawFullOld bool
@@ -225,7 +231,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 			// The new generation's folds start from the backfill.
 			for _, t := range tables {
 				if name, ok := t.(string); ok {
-					v.table(gen + "|" + name).restart()
+					v.table(gen + "|" + name).restart(fmt.Sprintf("declared gap #%v (%v)", g["id"], g["reason"]))
 				}
 			}
 		}

@@ -130,7 +130,7 @@ func (s *Stream) countSkipped(rel *pgoutput.RelationMessage, op string) {
 func (s *Stream) emitSkipSummaries(lsn pgoutput.LSN, emit func(Item) error) error {
 	for _, c := range s.skipped {
 		s.seq++
-		ev := s.newEvent(lsn, c.rel, c.watch, OpSummary)
+		ev := s.newEvent(lsn, QualifiedName(c.rel.Namespace, c.rel.Name), c.watch, OpSummary)
 		b := s.appendHead(make([]byte, 0, 512), ev)
 		b = append(b, `,"counts":{`...)
 		first := true
@@ -326,7 +326,7 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 	} else {
 		by = before.ChangedBy
 	}
-	ev := s.newEvent(lsn, rel, Watch{Kind: SelfAuditKind, Source: SelfAuditSource}, action)
+	ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), Watch{Kind: SelfAuditKind, Source: SelfAuditSource}, action)
 	b := s.appendHead(make([]byte, 0, 512), ev)
 	if shown != nil {
 		js, _ := json.Marshal(shown)
@@ -392,7 +392,7 @@ func (s *Stream) backfill(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.Log
 		if !ok || len(row) != len(rel.Columns) {
 			continue
 		}
-		ev := s.newEvent(lsn, rel, w, OpRead)
+		ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpRead)
 		b := s.appendHead(make([]byte, 0, 256), ev)
 		b = append(b, `,"new":{`...)
 		for i, v := range row {
@@ -582,7 +582,7 @@ func (s *Stream) checkpoint(lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit f
 		return nil
 	}
 	rel := &pgoutput.RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
-	ev := s.newEvent(lsn, rel, w, OpCheckpoint)
+	ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpCheckpoint)
 	b := s.appendHead(make([]byte, 0, 512), ev)
 	b = append(b, `,"checkpoint":{"id":`...)
 	b = strconv.AppendInt(b, cp.ID, 10)

@@ -75,6 +75,7 @@ type TypeLookup interface {
 type relation struct {
 	*pgoutput.RelationMessage
 	types []*pgjson.Type // one per column; nil maps as text
+	name  string         // QualifiedName, made once per RELATION message, not per event
 }
 
 // Position orders every change of a slot: the commit LSN of its transaction,
@@ -417,7 +418,7 @@ func (s *Stream) resolveRelation(ctx context.Context, m *pgoutput.RelationMessag
 	if s.cfg.Types != nil {
 		s.cfg.Types.Forget()
 	}
-	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns))}
+	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns)), name: QualifiedName(m.Namespace, m.Name)}
 	for i, c := range m.Columns {
 		t, err := s.lookupType(ctx, c.TypeOID)
 		if err != nil {
@@ -485,7 +486,7 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 		return fmt.Errorf("%w: tuple of %s has a column count that differs from its RELATION message (%d)", ErrProtocol, QualifiedName(rel.Namespace, rel.Name), len(rel.Columns))
 	}
 
-	ev := s.newEvent(lsn, rel, w, op)
+	ev := s.newEvent(lsn, resolved.name, w, op)
 	b := make([]byte, 0, 384+len(w.Kind)+len(w.Source)+tupleSize(rel, old)+tupleSize(rel, newT))
 	b = s.appendHead(b, ev)
 	var missing []string
@@ -550,7 +551,7 @@ func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit fu
 			s.countSkipped(rel, OpTruncate)
 			continue
 		}
-		ev := s.newEvent(lsn, rel, w, OpTruncate)
+		ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpTruncate)
 		b := s.appendHead(make([]byte, 0, 384), ev)
 		b = append(b, `,"cascade":`...)
 		b = strconv.AppendBool(b, m.Options&pgoutput.TruncateCascade != 0)
@@ -566,7 +567,7 @@ func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit fu
 	return nil
 }
 
-func (s *Stream) newEvent(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, w Watch, op string) *Event {
+func (s *Stream) newEvent(lsn pgoutput.LSN, table string, w Watch, op string) *Event {
 	pos := Position{CommitLSN: s.begin.FinalLSN, Seq: s.seq}
 	return &Event{
 		Key:        Key(s.cfg.SystemID, s.cfg.Slot, pos),
@@ -574,7 +575,7 @@ func (s *Stream) newEvent(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, w Wat
 		LSN:        lsn,
 		Kind:       w.Kind,
 		Source:     w.Source,
-		Table:      QualifiedName(rel.Namespace, rel.Name),
+		Table:      table,
 		Operation:  op,
 		CommitTime: s.commitTime,
 	}

@@ -263,7 +263,7 @@ func (r *reader) handOverNow() {
 	if len(b.items) == 0 {
 		return
 	}
-	if b.size > 0 && r.inflight.Load() > 0 && r.inflight.Load()+b.size > r.a.cfg.MaxBufferedBytes {
+	if !r.fits(b.size) {
 		return
 	}
 	r.inflight.Add(b.size)
@@ -300,11 +300,18 @@ func (r *reader) logWatchChange(it decode.Item) {
 	}
 }
 
+// fits reports whether size more bytes of envelopes may be handed over now:
+// the buffer's byte bound, which an empty buffer or a batch without
+// envelopes always meets (one large event still goes, alone).
+func (r *reader) fits(size int64) bool {
+	return size == 0 || r.inflight.Load() == 0 || r.inflight.Load()+size <= r.a.cfg.MaxBufferedBytes
+}
+
 // send hands w to the publisher, waiting while the buffer is full (by count
 // or bytes) and keeping the replication session alive meanwhile.
 func (r *reader) send(ctx context.Context, w batch) error {
 	for {
-		fits := w.size == 0 || r.inflight.Load() == 0 || r.inflight.Load()+w.size <= r.a.cfg.MaxBufferedBytes
+		fits := r.fits(w.size)
 		var sendCh chan batch
 		if fits {
 			sendCh = r.items

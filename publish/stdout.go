@@ -24,13 +24,17 @@ func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 func (s *Writer) Publish(_ context.Context, ev *decode.Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Appending past len(ev.Body) leaves the event's bytes as they are; it
-	// reuses the spare capacity the envelope usually has.
-	line := append(ev.Body[:len(ev.Body):cap(ev.Body)], '\n')
-	if _, err := s.w.Write(line); err != nil {
+	if _, err := s.w.Write(line(ev.Body)); err != nil {
 		return fmt.Errorf("writing the event: %w", err)
 	}
 	return nil
+}
+
+// line is body and a newline. Appending past len(body) leaves the event's
+// bytes as they are; it reuses the spare capacity the envelope usually has
+// instead of copying it.
+func line(body []byte) []byte {
+	return append(body[:len(body):cap(body)], '\n')
 }
 
 // Most bytes PublishBatch writes at once.
@@ -44,29 +48,21 @@ const writerChunk = 1 << 20
 func (s *Writer) PublishBatch(_ context.Context, evs []*decode.Event, done func(i int, err error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	settled := 0
-	for settled < len(evs) {
+	for settled := 0; settled < len(evs); {
+		// evs[settled:end] go out in one write.
+		var out []byte
+		end := settled + 1
 		if body := evs[settled].Body; len(body) >= writerChunk {
-			// A large event is written from its own bytes, not copied.
-			_, err := s.w.Write(append(body[:len(body):cap(body)], '\n'))
-			if err != nil {
-				err = fmt.Errorf("writing the event: %w", err)
-				for i := settled; i < len(evs); i++ {
-					done(i, err)
-				}
-				return nil
+			out = line(body) // a large event alone, from its own bytes
+		} else {
+			s.buf = append(append(s.buf[:0], body...), '\n')
+			for end < len(evs) && len(s.buf)+len(evs[end].Body) < writerChunk {
+				s.buf = append(append(s.buf, evs[end].Body...), '\n')
+				end++
 			}
-			done(settled, nil)
-			settled++
-			continue
+			out = s.buf
 		}
-		s.buf = s.buf[:0]
-		end := settled
-		for end < len(evs) && (end == settled || len(s.buf)+len(evs[end].Body) < writerChunk) {
-			s.buf = append(append(s.buf, evs[end].Body...), '\n')
-			end++
-		}
-		if _, err := s.w.Write(s.buf); err != nil {
+		if _, err := s.w.Write(out); err != nil {
 			err = fmt.Errorf("writing the event: %w", err)
 			for i := settled; i < len(evs); i++ {
 				done(i, err)

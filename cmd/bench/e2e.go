@@ -1,21 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"sync/atomic"
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/netsim"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
-// E2EResult compares three one-at-a-time producers POSTing the same
-// envelopes to a spine that answers 201 at once.
+// E2EResult compares three producers POSTing the same envelopes to a spine
+// that answers 201 at once: the agent (pipelined), publish.Client one at a
+// time, and a bare sequential net/http client.
 type E2EResult struct {
 	Rows      int
 	BodyBytes int // mean envelope size
@@ -36,47 +33,6 @@ type E2ERound struct {
 	AgentCPU, ClientCPU, PlainCPU time.Duration
 	WalsenderCPU                  time.Duration
 }
-
-// instantSpine answers POST /events with 201 and GET /events (the client's
-// read-back) with an empty list, counting the POSTs.
-type instantSpine struct {
-	posts atomic.Int64
-	srv   *httptest.Server
-}
-
-func newInstantSpine() *instantSpine {
-	s := &instantSpine{}
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch {
-		case r.URL.Path == "/events" && r.Method == http.MethodPost:
-			body, _ := io.ReadAll(r.Body)
-			n := s.posts.Add(1)
-			// The client accepts a 201 only with the stored event echoing
-			// its idempotency key: answer the smallest such event.
-			key := ""
-			const marker = `"idempotency_key":"`
-			if i := bytes.LastIndex(body, []byte(marker)); i >= 0 {
-				rest := body[i+len(marker):]
-				if j := bytes.IndexByte(rest, '"'); j >= 0 {
-					key = string(rest[:j])
-				}
-			}
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusCreated)
-			fmt.Fprintf(w, `{"event_id":%d,"timestamp":"2026-01-01T00:00:00+00:00","kind":"other","source":"bench","payload":{"metadata":{"idempotency_key":%q}},"prev_hash":"%064d","hash":"%064d"}`, n, key, 0, 0)
-		case r.URL.Path == "/events" && r.Method == http.MethodGet:
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write([]byte("[]"))
-		case r.URL.Path == "/healthz":
-			w.WriteHeader(http.StatusOK)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	return s
-}
-
-func (s *instantSpine) close() { s.srv.Close() }
 
 func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 	url, conn, err := e.openDB(ctx, "bench_e2e")
@@ -116,7 +72,7 @@ func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 	res.BodyBytes = total / len(events)
 
 	spine := newInstantSpine()
-	defer spine.close()
+	defer spine.Close()
 	for k := 1; k <= rounds; k++ {
 		var r E2ERound
 		runs := map[byte]func() error{
@@ -149,11 +105,11 @@ func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 		}
 		r.Order = [...]string{"ACP", "CPA", "PAC"}[(k-1)%3]
 		for i := 0; i < len(r.Order); i++ {
-			before := spine.posts.Load()
+			before := spine.Posts()
 			if err := runs[r.Order[i]](); err != nil {
 				return nil, err
 			}
-			if got := spine.posts.Load() - before; got != int64(n) {
+			if got := spine.Posts() - before; got != int64(n) {
 				return nil, fmt.Errorf("producer %c POSTed %d events, want %d", r.Order[i], got, n)
 			}
 		}
@@ -167,13 +123,17 @@ func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 	return res, nil
 }
 
-func newSpineClient(spine *instantSpine) (*publish.Client, error) {
-	return publish.NewClient(publish.ClientConfig{URL: spine.srv.URL, Timeout: 30 * time.Second})
+// newInstantSpine is a spine stand-in that answers at once: what the
+// producers themselves cost, with no append time to hide it.
+func newInstantSpine() *netsim.Spine { return netsim.NewSpine(0) }
+
+func newSpineClient(spine *netsim.Spine) (*publish.Client, error) {
+	return publish.NewClient(publish.ClientConfig{URL: spine.URL, Timeout: 30 * time.Second})
 }
 
 // e2eAgent times the agent draining slot into the spine through
 // publish.Client, from its start until n events were accepted.
-func (e *env) e2eAgent(ctx context.Context, url, slot, pub string, spine *instantSpine, n int, profile string) (time.Duration, error) {
+func (e *env) e2eAgent(ctx context.Context, url, slot, pub string, spine *netsim.Spine, n int, profile string) (time.Duration, error) {
 	client, err := newSpineClient(spine)
 	if err != nil {
 		return 0, err
@@ -198,7 +158,7 @@ func (e *env) e2eAgent(ctx context.Context, url, slot, pub string, spine *instan
 }
 
 // e2eClient times a fresh publish.Client delivering events one at a time.
-func e2eClient(ctx context.Context, spine *instantSpine, events []*decode.Event) (time.Duration, error) {
+func e2eClient(ctx context.Context, spine *netsim.Spine, events []*decode.Event) (time.Duration, error) {
 	client, err := newSpineClient(spine)
 	if err != nil {
 		return 0, err
@@ -215,6 +175,6 @@ func e2eClient(ctx context.Context, spine *instantSpine, events []*decode.Event)
 
 // e2ePlain times the simplest sequential producer: a keep-alive net/http
 // client POSTing each body and reading the answer.
-func e2ePlain(ctx context.Context, spine *instantSpine, events []*decode.Event) (time.Duration, error) {
-	return sequentialPost(ctx, spine.srv.URL, events)
+func e2ePlain(ctx context.Context, spine *netsim.Spine, events []*decode.Event) (time.Duration, error) {
+	return sequentialPost(ctx, spine.URL, events)
 }

@@ -50,7 +50,7 @@ func (e *env) latency(ctx context.Context) (*LatencyResult, error) {
 	}
 
 	spine := newInstantSpine()
-	defer spine.close()
+	defer spine.Close()
 	client, err := newSpineClient(spine)
 	if err != nil {
 		return nil, err

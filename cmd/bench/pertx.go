@@ -185,14 +185,14 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 		if err == nil {
 			err = waitConfirmed(ctx, conn, slot, now, 5*time.Minute, p.alive)
 		}
-		var wpid int32
+		var wpid int
 		if err == nil {
-			err = conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&wpid)
+			wpid, err = activePID(ctx, conn, slot)
 		}
 		if err != nil {
 			return run, err
 		}
-		ws0, err1 := procCPU(int(wpid))
+		ws0, err1 := procCPU(wpid)
 		c0, err2 := procCPU(p.pid())
 		if err1 != nil || err2 != nil {
 			return run, fmt.Errorf("reading CPU times: %v, %v", err1, err2)
@@ -212,7 +212,7 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 				return err
 			}
 			run.CatchUp = time.Since(t0)
-			ws1, err1 := procCPU(int(wpid))
+			ws1, err1 := procCPU(wpid)
 			c1, err2 := procCPU(p.pid())
 			if err1 != nil || err2 != nil {
 				return fmt.Errorf("reading CPU times: %v, %v", err1, err2)
@@ -264,16 +264,8 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 			return run, err
 		}
 	}
-	text := out.String()
-	m := reTPS.FindStringSubmatch(text)
-	if m == nil {
-		return run, fmt.Errorf("pgbench printed no tps: %s", strings.TrimSpace(text))
-	}
-	run.TPS, _ = strconv.ParseFloat(m[1], 64)
-	if m := reTxns.FindStringSubmatch(text); m != nil {
-		run.Txns, _ = strconv.Atoi(m[1])
-	}
-	return run, nil
+	run.TPS, run.Txns, _, err = parsePgbench(out.String())
+	return run, err
 }
 
 // walsenderSent is how far the walsender pid has sent.

@@ -265,7 +265,7 @@ func (r *Results) Markdown(command string) string {
 		p("`pgbench -n -c %d -j %d -T %d` with single-row transactions, weighted 8:1:1: UPDATE of a random row, INSERT (ON CONFLICT DO NOTHING), DELETE, on `orders` (%s rows, REPLICA IDENTITY FULL as `watch` sets it), one database per consumer: *agent* is the built binary, `pgaudit-cdc run --status-interval 100ms` with its stdout sink on `/dev/null`; *pg_recvlogical* writes to `/dev/null`; *none* has no consumer. *Behind* is the WAL the consumer had not taken when pgbench ended: not confirmed by the agent (it confirms only what it delivered), not yet sent by pg_recvlogical's walsender. CPU is the consumer process's (utime + stime) from pgbench's start until it caught up, divided by pgbench's transactions.\n\n",
 			x.Clients, min(x.Clients, 2), int(x.For.Seconds()), thousands(int64(x.Rows)))
 		p("| round | consumer | tps | tps / none | WAL written | behind at the end | seconds of WAL behind | caught up in | consumer CPU per tx | walsender CPU per tx |\n|---|---|---|---|---|---|---|---|---|---|\n")
-		type agg struct{ tpsRatio, behindSec, cpu, ws, catch []float64 }
+		type agg struct{ tpsRatio, behindSec, cpu []float64 }
 		all := map[string]*agg{ptRecv: {}, ptAgent: {}}
 		var cpuRatio []float64
 		for i, rd := range x.Rounds {
@@ -280,8 +280,6 @@ func (r *Results) Markdown(command string) string {
 					a.tpsRatio = append(a.tpsRatio, ratio)
 					a.behindSec = append(a.behindSec, behindSec)
 					a.cpu = append(a.cpu, perTx(run.ConsumerCPU, run.Txns))
-					a.ws = append(a.ws, perTx(run.WalsenderCPU, run.Txns))
-					a.catch = append(a.catch, run.CatchUp.Seconds())
 				}
 				if v == ptNone {
 					p("| %d | %s | %s | 1 | %s | | | | | |\n", i+1, v, f0(run.TPS), mb(run.WALBytes))

@@ -241,12 +241,12 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 			return run, err
 		}
 		base := sink.n.Load()
-		var pid int32
-		if err := conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid); err != nil {
+		pid, err := activePID(ctx, conn, slot)
+		if err != nil {
 			_ = ra.stop()
 			return run, err
 		}
-		ws0, err := procCPU(int(pid))
+		ws0, err := procCPU(pid)
 		if err != nil {
 			_ = ra.stop()
 			return run, err
@@ -334,19 +334,34 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 	if auditErr != nil {
 		return run, auditErr
 	}
-	text := out.String()
+	run.TPS, run.Txns, run.Failed, err = parsePgbench(out.String())
+	return run, err
+}
+
+// parsePgbench reads tps, processed and failed transactions from pgbench's
+// report.
+func parsePgbench(text string) (tps float64, txns, failed int, err error) {
 	m := reTPS.FindStringSubmatch(text)
 	if m == nil {
-		return run, fmt.Errorf("pgbench printed no tps: %s", strings.TrimSpace(text))
+		return 0, 0, 0, fmt.Errorf("pgbench printed no tps: %s", strings.TrimSpace(text))
 	}
-	run.TPS, _ = strconv.ParseFloat(m[1], 64)
+	tps, _ = strconv.ParseFloat(m[1], 64)
 	if m := reTxns.FindStringSubmatch(text); m != nil {
-		run.Txns, _ = strconv.Atoi(m[1])
+		txns, _ = strconv.Atoi(m[1])
 	}
 	if m := reFailed.FindStringSubmatch(text); m != nil {
-		run.Failed, _ = strconv.Atoi(m[1])
+		failed, _ = strconv.Atoi(m[1])
 	}
-	return run, nil
+	return tps, txns, failed, nil
+}
+
+// activePID is the pid of the walsender holding slot.
+func activePID(ctx context.Context, conn *pgx.Conn, slot string) (int, error) {
+	var pid int32
+	if err := conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid); err != nil {
+		return 0, fmt.Errorf("reading the walsender of slot %s: %w", slot, err)
+	}
+	return int(pid), nil
 }
 
 // recvlogical is a running pg_recvlogical.
@@ -396,11 +411,11 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 	if err := waitActive(ctx, conn, slot, time.Minute, alive); err != nil {
 		return fail(err)
 	}
-	var pid int32
-	if err := conn.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid); err != nil {
+	pid, err := activePID(ctx, conn, slot)
+	if err != nil {
 		return fail(err)
 	}
-	ws0, err1 := procCPU(int(pid))
+	ws0, err1 := procCPU(pid)
 	rc0, err2 := procCPU(cmd.Process.Pid)
 	if err1 != nil || err2 != nil {
 		return fail(fmt.Errorf("reading CPU times: %v, %v", err1, err2))

@@ -211,7 +211,10 @@ func (a *Agent) session(ctx context.Context) error {
 	// Capture continuity first: a lost, invalidated or advanced slot stops
 	// here with a recorded gap instead of streaming a history with a hole.
 	capt, err := capture.Ensure(ctx, meta, capture.Options{
-		Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap})
+		Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap,
+		Fork: func(ctx context.Context, st capture.State) (switchPoint, delivered pgoutput.LSN, err error) {
+			return a.forkPoints(ctx, meta, sess, st)
+		}})
 	if capt.NewGap {
 		a.m.GapsDetected.WithLabelValues(capt.Gap.Reason).Inc()
 	}

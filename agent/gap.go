@@ -10,7 +10,9 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -60,6 +62,32 @@ func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Resu
 		"generation", capt.State.Generation, "tables", strings.Join(tables, ", "),
 		"next", "pgaudit-cdc backfill TABLE, for each table listed")
 	return nil
+}
+
+// forkPoints answers capture.Options.Fork: where timeline st.Timeline ended
+// in the history of the server's timeline, and the commit position of the
+// last event the spine holds for st's generation. Without a spine to read
+// back (the stdout sink) nothing is known to be delivered: the move is
+// taken as it is, with a warning.
+func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replication.Session, st capture.State) (switchPoint, delivered pgoutput.LSN, err error) {
+	if switchPoint, err = sess.SwitchPoint(ctx, st.Timeline); err != nil {
+		return 0, 0, err
+	}
+	r, ok := a.cfg.Sink.(lastDeliveredReader)
+	if !ok {
+		a.log.Warn("the server is on a new timeline, and without a spine to read back pgaudit-cdc cannot tell whether events it delivered from the old primary lie beyond the promotion point",
+			"timeline", sess.Timeline, "switch_point", switchPoint.String())
+		return switchPoint, 0, nil
+	}
+	sources, err := watchSources(ctx, meta)
+	if err != nil {
+		return 0, 0, err
+	}
+	last, _, err := r.LastDelivered(ctx, st.SystemID, capture.KeySlot(a.cfg.Slot, st.Generation), sources)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading back the last delivered event: %w", err)
+	}
+	return switchPoint, last.CommitLSN, nil
 }
 
 // watchSources lists every source a watch ever used, and the self-audit

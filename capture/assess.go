@@ -31,6 +31,7 @@ const (
 	ReasonTimelineChanged = "timeline_changed"
 	ReasonSlotAdvanced    = "slot_advanced"
 	ReasonNoSlotForWatch  = "capture_started_without_slot"
+	ReasonTimelineForked  = "timeline_forked"
 )
 
 // State is what pgaudit_cdc.capture_state remembers of a slot.
@@ -55,6 +56,15 @@ type Observation struct {
 	Watermark pgoutput.LSN
 	// RegistryUsed says watches were ever registered: capture started.
 	RegistryUsed bool
+
+	// For a failover slot on a new timeline (see Options.Fork): ForkChecked
+	// says SwitchPoint and Delivered were learnt. SwitchPoint is where the
+	// recorded timeline ended in the server's history; Delivered is the
+	// commit position of the last event the spine holds for the current
+	// generation (zero: none).
+	ForkChecked bool
+	SwitchPoint pgoutput.LSN
+	Delivered   pgoutput.LSN
 }
 
 // Verdict is what capture may do.
@@ -100,6 +110,10 @@ type Assessment struct {
 	// TimelineMoved says a failover slot continues on a new timeline (a
 	// promoted standby that had the slot synced): record the new timeline.
 	TimelineMoved bool
+	// AdvanceTo, when set, is where accepting the gap moves the slot first:
+	// the switch point of a forked history, up to which the chain already
+	// holds every change (the WAL before it is shared by both timelines).
+	AdvanceTo pgoutput.LSN
 }
 
 // Assess decides whether the slot continues the recorded capture. It is pure:
@@ -136,6 +150,11 @@ func Assess(o Observation) Assessment {
 	}
 	if o.Timeline != o.State.Timeline {
 		if o.Slot.Failover {
+			if o.ForkChecked && o.Delivered != 0 && o.Delivered >= o.SwitchPoint {
+				a := gap(ReasonTimelineForked, fmt.Sprintf("the database failed over (timeline %d to %d) to a standby that had not received everything the old primary sent to pgaudit-cdc: the audit trail holds events up to commit position %s, beyond %s where the new primary's history begins, so those changes are not in the new primary's database, and its own changes from %s on would share their positions; set synchronized_standby_slots on the primary to the standby's physical slot so that this cannot happen again", o.State.Timeline, o.Timeline, o.Delivered, o.SwitchPoint, o.SwitchPoint), false)
+				a.AdvanceTo = o.SwitchPoint
+				return a
+			}
 			return Assessment{Verdict: Continue, TimelineMoved: true}
 		}
 		return gap(ReasonTimelineChanged, fmt.Sprintf("the server is on timeline %d, capture was on %d, and the slot here is not a failover slot synchronised from the old primary: changes between the last delivered event and the promotion may be missing", o.Timeline, o.State.Timeline), false)

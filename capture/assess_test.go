@@ -39,6 +39,22 @@ func TestAssess(t *testing.T) {
 		{"promoted standby without the slot", with(func(o *Observation) { o.Timeline = 2; o.Slot = replication.SlotInfo{} }), Gap, ReasonTimelineChanged, true, false},
 		{"promoted standby, slot not a failover slot", with(func(o *Observation) { o.Timeline = 2 }), Gap, ReasonTimelineChanged, false, false},
 		{"promoted standby with a synced failover slot", with(func(o *Observation) { o.Timeline = 2; o.Slot.Failover = true; o.Watermark = 0 }), Continue, "", false, true},
+		{"synced failover slot, the chain ends before the switch point", with(func(o *Observation) {
+			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
+			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0x700, 0x6f0
+		}), Continue, "", false, true},
+		{"synced failover slot, nothing delivered yet", with(func(o *Observation) {
+			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
+			o.ForkChecked, o.SwitchPoint = true, 0x700
+		}), Continue, "", false, true},
+		{"synced failover slot, the chain holds events past the switch point (fork)", with(func(o *Observation) {
+			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
+			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0x700, 0x7a0
+		}), Gap, ReasonTimelineForked, false, false},
+		{"synced failover slot, the last event committed at the switch point", with(func(o *Observation) {
+			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
+			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0x700, 0x700
+		}), Gap, ReasonTimelineForked, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,6 +64,9 @@ func TestAssess(t *testing.T) {
 			}
 			if a.Verdict == Gap && a.Detail == "" {
 				t.Fatalf("a gap without a detail for people")
+			}
+			if wantAdvance := tt.reason == ReasonTimelineForked; (a.AdvanceTo != 0) != wantAdvance || (wantAdvance && a.AdvanceTo != tt.obs.SwitchPoint) {
+				t.Fatalf("AdvanceTo = %s, want the switch point %s only for a fork", a.AdvanceTo, tt.obs.SwitchPoint)
 			}
 		})
 	}

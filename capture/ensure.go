@@ -23,6 +23,14 @@ type Options struct {
 	// Accept is the operator's consent to continue past a gap: "" (none),
 	// AcceptAny, or the ID of the gap being accepted.
 	Accept string
+	// Fork, when set, is asked when a failover slot continues on a new
+	// timeline: where the recorded timeline ended in the server's history,
+	// and the commit position of the last event the spine holds for the
+	// recorded generation. Events beyond the switch point came from the old
+	// primary's own history (a standby that had not received them was
+	// promoted): a fork, recorded as a gap. Without Fork (the watch command)
+	// a timeline move is left for run to settle: it is not recorded.
+	Fork func(ctx context.Context, st State) (switchPoint, delivered pgoutput.LSN, err error)
 }
 
 // Result is what Ensure found and did.
@@ -66,6 +74,13 @@ func Ensure(ctx context.Context, conn *pgx.Conn, o Options) (Result, error) {
 	if err := replication.CheckSlotOwner(ctx, conn, o.Slot, obs.Slot); err != nil {
 		return Result{}, err
 	}
+	if o.Fork != nil && obs.State.Known && obs.State.SystemID == o.SystemID && obs.State.Timeline != o.Timeline &&
+		obs.Slot.Exists && obs.Slot.Failover && !obs.Slot.Invalidated() {
+		if obs.SwitchPoint, obs.Delivered, err = o.Fork(ctx, obs.State); err != nil {
+			return Result{}, fmt.Errorf("comparing the audit trail with the new timeline's history: %w", err)
+		}
+		obs.ForkChecked = true
+	}
 	res := Result{Assessment: Assess(obs), Slot: obs.Slot, State: obs.State, Previous: obs.State}
 	pending, err := PendingGap(ctx, conn, o.Slot)
 	if err != nil {
@@ -99,6 +114,10 @@ func Ensure(ctx context.Context, conn *pgx.Conn, o Options) (Result, error) {
 		return res, save(ctx, conn, o.Slot, res.State, res.Slot.ConfirmedFlushLSN, false)
 	case Continue:
 		if res.Assessment.TimelineMoved {
+			if !obs.ForkChecked {
+				// Not compared with the spine here: run does it.
+				return res, nil
+			}
 			res.State.Timeline = o.Timeline
 			return res, save(ctx, conn, o.Slot, res.State, res.Slot.ConfirmedFlushLSN, false)
 		}
@@ -126,6 +145,13 @@ func accept(ctx context.Context, conn *pgx.Conn, o Options, obs Observation, res
 	}
 	if !slot.Exists {
 		if err := replication.CreateSlot(ctx, conn, o.Slot); err != nil {
+			return res, err
+		}
+	} else if to := res.Assessment.AdvanceTo; to > slot.ConfirmedFlushLSN {
+		// A forked history: everything before the switch point is in the
+		// chain already; the new generation starts where the new primary's
+		// own history does.
+		if err := replication.AdvanceSlot(ctx, conn, o.Slot, to); err != nil {
 			return res, err
 		}
 	}

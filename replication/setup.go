@@ -492,3 +492,13 @@ func isCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
 }
+
+// AdvanceSlot moves slot's confirmed position forward to lsn without
+// delivering what lies before it (pg_replication_slot_advance). It is used
+// only where everything before lsn is known to be in the audit trail.
+func AdvanceSlot(ctx context.Context, conn *pgx.Conn, slot string, lsn pgoutput.LSN) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", slot, lsn.String()); err != nil {
+		return Explain(fmt.Errorf("advancing replication slot %q to %s: %w", slot, lsn, err))
+	}
+	return nil
+}

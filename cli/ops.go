@@ -51,16 +51,54 @@ type Status struct {
 	Capture     captureJSON `json:"capture"`
 	Watches     []watchJSON `json:"watches"`
 	DeadLetters int64       `json:"dead_letters"`
+	// Server says what status looked at: a primary, or a standby (read-only:
+	// nothing is migrated or written there).
+	Server serverJSON `json:"server"`
+	// Standby is the standby's copy of the slot; only on a standby.
+	Standby *standbyJSON `json:"standby,omitempty"`
+}
+
+type serverJSON struct {
+	Role    string `json:"role"` // "primary" or "standby"
+	Version int    `json:"version_num"`
+	// WALLSN is the server's WAL position that lag_bytes and
+	// retained_wal_bytes are measured from: pg_current_wal_lsn() on a
+	// primary, pg_last_wal_replay_lsn() on a standby.
+	WALLSN string `json:"wal_lsn,omitempty"`
+}
+
+// standbyJSON is, on a standby, its copy of the slot (PostgreSQL 17+ slot
+// synchronisation) and how far it trails what the standby replayed.
+type standbyJSON struct {
+	ReplayLSN string `json:"replay_lsn,omitempty"`
+	// Copy is "synced" (a promotion keeps the slot), "missing", "syncing"
+	// (temporary, not persisted yet), "not_synced" (a slot of this name
+	// not synced from the primary), "invalidated" or "unsupported"
+	// (PostgreSQL 16 and earlier keep no copy).
+	Copy string `json:"slot_copy"`
+	// Synced is Copy == "synced".
+	Synced            bool   `json:"synced"`
+	ConfirmedFlushLSN string `json:"confirmed_flush_lsn,omitempty"`
+	// BehindReplayBytes is replay_lsn minus confirmed_flush_lsn: WAL this
+	// standby has that the copy has not confirmed. After a promotion the
+	// agent resumes from the copy's position; the read-back absorbs what it
+	// had delivered already.
+	BehindReplayBytes *int64 `json:"behind_replay_bytes"`
+	// SchemaCurrent says the replicated pgaudit_cdc schema is up to date;
+	// when not, capture, watches and dead letters are not read.
+	SchemaCurrent bool `json:"schema_current"`
 }
 
 // captureJSON is capture continuity: the recorded generation, and a gap
 // (pending, or detectable now but not yet recorded by the agent).
 type captureJSON struct {
-	Recorded   bool               `json:"recorded"`
-	SystemID   string             `json:"system_identifier,omitempty"`
-	Timeline   int32              `json:"timeline,omitempty"`
-	Generation int                `json:"generation"`
-	StartLSN   string             `json:"start_lsn,omitempty"`
+	Recorded   bool   `json:"recorded"`
+	SystemID   string `json:"system_identifier,omitempty"`
+	Timeline   int32  `json:"timeline,omitempty"`
+	Generation int    `json:"generation"`
+	StartLSN   string `json:"start_lsn,omitempty"`
+	// Verdict is capture.Assess's; empty on a standby, where continuity is
+	// not assessed (it is the primary's).
 	Verdict    string             `json:"verdict"`
 	GapReason  string             `json:"gap_reason,omitempty"`
 	GapDetail  string             `json:"gap_detail,omitempty"`
@@ -116,32 +154,63 @@ func newStatusCmd(o *options) *cobra.Command {
 }
 
 func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error) {
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		return nil, err
-	}
 	st := &Status{}
 	st.Slot.Name, st.Publication.Name = o.slot, o.publication
+	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(), current_setting('server_version_num')::int`).Scan(&st.Slot.OnStandby, &st.Server.Version); err != nil {
+		return nil, fmt.Errorf("reading the server's state: %w", err)
+	}
+	st.Server.Role = "primary"
+	schemaCurrent := true
+	if st.Slot.OnStandby {
+		// A standby is read-only (CREATE TABLE IF NOT EXISTS fails with
+		// SQLSTATE 25006): read what replication brought, write nothing.
+		st.Server.Role = "standby"
+		var err error
+		if schemaCurrent, err = schemaUpToDate(ctx, conn); err != nil {
+			return nil, err
+		}
+	} else if _, err := migrations.Apply(ctx, conn); err != nil {
+		return nil, err
+	}
 	slot, err := replication.LookupSlot(ctx, conn, o.slot)
 	if err != nil {
 		return nil, err
 	}
 	var current, addr *string
-	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(),
-			CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_lsn()::text END,
-			(SELECT host(client_addr) FROM pg_stat_replication WHERE pid = $1)`, slot.ActivePID).Scan(&st.Slot.OnStandby, &current, &addr); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
+			(SELECT host(client_addr) FROM pg_stat_replication WHERE pid = $1)`, slot.ActivePID).Scan(&current, &addr); err != nil {
 		return nil, fmt.Errorf("reading the server's position: %w", err)
+	}
+	if st.Slot.OnStandby {
+		c, err := preflight.ReadStandbyCopy(ctx, conn, o.slot)
+		if err != nil {
+			return nil, err
+		}
+		// One snapshot for the copy and the replay position.
+		slot = c.Slot
+		current = nil
+		if c.ReplayLSN != 0 {
+			s := c.ReplayLSN.String()
+			current = &s
+		}
+		sb := &standbyJSON{Copy: copyState(st.Server.Version, c), ConfirmedFlushLSN: lsnText(c.Slot.ConfirmedFlushLSN), SchemaCurrent: schemaCurrent}
+		sb.Synced = sb.Copy == "synced"
+		if current != nil {
+			sb.ReplayLSN = *current
+		}
+		if c.Slot.Exists {
+			sb.BehindReplayBytes = c.BehindReplayBytes
+		}
+		st.Standby = sb
+	}
+	if current != nil {
+		st.Server.WALLSN = *current
 	}
 	st.Slot.Exists, st.Slot.AgentConnected, st.Slot.WALStatus = slot.Exists, slot.Active, slot.WALStatus
 	st.Slot.Failover, st.Slot.Synced = slot.Failover, slot.Synced
 	if slot.ActivePID != 0 {
 		pid := slot.ActivePID
 		st.Slot.ActivePID = &pid
-	}
-	lsnText := func(l pgoutput.LSN) string {
-		if l == 0 {
-			return ""
-		}
-		return l.String()
 	}
 	st.Slot.ConfirmedFlushLSN, st.Slot.RestartLSN = lsnText(slot.ConfirmedFlushLSN), lsnText(slot.RestartLSN)
 	if slot.Exists && current != nil {
@@ -167,7 +236,20 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("reading the publication: %w", err)
 	}
-	a, pending, err := capture.Check(ctx, conn, o.slot)
+	st.Watches = []watchJSON{}
+	if !schemaCurrent {
+		return st, nil
+	}
+	var a capture.Assessment
+	var pending *capture.GapRecord
+	if st.Slot.OnStandby {
+		// Continuity is the primary's to assess (capture.Check reads
+		// pgaudit_cdc.slot_progress, an unlogged table a standby cannot
+		// read); a pending gap is replicated, and shown.
+		pending, err = capture.PendingGap(ctx, conn, o.slot)
+	} else {
+		a, pending, err = capture.Check(ctx, conn, o.slot)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +257,10 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if err != nil {
 		return nil, err
 	}
-	st.Capture = captureJSON{Recorded: state.Known, Generation: state.Generation, Verdict: a.Verdict.String(), PendingGap: pending}
+	st.Capture = captureJSON{Recorded: state.Known, Generation: state.Generation, PendingGap: pending}
+	if !st.Slot.OnStandby {
+		st.Capture.Verdict = a.Verdict.String()
+	}
 	if state.Known {
 		st.Capture.SystemID, st.Capture.Timeline, st.Capture.StartLSN = state.SystemID, state.Timeline, state.StartLSN.String()
 	}
@@ -186,7 +271,6 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if err != nil {
 		return nil, err
 	}
-	st.Watches = []watchJSON{}
 	for _, e := range entries {
 		st.Watches = append(st.Watches, watchJSON{Table: e.Table, Kind: e.Kind, Source: e.Source, Since: e.CreatedAt})
 	}
@@ -196,9 +280,62 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	return st, nil
 }
 
+func lsnText(l pgoutput.LSN) string {
+	if l == 0 {
+		return ""
+	}
+	return l.String()
+}
+
+// schemaUpToDate reports whether the pgaudit_cdc schema has every migration
+// this pgaudit-cdc knows (on a standby, where status cannot apply them).
+func schemaUpToDate(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	all, err := migrations.All()
+	if err != nil {
+		return false, err
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.schema_migrations') IS NOT NULL`).Scan(&exists); err != nil || !exists {
+		return false, err
+	}
+	var applied int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.schema_migrations WHERE version = ANY($1)`, migrationVersions(all)).Scan(&applied); err != nil {
+		return false, fmt.Errorf("reading applied migrations: %w", err)
+	}
+	return applied == len(all), nil
+}
+
+func migrationVersions(ms []migrations.Migration) []int32 {
+	out := make([]int32, len(ms))
+	for i, m := range ms {
+		out[i] = int32(m.Version)
+	}
+	return out
+}
+
+// copyState names the state of a standby's copy of the slot.
+func copyState(version int, c preflight.StandbyCopy) string {
+	switch {
+	case !c.Slot.Exists && version < 170000:
+		return "unsupported"
+	case !c.Slot.Exists:
+		return "missing"
+	case !c.Slot.Synced:
+		return "not_synced"
+	case c.Slot.Invalidated():
+		return "invalidated"
+	case c.Temporary:
+		return "syncing"
+	default:
+		return "synced"
+	}
+}
+
 func printStatus(w io.Writer, st *Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	switch {
+	case st.Standby != nil:
+		printStandby(tw, st)
 	case !st.Slot.Exists && st.Capture.Verdict == capture.Gap.String():
 		fmt.Fprintf(tw, "slot\t%s: MISSING although capture started (see capture below)\n", st.Slot.Name)
 	case !st.Slot.Exists:
@@ -234,11 +371,17 @@ func printStatus(w io.Writer, st *Status) {
 	case st.Capture.Verdict == capture.Gap.String():
 		fmt.Fprintf(tw, "capture\tGAP (%s): %s\n", st.Capture.GapReason, st.Capture.GapDetail)
 		fmt.Fprintf(tw, "\tthe agent records it at its next start and stops; then accept it with pgaudit-cdc run --accept-gap\n")
+	case st.Standby != nil && !st.Standby.SchemaCurrent:
+		fmt.Fprintf(tw, "registry\tthe pgaudit_cdc schema here is missing or older than this pgaudit-cdc: capture, watches and dead letters are not shown (the standby gets them from the primary once watch or run has set them up there)\n")
+	case st.Standby != nil && st.Capture.Recorded:
+		fmt.Fprintf(tw, "capture\trecorded on the primary since %s (generation %d, timeline %d); continuity is assessed on the primary\n", st.Capture.StartLSN, st.Capture.Generation, st.Capture.Timeline)
 	case st.Capture.Recorded:
 		fmt.Fprintf(tw, "capture\tcontinuous since %s (generation %d, timeline %d)\n", st.Capture.StartLSN, st.Capture.Generation, st.Capture.Timeline)
 	}
-	fmt.Fprintf(tw, "dead letters\t%d\n", st.DeadLetters)
-	fmt.Fprintf(tw, "watches\t%d\n", len(st.Watches))
+	if st.Standby == nil || st.Standby.SchemaCurrent {
+		fmt.Fprintf(tw, "dead letters\t%d\n", st.DeadLetters)
+		fmt.Fprintf(tw, "watches\t%d\n", len(st.Watches))
+	}
 	_ = tw.Flush()
 	if len(st.Watches) > 0 {
 		fmt.Fprintln(w)
@@ -248,6 +391,37 @@ func printStatus(w io.Writer, st *Status) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Table, e.Kind, e.Source, e.Since.UTC().Format(time.RFC3339))
 		}
 		_ = tw.Flush()
+	}
+}
+
+// printStandby prints what status sees on a standby: that it is one, and
+// its copy of the slot.
+func printStandby(tw io.Writer, st *Status) {
+	sb := st.Standby
+	replayed := sb.ReplayLSN
+	if replayed == "" {
+		replayed = "unknown"
+	}
+	fmt.Fprintf(tw, "server\tSTANDBY (in recovery, read-only), replayed up to %s: the agent streams from the primary; below is this standby's copy of the slot\n", replayed)
+	fmt.Fprintf(tw, "slot\t%s (the standby's copy)\n", st.Slot.Name)
+	switch sb.Copy {
+	case "synced":
+		fmt.Fprintf(tw, "synced\tyes: a promotion keeps the slot, and the agent continues from the copy's position\n")
+	case "syncing":
+		fmt.Fprintf(tw, "synced\tno, not yet: the copy is being created (temporary until the primary's slot has passed what this standby replayed); a promotion now loses the slot (a GAP)\n")
+	case "not_synced":
+		fmt.Fprintf(tw, "synced\tno: a slot of this name exists here but is not synced from the primary (see pgaudit-cdc doctor)\n")
+	case "invalidated":
+		fmt.Fprintf(tw, "synced\tno: the copy is invalidated (wal_status %s); a promotion now loses the slot (a GAP)\n", st.Slot.WALStatus)
+	case "unsupported":
+		fmt.Fprintf(tw, "synced\tno: PostgreSQL %d keeps no copy of a logical slot on a standby; a promotion loses the slot (a GAP)\n", st.Server.Version/10000)
+	default:
+		fmt.Fprintf(tw, "synced\tno: no copy of the slot on this standby; a promotion now loses the slot (a GAP); pgaudit-cdc doctor here names what is missing\n")
+	}
+	if st.Slot.Exists {
+		fmt.Fprintf(tw, "confirmed LSN\t%s (the copy's confirmed_flush_lsn)\n", st.Slot.ConfirmedFlushLSN)
+		fmt.Fprintf(tw, "copy lag\t%s behind this standby's replayed WAL (%s): after a promotion the agent resumes from the copy's position, and the read-back absorbs what it had delivered already\n", humanBytes(sb.BehindReplayBytes), replayed)
+		fmt.Fprintf(tw, "retained WAL\t%s (wal_status %s)\n", humanBytes(st.Slot.RetainedWALBytes), st.Slot.WALStatus)
 	}
 }
 

@@ -59,7 +59,8 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 
 	var versionNum int
 	var version string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version')").Scan(&versionNum, &version); err != nil {
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version'), pg_is_in_recovery()").Scan(&versionNum, &version, &inRecovery); err != nil {
 		add(Result{Name: "server version", Status: Fail, Detail: err.Error(), Fix: "check that --database-url points at a PostgreSQL server"})
 		return rs
 	}
@@ -85,10 +86,11 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	slot, err := replication.LookupSlot(ctx, conn, o.Slot)
 	slotExists, slotActive := slot.Exists, slot.Active
 	if err != nil {
-		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
+		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: errFix(err, "grant the role read access to pg_catalog.pg_replication_slots")})
 	}
 
-	checkCapture(ctx, conn, o.Slot, add)
+	cv := readCapture(ctx, conn, o.Slot, inRecovery)
+	checkCapture(cv, inRecovery, add)
 
 	var maxSlots, usedSlots, maxSenders, usedSenders int
 	_ = conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
@@ -156,20 +158,7 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(role))})
 	}
 
-	switch {
-	case !slotExists:
-		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", o.Slot)})
-	case slot.Plugin != "pgoutput" || slot.Database != dbName:
-		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q uses plugin %q in database %q", o.Slot, slot.Plugin, slot.Database),
-			Fix: fmt.Sprintf("choose another --slot, or drop it with SELECT pg_drop_replication_slot('%s')", o.Slot)})
-	case slot.Invalidated():
-		add(Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q was invalidated: WAL it needed was removed (max_slot_wal_keep_size)", o.Slot),
-			Fix: fmt.Sprintf("changes were lost: drop the slot with SELECT pg_drop_replication_slot('%s'), run watch again, and backfill; raise max_slot_wal_keep_size", o.Slot)})
-	case slotActive:
-		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q in use by PID %d (an agent is connected)", o.Slot, slot.ActivePID)})
-	default:
-		add(Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q exists, no agent connected", o.Slot)})
-	}
+	add(slotCheck(o.Slot, dbName, versionNum, slot, inRecovery, cv))
 
 	var keep string
 	_ = conn.QueryRow(ctx, "SELECT current_setting('max_slot_wal_keep_size')").Scan(&keep)
@@ -198,7 +187,7 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 			coalesce(pg_has_role(current_user, c.relowner, 'USAGE'), false), coalesce(c.relreplident::text, '')
 		FROM pgaudit_cdc.watches w LEFT JOIN pg_class c ON c.oid = w.table_oid WHERE w.active ORDER BY 1`)
 	if err != nil {
-		return []Result{{Name: "watches", Status: Fail, Detail: err.Error(), Fix: "grant this role access to the pgaudit_cdc schema"}}
+		return []Result{{Name: "watches", Status: Fail, Detail: err.Error(), Fix: errFix(err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches")}}
 	}
 	defer rows.Close()
 	var rs []Result
@@ -289,26 +278,121 @@ func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Re
 
 func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
 
+// captureView is what doctor knows of capture continuity.
+type captureView struct {
+	schema  bool // pgaudit_cdc.capture_state exists: capture may have started
+	checked bool // capture.Check ran (not on a standby)
+	a       capture.Assessment
+	pending *capture.GapRecord
+	err     error
+}
+
+// started reports whether capture started and so the slot must not be
+// created anew: a gap is pending or detected.
+func (cv captureView) started() bool {
+	return cv.pending != nil || (cv.checked && cv.a.Verdict == capture.Gap)
+}
+
+// readCapture assesses capture continuity. On a standby it only reads the
+// pending gap: capture.Check needs pgaudit_cdc.slot_progress, an unlogged
+// table a standby cannot read, and continuity is the primary's to judge.
+func readCapture(ctx context.Context, conn *pgx.Conn, slot string, inRecovery bool) captureView {
+	var cv captureView
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.capture_state') IS NOT NULL`).Scan(&cv.schema); err != nil || !cv.schema {
+		cv.schema = false
+		return cv // nothing captured yet (or an older schema the agent migrates)
+	}
+	if inRecovery {
+		if to, err := regclassExists(ctx, conn, "pgaudit_cdc.gaps"); err != nil || !to {
+			cv.err = err
+			return cv
+		}
+		cv.pending, cv.err = capture.PendingGap(ctx, conn, slot)
+		return cv
+	}
+	cv.a, cv.pending, cv.err = capture.Check(ctx, conn, slot)
+	cv.checked = cv.err == nil
+	return cv
+}
+
+func regclassExists(ctx context.Context, conn *pgx.Conn, name string) (bool, error) {
+	var ok bool
+	err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, name).Scan(&ok)
+	return ok, err
+}
+
 // checkCapture fails when capture has a hole: a pending gap, or a slot that
 // is missing, invalidated or advanced although capture started.
-func checkCapture(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
-	var hasSchema bool
-	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.capture_state') IS NOT NULL`).Scan(&hasSchema); err != nil || !hasSchema {
-		return // nothing captured yet (or an older schema the agent migrates)
-	}
-	a, pending, err := capture.Check(ctx, conn, slot)
+func checkCapture(cv captureView, inRecovery bool, add func(Result)) {
 	switch {
-	case err != nil:
-		add(Result{Name: "capture continuity", Status: Fail, Detail: err.Error(), Fix: "check the connection and the role's privileges on schema pgaudit_cdc"})
-	case pending != nil:
+	case !cv.schema:
+	case cv.err != nil:
+		add(Result{Name: "capture continuity", Status: Fail, Detail: cv.err.Error(),
+			Fix: errFix(cv.err, "grant the role USAGE on schema pgaudit_cdc and SELECT on its tables, or run doctor as the role the agent uses")})
+	case cv.pending != nil:
 		add(Result{Name: "capture continuity", Status: Fail,
-			Detail: fmt.Sprintf("gap #%d pending since %s (%s): %s", pending.ID, pending.DetectedAt.UTC().Format(time.RFC3339), pending.Reason, pending.Detail),
-			Fix:    fmt.Sprintf("capture is stopped: accept the gap with `pgaudit-cdc run --accept-gap=%d` (one GAP event is recorded), then run `pgaudit-cdc backfill TABLE` for: %s", pending.ID, strings.Join(pending.Tables, ", "))})
-	case a.Verdict == capture.Gap:
-		add(Result{Name: "capture continuity", Status: Fail, Detail: fmt.Sprintf("%s: %s", a.Reason, a.Detail),
+			Detail: fmt.Sprintf("gap #%d pending since %s (%s): %s", cv.pending.ID, cv.pending.DetectedAt.UTC().Format(time.RFC3339), cv.pending.Reason, cv.pending.Detail),
+			Fix:    fmt.Sprintf("capture is stopped: accept the gap with `pgaudit-cdc run --accept-gap=%d` (one GAP event is recorded), then run `pgaudit-cdc backfill TABLE` for: %s", cv.pending.ID, strings.Join(cv.pending.Tables, ", "))})
+	case inRecovery:
+		add(Result{Name: "capture continuity", Status: OK, Detail: "this server is a standby: no gap is pending; continuity is assessed on the primary (run doctor there)"})
+	case cv.a.Verdict == capture.Gap:
+		add(Result{Name: "capture continuity", Status: Fail, Detail: fmt.Sprintf("%s: %s", cv.a.Reason, cv.a.Detail),
 			Fix: "start `pgaudit-cdc run`: it records the gap and stops; then accept it with `pgaudit-cdc run --accept-gap=ID` and backfill the affected tables"})
-	case a.Verdict == capture.Continue:
+	case cv.a.Verdict == capture.Continue:
 		add(Result{Name: "capture continuity", Status: OK, Detail: "the slot continues the recorded capture"})
+	}
+}
+
+// gapFix is how to get past a gap: accept the pending one, or let run
+// record it first.
+func gapFix(cv captureView, what string) string {
+	if cv.pending != nil {
+		return fmt.Sprintf("accept the gap with `pgaudit-cdc run --accept-gap=%d`: it %s and records one GAP event; then `pgaudit-cdc backfill TABLE` for: %s (README, \"Gaps\")",
+			cv.pending.ID, what, strings.Join(cv.pending.Tables, ", "))
+	}
+	return fmt.Sprintf("start `pgaudit-cdc run`: it records the gap and stops; then `pgaudit-cdc run --accept-gap=ID` %s and records one GAP event; then `pgaudit-cdc backfill TABLE` for the watched tables (README, \"Gaps\")", what)
+}
+
+// slotCheck is the "slot" check: the slot's state, and, when it is missing
+// or invalidated after capture started, the way past the gap (never a slot
+// created or dropped by hand, which would hide the gap).
+func slotCheck(name, dbName string, version int, slot replication.SlotInfo, inRecovery bool, cv captureView) Result {
+	wrongSlot := slot.Exists && (slot.Plugin != "pgoutput" || slot.Database != dbName)
+	switch {
+	case wrongSlot:
+		return Result{Name: "slot", Status: Fail, Detail: fmt.Sprintf("%q uses plugin %q in database %q", name, slot.Plugin, slot.Database),
+			Fix: fmt.Sprintf("choose another --slot, or drop it with SELECT pg_drop_replication_slot('%s')", name)}
+	case inRecovery:
+		detail := fmt.Sprintf("this server is a standby: the agent streams from the primary's slot %q", name)
+		if version >= 170000 {
+			detail += "; its copy here is under \"synced slot\""
+		}
+		return Result{Name: "slot", Status: OK, Detail: detail}
+	case !slot.Exists && cv.started():
+		reason := "a gap is detected"
+		if cv.pending != nil {
+			reason = fmt.Sprintf("gap #%d is pending", cv.pending.ID)
+		}
+		return Result{Name: "slot", Status: Fail,
+			Detail: fmt.Sprintf("%q is missing although capture started (%s): the changes it held are lost; do not create it by hand, which would hide the gap", name, reason),
+			Fix:    gapFix(cv, "creates a new slot")}
+	case !slot.Exists && cv.err != nil:
+		return Result{Name: "slot", Status: Warn, Detail: fmt.Sprintf("%q does not exist, and whether capture started could not be read (see \"capture continuity\")", name),
+			Fix: "fix what \"capture continuity\" reports; the slot is created only when nothing was captured yet, or when a gap is accepted"}
+	case !slot.Exists:
+		return Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", name)}
+	case slot.Invalidated():
+		why := slot.InvalidationReason
+		if why == "" {
+			why = "wal_status " + slot.WALStatus
+		}
+		return Result{Name: "slot", Status: Fail,
+			Detail: fmt.Sprintf("%q was invalidated (%s): WAL it needed was removed, so changes were lost (a GAP); do not drop it by hand, which would hide the gap", name, why),
+			Fix:    gapFix(cv, "drops the invalidated slot, creates a new one") + "; raise max_slot_wal_keep_size (or -1) so that it does not happen again"}
+	case slot.Active:
+		return Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q in use by PID %d (an agent is connected)", name, slot.ActivePID)}
+	default:
+		return Result{Name: "slot", Status: OK, Detail: fmt.Sprintf("%q exists, no agent connected", name)}
 	}
 }
 
@@ -332,77 +416,23 @@ func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, slot, publication
 	if inRecovery {
 		if version >= 170000 {
 			checkStandbyFailover(ctx, conn, slot, add)
+		} else {
+			add(Result{Name: "failover", Status: Warn,
+				Detail: fmt.Sprintf("this server is a standby, and PostgreSQL %d keeps no copy of the logical slot on a standby: if it is promoted, the new primary has no slot %q, and pgaudit-cdc records a GAP and stops until you accept it", version/10000, slot),
+				Fix:    "upgrade to PostgreSQL 17 or later for failover slots; until then, after a failover accept the gap with `pgaudit-cdc run --accept-gap=ID` and backfill the watched tables (README, \"Gaps\")"})
 		}
 		return rs
 	}
 
-	// Physical standbys of this primary: physical slots, and walsenders
-	// that stream no logical slot.
-	var physicalSlots []string
-	if rows, err := conn.Query(ctx, `SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1`); err == nil {
-		physicalSlots, _ = pgx.CollectRows(rows, pgx.RowTo[string])
-	}
-	var streaming int
-	_ = conn.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication r
-		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical')`).Scan(&streaming)
-	hasStandby := len(physicalSlots) > 0 || streaming > 0
-
 	if version < 170000 {
-		if hasStandby {
+		if hasPhysicalStandby(ctx, conn) {
 			add(Result{Name: "failover", Status: Warn,
 				Detail: fmt.Sprintf("this server has a physical standby, but PostgreSQL %d cannot keep the logical slot on it: after a failover the new primary has no slot %q, and pgaudit-cdc records a GAP and stops until you accept it", version/10000, slot),
 				Fix:    "upgrade to PostgreSQL 17 or later for failover slots; until then, after a failover accept the gap with `pgaudit-cdc run --accept-gap=ID` and backfill the watched tables (README, \"Gaps\")"})
 		}
 		return rs
 	}
-
-	info, err := replication.LookupSlot(ctx, conn, slot)
-	switch {
-	case err != nil:
-		add(Result{Name: "failover slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
-	case !info.Exists:
-		add(Result{Name: "failover slot", Status: OK, Detail: fmt.Sprintf("%q will be created as a failover slot", slot)})
-	case !info.Failover:
-		add(Result{Name: "failover slot", Status: Warn,
-			Detail: fmt.Sprintf("%q is not a failover slot (made before PostgreSQL 17 or by an earlier pgaudit-cdc): a standby cannot keep a copy, and a failover loses it (a GAP)", slot),
-			Fix:    fmt.Sprintf("stop the agent, then run over a replication connection: psql \"dbname=DB replication=database\" -c 'ALTER_REPLICATION_SLOT %s (FAILOVER true)'", slot)})
-	default:
-		add(Result{Name: "failover slot", Status: OK, Detail: fmt.Sprintf("%q is a failover slot", slot)})
-	}
-
-	var sss string
-	_ = conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss)
-	sss = strings.TrimSpace(sss)
-	suggest := "the physical slot of each standby that may be promoted"
-	if len(physicalSlots) > 0 {
-		suggest = "'" + strings.Join(physicalSlots, ",") + "'"
-	}
-	switch {
-	case sss == "" && !hasStandby:
-		add(Result{Name: "synchronized_standby_slots", Status: OK, Detail: "empty, and no physical standby to fail over to"})
-	case sss == "":
-		add(Result{Name: "synchronized_standby_slots", Status: Warn,
-			Detail: "empty: the agent can receive changes no standby has received yet; after a failover the audit trail can hold transactions the new primary never had, and the standby's copy of the slot may be behind",
-			Fix:    fmt.Sprintf("name the standbys' physical slots: ALTER SYSTEM SET synchronized_standby_slots = %s; SELECT pg_reload_conf(); on each standby set sync_replication_slots = on, hot_standby_feedback = on, primary_slot_name, and dbname in primary_conninfo", suggest)})
-	default:
-		var missing []string
-		for _, name := range strings.Split(sss, ",") {
-			name = strings.Trim(strings.TrimSpace(name), `"`)
-			var ok bool
-			_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'
-				AND coalesce(wal_status, '') <> 'lost')`, name).Scan(&ok)
-			if !ok {
-				missing = append(missing, name)
-			}
-		}
-		if len(missing) > 0 {
-			add(Result{Name: "synchronized_standby_slots", Status: Fail,
-				Detail: fmt.Sprintf("names %s, which is not a usable physical slot: logical decoding waits for it, so capture stalls", strings.Join(missing, ", ")),
-				Fix:    fmt.Sprintf("create the standby's physical slot (SELECT pg_create_physical_replication_slot('NAME')) and point the standby's primary_slot_name at it, or correct the list: ALTER SYSTEM SET synchronized_standby_slots = %s; SELECT pg_reload_conf()", suggest)})
-		} else {
-			add(Result{Name: "synchronized_standby_slots", Status: OK, Detail: sss + ": changes reach the agent only after these standbys have them"})
-		}
-	}
+	checkPrimaryFailover(ctx, conn, slot, add)
 	return rs
 }
 
@@ -420,52 +450,6 @@ func checkIdleSlotTimeout(ctx context.Context, conn *pgx.Conn, add func(Result))
 	add(Result{Name: "idle_replication_slot_timeout", Status: Warn,
 		Detail: shown + ": if the agent is stopped (or cannot connect) for longer, PostgreSQL invalidates the slot at the next checkpoint, and the changes since are lost (a GAP)",
 		Fix:    "ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf(); or keep it longer than any agent outage you can have (Amazon RDS/Aurora, Cloud SQL, Azure: the parameter of the same name)"})
-}
-
-// checkStandbyFailover checks, on a standby (17+), the settings that keep a
-// synced copy of the slot, and the copy itself.
-func checkStandbyFailover(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
-	var syncSlots, feedback, conninfo, primarySlot string
-	_ = conn.QueryRow(ctx, `SELECT current_setting('sync_replication_slots'), current_setting('hot_standby_feedback'),
-		current_setting('primary_conninfo'), current_setting('primary_slot_name')`).Scan(&syncSlots, &feedback, &conninfo, &primarySlot)
-	onOff := func(name, value string) {
-		if value == "on" {
-			add(Result{Name: name, Status: OK, Detail: "on"})
-			return
-		}
-		add(Result{Name: name, Status: Fail, Detail: value + " on this standby: it keeps no usable copy of the slot, and a failover to it loses the slot (a GAP)",
-			Fix: "ALTER SYSTEM SET " + name + " = on; SELECT pg_reload_conf();"})
-	}
-	onOff("sync_replication_slots", syncSlots)
-	onOff("hot_standby_feedback", feedback)
-	if primarySlot == "" {
-		add(Result{Name: "primary_slot_name", Status: Fail, Detail: "empty: slot synchronisation needs the standby to stream through a physical slot",
-			Fix: "create one on the primary (SELECT pg_create_physical_replication_slot('standby1')), then ALTER SYSTEM SET primary_slot_name = 'standby1' here and restart or reload; name it in the primary's synchronized_standby_slots"})
-	} else {
-		add(Result{Name: "primary_slot_name", Status: OK, Detail: primarySlot})
-	}
-	if !strings.Contains(conninfo, "dbname=") {
-		add(Result{Name: "primary_conninfo", Status: Fail, Detail: "has no dbname: the slot sync worker cannot connect to the primary's database",
-			Fix: "add dbname=<the watched database> to primary_conninfo (ALTER SYSTEM SET primary_conninfo = '... dbname=DB'; SELECT pg_reload_conf())"})
-	} else {
-		add(Result{Name: "primary_conninfo", Status: OK, Detail: "names a database"})
-	}
-	info, err := replication.LookupSlot(ctx, conn, slot)
-	switch {
-	case err != nil:
-		add(Result{Name: "synced slot", Status: Fail, Detail: err.Error(), Fix: "check the connection and privileges"})
-	case !info.Exists:
-		add(Result{Name: "synced slot", Status: Warn, Detail: fmt.Sprintf("no copy of slot %q on this standby yet: a failover to it now loses the slot (a GAP)", slot),
-			Fix: "make the slot a failover slot on the primary and complete the settings above; the copy appears once the primary's slot has advanced past what this standby has replayed"})
-	case !info.Synced:
-		add(Result{Name: "synced slot", Status: Warn, Detail: fmt.Sprintf("slot %q exists here but is not synced from the primary", slot),
-			Fix: "make it a failover slot on the primary (ALTER_REPLICATION_SLOT ... (FAILOVER true)) and complete the settings above"})
-	case info.Invalidated():
-		add(Result{Name: "synced slot", Status: Fail, Detail: fmt.Sprintf("the copy of slot %q is invalidated (%s%s)", slot, info.WALStatus, info.InvalidationReason),
-			Fix: "check hot_standby_feedback and primary_slot_name; the copy is re-created from the primary's slot"})
-	default:
-		add(Result{Name: "synced slot", Status: OK, Detail: fmt.Sprintf("slot %q synced, confirmed up to %s", slot, info.ConfirmedFlushLSN)})
-	}
 }
 
 // checkVirtualGeneratedColumns fails for every published table with

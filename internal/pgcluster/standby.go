@@ -104,3 +104,18 @@ func (c *Cluster) StopImmediate(ctx context.Context) error {
 	defer c.mu.Unlock()
 	return c.pgCtl(ctx, "stop", "-m", "immediate")
 }
+
+// RestartWith adds settings ("name=value") to those the local cluster c
+// starts with, overriding earlier values of the same names (settings given
+// at start are command-line options, which ALTER SYSTEM cannot override),
+// and restarts it (pg_ctl restart -m fast) on the same port. For a standby
+// this changes, e.g., its primary_conninfo.
+func (c *Cluster) RestartWith(ctx context.Context, settings ...string) error {
+	if c.external {
+		return errors.New("pgcluster: cannot restart an external server")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.extra = append(c.extra, settings...)
+	return c.pgCtl(ctx, "restart", "-m", "fast", "-l", c.logFile, "-o", c.serverOptions())
+}

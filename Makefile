@@ -66,7 +66,7 @@ vet:
 # The full fault-injection suite (kill -9 cycles, spine faults, server
 # restarts); CI runs a reduced form as part of `make test`.
 test-faults:
-	PGAUDIT_FAULT_CYCLES=25 PGAUDIT_FAULT_ROWS=5000 $(GO) test -count=1 -timeout 60m -run 'Fault|Kill|Standby|DeadLetter' -v ./faults/...
+	PGAUDIT_FAULT_CYCLES=25 PGAUDIT_FAULT_ROWS=5000 $(GO) test -count=1 -timeout 60m -run 'Fault|Kill|Standby|DeadLetter' -v ./faults/... && $(GO) test -count=1 -timeout 10m -run '^TestGapSlot(DroppedWhileRunning|DroppedWhileStopped|Invalidated)$$' -v ./agent
 
 fuzz:
 	$(GO) test ./pgoutput -run '^$$' -fuzz FuzzParse -fuzztime 60s

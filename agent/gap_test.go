@@ -87,6 +87,19 @@ func (h *harness) expectGapStop(reason string) int64 {
 	return gapErr.Gap.ID
 }
 
+// expectGapMetrics checks what Prometheus sees while a gap is pending:
+// pgaudit_cdc_gap_pending 1, and pgaudit_cdc_gaps_detected_total{reason}
+// at detected (the gaps this process's agents detected first; a gap
+// already recorded, by `watch` or an earlier run, is pending but not
+// detected again).
+func (h *harness) expectGapMetrics(reason string, detected float64) {
+	h.t.Helper()
+	h.obs.expectMetric(h.t, 1, "pgaudit_cdc_gap_pending")
+	h.obs.expectMetric(h.t, detected, "pgaudit_cdc_gaps_detected_total", "reason", reason)
+	// And it is logged at ERROR, with the fix.
+	h.obs.expectLog(h.t, -1, "level=ERROR", "capture gap", "reason="+reason, "--accept-gap=")
+}
+
 // values returns the ids of the data events' new rows, in chain order.
 func ids(t *testing.T, evs []spinetest.Event) []int {
 	t.Helper()
@@ -129,6 +142,15 @@ func (h *harness) acceptAndCheckLast(gapID int64, reason string, lastID int, che
 	t := h.t
 	h.startAgentWith(func(c *agent.Config) { c.AcceptGap = fmt.Sprint(gapID); c.AcceptedBy = "test" })
 	h.waitOp(capture.OpGap, 1)
+	if h.obs != nil {
+		// Accepted: no longer pending, and not counted again.
+		h.obs.waitMetric(t, 10*time.Second, 0, "pgaudit_cdc_gap_pending")
+		detected, _ := h.obs.metric(t, "pgaudit_cdc_gaps_detected_total", "reason", reason)
+		defer func() {
+			h.obs.expectMetric(t, 0, "pgaudit_cdc_gap_pending")
+			h.obs.expectMetric(t, detected, "pgaudit_cdc_gaps_detected_total", "reason", reason)
+		}()
+	}
 	h.insertRange(21, 30)
 	evs := h.waitEvents(lastID+10, 30*time.Second)
 	h.stopAgent()
@@ -173,15 +195,19 @@ func (h *harness) acceptAndCheckLast(gapID int64, reason string, lastID int, che
 
 func TestGapSlotDroppedWhileRunning(t *testing.T) {
 	h := newHarness(t)
+	obs := h.observe()
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.watch("t1", "other", "s")
 	h.startAgent()
 	h.insertRange(1, 10)
 	h.waitEvents(10, 30*time.Second)
+	obs.expectMetric(t, 0, "pgaudit_cdc_gap_pending")
+	obs.expectMetric(t, 0, "pgaudit_cdc_gaps_detected_total", "reason", capture.ReasonSlotMissing)
 
 	h.dropSlot()
 	h.insertRange(11, 20)
 	id := h.expectGapStop(capture.ReasonSlotMissing)
+	h.expectGapMetrics(capture.ReasonSlotMissing, 1)
 	if n := len(h.dataEvents()); n != 10 {
 		t.Fatalf("%d events after the gap, want the 10 from before it", n)
 	}
@@ -193,12 +219,14 @@ func TestGapSlotDroppedWhileRunning(t *testing.T) {
 	if len(h.gapEvents()) != 0 {
 		t.Fatalf("a GAP event was recorded without consent")
 	}
+	h.expectGapMetrics(capture.ReasonSlotMissing, 1) // the same gap, still pending
 	h.acceptAndCheck(id, capture.ReasonSlotMissing, 10)
 	wantRange(t, ids(t, h.dataEvents()), [2]int{1, 10}, [2]int{21, 31})
 }
 
 func TestGapSlotDroppedWhileStopped(t *testing.T) {
 	h := newHarness(t)
+	h.observe()
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.watch("t1", "other", "s")
 	h.startAgent()
@@ -220,12 +248,16 @@ func TestGapSlotDroppedWhileStopped(t *testing.T) {
 	}
 	h.startAgent()
 	id := h.expectGapStop(capture.ReasonSlotMissing)
+	// `watch` recorded the gap: the agent finds it pending, and does not
+	// count it as detected a second time.
+	h.expectGapMetrics(capture.ReasonSlotMissing, 0)
 	h.acceptAndCheck(id, capture.ReasonSlotMissing, 10)
 	wantRange(t, ids(t, h.dataEvents()), [2]int{1, 10}, [2]int{21, 31})
 }
 
 func TestGapSlotAdvanced(t *testing.T) {
 	h := newHarness(t)
+	h.observe()
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.watch("t1", "other", "s")
 	h.startAgent()
@@ -250,12 +282,14 @@ func TestGapSlotAdvanced(t *testing.T) {
 	h.exec(`SELECT pg_replication_slot_advance($1, $2::pg_lsn)`, testSlot, target)
 	h.startAgent()
 	id := h.expectGapStop(capture.ReasonSlotAdvanced)
+	h.expectGapMetrics(capture.ReasonSlotAdvanced, 1)
 	h.acceptAndCheck(id, capture.ReasonSlotAdvanced, 10)
 	wantRange(t, ids(t, h.dataEvents()), [2]int{1, 10}, [2]int{21, 31})
 }
 
 func TestGapSlotInvalidated(t *testing.T) {
 	h := newHarness(t)
+	h.observe()
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.exec(`CREATE TABLE filler (v text)`)
 	h.watch("t1", "other", "s")
@@ -291,6 +325,7 @@ func TestGapSlotInvalidated(t *testing.T) {
 	h.exec(`SELECT pg_reload_conf()`)
 	h.startAgent()
 	id := h.expectGapStop(capture.ReasonSlotInvalidated)
+	h.expectGapMetrics(capture.ReasonSlotInvalidated, 1)
 	h.acceptAndCheck(id, capture.ReasonSlotInvalidated, 10)
 	wantRange(t, ids(t, h.dataEvents()), [2]int{1, 10}, [2]int{21, 31})
 }
@@ -302,6 +337,7 @@ func TestGapSlotInvalidated(t *testing.T) {
 // file-level copy into a new cluster, and dropping the slot.
 func TestGapSystemIdentifierChanged(t *testing.T) {
 	h := newHarness(t)
+	h.observe()
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.watch("t1", "other", "s")
 	h.startAgent()
@@ -314,6 +350,7 @@ func TestGapSystemIdentifierChanged(t *testing.T) {
 	h.insertRange(11, 20)
 	h.startAgent()
 	id := h.expectGapStop(capture.ReasonSystemChanged)
+	h.expectGapMetrics(capture.ReasonSystemChanged, 1)
 	// The events carry the real identifier, the record a changed one: the
 	// read-back finds no event of the recorded cluster to name.
 	h.acceptAndCheckLast(id, capture.ReasonSystemChanged, 10, false)

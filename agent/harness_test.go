@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -35,6 +36,9 @@ type harness struct {
 	spine *spinetest.Server
 	stop  func()
 	done  chan error
+	// obs, when set (observe), receives the agents' metrics, readiness and
+	// log.
+	obs *observer
 }
 
 func newHarness(t *testing.T) *harness {
@@ -96,9 +100,16 @@ func (h *harness) startAgentWith(tune func(*agent.Config)) {
 	if h.stop != nil {
 		h.t.Fatalf("BUG: agent already running")
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var out io.Writer = testWriter{h.t}
+	var hooks publish.Hooks
+	if h.obs != nil {
+		out = io.MultiWriter(out, h.obs.logs)
+		hooks = h.obs.m.PublishHooks(h.obs.ready)
+	}
+	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	client, err := publish.NewClient(publish.ClientConfig{
 		URL: h.spine.URL(), Timeout: 2 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: log,
+		Hooks: hooks,
 	})
 	if err != nil {
 		h.t.Fatalf("client: %v", err)
@@ -107,6 +118,9 @@ func (h *harness) startAgentWith(tune func(*agent.Config)) {
 		DatabaseURL: h.dsn, Slot: testSlot, Publication: testPub,
 		Sink: client, Spine: client, StatusInterval: 100 * time.Millisecond,
 		ShutdownGrace: 500 * time.Millisecond, Logger: log,
+	}
+	if h.obs != nil {
+		cfg.Metrics, cfg.Ready = h.obs.m, h.obs.ready
 	}
 	if tune != nil {
 		tune(&cfg)

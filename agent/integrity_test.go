@@ -78,6 +78,7 @@ func TestForgedControlMessagesHaveNoEffect(t *testing.T) {
 		t.Fatal(err)
 	}
 	app := h.roleConn("app_forger", `GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO app_forger`)
+	obs := h.observe()
 	h.startAgent()
 
 	// 1. skip() is not executable by PUBLIC any more.
@@ -102,9 +103,16 @@ func TestForgedControlMessagesHaveNoEffect(t *testing.T) {
 		`UPDATE orders SET total = 1 WHERE id = 3`); err != nil {
 		t.Fatalf("forged backfill: %v", err)
 	}
+	// 5. A crafted checkpoint claiming the table's rows match a digest.
+	cp, _ := json.Marshal(decode.CheckpointMessage{ID: 1, TableOID: payrollOID, Schema: "public", Table: "payroll",
+		Last: true, Rows: 1, Digest: strings.Repeat("0", 64), KeyColumns: []string{"id"}, Columns: []string{"id", "salary"}})
+	if err := run(t, app, fmt.Sprintf(`SELECT pg_logical_emit_message(true, 'pgaudit_cdc.checkpoint', '%s')`, strings.ReplaceAll(string(cp), "'", "''")),
+		`UPDATE orders SET total = 2 WHERE id = 3`); err != nil {
+		t.Fatalf("forged checkpoint: %v", err)
+	}
 
-	evs := h.expectExactly(2, 500*time.Millisecond)
-	for i, want := range []string{"DELETE", "UPDATE"} {
+	evs := h.expectExactly(3, 500*time.Millisecond)
+	for i, want := range []string{"DELETE", "UPDATE", "UPDATE"} {
 		if op := field(t, evs[i], "operation"); op != want {
 			t.Fatalf("event %d is %v, want the row event %s:\n%s", i, op, want, dump(evs))
 		}
@@ -113,9 +121,21 @@ func TestForgedControlMessagesHaveNoEffect(t *testing.T) {
 		t.Fatalf("the DELETE after a forged skip carries old %v, want the deleted row 2", field(t, evs[0], "old"))
 	}
 	for _, e := range h.spine.Events() {
-		if op, _ := e.Payload["operation"].(string); op == decode.OpSummary || op == decode.OpRead {
+		if op, _ := e.Payload["operation"].(string); op == decode.OpSummary || op == decode.OpRead || op == decode.OpCheckpoint {
 			t.Fatalf("a forged control message had an effect: %s", dump([]spinetest.Event{e}))
 		}
+	}
+	// Each forged message is counted by prefix and logged at ERROR with its
+	// xid and LSN: the attempt is visible, never silent. (Each was read
+	// before the row event that followed it, which is delivered.)
+	for _, prefix := range []string{decode.SkipPrefix, decode.BackfillPrefix, decode.CheckpointPrefix} {
+		obs.expectMetric(t, 1, "pgaudit_cdc_unauthenticated_control_messages_total", "prefix", prefix)
+	}
+	obs.expectLog(t, 1, "level=ERROR", "ignored a pgaudit_cdc.skip message without an authorising pgaudit_cdc.control row (xid ", "prefix="+decode.SkipPrefix)
+	obs.expectLog(t, 1, "level=ERROR", fmt.Sprintf("ignored a backfill chunk for table OID %d without an authorising pgaudit_cdc.control row (xid ", payrollOID), "prefix="+decode.BackfillPrefix)
+	obs.expectLog(t, 1, "level=ERROR", fmt.Sprintf("ignored a checkpoint for table OID %d without an authorising pgaudit_cdc.control row (xid ", payrollOID), "prefix="+decode.CheckpointPrefix)
+	if n := len(obs.logLines("without an authorising pgaudit_cdc.control row", ", at ")); n != 3 {
+		t.Fatalf("%d of the 3 ignored-message lines name the LSN", n)
 	}
 }
 
@@ -161,47 +181,85 @@ func ptr(s string) *string { return &s }
 
 // TestReplicaIdentityWeakened: a migration sets REPLICA IDENTITY DEFAULT on a
 // watched table. The events written meanwhile say their old row is
-// incomplete, the agent notices from the RELATION message, and it restores
-// FULL, so later events carry the whole old row again.
+// incomplete, the agent notices from the RELATION message (it logs and
+// counts it, and restores FULL at once rather than at the next 15 s
+// housekeeping round), so later events carry the whole old row again.
 func TestReplicaIdentityWeakened(t *testing.T) {
 	h := newHarness(t)
 	h.exec(`CREATE TABLE orders (id int PRIMARY KEY, total numeric, note text)`)
 	h.exec(`INSERT INTO orders VALUES (1, 10, 'a'), (2, 20, 'b')`)
 	h.watch("orders", "other", "shop")
+	obs := h.observe()
 	h.startAgent()
-	// One transaction, so the agent cannot restore FULL in between.
-	if err := run(t, h.conn, `ALTER TABLE orders REPLICA IDENTITY DEFAULT`,
-		`UPDATE orders SET total = 11 WHERE id = 1`, `DELETE FROM orders WHERE id = 2`); err != nil {
-		t.Fatal(err)
+	// Streaming, and the housekeeping round the agent does at start is
+	// over: the next one is ~15 s away.
+	h.exec(`INSERT INTO orders VALUES (3, 30, 'c')`)
+	h.waitEvents(1, 30*time.Second)
+	time.Sleep(time.Second)
+	obs.expectMetric(t, 0, "pgaudit_cdc_replica_identity_weakened_total", "table", "public.orders")
+
+	// weaken runs the migration with an UPDATE in one transaction (so the
+	// agent cannot restore FULL in between) and returns when it committed.
+	weaken := func(sqls ...string) time.Time {
+		t.Helper()
+		if err := run(t, h.conn, append([]string{`ALTER TABLE orders REPLICA IDENTITY DEFAULT`}, sqls...)...); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
 	}
-	evs := h.waitEvents(2, 30*time.Second)
-	for _, e := range evs[:2] {
+	// restored waits for FULL and says how long it took.
+	restored := func(since time.Time) time.Duration {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var ident string
+			if err := h.conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'orders'::regclass`).Scan(&ident); err != nil {
+				t.Fatal(err)
+			}
+			if ident == "f" {
+				return time.Since(since)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent did not restore REPLICA IDENTITY FULL within 30s (still %q)", ident)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// Well under the housekeeping interval: the RELATION message, not the
+	// periodic round, triggered the repair.
+	const prompt = 5 * time.Second
+
+	committed := weaken(`UPDATE orders SET total = 11 WHERE id = 1`, `DELETE FROM orders WHERE id = 2`)
+	evs := h.waitEvents(3, 30*time.Second)
+	for _, e := range evs[1:3] {
 		if field(t, e, "metadata", "old_is_key_only") != true {
 			t.Fatalf("%v under REPLICA IDENTITY DEFAULT does not flag its incomplete old row: %s", field(t, e, "operation"), jsonOf(t, e.Payload))
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var ident string
-		if err := h.conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'orders'::regclass`).Scan(&ident); err != nil {
-			t.Fatal(err)
-		}
-		if ident == "f" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent did not restore REPLICA IDENTITY FULL within 30s (still %q)", ident)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if took := restored(committed); took > prompt {
+		t.Fatalf("REPLICA IDENTITY FULL was restored %s after the change: not on the RELATION message (want < %s)", took.Round(time.Millisecond), prompt)
 	}
+	obs.waitMetric(t, 5*time.Second, 1, "pgaudit_cdc_replica_identity_weakened_total", "table", "public.orders")
+	obs.expectLog(t, 1, "level=WARN", "public.orders streams with REPLICA IDENTITY DEFAULT, not FULL", "restoring FULL", "table=public.orders")
+	obs.waitLog(t, "level=WARN", "restored REPLICA IDENTITY FULL on watched tables", "tables=public.orders")
+
 	h.exec(`UPDATE orders SET total = 12 WHERE id = 1`)
-	evs = h.expectExactly(3, 300*time.Millisecond)
-	if got := field(t, evs[2], "old", "note"); got != "a" {
-		t.Fatalf("after FULL was restored the old row is %v, want the whole row", field(t, evs[2], "old"))
+	evs = h.expectExactly(4, 300*time.Millisecond)
+	if got := field(t, evs[3], "old", "note"); got != "a" {
+		t.Fatalf("after FULL was restored the old row is %v, want the whole row", field(t, evs[3], "old"))
 	}
-	if field(t, evs[2], "metadata", "old_is_key_only") != nil {
+	if field(t, evs[3], "metadata", "old_is_key_only") != nil {
 		t.Fatalf("a full old row is flagged key-only")
 	}
+
+	// Weakened again after it was FULL: noticed, counted and repaired again.
+	committed = weaken(`UPDATE orders SET total = 13 WHERE id = 1`)
+	h.waitEvents(5, 30*time.Second)
+	if took := restored(committed); took > prompt {
+		t.Fatalf("the second weakening was repaired after %s, want < %s", took.Round(time.Millisecond), prompt)
+	}
+	obs.waitMetric(t, 5*time.Second, 2, "pgaudit_cdc_replica_identity_weakened_total", "table", "public.orders")
+	obs.expectLog(t, 2, "level=WARN", "public.orders streams with REPLICA IDENTITY DEFAULT, not FULL")
 }
 
 // TestTableLifecycle: a rename keeps the watch and the registry follows it;

@@ -45,6 +45,9 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 			if grace < 0 {
 				return usageError("invalid --shutdown-grace %s: it must be 0 (stop at once; undelivered events stay in the slot and are sent after the restart) or a positive duration, e.g. 5s", grace)
 			}
+			if o.gapHold < 0 {
+				return usageError("invalid --gap-hold %s: it must be 0 (exit at once after a capture gap) or a positive duration, e.g. 30s", o.gapHold)
+			}
 			if grace == 0 {
 				grace = time.Nanosecond // the agent takes 0 for "use the default"
 			}

@@ -87,6 +87,7 @@ func TestRejectedValuesExitTwo(t *testing.T) {
 		{"status interval 0", nil, []string{"run", "--status-interval", "0"}, []string{"--status-interval 0s", "positive duration"}, ""},
 		{"status interval negative", nil, []string{"run", "--status-interval", "-1s"}, []string{"positive duration"}, ""},
 		{"shutdown grace negative", nil, []string{"run", "--shutdown-grace", "-1s"}, []string{"--shutdown-grace -1s", "0 (stop at once"}, ""},
+		{"gap hold negative", nil, []string{"run", "--gap-hold", "-1s"}, []string{"--gap-hold -1s", "0 (exit at once", "positive duration"}, ""},
 
 		{"chunk size 0", nil, []string{"backfill", "t", "--chunk-size", "0"}, []string{"--chunk-size 0", "1 to 1000000 rows"}, ""},
 		{"chunk size negative", nil, []string{"backfill", "t", "--chunk-size", "-5"}, []string{"1 to 1000000 rows"}, ""},
@@ -211,13 +212,13 @@ func TestAcceptedBoundaryValues(t *testing.T) {
 			}
 		})
 	}
-	t.Run("run --shutdown-grace 0 --status-interval 1ms", func(t *testing.T) {
+	t.Run("run --shutdown-grace 0 --status-interval 1ms --gap-hold 0", func(t *testing.T) {
 		cleanEnv(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		// Nothing to connect to: the agent retries until ctx ends, then
 		// stops cleanly.
-		if _, err := runFor(ctx, "run", "--database-url", unreachableDSN, "--shutdown-grace", "0", "--status-interval", "1ms"); err != nil {
+		if _, err := runFor(ctx, "run", "--database-url", unreachableDSN, "--shutdown-grace", "0", "--status-interval", "1ms", "--gap-hold", "0"); err != nil {
 			t.Fatalf("got %v, want a clean stop", err)
 		}
 	})

@@ -325,6 +325,7 @@ func (a *Agent) session(ctx context.Context) error {
 		}, watches.Map(entries)),
 		items:    make(chan batch, 64),
 		freed:    make(chan struct{}, 1),
+		spare:    make(chan []work, 66),
 		acked:    &acked,
 		recorded: slot.ConfirmedFlushLSN,
 	}
@@ -344,7 +345,7 @@ func (a *Agent) session(ctx context.Context) error {
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
-	p := &publisher{a: a, items: r.items, freed: r.freed, acked: &acked, inflight: &r.inflight, dl: dl}
+	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, acked: &acked, inflight: &r.inflight, dl: dl}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()
 	r.pubDone = pubDone

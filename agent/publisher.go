@@ -17,6 +17,7 @@ type publisher struct {
 	a        *Agent
 	items    <-chan batch
 	freed    chan<- struct{}
+	spare    chan<- []work // batch storage given back to the reader
 	acked    *atomic.Uint64
 	inflight *atomic.Int64
 	dl       *deadLetters
@@ -58,6 +59,7 @@ func (p *publisher) run(ctx context.Context) error {
 		if b.size > 0 {
 			p.inflight.Add(-b.size)
 		}
+		p.recycle(b.items)
 		select {
 		case p.freed <- struct{}{}:
 		default:
@@ -96,6 +98,10 @@ func (p *publisher) advance(lsn pgoutput.LSN) {
 // many small transactions share the window. Acknowledgements follow in order
 // once every event before them is settled.
 func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
+	// Kept from run to run: under load a run is every millisecond or so,
+	// and fresh slices each time were half of what the agent allocated.
+	var batches []batch
+	var evs []*decode.Event
 	for {
 		// A stop request wins over waiting work: after it nothing more is
 		// delivered (the slot may be a standby's already).
@@ -112,7 +118,7 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		batches := []batch{first}
+		batches = append(batches[:0], first)
 		closed := false
 		n, size := len(first.items), first.size
 	gather:
@@ -130,29 +136,26 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 				break gather
 			}
 		}
-		var items []work
-		var evs []*decode.Event
+		evs = evs[:0]
 		for _, b := range batches {
-			items = append(items, b.items...)
-			for _, w := range b.items {
-				if w.item.Kind == decode.ItemEvent {
-					evs = append(evs, w.item.Event)
+			for i := range b.items {
+				if b.items[i].item.Kind == decode.ItemEvent {
+					evs = append(evs, b.items[i].item.Event)
 				}
 			}
 		}
 		// Settle events as their verdicts come, in order, and confirm each
 		// transaction as soon as its last event is settled: a server that
 		// waits for its WAL to be confirmed (a shutdown) is not held up by
-		// the rest of the run.
-		next := 0
+		// the rest of the run. at walks the items of every batch in order.
+		at := itemCursor{batches: batches}
 		confirm := func() {
-			for next < len(items) && items[next].item.Kind != decode.ItemEvent {
-				if w := items[next]; w.keepalive != 0 {
+			for w := at.work(); w != nil && w.item.Kind != decode.ItemEvent; w = at.next() {
+				if w.keepalive != 0 {
 					p.advance(w.keepalive)
 				} else if w.item.Kind == decode.ItemCommit {
 					p.advance(w.item.EndLSN)
 				}
-				next++
 			}
 		}
 		confirm()
@@ -160,10 +163,10 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		if len(evs) > 0 {
 			err := bs.PublishBatch(ctx, evs, func(_ int, err error) {
 				if settleErr == nil {
-					settleErr = p.settle(ctx, items[next].item.Event, err)
+					settleErr = p.settle(ctx, at.work().item.Event, err)
 				}
 				if settleErr == nil {
-					next++
+					at.next()
 					confirm()
 				}
 			})
@@ -174,10 +177,13 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		if settleErr != nil {
 			return settleErr
 		}
-		for _, b := range batches {
+		clear(evs)
+		for i, b := range batches {
 			if b.size > 0 {
 				p.inflight.Add(-b.size)
 			}
+			p.recycle(b.items)
+			batches[i] = batch{}
 		}
 		select {
 		case p.freed <- struct{}{}:
@@ -186,6 +192,44 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		if closed {
 			return nil
 		}
+	}
+}
+
+// itemCursor walks the items of a run of batches in order.
+type itemCursor struct {
+	batches []batch
+	b, i    int
+}
+
+// work is the current item, nil past the last.
+func (c *itemCursor) work() *work {
+	for c.b < len(c.batches) && c.i >= len(c.batches[c.b].items) {
+		c.b, c.i = c.b+1, 0
+	}
+	if c.b >= len(c.batches) {
+		return nil
+	}
+	return &c.batches[c.b].items[c.i]
+}
+
+// next moves on and returns the new current item.
+func (c *itemCursor) next() *work {
+	if c.work() != nil {
+		c.i++
+	}
+	return c.work()
+}
+
+// recycle hands a delivered batch's storage back to the reader (see
+// reader.flush), emptied so that it keeps no event alive.
+func (p *publisher) recycle(items []work) {
+	if p.spare == nil || cap(items) == 0 {
+		return
+	}
+	clear(items)
+	select {
+	case p.spare <- items[:0]:
+	default:
 	}
 }
 

@@ -25,9 +25,13 @@ type reader struct {
 	// (a weakened replica identity); it runs on its own goroutine.
 	house  *housekeeper
 	stream *decode.Stream
+	// parser's messages are valid until the next: Stream.Apply copies what
+	// it keeps.
+	parser pgoutput.Parser
 
 	items    chan batch
 	freed    chan struct{} // signalled by the publisher when it finished a batch
+	spare    chan []work   // storage of delivered batches, for the next ones
 	pubDone  <-chan error
 	pubErr   error
 	acked    *atomic.Uint64
@@ -214,7 +218,7 @@ func (r *reader) confirmable() pgoutput.LSN {
 // catalog for column types itself (StreamConfig.Types) when a RELATION
 // message or a backfill chunk arrives, and queues what the stream yields.
 func (r *reader) handle(ctx context.Context, rec replication.Received) error {
-	msg, err := pgoutput.Parse(rec.Data)
+	msg, err := r.parser.Parse(rec.Data)
 	if err != nil {
 		return fmt.Errorf("decoding the message at %s: %w", rec.WALStart, err)
 	}
@@ -280,7 +284,13 @@ func (r *reader) flush(ctx context.Context) error {
 		return nil
 	}
 	b := r.pending
-	r.pending = batch{items: make([]work, 0, min(2*len(b.items), maxBatchItems))}
+	var items []work
+	select {
+	case items = <-r.spare:
+	default:
+		items = make([]work, 0, min(2*len(b.items), maxBatchItems))
+	}
+	r.pending = batch{items: items}
 	return r.send(ctx, b)
 }
 

@@ -109,10 +109,11 @@ func benchDecode(b *testing.B, data []byte) {
 	}
 	lsn := pgoutput.LSN(0x1_6B37_4100)
 	ctx := context.Background()
+	var p pgoutput.Parser
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	for b.Loop() {
-		m, err := pgoutput.Parse(data)
+		m, err := p.Parse(data)
 		if err != nil {
 			b.Fatal(err)
 		}

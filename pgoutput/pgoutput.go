@@ -169,6 +169,7 @@ type reader struct {
 	buf []byte
 	off int
 	err error
+	p   *Parser // reused memory, or nil
 }
 
 func (r *reader) fail(what string) {
@@ -249,7 +250,14 @@ func (r *reader) tuple() Tuple {
 		r.fail("tuple columns")
 		return nil
 	}
-	t := make(Tuple, n)
+	var t Tuple
+	if r.p != nil {
+		start := len(r.p.cols)
+		r.p.cols = append(r.p.cols, make([]TupleColumn, n)...)
+		t = r.p.cols[start : start+n : start+n]
+	} else {
+		t = make(Tuple, n)
+	}
 	for i := range t {
 		kind := r.u8("tuple column kind")
 		switch kind {
@@ -281,25 +289,93 @@ func (r *reader) tuple() Tuple {
 //
 // Protocol: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
 func Parse(data []byte) (Message, error) {
+	return parse(data, nil)
+}
+
+// Parser is Parse with its memory reused: the BEGIN, COMMIT, INSERT, UPDATE
+// and DELETE messages it returns, and their tuples, are valid only until its
+// next call. The replication stream parses one message at a time and is done
+// with it before the next (decode.Stream.Apply copies what it keeps), so the
+// per-change allocations of a busy stream need not be made at all.
+type Parser struct {
+	begin  BeginMessage
+	commit CommitMessage
+	insert InsertMessage
+	update UpdateMessage
+	delete DeleteMessage
+	cols   []TupleColumn
+}
+
+// Parse decodes one message as the package's Parse does.
+func (p *Parser) Parse(data []byte) (Message, error) {
+	if cap(p.cols) > 1<<12 {
+		p.cols = nil // one very wide row keeps no memory for ever
+	}
+	clear(p.cols)
+	p.cols = p.cols[:0]
+	return parse(data, p)
+}
+
+// The messages parse fills: the Parser's own, or new ones when p is nil.
+func (p *Parser) beginMsg() *BeginMessage {
+	if p == nil {
+		return new(BeginMessage)
+	}
+	return &p.begin
+}
+
+func (p *Parser) commitMsg() *CommitMessage {
+	if p == nil {
+		return new(CommitMessage)
+	}
+	return &p.commit
+}
+
+func (p *Parser) insertMsg() *InsertMessage {
+	if p == nil {
+		return new(InsertMessage)
+	}
+	return &p.insert
+}
+
+func (p *Parser) updateMsg() *UpdateMessage {
+	if p == nil {
+		return new(UpdateMessage)
+	}
+	return &p.update
+}
+
+func (p *Parser) deleteMsg() *DeleteMessage {
+	if p == nil {
+		return new(DeleteMessage)
+	}
+	return &p.delete
+}
+
+func parse(data []byte, p *Parser) (Message, error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
 	}
-	r := &reader{buf: data, off: 1}
+	r := reader{buf: data, off: 1, p: p}
 	var m Message
 	switch data[0] {
 	case 'B':
-		m = &BeginMessage{
+		b := p.beginMsg()
+		*b = BeginMessage{
 			FinalLSN:   LSN(r.u64("final LSN")),
 			CommitTime: int64(r.u64("commit time")),
 			Xid:        r.u32("xid"),
 		}
+		m = b
 	case 'C':
-		m = &CommitMessage{
+		c := p.commitMsg()
+		*c = CommitMessage{
 			Flags:      r.u8("flags"),
 			CommitLSN:  LSN(r.u64("commit LSN")),
 			EndLSN:     LSN(r.u64("end LSN")),
 			CommitTime: int64(r.u64("commit time")),
 		}
+		m = c
 	case 'O':
 		m = &OriginMessage{CommitLSN: LSN(r.u64("origin LSN")), Name: r.cstring("origin name")}
 	case 'R':
@@ -328,14 +404,16 @@ func Parse(data []byte) (Message, error) {
 	case 'Y':
 		m = &TypeMessage{OID: r.u32("type oid"), Namespace: r.cstring("type namespace"), Name: r.cstring("type name")}
 	case 'I':
-		ins := &InsertMessage{RelationID: r.u32("relation id")}
+		ins := p.insertMsg()
+		*ins = InsertMessage{RelationID: r.u32("relation id")}
 		if tag := r.u8("tuple tag"); r.err == nil && tag != 'N' {
 			return nil, fmt.Errorf("%w: insert: unexpected tuple tag %q", ErrMalformedMessage, tag)
 		}
 		ins.New = r.tuple()
 		m = ins
 	case 'U':
-		up := &UpdateMessage{RelationID: r.u32("relation id")}
+		up := p.updateMsg()
+		*up = UpdateMessage{RelationID: r.u32("relation id")}
 		tag := r.u8("tuple tag")
 		if tag == 'K' || tag == 'O' {
 			up.OldKind = tag
@@ -348,7 +426,8 @@ func Parse(data []byte) (Message, error) {
 		up.New = r.tuple()
 		m = up
 	case 'D':
-		del := &DeleteMessage{RelationID: r.u32("relation id")}
+		del := p.deleteMsg()
+		*del = DeleteMessage{RelationID: r.u32("relation id")}
 		tag := r.u8("tuple tag")
 		if r.err == nil && tag != 'K' && tag != 'O' {
 			return nil, fmt.Errorf("%w: delete: unexpected tuple tag %q", ErrMalformedMessage, tag)

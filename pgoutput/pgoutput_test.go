@@ -85,8 +85,18 @@ func FuzzParse(f *testing.F) {
 		newMsg('Y').U32(1).Str("a").Str("b"), newMsg('O').U64(1).Str("o")} {
 		f.Add([]byte(seed))
 	}
+	var p Parser // shared by every input: what it reuses must not leak between them
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Parse(data)
+		// The reusing Parser gives the same message, after parsing something
+		// else with the same memory first.
+		if _, err := p.Parse(data[min(1, len(data)):]); err != nil && !errors.Is(err, ErrMalformedMessage) {
+			t.Fatalf("Parser: error does not wrap ErrMalformedMessage: %v", err)
+		}
+		pm, perr := p.Parse(data)
+		if (err == nil) != (perr == nil) || !reflect.DeepEqual(m, pm) {
+			t.Fatalf("Parser.Parse = %#v, %v; Parse = %#v, %v", pm, perr, m, err)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrMalformedMessage) {
 				t.Fatalf("error does not wrap ErrMalformedMessage: %v", err)

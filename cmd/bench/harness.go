@@ -38,6 +38,7 @@ type Options struct {
 	LatencyFor    time.Duration // how long the latency writer runs
 	WriterFor     time.Duration // one pgbench run
 	WriterClients int           // pgbench clients
+	PerTxRate     int           // pertx: pgbench --rate (0: as fast as it goes)
 	WriterRows    int           // rows in the pgbench table
 	MemRows       int           // rows of the single big transaction
 	MemRowBytes   int           // size of the single big row

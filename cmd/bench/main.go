@@ -36,6 +36,7 @@ func main() {
 	flag.DurationVar(&o.LatencyFor, "latency-for", 0, "how long the latency writer runs (default 20s, quick 2s)")
 	flag.IntVar(&o.LatencyRate, "latency-rate", 0, "commits per second of the latency writer (default 1000)")
 	flag.DurationVar(&o.WriterFor, "writer-for", 0, "one pgbench run of the writer and pertx scenarios (default 15s, quick 2s)")
+	flag.IntVar(&o.PerTxRate, "pertx-rate", 0, "pertx: transactions per second pgbench is held to (default: as fast as it goes); the same rate for every consumer makes CPU per transaction comparable between runs on a busy machine")
 	flag.IntVar(&o.WriterRows, "writer-rows", 0, "rows of the pgbench table (default 100000, quick 5000)")
 	flag.IntVar(&o.MemRows, "mem-rows", 0, "rows of the big transaction (default 1000000, quick 20000)")
 	flag.IntVar(&memMB, "mem-row-mb", 0, "size of the big row in MB (default 64, quick 4)")

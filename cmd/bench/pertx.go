@@ -248,6 +248,9 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 	}
 	args := append([]string{"-n", "-c", strconv.Itoa(e.opts.WriterClients), "-j", strconv.Itoa(min(e.opts.WriterClients, 2)),
 		"-T", strconv.Itoa(int(e.opts.WriterFor.Seconds())), "-D", "n=" + strconv.Itoa(e.opts.WriterRows), "--max-tries=10"}, scripts...)
+	if e.opts.PerTxRate > 0 {
+		args = append(args, "--rate", strconv.Itoa(e.opts.PerTxRate))
+	}
 	var out, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, pgbench, append(args, url)...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr

@@ -30,7 +30,7 @@ MATRIX_RUN_14 := |FidelityUnchangedToastFullIdentity
 MATRIX_RUN_15 := |FidelityUnchangedToast|RowFilterAndColumnControl|SchemaWideWatch
 MATRIX_PKGS := ./agent ./faults ./cli
 # Run whole on every version.
-MATRIX_WHOLE := ./backfill ./catalog ./internal/pgtest ./internal/pgcluster ./replication ./preflight
+MATRIX_WHOLE := ./watches ./backfill ./catalog ./internal/pgtest ./internal/pgcluster ./replication ./preflight
 
 # The whole test suite on PostgreSQL $(PGAUDIT_PG_FULL) (unit tests, fuzz
 # seed corpora, integration tests against a throwaway PostgreSQL the tests

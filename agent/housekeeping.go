@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
@@ -96,6 +97,12 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.log.Info("watched tables were renamed; their watches follow them", "tables", strings.Join(renamed, ", "))
 	}
 	fixed, err := registry.FixReplicaIdentity(ctx)
+	var kept *watches.VirtualColumnsNotice
+	if errors.As(err, &kept) {
+		a.log.Warn("tables with virtual generated columns are kept off REPLICA IDENTITY FULL so that their UPDATE and DELETE keep working; their events carry the key only as old row (old_is_key_only)",
+			"tables", strings.Join(kept.Tables, ", "), "detail", kept.Error())
+		err = withoutNotice(err, kept)
+	}
 	if err != nil {
 		a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)
 	}
@@ -105,4 +112,23 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	if pending, err := deadletters.New(conn, a.cfg.Slot).Count(ctx); err == nil {
 		a.m.DeadLettersPending.Set(float64(pending))
 	}
+}
+
+// withoutNotice is err without the notice joined to it (nil when that was
+// all).
+func withoutNotice(err error, notice error) error {
+	if err == notice {
+		return nil
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return err
+	}
+	var rest []error
+	for _, e := range joined.Unwrap() {
+		if e != notice {
+			rest = append(rest, e)
+		}
+	}
+	return errors.Join(rest...)
 }

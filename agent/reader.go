@@ -238,6 +238,12 @@ func (r *reader) handle(ctx context.Context, rec replication.Received) error {
 			r.a.log.Error(it.Notice, "prefix", it.Prefix)
 			return nil
 		case decode.ItemReplicaIdentity:
+			if r.keptOffFull(ctx, it.TableOID) {
+				// pgaudit-cdc itself keeps it off FULL (see
+				// watches.VirtualColumnsNotice): not a weakening.
+				r.a.log.Info(it.Notice+"; it has virtual generated columns, which REPLICA IDENTITY FULL would make refuse every UPDATE and DELETE", "table", it.Table)
+				return nil
+			}
 			r.a.m.ReplicaIdentityWeakened.WithLabelValues(it.Table).Inc()
 			r.a.log.Warn(it.Notice+"; restoring FULL", "table", it.Table)
 			r.house.poke() // fix it now rather than within 15 s
@@ -292,6 +298,18 @@ func (r *reader) flush(ctx context.Context) error {
 	}
 	r.pending = batch{items: items}
 	return r.send(ctx, b)
+}
+
+// keptOffFull says the table has virtual generated columns (PostgreSQL
+// 18): pgaudit-cdc keeps such a table at its key as replica identity on
+// purpose. When the catalog cannot be asked, it is taken as a weakening.
+func (r *reader) keptOffFull(ctx context.Context, oid uint32) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var virtual bool
+	err := r.meta.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = 'v')`, oid).Scan(&virtual)
+	return err == nil && virtual
 }
 
 func (r *reader) logWatchChange(it decode.Item) {

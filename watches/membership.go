@@ -62,8 +62,15 @@ func (r *Registry) membershipOf(ctx context.Context, tx pgx.Tx, oid uint32) (mem
 // addTable makes t a member of the publication with the column list cols
 // (nil: all columns) and the row filter.
 func (r *Registry) addTable(ctx context.Context, tx pgx.Tx, t TableName, cols []string, rowFilter string) error {
+	return r.addTableTo(ctx, tx, r.publication, t, cols, rowFilter)
+}
+
+// addTableTo is addTable for the publication pub: the publication, or
+// precheck's scratch publication standing in for it (errors name the
+// publication).
+func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t TableName, cols []string, rowFilter string) error {
 	name := decode.QualifiedName(t.Schema, t.Name)
-	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	sql := "ALTER PUBLICATION " + pgx.Identifier{pub}.Sanitize() + " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if len(cols) > 0 {
 		quoted := make([]string, len(cols))
 		for i, c := range cols {
@@ -135,53 +142,57 @@ func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error
 // syncSchemaMembership adds the tables of watched schemas that are not yet
 // members of the publication (created while no event trigger was installed,
 // or when it failed), giving them REPLICA IDENTITY FULL first. It returns the
-// tables added and those whose identity it changed. It skips the round when
-// a watch or unwatch holds the registry lock.
-func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity []string, err error) {
+// tables added, those whose identity it changed, and the added tables that
+// have virtual generated columns (PostgreSQL 18+), which keep their primary
+// key as identity (see virtual.go); tables with virtual generated columns
+// and no primary key are left out. It skips the round when a watch or
+// unwatch holds the registry lock.
+func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity, virtual []string, err error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("starting transaction: %w", err)
+		return nil, nil, nil, fmt.Errorf("starting transaction: %w", err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
 	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return nil, nil, fmt.Errorf("setting lock_timeout: %w", err)
+		return nil, nil, nil, fmt.Errorf("setting lock_timeout: %w", err)
 	}
 	var locked bool
 	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil {
-		return nil, nil, fmt.Errorf("locking the registry: %w", err)
+		return nil, nil, nil, fmt.Errorf("locking the registry: %w", err)
 	}
 	if !locked {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	rows, err := tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active ORDER BY 1`)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing watched schemas: %w", err)
+		return nil, nil, nil, fmt.Errorf("listing watched schemas: %w", err)
 	}
 	schemas, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing watched schemas: %w", err)
+		return nil, nil, nil, fmt.Errorf("listing watched schemas: %w", err)
 	}
 	if len(schemas) == 0 {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for _, schema := range schemas {
 		if slices.Contains(legacy, schema) {
 			continue // published through the schema
 		}
-		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
+		tables, keyed, err := r.schemaTablesToAdd(ctx, tx, schema)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
+		virtual = append(virtual, keyed...)
 		if len(tables) == 0 {
 			continue
 		}
 		fixed, err := fixSchemaTables(ctx, tx, schema)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		identity = append(identity, fixed...)
 		names := make([]string, len(tables))
@@ -189,14 +200,14 @@ func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity []
 			names[i] = decode.QualifiedName(t[0], t[1])
 		}
 		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
-			return nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, strings.Join(names, ", "), r.publication), err)
+			return nil, nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, strings.Join(names, ", "), r.publication), err)
 		}
 		added = append(added, names...)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return nil, nil, fmt.Errorf("committing the tables of watched schemas: %w", err)
+		return nil, nil, nil, fmt.Errorf("committing the tables of watched schemas: %w", err)
 	}
-	return added, identity, nil
+	return added, identity, virtual, nil
 }
 
 // Partitions. The publication has publish_via_partition_root: the changes
@@ -252,7 +263,8 @@ func filteredPartition(ctx context.Context, tx pgx.Tx, oid uint32, schema string
 
 // partitionConflict refuses a per-table watch whose row filter or column
 // list publish_via_partition_root would override, in either direction.
-func (r *Registry) partitionConflict(ctx context.Context, tx pgx.Tx, rel relation, name string, o Options) error {
+// Without the registry (registry false) no partition is watched yet.
+func (r *Registry) partitionConflict(ctx context.Context, tx pgx.Tx, rel relation, name string, o Options, registry bool) error {
 	if filteredOptions(o) {
 		ancestor, found, err := r.publishedAncestor(ctx, tx, rel.oid)
 		if err != nil {
@@ -263,7 +275,7 @@ func (r *Registry) partitionConflict(ctx context.Context, tx pgx.Tx, rel relatio
 				name, ancestor, ancestor, ancestor)
 		}
 	}
-	if rel.partitioned {
+	if rel.partitioned && registry {
 		_, partition, found, err := filteredPartition(ctx, tx, rel.oid, "")
 		if err != nil {
 			return err

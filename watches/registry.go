@@ -37,13 +37,17 @@ func NewRegistry(conn *pgx.Conn, publication, slot string) *Registry {
 	return &Registry{conn: conn, publication: publication, slot: slot}
 }
 
-// prepare brings the schema up to date and makes sure the publication, the
-// slot (so that capture starts now) and, for a superuser, the event trigger
-// exist. Slot creation waits for writing transactions, so it happens before
-// the registry transaction.
-func (r *Registry) prepare(ctx context.Context) error {
-	if _, err := migrations.Apply(ctx, r.conn); err != nil {
-		return err
+// prepare brings the schema up to date (unless migrated says precheck did)
+// and makes sure the publication, the slot (so that capture starts now) and,
+// for a superuser, the event trigger exist. Slot creation waits for writing
+// transactions, so it happens before the registry transaction. It runs only
+// after precheck accepted the watch: a refused watch creates nothing, above
+// all no slot, which would retain WAL.
+func (r *Registry) prepare(ctx context.Context, migrated bool) error {
+	if !migrated {
+		if _, err := migrations.Apply(ctx, r.conn); err != nil {
+			return err
+		}
 	}
 	if err := replication.EnsurePublication(ctx, r.conn, r.publication); err != nil {
 		return err
@@ -60,6 +64,97 @@ func (r *Registry) prepare(ctx context.Context) error {
 	}
 	_, err = EnsureEventTrigger(ctx, r.conn)
 	return err
+}
+
+// precheck runs check, every test that can refuse a watch, before prepare
+// creates anything, in a transaction that is always rolled back. When the
+// database has the pgaudit_cdc registry, it is migrated first (so that the
+// checks read an up-to-date registry) and check is told so (registry true);
+// on a fresh database there is no registry and so no watch to conflict with,
+// and nothing at all is created unless the checks pass. It reports whether
+// it migrated. The registry transaction repeats the checks.
+func (r *Registry) precheck(ctx context.Context, check func(tx pgx.Tx, registry bool) error) (migrated bool, err error) {
+	var registry bool
+	if err := r.conn.QueryRow(ctx, "SELECT to_regclass('pgaudit_cdc.schema_migrations') IS NOT NULL").Scan(&registry); err != nil {
+		return false, fmt.Errorf("looking for the pgaudit_cdc registry: %w", err)
+	}
+	if registry {
+		if _, err := migrations.Apply(ctx, r.conn); err != nil {
+			return false, err
+		}
+	}
+	// Under the registry lock, like the registry transaction: the checks
+	// see no watch half done. The lock is released before prepare, whose
+	// slot creation waits for transactions that wrote.
+	tx, err := r.lockedTx(ctx, "checking")
+	if err != nil {
+		return registry, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // always rolled back: nothing it does may stay
+	return registry, check(tx, registry)
+}
+
+// convertInDryRun does in precheck's transaction (rolled back) what
+// prepare's replication.EnsurePublication does first when the role may:
+// convert the FOR TABLES IN SCHEMA members of a publication made by an
+// earlier version to per-table membership (replication.
+// ConvertSchemaMembership), so that the checks see the publication as the
+// watch will find it. A role that may not convert changes nothing here
+// either, and the checks refuse what needs the conversion.
+func (r *Registry) convertInDryRun(ctx context.Context, tx pgx.Tx) error {
+	schemas, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil || len(schemas) == 0 {
+		return err
+	}
+	var allowed bool
+	if err := tx.QueryRow(ctx, `SELECT pg_has_role(p.pubowner, 'USAGE') AND NOT EXISTS (
+			SELECT 1 FROM pg_publication_namespace pn JOIN pg_class c ON c.relnamespace = pn.pnnspid
+			WHERE pn.pnpubid = p.oid AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+				AND NOT pg_has_role(c.relowner, 'USAGE'))
+		FROM pg_publication p WHERE p.pubname = $1`, r.publication).Scan(&allowed); err != nil {
+		return fmt.Errorf("checking the ownership of publication %q and its tables: %w", r.publication, err)
+	}
+	if !allowed {
+		return nil
+	}
+	pub := pgx.Identifier{r.publication}.Sanitize()
+	for _, schema := range schemas {
+		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+pub+" DROP TABLES IN SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return fmt.Errorf("converting schema %q of publication %q to per-table membership: %w", schema, r.publication, err)
+		}
+		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
+			return fmt.Errorf("converting schema %q of publication %q to per-table membership: %w", schema, r.publication, err)
+		}
+	}
+	return nil
+}
+
+// publicationExists reports whether the publication exists.
+func (r *Registry) publicationExists(ctx context.Context, tx pgx.Tx) (bool, error) {
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", r.publication).Scan(&exists); err != nil {
+		return false, fmt.Errorf("looking up publication %q: %w", r.publication, err)
+	}
+	return exists, nil
+}
+
+// scratchPublication creates, in precheck's transaction (rolled back), a
+// publication with the options of the real one that stands in for it before
+// it exists: PostgreSQL checks the tables' ownership, row filters and column
+// lists when they are added to it. It returns its name.
+func (r *Registry) scratchPublication(ctx context.Context, tx pgx.Tx) (string, error) {
+	name := fmt.Sprintf("pgaudit_cdc_check_%d", r.conn.PgConn().PID())
+	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{name}.Sanitize()+" WITH (publish_via_partition_root = true)"); err != nil {
+		if replication.IsCode(err, "42501") {
+			return "", fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", r.publication, err)
+		}
+		return "", fmt.Errorf("creating publication %q: %w", r.publication, err)
+	}
+	return name, nil
 }
 
 // lockedTx begins a transaction holding the registry lock, which serialises
@@ -165,7 +260,20 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 			return "", errors.New("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
 		}
 	}
-	if err := r.prepare(ctx); err != nil {
+	migrated, err := r.precheck(ctx, func(tx pgx.Tx, registry bool) error {
+		if err := r.convertInDryRun(ctx, tx); err != nil {
+			return err
+		}
+		rel, cols, err := r.checkWatch(ctx, tx, t, o, registry)
+		if err != nil {
+			return err
+		}
+		return r.tryMembership(ctx, tx, rel, t, cols, o.RowFilter)
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := r.prepare(ctx, migrated); err != nil {
 		return "", err
 	}
 	tx, err := r.lockedTx(ctx, "watch")
@@ -173,50 +281,8 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 		return "", err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	rel, ok, err := r.lookup(ctx, tx, t)
-	if err != nil {
-		return "", err
-	}
-	if !ok {
-		return "", fmt.Errorf("table %s does not exist: create it first, or check the name (unquoted names fold to lower case: quote mixed-case names, e.g. '\"MyTable\"'): %w", name, ErrTableNotFound)
-	}
-	if rel.kind != "r" && rel.kind != "p" {
-		return "", fmt.Errorf("%s is not a table (relkind %q): only tables and partitioned tables can be watched", name, rel.kind)
-	}
-	if rel.persistence != "p" {
-		return "", fmt.Errorf("%s is an unlogged or temporary table: its changes are not written to the WAL, so logical replication cannot capture them; make it a regular table (ALTER TABLE %s SET LOGGED) and watch it again", name, pgx.Identifier{t.Schema, t.Name}.Sanitize())
-	}
-	if !o.columnControl() {
-		// PostgreSQL 18's virtual generated columns cannot be published, and
-		// under REPLICA IDENTITY FULL the table would then refuse every
-		// UPDATE and DELETE: refuse the watch rather than break the writers.
-		rows, err := tx.Query(ctx, `SELECT attname FROM pg_attribute
-			WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = 'v' ORDER BY attnum`, rel.oid)
-		if err != nil {
-			return "", fmt.Errorf("reading the columns of %s: %w", name, err)
-		}
-		virtual, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return "", fmt.Errorf("reading the columns of %s: %w", name, err)
-		}
-		if len(virtual) > 0 {
-			return "", fmt.Errorf("%s has virtual generated columns (%s), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL the table would refuse every UPDATE and DELETE; make them STORED (drop and add them again with STORED), or watch with --exclude-columns naming them", name, strings.Join(virtual, ", "))
-		}
-	}
-	if rel.kind == "p" && o.columnControl() {
-		return "", fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)
-	}
-	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
-	if err != nil {
-		return "", err
-	}
-	if err := r.legacyConflict(legacy, t, o); err != nil {
-		return "", err
-	}
-	if err := r.partitionConflict(ctx, tx, rel, name, o); err != nil {
-		return "", err
-	}
-	cols, err := r.columnList(ctx, tx, rel, t, o)
+	// The checks again, under the registry lock.
+	rel, cols, err := r.checkWatch(ctx, tx, t, o, true)
 	if err != nil {
 		return "", err
 	}
@@ -284,6 +350,93 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 		return "", fmt.Errorf("committing the watch of %s: %w", name, err)
 	}
 	return name, nil
+}
+
+// checkWatch runs the checks that can refuse the watch of t with o, and
+// returns the table and its publication column list. registry says whether
+// the pgaudit_cdc registry exists (it does not before the first watch of a
+// database).
+func (r *Registry) checkWatch(ctx context.Context, tx pgx.Tx, t TableName, o Options, registry bool) (relation, []string, error) {
+	name := decode.QualifiedName(t.Schema, t.Name)
+	rel, ok, err := r.lookup(ctx, tx, t)
+	if err != nil {
+		return relation{}, nil, err
+	}
+	if !ok {
+		return relation{}, nil, fmt.Errorf("table %s does not exist: create it first, or check the name (unquoted names fold to lower case: quote mixed-case names, e.g. '\"MyTable\"'): %w", name, ErrTableNotFound)
+	}
+	if rel.kind != "r" && rel.kind != "p" {
+		return relation{}, nil, fmt.Errorf("%s is not a table (relkind %q): only tables and partitioned tables can be watched", name, rel.kind)
+	}
+	if rel.persistence != "p" {
+		return relation{}, nil, fmt.Errorf("%s is an unlogged or temporary table: its changes are not written to the WAL, so logical replication cannot capture them; make it a regular table (ALTER TABLE %s SET LOGGED) and watch it again", name, pgx.Identifier{t.Schema, t.Name}.Sanitize())
+	}
+	if !o.columnControl() {
+		// PostgreSQL 18's virtual generated columns cannot be published, and
+		// under REPLICA IDENTITY FULL the table would then refuse every
+		// UPDATE and DELETE: refuse the watch rather than break the writers.
+		rows, err := tx.Query(ctx, `SELECT attname FROM pg_attribute
+			WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = 'v' ORDER BY attnum`, rel.oid)
+		if err != nil {
+			return relation{}, nil, fmt.Errorf("reading the columns of %s: %w", name, err)
+		}
+		virtual, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return relation{}, nil, fmt.Errorf("reading the columns of %s: %w", name, err)
+		}
+		if len(virtual) > 0 {
+			return relation{}, nil, fmt.Errorf("%s has virtual generated columns (%s), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL the table would refuse every UPDATE and DELETE; make them STORED (drop and add them again with STORED), or watch with --exclude-columns naming them", name, strings.Join(virtual, ", "))
+		}
+	}
+	if rel.kind == "p" && o.columnControl() {
+		return relation{}, nil, fmt.Errorf("%s is partitioned: column control needs each partition's primary key as its replica identity; watch the partitions one by one, or drop --columns/--exclude-columns", name)
+	}
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return relation{}, nil, err
+	}
+	if err := r.legacyConflict(legacy, t, o); err != nil {
+		return relation{}, nil, err
+	}
+	if err := r.partitionConflict(ctx, tx, rel, name, o, registry); err != nil {
+		return relation{}, nil, err
+	}
+	cols, err := r.columnList(ctx, tx, rel, t, o)
+	if err != nil {
+		return relation{}, nil, err
+	}
+	return rel, cols, nil
+}
+
+// tryMembership adds t to the publication in precheck's transaction (rolled
+// back) as the watch will, or to a scratch publication before the real one
+// exists, so that PostgreSQL checks the ownership of the table, the row
+// filter and the column list before anything is created.
+func (r *Registry) tryMembership(ctx context.Context, tx pgx.Tx, rel relation, t TableName, cols []string, rowFilter string) error {
+	exists, err := r.publicationExists(ctx, tx)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		pub, err := r.scratchPublication(ctx, tx)
+		if err != nil {
+			return err
+		}
+		return r.addTableTo(ctx, tx, pub, t, cols, rowFilter)
+	}
+	cur, err := r.membershipOf(ctx, tx, rel.oid)
+	if err != nil {
+		return err
+	}
+	if cur.member {
+		if rowFilter == "" && cols == nil {
+			return nil // nothing PostgreSQL would check
+		}
+		if err := r.dropTable(ctx, tx, t); err != nil {
+			return err
+		}
+	}
+	return r.addTable(ctx, tx, t, cols, rowFilter)
 }
 
 // columnList returns the publication column list for o (nil: all columns),
@@ -392,12 +545,13 @@ func (r *Registry) setReplicaIdentityFull(ctx context.Context, tx pgx.Tx, rel re
 }
 
 // fixPartitions sets REPLICA IDENTITY FULL on the partitions of root that
-// lack it.
+// lack it, except those with virtual generated columns (see virtual.go).
 func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname
 		FROM pg_partition_tree($1::oid::regclass) pt
 		JOIN pg_class c ON c.oid = pt.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE pt.relid <> $1::oid::regclass AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'`, root)
+		WHERE pt.relid <> $1::oid::regclass AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+			AND NOT `+hasVirtualColumns, root)
 	if err != nil {
 		return nil, fmt.Errorf("listing partitions: %w", err)
 	}
@@ -432,12 +586,29 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 // ALTER TABLE needs an ACCESS EXCLUSIVE lock; a short lock_timeout keeps a
 // long application transaction from stalling the caller: it tries again
 // later.
+//
+// Tables with virtual generated columns (PostgreSQL 18) never get FULL, which
+// would make them refuse every UPDATE and DELETE: they keep, or get back,
+// REPLICA IDENTITY DEFAULT (see virtual.go). What it did to them, and those
+// it cannot help, come back as a *VirtualColumnsNotice joined to the error:
+// to be logged, not a failure.
 func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
+	notice, virtualErr := r.relieveVirtualColumns(ctx)
+	if notice == nil {
+		notice = &VirtualColumnsNotice{}
+	}
 	// Tables that joined a watched schema without the event trigger join
 	// the publication first (with FULL), in a transaction of their own.
-	_, identity, syncErr := r.syncSchemaMembership(ctx)
+	_, identity, virtual, syncErr := r.syncSchemaMembership(ctx)
+	for _, name := range virtual {
+		notice.add(name, fmt.Sprintf("%s joined the publication for its watched schema with REPLICA IDENTITY DEFAULT (its primary key), not FULL: it has virtual generated columns, which PostgreSQL cannot publish, and with FULL it would refuse every UPDATE and DELETE; its UPDATE/DELETE events carry the key only as old row (old_is_key_only); for whole old rows make the columns STORED (drop and add them again with STORED)", name))
+	}
 	fixed, err := r.fixReplicaIdentity(ctx)
-	return append(identity, fixed...), errors.Join(syncErr, err)
+	var noticeErr error
+	if len(notice.Tables) > 0 {
+		noticeErr = notice
+	}
+	return append(identity, fixed...), errors.Join(virtualErr, syncErr, err, noticeErr)
 }
 
 func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
@@ -452,7 +623,8 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname FROM pgaudit_cdc.watches w
 		JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE w.active AND w.columns IS NULL AND w.exclude_columns IS NULL
-			AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'`)
+			AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'
+			AND NOT `+hasVirtualColumns)
 	if err != nil {
 		return nil, fmt.Errorf("listing watched tables: %w", err)
 	}
@@ -512,7 +684,9 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 // unwatching an unwatched table is not an error, and it works after the
 // table was dropped. The registry keeps the row as a tombstone. A table of a
 // watched schema stays audited by the schema watch: it stays in the
-// publication without row filter or column list, with REPLICA IDENTITY FULL.
+// publication without row filter or column list, with REPLICA IDENTITY FULL
+// (DEFAULT, its primary key, when it has virtual generated columns, see
+// virtual.go; left out without one).
 func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 	name := decode.QualifiedName(t.Schema, t.Name)
 	return r.unwatch(ctx, name, func(tx pgx.Tx) (bool, error) { return r.unwatchTable(ctx, tx, t, name) })
@@ -564,15 +738,26 @@ func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, nam
 		if err != nil {
 			return false, err
 		}
+		// A table with virtual generated columns (PostgreSQL 18) goes back
+		// to the schema watch with its primary key as identity, not FULL,
+		// which would make it refuse every UPDATE and DELETE; without a
+		// primary key (or an identity index) it is left out.
+		var virtual, hasKey bool
+		if covered {
+			if virtual, hasKey, err = keepFromFull(ctx, tx, rel.oid); err != nil {
+				return false, err
+			}
+		}
+		leaveOut := virtual && !hasKey && rel.replIdent != "i"
 		switch {
 		case covered && !throughSchema:
-			if cur.member && !cur.plain() {
+			if cur.member && (!cur.plain() || leaveOut) {
 				if err := r.dropTable(ctx, tx, t); err != nil {
 					return false, err
 				}
 				cur.member = false
 			}
-			if !cur.member && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
+			if !cur.member && !leaveOut && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
 				if err := r.addTable(ctx, tx, t, nil, ""); err != nil {
 					return false, err
 				}
@@ -592,6 +777,12 @@ func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, nam
 		default:
 			removed = 1
 			switch {
+			case covered && virtual:
+				if hasKey && rel.replIdent != "d" && rel.replIdent != "i" {
+					if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
+						return false, denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
+					}
+				}
 			case covered:
 				// A column-controlled watch left the primary key as the
 				// identity: the schema watch sends whole old rows.

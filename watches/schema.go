@@ -46,7 +46,19 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	} else if v < 150000 {
 		return errors.New("schema-wide watches need PostgreSQL 15 or later; watch the tables one by one")
 	}
-	if err := r.prepare(ctx); err != nil {
+	migrated, err := r.precheck(ctx, func(tx pgx.Tx, registry bool) error {
+		if err := r.convertInDryRun(ctx, tx); err != nil {
+			return err
+		}
+		if err := checkSchema(ctx, tx, schema, registry); err != nil {
+			return err
+		}
+		return r.trySchemaMembership(ctx, tx, schema)
+	})
+	if err != nil {
+		return err
+	}
+	if err := r.prepare(ctx, migrated); err != nil {
 		return err
 	}
 	tx, err := r.lockedTx(ctx, "watch")
@@ -54,20 +66,9 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 		return err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	var exists bool
-	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
-		return fmt.Errorf("looking up schema %q: %w", schema, err)
-	}
-	if !exists {
-		return fmt.Errorf("schema %q does not exist: create it first, or check the name (it is case-sensitive): %w", schema, ErrTableNotFound)
-	}
-	// publish_via_partition_root would override the row filter or column
-	// list of a partition of a partitioned table of the schema.
-	if root, partition, found, err := filteredPartition(ctx, tx, 0, schema); err != nil {
+	// The checks again, under the registry lock.
+	if err := checkSchema(ctx, tx, schema, true); err != nil {
 		return err
-	} else if found {
-		return fmt.Errorf("cannot watch schema %q: partition %s of its table %s is watched with --where/--columns/--exclude-columns, which PostgreSQL would ignore once %s is in the publication (a partition's changes are then published as its partitioned table's); unwatch %s first, or watch the tables of the schema one by one",
-			schema, partition, root, root, partition)
 	}
 	if _, err := fixSchemaTables(ctx, tx, schema); err != nil {
 		return err
@@ -79,7 +80,7 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	// A schema still published FOR TABLES IN SCHEMA (an earlier version's
 	// watch, not converted) is covered already.
 	if !slices.Contains(legacy, schema) {
-		tables, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
+		tables, _, err := r.schemaTablesToAdd(ctx, tx, schema)
 		if err != nil {
 			return err
 		}
@@ -97,6 +98,133 @@ func (r *Registry) WatchSchema(ctx context.Context, schema, kind, source string)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("committing the watch of schema %q: %w", schema, err)
+	}
+	return nil
+}
+
+// checkSchema runs the checks that can refuse the watch of schema. registry
+// says whether the pgaudit_cdc registry exists (it does not before the first
+// watch of a database).
+func checkSchema(ctx context.Context, tx pgx.Tx, schema string, registry bool) error {
+	var exists bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
+		return fmt.Errorf("looking up schema %q: %w", schema, err)
+	}
+	if !exists {
+		return fmt.Errorf("schema %q does not exist: create it first, or check the name (it is case-sensitive): %w", schema, ErrTableNotFound)
+	}
+	if registry {
+		// publish_via_partition_root would override the row filter or
+		// column list of a partition of a partitioned table of the schema.
+		if root, partition, found, err := filteredPartition(ctx, tx, 0, schema); err != nil {
+			return err
+		} else if found {
+			return fmt.Errorf("cannot watch schema %q: partition %s of its table %s is watched with --where/--columns/--exclude-columns, which PostgreSQL would ignore once %s is in the publication (a partition's changes are then published as its partitioned table's); unwatch %s first, or watch the tables of the schema one by one",
+				schema, partition, root, root, partition)
+		}
+	}
+	// PostgreSQL 18's virtual generated columns cannot be published: with
+	// the REPLICA IDENTITY FULL the schema watch gives its tables, such a
+	// table would refuse every UPDATE and DELETE. A table watched by itself
+	// is left as its watch made it (the per-table watch takes precedence).
+	// Re-watching a watched schema (a new kind or source) is not refused:
+	// its tables that got such columns later kept their primary key as
+	// identity, or were left out, with a warning (see virtual.go).
+	if registry {
+		if watched, err := schemaWatched(ctx, tx, schema); err != nil || watched {
+			return err
+		}
+	}
+	virtual, err := virtualColumnsOf(ctx, tx, schema, registry)
+	if err != nil {
+		return err
+	}
+	if len(virtual) > 0 {
+		var named, fixes []string
+		for _, v := range virtual {
+			named = append(named, v.table+" ("+strings.Join(v.columns, ", ")+")")
+			if v.hasKey {
+				fixes = append(fixes, fmt.Sprintf("`pgaudit-cdc watch %s --kind KIND --source SOURCE --exclude-columns %s`", v.table, strings.Join(v.columns, ",")))
+			} else {
+				fixes = append(fixes, fmt.Sprintf("%s has no primary key, which --exclude-columns needs: add one first", v.table))
+			}
+		}
+		verb := "have"
+		if len(virtual) == 1 {
+			verb = "has"
+		}
+		return fmt.Errorf("cannot watch schema %q: %s %s virtual generated columns, which PostgreSQL cannot publish: with the REPLICA IDENTITY FULL a schema watch gives its tables, PostgreSQL would refuse every UPDATE and DELETE on them. Watch those tables by themselves first, with --exclude-columns naming the virtual columns (a per-table watch takes precedence over the schema watch): %s; or make the columns STORED (drop and add them again with STORED); then watch the schema again",
+			schema, strings.Join(named, ", "), verb, strings.Join(fixes, "; "))
+	}
+	return nil
+}
+
+// virtualTable is a table with virtual generated columns.
+type virtualTable struct {
+	table   string // schema.table, quoted where needed
+	columns []string
+	hasKey  bool
+}
+
+// virtualColumnsOf lists the tables of schema that a schema watch would
+// publish (tables and partitioned tables, partitions included, not unlogged)
+// and that have virtual generated columns (PostgreSQL 18+), except, when the
+// registry exists, those watched by themselves.
+func virtualColumnsOf(ctx context.Context, tx pgx.Tx, schema string, registry bool) ([]virtualTable, error) {
+	if serverVersion(ctx, tx) < 180000 {
+		return nil, nil
+	}
+	watched := ""
+	if registry {
+		watched = " AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w WHERE w.active AND w.table_oid = c.oid)"
+	}
+	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum),
+			EXISTS (SELECT 1 FROM pg_index pk WHERE pk.indrelid = c.oid AND pk.indisprimary)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 'v'
+		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'`+watched+`
+		GROUP BY c.oid, n.nspname, c.relname ORDER BY c.relname`, schema)
+	if err != nil {
+		return nil, fmt.Errorf("reading the generated columns of the tables of schema %q: %w", schema, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (virtualTable, error) {
+		var s, n string
+		var v virtualTable
+		err := row.Scan(&s, &n, &v.columns, &v.hasKey)
+		v.table = decode.QualifiedName(s, n)
+		return v, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the generated columns of the tables of schema %q: %w", schema, err)
+	}
+	return out, nil
+}
+
+// trySchemaMembership adds the tables of schema to the publication in
+// precheck's transaction (rolled back) as the schema watch will, or to a
+// scratch publication before the real one exists, so that PostgreSQL checks
+// that the role may before anything is created.
+func (r *Registry) trySchemaMembership(ctx context.Context, tx pgx.Tx, schema string) error {
+	exists, err := r.publicationExists(ctx, tx)
+	if err != nil {
+		return err
+	}
+	pub := r.publication
+	if !exists {
+		if pub, err = r.scratchPublication(ctx, tx); err != nil {
+			return err
+		}
+	} else if legacy, err := replication.SchemaMembers(ctx, tx, r.publication); err != nil {
+		return err
+	} else if slices.Contains(legacy, schema) {
+		return nil // covered already
+	}
+	tables, _, err := r.schemaTablesToAdd(ctx, tx, schema)
+	if err != nil {
+		return err
+	}
+	if err := replication.AddTables(ctx, tx, pub, tables); err != nil {
+		return denied(fmt.Sprintf("adding the tables of schema %q to publication %q", schema, r.publication), err)
 	}
 	return nil
 }
@@ -154,12 +282,15 @@ func (r *Registry) unwatchSchema(ctx context.Context, tx pgx.Tx, schema string) 
 }
 
 // fixSchemaTables sets REPLICA IDENTITY FULL on the tables of schema that
-// lack it (partitions included).
+// lack it (partitions included), except those with virtual generated
+// columns, which FULL would make refuse every UPDATE and DELETE (see
+// virtual.go).
 func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, error) {
 	rows, err := tx.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' AND c.relpersistence = 'p'
 			AND c.oid NOT IN (SELECT table_oid FROM pgaudit_cdc.watches
-				WHERE active AND (columns IS NOT NULL OR exclude_columns IS NOT NULL))`, schema)
+				WHERE active AND (columns IS NOT NULL OR exclude_columns IS NOT NULL))
+			AND NOT `+hasVirtualColumns, schema)
 	if err != nil {
 		return nil, fmt.Errorf("listing the tables of schema %q: %w", schema, err)
 	}

@@ -1,0 +1,293 @@
+package watches_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
+)
+
+// PostgreSQL 18's virtual generated columns cannot be published, and a
+// published table whose replica identity holds one (REPLICA IDENTITY FULL
+// holds every column) refuses every UPDATE and DELETE (SQLSTATE 42P10). The
+// schema-watch paths must never give such a table FULL: the writers come
+// first.
+
+// requirePG18 skips the test below PostgreSQL 18, which has no virtual
+// generated columns: version gating, not a missing dependency.
+func requirePG18(t *testing.T, d *db) {
+	t.Helper()
+	if v := d.version(); v < 180000 {
+		t.Skipf("PostgreSQL %d has no virtual generated columns (18+)", v/10000)
+	}
+}
+
+// wantIdentity fails the test unless table has the replica identity want
+// (pg_class.relreplident: d DEFAULT, f FULL).
+func (d *db) wantIdentity(table, want, when string) {
+	d.t.Helper()
+	if got := d.identity(table); got != want {
+		d.t.Errorf("%s: %s has REPLICA IDENTITY %q, want %q", when, table, got, want)
+	}
+}
+
+// housekeeping runs the agent's FixReplicaIdentity round; what it says about
+// tables with virtual generated columns is a notice, not a failure.
+func (d *db) housekeeping() string {
+	d.t.Helper()
+	_, err := d.reg.FixReplicaIdentity(context.Background())
+	var notice *watches.VirtualColumnsNotice
+	if err != nil && !errors.As(err, &notice) {
+		d.t.Fatalf("FixReplicaIdentity: %v", err)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func wantAll(t *testing.T, what, got string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s: got %q, want it to contain %q", what, got, w)
+		}
+	}
+}
+
+// TestSchemaWatchRefusesVirtualGeneratedColumns: watch --schema over a table
+// with a virtual generated column is refused before anything changes, naming
+// the table, the column and the fix; with the table watched by itself first
+// (--exclude-columns, which takes precedence) the schema watch works, and
+// unwatching the table hands it back to the schema watch without FULL.
+func TestSchemaWatchRefusesVirtualGeneratedColumns(t *testing.T) {
+	d := newDB(t)
+	requirePG18(t, d)
+	ctx := context.Background()
+	d.exec(`CREATE SCHEMA billing`)
+	d.exec(`CREATE TABLE billing.plain (id int PRIMARY KEY, a int)`)
+	d.exec(`CREATE TABLE billing.priced (id int PRIMARY KEY, a int, price numeric,
+		total numeric GENERATED ALWAYS AS (price * a) VIRTUAL)`)
+
+	err := d.reg.WatchSchema(ctx, "billing", "other", "billing")
+	if err == nil {
+		t.Fatal("watch --schema over a table with a virtual generated column succeeded; want a refusal")
+	}
+	wantAll(t, "the refusal", err.Error(), "billing.priced (total)", "--exclude-columns", "STORED")
+	d.nothingCreated("the refused schema watch")
+	d.wantIdentity("billing.plain", "d", "after the refused schema watch")
+	d.writes("billing.priced", 1)
+
+	// The fix the refusal names: watch the table by itself first.
+	if _, err := d.reg.Watch(ctx, d.mustName("billing.priced"), "other", "priced", watches.Options{ExcludeColumns: []string{"total"}}); err != nil {
+		t.Fatalf("watch billing.priced --exclude-columns total: %v", err)
+	}
+	if err := d.reg.WatchSchema(ctx, "billing", "other", "billing"); err != nil {
+		t.Fatalf("watch --schema billing with billing.priced watched by itself: %v", err)
+	}
+	d.wantIdentity("billing.plain", "f", "after the schema watch")
+	d.wantIdentity("billing.priced", "d", "after the schema watch")
+	d.writes("billing.plain", 2)
+	d.writes("billing.priced", 3)
+
+	// Unwatching the table hands it back to the schema watch: a member
+	// without column list, but not FULL.
+	if ok, err := d.reg.Unwatch(ctx, d.mustName("billing.priced")); err != nil || !ok {
+		t.Fatalf("unwatch billing.priced: removed %v, %v", ok, err)
+	}
+	if !d.member("billing.priced") {
+		t.Error("after the unwatch billing.priced left the publication; want it kept for the schema watch")
+	}
+	d.wantIdentity("billing.priced", "d", "after the unwatch")
+	d.writes("billing.priced", 4)
+	d.housekeeping()
+	d.wantIdentity("billing.priced", "d", "after housekeeping")
+	d.writes("billing.priced", 5)
+}
+
+// TestSchemaWatchVirtualGeneratedColumnsJoinLater: tables with virtual
+// generated columns that join a watched schema later (CREATE TABLE, SET
+// SCHEMA, ADD COLUMN ... VIRTUAL on a member) keep, or get back, REPLICA
+// IDENTITY DEFAULT so that UPDATE and DELETE keep working, with a warning
+// naming the table and the fix; one without a primary key is left out of
+// the publication. Housekeeping, with and without the event trigger, does
+// the same and never gives them FULL.
+func TestSchemaWatchVirtualGeneratedColumnsJoinLater(t *testing.T) {
+	d := newDB(t)
+	requirePG18(t, d)
+	ctx := context.Background()
+	d.exec(`CREATE SCHEMA billing`)
+	d.exec(`CREATE TABLE billing.plain (id int PRIMARY KEY, a int)`)
+	if err := d.reg.WatchSchema(ctx, "billing", "other", "billing"); err != nil {
+		t.Fatalf("watch --schema billing: %v", err)
+	}
+	d.wantIdentity("billing.plain", "f", "after the schema watch")
+	d.takeNotices()
+
+	// CREATE TABLE in the watched schema.
+	d.exec(`CREATE TABLE billing.later (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	wantAll(t, "the warning of CREATE TABLE", d.takeNotices(), "billing.later", "twice", "REPLICA IDENTITY DEFAULT", "STORED")
+	if !d.member("billing.later") {
+		t.Error("billing.later did not join the publication")
+	}
+	d.wantIdentity("billing.later", "d", "after CREATE TABLE")
+	d.writes("billing.later", 1)
+
+	// SET SCHEMA of a table with REPLICA IDENTITY FULL into the schema.
+	d.exec(`CREATE TABLE public.moved (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	d.exec(`ALTER TABLE public.moved REPLICA IDENTITY FULL`)
+	d.exec(`ALTER TABLE public.moved SET SCHEMA billing`)
+	wantAll(t, "the warning of SET SCHEMA", d.takeNotices(), "billing.moved", "REPLICA IDENTITY DEFAULT")
+	if !d.member("billing.moved") {
+		t.Error("billing.moved did not join the publication")
+	}
+	d.wantIdentity("billing.moved", "d", "after SET SCHEMA")
+	d.writes("billing.moved", 2)
+
+	// ADD COLUMN ... VIRTUAL on a member that has FULL.
+	d.exec(`ALTER TABLE billing.plain ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`)
+	wantAll(t, "the warning of ADD COLUMN", d.takeNotices(), "billing.plain", "twice", "REPLICA IDENTITY DEFAULT")
+	d.wantIdentity("billing.plain", "d", "after ADD COLUMN ... VIRTUAL")
+	d.writes("billing.plain", 3)
+
+	// Without a primary key no replica identity would let the table accept
+	// UPDATE and DELETE while published: it is left out, and said so.
+	d.exec(`CREATE TABLE billing.nokey (id int, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	wantAll(t, "the warning of CREATE TABLE without a primary key", d.takeNotices(), "billing.nokey", "not audited", "primary key")
+	if d.member("billing.nokey") {
+		t.Error("billing.nokey joined the publication; want it left out (its UPDATE and DELETE would fail)")
+	}
+	d.writes("billing.nokey", 4)
+
+	// Re-watching the schema (another source) is not refused for the tables
+	// that joined since; it gives them no FULL and leaves billing.nokey out.
+	if err := d.reg.WatchSchema(ctx, "billing", "other", "billing-2"); err != nil {
+		t.Fatalf("re-watch of schema billing: %v", err)
+	}
+
+	// Housekeeping gives none of them FULL, nor adds billing.nokey.
+	d.housekeeping()
+	for _, table := range []string{"billing.later", "billing.moved", "billing.plain"} {
+		d.wantIdentity(table, "d", "after housekeeping")
+	}
+	if d.member("billing.nokey") {
+		t.Error("housekeeping added billing.nokey to the publication")
+	}
+	for i, table := range []string{"billing.later", "billing.moved", "billing.plain", "billing.nokey"} {
+		d.writes(table, 10+i)
+	}
+
+	// Without the event trigger, housekeeping adds the table with DEFAULT,
+	// giving back DEFAULT where it had FULL, and says so.
+	d.exec(`DROP EVENT TRIGGER pgaudit_cdc_replica_identity`)
+	d.exec(`CREATE TABLE billing.quiet (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	d.exec(`ALTER TABLE billing.quiet REPLICA IDENTITY FULL`)
+	wantAll(t, "housekeeping's notice", d.housekeeping(), "billing.quiet", "twice", "STORED")
+	if !d.member("billing.quiet") {
+		t.Error("housekeeping did not add billing.quiet to the publication")
+	}
+	d.wantIdentity("billing.quiet", "d", "after housekeeping")
+	d.writes("billing.quiet", 20)
+}
+
+// TestSchemaWatchVirtualColumnAddedToWatchedTable: a table watched by
+// itself (REPLICA IDENTITY FULL) that gets a virtual generated column keeps
+// accepting UPDATE and DELETE: the event trigger, or housekeeping where it is
+// not installed, gives it back REPLICA IDENTITY DEFAULT, and housekeeping
+// does not restore FULL.
+func TestSchemaWatchVirtualColumnAddedToWatchedTable(t *testing.T) {
+	d := newDB(t)
+	requirePG18(t, d)
+	ctx := context.Background()
+	for _, table := range []string{"orders", "quiet_orders"} {
+		d.exec(`CREATE TABLE ` + table + ` (id int PRIMARY KEY, a int)`)
+		if _, err := d.reg.Watch(ctx, d.mustName(table), "other", table); err != nil {
+			t.Fatalf("watch %s: %v", table, err)
+		}
+		d.wantIdentity(table, "f", "after the watch")
+	}
+	d.takeNotices()
+
+	d.exec(`ALTER TABLE orders ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`)
+	wantAll(t, "the warning of ADD COLUMN", d.takeNotices(), "orders", "twice", "REPLICA IDENTITY DEFAULT", "STORED")
+	d.wantIdentity("orders", "d", "after ADD COLUMN ... VIRTUAL")
+	d.writes("orders", 1)
+	d.housekeeping()
+	d.wantIdentity("orders", "d", "after housekeeping")
+	d.writes("orders", 2)
+
+	// Without the event trigger, housekeeping relieves the table.
+	d.exec(`DROP EVENT TRIGGER pgaudit_cdc_replica_identity`)
+	d.exec(`ALTER TABLE quiet_orders ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`)
+	wantAll(t, "housekeeping's notice", d.housekeeping(), "quiet_orders", "twice", "REPLICA IDENTITY DEFAULT")
+	d.wantIdentity("quiet_orders", "d", "after housekeeping")
+	d.writes("quiet_orders", 3)
+	d.housekeeping()
+	d.wantIdentity("quiet_orders", "d", "after a second housekeeping round")
+}
+
+// TestSchemaWatchRefusedWatchChangesNothing: a watch or schema watch that is
+// refused leaves a fresh database as it was: no replication slot (which
+// would retain WAL), no publication, no event trigger, no registry rows.
+func TestSchemaWatchRefusedWatchChangesNothing(t *testing.T) {
+	d := newDB(t)
+	v := d.version()
+	ctx := context.Background()
+
+	_, err := d.reg.Watch(ctx, d.mustName("missing"), "other", "s")
+	if !errors.Is(err, watches.ErrTableNotFound) {
+		t.Fatalf("watch of a missing table: got %v, want ErrTableNotFound", err)
+	}
+	d.nothingCreated("the watch of a missing table")
+
+	d.exec(`CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY, a int)`)
+	if _, err := d.reg.Watch(ctx, d.mustName("scratch"), "other", "s"); err == nil || !strings.Contains(err.Error(), "unlogged") {
+		t.Fatalf("watch of an unlogged table: got %v, want a refusal", err)
+	}
+	d.nothingCreated("the watch of an unlogged table")
+
+	if err := d.reg.WatchSchema(ctx, "nosuch", "other", "s"); err == nil {
+		t.Fatal("watch --schema of a missing schema succeeded")
+	}
+	d.nothingCreated("the watch of a missing schema")
+
+	d.exec(`CREATE TABLE orders (id int PRIMARY KEY, a int, status text)`)
+	if v >= 150000 {
+		for _, o := range []watches.Options{
+			{RowFilter: "no_such_column > 1"},
+			{RowFilter: "status = (SELECT 'x')"},
+			{Columns: []string{"no_such_column"}},
+		} {
+			if _, err := d.reg.Watch(ctx, d.mustName("orders"), "other", "s", o); err == nil {
+				t.Fatalf("watch with %+v succeeded; want a refusal", o)
+			}
+			d.nothingCreated("a watch refused for its options")
+		}
+	}
+	if v >= 180000 {
+		d.exec(`CREATE SCHEMA billing`)
+		d.exec(`CREATE TABLE billing.v (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+		if _, err := d.reg.Watch(ctx, d.mustName("billing.v"), "other", "s"); err == nil {
+			t.Fatal("watch of a table with a virtual generated column succeeded")
+		}
+		d.nothingCreated("the watch of a table with a virtual generated column")
+		if err := d.reg.WatchSchema(ctx, "billing", "other", "s"); err == nil {
+			t.Fatal("watch --schema over a table with a virtual generated column succeeded")
+		}
+		d.nothingCreated("the schema watch over a table with a virtual generated column")
+	}
+
+	// A watch that is carried out creates the slot, so capture starts now.
+	if _, err := d.reg.Watch(ctx, d.mustName("orders"), "other", "s"); err != nil {
+		t.Fatalf("watch orders: %v", err)
+	}
+	var slots int
+	if err := d.conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&slots); err != nil {
+		t.Fatal(err)
+	}
+	if slots != 1 {
+		t.Errorf("after a watch: %d replication slots, want 1", slots)
+	}
+}

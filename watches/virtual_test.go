@@ -265,6 +265,15 @@ func TestSchemaWatchRefusedWatchChangesNothing(t *testing.T) {
 			}
 			d.nothingCreated("a watch refused for its options")
 		}
+	} else {
+		// PostgreSQL 14 has no row filters or column lists: refused, naming
+		// the version, before anything is created.
+		for _, o := range []watches.Options{{RowFilter: "a > 1"}, {Columns: []string{"a"}}, {ExcludeColumns: []string{"status"}}} {
+			if _, err := d.reg.Watch(ctx, d.mustName("orders"), "other", "s", o); err == nil || !strings.Contains(err.Error(), "PostgreSQL 15") {
+				t.Fatalf("PostgreSQL 14: watch with %+v: got %v, want a refusal naming PostgreSQL 15", o, err)
+			}
+			d.nothingCreated("a watch refused on PostgreSQL 14 for its options")
+		}
 	}
 	if v >= 180000 {
 		d.exec(`CREATE SCHEMA billing`)

@@ -1,6 +1,7 @@
 package preflight
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -12,7 +13,8 @@ import (
 // keyword/value string ("host=a dbname = 'my db'", with libpq's quoting and
 // backslash escapes) or a URI ("postgresql://host:5432/db?...", where a
 // dbname parameter overrides the path). Nothing is read from files or the
-// environment, and the string is never echoed (it may hold a password).
+// environment, and the string is never echoed, not even in an error (it
+// may hold a password): errors give positions, not text.
 func conninfoDBName(conninfo string) (string, error) {
 	s := strings.TrimSpace(conninfo)
 	if strings.HasPrefix(s, "postgresql://") || strings.HasPrefix(s, "postgres://") {
@@ -47,7 +49,7 @@ func parseKeywordValue(s string) (map[string]string, error) {
 			i++
 		}
 		if i >= len(s) || s[i] != '=' {
-			return nil, fmt.Errorf("missing \"=\" after %q in the connection string", key)
+			return nil, fmt.Errorf("missing \"=\" after the word at byte %d of the connection string", start)
 		}
 		i++ // '='
 		for i < len(s) && isSpace(s[i]) {
@@ -73,7 +75,7 @@ func parseKeywordValue(s string) (map[string]string, error) {
 				i++
 			}
 			if !closed {
-				return nil, fmt.Errorf("unterminated quoted value of %q in the connection string", key)
+				return nil, fmt.Errorf("unterminated quoted value after byte %d of the connection string", start)
 			}
 		} else {
 			for i < len(s) && !isSpace(s[i]) {
@@ -105,7 +107,7 @@ func uriDBName(s string) (string, error) {
 	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
 		path, err := url.PathUnescape(rest[slash+1:])
 		if err != nil {
-			return "", fmt.Errorf("bad database name in the connection URI: %v", err)
+			return "", errors.New("bad %-escape in the database name of the connection URI")
 		}
 		db = path
 	}
@@ -115,17 +117,17 @@ func uriDBName(s string) (string, error) {
 		}
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return "", fmt.Errorf("missing \"=\" in URI query parameter %q", k)
+			return "", errors.New("a URI query parameter without \"=\"")
 		}
 		key, err := url.PathUnescape(k)
 		if err != nil {
-			return "", fmt.Errorf("bad URI query parameter: %v", err)
+			return "", errors.New("bad %-escape in a URI query parameter")
 		}
 		if key != "dbname" {
 			continue
 		}
 		if db, err = url.PathUnescape(v); err != nil {
-			return "", fmt.Errorf("bad dbname in the connection URI: %v", err)
+			return "", errors.New("bad %-escape in the dbname of the connection URI")
 		}
 	}
 	return db, nil

@@ -1,6 +1,9 @@
 package preflight
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestConninfoDBName: doctor reads the database of a standby's
 // primary_conninfo as libpq does, in both forms, and is not fooled by
@@ -47,5 +50,27 @@ func TestConninfoDBName(t *testing.T) {
 				t.Fatalf("conninfoDBName(%q) = %q, want %q", tt.conninfo, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestConninfoErrorsHideTheText: a malformed primary_conninfo may hold a
+// password; no error names any part of it.
+func TestConninfoErrorsHideTheText(t *testing.T) {
+	for _, s := range []string{
+		"host=h password=s3cr3t tail dbname=d",
+		"host=h password='s3cr3t dbname=d",
+		"postgresql://u:pw@h/d?s3cr3t",
+		"postgresql://u:pw@h/d?dbname=%zzs3cr3t",
+		"postgresql://u:pw@h/%zzs3cr3t",
+	} {
+		_, err := conninfoDBName(s)
+		if err == nil {
+			t.Fatalf("%q: no error", s)
+		}
+		for _, secret := range []string{"s3cr3t", "tail", "zz"} {
+			if strings.Contains(err.Error(), secret) {
+				t.Fatalf("%q: the error %q shows part of the string", s, err)
+			}
+		}
 	}
 }

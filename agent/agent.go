@@ -73,6 +73,9 @@ type Spine interface {
 	publish.Sink
 	SetIdentity(systemID, slot string)
 	MarkKeyHandled(key string)
+	// MarkFor is the high-water mark of what this process saw accepted for
+	// systemID and slot (zero for another identity).
+	MarkFor(systemID, slot string) decode.Position
 }
 
 // Agent is the long-lived service behind `pgaudit-cdc run`.
@@ -210,11 +213,16 @@ func (a *Agent) session(ctx context.Context) error {
 
 	// Capture continuity first: a lost, invalidated or advanced slot stops
 	// here with a recorded gap instead of streaming a history with a hole.
-	capt, err := capture.Ensure(ctx, meta, capture.Options{
-		Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap,
-		Fork: func(ctx context.Context, st capture.State) (switchPoint, delivered pgoutput.LSN, err error) {
+	opts := capture.Options{Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap}
+	if _, ok := a.cfg.Sink.(lastDeliveredReader); ok {
+		// Only a sink that can say what it holds can settle a timeline
+		// move; without one (the stdout sink) it stays unsettled, to be
+		// compared by the next run that has a spine.
+		opts.Fork = func(ctx context.Context, st capture.State) (switchPoint, delivered pgoutput.LSN, err error) {
 			return a.forkPoints(ctx, meta, sess, st)
-		}})
+		}
+	}
+	capt, err := capture.Ensure(ctx, meta, opts)
 	if capt.NewGap {
 		a.m.GapsDetected.WithLabelValues(capt.Gap.Reason).Inc()
 	}
@@ -234,7 +242,12 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	if capt.Assessment.TimelineMoved {
-		a.log.Warn("the server is on a new timeline and the failover slot continues there", "timeline", sess.Timeline)
+		if opts.Fork != nil {
+			a.log.Warn("the server is on a new timeline and the failover slot continues there", "timeline", sess.Timeline)
+		} else {
+			a.log.Warn("the server is on a new timeline; without a spine to read back, pgaudit-cdc cannot tell whether events it delivered from the old primary lie beyond the promotion point: the next run with a spine compares them",
+				"timeline", sess.Timeline)
+		}
 	}
 	keySlot := capture.KeySlot(a.cfg.Slot, capt.State.Generation)
 	if capt.Accepted {

@@ -128,6 +128,18 @@ func TestGapAfterFailoverFork(t *testing.T) {
 	if err := h.conn.QueryRow(ctx, `SELECT failover AND NOT temporary FROM pg_replication_slots WHERE slot_name = $1`, testSlot).Scan(&persistent); err != nil || !persistent {
 		t.Fatalf("the promoted standby has no persistent failover copy of the slot (%v, %v)", persistent, err)
 	}
+	// What watch does first (capture.Ensure without a spine to compare
+	// with) must leave the timeline move unsettled for run.
+	sys, timeline, err := replication.Identify(ctx, h.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := capture.Ensure(ctx, h.conn, capture.Options{Slot: testSlot, SystemID: sys, Timeline: timeline}); err != nil {
+		t.Fatalf("Ensure as watch calls it: %v", err)
+	}
+	if st, err := capture.LoadState(ctx, h.conn, testSlot); err != nil || st.Timeline == timeline {
+		t.Fatalf("capture state after Ensure without a spine: %+v, %v; want the old timeline kept", st, err)
+	}
 	h.startAgent()
 	id := h.expectGapStop(capture.ReasonTimelineForked)
 	if n := len(h.dataEvents()); n != 40 {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"strings"
@@ -65,29 +66,34 @@ func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Resu
 }
 
 // forkPoints answers capture.Options.Fork: where timeline st.Timeline ended
-// in the history of the server's timeline, and the commit position of the
-// last event the spine holds for st's generation. Without a spine to read
-// back (the stdout sink) nothing is known to be delivered: the move is
-// taken as it is, with a warning.
+// in the history of the server's timeline (zero when it is not in that
+// history at all: a fork from an unknown point), and the commit position of
+// the last event delivered for st's generation: the spine's, read back, or
+// this process's own high-water mark when that is further (a request of the
+// previous session may have been appended after the read-back began).
 func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replication.Session, st capture.State) (switchPoint, delivered pgoutput.LSN, err error) {
-	if switchPoint, err = sess.SwitchPoint(ctx, st.Timeline); err != nil {
+	switchPoint, err = sess.SwitchPoint(ctx, st.Timeline)
+	if errors.Is(err, replication.ErrNotInHistory) {
+		switchPoint, err = 0, nil
+	}
+	if err != nil {
 		return 0, 0, err
 	}
-	r, ok := a.cfg.Sink.(lastDeliveredReader)
-	if !ok {
-		a.log.Warn("the server is on a new timeline, and without a spine to read back pgaudit-cdc cannot tell whether events it delivered from the old primary lie beyond the promotion point",
-			"timeline", sess.Timeline, "switch_point", switchPoint.String())
-		return switchPoint, 0, nil
-	}
+	r := a.cfg.Sink.(lastDeliveredReader)
 	sources, err := watchSources(ctx, meta)
 	if err != nil {
 		return 0, 0, err
 	}
-	last, _, err := r.LastDelivered(ctx, st.SystemID, capture.KeySlot(a.cfg.Slot, st.Generation), sources)
+	keySlot := capture.KeySlot(a.cfg.Slot, st.Generation)
+	last, _, err := r.LastDelivered(ctx, st.SystemID, keySlot, sources)
 	if err != nil {
 		return 0, 0, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
-	return switchPoint, last.CommitLSN, nil
+	delivered = last.CommitLSN
+	if a.cfg.Spine != nil {
+		delivered = max(delivered, a.cfg.Spine.MarkFor(st.SystemID, keySlot).CommitLSN)
+	}
+	return switchPoint, delivered, nil
 }
 
 // watchSources lists every source a watch ever used, and the self-audit

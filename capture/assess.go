@@ -150,6 +150,9 @@ func Assess(o Observation) Assessment {
 	}
 	if o.Timeline != o.State.Timeline {
 		if o.Slot.Failover {
+			if o.ForkChecked && o.Delivered != 0 && o.SwitchPoint == 0 {
+				return gap(ReasonTimelineForked, fmt.Sprintf("the server's timeline history (timeline %d) does not pass through timeline %d, where capture was: it was restored onto another branch of the history, and the events delivered up to commit position %s cannot be matched with its WAL", o.Timeline, o.State.Timeline, o.Delivered), false)
+			}
 			if o.ForkChecked && o.Delivered != 0 && o.Delivered >= o.SwitchPoint {
 				a := gap(ReasonTimelineForked, fmt.Sprintf("the database failed over (timeline %d to %d) to a standby that had not received everything the old primary sent to pgaudit-cdc: the audit trail holds events up to commit position %s, beyond %s where the new primary's history begins, so those changes are not in the new primary's database, and its own changes from %s on would share their positions; set synchronized_standby_slots on the primary to the standby's physical slot so that this cannot happen again", o.State.Timeline, o.Timeline, o.Delivered, o.SwitchPoint, o.SwitchPoint), false)
 				a.AdvanceTo = o.SwitchPoint

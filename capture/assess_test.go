@@ -51,6 +51,10 @@ func TestAssess(t *testing.T) {
 			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
 			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0x700, 0x7a0
 		}), Gap, ReasonTimelineForked, false, false},
+		{"failover slot on a timeline whose history does not pass through the recorded one", with(func(o *Observation) {
+			o.Timeline, o.Slot.Failover, o.Watermark = 3, true, 0
+			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0, 0x6f0
+		}), Gap, ReasonTimelineForked, false, false},
 		{"synced failover slot, the last event committed at the switch point", with(func(o *Observation) {
 			o.Timeline, o.Slot.Failover, o.Watermark = 2, true, 0
 			o.ForkChecked, o.SwitchPoint, o.Delivered = true, 0x700, 0x700
@@ -65,7 +69,7 @@ func TestAssess(t *testing.T) {
 			if a.Verdict == Gap && a.Detail == "" {
 				t.Fatalf("a gap without a detail for people")
 			}
-			if wantAdvance := tt.reason == ReasonTimelineForked; (a.AdvanceTo != 0) != wantAdvance || (wantAdvance && a.AdvanceTo != tt.obs.SwitchPoint) {
+			if wantAdvance := tt.reason == ReasonTimelineForked && tt.obs.SwitchPoint != 0; (a.AdvanceTo != 0) != wantAdvance || (wantAdvance && a.AdvanceTo != tt.obs.SwitchPoint) {
 				t.Fatalf("AdvanceTo = %s, want the switch point %s only for a fork", a.AdvanceTo, tt.obs.SwitchPoint)
 			}
 		})

@@ -223,6 +223,15 @@ func (c *Client) isHandled(ev *decode.Event) bool {
 // Mark returns the high-water mark.
 func (c *Client) Mark() decode.Position { return c.mark }
 
+// MarkFor returns the high-water mark when the client's identity is
+// systemID and slot, and zero otherwise.
+func (c *Client) MarkFor(systemID, slot string) decode.Position {
+	if c.systemID != systemID || c.slot != slot {
+		return decode.Position{}
+	}
+	return c.mark
+}
+
 // Publish delivers ev and returns nil once the spine holds it (or held it
 // already). It retries transient failures, and refusals of the client as a
 // whole (a wrong token or URL), with capped exponential backoff until ctx

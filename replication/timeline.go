@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,6 +13,10 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
+
+// ErrNotInHistory says a timeline is not an ancestor of the server's: the
+// server's history does not pass through it (a restore onto another branch).
+var ErrNotInHistory = errors.New("not in the server's timeline history")
 
 // TimelineSwitch is one line of a timeline history file: timeline Parent
 // ended at Switch, where its successor began.
@@ -70,7 +75,7 @@ func SwitchPointOf(history []TimelineSwitch, tli int32) (at pgoutput.LSN, ok boo
 // lie beyond the promotion (a fork of the history).
 func (s *Session) SwitchPoint(ctx context.Context, tli int32) (pgoutput.LSN, error) {
 	if tli >= s.Timeline {
-		return 0, fmt.Errorf("timeline %d is not an ancestor of the server's timeline %d", tli, s.Timeline)
+		return 0, fmt.Errorf("timeline %d is not an ancestor of the server's timeline %d: %w", tli, s.Timeline, ErrNotInHistory)
 	}
 	res, err := pglogrepl.TimelineHistory(ctx, s.conn, s.Timeline)
 	if err != nil {
@@ -82,7 +87,7 @@ func (s *Session) SwitchPoint(ctx context.Context, tli int32) (pgoutput.LSN, err
 	}
 	at, ok := SwitchPointOf(history, tli)
 	if !ok {
-		return 0, fmt.Errorf("timeline %d is not in the history of the server's timeline %d (%s)", tli, s.Timeline, res.FileName)
+		return 0, fmt.Errorf("timeline %d is not in the history of the server's timeline %d (%s): %w", tli, s.Timeline, res.FileName, ErrNotInHistory)
 	}
 	return at, nil
 }

@@ -219,7 +219,9 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 				if l == 0 {
 					return nil
 				}
-				d := int64(cur) - int64(l)
+				// Never negative: on a standby a copy's position can pass
+				// the replayed WAL while replay lags what was flushed.
+				d := max(int64(cur)-int64(l), 0)
 				return &d
 			}
 			st.Slot.LagBytes, st.Slot.RetainedWALBytes = behind(slot.ConfirmedFlushLSN), behind(slot.RestartLSN)
@@ -320,10 +322,10 @@ func copyState(version int, c preflight.StandbyCopy) string {
 		return "unsupported"
 	case !c.Slot.Exists:
 		return "missing"
-	case !c.Slot.Synced:
-		return "not_synced"
 	case c.Slot.Invalidated():
 		return "invalidated"
+	case !c.Slot.Synced:
+		return "not_synced"
 	case c.Temporary:
 		return "syncing"
 	default:

@@ -272,7 +272,7 @@ func ReadStandbyCopy(ctx context.Context, conn *pgx.Conn, slot string) (StandbyC
 	// The replay position and the copy's position in one snapshot, so that
 	// the difference matches both.
 	err = conn.QueryRow(ctx, `WITH r AS (SELECT pg_last_wal_replay_lsn() AS lsn)
-		SELECT r.lsn::text, s.temporary, s.confirmed_flush_lsn::text, pg_wal_lsn_diff(r.lsn, s.confirmed_flush_lsn)::bigint
+		SELECT r.lsn::text, s.temporary, s.confirmed_flush_lsn::text, greatest(pg_wal_lsn_diff(r.lsn, s.confirmed_flush_lsn), 0)::bigint
 		FROM r LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, slot).Scan(&replay, &temporary, &confirmed, &c.BehindReplayBytes)
 	if err != nil {
 		return c, fmt.Errorf("reading the standby's replay position and copy of slot %q: %w", slot, err)

@@ -12,16 +12,21 @@
 --   DEFAULT, or gets it back from FULL, when it has a primary key: its UPDATE
 --   and DELETE events then carry the key only as old row (old_is_key_only).
 --   A WARNING names the table and the fix (make the columns STORED).
--- * Without a primary key no replica identity pgaudit-cdc could give it
---   lets it accept UPDATE and DELETE while published: a table of a watched
---   schema that is not watched by itself stays out of the publication (or
---   leaves it), with a WARNING; a table watched by itself gets a WARNING
---   with the fix.
+-- * Without a primary key (or REPLICA IDENTITY USING INDEX) no replica
+--   identity lets such a table accept UPDATE and DELETE while published, and
+--   unpublished its changes would silently go unaudited. So a DDL that would
+--   leave a table of a watched schema (not watched by itself, nor under a
+--   watched partitioned table) like that -- CREATE TABLE, CREATE TABLE AS,
+--   SET SCHEMA into the schema, ADD COLUMN ... VIRTUAL, dropping the primary
+--   key -- is refused: an ERROR (SQLSTATE 55000) naming the table, the schema
+--   and the columns, with the fixes as HINT, raised outside the blocks that
+--   turn failures into WARNINGs, so the DDL is rolled back. A table watched
+--   by itself gets a WARNING with the fix.
 --
 -- Everything else is as in migration 0007 (the same body otherwise). Earlier
 -- versions than 18 have no virtual generated columns (attgenerated 'v'), so
--- nothing changes for them. It never fails the user's DDL: a problem becomes
--- a WARNING.
+-- nothing changes for them. Apart from that refusal it never fails the
+-- user's DDL: a problem becomes a WARNING.
 CREATE OR REPLACE FUNCTION pgaudit_cdc.ensure_replica_identity() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
@@ -67,13 +72,24 @@ BEGIN
                 obj.objid::regclass, SQLERRM;
             CONTINUE;
         END;
+        -- A table of a watched schema that could not be audited: refused
+        -- (outside any EXCEPTION block, so the DDL fails and is rolled back).
+        IF in_schema AND NOT own_watch AND NOT under_watch AND virtual_cols IS NOT NULL
+           AND NOT has_key AND rel_ident <> 'i' THEN
+            RAISE EXCEPTION 'pgaudit-cdc: % refused: table % in watched schema % would have virtual generated column(s) (%), which PostgreSQL cannot publish, and no primary key, so it could not be audited (published, PostgreSQL refuses its UPDATE and DELETE)',
+                    obj.command_tag, obj.objid::regclass, quote_ident(rel_schema), virtual_cols
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Give %s a primary key first (in its CREATE TABLE, or before adding the columns or moving it into the schema; or keep the one it has): it then joins the watch of schema %s with REPLICA IDENTITY DEFAULT, and can also be watched by itself with pgaudit-cdc watch %s --kind KIND --source SOURCE --exclude-columns %s; or make the columns STORED (GENERATED ALWAYS AS (...) STORED); or unwatch the schema (pgaudit-cdc unwatch --schema %s).',
+                                    obj.objid::regclass, quote_ident(rel_schema), obj.objid::regclass,
+                                    replace(virtual_cols, ' ', ''), quote_ident(rel_schema));
+        END IF;
         BEGIN
             IF (under_watch OR in_schema OR (own_watch AND virtual_cols IS NOT NULL)) AND NOT controlled THEN
                 IF virtual_cols IS NULL THEN
                     IF rel_ident <> 'f' THEN
                         EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', obj.objid::regclass);
                     END IF;
-                ELSIF rel_ident = 'f' AND has_key THEN
+                ELSIF rel_ident NOT IN ('d', 'i') AND has_key THEN
                     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY DEFAULT', obj.objid::regclass);
                     rel_ident := 'd';
                     RAISE WARNING 'pgaudit-cdc: % has virtual generated column(s) (%), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL it would refuse every UPDATE and DELETE, so it now has REPLICA IDENTITY DEFAULT (its primary key) and its UPDATE/DELETE events carry the key only as old row (old_is_key_only); for whole old rows make the columns STORED (drop and add them again with STORED)',
@@ -110,18 +126,6 @@ BEGIN
                         obj.objid::regclass, quote_ident(rel_schema),
                         CASE rel_ident WHEN 'i' THEN 'USING INDEX' ELSE 'DEFAULT (its primary key)' END, virtual_cols;
                 END IF;
-            ELSIF in_schema AND NOT own_watch AND NOT under_watch AND NOT controlled THEN
-                -- Published, it would refuse every UPDATE and DELETE.
-                FOR pub IN SELECT p.pubname FROM pg_publication p
-                           WHERE EXISTS (SELECT 1 FROM pg_publication_rel r
-                                         WHERE r.prpubid = p.oid AND r.prrelid = 'pgaudit_cdc.schema_watches'::regclass)
-                             AND EXISTS (SELECT 1 FROM pg_publication_rel r
-                                         WHERE r.prpubid = p.oid AND r.prrelid = obj.objid)
-                LOOP
-                    EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub.pubname, obj.objid::regclass);
-                END LOOP;
-                RAISE WARNING 'pgaudit-cdc: %, in watched schema %, is not audited: it has virtual generated column(s) (%), which PostgreSQL cannot publish, and no primary key, so no replica identity would let it accept UPDATE and DELETE while published; add a primary key (it then joins the schema watch with REPLICA IDENTITY DEFAULT) or make the columns STORED',
-                    obj.objid::regclass, quote_ident(rel_schema), virtual_cols;
             END IF;
             IF added AND obj.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
                 BEGIN

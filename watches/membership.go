@@ -145,8 +145,9 @@ func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error
 // tables added, those whose identity it changed, and the added tables that
 // have virtual generated columns (PostgreSQL 18+), which keep their primary
 // key as identity (see virtual.go); tables with virtual generated columns
-// and no primary key are left out. It skips the round when a watch or
-// unwatch holds the registry lock.
+// and no primary key are added too, never left out (PostgreSQL refuses their
+// UPDATE and DELETE; relieveVirtualColumns names them with the fixes). It
+// skips the round when a watch or unwatch holds the registry lock.
 func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity, virtual []string, err error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {

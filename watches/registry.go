@@ -686,7 +686,8 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 // watched schema stays audited by the schema watch: it stays in the
 // publication without row filter or column list, with REPLICA IDENTITY FULL
 // (DEFAULT, its primary key, when it has virtual generated columns, see
-// virtual.go; left out without one).
+// virtual.go; without one it stays published too, and PostgreSQL refuses its
+// UPDATE and DELETE).
 func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
 	name := decode.QualifiedName(t.Schema, t.Name)
 	return r.unwatch(ctx, name, func(tx pgx.Tx) (bool, error) { return r.unwatchTable(ctx, tx, t, name) })
@@ -741,23 +742,24 @@ func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, nam
 		// A table with virtual generated columns (PostgreSQL 18) goes back
 		// to the schema watch with its primary key as identity, not FULL,
 		// which would make it refuse every UPDATE and DELETE; without a
-		// primary key (or an identity index) it is left out.
+		// primary key (or an identity index) it stays in the publication
+		// all the same, never left out unaudited: PostgreSQL then refuses
+		// its UPDATE and DELETE, which is loud.
 		var virtual, hasKey bool
 		if covered {
 			if virtual, hasKey, err = keepFromFull(ctx, tx, rel.oid); err != nil {
 				return false, err
 			}
 		}
-		leaveOut := virtual && !hasKey && rel.replIdent != "i"
 		switch {
 		case covered && !throughSchema:
-			if cur.member && (!cur.plain() || leaveOut) {
+			if cur.member && !cur.plain() {
 				if err := r.dropTable(ctx, tx, t); err != nil {
 					return false, err
 				}
 				cur.member = false
 			}
-			if !cur.member && !leaveOut && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
+			if !cur.member && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
 				if err := r.addTable(ctx, tx, t, nil, ""); err != nil {
 					return false, err
 				}

@@ -128,7 +128,9 @@ func checkSchema(ctx context.Context, tx pgx.Tx, schema string, registry bool) e
 	// is left as its watch made it (the per-table watch takes precedence).
 	// Re-watching a watched schema (a new kind or source) is not refused:
 	// its tables that got such columns later kept their primary key as
-	// identity, or were left out, with a warning (see virtual.go).
+	// identity, with a warning, or (without one, and without the event
+	// trigger, which refuses such DDL) are published and refuse UPDATE and
+	// DELETE, named by housekeeping (see virtual.go).
 	if registry {
 		if watched, err := schemaWatched(ctx, tx, schema); err != nil || watched {
 			return err

@@ -14,10 +14,15 @@ package watches
 // then carry the key only as old row (flagged old_is_key_only). The DDL event
 // trigger (migration 0010) does that in the DDL's transaction and warns;
 // housekeeping (relieveVirtualColumns) does it where the trigger is missing.
-// Without a primary key no identity pgaudit-cdc could give the table lets it
-// accept UPDATE and DELETE while published: a table of a watched schema is
-// then left out of the publication, and a table watched by itself is named
-// with the fix.
+// Without a primary key (or REPLICA IDENTITY USING INDEX) no identity lets
+// the table accept UPDATE and DELETE while published, and leaving it out of
+// the publication would stop auditing it silently. So the event trigger
+// refuses a DDL that would leave a table of a watched schema like that (the
+// DDL fails, SQLSTATE 55000, naming the fixes); where the trigger is missing
+// housekeeping still publishes such a table with its schema (never removes
+// it): the trail stays complete and PostgreSQL refuses its UPDATE and
+// DELETE, which is loud, and the notice names the fixes. A table watched by
+// itself is named with the fix.
 
 import (
 	"context"
@@ -60,8 +65,8 @@ func (n *VirtualColumnsNotice) add(table, sentence string) {
 	n.Sentences = append(n.Sentences, sentence)
 }
 
-// told remembers the tables whose lasting condition (left out of the
-// publication, or refusing UPDATE and DELETE for want of a primary key) a
+// told remembers the tables whose lasting condition (refusing UPDATE and
+// DELETE for want of a primary key) a
 // notice named already, so that housekeeping names each once per process
 // rather than every round. Changes made are always named.
 var told sync.Map // publication + "/" + oid + "/" + condition
@@ -141,12 +146,13 @@ func (r *Registry) virtualStates(ctx context.Context, tx pgx.Tx) ([]virtualState
 
 // relieveVirtualColumns gives the tables with virtual generated columns that
 // a watch covers and that have REPLICA IDENTITY FULL (set before they got
-// the columns, or before they joined a watched schema) REPLICA IDENTITY
-// DEFAULT when they have a primary key, and takes a table of a watched
-// schema without one out of the publication (it is not watched by itself),
-// so that they accept UPDATE and DELETE. It returns a notice naming what it
-// did, and the tables it cannot help, with the fix. It skips the round when
-// a watch or unwatch holds the registry lock.
+// the columns, or before they joined a watched schema) or NOTHING REPLICA
+// IDENTITY DEFAULT when they have a primary key, so that they accept UPDATE
+// and DELETE. It never takes a table out of the publication: one without a
+// primary key stays audited and PostgreSQL refuses its UPDATE and DELETE. It
+// returns a notice naming what it did, and the tables it cannot help, with
+// the fix. It skips the round when a watch or unwatch holds the registry
+// lock.
 func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNotice, error) {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
@@ -173,22 +179,19 @@ func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNo
 		cols := strings.Join(v.columns, ", ")
 		ident := pgx.Identifier{v.schema, v.name}.Sanitize()
 		switch {
-		case v.identity == "f" && v.hasKey:
+		case v.identity != "d" && v.identity != "i" && v.hasKey:
 			if _, err := tx.Exec(ctx, "ALTER TABLE "+ident+" REPLICA IDENTITY DEFAULT"); err != nil {
 				return nil, denied("setting REPLICA IDENTITY DEFAULT on "+name+" (it has virtual generated columns, and with FULL PostgreSQL refuses its UPDATE and DELETE)", err)
 			}
 			notice.add(name, fmt.Sprintf("%s has virtual generated column(s) (%s), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL it would refuse every UPDATE and DELETE, so it now has REPLICA IDENTITY DEFAULT (its primary key) and its UPDATE/DELETE events carry the key only as old row (old_is_key_only); for whole old rows make the columns STORED (drop and add them again with STORED)", name, cols))
 		case v.usable():
 		case v.inSchema && !v.ownWatch && !v.underWatch:
-			if v.member {
-				sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE " + ident
-				if _, err := tx.Exec(ctx, sql); err != nil {
-					return nil, denied(fmt.Sprintf("removing %s from publication %q (it has virtual generated columns and no primary key, so PostgreSQL refuses its UPDATE and DELETE while it is published)", name, r.publication), err)
-				}
-			} else if !tellOnce(r.publication, v.oid, "left out") {
+			// Published with its schema (syncSchemaMembership adds it in
+			// this round when it is not yet a member): never left out.
+			if !tellOnce(r.publication, v.oid, "refused in schema") {
 				continue
 			}
-			notice.add(name, fmt.Sprintf("%s, in watched schema %q, is not audited: it has virtual generated column(s) (%s), which PostgreSQL cannot publish, and no primary key, so no replica identity would let it accept UPDATE and DELETE while published; add a primary key (it then joins the schema watch with REPLICA IDENTITY DEFAULT) or make the columns STORED", name, v.schema, cols))
+			notice.add(name, fmt.Sprintf("%s is published with its watched schema %q, and PostgreSQL refuses its UPDATE and DELETE while it has virtual generated column(s) (%s), which PostgreSQL cannot publish, and no primary key (SQLSTATE 55000 or 42P10); add a primary key (pgaudit-cdc then gives it REPLICA IDENTITY DEFAULT), make the columns STORED (drop and add them again with STORED), or unwatch the schema; with the DDL event trigger installed (run watch or run as a superuser, or run the CREATE EVENT TRIGGER statements of `pgaudit-cdc setup --print-sql` as one) PostgreSQL refuses such DDL in a watched schema instead", name, v.schema, cols))
 		default:
 			if !tellOnce(r.publication, v.oid, "refused") {
 				continue
@@ -207,8 +210,8 @@ func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNo
 
 // virtualOf returns the tables of schema that have virtual generated
 // columns (PostgreSQL 18+), each with whether its replica identity lets it
-// accept UPDATE and DELETE once published: the schema watch leaves out the
-// others.
+// accept UPDATE and DELETE once published (the schema watch publishes the
+// others too: see schemaTablesToAdd).
 func virtualOf(ctx context.Context, tx pgx.Tx, schema string) (map[string]bool, error) {
 	if serverVersion(ctx, tx) < 180000 {
 		return nil, nil
@@ -232,11 +235,14 @@ func virtualOf(ctx context.Context, tx pgx.Tx, schema string) (map[string]bool, 
 }
 
 // schemaTablesToAdd lists the tables of schema that a schema watch adds to
-// the publication: those not yet members (replication.SchemaTablesOutside),
-// except the ones with virtual generated columns whose replica identity
-// would make them refuse UPDATE and DELETE once published. keyed names the
-// tables listed that have virtual generated columns: they join with their
-// primary key (or index) as identity, not FULL.
+// the publication: all those not yet members
+// (replication.SchemaTablesOutside). keyed names the tables listed that have
+// virtual generated columns and a usable replica identity: they join with
+// their primary key (or index) as identity, not FULL. Those with virtual
+// generated columns and no primary key join too, never left out: an audit
+// tool must not stop auditing a table silently, and PostgreSQL refusing
+// their UPDATE and DELETE is loud (relieveVirtualColumns names them with the
+// fixes; the event trigger refuses the DDL that makes them).
 func (r *Registry) schemaTablesToAdd(ctx context.Context, tx pgx.Tx, schema string) (tables []pgx.Identifier, keyed []string, err error) {
 	outside, err := replication.SchemaTablesOutside(ctx, tx, r.publication, schema)
 	if err != nil {
@@ -247,12 +253,7 @@ func (r *Registry) schemaTablesToAdd(ctx context.Context, tx pgx.Tx, schema stri
 		return nil, nil, err
 	}
 	for _, t := range outside {
-		fine, isVirtual := usable[t[1]]
-		switch {
-		case !isVirtual:
-		case !fine:
-			continue // would refuse UPDATE and DELETE once published
-		default:
+		if fine, isVirtual := usable[t[1]]; isVirtual && fine {
 			keyed = append(keyed, decode.QualifiedName(t[0], t[1]))
 		}
 		tables = append(tables, t)

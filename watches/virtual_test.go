@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -46,6 +48,59 @@ func (d *db) housekeeping() string {
 		return err.Error()
 	}
 	return ""
+}
+
+// refused runs a statement that PostgreSQL must refuse with SQLSTATE code
+// and returns the error.
+func (d *db) refused(sql, code string) *pgconn.PgError {
+	d.t.Helper()
+	_, err := d.conn.Exec(context.Background(), sql)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != code {
+		d.t.Fatalf("%s: got %v, want an error with SQLSTATE %s", sql, err, code)
+	}
+	return pgErr
+}
+
+// exists reports whether the relation exists.
+func (d *db) exists(table string) bool {
+	d.t.Helper()
+	var ok bool
+	if err := d.conn.QueryRow(context.Background(), "SELECT to_regclass($1) IS NOT NULL", table).Scan(&ok); err != nil {
+		d.t.Fatal(err)
+	}
+	return ok
+}
+
+// hasColumn reports whether the table has the column.
+func (d *db) hasColumn(table, column string) bool {
+	d.t.Helper()
+	var ok bool
+	if err := d.conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped)`, table, column).Scan(&ok); err != nil {
+		d.t.Fatal(err)
+	}
+	return ok
+}
+
+// insertOnly runs an INSERT, then an UPDATE and a DELETE that PostgreSQL
+// must refuse (a published table with virtual generated columns and no
+// primary key), returning the refusals.
+func (d *db) insertOnly(table string, id int) string {
+	d.t.Helper()
+	ctx := context.Background()
+	d.exec("INSERT INTO "+table+" (id, a) VALUES ($1, 1)", id)
+	var got []string
+	for _, sql := range []string{"UPDATE " + table + " SET a = a + 1 WHERE id = $1", "DELETE FROM " + table + " WHERE id = $1"} {
+		_, err := d.conn.Exec(ctx, sql, id)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || (pgErr.Code != "55000" && pgErr.Code != "42P10") {
+			d.t.Errorf("%s on %s: got %v, want PostgreSQL to refuse it (SQLSTATE 55000 or 42P10)", sql, table, err)
+			continue
+		}
+		got = append(got, pgErr.Message)
+	}
+	return strings.Join(got, "; ")
 }
 
 func wantAll(t *testing.T, what, got string, want ...string) {
@@ -111,9 +166,14 @@ func TestSchemaWatchRefusesVirtualGeneratedColumns(t *testing.T) {
 // generated columns that join a watched schema later (CREATE TABLE, SET
 // SCHEMA, ADD COLUMN ... VIRTUAL on a member) keep, or get back, REPLICA
 // IDENTITY DEFAULT so that UPDATE and DELETE keep working, with a warning
-// naming the table and the fix; one without a primary key is left out of
-// the publication. Housekeeping, with and without the event trigger, does
-// the same and never gives them FULL.
+// naming the table and the fix. A DDL that would leave a table of the schema
+// with virtual generated columns and no primary key (CREATE TABLE, SET
+// SCHEMA, ADD COLUMN ... VIRTUAL, dropping the primary key) is refused by
+// the event trigger (SQLSTATE 55000) and rolled back: such a table could not
+// be audited. Housekeeping, with and without the event trigger, never gives
+// them FULL; without the trigger it publishes a table without a primary key
+// all the same (never leaves it out), so PostgreSQL refuses its UPDATE and
+// DELETE, and says so.
 func TestSchemaWatchVirtualGeneratedColumnsJoinLater(t *testing.T) {
 	d := newDB(t)
 	requirePG18(t, d)
@@ -152,30 +212,50 @@ func TestSchemaWatchVirtualGeneratedColumnsJoinLater(t *testing.T) {
 	d.wantIdentity("billing.plain", "d", "after ADD COLUMN ... VIRTUAL")
 	d.writes("billing.plain", 3)
 
-	// Without a primary key no replica identity would let the table accept
-	// UPDATE and DELETE while published: it is left out, and said so.
-	d.exec(`CREATE TABLE billing.nokey (id int, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
-	wantAll(t, "the warning of CREATE TABLE without a primary key", d.takeNotices(), "billing.nokey", "not audited", "primary key")
-	if d.member("billing.nokey") {
-		t.Error("billing.nokey joined the publication; want it left out (its UPDATE and DELETE would fail)")
+	// Without a primary key the table could not be audited (published,
+	// PostgreSQL refuses its UPDATE and DELETE): the event trigger refuses
+	// the DDL, which is rolled back.
+	e := d.refused(`CREATE TABLE billing.nokey (id int, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`, "55000")
+	wantAll(t, "the refusal of CREATE TABLE without a primary key", e.Message, "billing.nokey", "watched schema billing", "twice", "no primary key")
+	wantAll(t, "the hint of the refusal", e.Hint, "primary key", "STORED", "--exclude-columns twice", "unwatch --schema billing")
+	if d.exists("billing.nokey") {
+		t.Error("billing.nokey exists after its CREATE TABLE was refused")
 	}
-	d.writes("billing.nokey", 4)
+	d.exec(`CREATE TABLE public.nokey (id int, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	e = d.refused(`ALTER TABLE public.nokey SET SCHEMA billing`, "55000")
+	wantAll(t, "the refusal of SET SCHEMA without a primary key", e.Message, "billing.nokey", "twice")
+	if !d.exists("public.nokey") || d.exists("billing.nokey") {
+		t.Error("the refused SET SCHEMA moved public.nokey")
+	}
+	d.exec(`CREATE TABLE billing.bare (id int, a int)`)
+	d.wantIdentity("billing.bare", "f", "after CREATE TABLE")
+	e = d.refused(`ALTER TABLE billing.bare ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`, "55000")
+	wantAll(t, "the refusal of ADD COLUMN without a primary key", e.Message, "billing.bare", "twice")
+	if d.hasColumn("billing.bare", "twice") {
+		t.Error("billing.bare has column twice after its ADD COLUMN was refused")
+	}
+	if !d.member("billing.bare") {
+		t.Error("billing.bare left the publication")
+	}
+	d.wantIdentity("billing.bare", "f", "after the refused ADD COLUMN")
+	d.writes("billing.bare", 4)
+	e = d.refused(`ALTER TABLE billing.later DROP CONSTRAINT later_pkey`, "55000")
+	wantAll(t, "the refusal of dropping the primary key", e.Message, "billing.later", "twice")
+	d.writes("billing.later", 5)
+	d.takeNotices()
 
 	// Re-watching the schema (another source) is not refused for the tables
-	// that joined since; it gives them no FULL and leaves billing.nokey out.
+	// that joined since, and gives them no FULL.
 	if err := d.reg.WatchSchema(ctx, "billing", "other", "billing-2"); err != nil {
 		t.Fatalf("re-watch of schema billing: %v", err)
 	}
 
-	// Housekeeping gives none of them FULL, nor adds billing.nokey.
+	// Housekeeping gives none of them FULL.
 	d.housekeeping()
 	for _, table := range []string{"billing.later", "billing.moved", "billing.plain"} {
 		d.wantIdentity(table, "d", "after housekeeping")
 	}
-	if d.member("billing.nokey") {
-		t.Error("housekeeping added billing.nokey to the publication")
-	}
-	for i, table := range []string{"billing.later", "billing.moved", "billing.plain", "billing.nokey"} {
+	for i, table := range []string{"billing.later", "billing.moved", "billing.plain", "billing.bare"} {
 		d.writes(table, 10+i)
 	}
 
@@ -190,6 +270,67 @@ func TestSchemaWatchVirtualGeneratedColumnsJoinLater(t *testing.T) {
 	}
 	d.wantIdentity("billing.quiet", "d", "after housekeeping")
 	d.writes("billing.quiet", 20)
+
+	// Without the event trigger a table without a primary key is published
+	// with its schema all the same, never left out: PostgreSQL refuses its
+	// UPDATE and DELETE, loudly, and housekeeping says so with the fixes.
+	d.exec(`CREATE TABLE billing.nokey (id int, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`)
+	d.exec(`ALTER TABLE billing.bare ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`)
+	notice := d.housekeeping()
+	for _, table := range []string{"billing.nokey", "billing.bare"} {
+		wantAll(t, "housekeeping's notice", notice, table+" is published with its watched schema",
+			"PostgreSQL refuses its UPDATE and DELETE", "no primary key", "STORED", "event trigger", "setup --print-sql")
+		if !d.member(table) {
+			t.Errorf("%s is not in the publication after housekeeping; a table of a watched schema must stay audited", table)
+		}
+	}
+	wantAll(t, "the refused writes of billing.nokey", d.insertOnly("billing.nokey", 21), `"nokey"`, "replica identity")
+	d.insertOnly("billing.bare", 22)
+	if again := d.housekeeping(); strings.Contains(again, "billing.nokey") || strings.Contains(again, "billing.bare") {
+		t.Errorf("a second housekeeping round named the tables again: %q", again)
+	}
+	for _, table := range []string{"billing.nokey", "billing.bare"} {
+		if !d.member(table) {
+			t.Errorf("a second housekeeping round took %s out of the publication", table)
+		}
+	}
+	// The fix the notice names: a primary key, and the writes work.
+	d.exec(`ALTER TABLE billing.nokey ADD PRIMARY KEY (id)`)
+	d.housekeeping()
+	d.wantIdentity("billing.nokey", "d", "after ADD PRIMARY KEY and housekeeping")
+	d.writes("billing.nokey", 23)
+}
+
+// TestSchemaWatchUnwatchKeepsVirtualTableWithoutKey: unwatching a table of
+// a watched schema that got virtual generated columns while watched by
+// itself, and has no primary key, leaves it in the publication for the
+// schema watch: never left out unaudited.
+func TestSchemaWatchUnwatchKeepsVirtualTableWithoutKey(t *testing.T) {
+	d := newDB(t)
+	requirePG18(t, d)
+	ctx := context.Background()
+	d.exec(`CREATE SCHEMA billing`)
+	d.exec(`CREATE TABLE billing.solo (id int, a int)`)
+	if _, err := d.reg.Watch(ctx, d.mustName("billing.solo"), "other", "solo"); err != nil {
+		t.Fatalf("watch billing.solo: %v", err)
+	}
+	if err := d.reg.WatchSchema(ctx, "billing", "other", "billing"); err != nil {
+		t.Fatalf("watch --schema billing: %v", err)
+	}
+	d.takeNotices()
+	// Watched by itself: a warning, not a refusal.
+	d.exec(`ALTER TABLE billing.solo ADD COLUMN twice int GENERATED ALWAYS AS (a * 2) VIRTUAL`)
+	wantAll(t, "the warning of ADD COLUMN", d.takeNotices(), "billing.solo", "twice", "primary key")
+	if ok, err := d.reg.Unwatch(ctx, d.mustName("billing.solo")); err != nil || !ok {
+		t.Fatalf("unwatch billing.solo: removed %v, %v", ok, err)
+	}
+	if !d.member("billing.solo") {
+		t.Error("after the unwatch billing.solo left the publication; want it kept for the schema watch")
+	}
+	d.housekeeping()
+	if !d.member("billing.solo") {
+		t.Error("housekeeping took billing.solo out of the publication")
+	}
 }
 
 // TestSchemaWatchVirtualColumnAddedToWatchedTable: a table watched by

@@ -95,12 +95,16 @@ func TestRowFilterAndColumnControl(t *testing.T) {
 	if err := h.watchWith("c", "other", "cols", watches.Options{Columns: []string{"a"}}); err != nil {
 		t.Fatal(err)
 	}
+	h.exec(`CREATE TABLE payroll (id int PRIMARY KEY, salary numeric)`)
 	for _, bad := range []struct {
 		o    watches.Options
 		want string
 	}{
 		{watches.Options{RowFilter: "no_such_column > 1"}, "no_such_column"},
 		{watches.Options{RowFilter: "true); DROP TABLE f; --"}, ""},
+		// Closing the parenthesis to name a second table: refused, and
+		// the other table is not published.
+		{watches.Options{RowFilter: "true), public.payroll WHERE (true"}, "not a single expression"},
 		{watches.Options{ExcludeColumns: []string{"nope"}}, `column "nope" does not exist`},
 		{watches.Options{ExcludeColumns: []string{"id"}}, "primary key"},
 		{watches.Options{Columns: []string{"a"}, OnColumns: []string{"a"}}, "--on-columns"},
@@ -113,6 +117,9 @@ func TestRowFilterAndColumnControl(t *testing.T) {
 	var n int
 	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_class WHERE relname = 'f'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("the injected DROP ran: table f count %d (%v)", n, err)
+	}
+	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication_tables WHERE tablename = 'payroll'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a --where expression published payroll (%d, %v)", n, err)
 	}
 	h.startAgent()
 	h.exec(`INSERT INTO f VALUES (1, 'draft', 10), (2, 'final', 20)`)

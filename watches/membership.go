@@ -82,12 +82,31 @@ func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t Tabl
 		sql += " WHERE (" + rowFilter + ")"
 	}
 	// The extended protocol runs exactly one statement: a --where
-	// expression cannot smuggle in a second one.
+	// expression cannot smuggle in a second one. It could close the
+	// parenthesis and name a second table in the same statement, though:
+	// the publication must gain exactly this one.
+	members := func() (int, error) {
+		var n int
+		err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+			WHERE p.pubname = $1`, pub).Scan(&n)
+		return n, err
+	}
+	before, err := members()
+	if err != nil {
+		return fmt.Errorf("reading publication %q: %w", pub, err)
+	}
 	if _, err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
 		if rowFilter != "" || len(cols) > 0 {
 			return denied(fmt.Sprintf("adding %s to publication %q with the given --where/--columns", name, r.publication), err)
 		}
 		return denied(fmt.Sprintf("adding %s to publication %q", name, r.publication), err)
+	}
+	after, err := members()
+	if err != nil {
+		return fmt.Errorf("reading publication %q: %w", pub, err)
+	}
+	if after != before+1 {
+		return fmt.Errorf("the --where expression for %s is not a single expression: with it the publication gained %d tables instead of one; pass one boolean expression over the table's columns", name, after-before)
 	}
 	return nil
 }

@@ -107,10 +107,7 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 		_, err := ConvertSchemaMembership(ctx, conn, publication)
 		return err
 	}
-	options := "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
-	if version >= 180000 {
-		options += ", publish_generated_columns = stored"
-	}
+	options := PublicationOptions(version)
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
 		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
 		", " + pgx.Identifier{migrations.Schema, SchemaRegistryTable}.Sanitize() +
@@ -126,6 +123,16 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 		return fmt.Errorf("creating publication %q: %w", publication, err)
 	}
 	return nil
+}
+
+// PublicationOptions is the WITH list pgaudit-cdc's publications are
+// created with on a server of version (server_version_num).
+func PublicationOptions(version int) string {
+	options := "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
+	if version >= 180000 {
+		options += ", publish_generated_columns = stored"
+	}
+	return options
 }
 
 // ensureGeneratedColumnsPublished sets publish_generated_columns = stored on

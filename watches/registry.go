@@ -148,7 +148,11 @@ func (r *Registry) publicationExists(ctx context.Context, tx pgx.Tx) (bool, erro
 // lists when they are added to it. It returns its name.
 func (r *Registry) scratchPublication(ctx context.Context, tx pgx.Tx) (string, error) {
 	name := fmt.Sprintf("pgaudit_cdc_check_%d", r.conn.PgConn().PID())
-	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{name}.Sanitize()+" WITH (publish_via_partition_root = true)"); err != nil {
+	version, err := replication.ServerVersion(ctx, r.conn)
+	if err != nil {
+		return "", err
+	}
+	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{name}.Sanitize()+" WITH ("+replication.PublicationOptions(version)+")"); err != nil {
 		if replication.IsCode(err, "42501") {
 			return "", fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", r.publication, err)
 		}

@@ -103,6 +103,10 @@ type captureJSON struct {
 	GapReason  string             `json:"gap_reason,omitempty"`
 	GapDetail  string             `json:"gap_detail,omitempty"`
 	PendingGap *capture.GapRecord `json:"pending_gap"`
+	// TimelineMoved: the server is on another timeline than capture, with
+	// a failover slot; run compares the audit trail with the new history
+	// (a fork is a gap) and records the move.
+	TimelineMoved bool `json:"timeline_moved,omitempty"`
 }
 
 // gapExit is status's error when capture has a hole: exit code ExitGap.
@@ -269,6 +273,7 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if a.Verdict == capture.Gap {
 		st.Capture.GapReason, st.Capture.GapDetail = a.Reason, a.Detail
 	}
+	st.Capture.TimelineMoved = a.TimelineMoved && !st.Slot.OnStandby
 	entries, err := watches.Load(ctx, conn, false)
 	if err != nil {
 		return nil, err
@@ -377,6 +382,8 @@ func printStatus(w io.Writer, st *Status) {
 		fmt.Fprintf(tw, "registry\tthe pgaudit_cdc schema here is missing or older than this pgaudit-cdc: capture, watches and dead letters are not shown (the standby gets them from the primary once watch or run has set them up there)\n")
 	case st.Standby != nil && st.Capture.Recorded:
 		fmt.Fprintf(tw, "capture\trecorded on the primary since %s (generation %d, timeline %d); continuity is assessed on the primary\n", st.Capture.StartLSN, st.Capture.Generation, st.Capture.Timeline)
+	case st.Capture.TimelineMoved:
+		fmt.Fprintf(tw, "capture\tthe server is on a new timeline, capture was on %d: the failover slot continues, but whether the audit trail holds events beyond the promotion point is checked by the next `pgaudit-cdc run` with a spine (a fork is a gap)\n", st.Capture.Timeline)
 	case st.Capture.Recorded:
 		fmt.Fprintf(tw, "capture\tcontinuous since %s (generation %d, timeline %d)\n", st.Capture.StartLSN, st.Capture.Generation, st.Capture.Timeline)
 	}

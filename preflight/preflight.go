@@ -338,6 +338,9 @@ func checkCapture(cv captureView, inRecovery bool, add func(Result)) {
 	case cv.a.Verdict == capture.Gap:
 		add(Result{Name: "capture continuity", Status: Fail, Detail: fmt.Sprintf("%s: %s", cv.a.Reason, cv.a.Detail),
 			Fix: "start `pgaudit-cdc run`: it records the gap and stops; then accept it with `pgaudit-cdc run --accept-gap=ID` and backfill the affected tables"})
+	case cv.a.Verdict == capture.Continue && cv.a.TimelineMoved:
+		add(Result{Name: "capture continuity", Status: Warn, Detail: "the server is on a new timeline and the failover slot continues there; whether the audit trail holds events beyond the promotion point (a fork) is not compared yet",
+			Fix: "start `pgaudit-cdc run` with the spine configured: it compares the trail with the new timeline's history, records a fork as a gap, and records the move"})
 	case cv.a.Verdict == capture.Continue:
 		add(Result{Name: "capture continuity", Status: OK, Detail: "the slot continues the recorded capture"})
 	}

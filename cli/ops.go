@@ -508,7 +508,10 @@ func printChecks(w io.Writer, rs []preflight.Result) {
 // SetupSQL returns the statements creating a least-privilege role for
 // pgaudit-cdc in database db, able to watch tables owned by tableOwner, and,
 // when maintenance is set, the grants letting that role skip row events
-// (pgaudit_cdc.skip) and write backfill chunks.
+// (pgaudit_cdc.skip) and nothing else: row security on pgaudit_cdc.control
+// (migrations/0009_control_row_security.sql) lets it insert skip rows only,
+// so backfill chunks and checkpoints stay with the agent's role, the
+// schema's owner.
 func SetupSQL(role, db, tableOwner, maintenance string) string {
 	id := func(s string) string { return pgx.Identifier{s}.Sanitize() }
 	var b strings.Builder
@@ -537,8 +540,9 @@ GRANT %[3]s TO %[1]s;
 `, id(role), id(db), id(tableOwner), "-- "+strings.ReplaceAll(watches.EventTriggerSQL, "\n", "\n-- "))
 	fmt.Fprintf(&b, `
 -- 5. Control messages are authenticated by PostgreSQL's privileges: skipping row
---    events (pgaudit_cdc.skip) and writing backfill chunks need INSERT on
---    pgaudit_cdc.control, which only %[1]s has. No application role should.
+--    events (pgaudit_cdc.skip), backfill chunks and checkpoints need a row in
+--    pgaudit_cdc.control, which only %[1]s may write. No application role should.
+--    A maintenance role granted below may write skip rows only (row security).
 `, id(role))
 	if maintenance != "" {
 		fmt.Fprintf(&b, `--    A maintenance role that may run bulk jobs with pgaudit_cdc.skip('reason'),
@@ -583,6 +587,6 @@ func newSetupCmd(o *options) *cobra.Command {
 	cmd.Flags().StringVar(&role, "role", "pgaudit_cdc", "name of the role to create")
 	cmd.Flags().StringVar(&db, "database", "", "database to audit (default: the one in --database-url)")
 	cmd.Flags().StringVar(&owner, "table-owner", "app_owner", "role that owns the tables to watch")
-	cmd.Flags().StringVar(&maintenance, "maintenance-role", "", "role allowed to skip row events with pgaudit_cdc.skip (and to write pgaudit_cdc.control)")
+	cmd.Flags().StringVar(&maintenance, "maintenance-role", "", "role allowed to skip row events with pgaudit_cdc.skip (row security on pgaudit_cdc.control lets it write skip rows only)")
 	return cmd
 }

@@ -105,6 +105,7 @@ func TestRowFilterAndColumnControl(t *testing.T) {
 		// Closing the parenthesis to name a second table: refused, and
 		// the other table is not published.
 		{watches.Options{RowFilter: "true), public.payroll WHERE (true"}, "not a single expression"},
+		{watches.Options{RowFilter: "true), TABLES IN SCHEMA public --"}, "not a single expression"},
 		{watches.Options{ExcludeColumns: []string{"nope"}}, `column "nope" does not exist`},
 		{watches.Options{ExcludeColumns: []string{"id"}}, "primary key"},
 		{watches.Options{Columns: []string{"a"}, OnColumns: []string{"a"}}, "--on-columns"},
@@ -120,6 +121,9 @@ func TestRowFilterAndColumnControl(t *testing.T) {
 	}
 	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication_tables WHERE tablename = 'payroll'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("a --where expression published payroll (%d, %v)", n, err)
+	}
+	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication_namespace`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a --where expression published a schema (%d, %v)", n, err)
 	}
 	h.startAgent()
 	h.exec(`INSERT INTO f VALUES (1, 'draft', 10), (2, 'final', 20)`)

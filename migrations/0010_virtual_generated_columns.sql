@@ -13,20 +13,17 @@
 --   and DELETE events then carry the key only as old row (old_is_key_only).
 --   A WARNING names the table and the fix (make the columns STORED).
 -- * Without a primary key (or REPLICA IDENTITY USING INDEX) no replica
---   identity lets such a table accept UPDATE and DELETE while published, and
---   unpublished its changes would silently go unaudited. So a DDL that would
---   leave a table of a watched schema (not watched by itself, nor under a
---   watched partitioned table) like that -- CREATE TABLE, CREATE TABLE AS,
---   SET SCHEMA into the schema, ADD COLUMN ... VIRTUAL, dropping the primary
---   key -- is refused: an ERROR (SQLSTATE 55000) naming the table, the schema
---   and the columns, with the fixes as HINT, raised outside the blocks that
---   turn failures into WARNINGs, so the DDL is rolled back. A table watched
---   by itself gets a WARNING with the fix.
+--   identity lets such a table accept UPDATE and DELETE while published. It is
+--   published all the same when a watch covers it: its changes are audited
+--   (never silently left out), and PostgreSQL refuses its UPDATE and DELETE,
+--   loudly, until it has a primary key; a WARNING names the table and the
+--   fixes. The DDL itself is never refused: pg_restore, for one, creates
+--   tables first and adds their primary keys after the data.
 --
 -- Everything else is as in migration 0007 (the same body otherwise). Earlier
 -- versions than 18 have no virtual generated columns (attgenerated 'v'), so
--- nothing changes for them. Apart from that refusal it never fails the
--- user's DDL: a problem becomes a WARNING.
+-- nothing changes for them. It never fails the user's DDL: a problem becomes
+-- a WARNING.
 CREATE OR REPLACE FUNCTION pgaudit_cdc.ensure_replica_identity() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
@@ -72,17 +69,6 @@ BEGIN
                 obj.objid::regclass, SQLERRM;
             CONTINUE;
         END;
-        -- A table of a watched schema that could not be audited: refused
-        -- (outside any EXCEPTION block, so the DDL fails and is rolled back).
-        IF in_schema AND NOT own_watch AND NOT under_watch AND virtual_cols IS NOT NULL
-           AND NOT has_key AND rel_ident <> 'i' THEN
-            RAISE EXCEPTION 'pgaudit-cdc: % refused: table % in watched schema % would have virtual generated column(s) (%), which PostgreSQL cannot publish, and no primary key, so it could not be audited (published, PostgreSQL refuses its UPDATE and DELETE)',
-                    obj.command_tag, obj.objid::regclass, quote_ident(rel_schema), virtual_cols
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = format('Give %s a primary key first (in its CREATE TABLE, or before adding the columns or moving it into the schema; or keep the one it has): it then joins the watch of schema %s with REPLICA IDENTITY DEFAULT, and can also be watched by itself with pgaudit-cdc watch %s --kind KIND --source SOURCE --exclude-columns %s; or make the columns STORED (GENERATED ALWAYS AS (...) STORED); or unwatch the schema (pgaudit-cdc unwatch --schema %s).',
-                                    obj.objid::regclass, quote_ident(rel_schema), obj.objid::regclass,
-                                    replace(virtual_cols, ' ', ''), quote_ident(rel_schema));
-        END IF;
         BEGIN
             IF (under_watch OR in_schema OR (own_watch AND virtual_cols IS NOT NULL)) AND NOT controlled THEN
                 IF virtual_cols IS NULL THEN
@@ -111,7 +97,7 @@ BEGIN
         usable := virtual_cols IS NULL OR rel_ident = 'i' OR (rel_ident = 'd' AND has_key);
         BEGIN
             added := false;
-            IF in_schema AND usable THEN
+            IF in_schema THEN
                 FOR pub IN SELECT p.pubname FROM pg_publication p
                            WHERE EXISTS (SELECT 1 FROM pg_publication_rel r
                                          WHERE r.prpubid = p.oid AND r.prrelid = 'pgaudit_cdc.schema_watches'::regclass)
@@ -121,10 +107,18 @@ BEGIN
                     EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub.pubname, obj.objid::regclass);
                     added := true;
                 END LOOP;
-                IF added AND virtual_cols IS NOT NULL THEN
+                IF added AND virtual_cols IS NOT NULL AND usable THEN
                     RAISE WARNING 'pgaudit-cdc: % joins the watch of schema % with REPLICA IDENTITY %, not FULL: it has virtual generated column(s) (%), which PostgreSQL cannot publish, and with FULL it would refuse every UPDATE and DELETE; its UPDATE/DELETE events carry the key only as old row (old_is_key_only); for whole old rows make the columns STORED (drop and add them again with STORED)',
                         obj.objid::regclass, quote_ident(rel_schema),
                         CASE rel_ident WHEN 'i' THEN 'USING INDEX' ELSE 'DEFAULT (its primary key)' END, virtual_cols;
+                END IF;
+                -- Without a key it stays published all the same: its changes
+                -- are audited, and PostgreSQL refuses its UPDATE and DELETE
+                -- (loud) until it has one. Refusing the DDL instead would
+                -- break pg_restore, which adds primary keys after the data.
+                IF virtual_cols IS NOT NULL AND NOT usable AND NOT own_watch AND NOT under_watch AND NOT controlled THEN
+                    RAISE WARNING 'pgaudit-cdc: % in watched schema % has virtual generated column(s) (%), which PostgreSQL cannot publish, and no primary key: it is audited, but PostgreSQL refuses its UPDATE and DELETE while it has no primary key (SQLSTATE 55000 or 42P10); add a primary key (it then gets REPLICA IDENTITY DEFAULT), make the columns STORED, or watch it by itself with --exclude-columns once it has a key',
+                        obj.objid::regclass, quote_ident(rel_schema), virtual_cols;
                 END IF;
             END IF;
             IF added AND obj.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN

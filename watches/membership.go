@@ -70,30 +70,26 @@ func (r *Registry) addTable(ctx context.Context, tx pgx.Tx, t TableName, cols []
 // publication).
 func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t TableName, cols []string, rowFilter string) error {
 	name := decode.QualifiedName(t.Schema, t.Name)
-	sql := "ALTER PUBLICATION " + pgx.Identifier{pub}.Sanitize() + " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	clause := " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if len(cols) > 0 {
 		quoted := make([]string, len(cols))
 		for i, c := range cols {
 			quoted[i] = pgx.Identifier{c}.Sanitize()
 		}
-		sql += " (" + strings.Join(quoted, ", ") + ")"
+		clause += " (" + strings.Join(quoted, ", ") + ")"
 	}
 	if rowFilter != "" {
-		sql += " WHERE (" + rowFilter + ")"
+		clause += " WHERE (" + rowFilter + ")"
 	}
+	sql := "ALTER PUBLICATION " + pgx.Identifier{pub}.Sanitize() + clause
 	// The extended protocol runs exactly one statement: a --where
 	// expression cannot smuggle in a second one. It could close the
-	// parenthesis and name a second table in the same statement, though:
-	// the publication must gain exactly this one.
-	members := func() (int, error) {
-		var n int
-		err := tx.QueryRow(ctx, `SELECT count(*) FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-			WHERE p.pubname = $1`, pub).Scan(&n)
-		return n, err
-	}
-	before, err := members()
-	if err != nil {
-		return fmt.Errorf("reading publication %q: %w", pub, err)
+	// parenthesis and name more tables or schemas in the same statement,
+	// though: checkRowFilter tries it on a private publication first.
+	if rowFilter != "" {
+		if err := r.checkRowFilter(ctx, tx, t, clause); err != nil {
+			return err
+		}
 	}
 	if _, err := tx.Conn().PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close(); err != nil {
 		if rowFilter != "" || len(cols) > 0 {
@@ -101,12 +97,44 @@ func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t Tabl
 		}
 		return denied(fmt.Sprintf("adding %s to publication %q", name, r.publication), err)
 	}
-	after, err := members()
-	if err != nil {
-		return fmt.Errorf("reading publication %q: %w", pub, err)
+	return nil
+}
+
+// checkRowFilter runs "ALTER PUBLICATION <scratch>" + addClause (the ADD
+// TABLE clause with the --where expression) on a publication of its own,
+// inside a savepoint that is always rolled back, and refuses an expression
+// with which the publication gains anything but table t: no other session
+// touches that publication, so the count is exact.
+func (r *Registry) checkRowFilter(ctx context.Context, tx pgx.Tx, t TableName, addClause string) (err error) {
+	name := decode.QualifiedName(t.Schema, t.Name)
+	if _, err := tx.Exec(ctx, "SAVEPOINT pgaudit_cdc_where"); err != nil {
+		return fmt.Errorf("checking the --where expression for %s: %w", name, err)
 	}
-	if after != before+1 {
-		return fmt.Errorf("the --where expression for %s is not a single expression: with it the publication gained %d tables instead of one; pass one boolean expression over the table's columns", name, after-before)
+	defer func() {
+		if _, rerr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT pgaudit_cdc_where"); rerr != nil && err == nil {
+			err = fmt.Errorf("checking the --where expression for %s: %w", name, rerr)
+		}
+	}()
+	version, err := replication.ServerVersion(ctx, r.conn)
+	if err != nil {
+		return err
+	}
+	scratch := fmt.Sprintf("pgaudit_cdc_where_%d", r.conn.PgConn().PID())
+	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{scratch}.Sanitize()+" WITH ("+replication.PublicationOptions(version)+")"); err != nil {
+		return denied(fmt.Sprintf("checking the --where expression for %s (a scratch publication, rolled back)", name), err)
+	}
+	if _, err := tx.Conn().PgConn().ExecParams(ctx, "ALTER PUBLICATION "+pgx.Identifier{scratch}.Sanitize()+addClause, nil, nil, nil, nil).Close(); err != nil {
+		return denied(fmt.Sprintf("adding %s to publication %q with the given --where/--columns", name, r.publication), err)
+	}
+	var others, schemas int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE r.prrelid <> $2::regclass),
+			(SELECT count(*) FROM pg_publication_namespace n WHERE n.pnpubid = p.oid)
+		FROM pg_publication p LEFT JOIN pg_publication_rel r ON r.prpubid = p.oid
+		WHERE p.pubname = $1 GROUP BY p.oid`, scratch, pgx.Identifier{t.Schema, t.Name}.Sanitize()).Scan(&others, &schemas); err != nil {
+		return fmt.Errorf("checking the --where expression for %s: %w", name, err)
+	}
+	if others != 0 || schemas != 0 {
+		return fmt.Errorf("the --where expression for %s is not a single expression: with it the statement also adds %d other table(s) and %d schema(s) to the publication; pass one boolean expression over the table's columns", name, others, schemas)
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice
 	if errors.As(err, &kept) {
-		a.log.Warn("tables with virtual generated columns are kept off REPLICA IDENTITY FULL so that their UPDATE and DELETE keep working; their events carry the key only as old row (old_is_key_only)",
+		a.log.Warn("tables with virtual generated columns (PostgreSQL 18) are never given REPLICA IDENTITY FULL; the detail says, table by table, what that means for their events and writes, and the fix",
 			"tables", strings.Join(kept.Tables, ", "), "detail", kept.Error())
 		err = withoutNotice(err, kept)
 	}

@@ -272,7 +272,7 @@ func ReadStandbyCopy(ctx context.Context, conn *pgx.Conn, slot string) (StandbyC
 	// The replay position and the copy's position in one snapshot, so that
 	// the difference matches both.
 	err = conn.QueryRow(ctx, `WITH r AS (SELECT pg_last_wal_replay_lsn() AS lsn)
-		SELECT r.lsn::text, s.temporary, s.confirmed_flush_lsn::text, greatest(pg_wal_lsn_diff(r.lsn, s.confirmed_flush_lsn), 0)::bigint
+		SELECT r.lsn::text, s.temporary, s.confirmed_flush_lsn::text, CASE WHEN r.lsn IS NULL OR s.confirmed_flush_lsn IS NULL THEN NULL ELSE greatest(pg_wal_lsn_diff(r.lsn, s.confirmed_flush_lsn), 0)::bigint END
 		FROM r LEFT JOIN pg_replication_slots s ON s.slot_name = $1`, slot).Scan(&replay, &temporary, &confirmed, &c.BehindReplayBytes)
 	if err != nil {
 		return c, fmt.Errorf("reading the standby's replay position and copy of slot %q: %w", slot, err)
@@ -338,7 +338,12 @@ func checkStandbyFailover(ctx context.Context, conn *pgx.Conn, slot string, add 
 		add(Result{Name: "primary_conninfo", Status: Fail, Detail: "has no dbname: the slot sync worker cannot connect to the primary's database",
 			Fix: "add dbname=<the watched database> to primary_conninfo (ALTER SYSTEM SET primary_conninfo = '... dbname=DB'; or in a URI, postgresql://.../DB; then SELECT pg_reload_conf())"})
 	} else {
-		add(Result{Name: "primary_conninfo", Status: OK, Detail: fmt.Sprintf("names database %q", db)})
+		detail := "names a database"
+		if !strings.ContainsAny(db, "@:/") {
+			// A name with these may be a misparsed password's tail: not shown.
+			detail = fmt.Sprintf("names database %q", db)
+		}
+		add(Result{Name: "primary_conninfo", Status: OK, Detail: detail})
 	}
 
 	c, err := ReadStandbyCopy(ctx, conn, slot)

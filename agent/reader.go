@@ -12,6 +12,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // reader owns the replication session, the catalog connection and the
@@ -307,13 +308,12 @@ func (r *reader) flush(ctx context.Context) error {
 
 // keptOffFull says the table has virtual generated columns (PostgreSQL
 // 18): pgaudit-cdc keeps such a table at its key as replica identity on
-// purpose. When the catalog cannot be asked, it is taken as a weakening.
+// purpose (watches.KeepFromFull). When the catalog cannot be asked, it is
+// taken as a weakening.
 func (r *reader) keptOffFull(ctx context.Context, oid uint32) bool {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var virtual bool
-	err := r.meta.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = 'v')`, oid).Scan(&virtual)
+	virtual, _, err := watches.KeepFromFull(ctx, r.meta, oid)
 	return err == nil && virtual
 }
 

@@ -196,21 +196,11 @@ func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error
 // UPDATE and DELETE; relieveVirtualColumns names them with the fixes). It
 // skips the round when a watch or unwatch holds the registry lock.
 func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity, virtual []string, err error) {
-	tx, err := r.conn.Begin(ctx)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("starting transaction: %w", err)
+	tx, err := r.housekeepingTx(ctx)
+	if tx == nil || err != nil {
+		return nil, nil, nil, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return nil, nil, nil, fmt.Errorf("setting lock_timeout: %w", err)
-	}
-	var locked bool
-	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil {
-		return nil, nil, nil, fmt.Errorf("locking the registry: %w", err)
-	}
-	if !locked {
-		return nil, nil, nil, nil
-	}
 	rows, err := tx.Query(ctx, `SELECT schema_name FROM pgaudit_cdc.schema_watches WHERE active ORDER BY 1`)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("listing watched schemas: %w", err)

@@ -161,6 +161,38 @@ func (r *Registry) scratchPublication(ctx context.Context, tx pgx.Tx) (string, e
 	return name, nil
 }
 
+// boundedTx begins a housekeeping transaction whose locks wait at most 1 s:
+// maintenance never holds up the application's writers for long.
+func (r *Registry) boundedTx(ctx context.Context) (pgx.Tx, error) {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting transaction: %w", err)
+	}
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, fmt.Errorf("setting lock_timeout: %w", err)
+	}
+	return tx, nil
+}
+
+// housekeepingTx is boundedTx holding the registry lock. When a watch or
+// unwatch holds it, it returns a nil transaction: skip the round.
+func (r *Registry) housekeepingTx(ctx context.Context) (pgx.Tx, error) {
+	tx, err := r.boundedTx(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var locked bool
+	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil || !locked {
+		_ = tx.Rollback(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("locking the registry: %w", err)
+		}
+		return nil, nil
+	}
+	return tx, nil
+}
+
 // lockedTx begins a transaction holding the registry lock, which serialises
 // registry changes across CLI calls.
 func (r *Registry) lockedTx(ctx context.Context, what string) (pgx.Tx, error) {
@@ -616,14 +648,11 @@ func (r *Registry) FixReplicaIdentity(ctx context.Context) ([]string, error) {
 }
 
 func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
-	tx, err := r.conn.Begin(ctx)
+	tx, err := r.boundedTx(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("starting transaction: %w", err)
+		return nil, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return nil, fmt.Errorf("setting lock_timeout: %w", err)
-	}
 	rows, err := tx.Query(ctx, `SELECT n.nspname, c.relname FROM pgaudit_cdc.watches w
 		JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE w.active AND w.columns IS NULL AND w.exclude_columns IS NULL
@@ -751,7 +780,7 @@ func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, nam
 		// its UPDATE and DELETE, which is loud.
 		var virtual, hasKey bool
 		if covered {
-			if virtual, hasKey, err = keepFromFull(ctx, tx, rel.oid); err != nil {
+			if virtual, hasKey, err = KeepFromFull(ctx, tx, rel.oid); err != nil {
 				return false, err
 			}
 		}

@@ -154,21 +154,11 @@ func (r *Registry) virtualStates(ctx context.Context, tx pgx.Tx) ([]virtualState
 // the fix. It skips the round when a watch or unwatch holds the registry
 // lock.
 func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNotice, error) {
-	tx, err := r.conn.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("starting transaction: %w", err)
+	tx, err := r.housekeepingTx(ctx)
+	if tx == nil || err != nil {
+		return nil, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
-		return nil, fmt.Errorf("setting lock_timeout: %w", err)
-	}
-	var locked bool
-	if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockKey)).Scan(&locked); err != nil {
-		return nil, fmt.Errorf("locking the registry: %w", err)
-	}
-	if !locked {
-		return nil, nil
-	}
 	states, err := r.virtualStates(ctx, tx)
 	if err != nil {
 		return nil, err
@@ -261,11 +251,12 @@ func (r *Registry) schemaTablesToAdd(ctx context.Context, tx pgx.Tx, schema stri
 	return tables, keyed, nil
 }
 
-// keepFromFull reports whether the table of oid has virtual generated
+// KeepFromFull reports whether the table of oid has virtual generated
 // columns (PostgreSQL 18+), which REPLICA IDENTITY FULL must not cover, and
-// whether it has a primary key.
-func keepFromFull(ctx context.Context, tx pgx.Tx, oid uint32) (virtual, hasKey bool, err error) {
-	err = tx.QueryRow(ctx, `SELECT `+hasVirtualColumns+`, EXISTS (SELECT 1 FROM pg_index pk WHERE pk.indrelid = c.oid AND pk.indisprimary)
+// whether it has a primary key. The agent asks it too, to tell a table kept
+// off FULL on purpose from a weakened one.
+func KeepFromFull(ctx context.Context, q replication.Querier, oid uint32) (virtual, hasKey bool, err error) {
+	err = q.QueryRow(ctx, `SELECT `+hasVirtualColumns+`, EXISTS (SELECT 1 FROM pg_index pk WHERE pk.indrelid = c.oid AND pk.indisprimary)
 		FROM pg_class c WHERE c.oid = $1`, oid).Scan(&virtual, &hasKey)
 	if err != nil {
 		return false, false, fmt.Errorf("reading the columns of table %d: %w", oid, err)

@@ -24,39 +24,10 @@ import (
 // of the new primary delivered after it.
 func TestGapAfterFailoverFork(t *testing.T) {
 	ctx := context.Background()
-	primary, dsn := ownCluster(t)
-	if v, major := primary.Version(); major < 17 {
-		t.Skipf("PostgreSQL %s (%d) has no failover slots; the forked history of a synced slot needs 17 or later", v, major)
-	}
-	h := newHarnessOn(t, dsn)
-	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
-	h.watch("t1", "other", "s")
-	h.startAgent()
-	h.insertRange(1, 10)
-	h.waitEvents(10, 30*time.Second)
-	h.stopAgent()
-	h.waitSlotInactive()
-	if info, err := replication.LookupSlot(ctx, h.conn, testSlot); err != nil || !info.Failover {
-		t.Fatalf("slot: %+v, %v; want a failover slot", info, err)
-	}
-
 	// A standby that syncs the slot; the primary is NOT told to wait for it
 	// (no synchronized_standby_slots): the gap in the set-up doctor warns of.
-	h.exec(`SELECT pg_create_physical_replication_slot('standby1')`)
-	standby, err := primary.StartStandby(ctx, "primary_slot_name=standby1", "hot_standby_feedback=on")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(standby.Shutdown)
-	h.reconnect(dsn) // the primary was restarted to copy it
-	standbyDSN := standby.DatabaseURL("audited")
-	sconn, err := pgx.Connect(ctx, standbyDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sconn.Close(context.Background()) }()
-	setSlotSync(t, sconn, true)
-	waitReplayed(t, h.conn, sconn)
+	fp := startFailoverPair(t, "the forked history of a synced slot", false)
+	primary, standby, standbyDSN, h, sconn := fp.primary, fp.standby, fp.standbyDSN, fp.h, fp.sconn
 
 	h.startAgent()
 	for id := 11; id <= 20; id++ {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -131,18 +132,27 @@ func lsnLE(t *testing.T, a, b string) bool {
 	return x <= y
 }
 
-// TestFailoverWithSyncedSlot: rows 1-10 are delivered, a standby is made
-// with the failover set-up, the agent runs with a multi-host URL while a
-// workload inserts one row per transaction; once the standby's copy of the
-// slot is synced past a point the agent delivered, the primary crashes (-m
-// immediate), the standby is promoted and rows are inserted there. The spine
-// must hold exactly the rows of the new primary's table, once each, in
-// commit order, with a valid chain and no GAP.
-func TestFailoverWithSyncedSlot(t *testing.T) {
+// failoverPair is how the failover tests (PostgreSQL 17+) begin: rows 1-10
+// of t1 delivered through the failover slot by an agent that then stopped,
+// and a streaming standby of the primary (physical slot standby1,
+// hot_standby_feedback, slot synchronisation on through ALTER SYSTEM, so
+// that a reload can turn it off later) that has replayed all of it.
+type failoverPair struct {
+	primary, standby *pgcluster.Cluster
+	dsn, standbyDSN  string
+	h                *harness
+	sconn            *pgx.Conn // to the standby
+}
+
+// startFailoverPair skips below 17 (no failover slots; what names the
+// test's subject). synchronized sets synchronized_standby_slots on the
+// primary, the whole set-up doctor asks for.
+func startFailoverPair(t *testing.T, what string, synchronized bool) *failoverPair {
+	t.Helper()
 	ctx := context.Background()
 	primary, dsn := ownCluster(t)
 	if v, major := primary.Version(); major < 17 {
-		t.Skipf("PostgreSQL %s (%d) has no failover slots; a failover with a synced slot needs 17 or later", v, major)
+		t.Skipf("PostgreSQL %s (%d) has no failover slots; %s needs 17 or later", v, major, what)
 	}
 	h := newHarnessOn(t, dsn)
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
@@ -156,26 +166,39 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 		t.Fatalf("slot: %+v, %v; want a failover slot", info, err)
 	}
 
-	// The failover set-up, as doctor asks for it.
 	h.exec(`SELECT pg_create_physical_replication_slot('standby1')`)
-	// sync_replication_slots goes through ALTER SYSTEM, not the command line,
-	// so that a reload can turn the sync worker off later.
 	standby, err := primary.StartStandby(ctx, "primary_slot_name=standby1", "hot_standby_feedback=on")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(standby.Shutdown)
 	h.reconnect(dsn) // the primary was restarted to copy it
-	h.exec(`ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
-	h.exec(`SELECT pg_reload_conf()`)
+	if synchronized {
+		h.exec(`ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
+		h.exec(`SELECT pg_reload_conf()`)
+	}
 	standbyDSN := standby.DatabaseURL("audited")
 	sconn, err := pgx.Connect(ctx, standbyDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { sconn.Close(context.Background()) }()
+	t.Cleanup(func() { sconn.Close(context.Background()) })
 	setSlotSync(t, sconn, true)
 	waitReplayed(t, h.conn, sconn)
+	return &failoverPair{primary: primary, standby: standby, dsn: dsn, standbyDSN: standbyDSN, h: h, sconn: sconn}
+}
+
+// TestFailoverWithSyncedSlot: rows 1-10 are delivered, a standby is made
+// with the failover set-up, the agent runs with a multi-host URL while a
+// workload inserts one row per transaction; once the standby's copy of the
+// slot is synced past a point the agent delivered, the primary crashes (-m
+// immediate), the standby is promoted and rows are inserted there. The spine
+// must hold exactly the rows of the new primary's table, once each, in
+// commit order, with a valid chain and no GAP.
+func TestFailoverWithSyncedSlot(t *testing.T) {
+	ctx := context.Background()
+	fp := startFailoverPair(t, "a failover with a synced slot", true)
+	primary, standby, dsn, standbyDSN, h, sconn := fp.primary, fp.standby, fp.dsn, fp.standbyDSN, fp.h, fp.sconn
 
 	// The agent reaches whichever server is the primary.
 	multi := multiHostURL(t, dsn, primary.Port(), standby.Port())

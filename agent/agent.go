@@ -294,14 +294,8 @@ func (a *Agent) session(ctx context.Context) error {
 	// the first new event names its real predecessor. Read before streaming
 	// starts: the walsender would time out while it is read.
 	var last decode.Position
-	if lr, ok := a.cfg.Sink.(lastDeliveredReader); ok {
-		sources, err := watchSources(ctx, meta)
-		if err != nil {
-			return err
-		}
-		if last, _, err = lr.LastDelivered(ctx, sess.SystemID, keySlot, sources); err != nil {
-			return fmt.Errorf("reading back the last delivered event: %w", err)
-		}
+	if last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot); err != nil {
+		return fmt.Errorf("reading back the last delivered event: %w", err)
 	}
 	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
 		return err

@@ -29,17 +29,12 @@ type lastDeliveredReader interface {
 // found in the spine the next time instead of being appended again.
 func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Result) error {
 	var last *capture.Delivered
-	if r, ok := a.cfg.Sink.(lastDeliveredReader); ok {
-		sources, err := watchSources(ctx, meta)
+	if prev := capt.Previous; prev.Known {
+		pos, ts, ok, err := a.lastDelivered(ctx, meta, prev.SystemID, capture.KeySlot(a.cfg.Slot, prev.Generation))
 		if err != nil {
-			return err
+			return fmt.Errorf("reading back the last delivered events before recording gap #%d: %w", capt.Gap.ID, err)
 		}
-		prev := capt.Previous
-		if prev.Known {
-			pos, ts, err := r.LastDelivered(ctx, prev.SystemID, capture.KeySlot(a.cfg.Slot, prev.Generation), sources)
-			if err != nil {
-				return fmt.Errorf("reading back the last delivered events before recording gap #%d: %w", capt.Gap.ID, err)
-			}
+		if ok {
 			last = &capture.Delivered{Position: pos, CommitTime: ts}
 		}
 	}
@@ -79,13 +74,8 @@ func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replicatio
 	if err != nil {
 		return 0, 0, err
 	}
-	r := a.cfg.Sink.(lastDeliveredReader)
-	sources, err := watchSources(ctx, meta)
-	if err != nil {
-		return 0, 0, err
-	}
 	keySlot := capture.KeySlot(a.cfg.Slot, st.Generation)
-	last, _, err := r.LastDelivered(ctx, st.SystemID, keySlot, sources)
+	last, _, _, err := a.lastDelivered(ctx, meta, st.SystemID, keySlot)
 	if err != nil {
 		return 0, 0, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
@@ -94,6 +84,22 @@ func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replicatio
 		delivered = max(delivered, a.cfg.Spine.MarkFor(st.SystemID, keySlot).CommitLSN)
 	}
 	return switchPoint, delivered, nil
+}
+
+// lastDelivered reads back the newest event the spine holds for systemID
+// and keySlot, over every source a watch ever used. ok is false when the
+// sink cannot say (the stdout sink).
+func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, keySlot string) (pos decode.Position, commitTime string, ok bool, err error) {
+	r, ok := a.cfg.Sink.(lastDeliveredReader)
+	if !ok {
+		return decode.Position{}, "", false, nil
+	}
+	sources, err := watchSources(ctx, meta)
+	if err != nil {
+		return decode.Position{}, "", false, err
+	}
+	pos, commitTime, err = r.LastDelivered(ctx, systemID, keySlot, sources)
+	return pos, commitTime, err == nil, err
 }
 
 // watchSources lists every source a watch ever used, and the self-audit

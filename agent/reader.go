@@ -77,6 +77,10 @@ type batch struct {
 // socket is not empty then).
 const gatherDelay = 4 * time.Millisecond
 
+// tickEvery is how many buffered messages the reader may take before it
+// looks at the clock for the status update (see run).
+const tickEvery = 64
+
 // Batches are handed over when the stream is drained, or sooner when they
 // grow this big.
 const (
@@ -89,10 +93,18 @@ type agent = Agent
 func (r *reader) run(ctx context.Context) error {
 	interval := r.a.cfg.StatusInterval
 	r.nextStatus = time.Now()
+	sinceTick := 0
 	for {
-		if err := r.tick(ctx, interval); err != nil {
-			return err
+		// The clock is read before every wait (nothing pending) and every
+		// tickEvery messages taken from the buffer: once per message it
+		// was 3 % of the agent's CPU with small transactions.
+		if len(r.pending.items) == 0 || sinceTick >= tickEvery {
+			sinceTick = 0
+			if err := r.tick(ctx, interval); err != nil {
+				return err
+			}
 		}
+		sinceTick++
 		var rec replication.Received
 		var ok bool
 		var err error
@@ -111,7 +123,7 @@ func (r *reader) run(ctx context.Context) error {
 					// again, so that one wake-up takes many of them (see
 					// gatherDelay). With a backlog in the socket (a bulk
 					// drain, catching up) it reads on at once.
-					time.Sleep(gatherDelay)
+					err = r.sess.Gather(ctx, gatherDelay)
 				}
 			}
 		} else {

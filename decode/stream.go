@@ -76,6 +76,7 @@ type relation struct {
 	*pgoutput.RelationMessage
 	types []*pgjson.Type // one per column; nil maps as text
 	name  string         // QualifiedName, made once per RELATION message, not per event
+	keys  [][]byte       // per column, its name as a JSON string and ':', made once too
 }
 
 // Position orders every change of a slot: the commit LSN of its transaction,
@@ -418,8 +419,10 @@ func (s *Stream) resolveRelation(ctx context.Context, m *pgoutput.RelationMessag
 	if s.cfg.Types != nil {
 		s.cfg.Types.Forget()
 	}
-	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns)), name: QualifiedName(m.Namespace, m.Name)}
+	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns)), name: QualifiedName(m.Namespace, m.Name),
+		keys: make([][]byte, len(m.Columns))}
 	for i, c := range m.Columns {
+		rel.keys[i] = append(pgjson.AppendString(nil, []byte(c.Name)), ':')
 		t, err := s.lookupType(ctx, c.TypeOID)
 		if err != nil {
 			return nil, fmt.Errorf("resolving the type of %s.%s: %w", QualifiedName(m.Namespace, m.Name), c.Name, err)
@@ -660,8 +663,7 @@ func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool
 			b = append(b, ',')
 		}
 		first = false
-		b = pgjson.AppendString(b, []byte(rc.Name))
-		b = append(b, ':')
+		b = append(b, rel.keys[i]...)
 		b = appendColumn(b, rel.types[i], col)
 	}
 	return append(b, '}'), missing

@@ -2,9 +2,16 @@ package pgcluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -120,7 +127,18 @@ func StartLocal(ctx context.Context) (*Cluster, error) { return StartLocalWith(c
 // StartLocalWith creates and starts a throwaway cluster with extra server
 // settings ("name=value"), which override the defaults — for tests of a
 // misconfigured server (wal_level=replica, no free slots).
-func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err error) {
+func StartLocalWith(ctx context.Context, settings ...string) (*Cluster, error) {
+	return startLocal(ctx, false, settings)
+}
+
+// StartLocalTLS is StartLocalWith for a server that also accepts TLS
+// connections, with a self-signed certificate for 127.0.0.1 (see
+// TLSRootCert). Plain connections still work.
+func StartLocalTLS(ctx context.Context, settings ...string) (*Cluster, error) {
+	return startLocal(ctx, true, append([]string{"ssl=on"}, settings...))
+}
+
+func startLocal(ctx context.Context, tls bool, settings []string) (_ *Cluster, err error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -139,10 +157,70 @@ func StartLocalWith(ctx context.Context, settings ...string) (_ *Cluster, err er
 	if err != nil {
 		return nil, fmt.Errorf("initdb: %v\n%s", err, bytesTail(out, 30))
 	}
+	if tls {
+		if err := c.writeCertificate(); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.startOnFreePort(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// TLSRootCert is the path of the certificate a StartLocalTLS server
+// presents, for sslrootcert (sslmode=verify-full with host 127.0.0.1).
+func (c *Cluster) TLSRootCert() string { return filepath.Join(c.tempDir, "root.crt") }
+
+// writeCertificate writes a self-signed certificate for 127.0.0.1 and its
+// key into the data directory, where ssl=on looks for them (server.crt,
+// server.key: owned by the server's user, the key readable by it alone),
+// and a copy of the certificate for clients (TLSRootCert).
+func (c *Cluster) writeCertificate() error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+		own  bool
+	}{
+		{filepath.Join(c.dataDir, "server.crt"), certPEM, 0o644, true},
+		{filepath.Join(c.dataDir, "server.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600, true},
+		{c.TLSRootCert(), certPEM, 0o644, false},
+	} {
+		if err := os.WriteFile(f.path, f.data, f.mode); err != nil {
+			return err
+		}
+		if c.asRoot && f.own {
+			if err := os.Chown(f.path, c.uid, c.gid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // newLocal prepares a local cluster of the server in binDir: its directory

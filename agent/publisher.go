@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -21,7 +23,14 @@ type publisher struct {
 	acked    *atomic.Uint64
 	inflight *atomic.Int64
 	dl       *deadLetters
+
+	// delivered caches EventsDelivered's counter per table, operation and
+	// kind: WithLabelValues hashes and checks three strings under a lock,
+	// once per event.
+	delivered map[deliveredLabels]prometheus.Counter
 }
+
+type deliveredLabels struct{ table, operation, kind string }
 
 // batchSink delivers many events in order with several in flight
 // (publish.Client.PublishBatch): done is called once per event, in order.
@@ -241,7 +250,16 @@ func (p *publisher) deliver(ctx context.Context, ev *decode.Event) error {
 // as a dead letter when refused for good.
 func (p *publisher) settle(ctx context.Context, ev *decode.Event, err error) error {
 	if err == nil {
-		p.a.m.EventsDelivered.WithLabelValues(ev.Table, ev.Operation, ev.Kind).Inc()
+		l := deliveredLabels{ev.Table, ev.Operation, ev.Kind}
+		c, ok := p.delivered[l]
+		if !ok {
+			if p.delivered == nil {
+				p.delivered = map[deliveredLabels]prometheus.Counter{}
+			}
+			c = p.a.m.EventsDelivered.WithLabelValues(l.table, l.operation, l.kind)
+			p.delivered[l] = c
+		}
+		c.Inc()
 		p.a.m.CommitToAccepted.Observe(time.Since(ev.CommitTime).Seconds())
 		p.a.m.LastCommitTime.Set(float64(ev.CommitTime.UnixMicro()) / 1e6)
 		return nil

@@ -117,6 +117,8 @@ type meteredConn struct {
 	raw     syscall.RawConn // a TCP socket's, for Gather; nil otherwise
 	buf     []byte          // read from the socket, not yet taken: buf[off:]
 	off     int
+
+	gatherOff bool // Gather's wait failed once: it sleeps (Gather's alone)
 }
 
 // readBuffer is the size of meteredConn's reads: more than Gather lets
@@ -191,7 +193,7 @@ func (s *Session) Gather(ctx context.Context, wait time.Duration) error {
 	if s.sock != nil {
 		c = s.sock.conn.Load()
 	}
-	if c != nil && c.raw != nil && lowWaterMarks {
+	if c != nil && c.raw != nil && !c.gatherOff && lowWaterMarks {
 		if err := s.arm(ctx, time.Now().Add(wait)); err != nil {
 			return err
 		}
@@ -202,9 +204,9 @@ func (s *Session) Gather(ctx context.Context, wait time.Duration) error {
 		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil
 		}
-		// The socket refused the mark: sleep from now on. A broken
-		// connection is reported by the read that follows.
-		c.raw = nil
+		// The socket refused the mark, or broke: sleep from now on (a
+		// broken connection is reported by the read that follows).
+		c.gatherOff = true
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()

@@ -172,6 +172,11 @@ func (r *reader) run(ctx context.Context) error {
 		if err := r.handle(ctx, rec); err != nil {
 			return err
 		}
+		if len(rec.Data) > 0 && (rec.Data[0] == 'R' || rec.Data[0] == 'M') {
+			// RELATION messages and backfill chunks (logical messages)
+			// may have waited for the catalog: look at the clock next.
+			sinceTick = tickEvery
+		}
 	}
 }
 

@@ -52,8 +52,10 @@ type Session struct {
 
 // socket is what the session knows of the connection's own socket, below
 // TLS: whether the last read emptied it, and the socket itself for Gather.
-// pgconn dials it (once per host tried), so it is filled in by the dial
-// function.
+// It is filled in by the dial function, which pgconn calls once or more per
+// host tried (twice with sslmode=prefer) and again for a cancel request
+// once the session is being torn down: the last successful dial before the
+// session starts is its connection.
 type socket struct {
 	drained atomic.Bool
 	conn    atomic.Pointer[meteredConn]
@@ -114,9 +116,10 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 type meteredConn struct {
 	net.Conn
 	drained *atomic.Bool
-	raw     syscall.RawConn // a TCP socket's, for Gather; nil otherwise
+	raw     syscall.RawConn // a TCP socket's, for Gather and rawRead; nil otherwise
 	buf     []byte          // read from the socket, not yet taken: buf[off:]
 	off     int
+	err     error // came with the bytes in buf: returned once they are taken
 
 	gatherOff bool // Gather's wait failed once: it sleeps (Gather's alone)
 }
@@ -126,14 +129,22 @@ type meteredConn struct {
 const readBuffer = 64 << 10
 
 func (c *meteredConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	if c.off < len(c.buf) {
 		n := copy(p, c.buf[c.off:])
 		c.off += n
 		return n, nil
 	}
+	if err := c.err; err != nil {
+		c.err = nil
+		return 0, err
+	}
 	if len(p) >= readBuffer {
-		// A large message: straight into pgproto3's buffer.
-		n, err := c.read(p)
+		// A large message: straight into pgproto3's buffer, through
+		// net.Conn (a raw read would hold the P for the whole copy).
+		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.drained.Store(n < len(p))
 		}
@@ -149,15 +160,19 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	c.drained.Store(n < readBuffer)
-	c.buf, c.off = c.buf[:n], copy(p, c.buf[:n])
-	return c.off, err
+	c.buf, c.off, c.err = c.buf[:n], copy(p, c.buf[:n]), err
+	if c.off == n {
+		c.err = nil
+		return n, err
+	}
+	return c.off, nil
 }
 
 // read reads from the socket: on Linux TCP without handing the thread's P
 // to the runtime for the system call (see rawRead).
 func (c *meteredConn) read(p []byte) (int, error) {
 	if c.raw != nil && lowWaterMarks {
-		return rawRead(c.raw, p)
+		return rawRead(c.Conn, c.raw, p)
 	}
 	return c.Conn.Read(p)
 }

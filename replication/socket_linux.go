@@ -3,6 +3,7 @@ package replication
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"syscall"
 	"unsafe"
@@ -12,13 +13,11 @@ import (
 // once it holds SO_RCVLOWAT bytes, and the kernel skips the wake-up below it.
 const lowWaterMarks = true
 
-// siocinq is SIOCINQ (FIONREAD): the bytes in a socket's receive queue.
-const siocinq = 0x541B
-
 // awaitBytes blocks until the socket holds at least n bytes, or until its
 // read deadline passed (os.ErrDeadlineExceeded). It reads nothing. The low
 // water mark is raised only for the wait: a later read must return the
-// rest of a message as soon as it is there.
+// rest of a message as soon as it is there. Any other error (the mark or
+// the queue length cannot be had) means the wait cannot be made this way.
 func awaitBytes(raw syscall.RawConn, n int) error {
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
@@ -35,11 +34,22 @@ func awaitBytes(raw syscall.RawConn, n int) error {
 	// The runtime calls this first, then again each time the poller says
 	// the socket became readable, which with the raised mark means n
 	// bytes; it also covers bytes that were there before the wait began.
-	return raw.Read(func(fd uintptr) bool {
+	var ierr error
+	err := raw.Read(func(fd uintptr) bool {
 		var avail int32
-		_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, siocinq, uintptr(unsafe.Pointer(&avail)))
-		return errno != 0 || int(avail) >= n
+		// TIOCINQ is SIOCINQ (FIONREAD), whose number differs between
+		// architectures: the bytes in the socket's receive queue.
+		_, _, errno := syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&avail)))
+		if errno != 0 {
+			ierr = fmt.Errorf("reading SIOCINQ: %w", errno)
+			return true
+		}
+		return int(avail) >= n
 	})
+	if err != nil {
+		return err
+	}
+	return ierr
 }
 
 // rawRead reads what the socket holds into p, waiting through the runtime's
@@ -52,8 +62,13 @@ func awaitBytes(raw syscall.RawConn, n int) error {
 // the peer's side of it; then the reader comes back to find its P gone and
 // waits on a futex for it. The socket is non-blocking, so the read itself
 // never waits: made as a raw system call it keeps its P, which at thousands
-// of transactions a second saved that hand-off and wake-up per read.
-func rawRead(raw syscall.RawConn, p []byte) (n int, err error) {
+// of transactions a second saved that hand-off and wake-up per read. Only
+// meteredConn's own buffer is read this way, so that one call copies at
+// most readBuffer bytes while it holds the P.
+//
+// Errors are wrapped as net.Conn's are (*net.OpError): crypto/tls keeps a
+// non-net.Error for good and would return it from every later read.
+func rawRead(c net.Conn, raw syscall.RawConn, p []byte) (n int, err error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -72,7 +87,8 @@ func rawRead(raw syscall.RawConn, p []byte) (n int, err error) {
 			case syscall.EAGAIN:
 				return false
 			default:
-				err = os.NewSyscallError("read", errno)
+				err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(),
+					Err: os.NewSyscallError("read", errno)}
 				return true
 			}
 		}

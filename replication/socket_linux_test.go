@@ -50,7 +50,7 @@ func queued(t *testing.T, raw syscall.RawConn) int {
 	t.Helper()
 	var avail int32
 	if err := raw.Control(func(fd uintptr) {
-		syscall.Syscall(syscall.SYS_IOCTL, fd, siocinq, uintptr(unsafe.Pointer(&avail)))
+		syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCINQ, uintptr(unsafe.Pointer(&avail)))
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -226,4 +226,33 @@ func TestAwaitBytes(t *testing.T) {
 			t.Fatal("awaitBytes still waits 10 s after its deadline moved into the past")
 		}
 	})
+}
+
+// TestRawReadErrorsAreNetErrors: a connection reset reaches the caller as
+// net.Conn's errors do (*net.OpError), which crypto/tls does not keep for
+// good; and zero-length reads return at once.
+func TestRawReadErrorsAreNetErrors(t *testing.T) {
+	client, server, raw := tcpPair(t)
+	m := &meteredConn{Conn: server, drained: new(atomic.Bool), raw: raw}
+	if n, err := m.Read(nil); n != 0 || err != nil {
+		t.Fatalf("zero-length read: %d, %v", n, err)
+	}
+	client.Write([]byte("x"))
+	p := make([]byte, 100)
+	if n, err := m.Read(p); n != 1 || err != nil {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	// Unread data at close makes the peer send a reset.
+	server.Write([]byte("unread"))
+	time.Sleep(20 * time.Millisecond)
+	client.(*net.TCPConn).SetLinger(0)
+	client.Close()
+	var err error
+	for end := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(end); {
+		_, err = m.Read(p)
+	}
+	var op *net.OpError
+	if !errors.As(err, &op) || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after a reset: %T %v; want a *net.OpError wrapping ECONNRESET", err, err)
+	}
 }

@@ -4,6 +4,7 @@ package replication
 
 import (
 	"errors"
+	"net"
 	"syscall"
 )
 
@@ -15,6 +16,6 @@ func awaitBytes(syscall.RawConn, int) error {
 	return errors.New("not supported on this system")
 }
 
-func rawRead(syscall.RawConn, []byte) (int, error) {
+func rawRead(net.Conn, syscall.RawConn, []byte) (int, error) {
 	return 0, errors.New("not supported on this system")
 }

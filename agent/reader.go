@@ -154,6 +154,7 @@ func (r *reader) run(ctx context.Context) error {
 				// slack, or confirm anyway when recording fails.
 				r.nextStatus = time.Time{}
 				r.forceRecord = true
+				sinceTick = tickEvery
 			}
 			// Outside a transaction everything up to the server's position
 			// has been received: once delivered, it can be confirmed, so an

@@ -14,12 +14,13 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 )
 
-// TestStreamOverTLS runs the replication stream through TLS (sslmode
-// verify-full), where the reader's socket layer (64 KiB reads, waits on the
-// low-water mark) sits below crypto/tls: thousands of small transactions
-// from concurrent writers, which make the reader gather, and a row larger
-// than one read and than one TLS record. Every change arrives exactly once,
-// whole, and the chain verifies.
+// The replication stream over the transports whose socket layer differs
+// (replication.meteredConn): TLS over TCP, where 64 KiB reads and the waits
+// on the low-water mark sit below crypto/tls, and a Unix-domain socket,
+// where the reader sleeps to gather and reads through net.Conn. Plain TCP
+// is what every other test uses.
+
+// TestStreamOverTLS: sslmode=verify-full, and the walsender says TLS.
 func TestStreamOverTLS(t *testing.T) {
 	if pgcluster.ExternalOverride() {
 		t.Fatalf("needs a throwaway cluster with TLS: unset PGAUDIT_TEST_DATABASE_URL")
@@ -30,6 +31,33 @@ func TestStreamOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Shutdown)
+	createAudited(t, c)
+	u, err := url.Parse(c.DatabaseURL("audited"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.RawQuery = url.Values{"sslmode": {"verify-full"}, "sslrootcert": {c.TLSRootCert()}}.Encode()
+	streamWorkload(t, u.String(), `SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)
+		WHERE r.application_name = 'pgaudit-cdc'`, "the agent's replication connection does not use TLS")
+}
+
+// TestStreamOverUnixSocket: host is the socket directory, and the
+// walsender has no client address.
+func TestStreamOverUnixSocket(t *testing.T) {
+	c, _ := ownCluster(t)
+	u, err := url.Parse(c.DatabaseURL("audited"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = ""
+	u.RawQuery = url.Values{"host": {c.SocketDir()}, "port": {strconv.Itoa(c.Port())}, "sslmode": {"disable"}}.Encode()
+	streamWorkload(t, u.String(), `SELECT client_addr IS NULL FROM pg_stat_replication
+		WHERE application_name = 'pgaudit-cdc'`, "the agent's replication connection is not on the Unix-domain socket")
+}
+
+func createAudited(t *testing.T, c *pgcluster.Cluster) {
+	t.Helper()
+	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, c.AdminURL())
 	if err != nil {
 		t.Fatal(err)
@@ -38,23 +66,25 @@ func TestStreamOverTLS(t *testing.T) {
 	if _, err := admin.Exec(ctx, "CREATE DATABASE audited"); err != nil {
 		t.Fatal(err)
 	}
-	u, err := url.Parse(c.DatabaseURL("audited"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.RawQuery = url.Values{"sslmode": {"verify-full"}, "sslrootcert": {c.TLSRootCert()}}.Encode()
-	dsn := u.String()
+}
 
+// streamWorkload runs an agent on dsn, checks with transportSQL (one
+// boolean about the agent's walsender) that the stream uses the transport,
+// and sends it thousands of small transactions from concurrent writers,
+// which make the reader gather, and a row larger than one read (and than
+// one TLS record). Every change arrives exactly once, whole, and the chain
+// verifies.
+func streamWorkload(t *testing.T, dsn, transportSQL, wrongTransport string) {
+	t.Helper()
+	ctx := context.Background()
 	h := newHarnessOn(t, dsn)
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
 	h.watch("t1", "other", "s")
 	h.startAgent()
 
-	// The agent's walsender is on TLS.
-	var ssl bool
+	var ok bool
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		err := h.conn.QueryRow(ctx, `SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)
-			WHERE r.application_name = 'pgaudit-cdc'`).Scan(&ssl)
+		err := h.conn.QueryRow(ctx, transportSQL).Scan(&ok)
 		if err == nil {
 			break
 		}
@@ -63,8 +93,8 @@ func TestStreamOverTLS(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !ssl {
-		t.Fatal("the agent's replication connection does not use TLS")
+	if !ok {
+		t.Fatal(wrongTransport)
 	}
 
 	const writers, perWriter = 4, 1500

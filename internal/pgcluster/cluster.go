@@ -168,6 +168,10 @@ func startLocal(ctx context.Context, tls bool, settings []string) (_ *Cluster, e
 	return c, nil
 }
 
+// SocketDir is the directory of a local cluster's Unix-domain socket (the
+// host of a socket connection).
+func (c *Cluster) SocketDir() string { return c.tempDir }
+
 // TLSRootCert is the path of the certificate a StartLocalTLS server
 // presents, for sslrootcert (sslmode=verify-full with host 127.0.0.1).
 func (c *Cluster) TLSRootCert() string { return filepath.Join(c.tempDir, "root.crt") }

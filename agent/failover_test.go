@@ -33,14 +33,7 @@ func ownCluster(t *testing.T, settings ...string) (*pgcluster.Cluster, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Shutdown)
-	admin, err := pgx.Connect(ctx, c.AdminURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE audited"); err != nil {
-		t.Fatal(err)
-	}
+	createAudited(t, c)
 	return c, c.DatabaseURL("audited")
 }
 

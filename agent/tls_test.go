@@ -55,6 +55,7 @@ func TestStreamOverUnixSocket(t *testing.T) {
 		WHERE application_name = 'pgaudit-cdc'`, "the agent's replication connection is not on the Unix-domain socket")
 }
 
+// createAudited creates the database "audited" in c.
 func createAudited(t *testing.T, c *pgcluster.Cluster) {
 	t.Helper()
 	ctx := context.Background()

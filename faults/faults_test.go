@@ -475,6 +475,15 @@ func TestSpineFaultsAndPostgresRestart(t *testing.T) {
 	p.terminate(t)
 	faults := spine.Faults()
 	t.Logf("faults injected: %v", faults)
+	t.Cleanup(func() {
+		if t.Failed() {
+			// The agent's whole log, for the failure's story.
+			path := filepath.Join(os.TempDir(), fmt.Sprintf("pgaudit-faults-agent-%d.log", time.Now().UnixNano()))
+			if err := os.WriteFile(path, []byte(p.logs()), 0o644); err == nil {
+				t.Logf("the agent's log: %s", path)
+			}
+		}
+	})
 	verify(t, w, spine)
 	if faults[spinetest.FaultDropAfter] == 0 {
 		t.Errorf("no drop-after-append fault was injected; the test proves nothing about ambiguous failures")

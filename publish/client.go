@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
@@ -107,6 +108,13 @@ type Client struct {
 	// maxPresent is the highest position known to be in the chain: an event
 	// sent after it lands out of commit order and is marked late.
 	maxPresent decode.Position
+
+	// quietAt (Unix nanoseconds): requests this client gave up on while
+	// the spine may still have been working on them (its own stop, a read
+	// timeout) can still be appended until then. Every read-back waits for
+	// it: one made sooner could miss them, and the event would be sent
+	// again, a duplicate in the chain.
+	quietAt atomic.Int64
 
 	// Pipelining (see pipeline.go).
 	tlsConfig    *tls.Config
@@ -471,6 +479,8 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		v := unknown
 		if isDialError(err) {
 			v = notSent
+		} else if isTimeout(err) || ctx.Err() != nil {
+			c.abandoned()
 		}
 		return answer{verdict: v, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(err))}
 	}
@@ -594,6 +604,9 @@ func (c *Client) learn(ctx context.Context, source string, upTo decode.Position)
 // event's idempotency key, one event at a time: events can be large (a 20 MB
 // row), so the answer is never held whole.
 func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(key string, redelivered bool, commitTime string)) (int, error) {
+	if err := c.awaitQuiet(ctx); err != nil {
+		return 0, err
+	}
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
 	if err != nil {
@@ -912,4 +925,38 @@ func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, so
 		c.maxPresent = last
 	}
 	return last, commitTime, nil
+}
+
+// maxSettle bounds how long a read-back waits after this client gave up on
+// requests in flight (see quietAt): the spine is assumed to append a
+// request it received within this long after the client left, or never.
+// The timeout of a request bounds it too.
+const maxSettle = 5 * time.Second
+
+// abandoned notes that requests in flight were given up on while the spine
+// may still be processing them.
+func (c *Client) abandoned() {
+	c.quietAt.Store(time.Now().Add(min(c.cfg.Timeout, maxSettle)).UnixNano())
+}
+
+// awaitQuiet waits until requests given up on can no longer be appended.
+func (c *Client) awaitQuiet(ctx context.Context) error {
+	d := time.Until(time.Unix(0, c.quietAt.Load()))
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// isTimeout reports a timeout of the request itself (not a dial failure).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

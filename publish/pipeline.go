@@ -174,7 +174,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		}
 	}()
 
-	broken := false
+	broken, gaveUp := false, false
 	for i := range bodies {
 		mu.Lock()
 		// Wait for body i while it may still be written: not claimed yet
@@ -217,6 +217,12 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		cond.Broadcast()
 		pending := nWritten - read
 		mu.Unlock()
+		if a.verdict == unknown && a.reason == "connection" && isTimeout(a.err) {
+			// Given up by this side (a read timeout, or a stop moving the
+			// deadline): the spine may still be working through this
+			// request and the ones written after it.
+			gaveUp = true
+		}
 		if a.verdict == unknown && a.reason == "connection" || closeAfter {
 			broken = true
 			// A server that cannot pipeline closes the connection with
@@ -251,6 +257,9 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	}
 	if broken {
 		c.closePipe()
+	}
+	if gaveUp {
+		c.abandoned() // the next read-back waits for them (see quietAt)
 	}
 	<-writerDone
 	return answers

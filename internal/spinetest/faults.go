@@ -78,6 +78,12 @@ const (
 	// with Location set by SetRedirect (default: /login on the double's own
 	// host), as a single-sign-on proxy or an http-to-https redirect does.
 	Fault302
+	// FaultSlow reads the request, waits for the whole stall duration
+	// (SetStall) even when the client has left, as an ASGI server does (a
+	// handler is not cancelled when its client disconnects), then
+	// processes it normally: the event is appended after the client gave
+	// up on it.
+	FaultSlow
 )
 
 // DefaultStall is how long FaultStall and FaultStallBody wait when SetStall
@@ -121,6 +127,8 @@ func (f Fault) String() string {
 		return "201HTMLAfter"
 	case FaultStallBody:
 		return "StallBody"
+	case FaultSlow:
+		return "Slow"
 	case Fault401:
 		return "401"
 	case Fault403:

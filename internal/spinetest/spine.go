@@ -435,8 +435,16 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 		drop(w) // the client went away mid-body
 		return
 	}
-	if fault == FaultStall {
+	switch fault {
+	case FaultStall:
 		s.pause(r, cfg.stall)
+	case FaultSlow:
+		t := time.NewTimer(cfg.stall)
+		select {
+		case <-t.C:
+		case <-s.closing:
+			t.Stop()
+		}
 	}
 	status, resp := s.post(r.Header.Get("Content-Type"), body)
 	switch fault {

@@ -168,12 +168,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.m.Reconnects.Inc()
 			a.log.Warn("replication session ended; reconnecting", "err", err, "wait", wait.Round(time.Millisecond))
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if backoff.Sleep(ctx, wait) != nil {
 			return nil
-		case <-t.C:
 		}
 	}
 }

@@ -281,12 +281,8 @@ func (p *publisher) settle(ctx context.Context, ev *decode.Event, err error) err
 		wait := backoff.Delay(attempt, 500*time.Millisecond, 30*time.Second)
 		p.a.m.Retries.WithLabelValues("dead_letter_store").Inc()
 		p.a.log.Warn("storing a dead letter failed; retrying", "key", ev.Key, "err", serr, "wait", wait.Round(time.Millisecond))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := backoff.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 	p.a.cfg.Spine.MarkKeyHandled(ev.Key)

@@ -1,6 +1,8 @@
 package backoff
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -23,5 +25,28 @@ func TestDelayBounds(t *testing.T) {
 				t.Fatalf("Delay(%d) = %s, want within [%s, %s]", tt.attempt, d, tt.max/2, tt.max)
 			}
 		}
+	}
+}
+
+// TestSleep: a wait that runs out returns nil, a context that ends first
+// cuts it short with its error, and a non-positive wait returns at once.
+func TestSleep(t *testing.T) {
+	if err := Sleep(context.Background(), time.Millisecond); err != nil {
+		t.Errorf("Sleep(1ms) = %v, want nil", err)
+	}
+	if err := Sleep(context.Background(), -time.Second); err != nil {
+		t.Errorf("Sleep(-1s) = %v, want nil", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(10*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { done <- Sleep(ctx, time.Hour) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Sleep(1h) with a cancelled context = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Sleep(1h) did not end 10 s after its context was cancelled")
 	}
 }

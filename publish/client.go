@@ -679,14 +679,7 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAft
 		level = slog.LevelDebug // one line per ten retries keeps a long outage readable
 	}
 	c.log.Log(ctx, level, msg, "reason", reason, "attempt", *attempt, "wait", d.Round(time.Millisecond), "err", cause)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return backoff.Sleep(ctx, d)
 }
 
 // Backoff is backoff.Delay, kept for callers of this package.
@@ -941,18 +934,7 @@ func (c *Client) abandoned() {
 
 // awaitQuiet waits until requests given up on can no longer be appended.
 func (c *Client) awaitQuiet(ctx context.Context) error {
-	d := time.Until(time.Unix(0, c.quietAt.Load()))
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return backoff.Sleep(ctx, time.Until(time.Unix(0, c.quietAt.Load())))
 }
 
 // isTimeout reports a timeout of the request itself (not a dial failure).

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -223,14 +224,10 @@ func (s *Session) Gather(ctx context.Context, wait time.Duration) error {
 		// broken connection is reported by the read that follows).
 		c.gatherOff = true
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
+	if backoff.Sleep(ctx, wait) != nil {
 		return fmt.Errorf("receiving from the replication stream: %w", context.Cause(ctx))
-	case <-t.C:
-		return nil
 	}
+	return nil
 }
 
 // Start begins streaming from the slot's confirmed position with pgoutput

@@ -211,6 +211,16 @@ func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
 	return evs
 }
 
+// sourceOps lists each event as "source operation", in chain order.
+func sourceOps(t *testing.T, evs []spinetest.Event) []string {
+	t.Helper()
+	var ops []string
+	for _, e := range evs {
+		ops = append(ops, fmt.Sprintf("%s %v", e.Source, field(t, e, "operation")))
+	}
+	return ops
+}
+
 func dump(evs []spinetest.Event) string {
 	var b strings.Builder
 	for _, e := range evs {

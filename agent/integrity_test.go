@@ -17,16 +17,29 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
-// roleConn creates a login role for the test's database, runs grants as
-// the superuser, and returns a connection as that role.
-func (h *harness) roleConn(name string, grants ...string) *pgx.Conn {
+// ownerRole creates a role that cannot log in, to own tables and schemas,
+// and drops it with what it owns when the test ends.
+func (h *harness) ownerRole(name string) {
 	h.t.Helper()
-	h.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'x'`, name))
+	h.exec(`CREATE ROLE ` + name + ` NOLOGIN`)
+	h.dropRoleAtEnd(name)
+}
+
+// dropRoleAtEnd drops role name and everything it owns when the test ends.
+func (h *harness) dropRoleAtEnd(name string) {
 	h.t.Cleanup(func() {
 		ctx := context.Background()
 		_, _ = h.conn.Exec(ctx, fmt.Sprintf(`DROP OWNED BY %s CASCADE`, name))
 		_, _ = h.conn.Exec(ctx, fmt.Sprintf(`DROP ROLE %s`, name))
 	})
+}
+
+// roleConn creates a login role for the test's database, runs grants as
+// the superuser, and returns a connection as that role.
+func (h *harness) roleConn(name string, grants ...string) *pgx.Conn {
+	h.t.Helper()
+	h.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'x'`, name))
+	h.dropRoleAtEnd(name)
 	for _, g := range grants {
 		h.exec(g)
 	}
@@ -284,10 +297,7 @@ func TestTableLifecycle(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	h.stopAgent()
 
-	var ops []string
-	for _, e := range h.spine.Events() {
-		ops = append(ops, fmt.Sprintf("%s %v", e.Source, field(t, e, "operation")))
-	}
+	ops := sourceOps(t, h.spine.Events())
 	want := []string{"pgaudit-cdc WATCH", "books INSERT", "pgaudit-cdc REWATCH", "books INSERT", "pgaudit-cdc DROP"}
 	if fmt.Sprint(ops) != fmt.Sprint(want) {
 		t.Fatalf("events %v, want %v", ops, want)

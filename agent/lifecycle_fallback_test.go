@@ -22,11 +22,7 @@ func TestTableLifecycleWithoutEventTrigger(t *testing.T) {
 	ctx := context.Background()
 	suffix := roleSuffix(t, h)
 	owner, agentRole := "ledgerowner_"+suffix, "lpdrop_"+suffix
-	h.exec(`CREATE ROLE ` + owner + ` NOLOGIN`)
-	t.Cleanup(func() {
-		_, _ = h.conn.Exec(ctx, `DROP OWNED BY `+owner+` CASCADE`)
-		_, _ = h.conn.Exec(ctx, `DROP ROLE `+owner)
-	})
+	h.ownerRole(owner)
 	h.exec(`CREATE TABLE ledger (id int PRIMARY KEY, v text)`)
 	h.exec(`ALTER TABLE ledger OWNER TO ` + owner)
 	lp := h.roleConn(agentRole, `ALTER ROLE `+agentRole+` REPLICATION`, `GRANT CREATE ON DATABASE `+dbOf(t, h)+` TO `+agentRole,
@@ -83,10 +79,7 @@ func TestTableLifecycleWithoutEventTrigger(t *testing.T) {
 	time.Sleep(17 * time.Second)
 	h.stopAgent()
 
-	var ops []string
-	for _, e := range h.spine.Events() {
-		ops = append(ops, fmt.Sprintf("%s %v", e.Source, field(t, e, "operation")))
-	}
+	ops := sourceOps(t, h.spine.Events())
 	want := []string{"pgaudit-cdc WATCH", "books INSERT", "pgaudit-cdc DROP"}
 	if fmt.Sprint(ops) != fmt.Sprint(want) {
 		t.Fatalf("events %v, want %v:\n%s", ops, want, dump(h.spine.Events()))

@@ -488,14 +488,8 @@ func TestSchemaWatchLegacyMembership(t *testing.T) {
 	}
 	suffix := roleSuffix(t, h)
 	appOwner, billOwner, agentRole := "appowner_"+suffix, "billowner_"+suffix, "lp_"+suffix
-	h.exec(`CREATE ROLE ` + appOwner + ` NOLOGIN`)
-	h.exec(`CREATE ROLE ` + billOwner + ` NOLOGIN`)
-	t.Cleanup(func() {
-		for _, r := range []string{appOwner, billOwner} {
-			_, _ = h.conn.Exec(ctx, `DROP OWNED BY `+r+` CASCADE`)
-			_, _ = h.conn.Exec(ctx, `DROP ROLE `+r)
-		}
-	})
+	h.ownerRole(appOwner)
+	h.ownerRole(billOwner)
 	h.exec(`CREATE SCHEMA billing`)
 	h.exec(`CREATE TABLE billing.a (id int PRIMARY KEY)`)
 	h.exec(`ALTER TABLE billing.a OWNER TO ` + billOwner)
@@ -616,11 +610,7 @@ func TestSchemaWatchWithoutSuperuser(t *testing.T) {
 	ctx := context.Background()
 	suffix := roleSuffix(t, h)
 	appOwner, agentRole := "appowner_"+suffix, "lp_"+suffix
-	h.exec(`CREATE ROLE ` + appOwner + ` NOLOGIN`)
-	t.Cleanup(func() {
-		_, _ = h.conn.Exec(ctx, `DROP OWNED BY `+appOwner+` CASCADE`)
-		_, _ = h.conn.Exec(ctx, `DROP ROLE `+appOwner)
-	})
+	h.ownerRole(appOwner)
 	h.exec(`CREATE SCHEMA billing AUTHORIZATION ` + appOwner)
 	h.exec(`CREATE SCHEMA payroll`)
 	h.exec(`GRANT USAGE ON SCHEMA payroll TO ` + appOwner)

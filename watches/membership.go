@@ -115,12 +115,12 @@ func (r *Registry) checkRowFilter(ctx context.Context, tx pgx.Tx, t TableName, a
 			err = fmt.Errorf("checking the --where expression for %s: %w", name, rerr)
 		}
 	}()
-	version, err := replication.ServerVersion(ctx, r.conn)
+	scratch := fmt.Sprintf("pgaudit_cdc_where_%d", r.conn.PgConn().PID())
+	createErr, err := r.createScratch(ctx, tx, scratch)
 	if err != nil {
 		return err
 	}
-	scratch := fmt.Sprintf("pgaudit_cdc_where_%d", r.conn.PgConn().PID())
-	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{scratch}.Sanitize()+" WITH ("+replication.PublicationOptions(version)+")"); err != nil {
+	if err := createErr; err != nil {
 		return denied(fmt.Sprintf("checking the --where expression for %s (a scratch publication, rolled back)", name), err)
 	}
 	if _, err := tx.Conn().PgConn().ExecParams(ctx, "ALTER PUBLICATION "+pgx.Identifier{scratch}.Sanitize()+addClause, nil, nil, nil, nil).Close(); err != nil {

@@ -148,17 +148,29 @@ func (r *Registry) publicationExists(ctx context.Context, tx pgx.Tx) (bool, erro
 // lists when they are added to it. It returns its name.
 func (r *Registry) scratchPublication(ctx context.Context, tx pgx.Tx) (string, error) {
 	name := fmt.Sprintf("pgaudit_cdc_check_%d", r.conn.PgConn().PID())
-	version, err := replication.ServerVersion(ctx, r.conn)
+	createErr, err := r.createScratch(ctx, tx, name)
 	if err != nil {
 		return "", err
 	}
-	if _, err := tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{name}.Sanitize()+" WITH ("+replication.PublicationOptions(version)+")"); err != nil {
+	if err := createErr; err != nil {
 		if replication.IsCode(err, "42501") {
 			return "", fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", r.publication, err)
 		}
 		return "", fmt.Errorf("creating publication %q: %w", r.publication, err)
 	}
 	return name, nil
+}
+
+// createScratch creates publication name, in tx, with the options the real
+// one gets on this server version. createErr is CREATE PUBLICATION's own
+// error, for the caller to explain; err is any other.
+func (r *Registry) createScratch(ctx context.Context, tx pgx.Tx, name string) (createErr, err error) {
+	version, err := replication.ServerVersion(ctx, r.conn)
+	if err != nil {
+		return nil, err
+	}
+	_, createErr = tx.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{name}.Sanitize()+" WITH ("+replication.PublicationOptions(version)+")")
+	return createErr, nil
 }
 
 // boundedTx begins a housekeeping transaction whose locks wait at most 1 s:

@@ -6,11 +6,12 @@
 // catalog connection and the decoder; it sends standby status updates, also
 // while it waits for the publisher (back-pressure), so the server never times
 // the session out. The publisher owns the sink and the dead-letter
-// connection; it advances the acknowledged LSN after the last event of each
-// transaction. They share the acknowledged LSN (advanced by the publisher
-// only, by compare-and-swap), the count of bytes handed over but not yet
-// delivered (inflight, the reader's back-pressure) and a freed signal that
-// wakes the reader when the publisher finished a hand-over.
+// connection; it accepts the end of each transaction once its last event is
+// settled. They share the confirm rule (confirm.Tracker: the publisher
+// accepts, the reader records the progress and confirms, never beyond
+// either), the count of bytes handed over but not yet delivered (inflight,
+// the reader's back-pressure) and a freed signal that wakes the reader when
+// the publisher finished a hand-over.
 package agent
 
 import (
@@ -19,7 +20,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +27,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
+	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
@@ -308,8 +309,9 @@ func (a *Agent) session(ctx context.Context) error {
 	a.log.Info("streaming", "slot", a.cfg.Slot, "publication", a.cfg.Publication,
 		"from", slot.ConfirmedFlushLSN.String(), "system_id", sess.SystemID, "watches", active)
 
-	var acked atomic.Uint64
-	acked.Store(uint64(slot.ConfirmedFlushLSN))
+	// Nothing is confirmed early: the publisher accepts, the reader records
+	// and confirms (package confirm).
+	pos := confirm.New(slot.ConfirmedFlushLSN)
 	a.m.ConfirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
 
 	r := &reader{
@@ -326,11 +328,10 @@ func (a *Agent) session(ctx context.Context) error {
 			ControlTable:        migrations.ControlTable,
 			Types:               catalog.NewResolver(meta),
 		}, watches.Map(entries)),
-		items:    make(chan batch, 64),
-		freed:    make(chan struct{}, 1),
-		spare:    make(chan []work, 66),
-		acked:    &acked,
-		recorded: slot.ConfirmedFlushLSN,
+		items:   make(chan batch, 64),
+		freed:   make(chan struct{}, 1),
+		spare:   make(chan []work, 66),
+		confirm: pos,
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
 	r.stream.SetPrevious(last)
@@ -348,7 +349,7 @@ func (a *Agent) session(ctx context.Context) error {
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
-	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, acked: &acked, inflight: &r.inflight, dl: dl}
+	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: pos, inflight: &r.inflight, dl: dl}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()
 	r.pubDone = pubDone
@@ -366,13 +367,14 @@ func (a *Agent) session(ctx context.Context) error {
 	} else {
 		pubErr = <-pubDone
 	}
-	// Final status: whatever the publisher confirmed, nothing more.
+	// Final status: whatever the publisher accepted and was recorded, nothing
+	// more.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := r.recordProgress(fctx, pgoutput.LSN(acked.Load()), 0); err != nil {
+	if _, err := r.recordProgress(fctx, 0); err != nil {
 		a.log.Debug("the final progress could not be recorded; confirming what was recorded", "err", err)
 	}
-	final := r.confirmable()
+	final := pos.Confirmable()
 	if err := sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {
 		a.log.Debug("final status update failed", "err", err)
 	}

@@ -9,18 +9,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
+	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
-// publisher delivers work items in order and advances acked.
+// publisher delivers work items in order and accepts (confirm.Tracker) the
+// end of each transaction once all its events are settled.
 type publisher struct {
 	a        *Agent
 	items    <-chan batch
 	freed    chan<- struct{}
 	spare    chan<- []work // batch storage given back to the reader
-	acked    *atomic.Uint64
+	confirm  *confirm.Tracker
 	inflight *atomic.Int64
 	dl       *deadLetters
 
@@ -79,26 +81,20 @@ func (p *publisher) run(ctx context.Context) error {
 func (p *publisher) process(ctx context.Context, w work) error {
 	switch {
 	case w.keepalive != 0:
-		p.advance(w.keepalive)
+		p.accept(w.keepalive)
 	case w.item.Kind == decode.ItemCommit:
-		p.advance(w.item.EndLSN)
+		p.accept(w.item.EndLSN)
 	case w.item.Kind == decode.ItemEvent:
 		return p.deliver(ctx, w.item.Event)
 	}
 	return nil
 }
 
-// advance raises the acknowledged LSN; it never goes back.
-func (p *publisher) advance(lsn pgoutput.LSN) {
-	for {
-		cur := p.acked.Load()
-		if uint64(lsn) <= cur {
-			return
-		}
-		if p.acked.CompareAndSwap(cur, uint64(lsn)) {
-			p.a.m.ConfirmedLSN.Set(float64(lsn))
-			return
-		}
+// accept raises the accepted LSN (it never goes back) and the
+// ConfirmedLSN metric with it.
+func (p *publisher) accept(lsn pgoutput.LSN) {
+	if p.confirm.Accept(lsn) {
+		p.a.m.ConfirmedLSN.Set(float64(lsn))
 	}
 }
 
@@ -158,16 +154,16 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		// waits for its WAL to be confirmed (a shutdown) is not held up by
 		// the rest of the run. at walks the items of every batch in order.
 		at := itemCursor{batches: batches}
-		confirm := func() {
+		acceptSettled := func() {
 			for w := at.work(); w != nil && w.item.Kind != decode.ItemEvent; w = at.next() {
 				if w.keepalive != 0 {
-					p.advance(w.keepalive)
+					p.accept(w.keepalive)
 				} else if w.item.Kind == decode.ItemCommit {
-					p.advance(w.item.EndLSN)
+					p.accept(w.item.EndLSN)
 				}
 			}
 		}
-		confirm()
+		acceptSettled()
 		var settleErr error
 		if len(evs) > 0 {
 			err := bs.PublishBatch(ctx, evs, func(_ int, err error) {
@@ -176,7 +172,7 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 				}
 				if settleErr == nil {
 					at.next()
-					confirm()
+					acceptSettled()
 				}
 			})
 			if err != nil {

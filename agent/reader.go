@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -17,7 +18,7 @@ import (
 
 // reader owns the replication session, the catalog connection and the
 // decoder (all fields below are used by its goroutine only, except the
-// channels and the atomics).
+// channels, the atomics and the confirm rule, shared with the publisher).
 type reader struct {
 	a    *agent
 	sess *replication.Session
@@ -35,12 +36,11 @@ type reader struct {
 	spare    chan []work   // storage of delivered batches, for the next ones
 	pubDone  <-chan error
 	pubErr   error
-	acked    *atomic.Uint64
 	inflight atomic.Int64
 
-	// recorded is the highest LSN saved as progress (capture.SaveProgress):
-	// nothing beyond it is ever confirmed.
-	recorded pgoutput.LSN
+	// confirm says what may be confirmed: the publisher accepts, the reader
+	// records (capture.SaveProgress) and confirms.
+	confirm *confirm.Tracker
 	// forceRecord: the server asked for a reply; record without slack.
 	forceRecord bool
 
@@ -185,23 +185,23 @@ func (r *reader) run(ctx context.Context) error {
 func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 	now := time.Now()
 	if !now.Before(r.nextStatus) {
-		acked := pgoutput.LSN(r.acked.Load())
 		slack := pgoutput.LSN(progressSlack)
 		if r.forceRecord {
 			slack, r.forceRecord = 0, false
 		}
-		if err := r.recordProgress(ctx, acked, slack); err != nil {
+		accepted, err := r.recordProgress(ctx, slack)
+		if err != nil {
 			// Nothing is ever confirmed beyond the recorded progress: end
 			// the session instead (a server shutting down then lets its
 			// walsender go at once), and start again.
 			return err
 		}
-		if err := r.sess.SendStatus(ctx, r.confirmable(), false); err != nil {
+		if err := r.sess.SendStatus(ctx, r.confirm.Confirmable(), false); err != nil {
 			return err
 		}
 		r.nextStatus = now.Add(interval)
-		if r.serverWALEnd > acked {
-			r.a.m.ReplicationLag.Set(float64(r.serverWALEnd - acked))
+		if r.serverWALEnd > accepted {
+			r.a.m.ReplicationLag.Set(float64(r.serverWALEnd - accepted))
 		} else {
 			r.a.m.ReplicationLag.Set(0)
 		}
@@ -209,7 +209,7 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 	return nil
 }
 
-// progressSlack is how far the acknowledged LSN may run ahead of the
+// progressSlack is how far the accepted LSN may run ahead of the
 // recorded progress before it is saved again. Saving costs a commit record
 // in the WAL, which the next keepalive reports as new WAL to confirm: without
 // the slack an idle database would write one every status interval for ever.
@@ -217,25 +217,21 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 // of a few bytes (found in the spine by the read-back) after a restart.
 const progressSlack = 512
 
-// recordProgress saves acked as the slot's progress when it is more than
-// slack ahead of the last record.
-func (r *reader) recordProgress(ctx context.Context, acked, slack pgoutput.LSN) error {
-	if acked <= r.recorded+slack {
-		return nil
+// recordProgress saves the accepted LSN as the slot's progress when it is
+// more than slack ahead of the last record (confirm.Tracker.NeedsRecord),
+// and returns it. When saving fails, nothing more becomes confirmable.
+func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutput.LSN, error) {
+	accepted, due := r.confirm.NeedsRecord(slack)
+	if !due {
+		return accepted, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, acked); err != nil {
-		return fmt.Errorf("recording the slot progress before confirming it: %w", err)
+	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, accepted); err != nil {
+		return accepted, fmt.Errorf("recording the slot progress before confirming it: %w", err)
 	}
-	r.recorded = acked
-	return nil
-}
-
-// confirmable is the position sent to the server: what was delivered, but
-// never beyond the recorded progress.
-func (r *reader) confirmable() pgoutput.LSN {
-	return min(pgoutput.LSN(r.acked.Load()), r.recorded)
+	r.confirm.Recorded(accepted)
+	return accepted, nil
 }
 
 // handle parses one message and applies it to the stream, which asks the

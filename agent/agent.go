@@ -184,19 +184,16 @@ type work struct {
 	size      int64 // bytes of the envelope
 }
 
+// session is one replication session, phase by phase: connect and prepare
+// the database, settle capture continuity, read what streaming starts from,
+// then run the reader and the publisher until the stream ends or ctx does.
 func (a *Agent) session(ctx context.Context) error {
 	meta, err := pgx.Connect(ctx, a.cfg.DatabaseURL)
 	if err != nil {
 		return replication.Explain(fmt.Errorf("connecting to the database: %w", err))
 	}
 	defer meta.Close(context.WithoutCancel(ctx))
-	if err := replication.CheckWALLevel(ctx, meta); err != nil {
-		return &ConfigError{err}
-	}
-	if _, err := migrations.Apply(ctx, meta); err != nil {
-		return err
-	}
-	if err := replication.EnsurePublication(ctx, meta, a.cfg.Publication); err != nil {
+	if err := a.prepareDatabase(ctx, meta); err != nil {
 		return err
 	}
 	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL)
@@ -207,9 +204,37 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	defer sess.Close(context.WithoutCancel(ctx))
+	keySlot, err := a.ensureCapture(ctx, meta, sess)
+	if err != nil {
+		return err
+	}
+	dl, err := a.prepareSpine(ctx, meta, sess.SystemID, keySlot)
+	if err != nil {
+		return err
+	}
+	start, err := a.startStreaming(ctx, meta, sess, keySlot)
+	if err != nil {
+		return err
+	}
+	return a.stream(ctx, a.newReader(meta, sess, keySlot, start), dl)
+}
 
-	// Capture continuity first: a lost, invalidated or advanced slot stops
-	// here with a recorded gap instead of streaming a history with a hole.
+// prepareDatabase checks the WAL level and brings the schema and the
+// publication up to date.
+func (a *Agent) prepareDatabase(ctx context.Context, meta *pgx.Conn) error {
+	if err := replication.CheckWALLevel(ctx, meta); err != nil {
+		return &ConfigError{err}
+	}
+	if _, err := migrations.Apply(ctx, meta); err != nil {
+		return err
+	}
+	return replication.EnsurePublication(ctx, meta, a.cfg.Publication)
+}
+
+// ensureCapture settles capture continuity first: a lost, invalidated or
+// advanced slot stops here with a recorded gap instead of streaming a
+// history with a hole. It returns the slot name the event keys carry.
+func (a *Agent) ensureCapture(ctx context.Context, meta *pgx.Conn, sess *replication.Session) (string, error) {
 	opts := capture.Options{Slot: a.cfg.Slot, SystemID: sess.SystemID, Timeline: sess.Timeline, Accept: a.cfg.AcceptGap}
 	if _, ok := a.cfg.Sink.(lastDeliveredReader); ok {
 		// Only a sink that can say what it holds can settle a timeline
@@ -230,13 +255,13 @@ func (a *Agent) session(ctx context.Context) error {
 			"gap_id", gapErr.Gap.ID, "reason", gapErr.Gap.Reason, "detail", gapErr.Gap.Detail,
 			"tables", strings.Join(gapErr.Gap.Tables, ", "),
 			"fix", fmt.Sprintf("pgaudit-cdc run --accept-gap=%d, then pgaudit-cdc backfill TABLE for each affected table", gapErr.Gap.ID))
-		return err
+		return "", err
 	}
 	if err != nil {
 		if replication.UserMustFix(err) {
-			return &ConfigError{err}
+			return "", &ConfigError{err}
 		}
-		return err
+		return "", err
 	}
 	if capt.Assessment.TimelineMoved {
 		if opts.Fork != nil {
@@ -246,73 +271,99 @@ func (a *Agent) session(ctx context.Context) error {
 				"timeline", sess.Timeline)
 		}
 	}
-	keySlot := capture.KeySlot(a.cfg.Slot, capt.State.Generation)
 	if capt.Accepted {
 		if err := a.recordGap(ctx, meta, capt); err != nil {
-			return err
+			return "", err
 		}
 	}
 	// Consent covers the gap pending when it was given, once: a later gap
 	// of this same process needs a new decision.
 	a.cfg.AcceptGap = ""
 	a.m.GapPending.Set(0)
+	return capture.KeySlot(a.cfg.Slot, capt.State.Generation), nil
+}
 
+// prepareSpine tells the spine whose events are its own and which of them
+// are handled already, as dead letters; it returns the session's dead-letter
+// store.
+func (a *Agent) prepareSpine(ctx context.Context, meta *pgx.Conn, systemID, keySlot string) (*deadLetters, error) {
 	if a.cfg.Spine != nil {
-		a.cfg.Spine.SetIdentity(sess.SystemID, keySlot)
+		a.cfg.Spine.SetIdentity(systemID, keySlot)
 	}
 	dl := newDeadLetters(a.cfg.Slot)
 	if a.cfg.Spine != nil {
-		keys, err := dl.keys(ctx, meta, decode.KeyPrefix(sess.SystemID, keySlot))
+		keys, err := dl.keys(ctx, meta, decode.KeyPrefix(systemID, keySlot))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, k := range keys {
 			a.cfg.Spine.MarkKeyHandled(k)
 		}
 	}
-	entries, err := watches.Load(ctx, meta, true)
-	if err != nil {
-		return err
+	return dl, nil
+}
+
+// streamStart is what a session reads before it starts streaming.
+type streamStart struct {
+	watches []watches.Entry
+	schemas []watches.SchemaEntry
+	// from is the slot's confirmed_flush_lsn, recorded as progress.
+	from pgoutput.LSN
+	// last is the last event the spine holds.
+	last decode.Position
+}
+
+// startStreaming loads the watches, records the slot's position as
+// progress, reads back the last delivered event and starts streaming.
+func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replication.Session, keySlot string) (streamStart, error) {
+	var st streamStart
+	var err error
+	if st.watches, err = watches.Load(ctx, meta, true); err != nil {
+		return st, err
 	}
-	schemaEntries, err := watches.LoadSchemas(ctx, meta, true)
-	if err != nil {
-		return err
+	if st.schemas, err = watches.LoadSchemas(ctx, meta, true); err != nil {
+		return st, err
 	}
 	slot, err := replication.LookupSlot(ctx, meta, a.cfg.Slot)
 	if err != nil {
-		return err
+		return st, err
 	}
+	st.from = slot.ConfirmedFlushLSN
 	// The progress record must cover what the slot says before anything is
 	// confirmed (see capture.SaveProgress).
-	if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, slot.ConfirmedFlushLSN); err != nil {
-		return err
+	if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, st.from); err != nil {
+		return st, err
 	}
 	// The self-linked stream starts from the last event the spine holds, so
 	// the first new event names its real predecessor. Read before streaming
 	// starts: the walsender would time out while it is read.
-	var last decode.Position
-	if last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot); err != nil {
-		return fmt.Errorf("reading back the last delivered event: %w", err)
+	if st.last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot); err != nil {
+		return st, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
 	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
-		return err
+		return st, err
 	}
 	a.m.SlotActive.Set(1)
 	a.m.DatabaseUp.Set(1)
 	a.cfg.Ready.SetDatabase(true)
 	active := 0
-	for _, e := range entries {
+	for _, e := range st.watches {
 		if e.Active {
 			active++
 		}
 	}
 	a.log.Info("streaming", "slot", a.cfg.Slot, "publication", a.cfg.Publication,
-		"from", slot.ConfirmedFlushLSN.String(), "system_id", sess.SystemID, "watches", active)
+		"from", st.from.String(), "system_id", sess.SystemID, "watches", active)
+	return st, nil
+}
 
+// newReader returns the reader of a session that started streaming from
+// start, with the confirm rule starting at the slot's position.
+func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot string, start streamStart) *reader {
 	// Nothing is confirmed early: the publisher accepts, the reader records
 	// and confirms (package confirm).
-	pos := confirm.New(slot.ConfirmedFlushLSN)
-	a.m.ConfirmedLSN.Set(float64(slot.ConfirmedFlushLSN))
+	pos := confirm.New(start.from)
+	a.m.ConfirmedLSN.Set(float64(start.from))
 
 	r := &reader{
 		a:     a,
@@ -327,15 +378,20 @@ func (a *Agent) session(ctx context.Context) error {
 			SchemaRegistryTable: migrations.SchemaRegistryTable,
 			ControlTable:        migrations.ControlTable,
 			Types:               catalog.NewResolver(meta),
-		}, watches.Map(entries)),
+		}, watches.Map(start.watches)),
 		items:   make(chan batch, 64),
 		freed:   make(chan struct{}, 1),
 		spare:   make(chan []work, 66),
 		confirm: pos,
 	}
-	r.stream.SetSchemaWatches(watches.SchemaMap(schemaEntries))
-	r.stream.SetPrevious(last)
+	r.stream.SetSchemaWatches(watches.SchemaMap(start.schemas))
+	r.stream.SetPrevious(start.last)
+	return r
+}
 
+// stream runs the housekeeper, the publisher and the reader until the
+// stream ends or ctx does, then sends the final status.
+func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters) error {
 	houseCtx, houseCancel := context.WithCancel(ctx)
 	houseDone := make(chan struct{})
 	go func() { defer close(houseDone); r.house.run(houseCtx) }()
@@ -349,7 +405,7 @@ func (a *Agent) session(ctx context.Context) error {
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
-	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: pos, inflight: &r.inflight, dl: dl}
+	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: r.confirm, inflight: &r.inflight, dl: dl}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()
 	r.pubDone = pubDone
@@ -367,18 +423,7 @@ func (a *Agent) session(ctx context.Context) error {
 	} else {
 		pubErr = <-pubDone
 	}
-	// Final status: whatever the publisher accepted and was recorded, nothing
-	// more.
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := r.recordProgress(fctx, 0); err != nil {
-		a.log.Debug("the final progress could not be recorded; confirming what was recorded", "err", err)
-	}
-	final := pos.Confirmable()
-	if err := sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {
-		a.log.Debug("final status update failed", "err", err)
-	}
-	a.log.Info("replication session closed", "confirmed_lsn", final.String())
+	a.finalStatus(ctx, r)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -386,4 +431,19 @@ func (a *Agent) session(ctx context.Context) error {
 		return pubErr
 	}
 	return readErr
+}
+
+// finalStatus records and confirms whatever the publisher accepted, nothing
+// more, once the publisher stopped.
+func (a *Agent) finalStatus(ctx context.Context, r *reader) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := r.recordProgress(fctx, 0); err != nil {
+		a.log.Debug("the final progress could not be recorded; confirming what was recorded", "err", err)
+	}
+	final := r.confirm.Confirmable()
+	if err := r.sess.SendStatus(fctx, final, false); err != nil && ctx.Err() == nil {
+		a.log.Debug("final status update failed", "err", err)
+	}
+	a.log.Info("replication session closed", "confirmed_lsn", final.String())
 }

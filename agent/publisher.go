@@ -123,24 +123,8 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		batches = append(batches[:0], first)
-		closed := false
-		n, size := len(first.items), first.size
-	gather:
-		for n < maxGatherEvents && size < maxGatherBytes {
-			select {
-			case b, ok := <-p.items:
-				if !ok {
-					closed = true
-					break gather
-				}
-				batches = append(batches, b)
-				n += len(b.items)
-				size += b.size
-			default:
-				break gather
-			}
-		}
+		var closed bool
+		batches, closed = p.gather(batches, first)
 		evs = evs[:0]
 		for _, b := range batches {
 			for i := range b.items {
@@ -149,38 +133,8 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 				}
 			}
 		}
-		// Settle events as their verdicts come, in order, and confirm each
-		// transaction as soon as its last event is settled: a server that
-		// waits for its WAL to be confirmed (a shutdown) is not held up by
-		// the rest of the run. at walks the items of every batch in order.
-		at := itemCursor{batches: batches}
-		acceptSettled := func() {
-			for w := at.work(); w != nil && w.item.Kind != decode.ItemEvent; w = at.next() {
-				if w.keepalive != 0 {
-					p.accept(w.keepalive)
-				} else if w.item.Kind == decode.ItemCommit {
-					p.accept(w.item.EndLSN)
-				}
-			}
-		}
-		acceptSettled()
-		var settleErr error
-		if len(evs) > 0 {
-			err := bs.PublishBatch(ctx, evs, func(_ int, err error) {
-				if settleErr == nil {
-					settleErr = p.settle(ctx, at.work().item.Event, err)
-				}
-				if settleErr == nil {
-					at.next()
-					acceptSettled()
-				}
-			})
-			if err != nil {
-				return err
-			}
-		}
-		if settleErr != nil {
-			return settleErr
+		if err := p.deliverRun(ctx, bs, batches, evs); err != nil {
+			return err
 		}
 		clear(evs)
 		for i, b := range batches {
@@ -198,6 +152,65 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 			return nil
 		}
 	}
+}
+
+// gather returns first and whatever else the reader already handed over, up
+// to maxGatherEvents and maxGatherBytes, in batches' storage; closed says
+// the reader closed the channel.
+func (p *publisher) gather(batches []batch, first batch) (_ []batch, closed bool) {
+	batches = append(batches[:0], first)
+	n, size := len(first.items), first.size
+	for n < maxGatherEvents && size < maxGatherBytes {
+		select {
+		case b, ok := <-p.items:
+			if !ok {
+				return batches, true
+			}
+			batches = append(batches, b)
+			n += len(b.items)
+			size += b.size
+		default:
+			return batches, false
+		}
+	}
+	return batches, false
+}
+
+// deliverRun delivers evs, the events of batches, in one pipelined run.
+// Events are settled as their verdicts come, in order, and each transaction
+// is accepted as soon as its last event is settled: a server that waits for
+// its WAL to be confirmed (a shutdown) is not held up by the rest of the
+// run.
+func (p *publisher) deliverRun(ctx context.Context, bs batchSink, batches []batch, evs []*decode.Event) error {
+	// at walks the items of every batch in order.
+	at := itemCursor{batches: batches}
+	acceptSettled := func() {
+		for w := at.work(); w != nil && w.item.Kind != decode.ItemEvent; w = at.next() {
+			if w.keepalive != 0 {
+				p.accept(w.keepalive)
+			} else if w.item.Kind == decode.ItemCommit {
+				p.accept(w.item.EndLSN)
+			}
+		}
+	}
+	acceptSettled()
+	if len(evs) == 0 {
+		return nil
+	}
+	var settleErr error
+	err := bs.PublishBatch(ctx, evs, func(_ int, err error) {
+		if settleErr == nil {
+			settleErr = p.settle(ctx, at.work().item.Event, err)
+		}
+		if settleErr == nil {
+			at.next()
+			acceptSettled()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return settleErr
 }
 
 // itemCursor walks the items of a run of batches in order.

@@ -105,32 +105,7 @@ func (r *reader) run(ctx context.Context) error {
 			}
 		}
 		sinceTick++
-		var rec replication.Received
-		var ok bool
-		var err error
-		if len(r.pending.items) > 0 {
-			// Work is waiting: take what is already buffered first, and
-			// hand the work over once the stream is drained. Under load
-			// many transactions then share one hand-over (one goroutine
-			// wake-up instead of one per transaction); when idle, a commit
-			// is handed over as soon as it arrived.
-			rec, ok, err = r.sess.Poll(ctx)
-			if err == nil && !ok {
-				err = r.flush(ctx)
-				if err == nil && r.busy && r.sess.Drained() {
-					// Messages come faster than one per gatherDelay, but
-					// the socket is empty: let more arrive before reading
-					// again, so that one wake-up takes many of them (see
-					// gatherDelay). With a backlog in the socket (a bulk
-					// drain, catching up) it reads on at once.
-					err = r.sess.Gather(ctx, gatherDelay)
-				}
-			}
-		} else {
-			waited := time.Now()
-			rec, ok, err = r.sess.Receive(ctx, r.nextStatus)
-			r.busy = ok && time.Since(waited) < gatherDelay
-		}
+		rec, ok, err := r.receive(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				r.handOverNow()
@@ -149,24 +124,10 @@ func (r *reader) run(ctx context.Context) error {
 		}
 		if rec.Keepalive {
 			if rec.ReplyRequested {
-				// The server wants everything sent confirmed (a walsender
-				// stopping for a shutdown waits for it): record without
-				// slack, or confirm anyway when recording fails.
-				r.nextStatus = time.Time{}
-				r.forceRecord = true
 				sinceTick = tickEvery
 			}
-			// Outside a transaction everything up to the server's position
-			// has been received: once delivered, it can be confirmed, so an
-			// idle slot does not pin WAL.
-			if !r.stream.InTransaction() && rec.ServerWALEnd > r.lastQueued {
-				if err := r.queue(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
-					return err
-				}
-				if err := r.flush(ctx); err != nil {
-					return err
-				}
-				r.lastQueued = rec.ServerWALEnd
+			if err := r.keepalive(ctx, rec); err != nil {
+				return err
 			}
 			continue
 		}
@@ -179,6 +140,61 @@ func (r *reader) run(ctx context.Context) error {
 			sinceTick = tickEvery
 		}
 	}
+}
+
+// receive returns the next message, if any.
+func (r *reader) receive(ctx context.Context) (rec replication.Received, ok bool, err error) {
+	if len(r.pending.items) == 0 {
+		waited := time.Now()
+		rec, ok, err = r.sess.Receive(ctx, r.nextStatus)
+		r.busy = ok && time.Since(waited) < gatherDelay
+		return rec, ok, err
+	}
+	// Work is waiting: take what is already buffered first, and hand the
+	// work over once the stream is drained. Under load many transactions
+	// then share one hand-over (one goroutine wake-up instead of one per
+	// transaction); when idle, a commit is handed over as soon as it
+	// arrived.
+	rec, ok, err = r.sess.Poll(ctx)
+	if err == nil && !ok {
+		err = r.flush(ctx)
+		if err == nil && r.busy && r.sess.Drained() {
+			// Messages come faster than one per gatherDelay, but the
+			// socket is empty: let more arrive before reading again, so
+			// that one wake-up takes many of them (see gatherDelay). With
+			// a backlog in the socket (a bulk drain, catching up) it reads
+			// on at once.
+			err = r.sess.Gather(ctx, gatherDelay)
+		}
+	}
+	return rec, ok, err
+}
+
+// keepalive handles a keepalive message (the caller looks at the clock next
+// when it asks for a reply).
+func (r *reader) keepalive(ctx context.Context, rec replication.Received) error {
+	if rec.ReplyRequested {
+		// The server wants everything sent confirmed (a walsender stopping
+		// for a shutdown waits for it): record without slack. When
+		// recording fails the session ends, and its final status confirms
+		// what was recorded.
+		r.nextStatus = time.Time{}
+		r.forceRecord = true
+	}
+	// Outside a transaction everything up to the server's position has been
+	// received: once delivered, it can be confirmed, so an idle slot does
+	// not pin WAL.
+	if r.stream.InTransaction() || rec.ServerWALEnd <= r.lastQueued {
+		return nil
+	}
+	if err := r.queue(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
+		return err
+	}
+	if err := r.flush(ctx); err != nil {
+		return err
+	}
+	r.lastQueued = rec.ServerWALEnd
+	return nil
 }
 
 // tick sends the standby status update and does housekeeping when due.

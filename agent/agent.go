@@ -29,6 +29,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -76,7 +77,7 @@ type Spine interface {
 	MarkKeyHandled(key string)
 	// MarkFor is the high-water mark of what this process saw accepted for
 	// systemID and slot (zero for another identity).
-	MarkFor(systemID, slot string) decode.Position
+	MarkFor(systemID, slot string) envelope.Position
 }
 
 // Agent is the long-lived service behind `pgaudit-cdc run`.
@@ -292,7 +293,7 @@ func (a *Agent) prepareSpine(ctx context.Context, meta *pgx.Conn, systemID, keyS
 	}
 	dl := newDeadLetters(a.cfg.Slot)
 	if a.cfg.Spine != nil {
-		keys, err := dl.keys(ctx, meta, decode.KeyPrefix(systemID, keySlot))
+		keys, err := dl.keys(ctx, meta, envelope.KeyPrefix(systemID, keySlot))
 		if err != nil {
 			return nil, err
 		}
@@ -310,7 +311,7 @@ type streamStart struct {
 	// from is the slot's confirmed_flush_lsn, recorded as progress.
 	from pgoutput.LSN
 	// last is the last event the spine holds.
-	last decode.Position
+	last envelope.Position
 }
 
 // startStreaming loads the watches, records the slot's position as

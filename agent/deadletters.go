@@ -7,7 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -28,7 +28,7 @@ func (d *deadLetters) keys(ctx context.Context, conn *pgx.Conn, keyPrefix string
 	return deadletters.New(conn, d.slot).Keys(ctx, keyPrefix)
 }
 
-func (d *deadLetters) store(ctx context.Context, dsn string, ev *decode.Event, rej *publish.RejectedError) error {
+func (d *deadLetters) store(ctx context.Context, dsn string, ev *envelope.Event, rej *publish.RejectedError) error {
 	if d.conn == nil || d.conn.IsClosed() {
 		conn, err := pgx.Connect(ctx, dsn)
 		if err != nil {

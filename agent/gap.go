@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -20,7 +20,7 @@ import (
 // lastDeliveredReader is implemented by sinks that can say which event of a
 // key generation they hold last (the spine, by reading back).
 type lastDeliveredReader interface {
-	LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (decode.Position, string, error)
+	LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (envelope.Position, string, error)
 }
 
 // recordGap delivers the GAP event of a gap the operator accepted, then
@@ -38,7 +38,10 @@ func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Resu
 			last = &capture.Delivered{Position: pos, CommitTime: ts}
 		}
 	}
-	ev := capture.GapEvent(capt.Gap, capt.State, a.cfg.Slot, last, a.cfg.AcceptedBy, time.Now())
+	ev, err := capture.GapEvent(capt.Gap, capt.State, a.cfg.Slot, last, a.cfg.AcceptedBy, time.Now())
+	if err != nil {
+		return err
+	}
 	if a.cfg.Spine != nil {
 		a.cfg.Spine.SetIdentity(capt.State.SystemID, capture.KeySlot(a.cfg.Slot, capt.State.Generation))
 	}
@@ -89,14 +92,14 @@ func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replicatio
 // lastDelivered reads back the newest event the spine holds for systemID
 // and keySlot, over every source a watch ever used. ok is false when the
 // sink cannot say (the stdout sink).
-func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, keySlot string) (pos decode.Position, commitTime string, ok bool, err error) {
+func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, keySlot string) (pos envelope.Position, commitTime string, ok bool, err error) {
 	r, ok := a.cfg.Sink.(lastDeliveredReader)
 	if !ok {
-		return decode.Position{}, "", false, nil
+		return envelope.Position{}, "", false, nil
 	}
 	sources, err := watchSources(ctx, meta)
 	if err != nil {
-		return decode.Position{}, "", false, err
+		return envelope.Position{}, "", false, err
 	}
 	pos, commitTime, err = r.LastDelivered(ctx, systemID, keySlot, sources)
 	return pos, commitTime, err == nil, err
@@ -113,8 +116,8 @@ func watchSources(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	seen := map[string]bool{decode.SelfAuditSource: true}
-	out := []string{decode.SelfAuditSource}
+	seen := map[string]bool{envelope.SelfAuditSource: true}
+	out := []string{envelope.SelfAuditSource}
 	add := func(s string) {
 		if !seen[s] {
 			seen[s] = true

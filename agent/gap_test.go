@@ -9,6 +9,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
@@ -16,7 +17,7 @@ import (
 func (h *harness) gapEvents() []spinetest.Event {
 	var out []spinetest.Event
 	for _, e := range h.spine.Events() {
-		if op, _ := e.Payload["operation"].(string); op == capture.OpGap {
+		if op, _ := e.Payload["operation"].(string); op == envelope.OpGap {
 			out = append(out, e)
 		}
 	}
@@ -141,7 +142,7 @@ func (h *harness) acceptAndCheckLast(gapID int64, reason string, lastID int, che
 	h.t.Helper()
 	t := h.t
 	h.startAgentWith(func(c *agent.Config) { c.AcceptGap = fmt.Sprint(gapID); c.AcceptedBy = "test" })
-	h.waitOp(capture.OpGap, 1)
+	h.waitOp(envelope.OpGap, 1)
 	if h.obs != nil {
 		// Accepted: no longer pending, and not counted again.
 		h.obs.waitMetric(t, 10*time.Second, 0, "pgaudit_cdc_gap_pending")

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
@@ -134,7 +135,7 @@ func TestForgedControlMessagesHaveNoEffect(t *testing.T) {
 		t.Fatalf("the DELETE after a forged skip carries old %v, want the deleted row 2", field(t, evs[0], "old"))
 	}
 	for _, e := range h.spine.Events() {
-		if op, _ := e.Payload["operation"].(string); op == decode.OpSummary || op == decode.OpRead || op == decode.OpCheckpoint {
+		if op, _ := e.Payload["operation"].(string); op == envelope.OpSummary || op == envelope.OpRead || op == envelope.OpCheckpoint {
 			t.Fatalf("a forged control message had an effect: %s", dump([]spinetest.Event{e}))
 		}
 	}
@@ -175,7 +176,7 @@ func TestSkipByMaintenanceRole(t *testing.T) {
 	}
 	evs := h.expectExactly(2, 500*time.Millisecond)
 	for _, e := range evs {
-		if op := field(t, e, "operation"); op != decode.OpSummary {
+		if op := field(t, e, "operation"); op != envelope.OpSummary {
 			t.Fatalf("got %v, want SUMMARY events:\n%s", op, dump(evs))
 		}
 		if by := field(t, e, "skip", "by"); by != "maint_ops" {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -54,7 +54,7 @@ func TestTableLifecycleWithoutEventTrigger(t *testing.T) {
 
 	dropEvents := func() (n int) {
 		for _, e := range h.spine.Events() {
-			if e.Source == decode.SelfAuditSource && field(t, e, "operation") == decode.OpDrop {
+			if e.Source == envelope.SelfAuditSource && field(t, e, "operation") == envelope.OpDrop {
 				n++
 			}
 		}

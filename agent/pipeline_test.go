@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -34,7 +34,7 @@ func TestEnvelopesForPlainSQL(t *testing.T) {
 		{"UPDATE", newRow, updated},
 		{"DELETE", updated, ""},
 	}
-	var lastPos decode.Position
+	var lastPos envelope.Position
 	for i, tt := range tests {
 		e := evs[i]
 		t.Run(tt.op, func(t *testing.T) {
@@ -68,7 +68,7 @@ func TestEnvelopesForPlainSQL(t *testing.T) {
 			if meta["commit_timestamp"] != e.Timestamp {
 				t.Errorf("got timestamp %q, want the commit time %v", e.Timestamp, meta["commit_timestamp"])
 			}
-			_, slot, pos, ok := decode.ParseKey(meta["idempotency_key"].(string))
+			_, slot, pos, ok := envelope.ParseKey(meta["idempotency_key"].(string))
 			if !ok || slot != testSlot {
 				t.Fatalf("idempotency key %v does not parse or names another slot", meta["idempotency_key"])
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -37,7 +38,7 @@ type deliveredLabels struct{ table, operation, kind string }
 // batchSink delivers many events in order with several in flight
 // (publish.Client.PublishBatch): done is called once per event, in order.
 type batchSink interface {
-	PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error
+	PublishBatch(ctx context.Context, evs []*envelope.Event, done func(i int, err error)) error
 }
 
 // Most events gathered from several hand-overs into one pipelined delivery.
@@ -106,7 +107,7 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 	// Kept from run to run: under load a run is every millisecond or so,
 	// and fresh slices each time were half of what the agent allocated.
 	var batches []batch
-	var evs []*decode.Event
+	var evs []*envelope.Event
 	for {
 		// A stop request wins over waiting work: after it nothing more is
 		// delivered (the slot may be a standby's already).
@@ -181,7 +182,7 @@ func (p *publisher) gather(batches []batch, first batch) (_ []batch, closed bool
 // is accepted as soon as its last event is settled: a server that waits for
 // its WAL to be confirmed (a shutdown) is not held up by the rest of the
 // run.
-func (p *publisher) deliverRun(ctx context.Context, bs batchSink, batches []batch, evs []*decode.Event) error {
+func (p *publisher) deliverRun(ctx context.Context, bs batchSink, batches []batch, evs []*envelope.Event) error {
 	// at walks the items of every batch in order.
 	at := itemCursor{batches: batches}
 	acceptSettled := func() {
@@ -251,13 +252,13 @@ func (p *publisher) recycle(items []work) {
 	}
 }
 
-func (p *publisher) deliver(ctx context.Context, ev *decode.Event) error {
+func (p *publisher) deliver(ctx context.Context, ev *envelope.Event) error {
 	return p.settle(ctx, ev, p.a.cfg.Sink.Publish(ctx, ev))
 }
 
 // settle records the outcome of delivering ev: counted when accepted, kept
 // as a dead letter when refused for good.
-func (p *publisher) settle(ctx context.Context, ev *decode.Event, err error) error {
+func (p *publisher) settle(ctx context.Context, ev *envelope.Event, err error) error {
 	if err == nil {
 		l := deliveredLabels{ev.Table, ev.Operation, ev.Kind}
 		c, ok := p.delivered[l]

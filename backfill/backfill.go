@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -87,7 +88,7 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 	if err != nil {
 		return Progress{}, fmt.Errorf("reading the watch: %w", err)
 	}
-	name := decode.QualifiedName(schema, table)
+	name := ident.Qualified(schema, table)
 	cols, err := columns(ctx, conn, tableOID, columnsList)
 	if err != nil {
 		return Progress{}, fmt.Errorf("reading the columns of %s: %w", name, err)

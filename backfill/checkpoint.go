@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -110,7 +111,7 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 		return CheckpointResult{}, fmt.Errorf("reading the watch: %w", err)
 	}
 	w.oid = tableOID
-	w.name = decode.QualifiedName(w.schema, w.table)
+	w.name = ident.Qualified(w.schema, w.table)
 	res := CheckpointResult{Table: w.name, KeyColumns: []string{}}
 	if w.cols, err = columns(ctx, conn, tableOID, w.columns); err != nil {
 		return res, fmt.Errorf("reading the columns of %s: %w", w.name, err)

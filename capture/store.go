@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -203,9 +203,9 @@ func AffectedTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 			return "", err
 		}
 		if table == nil {
-			return decode.QuoteIdent(schema) + ".*", nil
+			return ident.Quote(schema) + ".*", nil
 		}
-		return decode.QualifiedName(schema, *table), nil
+		return ident.Qualified(schema, *table), nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing watched tables: %w", err)

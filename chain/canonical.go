@@ -256,9 +256,14 @@ func writeU16(buf *bytes.Buffer, r rune) {
 // pythonNumber converts a JSON number literal to the text Python's json
 // module writes after json.loads: an int literal stays as written (minus the
 // sign of "-0"), a float literal goes through float64 and repr.
+// PythonNumber returns the JSON number literal lit as the spine's canonical
+// JSON writes it: an integer literal as a Python int, any other as the
+// repr of a Python float.
+func PythonNumber(lit string) (string, error) { return pythonNumber(lit) }
+
 func pythonNumber(lit string) (string, error) {
 	if !validNumber(lit) {
-		return "", fmt.Errorf("spinetest: canonical JSON: invalid number literal %q", lit)
+		return "", fmt.Errorf("canonical JSON: invalid number literal %q", lit)
 	}
 	if isIntLiteral(lit) {
 		if lit == "-0" {
@@ -268,7 +273,7 @@ func pythonNumber(lit string) (string, error) {
 	}
 	f, err := strconv.ParseFloat(lit, 64)
 	if err != nil && !isRangeErr(err) {
-		return "", fmt.Errorf("spinetest: canonical JSON: %v", err)
+		return "", fmt.Errorf("canonical JSON: %w", err)
 	}
 	// On overflow ParseFloat returns ±Inf, on underflow ±0 (as Python does).
 	return pythonFloat(f), nil
@@ -331,49 +336,59 @@ func validNumber(s string) bool {
 
 // pythonFloat is Python's float.__repr__ as json.dumps uses it (with
 // Infinity/-Infinity/NaN for the non-finite values).
-func pythonFloat(f float64) string {
+func pythonFloat(f float64) string { return string(AppendPythonFloat(nil, f)) }
+
+// AppendPythonFloat appends f as Python's repr writes it (Infinity,
+// -Infinity and NaN for the non-finite values), without allocating when dst
+// has room.
+func AppendPythonFloat(dst []byte, f float64) []byte {
 	switch {
 	case math.IsInf(f, 1):
-		return "Infinity"
+		return append(dst, "Infinity"...)
 	case math.IsInf(f, -1):
-		return "-Infinity"
+		return append(dst, "-Infinity"...)
 	case math.IsNaN(f):
-		return "NaN"
+		return append(dst, "NaN"...)
 	}
 	// Shortest round-trip digits in the form [-]d[.ddd]e±XX; Go writes at
 	// least two exponent digits, exactly as Python does.
-	sci := strconv.FormatFloat(f, 'e', -1, 64)
-	ePos := strings.IndexByte(sci, 'e')
-	exp, _ := strconv.Atoi(sci[ePos+1:])
+	var scratch [32]byte
+	sci := strconv.AppendFloat(scratch[:0], f, 'e', -1, 64)
+	ePos := bytes.IndexByte(sci, 'e')
+	exp := 0
+	for _, c := range sci[ePos+2:] {
+		exp = exp*10 + int(c-'0')
+	}
+	if sci[ePos+1] == '-' {
+		exp = -exp
+	}
 	if exp < -4 || exp >= 16 {
-		return sci
+		return append(dst, sci...)
 	}
 	mant := sci[:ePos]
-	neg := false
 	if mant[0] == '-' {
-		neg = true
+		dst = append(dst, '-')
 		mant = mant[1:]
 	}
-	digits := strings.Replace(mant, ".", "", 1)
-	var b strings.Builder
-	if neg {
-		b.WriteByte('-')
-	}
+	// The digits without the point: mant is d or d.ddd.
+	var dbuf [24]byte
+	digits := append(append(dbuf[:0], mant[0]), mant[min(2, len(mant)):]...)
 	if exp >= 0 {
 		intLen := exp + 1
 		if len(digits) <= intLen {
-			b.WriteString(digits)
-			b.WriteString(strings.Repeat("0", intLen-len(digits)))
-			b.WriteString(".0")
-		} else {
-			b.WriteString(digits[:intLen])
-			b.WriteByte('.')
-			b.WriteString(digits[intLen:])
+			dst = append(dst, digits...)
+			for range intLen - len(digits) {
+				dst = append(dst, '0')
+			}
+			return append(dst, ".0"...)
 		}
-	} else {
-		b.WriteString("0.")
-		b.WriteString(strings.Repeat("0", -exp-1))
-		b.WriteString(digits)
+		dst = append(dst, digits[:intLen]...)
+		dst = append(dst, '.')
+		return append(dst, digits[intLen:]...)
 	}
-	return b.String()
+	dst = append(dst, "0."...)
+	for range -exp - 1 {
+		dst = append(dst, '0')
+	}
+	return append(dst, digits...)
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -53,10 +53,10 @@ func runBackfill(cmd *cobra.Command, conn *pgx.Conn, t watches.TableName, chunk 
 	err := conn.QueryRow(cmd.Context(), `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("table %s does not exist", decode.QualifiedName(t.Schema, t.Name))
+		return fmt.Errorf("table %s does not exist", ident.Qualified(t.Schema, t.Name))
 	}
 	if err != nil {
-		return fmt.Errorf("looking up %s: %w", decode.QualifiedName(t.Schema, t.Name), err)
+		return fmt.Errorf("looking up %s: %w", ident.Qualified(t.Schema, t.Name), err)
 	}
 	errOut := cmd.ErrOrStderr()
 	tty := isTerminal(errOut)

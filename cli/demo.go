@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -134,11 +134,11 @@ type countingSink struct {
 	done chan struct{}
 }
 
-func (c countingSink) Publish(ctx context.Context, ev *decode.Event) error {
+func (c countingSink) Publish(ctx context.Context, ev *envelope.Event) error {
 	if err := c.Sink.Publish(ctx, ev); err != nil {
 		return err
 	}
-	if ev.Source == decode.SelfAuditSource {
+	if ev.Source == envelope.SelfAuditSource {
 		return nil // the watch's own event, printed too, but not one of the changes
 	}
 	if c.n.Add(1) == c.want {

@@ -14,7 +14,8 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -67,7 +68,7 @@ one chunk: writers wait for the whole scan, and verify compares counts and diges
 					ChunkRows:   chunkRows,
 					OnRows: func(n int64) {
 						if tty {
-							fmt.Fprintf(errOut, "\rcheckpoint %s: %d rows", decode.QualifiedName(t.Schema, t.Name), n)
+							fmt.Fprintf(errOut, "\rcheckpoint %s: %d rows", ident.Qualified(t.Schema, t.Name), n)
 						}
 					},
 				})
@@ -97,10 +98,10 @@ func tableOID(ctx context.Context, conn *pgx.Conn, t watches.TableName) (uint32,
 	err := conn.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, &ExitError{Code: 2, Err: fmt.Errorf("table %s does not exist", decode.QualifiedName(t.Schema, t.Name))}
+		return 0, &ExitError{Code: 2, Err: fmt.Errorf("table %s does not exist", ident.Qualified(t.Schema, t.Name))}
 	}
 	if err != nil {
-		return 0, fmt.Errorf("looking up %s: %w", decode.QualifiedName(t.Schema, t.Name), err)
+		return 0, fmt.Errorf("looking up %s: %w", ident.Qualified(t.Schema, t.Name), err)
 	}
 	return oid, nil
 }
@@ -206,6 +207,6 @@ func printReport(w io.Writer, rep *verify.Report) {
 // textKeys is how many differing keys the text report lists per failure.
 const textKeys = 20
 
-func pendingDeadLetters(ctx context.Context, conn *pgx.Conn, slot string) (map[string]decode.Position, error) {
+func pendingDeadLetters(ctx context.Context, conn *pgx.Conn, slot string) (map[string]envelope.Position, error) {
 	return deadletters.New(conn, slot).Positions(ctx)
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -90,7 +90,7 @@ audit-stream v0.1 list).`,
 					return nil
 				}
 				var name string
-				err := withProgress(cmd.ErrOrStderr(), "watching "+decode.QualifiedName(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
+				err := withProgress(cmd.ErrOrStderr(), "watching "+ident.Qualified(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
 					var err error
 					name, err = reg.Watch(cmd.Context(), t, kind, source, watches.Options{
 						RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
@@ -209,7 +209,7 @@ func newUnwatchCmd(o *options) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				name := decode.QualifiedName(t.Schema, t.Name)
+				name := ident.Qualified(t.Schema, t.Name)
 				if removed {
 					fmt.Fprintf(cmd.OutOrStdout(), "unwatched %s\n", name)
 				} else {
@@ -243,7 +243,7 @@ func newListCmd(o *options) *cobra.Command {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "TABLE\tKIND\tSOURCE\tSINCE\tACTIVE\tOPTIONS")
 				for _, e := range schemas {
-					fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", decode.QuoteIdent(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
+					fmt.Fprintf(tw, "%s.*\t%s\t%s\t%s\t%t\t%s\n", ident.Quote(e.Schema), e.Kind, e.Source, e.CreatedAt.UTC().Format(time.RFC3339), e.Active, "schema-wide")
 				}
 				for _, e := range entries {
 					opts := describeOptions(e.Options)

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -48,7 +48,7 @@ type Letter struct {
 }
 
 // Put keeps ev, refused with status and body. Keeping it twice is a no-op.
-func (s *Store) Put(ctx context.Context, ev *decode.Event, status int, body string) error {
+func (s *Store) Put(ctx context.Context, ev *envelope.Event, status int, body string) error {
 	_, err := s.q.Exec(ctx, `INSERT INTO pgaudit_cdc.dead_letters
 			(idempotency_key, slot_name, commit_lsn, seq, table_name, operation, kind, source, envelope, status_code, response)
 		VALUES ($1, $2, $3::text::pg_lsn, $4, $5, $6, $7, $8, $9, $10, $11)
@@ -77,18 +77,18 @@ func (s *Store) Keys(ctx context.Context, keyPrefix string) ([]string, error) {
 }
 
 // Positions maps every kept key to its position.
-func (s *Store) Positions(ctx context.Context) (map[string]decode.Position, error) {
+func (s *Store) Positions(ctx context.Context) (map[string]envelope.Position, error) {
 	ls, err := s.List(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]decode.Position, len(ls))
+	out := make(map[string]envelope.Position, len(ls))
 	for _, l := range ls {
 		lsn, err := pgoutput.ParseLSN(l.CommitLSN)
 		if err != nil {
 			return nil, err
 		}
-		out[l.Key] = decode.Position{CommitLSN: lsn, Seq: uint32(l.Seq)}
+		out[l.Key] = envelope.Position{CommitLSN: lsn, Seq: uint32(l.Seq)}
 	}
 	return out, nil
 }

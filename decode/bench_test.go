@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -162,9 +163,9 @@ func TestFormatWithoutFmt(t *testing.T) {
 			t.Fatalf("LSN(%#x).String() = %q, want %q", v, got, want)
 		}
 		seq := uint32(v >> 7)
-		p := decode.Position{CommitLSN: l, Seq: seq}
-		if got, want := decode.Key("7441925118437418807", "pgaudit_cdc", p), fmt.Sprintf("pgaudit-cdc:7441925118437418807:pgaudit_cdc:%016X:%d", v, seq); got != want {
-			t.Fatalf("Key(%#x, %d) = %q, want %q", v, seq, got, want)
+		p := envelope.Position{CommitLSN: l, Seq: seq}
+		if got, want := envelope.Key("7441925118437418807", "pgaudit_cdc", p), fmt.Sprintf("pgaudit-cdc:7441925118437418807:pgaudit_cdc:%016X:%d", v, seq); got != want {
+			t.Fatalf("envelope.Key(%#x, %d) = %q, want %q", v, seq, got, want)
 		}
 	}
 }

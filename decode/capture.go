@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
@@ -38,25 +40,6 @@ const (
 	// CheckpointPrefix carries a digest of a table's rows, written by
 	// `pgaudit-cdc checkpoint`, delivered as a CHECKPOINT event.
 	CheckpointPrefix = "pgaudit_cdc.checkpoint"
-)
-
-// Operations besides row changes.
-const (
-	OpRead    = "READ"    // a backfilled existing row
-	OpSummary = "SUMMARY" // the changes of a skipped transaction, counted
-	OpWatch   = "WATCH"   // self-audit: a watch was created
-	OpRewatch = "REWATCH" // self-audit: a watch changed
-	OpUnwatch = "UNWATCH" // self-audit: a watch was removed
-	OpDrop    = "DROP"    // self-audit: a watched table was dropped, which ends its watch
-	// OpCheckpoint is a digest of a table's rows at its place in commit order.
-	OpCheckpoint = "CHECKPOINT"
-)
-
-// SelfAuditKind and SelfAuditSource label the events the registry emits
-// about itself.
-const (
-	SelfAuditKind   = "other"
-	SelfAuditSource = "pgaudit-cdc"
 )
 
 func (s *Stream) logicalMessage(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit func(Item) error) error {
@@ -94,17 +77,13 @@ func (s *Stream) logicalMessage(ctx context.Context, lsn pgoutput.LSN, m *pgoutp
 	}
 }
 
-// compactObject validates a JSON object and removes insignificant space.
+// compactObject validates a JSON object and writes it in canonical form.
 func compactObject(content []byte) ([]byte, error) {
 	trimmed := bytes.TrimSpace(content)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, fmt.Errorf("not a JSON object")
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, trimmed); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return envelope.CanonicalRaw(trimmed)
 }
 
 // skipCount is one table's tally in a skipped transaction.
@@ -130,27 +109,12 @@ func (s *Stream) countSkipped(rel *pgoutput.RelationMessage, op string) {
 func (s *Stream) emitSkipSummaries(lsn pgoutput.LSN, emit func(Item) error) error {
 	for _, c := range s.skipped {
 		s.seq++
-		ev := s.newEvent(lsn, QualifiedName(c.rel.Namespace, c.rel.Name), c.watch, OpSummary)
-		b := s.appendHead(make([]byte, 0, 512), ev)
-		b = append(b, `,"counts":{`...)
-		first := true
-		for _, op := range []string{OpInsert, OpUpdate, OpDelete, OpTruncate} {
-			if n := c.counts[op]; n > 0 {
-				if !first {
-					b = append(b, ',')
-				}
-				first = false
-				b = append(b, '"')
-				b = append(b, op...)
-				b = append(b, `":`...)
-				b = strconv.AppendInt(b, int64(n), 10)
-			}
+		ev := s.newEvent(lsn, ident.Qualified(c.rel.Namespace, c.rel.Name), c.watch, envelope.OpSummary)
+		counts, err := envelope.Canonical(c.counts)
+		if err != nil {
+			return fmt.Errorf("BUG: encoding skip counts: %w", err)
 		}
-		b = append(b, `},"skip":`...)
-		b = append(b, s.skip...)
-		b = s.appendMetadata(b, ev, lsn)
-		b = append(b, "}}}"...)
-		ev.Body = b
+		ev.Fields = []envelope.Field{{Name: "counts", Value: counts}, {Name: "skip", Value: s.skip}}
 		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
 			return err
 		}
@@ -241,7 +205,7 @@ func parseRegistryRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple, bySchem
 		}
 	}
 	if table != "" {
-		e.Table = QualifiedName(schema, table)
+		e.Table = ident.Qualified(schema, table)
 	}
 	return e
 }
@@ -310,13 +274,13 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 	var shown, previous *registryEntry
 	switch {
 	case after != nil && after.DroppedAt != "" && before != nil && before.DroppedAt == "" && before.Active:
-		action, shown, previous = OpDrop, after, before
+		action, shown, previous = envelope.OpDrop, after, before
 	case after != nil && after.Active && (before == nil || !before.Active):
-		action, shown = OpWatch, after
+		action, shown = envelope.OpWatch, after
 	case after != nil && after.Active:
-		action, shown, previous = OpRewatch, after, before
+		action, shown, previous = envelope.OpRewatch, after, before
 	case before != nil && before.Active:
-		action, previous = OpUnwatch, before
+		action, previous = envelope.OpUnwatch, before
 	default:
 		return nil // a tombstone changed while inactive: nothing to say
 	}
@@ -326,21 +290,21 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 	} else {
 		by = before.ChangedBy
 	}
-	ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), Watch{Kind: SelfAuditKind, Source: SelfAuditSource}, action)
-	b := s.appendHead(make([]byte, 0, 512), ev)
-	if shown != nil {
-		js, _ := json.Marshal(shown)
-		b = append(append(b, `,"watch":`...), js...)
+	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), Watch{Kind: envelope.SelfAuditKind, Source: envelope.SelfAuditSource}, action)
+	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, by)}}
+	for _, m := range []struct {
+		name  string
+		entry *registryEntry
+	}{{"previous", previous}, {"watch", shown}} {
+		if m.entry == nil {
+			continue
+		}
+		js, err := envelope.Canonical(m.entry)
+		if err != nil {
+			return fmt.Errorf("BUG: encoding a registry entry: %w", err)
+		}
+		ev.Fields = append(ev.Fields, envelope.Field{Name: m.name, Value: js})
 	}
-	if previous != nil {
-		js, _ := json.Marshal(previous)
-		b = append(append(b, `,"previous":`...), js...)
-	}
-	b = append(b, `,"changed_by":`...)
-	b = pgjson.AppendString(b, []byte(by))
-	b = s.appendMetadata(b, ev, lsn)
-	b = append(b, "}}}"...)
-	ev.Body = b
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
@@ -387,39 +351,48 @@ func (s *Stream) backfill(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.Log
 		rel.Columns[i] = pgoutput.RelationColumn{Name: c.Name, TypeOID: c.TypeOID}
 		types[i] = t
 	}
+	order := columnOrder(rel.Columns)
 	for _, row := range chunk.Rows {
 		s.seq++
 		if !ok || len(row) != len(rel.Columns) {
 			continue
 		}
-		ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpRead)
-		b := s.appendHead(make([]byte, 0, 256), ev)
-		b = append(b, `,"new":{`...)
-		for i, v := range row {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = pgjson.AppendString(b, []byte(rel.Columns[i].Name))
-			b = append(b, ':')
-			if v == nil {
-				b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleNull})
-			} else {
-				b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleText, Data: []byte(*v)})
-			}
-		}
-		b = append(b, `},"backfill":{"id":`...)
-		b = strconv.AppendInt(b, chunk.ID, 10)
-		b = append(b, `,"chunk":`...)
-		b = strconv.AppendInt(b, chunk.Chunk, 10)
-		b = append(b, '}')
-		b = s.appendMetadata(b, ev, lsn)
-		b = append(b, "}}}"...)
-		ev.Body = b
+		ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), w, envelope.OpRead)
+		ev.New = appendBackfillRow(make([]byte, 0, 256), rel, types, order, row)
+		ev.Fields = []envelope.Field{{Name: "backfill", Value: backfillRef(chunk)}}
 		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// appendBackfillRow writes one backfilled row as a JSON object, its columns
+// in order (sorted by name).
+func appendBackfillRow(b []byte, rel *pgoutput.RelationMessage, types []*pgjson.Type, order []int, row []*string) []byte {
+	b = append(b, '{')
+	for n, i := range order {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		b = pgjson.AppendText(b, rel.Columns[i].Name)
+		b = append(b, ':')
+		if v := row[i]; v == nil {
+			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleNull})
+		} else {
+			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleText, Data: []byte(*v)})
+		}
+	}
+	return append(b, '}')
+}
+
+// backfillRef is payload.backfill of a READ event: which backfill and chunk.
+func backfillRef(chunk BackfillChunk) []byte {
+	b := append([]byte(nil), `{"chunk":`...)
+	b = strconv.AppendInt(b, chunk.Chunk, 10)
+	b = append(b, `,"id":`...)
+	b = strconv.AppendInt(b, chunk.ID, 10)
+	return append(b, '}')
 }
 
 // controlRow is an INSERT into the control table: the authority for a skip
@@ -467,16 +440,17 @@ func (s *Stream) controlRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) {
 	}
 	switch c.action {
 	case "skip":
-		b := []byte(`{"reason":`)
-		b = appendNullableString(b, c.reason)
-		b = append(b, `,"by":`...)
-		b = pgjson.AppendString(b, []byte(c.byRole))
-		b = append(b, `,"session_user":`...)
-		b = pgjson.AppendString(b, []byte(c.session))
-		b = append(b, `,"application_name":`...)
+		// Members in canonical (sorted) order.
+		b := []byte(`{"application_name":`)
 		b = appendNullableString(b, c.appName)
+		b = append(b, `,"by":`...)
+		b = pgjson.AppendText(b, c.byRole)
 		b = append(b, `,"control_id":`...)
-		b = pgjson.AppendString(b, []byte(c.id))
+		b = pgjson.AppendText(b, c.id)
+		b = append(b, `,"reason":`...)
+		b = appendNullableString(b, c.reason)
+		b = append(b, `,"session_user":`...)
+		b = pgjson.AppendText(b, c.session)
 		s.skip = append(b, '}')
 	case "backfill", "checkpoint":
 		s.backfillAuth = append(s.backfillAuth, c)
@@ -487,7 +461,7 @@ func appendNullableString(b []byte, p *string) []byte {
 	if p == nil {
 		return append(b, "null"...)
 	}
-	return pgjson.AppendString(b, []byte(*p))
+	return pgjson.AppendText(b, *p)
 }
 
 // useControlAuth consumes the control row that authorises a message of the
@@ -521,7 +495,7 @@ func (s *Stream) checkReplicaIdentity(rel *pgoutput.RelationMessage, emit func(I
 	if w, ok := s.watchFor(rel.ID, rel.Namespace); !ok || !w.Active || w.KeyIdentity {
 		return nil
 	}
-	name := QualifiedName(rel.Namespace, rel.Name)
+	name := ident.Qualified(rel.Namespace, rel.Name)
 	return emit(Item{Kind: ItemReplicaIdentity, TableOID: rel.ID, Table: name, ReplicaIdentity: rel.ReplicaIdentity,
 		Notice: fmt.Sprintf("%s streams with REPLICA IDENTITY %s, not FULL: its UPDATE and DELETE events carry the key at most as old row (flagged old_is_key_only)", name, ReplicaIdentityName(rel.ReplicaIdentity))})
 }
@@ -582,48 +556,34 @@ func (s *Stream) checkpoint(lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit f
 		return nil
 	}
 	rel := &pgoutput.RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
-	ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpCheckpoint)
-	b := s.appendHead(make([]byte, 0, 512), ev)
-	b = append(b, `,"checkpoint":{"id":`...)
-	b = strconv.AppendInt(b, cp.ID, 10)
-	if cp.Chunk > 0 {
-		b = append(b, `,"chunk":`...)
-		b = strconv.AppendInt(b, cp.Chunk, 10)
-		b = append(b, `,"last":`...)
-		b = strconv.AppendBool(b, cp.Last)
+	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), w, envelope.OpCheckpoint)
+	js, err := envelope.Canonical(checkpointField(cp))
+	if err != nil {
+		return fmt.Errorf("BUG: encoding a checkpoint: %w", err)
 	}
-	b = append(b, `,"rows":`...)
-	b = strconv.AppendInt(b, cp.Rows, 10)
-	b = append(b, `,"digest":`...)
-	b = pgjson.AppendString(b, []byte(cp.Digest))
-	if cp.Last && cp.TotalRows != nil {
-		b = append(b, `,"total_rows":`...)
-		b = strconv.AppendInt(b, *cp.TotalRows, 10)
-		b = append(b, `,"total_digest":`...)
-		b = pgjson.AppendString(b, []byte(cp.TotalDigest))
-	}
-	b = append(b, `,"key_columns":`...)
-	b = appendStrings(b, cp.KeyColumns)
-	b = append(b, `,"columns":`...)
-	b = appendStrings(b, cp.Columns)
-	if cp.Pairs != nil {
-		b = append(b, `,"pairs":`...)
-		b = pgjson.AppendString(b, []byte(*cp.Pairs))
-	}
-	b = append(b, '}')
-	b = s.appendMetadata(b, ev, lsn)
-	b = append(b, "}}}"...)
-	ev.Body = b
+	ev.Fields = []envelope.Field{{Name: "checkpoint", Value: js}}
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
-func appendStrings(b []byte, ss []string) []byte {
-	b = append(b, '[')
-	for i, x := range ss {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = pgjson.AppendString(b, []byte(x))
+// checkpointField is payload.checkpoint of a CHECKPOINT event.
+func checkpointField(cp CheckpointMessage) map[string]any {
+	f := map[string]any{"id": cp.ID, "rows": cp.Rows, "digest": cp.Digest,
+		"key_columns": nonNil(cp.KeyColumns), "columns": nonNil(cp.Columns)}
+	if cp.Chunk > 0 {
+		f["chunk"], f["last"] = cp.Chunk, cp.Last
 	}
-	return append(b, ']')
+	if cp.Last && cp.TotalRows != nil {
+		f["total_rows"], f["total_digest"] = *cp.TotalRows, cp.TotalDigest
+	}
+	if cp.Pairs != nil {
+		f["pairs"] = *cp.Pairs
+	}
+	return f
+}
+
+func nonNil(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
 }

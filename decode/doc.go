@@ -11,7 +11,7 @@
 // (package catalog reads them from pg_type), which the stream asks when a
 // RELATION message or a backfill chunk arrives.
 //
-// Key, Position and ParseKey name every change of a slot (the idempotency
+// Key, Position and envelope.ParseKey name every change of a slot (the idempotency
 // key the spine deduplicates on). The capture features (annotations, the
 // skip marker, backfill chunks and checkpoints, all authenticated by
 // pgaudit_cdc.control rows) are in capture.go. Every envelope is self-linked

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
@@ -75,126 +77,20 @@ type TypeLookup interface {
 type relation struct {
 	*pgoutput.RelationMessage
 	types []*pgjson.Type // one per column; nil maps as text
-	name  string         // QualifiedName, made once per RELATION message, not per event
+	name  string         // ident.Qualified, made once per RELATION message, not per event
 	keys  [][]byte       // per column, its name as a JSON string and ':', made once too
+	order []int          // the columns in the order rows are written: by name
 }
 
-// Position orders every change of a slot: the commit LSN of its transaction,
-// then its sequence number in that transaction. It is stable across replays.
-type Position struct {
-	CommitLSN pgoutput.LSN
-	Seq       uint32
-}
-
-// AppendText writes p as "<commit LSN>:<seq>", e.g. "0/1A2B3C8:5", the form
-// of metadata.prev.
-func (p Position) AppendText(b []byte) []byte {
-	b = p.CommitLSN.AppendText(b)
-	b = append(b, ':')
-	return strconv.AppendUint(b, uint64(p.Seq), 10)
-}
-
-// String is AppendText as a string.
-func (p Position) String() string { return string(p.AppendText(nil)) }
-
-// ParsePosition parses the form of Position.String.
-func ParsePosition(s string) (Position, bool) {
-	lsnText, seqText, ok := strings.Cut(s, ":")
-	if !ok {
-		return Position{}, false
+// columnOrder returns the indexes of cols sorted by column name: canonical
+// JSON writes an object's members in that order.
+func columnOrder(cols []pgoutput.RelationColumn) []int {
+	order := make([]int, len(cols))
+	for i := range order {
+		order[i] = i
 	}
-	hiText, loText, ok := strings.Cut(lsnText, "/")
-	if !ok {
-		return Position{}, false
-	}
-	hi, err1 := strconv.ParseUint(hiText, 16, 32)
-	lo, err2 := strconv.ParseUint(loText, 16, 32)
-	seq, err3 := strconv.ParseUint(seqText, 10, 32)
-	if err1 != nil || err2 != nil || err3 != nil {
-		return Position{}, false
-	}
-	return Position{CommitLSN: pgoutput.LSN(hi<<32 | lo), Seq: uint32(seq)}, true
-}
-
-// Less reports whether p comes before q in commit order.
-func (p Position) Less(q Position) bool {
-	if p.CommitLSN != q.CommitLSN {
-		return p.CommitLSN < q.CommitLSN
-	}
-	return p.Seq < q.Seq
-}
-
-// IsZero reports whether p is the zero position (before everything).
-func (p Position) IsZero() bool { return p == Position{} }
-
-const keyPrefix = "pgaudit-cdc:"
-
-// Key is the idempotency key of the change at p: unique across servers
-// (system identifier), agents (slot) and changes (position).
-func Key(systemID, slot string, p Position) string {
-	b := make([]byte, 0, len(keyPrefix)+len(systemID)+len(slot)+30)
-	b = append(b, keyPrefix...)
-	b = append(b, systemID...)
-	b = append(b, ':')
-	b = append(b, slot...)
-	b = append(b, ':')
-	// The commit LSN as 16 upper-case hex digits, without fmt (hot path).
-	const hexDigits = "0123456789ABCDEF"
-	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, hexDigits[uint64(p.CommitLSN)>>shift&0xF])
-	}
-	b = append(b, ':')
-	b = strconv.AppendUint(b, uint64(p.Seq), 10)
-	return string(b)
-}
-
-// KeyPrefix is what every key of systemID and slot starts with.
-func KeyPrefix(systemID, slot string) string {
-	return keyPrefix + systemID + ":" + slot + ":"
-}
-
-// ParseKey splits an idempotency key made by Key. ok is false for anything
-// else, including keys of other producers.
-func ParseKey(key string) (systemID, slot string, p Position, ok bool) {
-	rest, found := strings.CutPrefix(key, keyPrefix)
-	if !found {
-		return "", "", Position{}, false
-	}
-	parts := strings.Split(rest, ":")
-	if len(parts) != 4 || parts[0] == "" || parts[1] == "" {
-		return "", "", Position{}, false
-	}
-	lsn, err := strconv.ParseUint(parts[2], 16, 64)
-	if err != nil {
-		return "", "", Position{}, false
-	}
-	seq, err := strconv.ParseUint(parts[3], 10, 32)
-	if err != nil {
-		return "", "", Position{}, false
-	}
-	return parts[0], parts[1], Position{CommitLSN: pgoutput.LSN(lsn), Seq: uint32(seq)}, true
-}
-
-// Operation names as they appear in payload.operation.
-const (
-	OpInsert   = "INSERT"
-	OpUpdate   = "UPDATE"
-	OpDelete   = "DELETE"
-	OpTruncate = "TRUNCATE"
-)
-
-// Event is one envelope ready to publish.
-type Event struct {
-	// Body is the PublishRequest JSON: kind, source, timestamp, payload.
-	Body       []byte
-	Key        string
-	Pos        Position
-	LSN        pgoutput.LSN
-	Kind       string
-	Source     string
-	Table      string // as in payload.table
-	Operation  string
-	CommitTime time.Time
+	slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(cols[a].Name, cols[b].Name) })
+	return order
 }
 
 // ItemKind tells what an Item carries.
@@ -218,7 +114,7 @@ const (
 // Item is one output of Stream.Apply.
 type Item struct {
 	Kind   ItemKind
-	Event  *Event
+	Event  *envelope.Event
 	EndLSN pgoutput.LSN
 	// Watch changes.
 	TableOID uint32
@@ -248,7 +144,7 @@ type Stream struct {
 	inTx       bool
 	begin      pgoutput.BeginMessage
 	seq        uint32
-	timestamp  []byte // commit time, ISO 8601, of the current transaction
+	timestamp  string // commit time, ISO 8601, of the current transaction
 	commitTime time.Time
 
 	// Per-transaction capture state (see capture.go).
@@ -264,19 +160,19 @@ type Stream struct {
 	// relation, so a weakening is reported once.
 	identity map[uint32]byte
 
-	// The self-linked stream (see appendMetadata): the position of the
-	// previous event, the number of events built in this transaction, and
-	// the last of them, held back until it is known whether it is the last.
-	prev    Position
+	// The self-linked stream (see newEvent): the position of the previous
+	// event, the number of events built in this transaction, and the last of
+	// them, held back until it is known whether it is the last.
+	prev    envelope.Position
 	txCount uint32
-	held    *Event
+	held    *envelope.Event
 }
 
 // SetPrevious tells the stream the position of the last event already
 // delivered (read back from the spine at the start of a session), so the
 // first event it builds links to it when the replay regenerates nothing
 // before it.
-func (s *Stream) SetPrevious(p Position) { s.prev = p }
+func (s *Stream) SetPrevious(p envelope.Position) { s.prev = p }
 
 // NewStream returns a Stream that labels events with watches (keyed by table
 // OID). The map is copied.
@@ -341,17 +237,20 @@ func (s *Stream) Apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 		switch it.Kind {
 		case ItemEvent:
 			// Hold each event until the next one or the commit: only then
-			// is it known whether it is the transaction's last.
+			// is it known whether it is the transaction's last, which its
+			// metadata says (tx_events). It is encoded when released.
 			held := s.held
 			s.held = it.Event
 			if held != nil {
+				held.Finish()
 				return emit(Item{Kind: ItemEvent, Event: held})
 			}
 			return nil
 		case ItemCommit:
 			if held := s.held; held != nil {
 				s.held = nil
-				markLast(held, s.txCount)
+				held.TxEvents = s.txCount
+				held.Finish()
 				if err := emit(Item{Kind: ItemEvent, Event: held}); err != nil {
 					return err
 				}
@@ -359,15 +258,6 @@ func (s *Stream) Apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 		}
 		return emit(it)
 	})
-}
-
-// markLast adds the transaction's event count to its last event's metadata,
-// which is the innermost object the body closes last.
-func markLast(ev *Event, count uint32) {
-	b := ev.Body[:len(ev.Body)-3] // "}}}": metadata, payload, envelope
-	b = append(b, `,"tx_events":`...)
-	b = strconv.AppendUint(b, uint64(count), 10)
-	ev.Body = append(b, "}}}"...)
 }
 
 func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message, emit func(Item) error) error {
@@ -378,7 +268,7 @@ func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 		}
 		s.inTx, s.begin, s.seq, s.txCount, s.held = true, *m, 0, 0, nil
 		s.commitTime = pgoutput.PGTime(m.CommitTime)
-		s.timestamp = AppendTimestamp(s.timestamp[:0], s.commitTime)
+		s.timestamp = envelope.FormatTimestamp(s.commitTime)
 		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth = nil, "", nil, nil, nil
 		return nil
 	case *pgoutput.CommitMessage:
@@ -402,11 +292,11 @@ func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 	case *pgoutput.LogicalMessage:
 		return s.logicalMessage(ctx, lsn, m, emit)
 	case *pgoutput.InsertMessage:
-		return s.change(lsn, m.RelationID, OpInsert, 0, nil, m.New, emit)
+		return s.change(lsn, m.RelationID, envelope.OpInsert, 0, nil, m.New, emit)
 	case *pgoutput.UpdateMessage:
-		return s.change(lsn, m.RelationID, OpUpdate, m.OldKind, m.Old, m.New, emit)
+		return s.change(lsn, m.RelationID, envelope.OpUpdate, m.OldKind, m.Old, m.New, emit)
 	case *pgoutput.DeleteMessage:
-		return s.change(lsn, m.RelationID, OpDelete, m.OldKind, m.Old, nil, emit)
+		return s.change(lsn, m.RelationID, envelope.OpDelete, m.OldKind, m.Old, nil, emit)
 	case *pgoutput.TruncateMessage:
 		return s.truncate(lsn, m, emit)
 	default:
@@ -419,13 +309,13 @@ func (s *Stream) resolveRelation(ctx context.Context, m *pgoutput.RelationMessag
 	if s.cfg.Types != nil {
 		s.cfg.Types.Forget()
 	}
-	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns)), name: QualifiedName(m.Namespace, m.Name),
-		keys: make([][]byte, len(m.Columns))}
+	rel := &relation{RelationMessage: m, types: make([]*pgjson.Type, len(m.Columns)), name: ident.Qualified(m.Namespace, m.Name),
+		keys: make([][]byte, len(m.Columns)), order: columnOrder(m.Columns)}
 	for i, c := range m.Columns {
-		rel.keys[i] = append(pgjson.AppendString(nil, []byte(c.Name)), ':')
+		rel.keys[i] = append(pgjson.AppendText(nil, c.Name), ':')
 		t, err := s.lookupType(ctx, c.TypeOID)
 		if err != nil {
-			return nil, fmt.Errorf("resolving the type of %s.%s: %w", QualifiedName(m.Namespace, m.Name), c.Name, err)
+			return nil, fmt.Errorf("resolving the type of %s.%s: %w", ident.Qualified(m.Namespace, m.Name), c.Name, err)
 		}
 		rel.types[i] = t
 	}
@@ -466,7 +356,7 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 		case s.cfg.SchemaRegistryTable:
 			return s.registryChange(lsn, rel, old, newT, true, emit)
 		case s.cfg.ControlTable:
-			if op == OpInsert {
+			if op == envelope.OpInsert {
 				s.controlRow(rel, newT)
 			}
 			return nil
@@ -482,48 +372,31 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 		s.countSkipped(rel, op)
 		return nil
 	}
-	if op == OpUpdate && len(w.OnColumns) > 0 && oldKind == 'O' && !changedAny(rel, old, newT, w.OnColumns) {
+	if op == envelope.OpUpdate && len(w.OnColumns) > 0 && oldKind == 'O' && !changedAny(rel, old, newT, w.OnColumns) {
 		return nil
 	}
 	if (old != nil && len(old) != len(rel.Columns)) || (newT != nil && len(newT) != len(rel.Columns)) {
-		return fmt.Errorf("%w: tuple of %s has a column count that differs from its RELATION message (%d)", ErrProtocol, QualifiedName(rel.Namespace, rel.Name), len(rel.Columns))
+		return fmt.Errorf("%w: tuple of %s has a column count that differs from its RELATION message (%d)", ErrProtocol, ident.Qualified(rel.Namespace, rel.Name), len(rel.Columns))
 	}
 
 	ev := s.newEvent(lsn, resolved.name, w, op)
-	b := make([]byte, 0, 384+len(w.Kind)+len(w.Source)+tupleSize(rel, old)+tupleSize(rel, newT))
-	b = s.appendHead(b, ev)
-	var missing []string
-	oldFull := oldKind == 'O'
+	rows := make([]byte, 0, tupleSize(rel, old)+tupleSize(rel, newT)+4)
 	if old != nil {
-		b = append(b, `,"old":`...)
-		b, _ = appendRow(b, resolved, old, nil, oldKind == 'K')
+		rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K')
+		ev.Old = rows[:len(rows):len(rows)]
 	}
 	if newT != nil {
-		b = append(b, `,"new":`...)
 		var fallback pgoutput.Tuple
-		if oldFull {
+		if oldKind == 'O' {
 			fallback = old
 		}
-		b, missing = appendRow(b, resolved, newT, fallback, false)
+		n := len(rows)
+		rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false)
+		ev.New = rows[n:]
 	}
-	b = s.appendMetadata(b, ev, lsn)
-	if (op == OpUpdate || op == OpDelete) && oldKind != 'O' {
-		// The old row is the key at most (REPLICA IDENTITY DEFAULT or
-		// USING INDEX), or absent (an UPDATE that kept the key).
-		b = append(b, `,"old_is_key_only":true`...)
-	}
-	if len(missing) > 0 {
-		b = append(b, `,"unavailable_columns":[`...)
-		for i, name := range missing {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = pgjson.AppendString(b, []byte(name))
-		}
-		b = append(b, ']')
-	}
-	b = append(b, "}}}"...)
-	ev.Body = b
+	// The old row is the key at most (REPLICA IDENTITY DEFAULT or USING
+	// INDEX), or absent (an UPDATE that kept the key).
+	ev.OldIsKeyOnly = (op == envelope.OpUpdate || op == envelope.OpDelete) && oldKind != 'O'
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
@@ -551,18 +424,14 @@ func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit fu
 			continue
 		}
 		if s.skip != nil {
-			s.countSkipped(rel, OpTruncate)
+			s.countSkipped(rel, envelope.OpTruncate)
 			continue
 		}
-		ev := s.newEvent(lsn, QualifiedName(rel.Namespace, rel.Name), w, OpTruncate)
-		b := s.appendHead(make([]byte, 0, 384), ev)
-		b = append(b, `,"cascade":`...)
-		b = strconv.AppendBool(b, m.Options&pgoutput.TruncateCascade != 0)
-		b = append(b, `,"restart_identity":`...)
-		b = strconv.AppendBool(b, m.Options&pgoutput.TruncateRestartIdentity != 0)
-		b = s.appendMetadata(b, ev, lsn)
-		b = append(b, "}}}"...)
-		ev.Body = b
+		ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), w, envelope.OpTruncate)
+		ev.Fields = []envelope.Field{
+			{Name: "cascade", Value: strconv.AppendBool(nil, m.Options&pgoutput.TruncateCascade != 0)},
+			{Name: "restart_identity", Value: strconv.AppendBool(nil, m.Options&pgoutput.TruncateRestartIdentity != 0)},
+		}
 		if err := emit(Item{Kind: ItemEvent, Event: ev}); err != nil {
 			return err
 		}
@@ -570,73 +439,28 @@ func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit fu
 	return nil
 }
 
-func (s *Stream) newEvent(lsn pgoutput.LSN, table string, w Watch, op string) *Event {
-	pos := Position{CommitLSN: s.begin.FinalLSN, Seq: s.seq}
-	return &Event{
-		Key:        Key(s.cfg.SystemID, s.cfg.Slot, pos),
-		Pos:        pos,
-		LSN:        lsn,
-		Kind:       w.Kind,
-		Source:     w.Source,
-		Table:      table,
-		Operation:  op,
-		CommitTime: s.commitTime,
-	}
-}
-
-// appendHead writes the envelope up to and including payload.operation.
-func (s *Stream) appendHead(b []byte, ev *Event) []byte {
-	b = append(b, `{"kind":`...)
-	b = pgjson.AppendString(b, []byte(ev.Kind))
-	b = append(b, `,"source":`...)
-	b = pgjson.AppendString(b, []byte(ev.Source))
-	b = append(b, `,"timestamp":"`...)
-	b = append(b, s.timestamp...)
-	b = append(b, `","payload":{"table":`...)
-	b = pgjson.AppendString(b, []byte(ev.Table))
-	b = append(b, `,"operation":"`...)
-	b = append(b, ev.Operation...)
-	b = append(b, '"')
-	return b
-}
-
-// appendMetadata writes payload.metadata, leaving the object open so callers
-// can add fields.
-func (s *Stream) appendMetadata(b []byte, ev *Event, lsn pgoutput.LSN) []byte {
-	b = append(b, `,"metadata":{"commit_lsn":"`...)
-	b = s.begin.FinalLSN.AppendText(b)
-	b = append(b, `","lsn":"`...)
-	b = lsn.AppendText(b)
-	b = append(b, `","xid":`...)
-	b = strconv.AppendUint(b, uint64(s.begin.Xid), 10)
-	b = append(b, `,"commit_timestamp":"`...)
-	b = append(b, s.timestamp...)
-	b = append(b, `","idempotency_key":`...)
-	b = pgjson.AppendString(b, []byte(ev.Key))
-	// The self-linked stream: the previous event's position (null for the
-	// first one known) and this event's index in its transaction. The last
-	// event of a transaction also carries tx_events (see markLast). A
-	// verifier can tell from these alone that nothing is missing.
-	b = append(b, `,"prev":`...)
-	if s.prev.IsZero() {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '"')
-		b = s.prev.AppendText(b)
-		b = append(b, '"')
-	}
-	s.prev = ev.Pos
+// newEvent starts the envelope of the change at the current sequence
+// number, labelled by w, and links it into the self-linked stream: it names
+// the previous event (prev) and its place in the transaction (tx_index).
+// A verifier can tell from these alone that nothing is missing.
+func (s *Stream) newEvent(lsn pgoutput.LSN, table string, w Watch, op string) *envelope.Event {
+	pos := envelope.Position{CommitLSN: s.begin.FinalLSN, Seq: s.seq}
 	s.txCount++
-	b = append(b, `,"tx_index":`...)
-	b = strconv.AppendUint(b, uint64(s.txCount), 10)
-	if s.annotations != nil {
-		b = append(b, `,"annotations":`...)
-		b = append(b, s.annotations...)
-	} else if s.annotationsErr != "" {
-		b = append(b, `,"annotations_error":`...)
-		b = pgjson.AppendString(b, []byte(s.annotationsErr))
+	ev := &envelope.Event{
+		Pos:        pos,
+		CommitTime: s.commitTime,
+		Envelope: envelope.Envelope{
+			Kind: w.Kind, Source: w.Source, Timestamp: s.timestamp,
+			Table: table, Operation: op,
+			CommitLSN: s.begin.FinalLSN, LSN: lsn, Xid: s.begin.Xid, HasXid: true,
+			CommitTimestamp: s.timestamp,
+			Key:             envelope.Key(s.cfg.SystemID, s.cfg.Slot, pos),
+			Linked:          true, Prev: s.prev, TxIndex: s.txCount,
+			Annotations: s.annotations, AnnotationsError: s.annotationsErr,
+		},
 	}
-	return b
+	s.prev = pos
+	return ev
 }
 
 // appendRow writes a tuple as a JSON object keyed by column name. Unchanged
@@ -647,8 +471,8 @@ func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool
 	var missing []string
 	b = append(b, '{')
 	first := true
-	for i, col := range t {
-		rc := &rel.Columns[i]
+	for _, i := range rel.order {
+		col, rc := t[i], &rel.Columns[i]
 		if keyOnly && rc.Flags&1 == 0 {
 			continue
 		}
@@ -678,86 +502,11 @@ func appendColumn(b []byte, t *pgjson.Type, col pgoutput.TupleColumn) []byte {
 		return append(b, "null"...)
 	case pgoutput.TupleBinary:
 		// Never requested; keep the bytes recognisable rather than failing.
-		return pgjson.AppendString(b, []byte(`\x`+fmt.Sprintf("%x", col.Data)))
+		return pgjson.AppendText(b, `\x`+fmt.Sprintf("%x", col.Data))
 	}
 	out, err := pgjson.AppendValue(b, t, col.Data)
 	if err != nil {
 		return pgjson.AppendString(b, col.Data)
 	}
 	return out
-}
-
-// FormatTimestamp formats t in UTC the way the spine (Python's isoformat)
-// writes timestamps back: seconds, microseconds only when not zero, and an
-// explicit +00:00 offset.
-func FormatTimestamp(t time.Time) string {
-	return string(AppendTimestamp(nil, t))
-}
-
-// AppendTimestamp appends FormatTimestamp(t) to b. It writes the digits
-// itself: time.Format's layout interpreter was 5 % of the agent's CPU at one
-// event per transaction.
-func AppendTimestamp(b []byte, t time.Time) []byte {
-	t = t.UTC()
-	year, month, day := t.Date()
-	if year < 0 || year > 9999 {
-		// Beyond Python's datetime; written as time.Format writes it.
-		if t.Nanosecond()/1000 == 0 {
-			return t.AppendFormat(b, "2006-01-02T15:04:05+00:00")
-		}
-		return t.AppendFormat(b, "2006-01-02T15:04:05.000000+00:00")
-	}
-	hour, minute, sec := t.Clock()
-	b = appendDigits(b, year, 4)
-	b = append(b, '-')
-	b = appendDigits(b, int(month), 2)
-	b = append(b, '-')
-	b = appendDigits(b, day, 2)
-	b = append(b, 'T')
-	b = appendDigits(b, hour, 2)
-	b = append(b, ':')
-	b = appendDigits(b, minute, 2)
-	b = append(b, ':')
-	b = appendDigits(b, sec, 2)
-	if us := t.Nanosecond() / 1000; us != 0 {
-		b = append(b, '.')
-		b = appendDigits(b, us, 6)
-	}
-	return append(b, "+00:00"...)
-}
-
-// appendDigits appends the last width decimal digits of v (v >= 0),
-// zero-padded.
-func appendDigits(b []byte, v, width int) []byte {
-	b = append(b, "000000"[:width]...)
-	for i := len(b) - 1; i >= len(b)-width; i-- {
-		b[i] = byte('0' + v%10)
-		v /= 10
-	}
-	return b
-}
-
-// QualifiedName writes schema.table, double-quoting either part unless it is a
-// plain lower-case identifier, so that the result is unambiguous and matches
-// what users type for ordinary names ("public.decisions").
-func QualifiedName(schema, table string) string {
-	return QuoteIdent(schema) + "." + QuoteIdent(table)
-}
-
-// QuoteIdent double-quotes s unless it is a plain lower-case identifier.
-func QuoteIdent(s string) string {
-	plain := s != ""
-	for i := 0; i < len(s) && plain; i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c == '_':
-		case (c >= '0' && c <= '9') && i > 0:
-		default:
-			plain = false
-		}
-	}
-	if plain {
-		return s
-	}
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgoutputtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -119,7 +121,7 @@ func TestStreamResolvesTypes(t *testing.T) {
 			bodies = append(bodies, string(it.Event.Body))
 		}
 	}
-	if len(bodies) != 2 || !strings.Contains(bodies[0], `"new":{"id":1,"amount":42}`) || !strings.Contains(bodies[1], `"operation":"READ","new":{"id":2,"amount":7}`) {
+	if len(bodies) != 2 || !strings.Contains(bodies[0], `"new":{"amount":42,"id":1}`) || !strings.Contains(bodies[1], `"new":{"amount":7,"id":2},"operation":"READ"`) {
 		t.Fatalf("got events %q, want the INSERT and the READ with amount mapped as a number", bodies)
 	}
 
@@ -157,16 +159,18 @@ func TestStreamEnvelopes(t *testing.T) {
 		}
 		last := ""
 		if seq == 4 {
-			last = `,"tx_events":4`
+			last = `"tx_events":4,`
 		}
-		return `"metadata":{"commit_lsn":"0/1A2B3C8","lsn":"` + lsn + `","xid":1234,"commit_timestamp":"2026-11-14T19:33:20+00:00","idempotency_key":"pgaudit-cdc:7301:pgaudit_cdc:0000000001A2B3C8:` + string(rune('0'+seq)) + `","prev":` + prev + `,"tx_index":` + string(rune('0'+seq)) + last + `}`
+		return `"metadata":{"commit_lsn":"0/1A2B3C8","commit_timestamp":"2026-11-14T19:33:20+00:00","idempotency_key":"pgaudit-cdc:7301:pgaudit_cdc:0000000001A2B3C8:` + string(rune('0'+seq)) + `","lsn":"` + lsn + `","prev":` + prev + `,` + last + `"tx_index":` + string(rune('0'+seq)) + `,"xid":1234}`
 	}
-	head := `{"kind":"decision_card_status_changed","source":"procurement-api","timestamp":"2026-11-14T19:33:20+00:00","payload":{"table":"public.decisions",`
+	// Canonical JSON: members in sorted order at every level.
+	head := `{"kind":"decision_card_status_changed","payload":{`
+	tail := `,"table":"public.decisions"},"source":"procurement-api","timestamp":"2026-11-14T19:33:20+00:00"}`
 	want := []string{
-		head + `"operation":"INSERT","new":{"id":1,"status":"pending","body":"big"},` + meta("0/1002", 1) + `}}`,
-		head + `"operation":"UPDATE","old":{"id":1,"status":"pending","body":"big"},"new":{"id":1,"status":"approved","body":"big"},` + meta("0/1003", 2) + `}}`,
-		head + `"operation":"DELETE","old":{"id":1,"status":"approved","body":"big"},` + meta("0/1004", 3) + `}}`,
-		head + `"operation":"TRUNCATE","cascade":true,"restart_identity":false,` + meta("0/1005", 4) + `}}`,
+		head + meta("0/1002", 1) + `,"new":{"body":"big","id":1,"status":"pending"},"operation":"INSERT"` + tail,
+		head + meta("0/1003", 2) + `,"new":{"body":"big","id":1,"status":"approved"},"old":{"body":"big","id":1,"status":"pending"},"operation":"UPDATE"` + tail,
+		head + meta("0/1004", 3) + `,"old":{"body":"big","id":1,"status":"approved"},"operation":"DELETE"` + tail,
+		head + `"cascade":true,` + meta("0/1005", 4) + `,"operation":"TRUNCATE","restart_identity":false` + tail,
 	}
 	if len(items) != len(want)+1 {
 		t.Fatalf("got %d items, want %d", len(items), len(want)+1)
@@ -221,12 +225,12 @@ func TestStreamSkipsUnwatchedAndTracksRegistry(t *testing.T) {
 	if items[2].Watch.Active {
 		t.Fatalf("got an active watch after the registry delete, want inactive")
 	}
-	for i, op := range map[int]string{1: OpWatch, 3: OpInsert, 4: OpUnwatch, 5: OpInsert} {
+	for i, op := range map[int]string{1: envelope.OpWatch, 3: envelope.OpInsert, 4: envelope.OpUnwatch, 5: envelope.OpInsert} {
 		ev := items[i].Event
 		if ev.Operation != op {
 			t.Errorf("item %d: got operation %s, want %s", i, ev.Operation, op)
 		}
-		if (op == OpWatch || op == OpUnwatch) && (ev.Source != SelfAuditSource || ev.Kind != SelfAuditKind || !json.Valid(ev.Body)) {
+		if (op == envelope.OpWatch || op == envelope.OpUnwatch) && (ev.Source != envelope.SelfAuditSource || ev.Kind != envelope.SelfAuditKind || !json.Valid(ev.Body)) {
 			t.Errorf("item %d: self-audit event %s", i, ev.Body)
 		}
 	}
@@ -267,14 +271,14 @@ func TestStreamProtocolErrors(t *testing.T) {
 }
 
 func TestKeyRoundTrip(t *testing.T) {
-	p := Position{CommitLSN: 0xFFFFFFFF00000001, Seq: 4294967295}
-	sys, slot, got, ok := ParseKey(Key("7301234567890123456", "my_slot", p))
+	p := envelope.Position{CommitLSN: 0xFFFFFFFF00000001, Seq: 4294967295}
+	sys, slot, got, ok := envelope.ParseKey(envelope.Key("7301234567890123456", "my_slot", p))
 	if !ok || sys != "7301234567890123456" || slot != "my_slot" || got != p {
 		t.Fatalf("got %s %s %v %v, want the same key back", sys, slot, got, ok)
 	}
 	for _, bad := range []string{"", "pgaudit-cdc:", "pgaudit-cdc:a:b:zz:1", "other:1:s:0:1", "pgaudit-cdc:a:b:10:-1"} {
-		if _, _, _, ok := ParseKey(bad); ok {
-			t.Errorf("ParseKey(%q) succeeded, want failure", bad)
+		if _, _, _, ok := envelope.ParseKey(bad); ok {
+			t.Errorf("envelope.ParseKey(%q) succeeded, want failure", bad)
 		}
 	}
 }
@@ -288,8 +292,8 @@ func TestQualifiedName(t *testing.T) {
 		{"s", "a.b", `s."a.b"`},
 	}
 	for _, tt := range tests {
-		if got := QualifiedName(tt.schema, tt.table); got != tt.want {
-			t.Errorf("QualifiedName(%q, %q) = %s, want %s", tt.schema, tt.table, got, tt.want)
+		if got := ident.Qualified(tt.schema, tt.table); got != tt.want {
+			t.Errorf("ident.Qualified(%q, %q) = %s, want %s", tt.schema, tt.table, got, tt.want)
 		}
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/version"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -203,7 +203,7 @@ func (m *Metrics) PublishHooks(ready *Readiness) publish.Hooks {
 	return publish.Hooks{
 		Post:    func(outcome string, d time.Duration) { m.PublishDuration.WithLabelValues(outcome).Observe(d.Seconds()) },
 		Retry:   func(reason string, _ time.Duration) { m.Retries.WithLabelValues(reason).Inc() },
-		Skipped: func(*decode.Event) { m.EventsSkipped.Inc() },
+		Skipped: func(*envelope.Event) { m.EventsSkipped.Inc() },
 		SpineUp: func(up bool) {
 			ready.SetSink(up)
 			if up {

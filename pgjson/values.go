@@ -1,12 +1,18 @@
 package pgjson
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 	"unsafe"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 )
 
 // ErrMalformedValue is wrapped by AppendValue errors: the text is not a
@@ -162,9 +168,12 @@ func isJSONNumber(s []byte) bool {
 	return i == len(s)
 }
 
-// appendFloat writes a float4/float8 as a JSON number; the non-finite
-// values become strings. "-0" is written as -0.0 so that readers which keep
-// integers apart from floats (Python) do not turn it into the integer 0.
+// appendFloat writes a float4/float8 as a JSON number in Python's form (the
+// spine's canonical JSON: an integral literal stays as it is, any other is
+// written as Python's repr of the float64, "1e+15" as 1000000000000000.0);
+// the non-finite values become strings. "-0" is written as -0.0 so that
+// readers which keep integers apart from floats (Python) do not turn it
+// into the integer 0.
 func appendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
 	switch string(text) {
 	case "NaN", "Infinity", "-Infinity":
@@ -175,7 +184,14 @@ func appendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
 	if !isJSONNumber(text) {
 		return dst, malformed(t, text, "not a float")
 	}
-	return append(dst, text...), nil
+	if bytes.IndexAny(text, ".eE") < 0 {
+		return append(dst, text...), nil // a Python int, kept as written
+	}
+	f, err := strconv.ParseFloat(unsafe.String(unsafe.SliceData(text), len(text)), 64)
+	if err != nil {
+		return dst, malformed(t, text, "not a float")
+	}
+	return chain.AppendPythonFloat(dst, f), nil
 }
 
 // appendNumeric writes a numeric's exact text as a JSON string.
@@ -217,18 +233,31 @@ func appendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
 	return append(dst, '"'), nil
 }
 
-// appendJSON embeds valid JSON, without insignificant whitespace (so the
-// event stays on one line) and with U+2028/U+2029 escaped; anything else is
-// written as a JSON string of the text. The grammar is checked in the same
-// pass that compacts (see compactJSON).
+// appendJSON embeds valid JSON in the spine's canonical form (keys sorted,
+// no whitespace, ASCII escapes, Python's numbers); anything else is written
+// as a JSON string of the text. The grammar is checked first (see
+// compactJSON), which also refuses what the spine could not store.
 func appendJSON(dst []byte, text []byte) []byte {
 	n0 := len(dst)
 	if utf8.Valid(text) {
 		if out, ok := compactJSON(dst, text); ok {
-			return out
+			if canon, err := canonicalJSON(out[n0:]); err == nil {
+				return append(out[:n0], canon...)
+			}
 		}
 	}
 	return AppendString(dst[:n0], text)
+}
+
+// canonicalJSON rewrites one valid JSON value in canonical form.
+func canonicalJSON(text []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return chain.Canonical(v)
 }
 
 // appendBytea writes the hex form "\x0102ff" as a JSON string.
@@ -678,13 +707,14 @@ func appendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error
 		}
 		pos++
 	}
+	segs := make([][2]int, len(t.Fields)) // each field's "name":value in dst
 	for fi := range t.Fields {
 		f := &t.Fields[fi]
 		if fi > 0 {
 			dst = append(dst, ',')
 		}
-		// AppendString only reads its argument: no need to copy the name.
-		dst = AppendString(dst, unsafe.Slice(unsafe.StringData(f.Name), len(f.Name)))
+		segs[fi][0] = len(dst)
+		dst = AppendText(dst, f.Name)
 		dst = append(dst, ':')
 		if pos >= len(text) {
 			return dst[:n0], malformed(t, text, "unterminated record")
@@ -708,6 +738,7 @@ func appendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error
 			}
 			return dst[:n0], malformed(t, text, "too few fields")
 		}
+		segs[fi][1] = len(dst)
 		pos++
 	}
 	for pos < len(text) && arraySpace(text[pos]) {
@@ -716,7 +747,28 @@ func appendComposite(dst []byte, t *Type, text []byte, depth int) ([]byte, error
 	if pos != len(text) {
 		return dst[:n0], malformed(t, text, "junk after the record")
 	}
-	return append(dst, '}'), nil
+	return append(sortMembers(dst, n0+1, t.Fields, segs), '}'), nil
+}
+
+// sortMembers puts the object members at dst[from:], one per field at
+// segs, in the order of their names, as canonical JSON wants them.
+func sortMembers(dst []byte, from int, fields []Field, segs [][2]int) []byte {
+	if slices.IsSortedFunc(fields, func(a, b Field) int { return strings.Compare(a.Name, b.Name) }) {
+		return dst
+	}
+	order := make([]int, len(fields))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return strings.Compare(fields[a].Name, fields[b].Name) })
+	sorted := make([]byte, 0, len(dst)-from)
+	for i, fi := range order {
+		if i > 0 {
+			sorted = append(sorted, ',')
+		}
+		sorted = append(sorted, dst[segs[fi][0]:segs[fi][1]]...)
+	}
+	return append(dst[:from], sorted...)
 }
 
 // compositeField parses the non-empty field at text[pos:] and appends
@@ -795,9 +847,10 @@ func compositeField(dst []byte, t *Type, f *Field, text []byte, pos, depth int) 
 	return dropScratch(out, s0, len(raw)), i, nil
 }
 
-// noEscape marks the ASCII bytes AppendString copies as they are.
+// noEscape marks the ASCII bytes AppendString copies as they are: the
+// printable ones but '"' and '\\'.
 var noEscape = func() (tab [utf8.RuneSelf]bool) {
-	for c := 0x20; c < utf8.RuneSelf; c++ {
+	for c := 0x20; c < 0x7f; c++ {
 		tab[c] = c != '"' && c != '\\'
 	}
 	return
@@ -809,23 +862,27 @@ const (
 )
 
 // wordSafe reports whether all 8 bytes of w are ASCII that AppendString
-// copies unchanged (no control character, '"' or '\\').
+// copies unchanged (no control character, DEL, '"' or '\\').
 func wordSafe(w uint64) bool {
 	ctl := (w - ones*0x20) & ^w
 	q := w ^ (ones * '"')
 	q = (q - ones) & ^q
 	b := w ^ (ones * '\\')
 	b = (b - ones) & ^b
-	return (w|ctl|q|b)&highs == 0
+	d := w ^ (ones * 0x7f)
+	d = (d - ones) & ^d
+	return (w|ctl|q|b|d)&highs == 0
 }
 
 const hexDigits = "0123456789abcdef"
 
-// AppendString appends s as a JSON string. Invalid UTF-8 bytes become
-// U+FFFD, so the result is always valid JSON. '"', '\\' and control
-// characters are escaped (\n \r \t \b \f, else \u00XX), and so are U+2028
-// and U+2029; other characters, ASCII or not, are written raw. Runs of
-// bytes that need no escaping are copied in one go.
+// AppendString appends s as a JSON string in the spine's canonical form
+// (Python's json.dumps with ensure_ascii): '"', '\\' and \n \r \t \b \f
+// as two-character escapes, every other character outside printable ASCII
+// as \uXXXX with lower-case hex (DEL included), characters above U+FFFF as
+// a surrogate pair. Invalid UTF-8 bytes become U+FFFD, so the result is
+// always valid JSON. Runs of bytes that need no escaping are copied in one
+// go.
 func AppendString(dst []byte, s []byte) []byte {
 	dst = slices.Grow(dst, len(s)+2)
 	dst = append(dst, '"')
@@ -839,51 +896,66 @@ func AppendString(dst []byte, s []byte) []byte {
 			break
 		}
 		c := s[i]
+		if c < utf8.RuneSelf && noEscape[c] {
+			i++
+			continue
+		}
+		dst = append(dst, s[start:i]...)
 		if c < utf8.RuneSelf {
-			if noEscape[c] {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"':
-				dst = append(dst, '\\', '"')
-			case '\\':
-				dst = append(dst, '\\', '\\')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
+			dst = appendEscapedASCII(dst, c)
 			i++
 			start = i
 			continue
 		}
 		r, size := utf8.DecodeRune(s[i:])
 		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, "\uFFFD"...)
-			i++
-			start = i
-			continue
+			r = utf8.RuneError
 		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
+		dst = appendEscapedRune(dst, r)
 		i += size
+		start = i
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// AppendText is AppendString of a string, without copying it.
+func AppendText(dst []byte, s string) []byte {
+	return AppendString(dst, unsafe.Slice(unsafe.StringData(s), len(s)))
+}
+
+// appendEscapedASCII writes the escape of an ASCII byte that needs one.
+func appendEscapedASCII(dst []byte, c byte) []byte {
+	switch c {
+	case '"':
+		return append(dst, '\\', '"')
+	case '\\':
+		return append(dst, '\\', '\\')
+	case '\n':
+		return append(dst, '\\', 'n')
+	case '\r':
+		return append(dst, '\\', 'r')
+	case '\t':
+		return append(dst, '\\', 't')
+	case '\b':
+		return append(dst, '\\', 'b')
+	case '\f':
+		return append(dst, '\\', 'f')
+	}
+	return appendU16(dst, uint16(c))
+}
+
+// appendEscapedRune writes r (not ASCII) as \uXXXX, or as a surrogate pair
+// above U+FFFF.
+func appendEscapedRune(dst []byte, r rune) []byte {
+	if r > 0xFFFF {
+		r -= 0x10000
+		dst = appendU16(dst, uint16(0xD800+(r>>10)))
+		return appendU16(dst, uint16(0xDC00+(r&0x3FF)))
+	}
+	return appendU16(dst, uint16(r))
+}
+
+func appendU16(dst []byte, v uint16) []byte {
+	return append(dst, '\\', 'u', hexDigits[v>>12], hexDigits[v>>8&0xf], hexDigits[v>>4&0xf], hexDigits[v&0xf])
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -165,13 +166,13 @@ func TestAppendValueScalars(t *testing.T) {
 		{"jsonb/nested", jsonbT, `{"a": [1, 2, {"b": null}], "c": "x y", "d": {"e": true}}`, `{"a":[1,2,{"b":null}],"c":"x y","d":{"e":true}}`, false},
 		{"jsonb/array", jsonbT, `[]`, `[]`, false},
 		{"jsonb/string", jsonbT, `"str"`, `"str"`, false},
-		{"jsonb/number", jsonbT, `123.5e10`, `123.5e10`, false},
+		{"jsonb/number", jsonbT, `123.5e10`, `1235000000000.0`, false},
 		{"jsonb/null", jsonbT, `null`, `null`, false},
 		{"json/whitespace_kept_in_strings", jsonT, "{\n  \"a b\" : \"c\\n d\",\t\"e\": [ 1 , -2 ]\r\n}", `{"a b":"c\n d","e":[1,-2]}`, false},
 		{"json/line_separator", jsonT, "[\"a\u2028b\u2029\"]", `["a\u2028b\u2029"]`, false},
-		{"json/unicode", jsonT, `{"é": "日本 \u00e9"}`, `{"é":"日本 \u00e9"}`, false},
+		{"json/unicode", jsonT, `{"é": "日本 \u00e9"}`, `{"\u00e9":"\u65e5\u672c \u00e9"}`, false},
 		{"json/invalid", jsonT, `{"a":`, `"{\"a\":"`, false},
-		{"json/invalid_utf8", jsonT, "[\"\xff\"]", `"[\"` + "\uFFFD" + `\"]"`, false},
+		{"json/invalid_utf8", jsonT, "[\"\xff\"]", `"[\"\ufffd\"]"`, false},
 		{"json/empty", jsonT, ``, `""`, false},
 		{"json/too_deep", jsonT, deepJSON, `"` + deepJSON + `"`, false},
 		{"json/deep_ok", jsonT, okJSON, okJSON, false},
@@ -190,9 +191,9 @@ func TestAppendValueScalars(t *testing.T) {
 		{"text/plain", textT, "hello", `"hello"`, false},
 		{"text/empty", textT, "", `""`, false},
 		{"text/escapes", textT, "a\"b\\c\nd\te\rf\bg\fh\x01i\x1f", `"a\"b\\c\nd\te\rf\bg\fh\u0001i\u001f"`, false},
-		{"text/invalid_utf8", textT, "a\xffb", "\"a\uFFFDb\"", false},
+		{"text/invalid_utf8", textT, "a\xffb", `"a\ufffdb"`, false},
 		{"text/separators", textT, "a\u2028b\u2029c", `"a\u2028b\u2029c"`, false},
-		{"text/non_ascii", textT, "é日本😀", `"é日本😀"`, false},
+		{"text/non_ascii", textT, "é日本😀", `"\u00e9\u65e5\u672c\ud83d\ude00"`, false},
 		{"interval/iso", intervalT, "P1Y2M3DT4H5M6.5S", `"P1Y2M3DT4H5M6.5S"`, false},
 		{"uuid", uuidT, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", `"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"`, false},
 		{"nil_type", nil, "x\"y", `"x\"y"`, false},
@@ -296,7 +297,7 @@ func TestAppendValueArrays(t *testing.T) {
 		{"text/escaped_trailing_space", atext, `{a\ ,b}`, `["a ","b"]`, false},
 		{"text/quotes_mid_element", atext, `{a"b,c"d}`, `["ab,cd"]`, false},
 		{"text/quoted_then_space", atext, `{"a" ,"b"}`, `["a","b"]`, false},
-		{"text/unicode", atext, `{é,"日 本"}`, `["é","日 本"]`, false},
+		{"text/unicode", atext, `{é,"日 本"}`, `["\u00e9","\u65e5 \u672c"]`, false},
 		{"text/2d_strings", atext, `{{a,"b}"},{NULL,""}}`, `[["a","b}"],[null,""]]`, false},
 		{"text/escaped_quote_in_quotes", atext, `{"say \"hi\"\\"}`, `["say \"hi\"\\"]`, false},
 		{"box/semicolon", abox, `{(1,1),(0,0);(2,2),(1,1)}`, `["(1,1),(0,0)","(2,2),(1,1)"]`, false},
@@ -358,9 +359,9 @@ func TestAppendValueComposites(t *testing.T) {
 		{"pair/newline", pairType, "(7,\"a\nb\",)", `{"f1":7,"f2":"a\nb","f3":null}`, false},
 		{"pair/surrounding_space", pairType, ` (8,a,b) `, `{"f1":8,"f2":"a","f3":"b"}`, false},
 		{"outer/nested", outerType, `(7,"{a,""b c""}","(1,x,)","{""(2,y,z)"",NULL}","{""k"": [1, 2]}")`,
-			`{"id":7,"tags":["a","b c"],"inner":{"f1":1,"f2":"x","f3":null},"pairs":[{"f1":2,"f2":"y","f3":"z"},null],"doc":{"k":[1,2]}}`, false},
-		{"outer/nulls", outerType, `(,,,,)`, `{"id":null,"tags":null,"inner":null,"pairs":null,"doc":null}`, false},
-		{"outer/empty_array", outerType, `(1,{},,{},)`, `{"id":1,"tags":[],"inner":null,"pairs":[],"doc":null}`, false},
+			`{"doc":{"k":[1,2]},"id":7,"inner":{"f1":1,"f2":"x","f3":null},"pairs":[{"f1":2,"f2":"y","f3":"z"},null],"tags":["a","b c"]}`, false},
+		{"outer/nulls", outerType, `(,,,,)`, `{"doc":null,"id":null,"inner":null,"pairs":null,"tags":null}`, false},
+		{"outer/empty_array", outerType, `(1,{},,{},)`, `{"doc":null,"id":1,"inner":null,"pairs":[],"tags":[]}`, false},
 		{"array_of_pairs", pairArrayType, `{"(1,a,)","(2,\"b c\",\"\")",NULL,"(,,)"}`, `[{"f1":1,"f2":"a","f3":null},{"f1":2,"f2":"b c","f3":""},null,{"f1":null,"f2":null,"f3":null}]`, false},
 		{"array_of_pairs/empty", pairArrayType, `{}`, `[]`, false},
 		{"empty_type", emptyType, `()`, `{}`, false},
@@ -398,21 +399,21 @@ func TestAppendString(t *testing.T) {
 		{"nul", "\x00", `"\u0000"`},
 		{"unit_separator", "\x1f", `"\u001f"`},
 		{"esc", "\x1b[0m", `"\u001b[0m"`},
-		{"del", "\x7f", "\"\x7f\""},
+		{"del", "\x7f", `"\u007f"`},
 		{"slash_and_html", "</script>&<>", `"</script>&<>"`},
-		{"latin", "é", `"é"`},
-		{"cjk", "日本語", `"日本語"`},
-		{"emoji", "😀", `"😀"`},
+		{"latin", "é", `"\u00e9"`},
+		{"cjk", "日本語", `"\u65e5\u672c\u8a9e"`},
+		{"emoji", "😀", `"\ud83d\ude00"`},
 		{"line_separator", "\u2028", `"\u2028"`},
 		{"paragraph_separator", "x\u2029y", `"x\u2029y"`},
-		{"invalid_byte", "\xff", "\"\uFFFD\""},
-		{"truncated_rune", "a\xe2\x82", "\"a\uFFFD\uFFFD\""},
-		{"surrogate", "\xed\xa0\x80", "\"\uFFFD\uFFFD\uFFFD\""},
-		{"overlong", "\xc0\xaf", "\"\uFFFD\uFFFD\""},
+		{"invalid_byte", "\xff", `"\ufffd"`},
+		{"truncated_rune", "a\xe2\x82", `"a\ufffd\ufffd"`},
+		{"surrogate", "\xed\xa0\x80", `"\ufffd\ufffd\ufffd"`},
+		{"overlong", "\xc0\xaf", `"\ufffd\ufffd"`},
 		{"long_plain", long, `"` + long + `"`},
 		{"long_quote_at_9", "abcdefghi\"jklmnopq", `"abcdefghi\"jklmnopq"`},
 		{"long_ctl_at_15", "abcdefghijklmno\nq", `"abcdefghijklmno\nq"`},
-		{"long_utf8_at_7", "abcdefgé12345678", `"abcdefgé12345678"`},
+		{"long_utf8_at_7", "abcdefgé12345678", `"abcdefg\u00e912345678"`},
 		{"long_backslash_at_8", `abcdefgh\ijklmnop`, `"abcdefgh\\ijklmnop"`},
 	}
 	for _, tc := range tests {
@@ -458,9 +459,11 @@ func TestAppendString(t *testing.T) {
 }
 
 // TestAppendValueNoAllocs checks that a typical row converts without
-// allocating once dst has room.
+// allocating once dst has room. json and jsonb values are left out: they
+// are parsed to be written in canonical form (sorted keys), which
+// allocates.
 func TestAppendValueNoAllocs(t *testing.T) {
-	row := benchRow(t)
+	row := slices.DeleteFunc(benchRow(t), func(c benchCol) bool { return c.t.Kind == KindJSON })
 	dst := make([]byte, 0, 4096)
 	allocs := testing.AllocsPerRun(200, func() {
 		var err error

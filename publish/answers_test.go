@@ -21,7 +21,7 @@ import (
 	"testing/iotest"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
@@ -51,7 +51,7 @@ func (h *hookLog) hooks() Hooks {
 			defer h.mu.Unlock()
 			h.reasons = append(h.reasons, reason)
 		},
-		Skipped: func(*decode.Event) {
+		Skipped: func(*envelope.Event) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.skipped++

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
@@ -65,7 +65,7 @@ type Hooks struct {
 	// "refused_spine" or "refused_redirect".
 	Retry func(reason string, wait time.Duration)
 	// Skipped is called for an event found already in the spine.
-	Skipped func(ev *decode.Event)
+	Skipped func(ev *envelope.Event)
 	// SpineUp reports whether the last request was answered by a spine that
 	// serves this client. It is false after no answer, after an answer by
 	// which the spine (or what stands in its place) refuses the client
@@ -96,18 +96,18 @@ type Client struct {
 
 	// mark is the highest position delivered in order in this session:
 	// everything up to it is handled.
-	mark    decode.Position
+	mark    envelope.Position
 	checked map[string]bool
 	// present holds, per source, the keys of this identity read back from
 	// the spine: with several requests in flight a later event can be in the
 	// chain while an earlier one is not, so the read-back learns which keys
 	// are there, not only the highest. handled holds keys handled otherwise
 	// (dead letters).
-	present map[string]map[string]decode.Position
+	present map[string]map[string]envelope.Position
 	handled map[string]bool
 	// maxPresent is the highest position known to be in the chain: an event
 	// sent after it lands out of commit order and is marked late.
-	maxPresent decode.Position
+	maxPresent envelope.Position
 
 	// quietAt (Unix nanoseconds): requests this client gave up on while
 	// the spine may still have been working on them (its own stop, a read
@@ -115,6 +115,8 @@ type Client struct {
 	// it: one made sooner could miss them, and the event would be sent
 	// again, a duplicate in the chain.
 	quietAt atomic.Int64
+	// postDown says the last POST answer left the spine down (see readUp).
+	postDown atomic.Bool
 
 	// Pipelining (see pipeline.go).
 	tlsConfig    *tls.Config
@@ -184,7 +186,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		},
 		log:       cfg.Logger,
 		checked:   map[string]bool{},
-		present:   map[string]map[string]decode.Position{},
+		present:   map[string]map[string]envelope.Position{},
 		handled:   map[string]bool{},
 		tlsConfig: transport.TLSClientConfig,
 	}, nil
@@ -199,17 +201,17 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // broke may have been appended after all.
 func (c *Client) SetIdentity(systemID, slot string) {
 	if c.systemID != systemID || c.slot != slot {
-		c.mark, c.maxPresent = decode.Position{}, decode.Position{}
+		c.mark, c.maxPresent = envelope.Position{}, envelope.Position{}
 		c.handled = map[string]bool{}
 	}
 	c.checked = map[string]bool{}
-	c.present = map[string]map[string]decode.Position{}
+	c.present = map[string]map[string]envelope.Position{}
 	c.systemID, c.slot = systemID, slot
 }
 
 // MarkHandled raises the high-water mark: events at or before p are handled
 // (delivered, or kept as dead letters) and will be skipped.
-func (c *Client) MarkHandled(p decode.Position) {
+func (c *Client) MarkHandled(p envelope.Position) {
 	if c.mark.Less(p) {
 		c.mark = p
 	}
@@ -220,7 +222,7 @@ func (c *Client) MarkHandled(p decode.Position) {
 func (c *Client) MarkKeyHandled(key string) { c.handled[key] = true }
 
 // isHandled says whether ev is already in the spine or otherwise handled.
-func (c *Client) isHandled(ev *decode.Event) bool {
+func (c *Client) isHandled(ev *envelope.Event) bool {
 	if !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
 		return true
 	}
@@ -229,13 +231,13 @@ func (c *Client) isHandled(ev *decode.Event) bool {
 }
 
 // Mark returns the high-water mark.
-func (c *Client) Mark() decode.Position { return c.mark }
+func (c *Client) Mark() envelope.Position { return c.mark }
 
 // MarkFor returns the high-water mark when the client's identity is
 // systemID and slot, and zero otherwise.
-func (c *Client) MarkFor(systemID, slot string) decode.Position {
+func (c *Client) MarkFor(systemID, slot string) envelope.Position {
 	if c.systemID != systemID || c.slot != slot {
-		return decode.Position{}
+		return envelope.Position{}
 	}
 	return c.mark
 }
@@ -244,7 +246,7 @@ func (c *Client) MarkFor(systemID, slot string) decode.Position {
 // already). It retries transient failures, and refusals of the client as a
 // whole (a wrong token or URL), with capped exponential backoff until ctx
 // ends; it returns a *RejectedError when the spine refuses this event.
-func (c *Client) Publish(ctx context.Context, ev *decode.Event) error {
+func (c *Client) Publish(ctx context.Context, ev *envelope.Event) error {
 	if c.systemID == "" {
 		return errors.New("BUG: publish.Client used before SetIdentity")
 	}
@@ -553,6 +555,21 @@ func (c *Client) observe(outcome string, start time.Time) {
 }
 
 func (c *Client) up(up bool) {
+	c.postDown.Store(!up)
+	c.reportUp(up)
+}
+
+// readUp reports the outcome of a read (GET). A successful read says the
+// spine answers, but not that it appends: while POSTs fail (a proxy's 201
+// that never reached the spine, say), the spine stays down.
+func (c *Client) readUp(ok bool) {
+	if ok && c.postDown.Load() {
+		return
+	}
+	c.reportUp(ok)
+}
+
+func (c *Client) reportUp(up bool) {
 	if c.cfg.Hooks.SpineUp != nil {
 		c.cfg.Hooks.SpineUp(up)
 	}
@@ -567,15 +584,15 @@ func (c *Client) authorize(req *http.Request) {
 // learn reads back the newest events of source and raises the mark to the
 // highest position of this agent's among them. It widens the read until it
 // finds one of ours or has read the whole source (or the window).
-func (c *Client) learn(ctx context.Context, source string, upTo decode.Position) error {
+func (c *Client) learn(ctx context.Context, source string, upTo envelope.Position) error {
 	for limit := 10; ; limit *= 10 {
 		if limit > c.cfg.DedupWindow {
 			limit = c.cfg.DedupWindow
 		}
-		keys := map[string]decode.Position{}
-		var oldest decode.Position
+		keys := map[string]envelope.Position{}
+		var oldest envelope.Position
 		n, err := c.scanEvents(ctx, source, limit, func(key string, _ bool, _ string) {
-			sys, slot, pos, ok := decode.ParseKey(key)
+			sys, slot, pos, ok := envelope.ParseKey(key)
 			if !ok || sys != c.systemID || slot != c.slot {
 				return
 			}
@@ -615,7 +632,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	c.authorize(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		c.up(false)
+		c.readUp(false)
 		return 0, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
 	}
 	defer resp.Body.Close()
@@ -623,7 +640,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	// there: a refusal or a proxy's page would otherwise keep /readyz green
 	// while nothing can be delivered.
 	if resp.StatusCode != http.StatusOK {
-		c.up(false)
+		c.readUp(false)
 		if classify(resp.StatusCode) == refused {
 			return 0, fmt.Errorf("reading back events of source %q: %w", source,
 				&refusedError{request: "GET /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))})
@@ -633,10 +650,10 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	}
 	dec := json.NewDecoder(resp.Body)
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
-		c.up(false)
+		c.readUp(false)
 		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (%v)", source, err)
 	}
-	c.up(true)
+	c.readUp(true)
 	n := 0
 	for dec.More() {
 		var e struct {
@@ -788,11 +805,11 @@ func (c *Client) Health(ctx context.Context) error {
 	c.authorize(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		c.up(false)
+		c.readUp(false)
 		return fmt.Errorf("the spine at %s is unreachable: %w", c.base.Redacted(), redactErr(err))
 	}
 	resp.Body.Close()
-	c.up(resp.StatusCode == http.StatusOK)
+	c.readUp(resp.StatusCode == http.StatusOK)
 	if resp.StatusCode != http.StatusOK {
 		if classify(resp.StatusCode) == refused {
 			return fmt.Errorf("the spine at %s: %w", c.base.Redacted(),
@@ -838,7 +855,17 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 	if key == "" {
 		return errors.New("BUG: publish.Client.Redeliver of an envelope without an idempotency key")
 	}
-	_, err := c.deliver(ctx, MarkRedelivered(body, key), key, true,
+	env, err := envelope.Parse(body)
+	if err != nil {
+		return fmt.Errorf("reading the stored envelope of %s: %w", key, err)
+	}
+	if env.Key != key {
+		return fmt.Errorf("the stored envelope of %s carries the key %q: it was altered; delete the dead letter and restore the event from the audited database", key, env.Key)
+	}
+	// Redelivered events sit out of commit order in the chain, so the
+	// read-back that learns the high-water mark ignores them.
+	env.Redelivered = true
+	_, err = c.deliver(ctx, env.Encode(), key, true,
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if !readBack {
 				return false, nil
@@ -846,39 +873,6 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 			return c.hasKey(ctx, source, key)
 		})
 	return err
-}
-
-// MarkRedelivered adds "redelivered": true to an envelope's
-// payload.metadata. Redelivered events sit out of commit order in the chain,
-// so the read-back that learns the high-water mark must ignore them. The
-// envelope's own metadata is always its last "metadata" object.
-func MarkRedelivered(body []byte, key string) []byte {
-	return markMetadata(body, key, `"redelivered":true,`)
-}
-
-// markMetadata inserts field (ending in a comma) at the start of the
-// envelope's own payload.metadata: the "metadata" object, opening with
-// commit_lsn, that holds this event's idempotency key. Row values (jsonb)
-// come before it and annotations inside it after the key, so neither can
-// move the insertion point, whatever they contain.
-func markMetadata(body []byte, key, field string) []byte {
-	const marker = `"metadata":{"commit_lsn":`
-	k := bytes.LastIndex(body, append(append([]byte(`"idempotency_key":`), AppendQuoted(key)...), ','))
-	if k < 0 {
-		k = bytes.LastIndex(body, append([]byte(`"idempotency_key":`), AppendQuoted(key)...))
-	}
-	if k < 0 {
-		return body
-	}
-	i := bytes.LastIndex(body[:k], []byte(marker))
-	if i < 0 {
-		return body
-	}
-	at := i + len(`"metadata":{`)
-	out := make([]byte, 0, len(body)+len(field))
-	out = append(out, body[:at]...)
-	out = append(out, field...)
-	return append(out, body[at:]...)
 }
 
 // AppendQuoted is key as the envelope writes it: a JSON string.
@@ -899,18 +893,18 @@ func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
 // and keySlot found in the newest DedupWindow events of each source, with
 // that event's commit timestamp: where a capture gap begins. It is zero when
 // none is found.
-func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (decode.Position, string, error) {
-	var last decode.Position
+func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (envelope.Position, string, error) {
+	var last envelope.Position
 	var commitTime string
 	for _, source := range sources {
 		_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(key string, _ bool, ts string) {
-			sys, slot, pos, ok := decode.ParseKey(key)
+			sys, slot, pos, ok := envelope.ParseKey(key)
 			if ok && sys == systemID && slot == keySlot && last.Less(pos) {
 				last, commitTime = pos, ts
 			}
 		})
 		if err != nil {
-			return decode.Position{}, "", err
+			return envelope.Position{}, "", err
 		}
 	}
 	// Events resent after a restart land behind this one: they are late.

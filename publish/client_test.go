@@ -9,17 +9,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
-func testEvent(source string, lsn pgoutput.LSN, seq uint32) *decode.Event {
-	pos := decode.Position{CommitLSN: lsn, Seq: seq}
-	key := decode.Key("7301", "slot", pos)
-	body := fmt.Sprintf(`{"kind":"other","source":%q,"timestamp":"2026-11-22T10:00:00+00:00","payload":{"table":"public.t","operation":"INSERT","new":{"id":%d},"metadata":{"commit_lsn":%q,"idempotency_key":%q}}}`,
-		source, seq, lsn.String(), key)
-	return &decode.Event{Body: []byte(body), Key: key, Pos: pos, Source: source, Kind: "other"}
+func testEvent(source string, lsn pgoutput.LSN, seq uint32) *envelope.Event {
+	pos := envelope.Position{CommitLSN: lsn, Seq: seq}
+	ev := &envelope.Event{Pos: pos, Envelope: envelope.Envelope{
+		Kind: "other", Source: source, Timestamp: "2026-11-22T10:00:00+00:00",
+		Table: "public.t", Operation: envelope.OpInsert, New: fmt.Appendf(nil, `{"id":%d}`, seq),
+		CommitLSN: lsn, LSN: lsn, Key: envelope.Key("7301", "slot", pos),
+	}}
+	ev.Finish()
+	return ev
 }
 
 func newTestClient(t *testing.T, url string) *Client {
@@ -119,7 +122,7 @@ func TestRestartedClientSkipsWhatTheSpineHolds(t *testing.T) {
 	other, _ := NewClient(ClientConfig{URL: spine.URL(), MinBackoff: time.Millisecond})
 	other.SetIdentity("7301", "other_slot")
 	ev := testEvent("s", 0x200, 1)
-	ev.Key = decode.Key("7301", "other_slot", ev.Pos)
+	ev.Key = envelope.Key("7301", "other_slot", ev.Pos)
 	ev.Body = bytes.Replace(ev.Body, []byte(":slot:"), []byte(":other_slot:"), 1)
 	if err := other.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
@@ -202,19 +205,29 @@ func TestBackoffBounds(t *testing.T) {
 	}
 }
 
-func TestMarkRedelivered(t *testing.T) {
-	tests := []struct{ name, in, want string }{
-		{"a jsonb row value looking like metadata",
-			`{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"commit_lsn":"0/1","idempotency_key":"k"}}}`,
-			`{"payload":{"new":{"metadata":{"commit_lsn":"x"}},"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k"}}}`},
-		{"an annotation looking like metadata (any role may annotate)",
-			`{"payload":{"metadata":{"commit_lsn":"0/1","idempotency_key":"k","prev":null,"annotations":{"metadata":{"commit_lsn":1}}}}}`,
-			`{"payload":{"metadata":{"redelivered":true,"commit_lsn":"0/1","idempotency_key":"k","prev":null,"annotations":{"metadata":{"commit_lsn":1}}}}}`},
+func TestRedeliverMarksTheValue(t *testing.T) {
+	// A row value and an annotation shaped like metadata (any role may
+	// annotate) cannot move the mark: it is a field of the value.
+	ev := testEvent("s", 0x10, 1)
+	ev.New = []byte(`{"metadata":{"commit_lsn":"x"}}`)
+	ev.Annotations = []byte(`{"metadata":{"commit_lsn":1}}`)
+	ev.Finish()
+	spine := spinetest.Start(t)
+	c := newTestClient(t, spine.URL())
+	if err := c.Redeliver(context.Background(), ev.Source, ev.Key, ev.Body); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		if got := string(MarkRedelivered([]byte(tt.in), "k")); got != tt.want {
-			t.Fatalf("%s:\ngot  %s\nwant %s", tt.name, got, tt.want)
-		}
+	evs := spine.Events()
+	if len(evs) != 1 {
+		t.Fatalf("got %d events, want 1", len(evs))
+	}
+	m, _ := evs[0].Payload["metadata"].(map[string]any)
+	if m["redelivered"] != true {
+		t.Fatalf("got metadata %v, want redelivered true", m)
+	}
+	row, _ := evs[0].Payload["new"].(map[string]any)
+	if inner, _ := row["metadata"].(map[string]any); inner["redelivered"] != nil {
+		t.Fatalf("got row %v, want it untouched", row)
 	}
 }
 

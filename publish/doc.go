@@ -25,13 +25,13 @@ package publish
 import (
 	"context"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 )
 
 // Sink accepts events in order. Publish returns nil once the event is
 // accepted; it retries transient failures itself until ctx ends.
 type Sink interface {
-	Publish(ctx context.Context, ev *decode.Event) error
+	Publish(ctx context.Context, ev *envelope.Event) error
 }
 
 // DefaultKinds are the EventKind values of audit-stream v0.1, used to check a

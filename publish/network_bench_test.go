@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/netsim"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
-func benchEvents(n int) []*decode.Event {
-	evs := make([]*decode.Event, n)
+func benchEvents(n int) []*envelope.Event {
+	evs := make([]*envelope.Event, n)
 	for i := range evs {
 		evs[i] = testEvent("s", pgoutput.LSN(0x100000+i*0x100), 1)
 	}

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 )
 
 // Pipelining: several POSTs in flight on one keep-alive HTTP/1.1 connection,
@@ -334,7 +334,7 @@ func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer,
 // sends again, in position order, every event that is missing. An event
 // sent again after a later one landed is out of commit order in the chain
 // and says so (metadata.late).
-func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error {
+func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done func(i int, err error)) error {
 	if c.systemID == "" {
 		return errors.New("BUG: publish.Client used before SetIdentity")
 	}
@@ -405,12 +405,14 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 				}
 				continue
 			}
-			body := ev.Body
 			if ev.Pos.Less(c.maxPresent) {
-				body = MarkLate(body, ev.Key)
+				// It lands after a later one (its earlier attempt failed
+				// while the later one was appended): out of commit order in
+				// the chain, at its original position.
+				ev.MarkLate()
 			}
 			idx = append(idx, i)
-			bodies = append(bodies, body)
+			bodies = append(bodies, ev.Body)
 			keys = append(keys, ev.Key)
 		}
 		report()
@@ -468,12 +470,6 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*decode.Event, done fun
 	}
 	return nil
 }
-
-// MarkLate adds "late": true to an envelope's payload.metadata: the event
-// lands after a later one (its earlier attempt failed while the later one
-// was appended), so it is out of commit order in the chain, at its original
-// position (its idempotency key says which).
-func MarkLate(body []byte, key string) []byte { return markMetadata(body, key, `"late":true,`) }
 
 // ProbePipelining tells whether the spine (and whatever stands in front of
 // it) answers two requests written back to back on one connection, in

@@ -11,20 +11,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
-func batchOf(n int) []*decode.Event {
-	evs := make([]*decode.Event, n)
+func batchOf(n int) []*envelope.Event {
+	evs := make([]*envelope.Event, n)
 	for i := range evs {
 		evs[i] = testEvent("s", pgoutput.LSN(0x1000+i/4*0x10), uint32(i%4+1))
 	}
 	return evs
 }
 
-func publishBatch(t *testing.T, c *Client, evs []*decode.Event) []error {
+func publishBatch(t *testing.T, c *Client, evs []*envelope.Event) []error {
 	t.Helper()
 	errs := make([]error, len(evs))
 	next := 0
@@ -46,7 +46,7 @@ func publishBatch(t *testing.T, c *Client, evs []*decode.Event) []error {
 
 // chainReport counts duplicates, missing events and events out of order
 // (not marked late) in the spine's chain, against evs.
-func chainReport(t *testing.T, spine *spinetest.Server, evs []*decode.Event, skip map[int]bool) (dup, missing, disorder, late int) {
+func chainReport(t *testing.T, spine *spinetest.Server, evs []*envelope.Event, skip map[int]bool) (dup, missing, disorder, late int) {
 	t.Helper()
 	want := map[string]int{}
 	for i, ev := range evs {

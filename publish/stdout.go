@@ -6,7 +6,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 )
 
 // Writer is the built-in sink used when no spine URL is configured: each
@@ -21,7 +21,7 @@ type Writer struct {
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
 // Publish writes ev's envelope and a newline.
-func (s *Writer) Publish(_ context.Context, ev *decode.Event) error {
+func (s *Writer) Publish(_ context.Context, ev *envelope.Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, err := s.w.Write(line(ev.Body)); err != nil {
@@ -45,7 +45,7 @@ const writerChunk = 1 << 20
 // write fails every event it carried and every one after it. The agent
 // hands over many small transactions at a time under load, and one system
 // call per event was a large part of its CPU per transaction.
-func (s *Writer) PublishBatch(_ context.Context, evs []*decode.Event, done func(i int, err error)) error {
+func (s *Writer) PublishBatch(_ context.Context, evs []*envelope.Event, done func(i int, err error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for settled := 0; settled < len(evs); {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 )
 
 // failingWriter accepts n writes, then fails.
@@ -44,10 +44,10 @@ func TestWriterPublishBatch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			w := &failingWriter{okWrites: tt.okWrites}
 			s := NewWriter(w)
-			var evs []*decode.Event
+			var evs []*envelope.Event
 			var want bytes.Buffer
 			for i, n := range tt.sizes {
-				ev := &decode.Event{Body: body(n, string(rune('a'+i)))}
+				ev := &envelope.Event{Body: body(n, string(rune('a'+i)))}
 				evs = append(evs, ev)
 				if i < tt.wantOK {
 					want.Write(ev.Body)

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -195,25 +195,25 @@ func TestKeyJSONIsCanonical(t *testing.T) {
 type chainBuilder struct {
 	evs      []chain.Event
 	prevHash string
-	prev     decode.Position
+	prev     envelope.Position
 	slot     string // the key's slot: "" is pgaudit_cdc, the first generation
 }
 
 // generation starts a new capture generation (after a gap): its first
 // event names no predecessor.
 func (c *chainBuilder) generation(slot string) {
-	c.slot, c.prev = slot, decode.Position{}
+	c.slot, c.prev = slot, envelope.Position{}
 }
 
 func (c *chainBuilder) add(t testing.TB, payload map[string]any) {
 	t.Helper()
 	i := len(c.evs)
-	pos := decode.Position{CommitLSN: pgoutput.LSN(0x1000 + i*0x100), Seq: 1}
+	pos := envelope.Position{CommitLSN: pgoutput.LSN(0x1000 + i*0x100), Seq: 1}
 	slot := c.slot
 	if slot == "" {
 		slot = "pgaudit_cdc"
 	}
-	meta := map[string]any{"idempotency_key": decode.Key("7", slot, pos), "tx_index": json.Number("1"), "tx_events": json.Number("1")}
+	meta := map[string]any{"idempotency_key": envelope.Key("7", slot, pos), "tx_index": json.Number("1"), "tx_events": json.Number("1")}
 	if i == 0 {
 		c.prevHash = chain.Genesis
 	}
@@ -414,7 +414,7 @@ func foldOf(evs []chain.Event) (Report, *tableState) {
 	for _, e := range evs {
 		v.Add(e)
 	}
-	t := v.tables[decode.KeyPrefix("7", "pgaudit_cdc")+"|public.t"]
+	t := v.tables[envelope.KeyPrefix("7", "pgaudit_cdc")+"|public.t"]
 	return v.Finish(), t
 }
 

@@ -13,7 +13,7 @@ import (
 	"strings"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -32,7 +32,7 @@ type Options struct {
 	// DeadLetters maps the idempotency keys of events refused by the spine
 	// and still pending to their position (from pgaudit_cdc.dead_letters,
 	// when the database is at hand): a hole they explain has a known cause.
-	DeadLetters map[string]decode.Position
+	DeadLetters map[string]envelope.Position
 }
 
 // Result is one check's outcome.
@@ -68,9 +68,9 @@ type Report struct {
 func (r *Report) OK() bool { return len(r.Failures) == 0 }
 
 type generation struct {
-	last    decode.Position // last in-order event
+	last    envelope.Position // last in-order event
 	lastID  int64
-	present map[decode.Position]bool
+	present map[envelope.Position]bool
 	// txCommit, txIndex, txEnded describe the transaction being read.
 	txCommit pgoutput.LSN
 	txIndex  int
@@ -116,7 +116,7 @@ type Verifier struct {
 	prevHash string
 	keys     map[string]int64
 	gens     map[string]*generation
-	missing  map[string]map[decode.Position]int64 // generation → missing predecessor → event naming it
+	missing  map[string]map[envelope.Position]int64 // generation → missing predecessor → event naming it
 	tables   map[string]*tableState
 	// txHoles are transactions whose events did not all arrive in order:
 	// late events may still complete them (see Finish).
@@ -130,11 +130,11 @@ type Verifier struct {
 // New returns a Verifier.
 func New(o Options) *Verifier {
 	return &Verifier{o: o, first: map[string]bool{}, expect: 1, prevHash: chain.Genesis,
-		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[decode.Position]int64{},
+		keys: map[string]int64{}, gens: map[string]*generation{}, missing: map[string]map[envelope.Position]int64{},
 		tables: map[string]*tableState{},
 		// The self-audit source is pgaudit-cdc's own from the start: a WATCH,
 		// DROP or GAP "explanation" posted by someone else is caught.
-		sources: map[string]bool{decode.SelfAuditSource: true},
+		sources: map[string]bool{envelope.SelfAuditSource: true},
 		txHoles: map[string]map[pgoutput.LSN]*txHole{}, late: map[string]map[pgoutput.LSN]*lateTx{}}
 }
 
@@ -150,7 +150,7 @@ func (v *Verifier) Add(e chain.Event) {
 	v.checkChain(e)
 	meta, _ := e.Payload["metadata"].(map[string]any)
 	key, _ := meta["idempotency_key"].(string)
-	sys, keySlot, pos, ok := decode.ParseKey(key)
+	sys, keySlot, pos, ok := envelope.ParseKey(key)
 	if !ok || (keySlot != v.o.Slot && !strings.HasPrefix(keySlot, v.o.Slot+".g")) {
 		if v.sources[e.Source] {
 			v.fail(CheckCompleteness, e.EventID, "", "event %d has source %q of a pgaudit-cdc watch but no idempotency key of this agent: it was not sent by pgaudit-cdc", e.EventID, e.Source)
@@ -158,7 +158,7 @@ func (v *Verifier) Add(e chain.Event) {
 		return
 	}
 	v.report.Ours++
-	gen := decode.KeyPrefix(sys, keySlot) // one capture generation
+	gen := envelope.KeyPrefix(sys, keySlot) // one capture generation
 	op, _ := e.Payload["operation"].(string)
 	table, _ := e.Payload["table"].(string)
 	redelivered, _ := meta["redelivered"].(bool)
@@ -169,12 +169,12 @@ func (v *Verifier) Add(e chain.Event) {
 	newName, _ := w["table"].(string)
 	oldName, _ := prevWatch["table"].(string)
 	switch op {
-	case decode.OpWatch, decode.OpRewatch:
+	case envelope.OpWatch, envelope.OpRewatch:
 		if src, ok := w["source"].(string); ok {
 			v.sources[src] = true
 		}
 		// A rename keeps the watch: the table's fold follows its name.
-		if op == decode.OpRewatch && oldName != "" && newName != "" && oldName != newName {
+		if op == envelope.OpRewatch && oldName != "" && newName != "" && oldName != newName {
 			if t, ok := v.tables[gen+"|"+oldName]; ok {
 				v.tables[gen+"|"+newName] = t
 				delete(v.tables, gen+"|"+oldName)
@@ -185,7 +185,7 @@ func (v *Verifier) Add(e chain.Event) {
 			excl, _ := w["exclude_columns"].([]any)
 			v.table(gen + "|" + newName).columnList = len(cols) > 0 || len(excl) > 0
 		}
-	case decode.OpDrop:
+	case envelope.OpDrop:
 		// A table of the same name later is another table.
 		delete(v.tables, gen+"|"+oldName)
 	}
@@ -217,7 +217,7 @@ func shortHash(h string) string {
 	return h
 }
 
-func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, gen string, pos decode.Position, op string, outOfOrder bool) {
+func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, gen string, pos envelope.Position, op string, outOfOrder bool) {
 	if first, dup := v.keys[key]; dup {
 		v.fail(CheckCompleteness, e.EventID, "", "event %d repeats the idempotency key of event %d (%s): a duplicate", e.EventID, first, key)
 		return
@@ -238,7 +238,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	}
 	st := v.gens[gen]
 	if st == nil {
-		st = &generation{present: map[decode.Position]bool{}}
+		st = &generation{present: map[envelope.Position]bool{}}
 		v.gens[gen] = st
 	}
 	st.present[pos] = true
@@ -274,7 +274,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 				v.fail(CheckCompleteness, e.EventID, "", "event %d does not name its predecessor although events of this capture precede it", e.EventID)
 			}
 		case string:
-			prev, ok := decode.ParsePosition(p)
+			prev, ok := envelope.ParsePosition(p)
 			switch {
 			case !ok:
 				v.fail(CheckCompleteness, e.EventID, "", "event %d names an unreadable predecessor %q", e.EventID, p)
@@ -283,7 +283,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 					v.fail(CheckCompleteness, e.EventID, "", "event %d names %s as its predecessor, but %s came last", e.EventID, prev, st.last)
 				} else {
 					if v.missing[gen] == nil {
-						v.missing[gen] = map[decode.Position]int64{}
+						v.missing[gen] = map[envelope.Position]int64{}
 					}
 					v.missing[gen][prev] = e.EventID
 				}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -16,10 +16,10 @@ func synthetic(tb testing.TB, n int) []chain.Event {
 	tb.Helper()
 	var evs []chain.Event
 	prevHash := chain.Genesis
-	var prev decode.Position
+	var prev envelope.Position
 	for i := 0; i < n; i++ {
-		pos := decode.Position{CommitLSN: pgoutput.LSN(0x1000 + (i/3)*0x100), Seq: uint32(i%3 + 1)}
-		meta := map[string]any{"idempotency_key": decode.Key("7", "pgaudit_cdc", pos), "tx_index": json.Number(fmt.Sprint(i%3 + 1))}
+		pos := envelope.Position{CommitLSN: pgoutput.LSN(0x1000 + (i/3)*0x100), Seq: uint32(i%3 + 1)}
+		meta := map[string]any{"idempotency_key": envelope.Key("7", "pgaudit_cdc", pos), "tx_index": json.Number(fmt.Sprint(i%3 + 1))}
 		if prev.IsZero() {
 			meta["prev"] = nil
 		} else {

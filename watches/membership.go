@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -69,7 +69,7 @@ func (r *Registry) addTable(ctx context.Context, tx pgx.Tx, t TableName, cols []
 // precheck's scratch publication standing in for it (errors name the
 // publication).
 func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t TableName, cols []string, rowFilter string) error {
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	clause := " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if len(cols) > 0 {
 		quoted := make([]string, len(cols))
@@ -106,7 +106,7 @@ func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t Tabl
 // with which the publication gains anything but table t: no other session
 // touches that publication, so the count is exact.
 func (r *Registry) checkRowFilter(ctx context.Context, tx pgx.Tx, t TableName, addClause string) (err error) {
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	if _, err := tx.Exec(ctx, "SAVEPOINT pgaudit_cdc_where"); err != nil {
 		return fmt.Errorf("checking the --where expression for %s: %w", name, err)
 	}
@@ -142,7 +142,7 @@ func (r *Registry) checkRowFilter(ctx context.Context, tx pgx.Tx, t TableName, a
 func (r *Registry) dropTable(ctx context.Context, tx pgx.Tx, t TableName) error {
 	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if _, err := tx.Exec(ctx, sql); err != nil {
-		return denied(fmt.Sprintf("removing %s from publication %q", decode.QualifiedName(t.Schema, t.Name), r.publication), err)
+		return denied(fmt.Sprintf("removing %s from publication %q", ident.Qualified(t.Schema, t.Name), r.publication), err)
 	}
 	return nil
 }
@@ -174,7 +174,7 @@ func denied(what string, err error) error {
 func (r *Registry) legacyConflict(legacy []string, t TableName, o Options) error {
 	fix := fmt.Sprintf("convert the publication to per-table membership: run any `pgaudit-cdc watch` or `pgaudit-cdc run` once as a role that owns publication %q and every table of schema(s) %s (a superuser does), then watch again",
 		r.publication, strings.Join(legacy, ", "))
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	if o.columnControl() && len(legacy) > 0 {
 		return fmt.Errorf("cannot watch %s with --columns/--exclude-columns: publication %q holds schema(s) %s as FOR TABLES IN SCHEMA (made by an earlier version of pgaudit-cdc), and PostgreSQL allows no column list in such a publication; %s",
 			name, r.publication, strings.Join(legacy, ", "), fix)
@@ -235,7 +235,7 @@ func (r *Registry) syncSchemaMembership(ctx context.Context) (added, identity, v
 		identity = append(identity, fixed...)
 		names := make([]string, len(tables))
 		for i, t := range tables {
-			names[i] = decode.QualifiedName(t[0], t[1])
+			names[i] = ident.Qualified(t[0], t[1])
 		}
 		if err := replication.AddTables(ctx, tx, r.publication, tables); err != nil {
 			return nil, nil, nil, denied(fmt.Sprintf("adding the new tables of watched schema %q (%s) to publication %q", schema, strings.Join(names, ", "), r.publication), err)
@@ -274,7 +274,7 @@ func (r *Registry) publishedAncestor(ctx context.Context, tx pgx.Tx, oid uint32)
 	if err != nil {
 		return "", false, fmt.Errorf("checking the partitioned tables above table %d: %w", oid, err)
 	}
-	return decode.QualifiedName(schema, name), true, nil
+	return ident.Qualified(schema, name), true, nil
 }
 
 // filteredPartition returns a partition of the partitioned tables that
@@ -296,7 +296,7 @@ func filteredPartition(ctx context.Context, tx pgx.Tx, oid uint32, schema string
 	if err != nil {
 		return "", "", false, fmt.Errorf("checking the watches of partitions: %w", err)
 	}
-	return decode.QualifiedName(rs, rn), decode.QualifiedName(ps, pn), true, nil
+	return ident.Qualified(rs, rn), ident.Qualified(ps, pn), true, nil
 }
 
 // partitionConflict refuses a per-table watch whose row filter or column

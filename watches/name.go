@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 )
 
@@ -27,7 +27,7 @@ func CheckWatchable(t TableName) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s is in schema %s, whose changes pgaudit-cdc's self-audit events (WATCH, UNWATCH) record already; watch your application's tables instead",
-		ErrOwnTable, decode.QualifiedName(t.Schema, t.Name), migrations.Schema)
+		ErrOwnTable, ident.Qualified(t.Schema, t.Name), migrations.Schema)
 }
 
 // CheckWatchableSchema refuses a schema-wide watch of pgaudit-cdc's own

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -257,7 +258,7 @@ func (r *Registry) lookup(ctx context.Context, q pgx.Tx, t TableName) (relation,
 		return relation{}, false, nil
 	}
 	if err != nil {
-		return relation{}, false, fmt.Errorf("looking up table %s: %w", decode.QualifiedName(t.Schema, t.Name), err)
+		return relation{}, false, fmt.Errorf("looking up table %s: %w", ident.Qualified(t.Schema, t.Name), err)
 	}
 	rel.oid = oid
 	rel.partitioned = rel.kind == "p"
@@ -297,7 +298,7 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if o.columnControl() && len(o.OnColumns) > 0 {
 		return "", errors.New("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")
 	}
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	if kind == "" || source == "" {
 		return "", errors.New("a watch needs a kind and a non-empty source")
 	}
@@ -405,7 +406,7 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 // the pgaudit_cdc registry exists (it does not before the first watch of a
 // database).
 func (r *Registry) checkWatch(ctx context.Context, tx pgx.Tx, t TableName, o Options, registry bool) (relation, []string, error) {
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	rel, ok, err := r.lookup(ctx, tx, t)
 	if err != nil {
 		return relation{}, nil, err
@@ -490,7 +491,7 @@ func (r *Registry) tryMembership(ctx context.Context, tx pgx.Tx, rel relation, t
 // columnList returns the publication column list for o (nil: all columns),
 // checking that every named column exists and adding the primary key.
 func (r *Registry) columnList(ctx context.Context, tx pgx.Tx, rel relation, t TableName, o Options) ([]string, error) {
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	rows, err := tx.Query(ctx, `SELECT a.attname, coalesce(i.indisprimary, false), a.attgenerated <> ''
 		FROM pg_attribute a
 		LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY(i.indkey)
@@ -582,7 +583,7 @@ func (r *Registry) setReplicaIdentityFull(ctx context.Context, tx pgx.Tx, rel re
 	if rel.replIdent != "f" {
 		sql := "ALTER TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize() + " REPLICA IDENTITY FULL"
 		if _, err := tx.Exec(ctx, sql); err != nil {
-			return denied("setting REPLICA IDENTITY FULL on "+decode.QualifiedName(t.Schema, t.Name), err)
+			return denied("setting REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name), err)
 		}
 	}
 	if rel.partitioned {
@@ -614,9 +615,9 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 	var fixed []string
 	for _, p := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{p.Schema, p.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, denied("setting REPLICA IDENTITY FULL on partition "+decode.QualifiedName(p.Schema, p.Name), err)
+			return fixed, denied("setting REPLICA IDENTITY FULL on partition "+ident.Qualified(p.Schema, p.Name), err)
 		}
-		fixed = append(fixed, decode.QualifiedName(p.Schema, p.Name))
+		fixed = append(fixed, ident.Qualified(p.Schema, p.Name))
 	}
 	return fixed, nil
 }
@@ -684,9 +685,9 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 	var fixed []string
 	for _, t := range weakened {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return nil, denied("restoring REPLICA IDENTITY FULL on "+decode.QualifiedName(t.Schema, t.Name), err)
+			return nil, denied("restoring REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name), err)
 		}
-		fixed = append(fixed, decode.QualifiedName(t.Schema, t.Name))
+		fixed = append(fixed, ident.Qualified(t.Schema, t.Name))
 	}
 	rows, err = tx.Query(ctx, `SELECT w.table_oid FROM pgaudit_cdc.watches w
 		JOIN pg_class c ON c.oid = w.table_oid WHERE w.active AND c.relkind = 'p'`)
@@ -734,7 +735,7 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 // virtual.go; without one it stays published too, and PostgreSQL refuses its
 // UPDATE and DELETE).
 func (r *Registry) Unwatch(ctx context.Context, t TableName) (bool, error) {
-	name := decode.QualifiedName(t.Schema, t.Name)
+	name := ident.Qualified(t.Schema, t.Name)
 	return r.unwatch(ctx, name, func(tx pgx.Tx) (bool, error) { return r.unwatchTable(ctx, tx, t, name) })
 }
 
@@ -872,7 +873,7 @@ func Load(ctx context.Context, conn *pgx.Conn, all bool) ([]Entry, error) {
 		var e Entry
 		err := row.Scan(&e.TableOID, &e.Schema, &e.Name, &e.Kind, &e.Source, &e.Active, &e.CreatedAt, &e.UpdatedAt,
 			&e.Options.RowFilter, &e.Options.Columns, &e.Options.ExcludeColumns, &e.Options.OnColumns, &e.ChangedBy, &e.DroppedAt)
-		e.Table = decode.QualifiedName(e.Schema, e.Name)
+		e.Table = ident.Qualified(e.Schema, e.Name)
 		return e, err
 	}, `SELECT w.table_oid, coalesce(n.nspname, w.schema_name), coalesce(c.relname, w.table_name),
 			w.kind, w.source, w.active, w.created_at, w.updated_at,

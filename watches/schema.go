@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -192,7 +193,7 @@ func virtualColumnsOf(ctx context.Context, tx pgx.Tx, schema string, registry bo
 		var s, n string
 		var v virtualTable
 		err := row.Scan(&s, &n, &v.columns, &v.hasKey)
-		v.table = decode.QualifiedName(s, n)
+		v.table = ident.Qualified(s, n)
 		return v, err
 	})
 	if err != nil {
@@ -302,9 +303,9 @@ func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, e
 	var fixed []string
 	for _, n := range names {
 		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, n}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, denied("setting REPLICA IDENTITY FULL on "+decode.QualifiedName(schema, n), err)
+			return fixed, denied("setting REPLICA IDENTITY FULL on "+ident.Qualified(schema, n), err)
 		}
-		fixed = append(fixed, decode.QualifiedName(schema, n))
+		fixed = append(fixed, ident.Qualified(schema, n))
 	}
 	return fixed, nil
 }

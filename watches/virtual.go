@@ -33,6 +33,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -91,7 +92,7 @@ type virtualState struct {
 	underWatch bool // a partition of a watched partitioned table
 }
 
-func (v virtualState) qualified() string { return decode.QualifiedName(v.schema, v.name) }
+func (v virtualState) qualified() string { return ident.Qualified(v.schema, v.name) }
 
 func (v virtualState) usable() bool { return v.identity == "i" || (v.identity == "d" && v.hasKey) }
 
@@ -244,7 +245,7 @@ func (r *Registry) schemaTablesToAdd(ctx context.Context, tx pgx.Tx, schema stri
 	}
 	for _, t := range outside {
 		if fine, isVirtual := usable[t[1]]; isVirtual && fine {
-			keyed = append(keyed, decode.QualifiedName(t[0], t[1]))
+			keyed = append(keyed, ident.Qualified(t[0], t[1]))
 		}
 		tables = append(tables, t)
 	}

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/netsim"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -158,7 +158,7 @@ func (e *env) e2eAgent(ctx context.Context, url, slot, pub string, spine *netsim
 }
 
 // e2eClient times a fresh publish.Client delivering events one at a time.
-func e2eClient(ctx context.Context, spine *netsim.Spine, events []*decode.Event) (time.Duration, error) {
+func e2eClient(ctx context.Context, spine *netsim.Spine, events []*envelope.Event) (time.Duration, error) {
 	client, err := newSpineClient(spine)
 	if err != nil {
 		return 0, err
@@ -175,6 +175,6 @@ func e2eClient(ctx context.Context, spine *netsim.Spine, events []*decode.Event)
 
 // e2ePlain times the simplest sequential producer: a keep-alive net/http
 // client POSTing each body and reading the answer.
-func e2ePlain(ctx context.Context, spine *netsim.Spine, events []*decode.Event) (time.Duration, error) {
+func e2ePlain(ctx context.Context, spine *netsim.Spine, events []*envelope.Event) (time.Duration, error) {
 	return sequentialPost(ctx, spine.URL, events)
 }

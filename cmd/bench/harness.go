@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -461,15 +461,15 @@ type countSink struct {
 	once    sync.Once
 	doneAt  time.Time
 	keep    bool
-	events  []*decode.Event
-	observe func(ev *decode.Event, accepted time.Time)
+	events  []*envelope.Event
+	observe func(ev *envelope.Event, accepted time.Time)
 }
 
 func newCountSink(inner publish.Sink, want int) *countSink {
 	return &countSink{inner: inner, want: int64(want), done: make(chan struct{})}
 }
 
-func (s *countSink) Publish(ctx context.Context, ev *decode.Event) error {
+func (s *countSink) Publish(ctx context.Context, ev *envelope.Event) error {
 	if s.inner != nil {
 		if err := s.inner.Publish(ctx, ev); err != nil {
 			return err
@@ -479,7 +479,7 @@ func (s *countSink) Publish(ctx context.Context, ev *decode.Event) error {
 	return nil
 }
 
-func (s *countSink) accepted(ev *decode.Event) {
+func (s *countSink) accepted(ev *envelope.Event) {
 	now := time.Now()
 	if s.observe != nil {
 		s.observe(ev, now)
@@ -497,7 +497,7 @@ func (s *countSink) accepted(ev *decode.Event) {
 
 // captureEvents drains n events from slot with an in-process agent, keeps
 // them (for producers that replay them) and drops the slot.
-func (e *env) captureEvents(ctx context.Context, url string, conn *pgx.Conn, slot, pub string, n int) ([]*decode.Event, error) {
+func (e *env) captureEvents(ctx context.Context, url string, conn *pgx.Conn, slot, pub string, n int) ([]*envelope.Event, error) {
 	capture := newCountSink(nil, n)
 	capture.keep = true
 	ra, err := e.startAgent(ctx, url, slot, pub, capture, nil, time.Second)
@@ -517,13 +517,13 @@ func (e *env) captureEvents(ctx context.Context, url string, conn *pgx.Conn, slo
 // batchSink is the pipelined delivery of publish.Client, which the agent
 // uses when its sink offers it.
 type batchSink interface {
-	PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error
+	PublishBatch(ctx context.Context, evs []*envelope.Event, done func(i int, err error)) error
 }
 
 // PublishBatch passes a run of events to the inner sink's pipelined
 // delivery (one at a time when it has none), counting each as it settles,
 // so that the agent takes the same path it takes in production.
-func (s *countSink) PublishBatch(ctx context.Context, evs []*decode.Event, done func(i int, err error)) error {
+func (s *countSink) PublishBatch(ctx context.Context, evs []*envelope.Event, done func(i int, err error)) error {
 	bs, ok := s.inner.(batchSink)
 	if !ok {
 		for i, ev := range evs {

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 )
 
 // LatencyResult is commit-to-accepted latency at a steady commit rate.
@@ -64,7 +64,7 @@ func (e *env) latency(ctx context.Context) (*LatencyResult, error) {
 	samples := make([]time.Duration, 0, total+1)
 	var measuring atomic.Bool
 	sink := newCountSink(client, total+1) // one warm-up change, then the measured ones
-	sink.observe = func(ev *decode.Event, accepted time.Time) {
+	sink.observe = func(ev *envelope.Event, accepted time.Time) {
 		if measuring.Load() {
 			samples = append(samples, accepted.Sub(ev.CommitTime))
 		}

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/netsim"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -146,7 +146,7 @@ func (e *env) networkAgent(ctx context.Context, dbURL, slot, pub string, spine *
 
 // sequentialPost is the spine's own sequential rate: a keep-alive net/http
 // client POSTing each body and reading the answer, on loopback.
-func sequentialPost(ctx context.Context, spineURL string, events []*decode.Event) (time.Duration, error) {
+func sequentialPost(ctx context.Context, spineURL string, events []*envelope.Event) (time.Duration, error) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
 	defer hc.CloseIdleConnections()
 	start := time.Now()

@@ -166,7 +166,7 @@ func (r *Results) Markdown(command string) string {
 
 	if l := r.Latency; l != nil {
 		p("#### 3. Commit-to-accepted latency\n\n")
-		p("A writer commits single-row transactions (INSERT, UPDATE, DELETE in turn, `synchronous_commit = on`) at %d/s for %s (reached %.0f/s); the agent delivers them through `publish.Client` (pipelining on, default window) to the instant HTTP server. Latency = time the `201` was received − the commit timestamp in the event (`decode.Event.CommitTime`), over %s changes.\n\n",
+		p("A writer commits single-row transactions (INSERT, UPDATE, DELETE in turn, `synchronous_commit = on`) at %d/s for %s (reached %.0f/s); the agent delivers them through `publish.Client` (pipelining on, default window) to the instant HTTP server. Latency = time the `201` was received − the commit timestamp in the event (`envelope.Event.CommitTime`), over %s changes.\n\n",
 			l.Rate, l.For, l.Achieved, thousands(int64(len(l.Samples))))
 		p("| p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|\n| %s | %s | %s | %s | %s |\n\n", ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max))
 		p("p99 target < 20 ms on loopback: %s.\n\n", verdict(l.P99 < 20*time.Millisecond))

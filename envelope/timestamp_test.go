@@ -1,4 +1,4 @@
-package decode
+package envelope
 
 import (
 	"math/rand/v2"

@@ -1,0 +1,283 @@
+package envelope
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
+)
+
+// Envelope is one PublishRequest as a value: kind, source, timestamp and a
+// payload whose table, operation, rows and metadata have fields of their
+// own. Encode writes it.
+//
+// Old, New, Annotations and the values of Fields are JSON already in
+// canonical form (pgjson writes rows so; Canonical makes any other value
+// so). Encode does not check them.
+type Envelope struct {
+	Kind      string
+	Source    string
+	Timestamp string // ISO 8601 (FormatTimestamp); the commit time of a change
+
+	// payload
+	Table     string  // as in payload.table (ident.Qualified)
+	Operation string  // OpInsert, ..., OpGap
+	Old, New  []byte  // the rows as JSON objects; nil when absent
+	Fields    []Field // any other payload members (cascade, checkpoint, gap, ...)
+
+	// payload.metadata
+	CommitLSN       pgoutput.LSN
+	LSN             pgoutput.LSN
+	Xid             uint32
+	HasXid          bool
+	CommitTimestamp string // empty: absent
+	Key             string // metadata.idempotency_key
+	// Linked says the event takes part in the self-linked stream: it
+	// carries prev (null when Prev is zero) and tx_index, and the last
+	// event of its transaction tx_events.
+	Linked           bool
+	Prev             Position
+	TxIndex          uint32
+	TxEvents         uint32 // 0: not (known to be) the last of its transaction
+	OldIsKeyOnly     bool
+	Unavailable      []string // metadata.unavailable_columns
+	Annotations      []byte   // a JSON object; nil: absent
+	AnnotationsError string
+
+	// Delivery marks: set when an event is sent out of commit order. They
+	// describe the delivery, not the change, so the trail's digest of an
+	// event leaves them out (see Unmarked).
+	Late        bool // sent again after a later event landed
+	Redelivered bool // a dead letter retried
+}
+
+// Field is one payload member besides table, operation, old, new and
+// metadata. Value is canonical JSON.
+type Field struct {
+	Name  string
+	Value []byte
+}
+
+// Operation names as they appear in payload.operation.
+const (
+	OpInsert   = "INSERT"
+	OpUpdate   = "UPDATE"
+	OpDelete   = "DELETE"
+	OpTruncate = "TRUNCATE"
+	OpRead     = "READ"    // a backfilled existing row
+	OpSummary  = "SUMMARY" // the changes of a skipped transaction, counted
+	OpWatch    = "WATCH"   // self-audit: a watch was created
+	OpRewatch  = "REWATCH" // self-audit: a watch changed
+	OpUnwatch  = "UNWATCH" // self-audit: a watch was removed
+	OpDrop     = "DROP"    // self-audit: a watched table was dropped, which ends its watch
+	// OpCheckpoint is a digest of a table's rows at its place in commit order.
+	OpCheckpoint = "CHECKPOINT"
+	// OpGap records an accepted hole in the capture.
+	OpGap = "GAP"
+)
+
+// SelfAuditKind and SelfAuditSource label the events pgaudit-cdc emits
+// about itself (self-audit, gaps).
+const (
+	SelfAuditKind   = "other"
+	SelfAuditSource = "pgaudit-cdc"
+)
+
+// Unmarked returns e without its delivery marks: the event as the change
+// made it, which is what the trail digests.
+func (e Envelope) Unmarked() Envelope {
+	e.Late, e.Redelivered = false, false
+	return e
+}
+
+// Size estimates the encoded length of e, so that Encode usually writes it
+// without growing the buffer.
+func (e *Envelope) Size() int {
+	n := 320 + len(e.Kind) + len(e.Source) + len(e.Table) + len(e.Key) + len(e.Old) + len(e.New) + len(e.Annotations) + len(e.AnnotationsError)
+	for _, f := range e.Fields {
+		n += len(f.Name) + len(f.Value) + 4
+	}
+	for _, c := range e.Unavailable {
+		n += len(c) + 3
+	}
+	return n
+}
+
+// Encode returns the canonical JSON of e in a buffer of its own.
+func (e *Envelope) Encode() []byte {
+	return e.AppendJSON(make([]byte, 0, e.Size()))
+}
+
+// AppendJSON appends the canonical JSON of e to b: keys in sorted order at
+// every level, as the spine's hash computes them.
+func (e *Envelope) AppendJSON(b []byte) []byte {
+	b = append(b, `{"kind":`...)
+	b = pgjson.AppendText(b, e.Kind)
+	b = append(b, `,"payload":{`...)
+	b = e.appendPayload(b)
+	b = append(b, `},"source":`...)
+	b = pgjson.AppendText(b, e.Source)
+	b = append(b, `,"timestamp":`...)
+	b = pgjson.AppendText(b, e.Timestamp)
+	return append(b, '}')
+}
+
+// The payload members the envelope writes itself, in sorted order.
+var fixedMembers = [...]string{"metadata", "new", "old", "operation", "table"}
+
+// appendPayload writes the payload's members, fixed and extra, merged in
+// sorted order.
+func (e *Envelope) appendPayload(b []byte) []byte {
+	fields := e.Fields
+	if !slices.IsSortedFunc(fields, byName) {
+		fields = slices.SortedFunc(slices.Values(fields), byName)
+	}
+	first := true
+	sep := func(b []byte, name string) []byte {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = pgjson.AppendText(b, name)
+		return append(b, ':')
+	}
+	fi := 0
+	for _, name := range fixedMembers {
+		for ; fi < len(fields) && fields[fi].Name < name; fi++ {
+			b = append(sep(b, fields[fi].Name), fields[fi].Value...)
+		}
+		switch name {
+		case "metadata":
+			b = e.appendMetadata(sep(b, name))
+		case "new":
+			if e.New != nil {
+				b = append(sep(b, name), e.New...)
+			}
+		case "old":
+			if e.Old != nil {
+				b = append(sep(b, name), e.Old...)
+			}
+		case "operation":
+			b = pgjson.AppendText(sep(b, name), e.Operation)
+		case "table":
+			b = pgjson.AppendText(sep(b, name), e.Table)
+		}
+	}
+	for ; fi < len(fields); fi++ {
+		b = append(sep(b, fields[fi].Name), fields[fi].Value...)
+	}
+	return b
+}
+
+func byName(a, b Field) int { return cmp.Compare(a.Name, b.Name) }
+
+// appendMetadata writes payload.metadata, its members in sorted order.
+func (e *Envelope) appendMetadata(b []byte) []byte {
+	b = append(b, '{')
+	if e.Annotations != nil {
+		b = append(b, `"annotations":`...)
+		b = append(b, e.Annotations...)
+		b = append(b, ',')
+	}
+	if e.AnnotationsError != "" {
+		b = append(b, `"annotations_error":`...)
+		b = pgjson.AppendText(b, e.AnnotationsError)
+		b = append(b, ',')
+	}
+	b = append(b, `"commit_lsn":"`...)
+	b = e.CommitLSN.AppendText(b)
+	b = append(b, '"')
+	if e.CommitTimestamp != "" {
+		b = append(b, `,"commit_timestamp":`...)
+		b = pgjson.AppendText(b, e.CommitTimestamp)
+	}
+	b = append(b, `,"idempotency_key":`...)
+	b = pgjson.AppendText(b, e.Key)
+	if e.Late {
+		b = append(b, `,"late":true`...)
+	}
+	b = append(b, `,"lsn":"`...)
+	b = e.LSN.AppendText(b)
+	b = append(b, '"')
+	if e.OldIsKeyOnly {
+		b = append(b, `,"old_is_key_only":true`...)
+	}
+	if e.Linked {
+		b = append(b, `,"prev":`...)
+		if e.Prev.IsZero() {
+			b = append(b, "null"...)
+		} else {
+			b = append(b, '"')
+			b = e.Prev.AppendText(b)
+			b = append(b, '"')
+		}
+	}
+	if e.Redelivered {
+		b = append(b, `,"redelivered":true`...)
+	}
+	if e.TxEvents > 0 {
+		b = append(b, `,"tx_events":`...)
+		b = strconv.AppendUint(b, uint64(e.TxEvents), 10)
+	}
+	if e.Linked {
+		b = append(b, `,"tx_index":`...)
+		b = strconv.AppendUint(b, uint64(e.TxIndex), 10)
+	}
+	if len(e.Unavailable) > 0 {
+		b = append(b, `,"unavailable_columns":`...)
+		b = AppendStrings(b, e.Unavailable)
+	}
+	if e.HasXid {
+		b = append(b, `,"xid":`...)
+		b = strconv.AppendUint(b, uint64(e.Xid), 10)
+	}
+	return append(b, '}')
+}
+
+// AppendStrings appends ss as a JSON array of strings.
+func AppendStrings(b []byte, ss []string) []byte {
+	b = append(b, '[')
+	for i, s := range ss {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = pgjson.AppendText(b, s)
+	}
+	return append(b, ']')
+}
+
+// Event is one envelope ready to publish: the value, its encoding, and
+// where it sits in commit order.
+type Event struct {
+	Envelope
+	// Body is Envelope encoded. It is set by Finish and by the marks,
+	// never edited.
+	Body       []byte
+	Pos        Position
+	CommitTime time.Time
+}
+
+// Finish encodes the envelope into Body. Call it once the envelope is
+// complete; the marks call it again.
+func (ev *Event) Finish() { ev.Body = ev.Envelope.Encode() }
+
+// MarkLate sets metadata.late and encodes the event again: it is sent
+// after a later event landed.
+func (ev *Event) MarkLate() {
+	if !ev.Late {
+		ev.Late = true
+		ev.Finish()
+	}
+}
+
+// MarkRedelivered sets metadata.redelivered and encodes the event again: a
+// dead letter retried lands after newer events.
+func (ev *Event) MarkRedelivered() {
+	if !ev.Redelivered {
+		ev.Redelivered = true
+		ev.Finish()
+	}
+}

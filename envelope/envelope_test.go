@@ -1,0 +1,101 @@
+package envelope
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+)
+
+func sample() Envelope {
+	return Envelope{
+		Kind: "decision_card_status_changed", Source: "procurement-api \u00e9\"\\",
+		Timestamp: "2026-11-22T19:34:41.416978+00:00",
+		Table:     `public."Weird ""name"""`, Operation: OpUpdate,
+		Old:       []byte(`{"id":1,"status":"pending"}`),
+		New:       []byte(`{"id":1,"status":"approved"}`),
+		Fields:    []Field{{Name: "zeta", Value: []byte(`true`)}, {Name: "alpha", Value: []byte(`{"a":1,"b":[1,2]}`)}, {Name: "nexus", Value: []byte(`"x"`)}},
+		CommitLSN: 0x1A2B3C8, LSN: 0x1A2B000, Xid: 731, HasXid: true,
+		CommitTimestamp: "2026-11-22T19:34:41.416978+00:00",
+		Key:             Key("7301", "pgaudit_cdc", Position{CommitLSN: 0x1A2B3C8, Seq: 2}),
+		Linked:          true, Prev: Position{CommitLSN: 0x1A2B3C8, Seq: 1}, TxIndex: 2, TxEvents: 2,
+		OldIsKeyOnly: true, Unavailable: []string{"body", "\u65e5"},
+		Annotations: []byte(`{"metadata":{"commit_lsn":"x"},"who":"alice"}`), AnnotationsError: "",
+	}
+}
+
+// TestEncodeIsCanonical: what Encode writes is its own canonical form, the
+// spine's, so the digest of the bytes sent is the digest a verifier
+// computes from the spine's copy.
+func TestEncodeIsCanonical(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(*Envelope)
+	}{
+		{"full", func(*Envelope) {}},
+		{"insert", func(e *Envelope) { e.Old, e.Operation, e.OldIsKeyOnly, e.Unavailable = nil, OpInsert, false, nil }},
+		{"first of the stream", func(e *Envelope) { e.Prev, e.TxEvents = Position{}, 0 }},
+		{"not linked (GAP)", func(e *Envelope) { e.Linked, e.HasXid, e.CommitTimestamp = false, false, "" }},
+		{"late", func(e *Envelope) { e.Late = true }},
+		{"redelivered", func(e *Envelope) { e.Redelivered = true }},
+		{"annotations error", func(e *Envelope) { e.Annotations, e.AnnotationsError = nil, "malformed \u2028" }},
+		{"no fields", func(e *Envelope) { e.Fields = nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := sample()
+			tt.edit(&e)
+			got := e.Encode()
+			canon, err := CanonicalRaw(got)
+			if err != nil {
+				t.Fatalf("got %s: %v", got, err)
+			}
+			if !bytes.Equal(got, canon) {
+				t.Fatalf("got  %s\nwant %s", got, canon)
+			}
+			back, err := Parse(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again := back.Encode(); !bytes.Equal(again, got) {
+				t.Fatalf("Parse then Encode: got %s, want %s", again, got)
+			}
+			bu, eu := back.Unmarked(), e.Unmarked()
+			if !reflect.DeepEqual(bu.Encode(), eu.Encode()) {
+				t.Fatal("Unmarked differs after Parse")
+			}
+		})
+	}
+}
+
+// TestMarksAreFields: a mark changes the metadata of the envelope only, and
+// Unmarked gives the bytes back that the change made.
+func TestMarksAreFields(t *testing.T) {
+	ev := &Event{Envelope: sample()}
+	ev.Finish()
+	before := string(ev.Body)
+	ev.MarkLate()
+	ev.MarkLate()
+	if bytes.Count(ev.Body, []byte(`"late":true`)) != 1 {
+		t.Fatalf("got %s, want one late mark", ev.Body)
+	}
+	if u := ev.Unmarked(); string(u.Encode()) != before {
+		t.Fatalf("Unmarked: got %s, want %s", u.Encode(), before)
+	}
+}
+
+func FuzzParseEnvelope(f *testing.F) {
+	e := sample()
+	f.Add(e.Encode())
+	f.Add([]byte(`{"kind":"x","payload":{"metadata":{"commit_lsn":"0/1","lsn":"0/1","idempotency_key":"k"}}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		env, err := Parse(body)
+		if err != nil {
+			return
+		}
+		out := env.Encode()
+		canon, err := CanonicalRaw(out)
+		if err != nil || !bytes.Equal(out, canon) {
+			t.Fatalf("Encode after Parse(%q) = %s, not canonical (%v)", body, out, err)
+		}
+	})
+}

@@ -1,0 +1,32 @@
+// Package ident writes PostgreSQL identifiers the way pgaudit-cdc names
+// tables to people and in events: double-quoted only where a plain
+// lower-case identifier would not read back as the same name. SQL sent to the
+// server quotes every identifier with pgx.Identifier.Sanitize instead.
+package ident
+
+import "strings"
+
+// Qualified writes schema.table, double-quoting either part unless it is a
+// plain lower-case identifier, so that the result is unambiguous and matches
+// what users type for ordinary names ("public.decisions").
+func Qualified(schema, table string) string {
+	return Quote(schema) + "." + Quote(table)
+}
+
+// Quote double-quotes s unless it is a plain lower-case identifier.
+func Quote(s string) string {
+	plain := s != ""
+	for i := 0; i < len(s) && plain; i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c == '_':
+		case (c >= '0' && c <= '9') && i > 0:
+		default:
+			plain = false
+		}
+	}
+	if plain {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

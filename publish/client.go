@@ -305,10 +305,15 @@ func (c *Client) deliver(ctx context.Context, body []byte, key string, readBack 
 			}
 			continue
 		}
-		readBack = false
 		if done {
+			if readBack && attempt > 0 {
+				// The spine's own read shows the append an answer left in
+				// doubt: it appends.
+				c.up(true)
+			}
 			return true, nil
 		}
+		readBack = false
 		a := c.post(ctx, body, key)
 		switch a.verdict {
 		case accepted:

@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"slices"
 	"strconv"
 	"time"
@@ -258,6 +259,25 @@ type Event struct {
 	Body       []byte
 	Pos        Position
 	CommitTime time.Time
+
+	digest   [sha256.Size]byte
+	digested bool
+}
+
+// Digest is the SHA-256 of the event as the change made it: its canonical
+// JSON without delivery marks (Unmarked). A verifier computes the same from
+// the spine's copy. It is computed once, by the goroutine that owns ev.
+func (ev *Event) Digest() [sha256.Size]byte {
+	if !ev.digested {
+		if ev.Late || ev.Redelivered || ev.Body == nil {
+			u := ev.Unmarked()
+			ev.digest = sha256.Sum256(u.Encode())
+		} else {
+			ev.digest = sha256.Sum256(ev.Body)
+		}
+		ev.digested = true
+	}
+	return ev.digest
 }
 
 // Finish encodes the envelope into Body. Call it once the envelope is

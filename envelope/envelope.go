@@ -53,6 +53,10 @@ type Envelope struct {
 	// event leaves them out (see Unmarked).
 	Late        bool // sent again after a later event landed
 	Redelivered bool // a dead letter retried
+	// Supersedes names an event another producer wrote under this event's
+	// key with other content (a forgery the read-back found): the agent
+	// delivers its own event anyway, and says which one it supersedes.
+	Supersedes int64
 }
 
 // Field is one payload member besides table, operation, old, new and
@@ -90,7 +94,7 @@ const (
 // Unmarked returns e without its delivery marks: the event as the change
 // made it, which is what the trail digests.
 func (e Envelope) Unmarked() Envelope {
-	e.Late, e.Redelivered = false, false
+	e.Late, e.Redelivered, e.Supersedes = false, false, 0
 	return e
 }
 
@@ -219,6 +223,10 @@ func (e *Envelope) appendMetadata(b []byte) []byte {
 	if e.Redelivered {
 		b = append(b, `,"redelivered":true`...)
 	}
+	if e.Supersedes != 0 {
+		b = append(b, `,"supersedes_event_id":`...)
+		b = strconv.AppendInt(b, e.Supersedes, 10)
+	}
 	if e.TxEvents > 0 {
 		b = append(b, `,"tx_events":`...)
 		b = strconv.AppendUint(b, uint64(e.TxEvents), 10)
@@ -269,7 +277,7 @@ type Event struct {
 // the spine's copy. It is computed once, by the goroutine that owns ev.
 func (ev *Event) Digest() [sha256.Size]byte {
 	if !ev.digested {
-		if ev.Late || ev.Redelivered || ev.Body == nil {
+		if ev.Late || ev.Redelivered || ev.Supersedes != 0 || ev.Body == nil {
 			u := ev.Unmarked()
 			ev.digest = sha256.Sum256(u.Encode())
 		} else {

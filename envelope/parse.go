@@ -102,6 +102,7 @@ func (e *Envelope) parseMetadata(raw json.RawMessage) error {
 		AnnotationsError string          `json:"annotations_error"`
 		Late             bool            `json:"late"`
 		Redelivered      bool            `json:"redelivered"`
+		Supersedes       int64           `json:"supersedes_event_id"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -120,7 +121,7 @@ func (e *Envelope) parseMetadata(raw json.RawMessage) error {
 	}
 	e.CommitTimestamp, e.Key, e.TxEvents = m.CommitTimestamp, m.Key, m.TxEvents
 	e.OldIsKeyOnly, e.Unavailable, e.AnnotationsError = m.OldIsKeyOnly, m.Unavailable, m.AnnotationsError
-	e.Late, e.Redelivered = m.Late, m.Redelivered
+	e.Late, e.Redelivered, e.Supersedes = m.Late, m.Redelivered, m.Supersedes
 	if m.TxIndex != nil {
 		e.Linked, e.TxIndex = true, *m.TxIndex
 		if len(m.Prev) > 0 && string(m.Prev) != "null" {

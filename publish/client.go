@@ -3,6 +3,7 @@ package publish
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -22,6 +23,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
 
 // ClientConfig configures a Client.
@@ -66,6 +68,10 @@ type Hooks struct {
 	Retry func(reason string, wait time.Duration)
 	// Skipped is called for an event found already in the spine.
 	Skipped func(ev *envelope.Event)
+	// Forgery is called once per key for an event whose key the read-back
+	// found on an event that is not what the agent sends for that change
+	// (forgedID): another producer wrote it. The real event is delivered.
+	Forgery func(ev *envelope.Event, forgedID int64)
 	// SpineUp reports whether the last request was answered by a spine that
 	// serves this client. It is false after no answer, after an answer by
 	// which the spine (or what stands in its place) refuses the client
@@ -104,7 +110,11 @@ type Client struct {
 	// are there, not only the highest. handled holds keys handled otherwise
 	// (dead letters).
 	present map[string]map[string]envelope.Position
-	handled map[string]bool
+	// copies holds, per key read back, the event_ids and digests found
+	// under it; forgeries the keys already reported as forged.
+	copies    map[string][]copyOf
+	forgeries map[string]bool
+	handled   map[string]bool
 	// maxPresent is the highest position known to be in the chain: an event
 	// sent after it lands out of commit order and is marked late.
 	maxPresent envelope.Position
@@ -115,6 +125,9 @@ type Client struct {
 	// it: one made sooner could miss them, and the event would be sent
 	// again, a duplicate in the chain.
 	quietAt atomic.Int64
+	// lastEventID is the highest event_id the spine gave, in an answer or
+	// a read: a later append below it means the spine lost its history.
+	lastEventID atomic.Int64
 	// postDown says the last POST answer left the spine down (see readUp).
 	postDown atomic.Bool
 
@@ -187,6 +200,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		log:       cfg.Logger,
 		checked:   map[string]bool{},
 		present:   map[string]map[string]envelope.Position{},
+		copies:    map[string][]copyOf{},
+		forgeries: map[string]bool{},
 		handled:   map[string]bool{},
 		tlsConfig: transport.TLSClientConfig,
 	}, nil
@@ -206,6 +221,7 @@ func (c *Client) SetIdentity(systemID, slot string) {
 	}
 	c.checked = map[string]bool{}
 	c.present = map[string]map[string]envelope.Position{}
+	c.copies = map[string][]copyOf{}
 	c.systemID, c.slot = systemID, slot
 }
 
@@ -226,8 +242,48 @@ func (c *Client) isHandled(ev *envelope.Event) bool {
 	if !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
 		return true
 	}
-	_, ok := c.present[ev.Source][ev.Key]
-	return ok
+	if _, ok := c.present[ev.Source][ev.Key]; !ok {
+		return false
+	}
+	return c.authentic(ev)
+}
+
+// copyOf is an event read back under one of this agent's keys: its
+// event_id and the digest of its content (ok false: unreadable).
+type copyOf struct {
+	id     int64
+	digest [32]byte
+	ok     bool
+}
+
+// authentic reports whether the spine holds ev as the agent would send it:
+// a copy under its key whose content digests to ev's. A copy that does not
+// is a forgery: another producer pre-empted the key. It is reported once
+// (Hooks.Forgery), and ev is delivered anyway, naming the forgery
+// (metadata.supersedes_event_id), so that a verifier shows both.
+func (c *Client) authentic(ev *envelope.Event) bool {
+	d := ev.Digest()
+	var forged int64
+	for _, cp := range c.copies[ev.Key] {
+		if cp.ok && cp.digest == d {
+			return true
+		}
+		forged = cp.id
+	}
+	if forged == 0 {
+		return true // present, but its content was not read (an older read-back)
+	}
+	if !c.forgeries[ev.Key] {
+		c.forgeries[ev.Key] = true
+		if c.cfg.Hooks.Forgery != nil {
+			c.cfg.Hooks.Forgery(ev, forged)
+		}
+	}
+	if ev.Supersedes != forged {
+		ev.Supersedes = forged
+		ev.Finish()
+	}
+	return false
 }
 
 // Mark returns the high-water mark.
@@ -318,7 +374,7 @@ func (c *Client) deliver(ctx context.Context, body []byte, key string, readBack 
 		switch a.verdict {
 		case accepted:
 			return false, nil
-		case rejected:
+		case rejected, lost:
 			return false, a.err
 		case unknown:
 			readBack = true
@@ -424,7 +480,52 @@ const (
 	refused
 	// rejected: the spine refuses this event (*RejectedError).
 	rejected
+	// lost: the answer is the stored event, under an event_id not beyond
+	// one the spine gave before: it lost or rewrote its history
+	// (*HistoryLostError).
+	lost
 )
+
+// HistoryLostError says the spine lost or rewrote its history: it answered
+// with an event_id not beyond one it gave before. Event ids grow by more
+// than one when other producers write, but they never go back on one
+// spine; an in-memory spine that restarted, or one restored from an older
+// state, starts again below.
+type HistoryLostError struct{ Previous, Got int64 }
+
+func (e *HistoryLostError) Error() string {
+	return fmt.Sprintf("the spine stored an event as event_id %d after it had stored event_id %d: it lost or rewrote its history (a restart of an in-memory spine, or a restore to an older state)", e.Got, e.Previous)
+}
+
+// IsHistoryLost reports whether err says the spine lost its history.
+func IsHistoryLost(err error) bool {
+	var h *HistoryLostError
+	return errors.As(err, &h)
+}
+
+// sawAppend checks the event_id of an append against the highest the
+// client saw: it must be beyond it.
+func (c *Client) sawAppend(id int64) error {
+	for {
+		prev := c.lastEventID.Load()
+		if id <= prev {
+			return &HistoryLostError{Previous: prev, Got: id}
+		}
+		if c.lastEventID.CompareAndSwap(prev, id) {
+			return nil
+		}
+	}
+}
+
+// sawRead raises the highest event_id seen to one read back.
+func (c *Client) sawRead(id int64) {
+	for {
+		prev := c.lastEventID.Load()
+		if id <= prev || c.lastEventID.CompareAndSwap(prev, id) {
+			return
+		}
+	}
+}
 
 // classify tells what an answer other than 201 means.
 //
@@ -493,7 +594,8 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusCreated {
-		if err := confirm(resp.Body, key); err != nil {
+		id, err := confirm(resp.Body, key)
+		if err != nil {
 			// Not drained: the body may be stalled or huge. Closing it
 			// closes the connection, which is what a broken answer deserves.
 			c.observe("201_unconfirmed", start)
@@ -503,6 +605,9 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		}
 		c.observe("201", start)
 		c.up(true)
+		if err := c.sawAppend(id); err != nil {
+			return answer{verdict: lost, reason: "history_lost", err: err}
+		}
 		return answer{verdict: accepted}
 	}
 	v := classify(resp.StatusCode)
@@ -595,13 +700,17 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 			limit = c.cfg.DedupWindow
 		}
 		keys := map[string]envelope.Position{}
+		copies := map[string][]copyOf{}
 		var oldest envelope.Position
-		n, err := c.scanEvents(ctx, source, limit, func(key string, _ bool, _ string) {
+		n, err := c.scanEvents(ctx, source, limit, func(e Stored) {
+			key := e.Key
 			sys, slot, pos, ok := envelope.ParseKey(key)
 			if !ok || sys != c.systemID || slot != c.slot {
 				return
 			}
 			keys[key] = pos
+			d, derr := e.Digest()
+			copies[key] = append(copies[key], copyOf{id: e.EventID, digest: d, ok: derr == nil})
 			if len(keys) == 1 || pos.Less(oldest) {
 				oldest = pos
 			}
@@ -616,16 +725,48 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 		// after it is among them), or the source or the window is read.
 		if (len(keys) > 0 && !upTo.Less(oldest)) || n < limit || limit >= c.cfg.DedupWindow {
 			c.present[source] = keys
+			for k, cs := range copies {
+				c.copies[k] = cs
+			}
 			c.checked[source] = true
 			return nil
 		}
 	}
 }
 
+// Stored is one event read back from the spine.
+type Stored struct {
+	EventID     int64
+	Key         string
+	Redelivered bool
+	CommitTime  string
+	// Raw is the stored event as the spine answered it; valid during the
+	// callback only.
+	Raw json.RawMessage
+}
+
+// Digest is the event's digest computed from the spine's copy
+// (trail.ItemDigest): what the agent's own event digests to when the copy
+// is what it sent.
+func (s Stored) Digest() ([32]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(s.Raw))
+	dec.UseNumber()
+	var e struct {
+		Kind      string         `json:"kind"`
+		Source    string         `json:"source"`
+		Timestamp string         `json:"timestamp"`
+		Payload   map[string]any `json:"payload"`
+	}
+	if err := dec.Decode(&e); err != nil {
+		return [32]byte{}, fmt.Errorf("reading event %d back: %w", s.EventID, err)
+	}
+	return trail.ItemDigest(e.Kind, e.Source, e.Timestamp, e.Payload)
+}
+
 // scanEvents reads GET /events?source=…&limit=… and calls fn with each
-// event's idempotency key, one event at a time: events can be large (a 20 MB
-// row), so the answer is never held whole.
-func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(key string, redelivered bool, commitTime string)) (int, error) {
+// event, one at a time: events can be large (a 20 MB row), so the answer is
+// never held whole.
+func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn func(Stored)) (int, error) {
 	if err := c.awaitQuiet(ctx); err != nil {
 		return 0, err
 	}
@@ -661,7 +802,12 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	c.readUp(true)
 	n := 0
 	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
+		}
 		var e struct {
+			EventID int64 `json:"event_id"`
 			Payload struct {
 				Metadata struct {
 					Key         string `json:"idempotency_key"`
@@ -670,11 +816,13 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 				} `json:"metadata"`
 			} `json:"payload"`
 		}
-		if err := dec.Decode(&e); err != nil {
+		if err := json.Unmarshal(raw, &e); err != nil {
 			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
 		}
 		n++
-		fn(e.Payload.Metadata.Key, e.Payload.Metadata.Redelivered, e.Payload.Metadata.CommitTime)
+		c.sawRead(e.EventID)
+		fn(Stored{EventID: e.EventID, Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
+			CommitTime: e.Payload.Metadata.CommitTime, Raw: raw})
 	}
 	return n, nil
 }
@@ -870,12 +1018,15 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 	// Redelivered events sit out of commit order in the chain, so the
 	// read-back that learns the high-water mark ignores them.
 	env.Redelivered = true
+	u := env.Unmarked()
+	unmarked := u.Encode()
 	_, err = c.deliver(ctx, env.Encode(), key, true,
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if !readBack {
 				return false, nil
 			}
-			return c.hasKey(ctx, source, key)
+			d := sha256.Sum256(unmarked)
+			return c.hasKey(ctx, source, key, &d)
 		})
 	return err
 }
@@ -883,15 +1034,36 @@ func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte)
 // AppendQuoted is key as the envelope writes it: a JSON string.
 func AppendQuoted(key string) []byte { return pgjson.AppendString(nil, []byte(key)) }
 
-// hasKey reports whether the newest DedupWindow events of source include key.
-func (c *Client) hasKey(ctx context.Context, source, key string) (bool, error) {
+// hasKey reports whether the newest DedupWindow events of source include
+// key on an event that digests to digest (nil: any content).
+func (c *Client) hasKey(ctx context.Context, source, key string, digest *[32]byte) (bool, error) {
 	found := false
-	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(k string, _ bool, _ string) {
-		if k == key {
+	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
+		if e.Key != key {
+			return
+		}
+		if digest == nil {
+			found = true
+			return
+		}
+		if d, err := e.Digest(); err == nil && d == *digest {
 			found = true
 		}
 	})
 	return found, err
+}
+
+// HasEvent reports whether the newest DedupWindow events of source include
+// key (on content that digests to digest, unless nil).
+func (c *Client) HasEvent(ctx context.Context, source, key string, digest *[32]byte) (bool, error) {
+	return c.hasKey(ctx, source, key, digest)
+}
+
+// ReadBack calls fn with each of the newest DedupWindow events of source,
+// oldest first.
+func (c *Client) ReadBack(ctx context.Context, source string, fn func(Stored)) error {
+	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, fn)
+	return err
 }
 
 // LastDelivered returns the highest position among the events of systemID
@@ -902,10 +1074,10 @@ func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, so
 	var last envelope.Position
 	var commitTime string
 	for _, source := range sources {
-		_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(key string, _ bool, ts string) {
-			sys, slot, pos, ok := envelope.ParseKey(key)
+		_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
+			sys, slot, pos, ok := envelope.ParseKey(e.Key)
 			if ok && sys == systemID && slot == keySlot && last.Less(pos) {
-				last, commitTime = pos, ts
+				last, commitTime = pos, e.CommitTime
 			}
 		})
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"unicode/utf8"
 )
@@ -24,7 +25,7 @@ import (
 // top-level value whole, and its Token method is several times slower), and
 // only the few fields checked are kept. As in encoding/json, a member given
 // twice counts with its last value.
-func confirm(r io.Reader, key string) error {
+func confirm(r io.Reader, key string) (int64, error) {
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(r)
 	defer func() {
@@ -38,7 +39,7 @@ func confirm(r io.Reader, key string) error {
 		payloadSet, payloadObj, metadataIsObj bool
 	)
 	if err := s.expect('{'); err != nil {
-		return err
+		return 0, err
 	}
 	err := s.object(func(name []byte) error {
 		switch string(name) {
@@ -83,32 +84,40 @@ func confirm(r io.Reader, key string) error {
 		}
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := s.end(); err != nil {
-		return err
+		return 0, err
 	}
+	var err2 error
 	switch {
 	case !id.num || !isPositiveInt(id.text):
-		return id.invalid("event_id", "an integer >= 1")
+		err2 = id.invalid("event_id", "an integer >= 1")
 	case !hash.isHash():
-		return hash.invalid("hash", "64 lower-case hex digits")
+		err2 = hash.invalid("hash", "64 lower-case hex digits")
 	case !prev.isHash():
-		return prev.invalid("prev_hash", "64 lower-case hex digits")
+		err2 = prev.invalid("prev_hash", "64 lower-case hex digits")
 	case !kind.nonEmpty():
-		return kind.invalid("kind", "a non-empty string")
+		err2 = kind.invalid("kind", "a non-empty string")
 	case !source.nonEmpty():
-		return source.invalid("source", "a non-empty string")
+		err2 = source.invalid("source", "a non-empty string")
 	case !ts.nonEmpty():
-		return ts.invalid("timestamp", "a non-empty string")
+		err2 = ts.invalid("timestamp", "a non-empty string")
 	case !payloadSet || !payloadObj:
-		return errors.New("the answer has no payload object")
+		err2 = errors.New("the answer has no payload object")
 	case !metadataIsObj || !gotKey.str:
-		return errors.New("the answer's payload has no metadata.idempotency_key")
+		err2 = errors.New("the answer's payload has no metadata.idempotency_key")
 	case gotKey.long || gotKey.text != key:
-		return fmt.Errorf("the answer is event %q, not %q", gotKey.show(), key)
+		err2 = fmt.Errorf("the answer is event %q, not %q", gotKey.show(), key)
 	}
-	return nil
+	if err2 != nil {
+		return 0, err2
+	}
+	n, err := strconv.ParseInt(id.text, 10, 64)
+	if err != nil {
+		return 0, id.invalid("event_id", "an integer that fits in 64 bits")
+	}
+	return n, nil
 }
 
 // readers are confirm's buffers, reused: most answers are small, and a

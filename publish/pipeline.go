@@ -295,7 +295,8 @@ func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer,
 	saidClose := resp.Close
 	closeAfter := false
 	if resp.StatusCode == http.StatusCreated {
-		if err := confirm(resp.Body, key); err != nil {
+		id, err := confirm(resp.Body, key)
+		if err != nil {
 			c.observe("201_unconfirmed", start)
 			c.up(false)
 			return answer{verdict: unknown, reason: "unconfirmed",
@@ -306,6 +307,9 @@ func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer,
 		}
 		c.observe("201", start)
 		c.up(true)
+		if err := c.sawAppend(id); err != nil {
+			return answer{verdict: lost, reason: "history_lost", err: err}, closeAfter, saidClose
+		}
 		return answer{verdict: accepted}, closeAfter, saidClose
 	}
 	v := classify(resp.StatusCode)
@@ -433,6 +437,11 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 				}
 			case rejected:
 				state[i], errs[i] = 2, a.err
+			case lost:
+				// Nothing more is sent into a spine that lost its history.
+				if failed == nil {
+					failed = &answers[j]
+				}
 			default:
 				if failed == nil {
 					failed = &answers[j]
@@ -451,6 +460,9 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 		}
 		if failed == nil {
 			continue
+		}
+		if failed.verdict == lost {
+			return failed.err
 		}
 		if uncertain {
 			// Read back every pending event's source, not only the one that

@@ -35,6 +35,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -63,9 +64,18 @@ type Config struct {
 	// MaxBufferedBytes bounds the envelopes decoded but not yet delivered
 	// (default 64 MiB; one larger batch is always let through).
 	MaxBufferedBytes int64
-	Logger           *slog.Logger
-	Metrics          *metrics.Metrics
-	Ready            *metrics.Readiness
+	// Signer signs the trail (package trail): seals over the delivered
+	// events, every SealEvents events or SealInterval (defaults 1000 and
+	// 1s), and after SealIdle (100ms) without new work. Nil runs unsigned,
+	// which must be asked for (Unsigned).
+	Signer       *trail.Key
+	Unsigned     bool
+	SealEvents   int
+	SealInterval time.Duration
+	SealIdle     time.Duration
+	Logger       *slog.Logger
+	Metrics      *metrics.Metrics
+	Ready        *metrics.Readiness
 }
 
 // Spine is what the agent needs of the audit-stream client beyond a Sink:
@@ -109,6 +119,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.MaxBufferedBytes <= 0 {
 		cfg.MaxBufferedBytes = 64 << 20
+	}
+	if cfg.Signer == nil && !cfg.Unsigned {
+		return nil, errors.New("no signing key: set --signing-key-file (or PGAUDIT_SIGNING_KEY_FILE) to a key made by `pgaudit-cdc keygen`, or run with --unsigned to deliver an unauthenticated trail")
+	}
+	if cfg.SealEvents <= 0 {
+		cfg.SealEvents = defaultSealEvents
+	}
+	if cfg.SealInterval <= 0 {
+		cfg.SealInterval = defaultSealInterval
+	}
+	if cfg.SealIdle <= 0 {
+		cfg.SealIdle = defaultSealIdle
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -213,11 +235,19 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	seals, err := a.startTrail(ctx, meta, sess, keySlot)
+	if err != nil {
+		return err
+	}
 	start, err := a.startStreaming(ctx, meta, sess, keySlot)
 	if err != nil {
 		return err
 	}
-	return a.stream(ctx, a.newReader(meta, sess, keySlot, start), dl)
+	err = a.stream(ctx, a.newReader(meta, sess, keySlot, start), dl, seals)
+	if publish.IsHistoryLost(err) {
+		return a.lostOnTheWay(context.WithoutCancel(ctx), meta, sess, err)
+	}
+	return err
 }
 
 // prepareDatabase checks the WAL level and brings the schema and the
@@ -392,7 +422,7 @@ func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot str
 
 // stream runs the housekeeper, the publisher and the reader until the
 // stream ends or ctx does, then sends the final status.
-func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters) error {
+func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters, seals *sealing) error {
 	houseCtx, houseCancel := context.WithCancel(ctx)
 	houseDone := make(chan struct{})
 	go func() { defer close(houseDone); r.house.run(houseCtx) }()
@@ -406,7 +436,7 @@ func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters) error {
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
-	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: r.confirm, inflight: &r.inflight, dl: dl}
+	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: r.confirm, inflight: &r.inflight, dl: dl, seals: seals}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()
 	r.pubDone = pubDone

@@ -17,6 +17,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -39,6 +40,8 @@ type harness struct {
 	// obs, when set (observe), receives the agents' metrics, readiness and
 	// log.
 	obs *observer
+	// key signs the trail of every agent the harness starts.
+	key *trail.Key
 }
 
 func newHarness(t *testing.T) *harness {
@@ -114,10 +117,15 @@ func (h *harness) startAgentWith(tune func(*agent.Config)) {
 	if err != nil {
 		h.t.Fatalf("client: %v", err)
 	}
+	if h.key == nil {
+		if h.key, err = trail.GenerateKey(); err != nil {
+			h.t.Fatalf("key: %v", err)
+		}
+	}
 	cfg := agent.Config{
 		DatabaseURL: h.dsn, Slot: testSlot, Publication: testPub,
 		Sink: client, Spine: client, StatusInterval: 100 * time.Millisecond,
-		ShutdownGrace: 500 * time.Millisecond, Logger: log,
+		ShutdownGrace: 500 * time.Millisecond, Logger: log, Signer: h.key,
 	}
 	if h.obs != nil {
 		cfg.Metrics, cfg.Ready = h.obs.m, h.obs.ready

@@ -26,6 +26,7 @@ type publisher struct {
 	confirm  *confirm.Tracker
 	inflight *atomic.Int64
 	dl       *deadLetters
+	seals    *sealing // nil: unsigned
 
 	// delivered caches EventsDelivered's counter per table, operation and
 	// kind: WithLabelValues hashes and checks three strings under a lock,
@@ -49,24 +50,22 @@ const (
 
 func (p *publisher) run(ctx context.Context) error {
 	defer p.dl.close(context.WithoutCancel(ctx))
+	defer p.seals.close(context.WithoutCancel(ctx))
 	if bs, ok := p.a.cfg.Sink.(batchSink); ok {
 		return p.runBatched(ctx, bs)
 	}
 	for {
-		var b batch
-		var ok bool
-		select {
-		case b, ok = <-p.items:
-			if !ok {
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+		b, ok, err := p.next(ctx)
+		if err != nil || !ok {
+			return err
 		}
 		for _, w := range b.items {
 			if err := p.process(ctx, w); err != nil {
 				return err
 			}
+		}
+		if err := p.sealIfDue(ctx, false); err != nil {
+			return err
 		}
 		if b.size > 0 {
 			p.inflight.Add(-b.size)
@@ -91,9 +90,57 @@ func (p *publisher) process(ctx context.Context, w work) error {
 	return nil
 }
 
+// next waits for the reader's next hand-over. While events wait for their
+// seal, it seals them once no work came for a while (Config.SealIdle). ok is
+// false once the reader closed the channel: what is pending is sealed then.
+func (p *publisher) next(ctx context.Context) (b batch, ok bool, err error) {
+	for {
+		var idle <-chan time.Time
+		if p.seals != nil {
+			idle = p.seals.idle()
+		}
+		select {
+		case b, ok = <-p.items:
+			if !ok {
+				return b, false, p.sealIfDue(ctx, true)
+			}
+			return b, true, nil
+		case <-idle:
+			if err := p.sealIfDue(ctx, true); err != nil {
+				return b, false, err
+			}
+		case <-ctx.Done():
+			return b, false, ctx.Err()
+		}
+	}
+}
+
+// sealIfDue seals the events settled so far when they are due (or force),
+// and accepts the transactions the seal completes.
+func (p *publisher) sealIfDue(ctx context.Context, force bool) error {
+	if p.seals == nil || (!force && !p.seals.due(time.Now())) {
+		return nil
+	}
+	held, err := p.seals.seal(ctx)
+	if err != nil {
+		return err
+	}
+	if held != 0 {
+		p.accept(held)
+	}
+	return nil
+}
+
 // accept raises the accepted LSN (it never goes back) and the
-// ConfirmedLSN metric with it.
+// ConfirmedLSN metric with it. With a signed trail, a position after events
+// not sealed yet waits for their seal (see sealing.hold).
 func (p *publisher) accept(lsn pgoutput.LSN) {
+	if p.seals != nil {
+		var ok bool
+		if lsn, ok = p.seals.hold(lsn); !ok {
+			return
+		}
+	}
 	if p.confirm.Accept(lsn) {
 		p.a.m.ConfirmedLSN.Set(float64(lsn))
 	}
@@ -114,15 +161,9 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		var first batch
-		var ok bool
-		select {
-		case first, ok = <-p.items:
-			if !ok {
-				return nil
-			}
-		case <-ctx.Done():
-			return ctx.Err()
+		first, ok, err := p.next(ctx)
+		if err != nil || !ok {
+			return err
 		}
 		var closed bool
 		batches, closed = p.gather(batches, first)
@@ -150,7 +191,10 @@ func (p *publisher) runBatched(ctx context.Context, bs batchSink) error {
 		default:
 		}
 		if closed {
-			return nil
+			return p.sealIfDue(ctx, true)
+		}
+		if err := p.sealIfDue(ctx, false); err != nil {
+			return err
 		}
 	}
 }
@@ -272,6 +316,9 @@ func (p *publisher) settle(ctx context.Context, ev *envelope.Event, err error) e
 		c.Inc()
 		p.a.m.CommitToAccepted.Observe(time.Since(ev.CommitTime).Seconds())
 		p.a.m.LastCommitTime.Set(float64(ev.CommitTime.UnixMicro()) / 1e6)
+		if p.seals != nil {
+			p.seals.fold(ev, false)
+		}
 		return nil
 	}
 	var rej *publish.RejectedError
@@ -296,6 +343,9 @@ func (p *publisher) settle(ctx context.Context, ev *envelope.Event, err error) e
 		}
 	}
 	p.a.cfg.Spine.MarkKeyHandled(ev.Key)
+	if p.seals != nil {
+		p.seals.fold(ev, true)
+	}
 	p.a.m.DeadLetters.WithLabelValues(ev.Table).Inc()
 	p.a.log.Error("the spine refused an event; kept as a dead letter (see `pgaudit-cdc dead-letters list`)",
 		"table", ev.Table, "operation", ev.Operation, "kind", ev.Kind, "key", ev.Key,

@@ -183,6 +183,11 @@ func Complete(ctx context.Context, conn *pgx.Conn, slot string, g *GapRecord, st
 	if err := resetProgress(ctx, tx, slot, st.StartLSN); err != nil {
 		return err
 	}
+	if g.Reason == ReasonSpineHistoryLost {
+		if err := acknowledgeLost(ctx, tx, slot); err != nil {
+			return err
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("completing gap #%d: %w", g.ID, err)
 	}

@@ -19,8 +19,11 @@ func GapEvent(g *GapRecord, st State, slot string, last *Delivered, acceptedBy s
 	d := envelope.Gap{
 		ID: g.ID, Reason: g.Reason, Detail: g.Detail, DetectedAt: envelope.FormatTimestamp(g.DetectedAt),
 		ResumeLSN: st.StartLSN.String(), Tables: g.Tables, SystemID: st.SystemID, Timeline: st.Timeline,
-		Generation: st.Generation, AcceptedBy: acceptedBy,
+		Generation: st.Generation, AcceptedBy: acceptedBy, Lost: g.Lost,
 		Rebaseline: "changes to these tables between last_delivered and resume_lsn are not in the audit trail: run `pgaudit-cdc backfill TABLE` for each to record their current rows",
+	}
+	if g.Reason == ReasonSpineHistoryLost {
+		d.Rebaseline = "the destination lost the events named in lost, which the agent had delivered and sealed: restore them from a copy of the trail taken before the loss (the seals in it prove them), or re-baseline each table listed with `pgaudit-cdc backfill TABLE`"
 	}
 	if last != nil && !last.Position.IsZero() {
 		d.LastDelivered = &envelope.GapDelivered{CommitLSN: last.Position.CommitLSN.String(), Seq: last.Position.Seq, CommitTimestamp: last.CommitTime}

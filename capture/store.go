@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -122,15 +124,24 @@ type GapRecord struct {
 	AcceptedBy string     `json:"accepted_by,omitempty"`
 	ResumeLSN  string     `json:"resume_lsn,omitempty"`
 	EventKey   string     `json:"event_key,omitempty"`
+	// Lost names the events a destination lost (ReasonSpineHistoryLost).
+	Lost *envelope.GapLostRange `json:"lost,omitempty"`
 }
 
 const gapColumns = `id, slot_name, reason, detail, detected_at, system_identifier, timeline, tables,
-	accepted_at, coalesce(accepted_by, ''), coalesce(resume_lsn::text, ''), coalesce(event_key, '')`
+	accepted_at, coalesce(accepted_by, ''), coalesce(resume_lsn::text, ''), coalesce(event_key, ''), lost`
 
 func scanGap(row pgx.Row) (GapRecord, error) {
 	var g GapRecord
+	var lost []byte
 	err := row.Scan(&g.ID, &g.Slot, &g.Reason, &g.Detail, &g.DetectedAt, &g.SystemID, &g.Timeline, &g.Tables,
-		&g.AcceptedAt, &g.AcceptedBy, &g.ResumeLSN, &g.EventKey)
+		&g.AcceptedAt, &g.AcceptedBy, &g.ResumeLSN, &g.EventKey, &lost)
+	if err == nil && lost != nil {
+		g.Lost = &envelope.GapLostRange{}
+		if jerr := json.Unmarshal(lost, g.Lost); jerr != nil {
+			return g, fmt.Errorf("reading gap #%d's lost range: %w", g.ID, jerr)
+		}
+	}
 	return g, err
 }
 
@@ -164,14 +175,18 @@ func Gaps(ctx context.Context, conn *pgx.Conn, slot string) ([]GapRecord, error)
 // slot, and returns the pending gap and whether it is new. The first
 // detection's reason is kept: it is the cause, later ones are consequences.
 func RecordGap(ctx context.Context, conn *pgx.Conn, slot string, a Assessment, systemID string, timeline int32) (*GapRecord, bool, error) {
+	return recordGap(ctx, conn, slot, a, systemID, timeline, nil)
+}
+
+func recordGap(ctx context.Context, conn *pgx.Conn, slot string, a Assessment, systemID string, timeline int32, lost []byte) (*GapRecord, bool, error) {
 	tables, err := AffectedTables(ctx, conn)
 	if err != nil {
 		return nil, false, err
 	}
-	g, err := scanGap(conn.QueryRow(ctx, `INSERT INTO pgaudit_cdc.gaps (slot_name, reason, detail, system_identifier, timeline, tables)
-		VALUES ($1, $2, $3, $4, $5, $6)
+	g, err := scanGap(conn.QueryRow(ctx, `INSERT INTO pgaudit_cdc.gaps (slot_name, reason, detail, system_identifier, timeline, tables, lost)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (slot_name) WHERE accepted_at IS NULL DO NOTHING
-		RETURNING `+gapColumns, slot, a.Reason, a.Detail, systemID, timeline, tables))
+		RETURNING `+gapColumns, slot, a.Reason, a.Detail, systemID, timeline, tables, lost))
 	if err == nil {
 		return &g, true, nil
 	}

@@ -19,9 +19,27 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/testkey"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+// TestMain runs the tests against a throwaway PostgreSQL, with a throwaway
+// signing key in PGAUDIT_SIGNING_KEY_FILE for every run and demo.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pgaudit-cli-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	keyFile, err := testkey.Write(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("PGAUDIT_SIGNING_KEY_FILE", keyFile)
+	code := pgtest.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 // syncBuffer is a bytes.Buffer safe for a command running in a goroutine.
 type syncBuffer struct {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -31,7 +34,7 @@ var demoChanges = []struct {
 }
 
 func newDemoCmd(o *options) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Show events flowing: a throwaway PostgreSQL, a sample table, a few changes, the envelopes",
 		Long: `demo starts a throwaway PostgreSQL cluster (unless --database-url is given),
@@ -47,6 +50,14 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 				return &ExitError{Code: 2, Err: err}
 			}
 			ctx := cmd.Context()
+			if o.signingKeyFile == "" && !o.unsigned {
+				file, err := throwawayKey(log)
+				if err != nil {
+					return err
+				}
+				defer os.Remove(file)
+				o.signingKeyFile = file
+			}
 			if o.databaseURL == "" {
 				log.Info("starting a throwaway PostgreSQL cluster")
 				cluster, err := pgcluster.StartLocal(ctx)
@@ -124,6 +135,35 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 			return <-agentErr
 		},
 	}
+	addSigningFlags(cmd, o)
+	return cmd
+}
+
+// throwawayKey writes a new signing key to a private temporary file, for
+// the demo's trail.
+func throwawayKey(log *slog.Logger) (string, error) {
+	key, err := trail.GenerateKey()
+	if err != nil {
+		return "", err
+	}
+	pemBytes, err := key.MarshalPEM()
+	if err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp("", "pgaudit-cdc-demo-key-*.pem")
+	if err != nil {
+		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
+	}
+	if _, err := f.Write(pemBytes); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
+	}
+	log.Info("signing the demo's trail with a throwaway key (removed at the end)", "key", key.Fingerprint())
+	return f.Name(), nil
 }
 
 // countingSink closes done once want change events were accepted.

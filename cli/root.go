@@ -44,6 +44,12 @@ type options struct {
 	// gapHold is how long run keeps serving /metrics after a gap stopped
 	// capture, before it exits with ExitGap.
 	gapHold time.Duration
+	// The trail's signing (run): the key file, or the explicit choice to
+	// run unsigned, and the seal interval in time and events.
+	signingKeyFile string
+	unsigned       bool
+	sealInterval   time.Duration
+	sealEvents     int
 
 	// fromEnv maps the flags that took their value from the environment
 	// to the variable's name, so that errors name what the user set.
@@ -65,6 +71,10 @@ var envFallbacks = []struct{ flag, env string }{
 	{"spine-timeout", "AUDIT_STREAM_TIMEOUT"},
 	{"dedup-window", "PGAUDIT_DEDUP_WINDOW"},
 	{"max-in-flight", "PGAUDIT_MAX_IN_FLIGHT"},
+	{"signing-key-file", "PGAUDIT_SIGNING_KEY_FILE"},
+	{"unsigned", "PGAUDIT_UNSIGNED"},
+	{"seal-interval", "PGAUDIT_SEAL_INTERVAL"},
+	{"seal-events", "PGAUDIT_SEAL_EVENTS"},
 }
 
 // ExitError carries a process exit code.
@@ -138,7 +148,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		newWatchCmd(o), newUnwatchCmd(o), newListCmd(o), newRunCmd(o),
 		newDeadLettersCmd(o), newDemoCmd(o), newVersionCmd(),
 		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o), newBackfillCmd(o),
-		newCheckpointCmd(o), newVerifyCmd(o),
+		newCheckpointCmd(o), newVerifyCmd(o), newKeygenCmd(), newRotateKeyCmd(o),
 	)
 	exitCodes(root)
 	return root

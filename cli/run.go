@@ -19,6 +19,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
 
 func newRunCmd(o *options) *cobra.Command {
@@ -74,13 +75,48 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 	cmd.Flags().DurationVar(&o.gapHold, "gap-hold", 30*time.Second, "with --metrics-addr: how long to keep serving /metrics (pgaudit_cdc_gap_pending 1) after a capture gap stopped capture, before exiting with code 3, so that Prometheus sees it")
 	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL (positive)")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM (0: stop at once)")
+	addSigningFlags(cmd, o)
 	return cmd
+}
+
+// addSigningFlags adds the trail's signing flags (run, demo).
+func addSigningFlags(cmd *cobra.Command, o *options) {
+	cmd.Flags().StringVar(&o.signingKeyFile, "signing-key-file", "", "the Ed25519 key (PKCS #8 PEM, from `pgaudit-cdc keygen`) that signs the trail's seals; a file or a mounted secret, never the key itself")
+	cmd.Flags().BoolVar(&o.unsigned, "unsigned", false, "deliver an unauthenticated trail, without seals (logged; verify reports it)")
+	cmd.Flags().DurationVar(&o.sealInterval, "seal-interval", time.Second, "the longest a delivered event waits for its seal (nothing is confirmed to PostgreSQL beyond the last seal)")
+	cmd.Flags().IntVar(&o.sealEvents, "seal-events", 1000, "the most events one seal covers before the next is written (one hand-over more at most)")
+}
+
+// signer loads the signing key, or says why the trail runs unsigned.
+func (o *options) signer(log *slog.Logger) (*trail.Key, error) {
+	switch {
+	case o.signingKeyFile != "" && o.unsigned:
+		return nil, usageError("both %s and %s are set: sign with the key, or run unsigned, not both", o.setting("signing-key-file"), o.setting("unsigned"))
+	case o.unsigned:
+		log.Warn("running unsigned (--unsigned): the trail carries no seals, so nothing proves an event is pgaudit-cdc's; verify reports the trail as unsigned")
+		return nil, nil
+	case o.signingKeyFile == "":
+		return nil, usageError("no signing key: set --signing-key-file or PGAUDIT_SIGNING_KEY_FILE to a key made by `pgaudit-cdc keygen --out FILE`, or choose --unsigned to run without authentication")
+	}
+	if o.sealInterval <= 0 || o.sealEvents <= 0 {
+		return nil, usageError("invalid seal bounds (--seal-interval %s, --seal-events %d): both must be positive", o.sealInterval, o.sealEvents)
+	}
+	key, err := trail.LoadKey(o.signingKeyFile)
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: err}
+	}
+	log.Info("signing the trail", "key", key.Fingerprint())
+	return key, nil
 }
 
 // runAgent builds the sink, the metrics server and the agent, and runs it
 // until ctx ends. wrap, when set, wraps the sink (the demo counts events).
 func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interface{ Write([]byte) (int, error) },
 	statusInterval, grace time.Duration, wrap func(publish.Sink) publish.Sink) error {
+	key, err := o.signer(log)
+	if err != nil {
+		return err
+	}
 	m := metrics.New()
 	ready := &metrics.Readiness{}
 	hooks := m.PublishHooks(ready)
@@ -134,6 +170,10 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		Logger:         log,
 		Metrics:        m,
 		Ready:          ready,
+		Signer:         key,
+		Unsigned:       key == nil,
+		SealInterval:   o.sealInterval,
+		SealEvents:     o.sealEvents,
 	}
 	if spine != nil {
 		cfg.Spine = spine

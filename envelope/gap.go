@@ -37,7 +37,10 @@ type GapDelivered struct {
 // lost or rewrote its history): the first and last idempotency key of the
 // range and how many events it held, as the agent's anchors recorded them.
 type GapLostRange struct {
-	FirstKey string `json:"first_key"`
+	// FirstKey is the first event lost, when the destination lost the
+	// trail from its start; After the last event it still holds otherwise.
+	FirstKey string `json:"first_key,omitempty"`
+	After    string `json:"after_key,omitempty"`
 	LastKey  string `json:"last_key"`
 	Count    uint64 `json:"count"`
 }

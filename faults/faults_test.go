@@ -13,8 +13,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
-	chainverify "github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -27,13 +25,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	chainverify "github.com/pgaudit-cdc/pgaudit-cdc/verify"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/testkey"
 )
 
 var agentBin string
+
+// keyFile signs the trail of every agent the tests start (one key: they
+// continue one another's trail).
+var keyFile string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "pgaudit-faults-")
@@ -46,6 +52,10 @@ func TestMain(m *testing.M) {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building the agent:", err)
+		os.Exit(1)
+	}
+	if keyFile, err = testkey.Write(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := pgtest.Run(m)
@@ -70,7 +80,7 @@ type agentProc struct {
 
 func startAgentProc(t *testing.T, dsn, spineURL string, extra ...string) *agentProc {
 	t.Helper()
-	args := append([]string{"run", "--database-url", dsn, "--audit-stream-url", spineURL,
+	args := append([]string{"run", "--database-url", dsn, "--audit-stream-url", spineURL, "--signing-key-file", keyFile,
 		"--status-interval", "100ms", "--log-format", "json", "--log-level", "info",
 		"--spine-timeout", "5s", "--shutdown-grace", "1s"}, extra...)
 	cmd := exec.Command(agentBin, args...)

@@ -43,6 +43,13 @@ type Metrics struct {
 	GapPending              prometheus.Gauge
 	UnauthenticatedControl  *prometheus.CounterVec // prefix
 	ReplicaIdentityWeakened *prometheus.CounterVec // table
+	// The authenticated trail (package trail): seals written, the newest
+	// one's time, events delivered but not sealed yet, and forgeries the
+	// read-back found under the agent's keys.
+	Seals             prometheus.Counter
+	LastSealTime      prometheus.Gauge
+	UnsealedEvents    prometheus.Gauge
+	ForgeriesDetected prometheus.Counter
 }
 
 // New registers all families, with the Go and process collectors.
@@ -132,6 +139,22 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_replica_identity_weakened_total",
 		Help: "Watched tables seen streaming without REPLICA IDENTITY FULL (old rows incomplete), by table.",
 	}, []string{"table"})
+	m.Seals = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_seals_total",
+		Help: "Signed seals written over the delivered events (SEAL events, each recorded as the anchor in the audited database).",
+	})
+	m.LastSealTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_last_seal_timestamp_seconds",
+		Help: "Unix time of the newest seal.",
+	})
+	m.UnsealedEvents = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_unsealed_events",
+		Help: "Events delivered but not sealed yet (sealed within --seal-interval; nothing is confirmed to PostgreSQL beyond the last seal).",
+	})
+	m.ForgeriesDetected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_forgeries_detected_total",
+		Help: "Events found in the spine under one of the agent's idempotency keys but with other content: another producer forged them. The real event is delivered anyway.",
+	})
 	v, commit, gov := version.Info()
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "pgaudit_cdc_build_info",
@@ -142,7 +165,8 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{m.EventsDelivered, m.EventsSkipped, m.PublishDuration,
 		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
 		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
-		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened, info,
+		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
+		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -204,6 +228,7 @@ func (m *Metrics) PublishHooks(ready *Readiness) publish.Hooks {
 		Post:    func(outcome string, d time.Duration) { m.PublishDuration.WithLabelValues(outcome).Observe(d.Seconds()) },
 		Retry:   func(reason string, _ time.Duration) { m.Retries.WithLabelValues(reason).Inc() },
 		Skipped: func(*envelope.Event) { m.EventsSkipped.Inc() },
+		Forgery: func(*envelope.Event, int64) { m.ForgeriesDetected.Inc() },
 		SpineUp: func(up bool) {
 			ready.SetSink(up)
 			if up {

@@ -275,6 +275,9 @@ func (c *Client) authentic(ev *envelope.Event) bool {
 	}
 	if !c.forgeries[ev.Key] {
 		c.forgeries[ev.Key] = true
+		c.log.Error("forged event in the spine: another producer wrote an event under one of pgaudit-cdc's idempotency keys with other content; the real event is delivered now, naming the forgery (metadata.supersedes_event_id), and verify reports both",
+			"key", ev.Key, "forged_event_id", forged, "table", ev.Table, "operation", ev.Operation,
+			"fix", "find who can POST to the spine with this source and revoke it")
 		if c.cfg.Hooks.Forgery != nil {
 			c.cfg.Hooks.Forgery(ev, forged)
 		}

@@ -1,6 +1,7 @@
 package trail
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
@@ -93,6 +94,10 @@ type Anchor struct {
 	Slot     string
 	To       envelope.Position
 	ToKey    string
+	// ToSource is the source of the event at To; FirstKey the first event
+	// this seal covers.
+	ToSource string
+	FirstKey string
 	Total    uint64
 	// Event is the SEAL event, to send again if the trail lacks it.
 	Event []byte
@@ -119,6 +124,7 @@ type Sealer struct {
 	firstKey   string
 	lastPos    envelope.Position
 	lastKey    string
+	lastSource string
 	firstAt    time.Time
 	dead       map[string]string
 	sumScratch [sha256.Size]byte
@@ -168,7 +174,7 @@ func (s *Sealer) Fold(ev *envelope.Event, dead bool, now time.Time) {
 		s.first, s.firstKey, s.firstAt = ev.Pos, ev.Key, now
 	}
 	s.count++
-	s.lastPos, s.lastKey = ev.Pos, ev.Key
+	s.lastPos, s.lastKey, s.lastSource = ev.Pos, ev.Key, ev.Source
 	if dead {
 		if s.dead == nil {
 			s.dead = map[string]string{}
@@ -201,7 +207,7 @@ func (s *Sealer) Close(now time.Time) (*envelope.Event, Anchor, error) {
 		return nil, s.last, err
 	}
 	s.last = Anchor{Chain: s.chain, Seq: seal.Seq, Hash: hash, SystemID: s.sys, Slot: s.slot,
-		To: s.lastPos, ToKey: s.lastKey, Total: seal.Total, Event: ev.Body}
+		To: s.lastPos, ToKey: s.lastKey, ToSource: s.lastSource, FirstKey: s.firstKey, Total: seal.Total, Event: ev.Body}
 	s.from = s.lastPos
 	s.h.Reset()
 	s.count, s.short, s.dead = 0, s.short[:0], nil
@@ -301,4 +307,39 @@ func verifySig(pub ed25519.PublicKey, msg []byte, sig string) bool {
 // event.
 func IsTrailKey(key string) bool {
 	return strings.HasPrefix(key, "pgaudit-cdc-seal:") || strings.HasPrefix(key, "pgaudit-cdc-key:")
+}
+
+// CheckSeal reads a SEAL event as the trail returned it (raw) and checks
+// its signature with pub; ok is false for anything else.
+func CheckSeal(raw []byte, pub ed25519.PublicKey) (Seal, bool) {
+	var e struct {
+		Payload map[string]any `json:"payload"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&e); err != nil {
+		return Seal{}, false
+	}
+	canon, ok := payloadObject(e.Payload, "seal")
+	sig, _ := e.Payload["signature"].(string)
+	var seal Seal
+	if !ok || json.Unmarshal(canon, &seal) != nil || !verifySig(pub, canon, sig) {
+		return Seal{}, false
+	}
+	return seal, true
+}
+
+// SealEventBody returns the envelope (the PublishRequest) of a SEAL event
+// as the trail returned it, to be recorded as an anchor.
+func SealEventBody(raw []byte) ([]byte, error) {
+	var e struct {
+		Kind      string          `json:"kind"`
+		Source    string          `json:"source"`
+		Timestamp string          `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, fmt.Errorf("reading a SEAL event: %w", err)
+	}
+	return envelope.Canonical(map[string]any{"kind": e.Kind, "source": e.Source, "timestamp": e.Timestamp, "payload": e.Payload})
 }

@@ -141,6 +141,9 @@ func (v *Verifier) Add(it Item) {
 		v.addSeal(it)
 	case IsTrailKey(it.Key):
 		v.fail(it.EventID, "", "event %d carries a trail key (%s) but is neither a SEAL nor a KEY event", it.EventID, it.Key)
+	case it.Agent && it.Operation == envelope.OpGap:
+		// A declared gap: completeness fails on it with its cause, sealed
+		// or not (it is written before the new generation streams).
 	case it.Agent:
 		v.agentN++
 		st := v.stream(streamID(it.SystemID, it.Slot))

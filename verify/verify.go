@@ -15,6 +15,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
 
 // Check names.
@@ -22,6 +23,7 @@ const (
 	CheckChain        = "chain integrity"
 	CheckCompleteness = "completeness"
 	CheckFaithfulness = "faithfulness"
+	CheckAuthenticity = "authenticity"
 )
 
 // Options configure a Verifier.
@@ -33,6 +35,9 @@ type Options struct {
 	// and still pending to their position (from pgaudit_cdc.dead_letters,
 	// when the database is at hand): a hole they explain has a known cause.
 	DeadLetters map[string]envelope.Position
+	// Trail configures the authenticity check: the pinned keys, whether an
+	// unsigned trail is accepted, the anchor recorded in the database.
+	Trail trail.VerifyOptions
 }
 
 // Result is one check's outcome.
@@ -62,6 +67,8 @@ type Report struct {
 	Checkpoints int      `json:"checkpoints"`
 	Results     []Result `json:"results"`
 	Failures    []Result `json:"failures"`
+	// Authenticity is the trail check's own report (seals, keys, notes).
+	Authenticity trail.VerifyReport `json:"authenticity"`
 }
 
 // OK reports whether every check passed.
@@ -125,6 +132,8 @@ type Verifier struct {
 	// sources are those of pgaudit-cdc's watches (from its WATCH events):
 	// an event with one of them but no key of this agent was not sent by it.
 	sources map[string]bool
+	// auth checks the agent's seals over its events (package trail).
+	auth *trail.Verifier
 }
 
 // New returns a Verifier.
@@ -135,7 +144,8 @@ func New(o Options) *Verifier {
 		// The self-audit source is pgaudit-cdc's own from the start: a WATCH,
 		// DROP or GAP "explanation" posted by someone else is caught.
 		sources: map[string]bool{envelope.SelfAuditSource: true},
-		txHoles: map[string]map[pgoutput.LSN]*txHole{}, late: map[string]map[pgoutput.LSN]*lateTx{}}
+		txHoles: map[string]map[pgoutput.LSN]*txHole{}, late: map[string]map[pgoutput.LSN]*lateTx{},
+		auth: trail.NewVerifier(o.Trail)}
 }
 
 func (v *Verifier) fail(check string, id int64, known, format string, args ...any) {
@@ -150,6 +160,11 @@ func (v *Verifier) Add(e chain.Event) {
 	v.checkChain(e)
 	meta, _ := e.Payload["metadata"].(map[string]any)
 	key, _ := meta["idempotency_key"].(string)
+	op, _ := e.Payload["operation"].(string)
+	if trail.IsTrailKey(key) {
+		v.auth.Add(trail.Item{EventID: e.EventID, Key: key, Operation: op, Payload: e.Payload})
+		return
+	}
 	sys, keySlot, pos, ok := envelope.ParseKey(key)
 	if !ok || (keySlot != v.o.Slot && !strings.HasPrefix(keySlot, v.o.Slot+".g")) {
 		if v.sources[e.Source] {
@@ -158,8 +173,8 @@ func (v *Verifier) Add(e chain.Event) {
 		return
 	}
 	v.report.Ours++
+	v.authenticate(e, key, sys, keySlot, pos, op)
 	gen := envelope.KeyPrefix(sys, keySlot) // one capture generation
-	op, _ := e.Payload["operation"].(string)
 	table, _ := e.Payload["table"].(string)
 	redelivered, _ := meta["redelivered"].(bool)
 	late, _ := meta["late"].(bool)
@@ -190,6 +205,40 @@ func (v *Verifier) Add(e chain.Event) {
 		delete(v.tables, gen+"|"+oldName)
 	}
 	v.fold(e, op, gen, table)
+}
+
+// authenticate hands one of the agent's events to the authenticity check,
+// with its digest computed from the trail's copy.
+func (v *Verifier) authenticate(e chain.Event, key, sys, keySlot string, pos envelope.Position, op string) {
+	d, err := trail.ItemDigest(e.Kind, e.Source, e.Timestamp, e.Payload)
+	if err != nil {
+		v.fail(CheckAuthenticity, e.EventID, "", "event %d cannot be digested: %v", e.EventID, err)
+		return
+	}
+	v.auth.Add(trail.Item{EventID: e.EventID, Agent: true, Key: key, SystemID: sys, Slot: keySlot, Pos: pos, Operation: op, Digest: d})
+}
+
+// finishAuthenticity reports the authenticity check.
+func (v *Verifier) finishAuthenticity() {
+	r := v.auth.Finish()
+	v.report.Authenticity = r
+	for _, f := range r.Failures {
+		v.fail(CheckAuthenticity, f.EventID, f.KnownCause, "%s", f.Detail)
+	}
+	if v.first[CheckAuthenticity] {
+		return
+	}
+	detail := fmt.Sprintf("%d pgaudit-cdc events authenticated by %d seals of key %s", r.Authenticated, r.Seals, strings.Join(r.Keys, ", "))
+	if !r.Signed {
+		detail = "no pgaudit-cdc event to authenticate"
+		if v.report.Ours > 0 {
+			detail = "unsigned trail accepted (--allow-unsigned): nothing proves these events are pgaudit-cdc's"
+		}
+	}
+	for _, n := range r.Notes {
+		detail += "; " + n
+	}
+	v.report.Results = append(v.report.Results, Result{Check: CheckAuthenticity, Pass: true, Detail: detail})
 }
 
 func (v *Verifier) checkChain(e chain.Event) {
@@ -387,6 +436,7 @@ func (v *Verifier) Finish() Report {
 		}
 	}
 	v.unfinishedCheckpoints()
+	v.finishAuthenticity()
 	for _, c := range []string{CheckChain, CheckCompleteness, CheckFaithfulness} {
 		if !v.first[c] {
 			detail := map[string]string{

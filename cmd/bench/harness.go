@@ -23,6 +23,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -123,6 +124,9 @@ type env struct {
 	cluster *pgcluster.Cluster
 	admin   *pgx.Conn
 	binDir  string
+	// key signs the trail of the in-process agents (the agent's default:
+	// the benchmarks measure what production pays).
+	key *trail.Key
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -548,10 +552,17 @@ type runningAgent struct {
 
 func (e *env) startAgent(ctx context.Context, dbURL, slot, pub string, sink publish.Sink, spine *publish.Client, status time.Duration) (*runningAgent, error) {
 	log := slog.New(slog.NewTextHandler(e.opts.Log, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if e.key == nil {
+		key, err := trail.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		e.key = key
+	}
 	cfg := agent.Config{
 		DatabaseURL: dbURL, Slot: slot, Publication: pub,
 		Sink: sink, StatusInterval: status,
-		ShutdownGrace: time.Second, Logger: log,
+		ShutdownGrace: time.Second, Logger: log, Signer: e.key,
 	}
 	if spine != nil {
 		cfg.Spine = spine

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/testkey"
 )
 
 // agentProcess is the built pgaudit-cdc binary running `run` with its
@@ -28,8 +30,17 @@ func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status t
 		return nil, err
 	}
 	defer devnull.Close()
+	// One key per binary directory: a slot's trail keeps its key across
+	// the restarts of a scenario.
+	keyFile := filepath.Join(filepath.Dir(bin), "signing-key.pem")
+	if _, err := os.Stat(keyFile); err != nil {
+		if keyFile, err = testkey.Write(filepath.Dir(bin)); err != nil {
+			return nil, err
+		}
+	}
 	p := &agentProcess{exited: make(chan error, 1)}
 	p.cmd = exec.CommandContext(ctx, bin, "run", "--database-url", url, "--slot", slot, "--publication", pub,
+		"--signing-key-file", keyFile,
 		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn")
 	p.cmd.Stdout, p.cmd.Stderr = devnull, &p.stderr
 	// Nothing from the caller's environment may point it elsewhere.

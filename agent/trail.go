@@ -1,0 +1,352 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
+)
+
+// trailReader is what the agent needs to read its trail back (the spine).
+type trailReader interface {
+	ReadBack(ctx context.Context, source string, fn func(publish.Stored)) error
+	HasEvent(ctx context.Context, source, key string, digest *[32]byte) (bool, error)
+}
+
+// Seal defaults (Config.SealEvents, SealInterval, SealIdle).
+const (
+	defaultSealEvents   = 1000
+	defaultSealInterval = time.Second
+	defaultSealIdle     = 100 * time.Millisecond
+)
+
+// sealing is the publisher's part of the authenticated trail: it folds what
+// was settled, seals it at a bounded interval, records the anchor, and only
+// then lets the transactions it covers be accepted (confirm.Tracker), so
+// that a crash replays every event that is not sealed.
+type sealing struct {
+	a      *Agent
+	sealer *trail.Sealer
+	conn   *pgx.Conn // the publisher's own, for anchors, opened on first use
+	// held is the highest position accepted by the sink but not yet
+	// sealed: it is accepted once the seal over it is recorded.
+	held pgoutput.LSN
+}
+
+// startTrail introduces the signing key into the trail if it is new, checks
+// that the trail still holds the last anchored seal (a spine that lost or
+// rewrote its history is a gap), and returns the sealing state of the
+// session; nil when the agent runs unsigned.
+func (a *Agent) startTrail(ctx context.Context, meta *pgx.Conn, sess *replication.Session, keySlot string) (*sealing, error) {
+	if a.cfg.Signer == nil {
+		return nil, nil
+	}
+	anchor, ok, err := capture.LoadAnchor(ctx, meta, a.cfg.Slot)
+	if err != nil {
+		return nil, err
+	}
+	chain := sess.SystemID + ":" + a.cfg.Slot
+	if ok {
+		chain = anchor.Chain
+	}
+	if err := a.ensureKey(ctx, meta, chain); err != nil {
+		return nil, err
+	}
+	if ok {
+		if anchor, err = a.checkAnchor(ctx, meta, sess, anchor); err != nil {
+			return nil, err
+		}
+	}
+	return &sealing{a: a, sealer: trail.NewSealer(a.cfg.Signer, chain, anchor.Anchor, sess.SystemID, keySlot)}, nil
+}
+
+// ensureKey checks the signing key against the keys recorded for this
+// slot's trail, records it and sends its KEY event the first time.
+func (a *Agent) ensureKey(ctx context.Context, meta *pgx.Conn, chain string) error {
+	key := a.cfg.Signer
+	keys, err := capture.SigningKeys(ctx, meta, a.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	fp := key.Fingerprint()
+	var mine *capture.SigningKey
+	for i := range keys {
+		if keys[i].Fingerprint == fp {
+			mine = &keys[i]
+		}
+	}
+	switch {
+	case len(keys) == 0:
+		ev, err := trail.KeyEvent(key, nil, chain, time.Now())
+		if err != nil {
+			return err
+		}
+		rec := capture.SigningKey{Fingerprint: fp, PublicKey: trail.EncodePublic(key.Public()), KeyEvent: string(ev.Body)}
+		if err := capture.AddSigningKey(ctx, meta, a.cfg.Slot, rec); err != nil {
+			return err
+		}
+		a.log.Info("signing key introduced into the trail", "fingerprint", fp, "chain", chain)
+		mine = &rec
+	case mine == nil:
+		return &ConfigError{fmt.Errorf("the signing key (%s) is not the key recorded for this trail (%s): run with the trail's key file, or rotate to this key with `pgaudit-cdc rotate-key --old-key-file OLD --signing-key-file NEW`", fp, keys[len(keys)-1].Fingerprint)}
+	case keys[len(keys)-1].Fingerprint != fp:
+		return &ConfigError{fmt.Errorf("the signing key (%s) was replaced by %s for this trail: run with the newer key's file", fp, keys[len(keys)-1].Fingerprint)}
+	}
+	if mine.Sent {
+		return nil
+	}
+	env, err := envelope.Parse([]byte(mine.KeyEvent))
+	if err != nil {
+		return fmt.Errorf("reading the recorded KEY event of %s: %w", fp, err)
+	}
+	ev := &envelope.Event{Envelope: env, CommitTime: time.Now()}
+	ev.Finish()
+	if err := a.cfg.Sink.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("sending the KEY event of %s: %w", fp, err)
+	}
+	return capture.MarkKeySent(ctx, meta, a.cfg.Slot, fp)
+}
+
+// checkAnchor compares the last anchored seal with the trail: a newer seal
+// found there (recorded before a crash kept the database from hearing of
+// it) becomes the anchor, a seal the trail lacks while the events it covers
+// are there is sent again, and a trail that lost both is a gap.
+func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replication.Session, anchor capture.Anchor) (capture.Anchor, error) {
+	r, ok := a.cfg.Sink.(trailReader)
+	if !ok {
+		return anchor, nil
+	}
+	seals, err := a.readSeals(ctx, r, anchor.Chain)
+	if err != nil {
+		return anchor, fmt.Errorf("reading the trail's seals back: %w", err)
+	}
+	newest, found := trail.Seal{}, false
+	for _, s := range seals {
+		if s.seal.Seq >= anchor.Seq && (!found || s.seal.Seq > newest.Seq) {
+			newest, found = s.seal, true
+		}
+	}
+	if found && newest.Seq > anchor.Seq {
+		adopted, err := a.adoptSeal(ctx, meta, seals, newest.Seq)
+		if err != nil {
+			return anchor, err
+		}
+		a.log.Info("adopted a newer seal found in the trail as the anchor", "seq", adopted.Seq)
+		return adopted, nil
+	}
+	if found || anchor.LostAcknowledged {
+		return anchor, nil
+	}
+	held, err := r.HasEvent(ctx, anchor.ToSource, anchor.ToKey, nil)
+	if err != nil {
+		return anchor, fmt.Errorf("reading back the last sealed event: %w", err)
+	}
+	if held {
+		env, err := envelope.Parse(anchor.Event)
+		if err != nil {
+			return anchor, fmt.Errorf("reading the anchored SEAL event: %w", err)
+		}
+		ev := &envelope.Event{Envelope: env, Pos: anchor.To, CommitTime: time.Now()}
+		ev.Finish()
+		a.log.Warn("the trail lacks the last anchored seal but holds the events it covers: sending the seal again", "seq", anchor.Seq)
+		return anchor, a.cfg.Sink.Publish(ctx, ev)
+	}
+	lost := envelope.GapLostRange{FirstKey: anchor.FirstKey, LastKey: anchor.ToKey, Count: anchor.Total}
+	var kept *trail.Seal
+	for _, s := range seals {
+		if kept == nil || s.seal.Seq > kept.Seq {
+			kept = &s.seal
+		}
+	}
+	if kept != nil {
+		lost.FirstKey, lost.After, lost.Count = "", kept.LastKey, anchor.Total-kept.Total
+	}
+	detail := fmt.Sprintf("the spine no longer holds seal %d of this trail nor the event %s it covered, which the agent delivered and the audited database anchored at %s: the spine lost or rewrote its history",
+		anchor.Seq, anchor.ToKey, anchor.RecordedAt.UTC().Format(time.RFC3339))
+	return anchor, a.spineGap(ctx, meta, sess, detail, lost)
+}
+
+type foundSeal struct {
+	seal  trail.Seal
+	event []byte
+	to    envelope.Position
+}
+
+// readSeals reads back the SEAL events of chain that the signing key
+// signed (a forged seal is not one of ours).
+func (a *Agent) readSeals(ctx context.Context, r trailReader, chain string) ([]foundSeal, error) {
+	var out []foundSeal
+	err := r.ReadBack(ctx, envelope.SelfAuditSource, func(e publish.Stored) {
+		if !trail.IsTrailKey(e.Key) {
+			return
+		}
+		seal, ok := trail.CheckSeal(e.Raw, a.cfg.Signer.Public())
+		if !ok || seal.Chain != chain {
+			return
+		}
+		to, _ := envelope.ParsePosition(seal.To)
+		out = append(out, foundSeal{seal: seal, to: to, event: append([]byte(nil), e.Raw...)})
+	})
+	return out, err
+}
+
+// adoptSeal records the seal seq found in the trail as the anchor.
+func (a *Agent) adoptSeal(ctx context.Context, meta *pgx.Conn, seals []foundSeal, seq uint64) (capture.Anchor, error) {
+	for _, s := range seals {
+		if s.seal.Seq != seq {
+			continue
+		}
+		h, err := s.seal.Hash()
+		if err != nil {
+			return capture.Anchor{}, err
+		}
+		body, err := trail.SealEventBody(s.event)
+		if err != nil {
+			return capture.Anchor{}, err
+		}
+		an := capture.Anchor{Anchor: trail.Anchor{Chain: s.seal.Chain, Seq: seq, Hash: h, SystemID: s.seal.SystemID,
+			Slot: s.seal.Slot, To: s.to, ToKey: s.seal.LastKey, FirstKey: s.seal.FirstKey, Total: s.seal.Total, Event: body}}
+		if err := capture.SaveAnchor(ctx, meta, a.cfg.Slot, an); err != nil {
+			return capture.Anchor{}, err
+		}
+		return an, nil
+	}
+	return capture.Anchor{}, fmt.Errorf("BUG: seal %d vanished", seq)
+}
+
+// spineGap records that the spine lost events the agent had delivered, and
+// stops capture until an operator accepts it: the gap path's *GapError.
+func (a *Agent) spineGap(ctx context.Context, meta *pgx.Conn, sess *replication.Session, detail string, lost envelope.GapLostRange) error {
+	g, isNew, err := capture.RecordSpineGap(ctx, meta, a.cfg.Slot, detail, lost, sess.SystemID, sess.Timeline)
+	if err != nil {
+		return err
+	}
+	if isNew {
+		a.m.GapsDetected.WithLabelValues(capture.ReasonSpineHistoryLost).Inc()
+	}
+	a.m.GapPending.Set(1)
+	a.log.Error("capture gap: the spine lost events the agent had delivered; capture is stopped until an operator accepts the gap",
+		"gap_id", g.ID, "reason", g.Reason, "detail", g.Detail, "lost_first_key", lost.FirstKey, "lost_after_key", lost.After,
+		"lost_last_key", lost.LastKey, "lost_count", lost.Count,
+		"fix", fmt.Sprintf("restore the lost events into the spine from a copy of the trail, or run pgaudit-cdc run --accept-gap=%d to record the hole", g.ID))
+	return &capture.GapError{Gap: *g}
+}
+
+// lostOnTheWay turns a spine that lost its history under a running session
+// into a gap: the events anchored so far are what it lost.
+func (a *Agent) lostOnTheWay(ctx context.Context, meta *pgx.Conn, sess *replication.Session, cause error) error {
+	anchor, ok, err := capture.LoadAnchor(ctx, meta, a.cfg.Slot)
+	if err != nil {
+		return errors.Join(cause, err)
+	}
+	lost := envelope.GapLostRange{}
+	if ok {
+		lost = envelope.GapLostRange{FirstKey: anchor.FirstKey, LastKey: anchor.ToKey, Count: anchor.Total}
+	}
+	return a.spineGap(ctx, meta, sess, cause.Error(), lost)
+}
+
+// fold adds a settled event (dead: kept as a dead letter).
+func (s *sealing) fold(ev *envelope.Event, dead bool) {
+	s.sealer.Fold(ev, dead, time.Now())
+	n, _ := s.sealer.Pending()
+	s.a.m.UnsealedEvents.Set(float64(n))
+}
+
+// hold takes an accepted position: it may be accepted at once when nothing
+// is waiting for a seal, else once the seal is recorded.
+func (s *sealing) hold(lsn pgoutput.LSN) (pgoutput.LSN, bool) {
+	if n, _ := s.sealer.Pending(); n == 0 {
+		return lsn, true
+	}
+	s.held = max(s.held, lsn)
+	return 0, false
+}
+
+// due reports whether the pending events must be sealed now: as many as
+// SealEvents, or the oldest SealInterval old.
+func (s *sealing) due(now time.Time) bool {
+	n, first := s.sealer.Pending()
+	return n > 0 && (n >= s.a.cfg.SealEvents || now.Sub(first) >= s.a.cfg.SealInterval)
+}
+
+// idle returns how long the publisher may wait for more work before it
+// seals what is pending (nil channel: nothing pending).
+func (s *sealing) idle() <-chan time.Time {
+	n, first := s.sealer.Pending()
+	if n == 0 {
+		return nil
+	}
+	return time.After(min(s.a.cfg.SealIdle, max(0, s.a.cfg.SealInterval-time.Since(first))))
+}
+
+// seal closes a seal over the pending events, delivers it, records it as
+// the anchor, and returns the position that may now be accepted (0: none).
+func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
+	ev, anchor, err := s.sealer.Close(time.Now())
+	if err != nil || ev == nil {
+		return 0, err
+	}
+	if err := s.a.cfg.Sink.Publish(ctx, ev); err != nil {
+		if publish.IsRejected(err) {
+			return 0, fmt.Errorf("the spine refused SEAL event %d, so nothing after the last seal can be confirmed: %w", anchor.Seq, err)
+		}
+		return 0, fmt.Errorf("delivering SEAL event %d: %w", anchor.Seq, err)
+	}
+	if err := s.record(ctx, anchor); err != nil {
+		return 0, err
+	}
+	s.a.m.Seals.Inc()
+	s.a.m.LastSealTime.Set(float64(time.Now().UnixMicro()) / 1e6)
+	s.a.m.UnsealedEvents.Set(0)
+	held := s.held
+	s.held = 0
+	return held, nil
+}
+
+// record saves the anchor on the publisher's own connection, retrying until
+// it works or ctx ends: nothing is confirmed beyond an unrecorded seal.
+func (s *sealing) record(ctx context.Context, anchor trail.Anchor) error {
+	for attempt := 0; ; attempt++ {
+		err := s.saveAnchor(ctx, anchor)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		wait := backoff.Delay(attempt, 200*time.Millisecond, 10*time.Second)
+		s.a.m.Retries.WithLabelValues("anchor_record").Inc()
+		s.a.log.Warn("recording the trail's anchor failed; retrying", "seq", anchor.Seq, "err", err, "wait", wait.Round(time.Millisecond))
+		if err := backoff.Sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *sealing) saveAnchor(ctx context.Context, anchor trail.Anchor) error {
+	if s.conn == nil || s.conn.IsClosed() {
+		conn, err := pgx.Connect(ctx, s.a.cfg.DatabaseURL)
+		if err != nil {
+			return fmt.Errorf("connecting to record the trail's anchor: %w", err)
+		}
+		s.conn = conn
+	}
+	return capture.SaveAnchor(ctx, s.conn, s.a.cfg.Slot, capture.Anchor{Anchor: anchor})
+}
+
+func (s *sealing) close(ctx context.Context) {
+	if s != nil && s.conn != nil {
+		s.conn.Close(ctx)
+	}
+}

@@ -199,6 +199,17 @@ func (r *reader) keepalive(ctx context.Context, rec replication.Received) error 
 
 // tick sends the standby status update and does housekeeping when due.
 func (r *reader) tick(ctx context.Context, interval time.Duration) error {
+	select {
+	case err := <-r.pubDone:
+		// The publisher stopped while nothing was being handed over (a
+		// spine that lost its history, say): the session ends with it.
+		r.pubErr = err
+		if err == nil {
+			err = context.Canceled
+		}
+		return fmt.Errorf("publisher stopped: %w", err)
+	default:
+	}
 	now := time.Now()
 	if !now.Before(r.nextStatus) {
 		slack := pgoutput.LSN(progressSlack)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -314,24 +313,17 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 	return held, nil
 }
 
-// record saves the anchor on the publisher's own connection, retrying until
-// it works or ctx ends: nothing is confirmed beyond an unrecorded seal.
+// record saves the anchor on the publisher's own connection. A failure
+// ends the session rather than waiting: nothing after the seal can be
+// confirmed until it is recorded, and a server shutting down waits for its
+// walsender, which waits for a confirmation. The next session finds the seal
+// in the trail and records it then (checkAnchor).
 func (s *sealing) record(ctx context.Context, anchor trail.Anchor) error {
-	for attempt := 0; ; attempt++ {
-		err := s.saveAnchor(ctx, anchor)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		wait := backoff.Delay(attempt, 200*time.Millisecond, 10*time.Second)
+	if err := s.saveAnchor(ctx, anchor); err != nil {
 		s.a.m.Retries.WithLabelValues("anchor_record").Inc()
-		s.a.log.Warn("recording the trail's anchor failed; retrying", "seq", anchor.Seq, "err", err, "wait", wait.Round(time.Millisecond))
-		if err := backoff.Sleep(ctx, wait); err != nil {
-			return err
-		}
+		return fmt.Errorf("recording seal %d as the trail's anchor (the next session records it from the trail): %w", anchor.Seq, err)
 	}
+	return nil
 }
 
 func (s *sealing) saveAnchor(ctx context.Context, anchor trail.Anchor) error {

@@ -218,7 +218,7 @@ func TestAcceptedBoundaryValues(t *testing.T) {
 		defer cancel()
 		// Nothing to connect to: the agent retries until ctx ends, then
 		// stops cleanly.
-		if _, err := runFor(ctx, "run", "--database-url", unreachableDSN, "--shutdown-grace", "0", "--status-interval", "1ms", "--gap-hold", "0"); err != nil {
+		if _, err := runFor(ctx, "run", "--database-url", unreachableDSN, "--shutdown-grace", "0", "--status-interval", "1ms", "--gap-hold", "0", "--unsigned"); err != nil {
 			t.Fatalf("got %v, want a clean stop", err)
 		}
 	})

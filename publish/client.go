@@ -312,6 +312,9 @@ func (c *Client) Publish(ctx context.Context, ev *envelope.Event) error {
 	if ev.Key == "" {
 		return errors.New("BUG: publish.Client.Publish of an event without an idempotency key")
 	}
+	if trail.IsTrailKey(ev.Key) {
+		return c.publishTrailEvent(ctx, ev)
+	}
 	skipped, err := c.deliver(ctx, ev.Body, ev.Key, !c.checked[ev.Source],
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if readBack {
@@ -337,6 +340,20 @@ func (c *Client) Publish(ctx context.Context, ev *envelope.Event) error {
 		c.maxPresent = ev.Pos
 	}
 	return nil
+}
+
+// publishTrailEvent delivers a KEY or SEAL event: outside the positions of
+// changes, so it is looked for by key and content, and only after an
+// answer left its append in doubt.
+func (c *Client) publishTrailEvent(ctx context.Context, ev *envelope.Event) error {
+	d := ev.Digest()
+	_, err := c.deliver(ctx, ev.Body, ev.Key, false, func(ctx context.Context, readBack bool) (bool, error) {
+		if !readBack {
+			return false, nil
+		}
+		return c.hasKey(ctx, ev.Source, ev.Key, &d)
+	})
+	return err
 }
 
 // deliver is the retry loop of Publish and Redeliver. Before each POST it

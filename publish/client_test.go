@@ -266,3 +266,38 @@ func TestNewSessionReadsBackAgain(t *testing.T) {
 		t.Fatalf("got %d events, want 2: the replayed event was sent again", n)
 	}
 }
+
+// A spine that restarted empty (or was restored to an older state) answers
+// with an event_id not beyond the ones before: nothing more is sent.
+func TestHistoryLostIsDetected(t *testing.T) {
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%v", pipelined), func(t *testing.T) {
+			spine := spinetest.Start(t)
+			c := newTestClient(t, spine.URL())
+			deliver := func(evs ...*envelope.Event) error {
+				if !pipelined {
+					for _, ev := range evs {
+						if err := c.Publish(context.Background(), ev); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				return c.PublishBatch(context.Background(), evs, func(int, error) {})
+			}
+			if err := deliver(testEvent("s", 0x10, 1), testEvent("s", 0x20, 1), testEvent("s", 0x30, 1)); err != nil {
+				t.Fatal(err)
+			}
+			spine.Reset()
+			err := deliver(testEvent("s", 0x40, 1), testEvent("s", 0x50, 1))
+			if !IsHistoryLost(err) {
+				t.Fatalf("got %v, want a HistoryLostError", err)
+			}
+			// The first answer stops delivery; a pipelined window may have had
+			// the second in flight already.
+			if n := len(spine.Events()); n < 1 || n > 2 || (!pipelined && n != 1) {
+				t.Fatalf("got %d events in the restarted spine, want 1 (2 at most pipelined)", n)
+			}
+		})
+	}
+}

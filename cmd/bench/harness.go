@@ -484,6 +484,9 @@ func (s *countSink) Publish(ctx context.Context, ev *envelope.Event) error {
 }
 
 func (s *countSink) accepted(ev *envelope.Event) {
+	if trail.IsTrailKey(ev.Key) {
+		return // the trail's KEY and SEAL events are not changes
+	}
 	now := time.Now()
 	if s.observe != nil {
 		s.observe(ev, now)

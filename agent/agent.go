@@ -365,10 +365,12 @@ func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replic
 	if err := capture.SaveProgress(ctx, meta, a.cfg.Slot, st.from); err != nil {
 		return st, err
 	}
-	// The self-linked stream starts from the last event the spine holds, so
-	// the first new event names its real predecessor. Read before streaming
+	// The self-linked stream starts from the last event the spine holds of
+	// the transactions before the slot's position, so that the first event
+	// replayed names its real predecessor: a replayed event is built exactly
+	// as it was delivered (its digest is sealed). Read before streaming
 	// starts: the walsender would time out while it is read.
-	if st.last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot); err != nil {
+	if st.last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot, st.from); err != nil {
 		return st, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
 	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
@@ -453,6 +455,12 @@ func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters, seals *s
 		pubErr = r.pubErr
 	} else {
 		pubErr = <-pubDone
+	}
+	if !publish.IsHistoryLost(pubErr) {
+		// Nothing more goes into a spine that lost its history.
+		if held := seals.finalSeal(ctx); held != 0 && r.confirm.Accept(held) {
+			a.m.ConfirmedLSN.Set(float64(held))
+		}
 	}
 	a.finalStatus(ctx, r)
 	if ctx.Err() != nil {

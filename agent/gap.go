@@ -20,7 +20,7 @@ import (
 // lastDeliveredReader is implemented by sinks that can say which event of a
 // key generation they hold last (the spine, by reading back).
 type lastDeliveredReader interface {
-	LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (envelope.Position, string, error)
+	LastDelivered(ctx context.Context, systemID, keySlot string, sources []string, before pgoutput.LSN) (envelope.Position, string, error)
 }
 
 // recordGap delivers the GAP event of a gap the operator accepted, then
@@ -30,7 +30,7 @@ type lastDeliveredReader interface {
 func (a *Agent) recordGap(ctx context.Context, meta *pgx.Conn, capt capture.Result) error {
 	var last *capture.Delivered
 	if prev := capt.Previous; prev.Known {
-		pos, ts, ok, err := a.lastDelivered(ctx, meta, prev.SystemID, capture.KeySlot(a.cfg.Slot, prev.Generation))
+		pos, ts, ok, err := a.lastDelivered(ctx, meta, prev.SystemID, capture.KeySlot(a.cfg.Slot, prev.Generation), 0)
 		if err != nil {
 			return fmt.Errorf("reading back the last delivered events before recording gap #%d: %w", capt.Gap.ID, err)
 		}
@@ -78,7 +78,7 @@ func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replicatio
 		return 0, 0, err
 	}
 	keySlot := capture.KeySlot(a.cfg.Slot, st.Generation)
-	last, _, _, err := a.lastDelivered(ctx, meta, st.SystemID, keySlot)
+	last, _, _, err := a.lastDelivered(ctx, meta, st.SystemID, keySlot, 0)
 	if err != nil {
 		return 0, 0, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
@@ -92,7 +92,7 @@ func (a *Agent) forkPoints(ctx context.Context, meta *pgx.Conn, sess *replicatio
 // lastDelivered reads back the newest event the spine holds for systemID
 // and keySlot, over every source a watch ever used. ok is false when the
 // sink cannot say (the stdout sink).
-func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, keySlot string) (pos envelope.Position, commitTime string, ok bool, err error) {
+func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, keySlot string, before pgoutput.LSN) (pos envelope.Position, commitTime string, ok bool, err error) {
 	r, ok := a.cfg.Sink.(lastDeliveredReader)
 	if !ok {
 		return envelope.Position{}, "", false, nil
@@ -101,7 +101,7 @@ func (a *Agent) lastDelivered(ctx context.Context, meta *pgx.Conn, systemID, key
 	if err != nil {
 		return envelope.Position{}, "", false, err
 	}
-	pos, commitTime, err = r.LastDelivered(ctx, systemID, keySlot, sources)
+	pos, commitTime, err = r.LastDelivered(ctx, systemID, keySlot, sources, before)
 	return pos, commitTime, err == nil, err
 }
 

@@ -223,10 +223,21 @@ func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
 func sourceOps(t *testing.T, evs []spinetest.Event) []string {
 	t.Helper()
 	var ops []string
-	for _, e := range evs {
+	for _, e := range withoutTrail(evs) {
 		ops = append(ops, fmt.Sprintf("%s %v", e.Source, field(t, e, "operation")))
 	}
 	return ops
+}
+
+// withoutTrail leaves out the trail's own events (KEY, SEAL).
+func withoutTrail(evs []spinetest.Event) []spinetest.Event {
+	var out []spinetest.Event
+	for _, e := range evs {
+		if meta, _ := e.Payload["metadata"].(map[string]any); !trail.IsTrailKey(fmt.Sprint(meta["idempotency_key"])) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func dump(evs []spinetest.Event) string {

@@ -303,7 +303,7 @@ func TestTableLifecycle(t *testing.T) {
 	if fmt.Sprint(ops) != fmt.Sprint(want) {
 		t.Fatalf("events %v, want %v", ops, want)
 	}
-	evs := h.spine.Events()
+	evs := withoutTrail(h.spine.Events())
 	if got := field(t, evs[2], "previous", "table"); got != "public.ledger" {
 		t.Fatalf("the rename's REWATCH shows previous table %v, want public.ledger", got)
 	}

@@ -289,11 +289,18 @@ func (s *sealing) idle() <-chan time.Time {
 	return time.After(min(s.a.cfg.SealIdle, max(0, s.a.cfg.SealInterval-time.Since(first))))
 }
 
-// seal closes a seal over the pending events, delivers it, records it as
-// the anchor, and returns the position that may now be accepted (0: none).
+// seal closes a seal over the pending events, records it as the anchor,
+// delivers it, and returns the position that may now be accepted (0: none).
+// The record comes first: it is where concurrent agents of one slot agree
+// on the chain (capture.ErrAnchorTaken ends the session of the one that
+// lost), and a seal recorded but not delivered is sent again by the next
+// session (checkAnchor).
 func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 	ev, anchor, err := s.sealer.Close(time.Now())
 	if err != nil || ev == nil {
+		return 0, err
+	}
+	if err := s.record(ctx, anchor); err != nil {
 		return 0, err
 	}
 	if err := s.a.cfg.Sink.Publish(ctx, ev); err != nil {
@@ -301,9 +308,6 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 			return 0, fmt.Errorf("the spine refused SEAL event %d, so nothing after the last seal can be confirmed: %w", anchor.Seq, err)
 		}
 		return 0, fmt.Errorf("delivering SEAL event %d: %w", anchor.Seq, err)
-	}
-	if err := s.record(ctx, anchor); err != nil {
-		return 0, err
 	}
 	s.a.m.Seals.Inc()
 	s.a.m.LastSealTime.Set(float64(time.Now().UnixMicro()) / 1e6)
@@ -341,4 +345,25 @@ func (s *sealing) close(ctx context.Context) {
 	if s != nil && s.conn != nil {
 		s.conn.Close(ctx)
 	}
+}
+
+// finalSeal seals what the publisher settled before the session ended, so
+// that events delivered by a session that cannot replay them (its slot
+// lost) are still authenticated. It returns the position that may be
+// accepted; errors are logged: the next session replays and seals.
+func (s *sealing) finalSeal(ctx context.Context) pgoutput.LSN {
+	if s == nil {
+		return 0
+	}
+	if n, _ := s.sealer.Pending(); n == 0 {
+		return 0
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	held, err := s.seal(fctx)
+	if err != nil {
+		s.a.log.Warn("sealing the session's last events failed; the next session replays and seals them", "err", err)
+		return 0
+	}
+	return held
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
@@ -36,7 +38,9 @@ func LoadAnchor(ctx context.Context, conn *pgx.Conn, slot string) (a Anchor, ok 
 		FROM pgaudit_cdc.trail_anchors WHERE slot_name = $1`, slot).Scan(
 		&a.Chain, &a.Seq, &a.Hash, &a.SystemID, &a.Slot, &to, &a.ToKey, &a.ToSource,
 		&a.FirstKey, &a.Total, &a.Event, &a.LostAcknowledged, &a.RecordedAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	if errors.Is(err, pgx.ErrNoRows) || isUndefinedTable(err) {
+		// No seal yet, or a schema from before signed trails (the next
+		// run migrates it).
 		return Anchor{}, false, nil
 	}
 	if err != nil {
@@ -50,10 +54,16 @@ func LoadAnchor(ctx context.Context, conn *pgx.Conn, slot string) (a Anchor, ok 
 	return a, true, nil
 }
 
-// SaveAnchor records a as slot's anchor, unless a newer seal is recorded
-// already. The first key of the chain is kept from the first anchor.
+// ErrAnchorTaken says the seal's number was recorded already, by another
+// instance of the agent on the same slot (an active and a standby).
+var ErrAnchorTaken = errors.New("another instance recorded a seal of this trail with the same or a later number")
+
+// SaveAnchor records a as slot's anchor. It returns ErrAnchorTaken when a
+// seal with the same or a later number is recorded already: the record is
+// how concurrent agents agree on the chain. The first key of the chain is
+// kept from the first anchor.
 func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) error {
-	_, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.trail_anchors AS t (slot_name, chain, seq, hash, system_identifier,
+	tag, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.trail_anchors AS t (slot_name, chain, seq, hash, system_identifier,
 			key_slot, to_position, to_key, to_source, first_key, total, seal_event)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 		ON CONFLICT (slot_name) DO UPDATE SET chain = EXCLUDED.chain, seq = EXCLUDED.seq, hash = EXCLUDED.hash,
@@ -65,6 +75,9 @@ func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) erro
 		int64(a.Total), string(a.Event))
 	if err != nil {
 		return fmt.Errorf("recording the trail's anchor (seal %d): %w", a.Seq, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("recording seal %d: %w", a.Seq, ErrAnchorTaken)
 	}
 	return nil
 }
@@ -91,6 +104,9 @@ func SigningKeys(ctx context.Context, conn *pgx.Conn, slot string) ([]SigningKey
 		err := r.Scan(&k.Fingerprint, &k.PublicKey, &k.Previous, &k.KeyEvent, &k.CreatedAt, &k.Sent)
 		return k, err
 	})
+	if isUndefinedTable(err) {
+		return nil, nil // a schema from before signed trails
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading the trail's signing keys: %w", err)
 	}
@@ -137,4 +153,10 @@ func acknowledgeLost(ctx context.Context, tx pgx.Tx, slot string) error {
 		return fmt.Errorf("acknowledging the lost trail: %w", err)
 	}
 	return nil
+}
+
+// isUndefinedTable reports a table the schema does not have yet.
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable
 }

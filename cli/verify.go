@@ -2,21 +2,25 @@ package cli
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -107,7 +111,8 @@ func tableOID(ctx context.Context, conn *pgx.Conn, t watches.TableName) (uint32,
 }
 
 func newVerifyCmd(o *options) *cobra.Command {
-	var asJSON bool
+	var asJSON, allowUnsigned bool
+	var publicKeys []string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Prove the audit trail complete and faithful: chain, links, checkpoints",
@@ -123,9 +128,18 @@ with the first offending event:
   faithfulness     each table folded from its events up to each CHECKPOINT chunk matches
                    the digest PostgreSQL's rows gave there; on a mismatch, the keys that
                    differ are named (the first 20 here, up to 10,000 with --json)
+  authenticity     every event that claims to be pgaudit-cdc's is covered by a seal the
+                   agent's key signed, with the content it sealed: an event forged by
+                   another producer, or removed, altered or re-linked by the spine's
+                   host, fails; so does an unknown key, and an unsigned trail unless
+                   --allow-unsigned
 
-With --database-url, pending dead letters explain the holes they leave. Exit codes:
-0 everything verified, 1 a failure was found, 2 usage.`,
+The trusted keys are those pinned with --public-key (a PEM or base64 public key, or
+the private key file), else the keys recorded in the audited database
+(--database-url), else the first key the trail introduces (named in the report).
+With --database-url, the trail must also reach the newest seal the database anchored
+(a tail cut from the trail fails), and pending dead letters explain the holes they
+leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 		Example: `  AUDIT_STREAM_URL=http://audit-stream:8093 pgaudit-cdc verify
   pgaudit-cdc verify --audit-stream-url http://audit-stream:8093 --json | jq .failures`,
 		Args: cobra.NoArgs,
@@ -137,11 +151,20 @@ With --database-url, pending dead letters explain the holes they leave. Exit cod
 			if err != nil {
 				return err
 			}
-			opts := verify.Options{Slot: o.slot}
+			opts := verify.Options{Slot: o.slot, Trail: trail.VerifyOptions{AllowUnsigned: allowUnsigned}}
+			for _, file := range publicKeys {
+				pub, err := readPublicKey(file)
+				if err != nil {
+					return err
+				}
+				opts.Trail.Trusted = append(opts.Trail.Trusted, pub)
+			}
 			if o.databaseURL != "" {
 				if err := o.withConn(cmd, func(conn *pgx.Conn) error {
-					opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot)
-					return err
+					if opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot); err != nil {
+						return err
+					}
+					return trailFromDatabase(cmd.Context(), conn, o.slot, &opts.Trail, len(publicKeys) == 0)
 				}); err != nil {
 					return err
 				}
@@ -172,7 +195,49 @@ With --database-url, pending dead letters explain the holes they leave. Exit cod
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringArrayVar(&publicKeys, "public-key", nil, "a public key file (PEM or base64; or the private key file) the trail's seals must be signed with; repeat for rotated keys")
+	cmd.Flags().BoolVar(&allowUnsigned, "allow-unsigned", false, "accept a trail without seals (pgaudit-cdc ran --unsigned) instead of failing authenticity")
 	return cmd
+}
+
+// readPublicKey reads a public key file for --public-key.
+func readPublicKey(file string) (ed25519.PublicKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: fmt.Errorf("reading --public-key %s: %w", file, err)}
+	}
+	pub, err := trail.ParsePublic(string(data))
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: fmt.Errorf("--public-key %s: %w: give the PEM file keygen --public-out wrote", file, err)}
+	}
+	return pub, nil
+}
+
+// trailFromDatabase takes the anchor recorded in the audited database, and
+// unless keys were pinned, the keys recorded there as the trusted ones.
+func trailFromDatabase(ctx context.Context, conn *pgx.Conn, slot string, o *trail.VerifyOptions, trustRecorded bool) error {
+	anchor, ok, err := capture.LoadAnchor(ctx, conn, slot)
+	if err != nil {
+		return err
+	}
+	if ok && !anchor.LostAcknowledged {
+		o.Anchor = &anchor.Anchor
+	}
+	if !trustRecorded {
+		return nil
+	}
+	keys, err := capture.SigningKeys(ctx, conn, slot)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		pub, err := trail.ParsePublic(k.PublicKey)
+		if err != nil {
+			return fmt.Errorf("the signing key %s recorded in the database is damaged: %w", k.Fingerprint, err)
+		}
+		o.Trusted = append(o.Trusted, pub)
+	}
+	return nil
 }
 
 func printReport(w io.Writer, rep *verify.Report) {

@@ -22,6 +22,7 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/cli"
@@ -1101,12 +1102,25 @@ func cliEnvVars(t *testing.T) map[string]bool {
 	root := cli.NewRootCmd()
 	env := map[string]bool{}
 	for _, p := range pairs {
-		if root.PersistentFlags().Lookup(string(p[1])) == nil {
-			t.Errorf("envFallbacks entry %s -> %s names no persistent flag", p[1], p[2])
+		if !hasFlag(root, string(p[1])) {
+			t.Errorf("envFallbacks entry %s -> %s names no flag of the command tree", p[1], p[2])
 		}
 		env[string(p[2])] = true
 	}
 	return env
+}
+
+// hasFlag reports whether c or one of its subcommands has the flag name.
+func hasFlag(c *cobra.Command, name string) bool {
+	if c.PersistentFlags().Lookup(name) != nil || c.Flags().Lookup(name) != nil {
+		return true
+	}
+	for _, sub := range c.Commands() {
+		if hasFlag(sub, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // envFileKeys returns the keys of an env file, commented-out ones included.

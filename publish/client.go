@@ -23,6 +23,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
 
@@ -1089,13 +1090,19 @@ func (c *Client) ReadBack(ctx context.Context, source string, fn func(Stored)) e
 // LastDelivered returns the highest position among the events of systemID
 // and keySlot found in the newest DedupWindow events of each source, with
 // that event's commit timestamp: where a capture gap begins. It is zero when
-// none is found.
-func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, sources []string) (envelope.Position, string, error) {
+// none is found. With before set, only events of transactions committed
+// before it count (the slot's position: what precedes the replay).
+func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, sources []string, before pgoutput.LSN) (envelope.Position, string, error) {
 	var last envelope.Position
 	var commitTime string
 	for _, source := range sources {
 		_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
 			sys, slot, pos, ok := envelope.ParseKey(e.Key)
+			// A transaction whose commit record starts at before is replayed;
+			// a GAP event (sequence 0) at before is not.
+			if before != 0 && (pos.CommitLSN > before || pos.CommitLSN == before && pos.Seq > 0) {
+				return
+			}
 			if ok && sys == systemID && slot == keySlot && last.Less(pos) {
 				last, commitTime = pos, e.CommitTime
 			}

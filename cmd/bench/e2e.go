@@ -105,11 +105,11 @@ func (e *env) e2e(ctx context.Context) (*E2EResult, error) {
 		}
 		r.Order = [...]string{"ACP", "CPA", "PAC"}[(k-1)%3]
 		for i := 0; i < len(r.Order); i++ {
-			before := spine.Posts()
+			before := spine.Changes()
 			if err := runs[r.Order[i]](); err != nil {
 				return nil, err
 			}
-			if got := spine.Posts() - before; got != int64(n) {
+			if got := spine.Changes() - before; got != int64(n) {
 				return nil, fmt.Errorf("producer %c POSTed %d events, want %d", r.Order[i], got, n)
 			}
 		}

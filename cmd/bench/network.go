@@ -87,7 +87,7 @@ func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 	for k := 1; k <= rounds; k++ {
 		round := NetworkRound{}
 		for c, nc := range res.Cases {
-			before := spine.Posts()
+			before := spine.Changes()
 			var d time.Duration
 			var err error
 			if nc.Window == 0 {
@@ -98,7 +98,7 @@ func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", nc.Name, err)
 			}
-			if got := spine.Posts() - before; got < int64(nc.Events) {
+			if got := spine.Changes() - before; got < int64(nc.Events) {
 				return nil, fmt.Errorf("%s: %d events appended, want %d", nc.Name, got, nc.Events)
 			}
 			round[nc.Name] = d

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,9 +28,10 @@ type Spine struct {
 	Addr    string // host:port, for a proxy in front
 	Service time.Duration
 
-	mu    sync.Mutex
-	posts atomic.Int64
-	srv   *httptest.Server
+	mu      sync.Mutex
+	posts   atomic.Int64
+	changes atomic.Int64
+	srv     *httptest.Server
 }
 
 // NewSpine starts a spine stand-in. audit-stream-py's sequential rate was
@@ -43,6 +45,9 @@ func NewSpine(service time.Duration) *Spine {
 
 // Posts is the number of events appended so far.
 func (s *Spine) Posts() int64 { return s.posts.Load() }
+
+// Changes is Posts without the trail's own events (KEY, SEAL).
+func (s *Spine) Changes() int64 { return s.changes.Load() }
 
 // Close stops the server.
 func (s *Spine) Close() { s.srv.Close() }
@@ -64,6 +69,9 @@ func (s *Spine) serve(w http.ResponseWriter, r *http.Request) {
 			if j := bytes.IndexByte(rest, '"'); j >= 0 {
 				key = string(rest[:j])
 			}
+		}
+		if !strings.HasPrefix(key, "pgaudit-cdc-") {
+			s.changes.Add(1)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusCreated)

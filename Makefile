@@ -11,7 +11,7 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
 
-# PostgreSQL versions (README, "PostgreSQL versions"). The whole suite runs
+# PostgreSQL versions (docs/postgres-versions.md). The whole suite runs
 # on PGAUDIT_PG_FULL; the matrix subset on every other version listed in
 # PGAUDIT_PG_VERSIONS. internal/pgcluster takes the server of the version
 # PGAUDIT_PG_VERSION names (Debian's /usr/lib/postgresql/N/bin, or the npm

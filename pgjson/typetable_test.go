@@ -1,7 +1,6 @@
 package pgjson_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -23,14 +22,10 @@ const (
 )
 
 // typeTableDoc returns the file that holds the generated type table: the
-// README when it has the markers, else docs/type-mapping.md.
+// envelope specification, docs/envelope.md.
 func typeTableDoc(t *testing.T) string {
 	t.Helper()
-	readme := filepath.Join("..", "README.md")
-	if b, err := os.ReadFile(readme); err == nil && bytes.Contains(b, []byte(typeTableStart)) {
-		return readme
-	}
-	return filepath.Join("..", "docs", "type-mapping.md")
+	return filepath.Join("..", "docs", "envelope.md")
 }
 
 // TestTypeTableExamples runs every example of pgjson.TypeTable through
@@ -95,7 +90,7 @@ func TestTypeTableDoc(t *testing.T) {
 		var out string
 		switch {
 		case doc == "":
-			out = "# Type mapping\n\nHow each PostgreSQL type appears in an event.\n\n" +
+			out = "# The envelope\n\n## Type mapping\n\nHow each PostgreSQL type appears in an event.\n\n" +
 				typeTableStart + "\n" + want + typeTableEnd + "\n"
 		case start < 0 || end < start:
 			t.Fatalf("%s: got no %s ... %s section, want one to rewrite", path, typeTableStart, typeTableEnd)

@@ -438,6 +438,9 @@ func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters, seals *s
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
+	if seals != nil {
+		seals.dl = dl
+	}
 	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: r.confirm, inflight: &r.inflight, dl: dl, seals: seals}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()

@@ -207,9 +207,9 @@ func (h *harness) waitEvents(n int, within time.Duration) []spinetest.Event {
 // settle waits a little and checks that no event beyond n arrived.
 func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
 	h.t.Helper()
-	evs := h.waitEvents(n, 30*time.Second)
+	h.waitEvents(n, 30*time.Second)
 	time.Sleep(quiet)
-	evs = h.dataEvents()
+	evs := h.dataEvents()
 	if len(evs) != n {
 		h.t.Fatalf("got %d events, want exactly %d:\n%s", len(evs), n, dump(evs))
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
@@ -35,6 +37,7 @@ const (
 // that a crash replays every event that is not sealed.
 type sealing struct {
 	a      *Agent
+	dl     *deadLetters // the publisher's
 	sealer *trail.Sealer
 	conn   *pgx.Conn // the publisher's own, for anchors, opened on first use
 	// held is the highest position accepted by the sink but not yet
@@ -111,6 +114,9 @@ func (a *Agent) ensureKey(ctx context.Context, meta *pgx.Conn, chain string) err
 	ev := &envelope.Event{Envelope: env, CommitTime: time.Now()}
 	ev.Finish()
 	if err := a.cfg.Sink.Publish(ctx, ev); err != nil {
+		if publish.IsRejected(err) {
+			return &ConfigError{fmt.Errorf("the spine refused the KEY event that introduces the signing key %s, so no seal could be verified: let the spine accept kind %q from source %q: %w", fp, ev.Kind, ev.Source, err)}
+		}
 		return fmt.Errorf("sending the KEY event of %s: %w", fp, err)
 	}
 	return capture.MarkKeySent(ctx, meta, a.cfg.Slot, fp)
@@ -151,6 +157,11 @@ func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replicati
 		return anchor, fmt.Errorf("reading back the last sealed event: %w", err)
 	}
 	if held {
+		sealKey := trail.SealKey(anchor.Chain, anchor.Seq)
+		dead, err := deadletters.New(meta, a.cfg.Slot).Keys(ctx, sealKey)
+		if err != nil || slices.Contains(dead, sealKey) {
+			return anchor, err // a refused seal waits for dead-letters retry
+		}
 		env, err := envelope.Parse(anchor.Event)
 		if err != nil {
 			return anchor, fmt.Errorf("reading the anchored SEAL event: %w", err)
@@ -304,10 +315,18 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 		return 0, err
 	}
 	if err := s.a.cfg.Sink.Publish(ctx, ev); err != nil {
-		if publish.IsRejected(err) {
-			return 0, fmt.Errorf("the spine refused SEAL event %d, so nothing after the last seal can be confirmed: %w", anchor.Seq, err)
+		var rej *publish.RejectedError
+		if !errors.As(err, &rej) || s.a.cfg.Spine == nil {
+			return 0, fmt.Errorf("delivering SEAL event %d: %w", anchor.Seq, err)
 		}
-		return 0, fmt.Errorf("delivering SEAL event %d: %w", anchor.Seq, err)
+		// Refused for good, like any event: kept, and the trail goes on.
+		if err := s.dl.store(ctx, s.a.cfg.DatabaseURL, ev, rej); err != nil {
+			return 0, fmt.Errorf("keeping the refused SEAL event %d as a dead letter: %w", anchor.Seq, err)
+		}
+		s.a.cfg.Spine.MarkKeyHandled(ev.Key)
+		s.a.m.DeadLetters.WithLabelValues(trail.Table).Inc()
+		s.a.log.Error("the spine refused a SEAL event; kept as a dead letter: the events it covers are not authenticated in the trail until it is retried (pgaudit-cdc dead-letters retry)",
+			"seq", anchor.Seq, "status", rej.StatusCode, "response", truncateString(rej.Body, 300))
 	}
 	s.a.m.Seals.Inc()
 	s.a.m.LastSealTime.Set(float64(time.Now().UnixMicro()) / 1e6)

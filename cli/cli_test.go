@@ -320,12 +320,14 @@ func TestRunAsLeastPrivilegeRole(t *testing.T) {
 	})
 	spine.SetKinds(spinetest.DefaultKinds...)
 
+	// The refused event is a dead letter, and so is a SEAL event written
+	// while the spine refused kind other, if one was.
 	statusOut := mustRun(t, env, "status", "--json")
 	var st Status
 	if err := json.Unmarshal([]byte(statusOut), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, statusOut)
 	}
-	if !st.Slot.Exists || !st.Slot.AgentConnected || len(st.Watches) != 1 || st.Watches[0].Table != "public.decisions" || !st.Publication.Exists || st.DeadLetters != 1 {
+	if !st.Slot.Exists || !st.Slot.AgentConnected || len(st.Watches) != 1 || st.Watches[0].Table != "public.decisions" || !st.Publication.Exists || st.DeadLetters < 1 || st.DeadLetters > 2 {
 		t.Errorf("status: got %+v", st)
 	}
 	human := mustRun(t, env, "status")

@@ -184,7 +184,7 @@ func appendFloat(dst []byte, t *Type, text []byte) ([]byte, error) {
 	if !isJSONNumber(text) {
 		return dst, malformed(t, text, "not a float")
 	}
-	if bytes.IndexAny(text, ".eE") < 0 {
+	if !bytes.ContainsAny(text, ".eE") {
 		return append(dst, text...), nil // a Python int, kept as written
 	}
 	f, err := strconv.ParseFloat(unsafe.String(unsafe.SliceData(text), len(text)), 64)

@@ -505,11 +505,11 @@ func (s *echoScanner) number(c byte, keep bool) (string, error) {
 		} else if n == 0 {
 			return "", errors.New("invalid JSON: no digit in a number's exponent")
 		}
-		if c, err = s.byte(); err != nil {
+		if _, err = s.byte(); err != nil {
 			return "", err
 		}
 	}
-	// c follows the number: leave it for the caller.
+	// The byte read last follows the number: leave it for the caller.
 	if err := s.r.UnreadByte(); err != nil {
 		return "", err
 	}

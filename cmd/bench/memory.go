@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -192,12 +191,13 @@ func procMem(pid int) (hwm, rss int64, err error) {
 	return hwm, rss, nil
 }
 
-// goTool returns the go command that built this program, else the one on
-// PATH.
+// goTool returns the go command of GOROOT when set, else the one on PATH.
 func goTool() (string, error) {
-	p := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(p); err == nil {
-		return p, nil
+	if root := os.Getenv("GOROOT"); root != "" {
+		p := filepath.Join(root, "bin", "go")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
 	}
 	return exec.LookPath("go")
 }

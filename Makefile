@@ -13,7 +13,7 @@ build:
 
 # PostgreSQL versions (docs/postgres-versions.md). The whole suite runs
 # on PGAUDIT_PG_FULL; the matrix subset on every other version listed in
-# PGAUDIT_PG_VERSIONS. internal/pgcluster takes the server of the version
+# PGAUDIT_PG_VERSIONS. embedded takes the server of the version
 # PGAUDIT_PG_VERSION names (Debian's /usr/lib/postgresql/N/bin, or the npm
 # package `make pg-versions` installs) and fails when it is missing.
 # `make test PGAUDIT_PG_VERSIONS=` runs the whole suite only.
@@ -31,7 +31,7 @@ MATRIX_RUN_14 := |FidelityUnchangedToastFullIdentity
 MATRIX_RUN_15 := |FidelityUnchangedToast|RowFilterAndColumnControl
 MATRIX_PKGS := ./agent ./faults ./cli
 # Run whole on every version.
-MATRIX_WHOLE := ./watches ./backfill ./catalog ./internal/pgtest ./internal/pgcluster ./replication ./preflight
+MATRIX_WHOLE := ./watches ./backfill ./catalog ./internal/pgtest ./embedded ./replication ./preflight
 
 # The whole test suite: vet and the linter, the fast loop (every test that
 # needs no PostgreSQL, with the race detector), then every package on

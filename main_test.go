@@ -93,8 +93,8 @@ func TestUnitPackages(t *testing.T) {
 		if strings.TrimSpace(imports) == "" {
 			continue // no tests
 		}
-		needsPG := strings.Contains(imports, "internal/pgtest") || strings.Contains(imports, "internal/pgcluster") ||
-			rel == "cmd/bench" || rel == filepath.Join("internal", "pgcluster")
+		needsPG := strings.Contains(imports, "internal/pgtest") || strings.Contains(imports, "embedded") ||
+			rel == "cmd/bench" || rel == "embedded"
 		switch {
 		case needsPG && unit[rel]:
 			t.Errorf("UNIT_PKGS lists ./%s, whose tests start PostgreSQL", rel)

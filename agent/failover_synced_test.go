@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -138,7 +138,7 @@ func lsnLE(t *testing.T, a, b string) bool {
 // hot_standby_feedback, slot synchronisation on through ALTER SYSTEM, so
 // that a reload can turn it off later) that has replayed all of it.
 type failoverPair struct {
-	primary, standby *pgcluster.Cluster
+	primary, standby *embedded.Cluster
 	dsn, standbyDSN  string
 	h                *harness
 	sconn            *pgx.Conn // to the standby

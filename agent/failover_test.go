@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -22,13 +22,13 @@ import (
 // ownCluster starts a throwaway cluster for one test (a failover test stops
 // and promotes servers, which the shared cluster cannot afford) and
 // returns it with the URL of a new database in it.
-func ownCluster(t *testing.T, settings ...string) (*pgcluster.Cluster, string) {
+func ownCluster(t *testing.T, settings ...string) (*embedded.Cluster, string) {
 	t.Helper()
-	if pgcluster.ExternalOverride() {
+	if embedded.ExternalOverride() {
 		t.Fatalf("needs throwaway clusters (it promotes a standby): unset PGAUDIT_TEST_DATABASE_URL")
 	}
 	ctx := context.Background()
-	c, err := pgcluster.StartLocalWith(ctx, settings...)
+	c, err := embedded.StartLocalWith(ctx, settings...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 )
 
 // The replication stream over the transports whose socket layer differs
@@ -22,11 +22,11 @@ import (
 
 // TestStreamOverTLS: sslmode=verify-full, and the walsender says TLS.
 func TestStreamOverTLS(t *testing.T) {
-	if pgcluster.ExternalOverride() {
+	if embedded.ExternalOverride() {
 		t.Fatalf("needs a throwaway cluster with TLS: unset PGAUDIT_TEST_DATABASE_URL")
 	}
 	ctx := context.Background()
-	c, err := pgcluster.StartLocalTLS(ctx)
+	c, err := embedded.StartLocalTLS(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestStreamOverUnixSocket(t *testing.T) {
 }
 
 // createAudited creates the database "audited" in c.
-func createAudited(t *testing.T, c *pgcluster.Cluster) {
+func createAudited(t *testing.T, c *embedded.Cluster) {
 	t.Helper()
 	ctx := context.Background()
 	admin, err := pgx.Connect(ctx, c.AdminURL())

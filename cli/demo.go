@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -60,7 +60,7 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 			}
 			if o.databaseURL == "" {
 				log.Info("starting a throwaway PostgreSQL cluster")
-				cluster, err := pgcluster.StartLocal(ctx)
+				cluster, err := embedded.StartLocal(ctx)
 				if err != nil {
 					return fmt.Errorf("starting a throwaway PostgreSQL (or pass --database-url): %w", err)
 				}

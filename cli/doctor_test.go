@@ -7,13 +7,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 )
 
 // startMisconfigured starts a throwaway cluster of its own with settings.
 func startMisconfigured(t *testing.T, settings ...string) string {
 	t.Helper()
-	c, err := pgcluster.StartLocalWith(context.Background(), settings...)
+	c, err := embedded.StartLocalWith(context.Background(), settings...)
 	if err != nil {
 		t.Fatalf("starting a cluster with %v: %v", settings, err)
 	}
@@ -22,7 +22,7 @@ func startMisconfigured(t *testing.T, settings ...string) string {
 }
 
 func TestDoctorOnMisconfiguredClusters(t *testing.T) {
-	if pgcluster.ExternalOverride() {
+	if embedded.ExternalOverride() {
 		t.Log("PGAUDIT_TEST_DATABASE_URL is set: misconfigured clusters are still started locally")
 	}
 	tests := []struct {

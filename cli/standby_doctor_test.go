@@ -16,7 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 )
@@ -116,7 +116,7 @@ func lsnOn(t *testing.T, dsn, sql string) pgoutput.LSN {
 // a standby, that the copy is synced, and how far it trails the replayed WAL.
 func TestDoctorStandbyFailoverSetup(t *testing.T) {
 	ctx := context.Background()
-	primary, err := pgcluster.StartLocal(ctx)
+	primary, err := embedded.StartLocal(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

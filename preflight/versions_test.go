@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
@@ -130,14 +130,14 @@ func TestServerSettingsByVersion(t *testing.T) {
 		expect(t, rs, "synchronized_standby_slots", "")
 		return
 	}
-	if pgcluster.ExternalOverride() {
+	if embedded.ExternalOverride() {
 		t.Fatalf("needs a throwaway cluster with its own settings: unset PGAUDIT_TEST_DATABASE_URL")
 	}
 	settings := []string{"synchronized_standby_slots=standby_a"}
 	if version >= 180000 {
 		settings = append(settings, "idle_replication_slot_timeout=1h")
 	}
-	c, err := pgcluster.StartLocalWith(ctx, settings...)
+	c, err := embedded.StartLocalWith(ctx, settings...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
@@ -121,7 +121,7 @@ type Machine struct {
 // env is the shared state of one benchmark run: one throwaway cluster.
 type env struct {
 	opts    Options
-	cluster *pgcluster.Cluster
+	cluster *embedded.Cluster
 	admin   *pgx.Conn
 	binDir  string
 	// key signs the trail of the in-process agents (the agent's default:
@@ -139,7 +139,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	res := &Results{Started: time.Now(), Opts: opts}
 	e := &env{opts: opts}
 	e.logf("starting a throwaway PostgreSQL cluster")
-	cluster, err := pgcluster.StartLocal(ctx)
+	cluster, err := embedded.StartLocal(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("starting PostgreSQL: %w", err)
 	}

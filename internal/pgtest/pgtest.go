@@ -13,7 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 )
 
 // envDatabaseURL names the environment variable that, when set, points the
@@ -22,7 +22,7 @@ import (
 const envDatabaseURL = "PGAUDIT_TEST_DATABASE_URL"
 
 // current is the cluster set up by Run; nil before Run or if it failed.
-var current *pgcluster.Cluster
+var current *embedded.Cluster
 
 // Run is called from TestMain: it starts the cluster (or uses the server
 // named by PGAUDIT_TEST_DATABASE_URL), runs m, stops the cluster and returns
@@ -46,11 +46,11 @@ func Run(m *testing.M) int {
 }
 
 // setup returns the cluster to use for this test binary.
-func setup() (*pgcluster.Cluster, error) {
+func setup() (*embedded.Cluster, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if raw := os.Getenv(envDatabaseURL); raw != "" {
-		c, err := pgcluster.NewExternal(raw)
+		c, err := embedded.NewExternal(raw)
 		if err != nil {
 			return nil, err
 		}
@@ -61,12 +61,12 @@ func setup() (*pgcluster.Cluster, error) {
 		_ = conn.Close(ctx)
 		return c, nil
 	}
-	return pgcluster.StartLocal(ctx)
+	return embedded.StartLocal(ctx)
 }
 
 // Current returns the running cluster, for tests that must stop or restart
 // it. It fails the test if Run did not set up a cluster.
-func Current(t testing.TB) *pgcluster.Cluster {
+func Current(t testing.TB) *embedded.Cluster {
 	t.Helper()
 	if current == nil {
 		t.Fatalf("pgtest: no PostgreSQL cluster: call pgtest.Run from TestMain")

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgcluster"
+	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 )
 
 func TestMain(m *testing.M) {
@@ -206,7 +206,7 @@ func TestRestart(t *testing.T) {
 	}
 	// The bench compares against pg_recvlogical; the npm packages of the
 	// version matrix ship initdb, pg_ctl and postgres only.
-	if !strings.HasPrefix(c.BinDir(), pgcluster.CacheDir()+"/") {
+	if !strings.HasPrefix(c.BinDir(), embedded.CacheDir()+"/") {
 		if _, err := os.Stat(c.BinDir() + "/pg_recvlogical"); err != nil {
 			t.Errorf("pg_recvlogical not in BinDir: %v", err)
 		}
@@ -251,14 +251,14 @@ func TestRestart(t *testing.T) {
 // PGAUDIT_PG_VERSION asks for, so each run of the version matrix tests what
 // it says it does.
 func TestRequestedVersionRuns(t *testing.T) {
-	want, err := pgcluster.RequestedVersion()
+	want, err := embedded.RequestedVersion()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := ServerVersionNum(t)
 	t.Logf("server_version_num %d", got)
 	if want != 0 && got/10000 != want {
-		t.Fatalf("%s=%d but the server is %d", pgcluster.EnvVersion, want, got)
+		t.Fatalf("%s=%d but the server is %d", embedded.EnvVersion, want, got)
 	}
 	if c := Current(t); !c.External() {
 		if _, major := c.Version(); major != got/10000 {

@@ -1,4 +1,4 @@
-package pgcluster
+package embedded
 
 import (
 	"context"
@@ -76,7 +76,7 @@ func (c *Cluster) Port() int { return c.port }
 // connections. It fails for an external server.
 func (c *Cluster) Start(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgcluster: cannot start an external server")
+		return errors.New("embedded: cannot start an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -87,7 +87,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 // fails for an external server.
 func (c *Cluster) Stop(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgcluster: cannot stop an external server")
+		return errors.New("embedded: cannot stop an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -99,7 +99,7 @@ func (c *Cluster) Stop(ctx context.Context) error {
 // closed by the server. It fails for an external server.
 func (c *Cluster) Restart(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgcluster: cannot restart an external server")
+		return errors.New("embedded: cannot restart an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -407,12 +407,12 @@ func (c *Cluster) Shutdown() {
 	defer cancel()
 	if _, err := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); err == nil {
 		if err := c.pgCtl(ctx, "stop", "-m", "immediate"); err != nil {
-			fmt.Fprintf(os.Stderr, "pgcluster: stopping cluster: %v\n", err)
+			fmt.Fprintf(os.Stderr, "embedded: stopping cluster: %v\n", err)
 		}
 	}
 	if c.tempDir != "" {
 		if err := os.RemoveAll(c.tempDir); err != nil {
-			fmt.Fprintf(os.Stderr, "pgcluster: removing %s: %v\n", c.tempDir, err)
+			fmt.Fprintf(os.Stderr, "embedded: removing %s: %v\n", c.tempDir, err)
 		}
 	}
 	if c.watchdog != nil {

@@ -1,6 +1,8 @@
-// Package pgcluster starts a throwaway PostgreSQL cluster (initdb + pg_ctl in
-// a temporary directory, wal_level=logical, a free port, fsync off), for the
-// integration tests and for `pgaudit-cdc demo`. As root the server runs as
+// Package embedded is pgaudit-cdc's embedded default database: it starts a
+// throwaway PostgreSQL cluster (initdb + pg_ctl in a temporary directory,
+// wal_level=logical, a free port, fsync off). It is a product feature, the
+// cluster `pgaudit-cdc demo` runs on, and the server the integration tests
+// and benchmarks start. As root the server runs as
 // the postgres OS user through runuser, since initdb refuses root.
 //
 // PGAUDIT_PG_VERSION=16 chooses the major version: its binaries are looked
@@ -13,4 +15,4 @@
 // StartStandby makes a streaming physical standby of a local cluster from a
 // clean copy of its data directory (the npm packages have no
 // pg_basebackup); Promote and StopImmediate play a failover.
-package pgcluster
+package embedded

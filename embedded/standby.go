@@ -1,4 +1,4 @@
-package pgcluster
+package embedded
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 // as any cluster.
 func (c *Cluster) StartStandby(ctx context.Context, settings ...string) (_ *Cluster, err error) {
 	if c.external {
-		return nil, errors.New("pgcluster: cannot make a standby of an external server")
+		return nil, errors.New("embedded: cannot make a standby of an external server")
 	}
 	s, err := newLocal(ctx, c.binDir, nil)
 	if err != nil {
@@ -87,7 +87,7 @@ func (c *Cluster) StartStandby(ctx context.Context, settings ...string) (_ *Clus
 // writes.
 func (c *Cluster) Promote(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgcluster: cannot promote an external server")
+		return errors.New("embedded: cannot promote an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,7 +98,7 @@ func (c *Cluster) Promote(ctx context.Context) error {
 // immediate): no shutdown checkpoint, nothing more sent to standbys.
 func (c *Cluster) StopImmediate(ctx context.Context) error {
 	if c.external {
-		return errors.New("pgcluster: cannot stop an external server")
+		return errors.New("embedded: cannot stop an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -112,7 +112,7 @@ func (c *Cluster) StopImmediate(ctx context.Context) error {
 // this changes, e.g., its primary_conninfo.
 func (c *Cluster) RestartWith(ctx context.Context, settings ...string) error {
 	if c.external {
-		return errors.New("pgcluster: cannot restart an external server")
+		return errors.New("embedded: cannot restart an external server")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -93,7 +93,7 @@ func TestUnitPackages(t *testing.T) {
 		if strings.TrimSpace(imports) == "" {
 			continue // no tests
 		}
-		needsPG := strings.Contains(imports, "internal/pgtest") || strings.Contains(imports, "embedded") ||
+		needsPG := strings.Contains(imports, "internal/pgtest") || strings.Contains(imports, "pgaudit-cdc/embedded") ||
 			rel == "cmd/bench" || rel == "embedded"
 		switch {
 		case needsPG && unit[rel]:

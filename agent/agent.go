@@ -73,7 +73,10 @@ type Config struct {
 	SealEvents   int
 	SealInterval time.Duration
 	SealIdle     time.Duration
-	Logger       *slog.Logger
+	// AnchorFile, when set, is an append-only file that receives each
+	// seal's head as well (a JSON line), besides the audited database.
+	AnchorFile string
+	Logger     *slog.Logger
 	Metrics      *metrics.Metrics
 	Ready        *metrics.Readiness
 }

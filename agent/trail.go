@@ -26,7 +26,7 @@ type trailReader interface {
 
 // Seal defaults (Config.SealEvents, SealInterval, SealIdle).
 const (
-	defaultSealEvents   = 1000
+	defaultSealEvents   = 10000
 	defaultSealInterval = time.Second
 	defaultSealIdle     = 100 * time.Millisecond
 )
@@ -43,6 +43,8 @@ type sealing struct {
 	// held is the highest position accepted by the sink but not yet
 	// sealed: it is accepted once the seal over it is recorded.
 	held pgoutput.LSN
+	// timer is the idle wait's (see idle).
+	timer *time.Timer
 }
 
 // startTrail introduces the signing key into the trail if it is new, checks
@@ -268,9 +270,13 @@ func (a *Agent) lostOnTheWay(ctx context.Context, meta *pgx.Conn, sess *replicat
 
 // fold adds a settled event (dead: kept as a dead letter).
 func (s *sealing) fold(ev *envelope.Event, dead bool) {
-	s.sealer.Fold(ev, dead, time.Now())
 	n, _ := s.sealer.Pending()
-	s.a.m.UnsealedEvents.Set(float64(n))
+	var now time.Time
+	if n == 0 {
+		now = time.Now() // the clock only matters for a seal's first event
+	}
+	s.sealer.Fold(ev, dead, now)
+	s.a.m.UnsealedEvents.Set(float64(n + 1))
 }
 
 // hold takes an accepted position: it may be accepted at once when nothing
@@ -290,14 +296,21 @@ func (s *sealing) due(now time.Time) bool {
 	return n > 0 && (n >= s.a.cfg.SealEvents || now.Sub(first) >= s.a.cfg.SealInterval)
 }
 
-// idle returns how long the publisher may wait for more work before it
-// seals what is pending (nil channel: nothing pending).
+// idle returns a channel that fires when the publisher has waited long
+// enough for more work to seal what is pending (nil: nothing pending). One
+// timer serves every wait.
 func (s *sealing) idle() <-chan time.Time {
 	n, first := s.sealer.Pending()
 	if n == 0 {
 		return nil
 	}
-	return time.After(min(s.a.cfg.SealIdle, max(0, s.a.cfg.SealInterval-time.Since(first))))
+	d := min(s.a.cfg.SealIdle, max(0, s.a.cfg.SealInterval-time.Since(first)))
+	if s.timer == nil {
+		s.timer = time.NewTimer(d)
+	} else {
+		s.timer.Reset(d)
+	}
+	return s.timer.C
 }
 
 // seal closes a seal over the pending events, records it as the anchor,
@@ -345,6 +358,11 @@ func (s *sealing) record(ctx context.Context, anchor trail.Anchor) error {
 	if err := s.saveAnchor(ctx, anchor); err != nil {
 		s.a.m.Retries.WithLabelValues("anchor_record").Inc()
 		return fmt.Errorf("recording seal %d as the trail's anchor (the next session records it from the trail): %w", anchor.Seq, err)
+	}
+	if s.a.cfg.AnchorFile != "" {
+		if err := trail.AppendAnchor(s.a.cfg.AnchorFile, anchor); err != nil {
+			return fmt.Errorf("recording seal %d in --anchor-file %s: %w", anchor.Seq, s.a.cfg.AnchorFile, err)
+		}
 	}
 	return nil
 }

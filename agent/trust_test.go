@@ -3,18 +3,22 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
 )
 
@@ -47,13 +51,17 @@ func authFailures(rep verify.Report) []verify.Result {
 }
 
 // sealedWorkload runs the agent over 5 two-row transactions on t1, waits
-// until they are sealed, and stops it.
-func sealedWorkload(t *testing.T) *harness {
+// until they are sealed, and stops it. tune adjusts the agent.
+func sealedWorkload(t *testing.T, tune ...func(*agent.Config)) *harness {
 	t.Helper()
 	h := newHarness(t)
 	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, owner text, balance int)`)
 	h.watch("t1", "other", "books")
-	h.startAgent()
+	h.startAgentWith(func(c *agent.Config) {
+		for _, f := range tune {
+			f(c)
+		}
+	})
 	for i := 1; i <= 5; i++ {
 		h.exec(`INSERT INTO t1 VALUES ($1, 'alice', 10), ($2, 'bob', 20)`, 2*i-1, 2*i)
 	}
@@ -267,5 +275,39 @@ func TestSpineHistoryLostIsAGap(t *testing.T) {
 				t.Fatalf("after the gap: got ids %v, want 21 and 22 delivered", after)
 			}
 		})
+	}
+}
+
+// The host cuts the newest events, their seal included: nothing after them
+// names them, but the anchors (in the database and in --anchor-file) do.
+func TestCutTailFailsAgainstAnchors(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "anchors.jsonl")
+	h := sealedWorkload(t, func(c *agent.Config) { c.SealEvents = 4; c.AnchorFile = file })
+	all := h.spine.Events()
+	var cut []spinetest.Event
+	for _, e := range all {
+		if id := fmt.Sprint(field(t, e, "new", "id")); id == "9" || id == "10" || field(t, e, "operation") == "SEAL" && e.EventID == all[len(all)-1].EventID {
+			continue
+		}
+		cut = append(cut, e)
+	}
+	fromFile, ok, err := trail.LastAnchor(file)
+	if err != nil || !ok {
+		t.Fatalf("anchor file: %v %v", ok, err)
+	}
+	fromDB, ok, err := capture.LoadAnchor(context.Background(), h.conn, testSlot)
+	if err != nil || !ok || fromDB.Seq != fromFile.Seq || fromDB.Hash != fromFile.Hash {
+		t.Fatalf("database anchor %+v (%v, %v), want the file's seal %d", fromDB.Anchor, ok, err, fromFile.Seq)
+	}
+	if rep := verifyEvents(all); !rep.OK() {
+		t.Fatalf("the whole trail: got failures %+v, want none", rep.Failures)
+	}
+	v := verify.New(verify.Options{Slot: testSlot, Trail: trail.VerifyOptions{Anchor: &fromFile, Trusted: []ed25519.PublicKey{h.key.Public()}}})
+	for _, e := range rehash(cut) {
+		v.Add(chain.Event{EventID: e.EventID, Timestamp: e.Timestamp, Kind: e.Kind, Source: e.Source, Payload: e.Payload, PrevHash: e.PrevHash, Hash: e.Hash})
+	}
+	failed := authFailures(v.Finish())
+	if len(failed) == 0 || !strings.Contains(failed[len(failed)-1].Detail, "cut from the end") {
+		t.Fatalf("got authenticity failures %+v, want the cut tail named", failed)
 	}
 }

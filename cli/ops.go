@@ -51,6 +51,8 @@ type Status struct {
 	Capture     captureJSON `json:"capture"`
 	Watches     []watchJSON `json:"watches"`
 	DeadLetters int64       `json:"dead_letters"`
+	// Trail is the authenticated trail's state: its keys and last seal.
+	Trail trailJSON `json:"trail"`
 	// Server says what status looked at: a primary, or a standby (read-only:
 	// nothing is migrated or written there).
 	Server serverJSON `json:"server"`
@@ -284,7 +286,44 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if st.DeadLetters, err = deadletters.New(conn, o.slot).Count(ctx); err != nil {
 		return nil, err
 	}
+	if st.Trail, err = readTrail(ctx, conn, o.slot); err != nil {
+		return nil, err
+	}
 	return st, nil
+}
+
+// trailJSON is the authenticated trail's state in status.
+type trailJSON struct {
+	// Keys are the signing keys recorded for the trail, oldest first (none:
+	// the agent never ran signed).
+	Keys []string `json:"keys"`
+	// LastSeal is the newest seal the database anchored.
+	LastSeal *sealJSON `json:"last_seal,omitempty"`
+}
+
+type sealJSON struct {
+	Seq        uint64    `json:"seq"`
+	ThroughKey string    `json:"through_key"`
+	Events     uint64    `json:"events_sealed"`
+	RecordedAt time.Time `json:"recorded_at"`
+}
+
+// readTrail reads the trail's keys and anchor.
+func readTrail(ctx context.Context, conn *pgx.Conn, slot string) (trailJSON, error) {
+	t := trailJSON{Keys: []string{}}
+	keys, err := capture.SigningKeys(ctx, conn, slot)
+	if err != nil {
+		return t, err
+	}
+	for _, k := range keys {
+		t.Keys = append(t.Keys, k.Fingerprint)
+	}
+	a, ok, err := capture.LoadAnchor(ctx, conn, slot)
+	if err != nil || !ok {
+		return t, err
+	}
+	t.LastSeal = &sealJSON{Seq: a.Seq, ThroughKey: a.ToKey, Events: a.Total, RecordedAt: a.RecordedAt}
+	return t, nil
 }
 
 func lsnText(l pgoutput.LSN) string {
@@ -389,6 +428,16 @@ func printStatus(w io.Writer, st *Status) {
 	}
 	if st.Standby == nil || st.Standby.SchemaCurrent {
 		fmt.Fprintf(tw, "dead letters\t%d\n", st.DeadLetters)
+		switch {
+		case len(st.Trail.Keys) == 0:
+			fmt.Fprintf(tw, "trail\tunsigned: no signing key recorded (run --signing-key-file)\n")
+		case st.Trail.LastSeal == nil:
+			fmt.Fprintf(tw, "trail\tsigned by %s, no seal yet\n", st.Trail.Keys[len(st.Trail.Keys)-1])
+		default:
+			ls := st.Trail.LastSeal
+			fmt.Fprintf(tw, "trail\tsigned by %s; seal %d covers %d events, through %s (recorded %s)\n",
+				st.Trail.Keys[len(st.Trail.Keys)-1], ls.Seq, ls.Events, ls.ThroughKey, ls.RecordedAt.UTC().Format(time.RFC3339))
+		}
 		fmt.Fprintf(tw, "watches\t%d\n", len(st.Watches))
 	}
 	_ = tw.Flush()

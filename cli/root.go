@@ -50,6 +50,7 @@ type options struct {
 	unsigned       bool
 	sealInterval   time.Duration
 	sealEvents     int
+	anchorFile     string
 
 	// fromEnv maps the flags that took their value from the environment
 	// to the variable's name, so that errors name what the user set.
@@ -75,6 +76,7 @@ var envFallbacks = []struct{ flag, env string }{
 	{"unsigned", "PGAUDIT_UNSIGNED"},
 	{"seal-interval", "PGAUDIT_SEAL_INTERVAL"},
 	{"seal-events", "PGAUDIT_SEAL_EVENTS"},
+	{"anchor-file", "PGAUDIT_ANCHOR_FILE"},
 }
 
 // ExitError carries a process exit code.

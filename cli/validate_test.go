@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -285,4 +287,54 @@ func TestServerRefusalsExitTwo(t *testing.T) {
 			t.Fatalf("got exit %d (%v), want 2 with permission denied", exitCode(err), err)
 		}
 	})
+}
+
+// TestSigningKeyErrorsExitTwo: a missing, unreadable or malformed key file,
+// or no choice at all, stops run before anything is sent: exit 2, one
+// sentence naming the fix, and never the key file's bytes.
+func TestSigningKeyErrorsExitTwo(t *testing.T) {
+	dir := t.TempDir()
+	secret := "c2VjcmV0LWtleS1ieXRlcy1kby1ub3QtcHJpbnQ="
+	malformed := filepath.Join(dir, "malformed.pem")
+	if err := os.WriteFile(malformed, []byte("-----BEGIN PRIVATE KEY-----\n"+secret+"\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unreadable := filepath.Join(dir, "unreadable.pem")
+	if err := os.WriteFile(unreadable, []byte(secret), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	notPEM := filepath.Join(dir, "raw.key")
+	if err := os.WriteFile(notPEM, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no key and no choice", nil, "choose --unsigned"},
+		{"missing file", []string{"--signing-key-file", filepath.Join(dir, "absent.pem")}, "pgaudit-cdc keygen --out"},
+		{"malformed PEM", []string{"--signing-key-file", malformed}, "not a valid PKCS #8 key"},
+		{"not PEM", []string{"--signing-key-file", notPEM}, "not a PEM"},
+		{"key and unsigned", []string{"--signing-key-file", malformed, "--unsigned"}, "not both"},
+	}
+	if os.Geteuid() != 0 { // root reads any file
+		tests = append(tests, struct {
+			name string
+			args []string
+			want string
+		}{"unreadable", []string{"--signing-key-file", unreadable}, "make it readable"})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cleanEnv(t)
+			_, errOut, err := run(t, nil, append([]string{"run", "--database-url", unreachableDSN}, tt.args...)...)
+			if exitCode(err) != 2 || !strings.Contains(fmt.Sprint(err), tt.want) {
+				t.Fatalf("got exit %d (%v), want 2 saying %q", exitCode(err), err, tt.want)
+			}
+			if strings.Contains(fmt.Sprint(err)+errOut, secret) {
+				t.Fatalf("the key file's bytes were printed: %v %s", err, errOut)
+			}
+		})
+	}
 }

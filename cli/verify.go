@@ -113,6 +113,7 @@ func tableOID(ctx context.Context, conn *pgx.Conn, t watches.TableName) (uint32,
 func newVerifyCmd(o *options) *cobra.Command {
 	var asJSON, allowUnsigned bool
 	var publicKeys []string
+	var anchorFile string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Prove the audit trail complete and faithful: chain, links, checkpoints",
@@ -159,6 +160,15 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 				}
 				opts.Trail.Trusted = append(opts.Trail.Trusted, pub)
 			}
+			if anchorFile != "" {
+				a, ok, err := trail.LastAnchor(anchorFile)
+				if err != nil {
+					return &ExitError{Code: 2, Err: err}
+				}
+				if ok {
+					opts.Trail.Anchor = &a
+				}
+			}
 			if o.databaseURL != "" {
 				if err := o.withConn(cmd, func(conn *pgx.Conn) error {
 					if opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot); err != nil {
@@ -196,6 +206,7 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().StringArrayVar(&publicKeys, "public-key", nil, "a public key file (PEM or base64; or the private key file) the trail's seals must be signed with; repeat for rotated keys")
+	cmd.Flags().StringVar(&anchorFile, "anchor-file", "", "the anchor file run --anchor-file writes: the trail must reach its newest seal")
 	cmd.Flags().BoolVar(&allowUnsigned, "allow-unsigned", false, "accept a trail without seals (pgaudit-cdc ran --unsigned) instead of failing authenticity")
 	return cmd
 }
@@ -220,7 +231,7 @@ func trailFromDatabase(ctx context.Context, conn *pgx.Conn, slot string, o *trai
 	if err != nil {
 		return err
 	}
-	if ok && !anchor.LostAcknowledged {
+	if ok && !anchor.LostAcknowledged && (o.Anchor == nil || o.Anchor.Seq < anchor.Seq) {
 		o.Anchor = &anchor.Anchor
 	}
 	if !trustRecorded {

@@ -166,6 +166,11 @@ type Stream struct {
 	prev    envelope.Position
 	txCount uint32
 	held    *envelope.Event
+	// rows are two buffers the rows of events are built in, taken in turn:
+	// one for the event held back, one for the event being built. An event
+	// copies its rows into its own Body when it is released (Finish).
+	rows [2][]byte
+	turn int
 }
 
 // SetPrevious tells the stream the position of the last event already
@@ -380,7 +385,7 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 	}
 
 	ev := s.newEvent(lsn, resolved.name, w, op)
-	rows := make([]byte, 0, tupleSize(rel, old)+tupleSize(rel, newT)+4)
+	rows := slices.Grow(s.rows[s.turn][:0], tupleSize(rel, old)+tupleSize(rel, newT)+4)
 	if old != nil {
 		rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K')
 		ev.Old = rows[:len(rows):len(rows)]
@@ -392,12 +397,27 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 		}
 		n := len(rows)
 		rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false)
-		ev.New = rows[n:]
+		ev.New = rows[n:len(rows):len(rows)]
 	}
+	s.keepRows(rows)
 	// The old row is the key at most (REPLICA IDENTITY DEFAULT or USING
 	// INDEX), or absent (an UPDATE that kept the key).
 	ev.OldIsKeyOnly = (op == envelope.OpUpdate || op == envelope.OpDelete) && oldKind != 'O'
 	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// maxKeptRows bounds the rows buffer kept for the next event: a huge row's
+// buffer is let go.
+const maxKeptRows = 1 << 20
+
+// keepRows keeps the buffer the current event's rows were built in, and
+// turns to the other one for the next event.
+func (s *Stream) keepRows(rows []byte) {
+	if cap(rows) > maxKeptRows {
+		rows = nil
+	}
+	s.rows[s.turn] = rows
+	s.turn ^= 1
 }
 
 // tupleSize estimates the JSON size of t (values, column names,

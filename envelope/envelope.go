@@ -113,29 +113,38 @@ func (e *Envelope) Size() int {
 
 // Encode returns the canonical JSON of e in a buffer of its own.
 func (e *Envelope) Encode() []byte {
-	return e.AppendJSON(make([]byte, 0, e.Size()))
+	b, _, _ := e.appendJSON(make([]byte, 0, e.Size()))
+	return b
 }
 
 // AppendJSON appends the canonical JSON of e to b: keys in sorted order at
 // every level, as the spine's hash computes them.
 func (e *Envelope) AppendJSON(b []byte) []byte {
+	b, _, _ = e.appendJSON(b)
+	return b
+}
+
+// appendJSON is AppendJSON, also saying where the new and old rows were
+// written (-1: not).
+func (e *Envelope) appendJSON(b []byte) (_ []byte, newAt, oldAt int) {
 	b = append(b, `{"kind":`...)
 	b = pgjson.AppendText(b, e.Kind)
 	b = append(b, `,"payload":{`...)
-	b = e.appendPayload(b)
+	b, newAt, oldAt = e.appendPayload(b)
 	b = append(b, `},"source":`...)
 	b = pgjson.AppendText(b, e.Source)
 	b = append(b, `,"timestamp":`...)
 	b = pgjson.AppendText(b, e.Timestamp)
-	return append(b, '}')
+	return append(b, '}'), newAt, oldAt
 }
 
 // The payload members the envelope writes itself, in sorted order.
 var fixedMembers = [...]string{"metadata", "new", "old", "operation", "table"}
 
 // appendPayload writes the payload's members, fixed and extra, merged in
-// sorted order.
-func (e *Envelope) appendPayload(b []byte) []byte {
+// sorted order, and says where the rows went.
+func (e *Envelope) appendPayload(b []byte) (_ []byte, newAt, oldAt int) {
+	newAt, oldAt = -1, -1
 	fields := e.Fields
 	if !slices.IsSortedFunc(fields, byName) {
 		fields = slices.SortedFunc(slices.Values(fields), byName)
@@ -159,11 +168,15 @@ func (e *Envelope) appendPayload(b []byte) []byte {
 			b = e.appendMetadata(sep(b, name))
 		case "new":
 			if e.New != nil {
-				b = append(sep(b, name), e.New...)
+				b = sep(b, name)
+				newAt = len(b)
+				b = append(b, e.New...)
 			}
 		case "old":
 			if e.Old != nil {
-				b = append(sep(b, name), e.Old...)
+				b = sep(b, name)
+				oldAt = len(b)
+				b = append(b, e.Old...)
 			}
 		case "operation":
 			b = pgjson.AppendText(sep(b, name), e.Operation)
@@ -174,7 +187,7 @@ func (e *Envelope) appendPayload(b []byte) []byte {
 	for ; fi < len(fields); fi++ {
 		b = append(sep(b, fields[fi].Name), fields[fi].Value...)
 	}
-	return b
+	return b, newAt, oldAt
 }
 
 func byName(a, b Field) int { return cmp.Compare(a.Name, b.Name) }
@@ -289,8 +302,18 @@ func (ev *Event) Digest() [sha256.Size]byte {
 }
 
 // Finish encodes the envelope into Body. Call it once the envelope is
-// complete; the marks call it again.
-func (ev *Event) Finish() { ev.Body = ev.Envelope.Encode() }
+// complete; the marks call it again. Old and New then point into Body, so
+// that the buffers they were built in can be reused.
+func (ev *Event) Finish() {
+	var newAt, oldAt int
+	ev.Body, newAt, oldAt = ev.appendJSON(make([]byte, 0, ev.Size()))
+	if newAt >= 0 {
+		ev.New = ev.Body[newAt : newAt+len(ev.New) : newAt+len(ev.New)]
+	}
+	if oldAt >= 0 {
+		ev.Old = ev.Body[oldAt : oldAt+len(ev.Old) : oldAt+len(ev.Old)]
+	}
+}
 
 // MarkLate sets metadata.late and encodes the event again: it is sent
 // after a later event landed.

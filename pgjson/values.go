@@ -3,7 +3,6 @@ package pgjson
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -234,30 +233,18 @@ func appendNumeric(dst []byte, t *Type, text []byte) ([]byte, error) {
 }
 
 // appendJSON embeds valid JSON in the spine's canonical form (keys sorted,
-// no whitespace, ASCII escapes, Python's numbers); anything else is written
-// as a JSON string of the text. The grammar is checked first (see
-// compactJSON), which also refuses what the spine could not store.
+// no whitespace, ASCII escapes, Python's numbers) in one pass that also
+// checks the grammar (canonicalJSON); anything else, and what the spine
+// could not store (see scanJSONNumber, maxJSONDepth), is written as a JSON
+// string of the text.
 func appendJSON(dst []byte, text []byte) []byte {
 	n0 := len(dst)
 	if utf8.Valid(text) {
-		if out, ok := compactJSON(dst, text); ok {
-			if canon, err := canonicalJSON(out[n0:]); err == nil {
-				return append(out[:n0], canon...)
-			}
+		if out, err := canonicalJSON(dst, text); err == nil {
+			return out
 		}
 	}
 	return AppendString(dst[:n0], text)
-}
-
-// canonicalJSON rewrites one valid JSON value in canonical form.
-func canonicalJSON(text []byte) ([]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(text))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, err
-	}
-	return chain.Canonical(v)
 }
 
 // appendBytea writes the hex form "\x0102ff" as a JSON string.

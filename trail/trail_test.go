@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -226,5 +227,19 @@ func TestKeyNeverPrinted(t *testing.T) {
 	back, err := ParseKey(pemBytes)
 	if err != nil || back.Fingerprint() != key.Fingerprint() {
 		t.Fatalf("ParseKey: got %v, %v", back, err)
+	}
+}
+
+func TestAnchorFileKeepsTheNewest(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "anchors.jsonl")
+	for _, seq := range []uint64{1, 3, 2} {
+		a := Anchor{Chain: "c", Seq: seq, Hash: fmt.Sprint("h", seq), To: envelope.Position{CommitLSN: pgoutput.LSN(seq), Seq: 1}, ToKey: "k", Total: seq * 10}
+		if err := AppendAnchor(path, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, ok, err := LastAnchor(path)
+	if err != nil || !ok || a.Seq != 3 || a.Hash != "h3" || a.Total != 30 || a.To.CommitLSN != 3 {
+		t.Fatalf("got %+v, %v, %v; want seal 3", a, ok, err)
 	}
 }

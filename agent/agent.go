@@ -77,8 +77,8 @@ type Config struct {
 	// seal's head as well (a JSON line), besides the audited database.
 	AnchorFile string
 	Logger     *slog.Logger
-	Metrics      *metrics.Metrics
-	Ready        *metrics.Readiness
+	Metrics    *metrics.Metrics
+	Ready      *metrics.Readiness
 }
 
 // Spine is what the agent needs of the audit-stream client beyond a Sink:

@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"

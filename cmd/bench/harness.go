@@ -19,8 +19,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
-	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"

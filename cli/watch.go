@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
@@ -133,7 +134,7 @@ func explainWhere(err error, where string) error {
 		return err
 	}
 	class := pgErr.Code[:2]
-	if (class != "42" && class != "22" && pgErr.Code != "0A000") || pgErr.Code == "42501" {
+	if (class != "42" && class != "22" && pgErr.Code != pgerrcode.FeatureNotSupported) || pgErr.Code == pgerrcode.InsufficientPrivilege {
 		return err // a missing privilege is not the expression's fault
 	}
 	msg := pgErr.Message

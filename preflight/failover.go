@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -19,7 +20,7 @@ import (
 // pointer to the error itself, which says what went wrong.
 func errFix(err error, privilege string) string {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.InsufficientPrivilege {
 		return privilege
 	}
 	return "the error above is what PostgreSQL (or the connection) said: check --database-url, that the server is up, and its log"

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -246,10 +247,10 @@ func (s *Session) Start(ctx context.Context, slot, publication string) error {
 		},
 	})
 	if err != nil {
-		if isCode(err, "55006") {
+		if isCode(err, pgerrcode.ObjectInUse) {
 			return fmt.Errorf("starting replication from slot %q: %w: %w", slot, ErrSlotInUse, err)
 		}
-		if isCode(err, "42704") {
+		if isCode(err, pgerrcode.UndefinedObject) {
 			return fmt.Errorf("starting replication: slot %q or publication %q does not exist: run `pgaudit-cdc watch` first: %w", slot, publication, err)
 		}
 		return Explain(fmt.Errorf("starting replication from slot %q: %w", slot, err))
@@ -420,13 +421,13 @@ func Explain(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case pgErr.Code == "42501" && strings.Contains(pgErr.Message, "replication"):
+		case pgErr.Code == pgerrcode.InsufficientPrivilege && strings.Contains(pgErr.Message, "replication"):
 			return fmt.Errorf("%w: the role needs the REPLICATION attribute: run ALTER ROLE <role> REPLICATION as a superuser (on Amazon RDS: GRANT rds_replication TO <role>; on Cloud SQL: ALTER USER <role> WITH REPLICATION)", err)
-		case pgErr.Code == "28000" || pgErr.Code == "28P01":
+		case pgErr.Code == pgerrcode.InvalidAuthorizationSpecification || pgErr.Code == pgerrcode.InvalidPassword:
 			return fmt.Errorf("%w: check the user and password in --database-url, and that pg_hba.conf has a line allowing `replication` connections for it (`host replication <role> <addr> scram-sha-256` is not needed for database-level logical replication, but a matching `host <db> <role>` line is)", err)
-		case pgErr.Code == "53300":
+		case pgErr.Code == pgerrcode.TooManyConnections:
 			return fmt.Errorf("%w: raise max_wal_senders (and max_connections) or free a connection", err)
-		case pgErr.Code == "55000" && strings.Contains(pgErr.Message, "wal_level"):
+		case pgErr.Code == pgerrcode.ObjectNotInPrerequisiteState && strings.Contains(pgErr.Message, "wal_level"):
 			return fmt.Errorf("%w: set wal_level = logical and restart PostgreSQL", err)
 		}
 	}

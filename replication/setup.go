@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -114,10 +115,10 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 		", " + pgx.Identifier{migrations.Schema, ControlTable}.Sanitize() +
 		" WITH (" + options + ")"
 	if _, err := conn.Exec(ctx, sql); err != nil {
-		if isCode(err, "42710") { // created meanwhile by a concurrent call
+		if isCode(err, pgerrcode.DuplicateObject) { // created meanwhile by a concurrent call
 			return nil
 		}
-		if isCode(err, "42501") {
+		if isCode(err, pgerrcode.InsufficientPrivilege) {
 			return fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", publication, err)
 		}
 		return fmt.Errorf("creating publication %q: %w", publication, err)
@@ -148,7 +149,7 @@ func ensureGeneratedColumnsPublished(ctx context.Context, conn *pgx.Conn, public
 	}
 	sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " SET (publish_generated_columns = stored)"
 	if _, err := conn.Exec(ctx, sql); err != nil {
-		if isCode(err, "42501") {
+		if isCode(err, pgerrcode.InsufficientPrivilege) {
 			return fmt.Errorf("publishing stored generated columns in publication %q (PostgreSQL 18 refuses UPDATE and DELETE on a watched table with a generated column otherwise): the role must own the publication, or run ALTER PUBLICATION %s SET (publish_generated_columns = stored) as its owner: %w",
 				publication, pgx.Identifier{publication}.Sanitize(), err)
 		}
@@ -170,8 +171,8 @@ func ensureRegistryPublished(ctx context.Context, conn *pgx.Conn, publication st
 			continue
 		}
 		sql := "ALTER PUBLICATION " + pgx.Identifier{publication}.Sanitize() + " ADD TABLE " + pgx.Identifier{migrations.Schema, table}.Sanitize()
-		if _, err := conn.Exec(ctx, sql); err != nil && !isCode(err, "42710") {
-			if isCode(err, "42501") {
+		if _, err := conn.Exec(ctx, sql); err != nil && !isCode(err, pgerrcode.DuplicateObject) {
+			if isCode(err, pgerrcode.InsufficientPrivilege) {
 				return fmt.Errorf("adding the watch registry to publication %q: the role must own the publication: %w", publication, err)
 			}
 			return fmt.Errorf("adding the watch registry to publication %q: %w", publication, err)
@@ -419,13 +420,13 @@ func CreateSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 	}
 	_, err = conn.Exec(ctx, sql, slot)
 	switch {
-	case err == nil, isCode(err, "42710"): // 42710: created concurrently
+	case err == nil, isCode(err, pgerrcode.DuplicateObject): // created concurrently
 		return nil
-	case isCode(err, "53400"):
+	case isCode(err, pgerrcode.ConfigurationLimitExceeded):
 		return fmt.Errorf("creating replication slot %q: all replication slots are in use: raise max_replication_slots (and restart PostgreSQL) or drop an unused slot: %w", slot, err)
-	case isCode(err, "42501"):
+	case isCode(err, pgerrcode.InsufficientPrivilege):
 		return fmt.Errorf("creating replication slot %q: the role lacks the REPLICATION attribute: run ALTER ROLE <role> REPLICATION as a superuser: %w", slot, err)
-	case isCode(err, "55000"):
+	case isCode(err, pgerrcode.ObjectNotInPrerequisiteState):
 		return fmt.Errorf("creating replication slot %q: %w (set wal_level = logical and restart PostgreSQL)", slot, err)
 	default:
 		return fmt.Errorf("creating replication slot %q: %w", slot, err)
@@ -442,10 +443,10 @@ func DropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 	}
 	for attempt := 0; ; attempt++ {
 		_, err = conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot)
-		if err == nil || isCode(err, "42704") { // 42704: already gone
+		if err == nil || isCode(err, pgerrcode.UndefinedObject) { // already gone
 			return nil
 		}
-		if !isCode(err, "55006") || attempt >= 50 { // 55006: still active
+		if !isCode(err, pgerrcode.ObjectInUse) || attempt >= 50 { // still active
 			return fmt.Errorf("dropping replication slot %q: %w", slot, err)
 		}
 		select {
@@ -486,9 +487,9 @@ func UserMustFix(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case "42501", "28000", "28P01", "3D000":
+		case pgerrcode.InsufficientPrivilege, pgerrcode.InvalidAuthorizationSpecification, pgerrcode.InvalidPassword, pgerrcode.InvalidCatalogName:
 			return true
-		case "55000":
+		case pgerrcode.ObjectNotInPrerequisiteState:
 			return strings.Contains(pgErr.Message, "wal_level")
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
@@ -160,7 +161,7 @@ func schemaWatched(ctx context.Context, tx pgx.Tx, schema string) (bool, error) 
 // denied wraps err, saying what failed, and gives the privilege fix only when
 // PostgreSQL said a privilege was missing (SQLSTATE 42501).
 func denied(what string, err error) error {
-	if replication.IsCode(err, "42501") {
+	if replication.IsCode(err, pgerrcode.InsufficientPrivilege) {
 		return fmt.Errorf("%s: permission denied: the role needs USAGE on the table's schema and must own the table and the publication (membership in the owner's role counts: GRANT owner_role TO the role): %w", what, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
@@ -154,7 +155,7 @@ func (r *Registry) scratchPublication(ctx context.Context, tx pgx.Tx) (string, e
 		return "", err
 	}
 	if err := createErr; err != nil {
-		if replication.IsCode(err, "42501") {
+		if replication.IsCode(err, pgerrcode.InsufficientPrivilege) {
 			return "", fmt.Errorf("creating publication %q: the role needs CREATE on the database (GRANT CREATE ON DATABASE ... TO the role, as `pgaudit-cdc setup --print-sql` prints): %w", r.publication, err)
 		}
 		return "", fmt.Errorf("creating publication %q: %w", r.publication, err)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -368,7 +369,7 @@ func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
 		}
 		if _, err := conn.Exec(ctx, trig.ddl); err != nil {
 			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created concurrently
+			if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.DuplicateObject { // created concurrently
 				continue
 			}
 			return false, fmt.Errorf("creating the event trigger %s: %w", trig.name, err)

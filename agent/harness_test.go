@@ -244,16 +244,9 @@ func dump(evs []spinetest.Event) string {
 	var b strings.Builder
 	for _, e := range evs {
 		p, _ := json.Marshal(e.Payload)
-		fmt.Fprintf(&b, "  #%d %s %s %s\n", e.EventID, e.Kind, e.Source, truncate(string(p), 300))
+		fmt.Fprintf(&b, "  #%d %s %s %s\n", e.EventID, e.Kind, e.Source, publish.Truncate(string(p), 300))
 	}
 	return b.String()
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // payload returns the event's payload re-encoded, for comparisons.

@@ -349,13 +349,6 @@ func (p *publisher) settle(ctx context.Context, ev *envelope.Event, err error) e
 	p.a.m.DeadLetters.WithLabelValues(ev.Table).Inc()
 	p.a.log.Error("the spine refused an event; kept as a dead letter (see `pgaudit-cdc dead-letters list`)",
 		"table", ev.Table, "operation", ev.Operation, "kind", ev.Kind, "key", ev.Key,
-		"status", rej.StatusCode, "response", truncateString(rej.Body, 300))
+		"status", rej.StatusCode, "response", publish.Truncate(rej.Body, 300))
 	return nil
-}
-
-func truncateString(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
 // The replication stream over the transports whose socket layer differs
@@ -135,7 +136,7 @@ func streamWorkload(t *testing.T, dsn, transportSQL, wrongTransport string) {
 	for _, e := range evs {
 		id, err := strconv.Atoi(fmt.Sprint(field(t, e, "new", "id")))
 		if err != nil {
-			t.Fatalf("event %d has no new.id: %s", e.EventID, truncate(jsonOf(t, e.Payload), 300))
+			t.Fatalf("event %d has no new.id: %s", e.EventID, publish.Truncate(jsonOf(t, e.Payload), 300))
 		}
 		if seen[id] {
 			t.Fatalf("row %d arrived twice", id)

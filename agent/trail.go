@@ -339,7 +339,7 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 		s.a.cfg.Spine.MarkKeyHandled(ev.Key)
 		s.a.m.DeadLetters.WithLabelValues(trail.Table).Inc()
 		s.a.log.Error("the spine refused a SEAL event; kept as a dead letter: the events it covers are not authenticated in the trail until it is retried (pgaudit-cdc dead-letters retry)",
-			"seq", anchor.Seq, "status", rej.StatusCode, "response", truncateString(rej.Body, 300))
+			"seq", anchor.Seq, "status", rej.StatusCode, "response", publish.Truncate(rej.Body, 300))
 	}
 	s.a.m.Seals.Inc()
 	s.a.m.LastSealTime.Set(float64(time.Now().UnixMicro()) / 1e6)

@@ -424,7 +424,7 @@ type RejectedError struct {
 }
 
 func (e *RejectedError) Error() string {
-	return fmt.Sprintf("the spine refused the event with HTTP %d: %s", e.StatusCode, truncate(e.Body, 500))
+	return fmt.Sprintf("the spine refused the event with HTTP %d: %s", e.StatusCode, Truncate(e.Body, 500))
 }
 
 // IsRejected reports whether err is (or wraps) a RejectedError.
@@ -661,7 +661,7 @@ func (c *Client) judge(resp *http.Response, v verdict, text []byte, start time.T
 			a.reason = "unexpected"
 		}
 		a.retryAfter = retryAfter(resp.Header)
-		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, truncate(string(text), 200))
+		a.err = fmt.Errorf("HTTP %d: %s", resp.StatusCode, Truncate(string(text), 200))
 	}
 	return a
 }
@@ -813,7 +813,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 				&refusedError{request: "GET /events", statusCode: resp.StatusCode, location: redactLocation(resp.Header.Get("Location"))})
 		}
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, truncate(string(text), 200))
+		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, Truncate(string(text), 200))
 	}
 	dec := json.NewDecoder(resp.Body)
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
@@ -992,13 +992,6 @@ func (c *Client) Health(ctx context.Context) error {
 		return fmt.Errorf("the spine at %s answered /healthz with HTTP %d", c.base.Redacted(), resp.StatusCode)
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }
 
 // redactErr strips credentials from URLs inside *url.Error.

@@ -141,7 +141,7 @@ func (k kept) show() string {
 	if !k.str && !k.num {
 		return "(neither a string nor a number)"
 	}
-	return truncate(k.text, 80)
+	return Truncate(k.text, 80)
 }
 
 // invalid is the error for member name, whose value is not want.

@@ -116,7 +116,7 @@ func (c *Client) getJSON(ctx context.Context, path string, read func(io.Reader) 
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("GET %s: the spine answered HTTP %d: %s", path, resp.StatusCode, truncate(string(text), 200))
+		return fmt.Errorf("GET %s: the spine answered HTTP %d: %s", path, resp.StatusCode, Truncate(string(text), 200))
 	}
 	return read(resp.Body)
 }

@@ -71,10 +71,22 @@ func (h *housekeeper) run(ctx context.Context) {
 	}
 }
 
+// round is one maintenance round. A step that fails because the agent is
+// stopping (ctx, the agent's, ended) is no failure: it is logged at debug
+// level only, so that a clean stop ends without warnings. A round that runs
+// out of its own 10 s is a failure.
 func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	a := h.a
+	stopping := ctx
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	warn := func(msg string, err error) {
+		if stopping.Err() != nil {
+			a.log.Debug(msg+" (the agent is stopping)", "err", err)
+			return
+		}
+		a.log.Warn(msg, "err", err)
+	}
 	slot, err := replication.LookupSlot(ctx, conn, a.cfg.Slot)
 	var current string
 	if err == nil {
@@ -88,7 +100,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	registry := watches.NewRegistry(conn, a.cfg.Publication, a.cfg.Slot)
 	dropped, renamed, err := registry.FollowLifecycle(ctx)
 	if err != nil {
-		a.log.Warn("following dropped and renamed watched tables failed", "err", err)
+		warn("following dropped and renamed watched tables failed", err)
 	}
 	if len(dropped) > 0 {
 		a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
@@ -104,12 +116,14 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		err = withoutNotice(err, kept)
 	}
 	if err != nil {
-		a.log.Warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", "err", err)
+		warn("restoring REPLICA IDENTITY FULL on watched tables failed; their UPDATE/DELETE events carry the key only (old_is_key_only) until it succeeds", err)
 	}
 	if len(fixed) > 0 {
 		a.log.Warn("restored REPLICA IDENTITY FULL on watched tables; their UPDATE/DELETE events carry full old rows again", "tables", strings.Join(fixed, ", "))
 	}
-	if pending, err := deadletters.New(conn, a.cfg.Slot).Count(ctx); err == nil {
+	if pending, err := deadletters.New(conn, a.cfg.Slot).Count(ctx); err != nil {
+		a.log.Debug("counting dead letters failed", "err", err)
+	} else {
 		a.m.DeadLettersPending.Set(float64(pending))
 	}
 }

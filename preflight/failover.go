@@ -28,12 +28,14 @@ func errFix(err error, privilege string) string {
 
 // hasPhysicalStandby reports whether this server has physical slots or
 // walsenders that stream no logical slot.
-func hasPhysicalStandby(ctx context.Context, conn *pgx.Conn) bool {
+func hasPhysicalStandby(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	var n int
-	_ = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')
+	if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')
 		+ (SELECT count(*) FROM pg_stat_replication r
-			WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical'))`).Scan(&n)
-	return n > 0
+			WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical'))`).Scan(&n); err != nil {
+		return false, fmt.Errorf("looking for physical standbys: %w", err)
+	}
+	return n > 0, nil
 }
 
 // physicalStandbys is what a primary knows of its physical standbys.
@@ -156,13 +158,19 @@ func checkPrimaryFailover(ctx context.Context, conn *pgx.Conn, slot string, add 
 		return
 	}
 	var sss string
-	_ = conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss)
+	if err := conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss); err != nil {
+		add(unchecked("synchronized_standby_slots", err, "let the role read synchronized_standby_slots (GRANT pg_read_all_settings TO the role)"))
+		return
+	}
 	listed := splitSlotList(sss)
 	var missing, usable []string
 	for _, name := range listed {
 		var ok bool
-		_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'
-			AND coalesce(wal_status, '') <> 'lost')`, name).Scan(&ok)
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'
+			AND coalesce(wal_status, '') <> 'lost')`, name).Scan(&ok); err != nil {
+			add(unchecked("synchronized_standby_slots", err, "grant the role read access to pg_catalog.pg_replication_slots"))
+			return
+		}
 		if ok {
 			usable = append(usable, name)
 		} else {
@@ -294,7 +302,10 @@ func ReadStandbyCopy(ctx context.Context, conn *pgx.Conn, slot string) (StandbyC
 // synced copy of the slot, and the copy itself.
 func checkStandbyFailover(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
 	var role string
-	_ = conn.QueryRow(ctx, "SELECT current_user").Scan(&role)
+	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&role); err != nil {
+		add(unchecked("failover", err, "check that the connection to the standby works"))
+		return
+	}
 	readGrant := func(name string) string {
 		return fmt.Sprintf("let the role read %s: GRANT pg_read_all_settings TO %s (or run doctor as a superuser)", name, ident(role))
 	}

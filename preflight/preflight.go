@@ -6,6 +6,7 @@ package preflight
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -52,15 +53,16 @@ func Failed(rs []Result) bool {
 }
 
 // Run performs every check on conn. It returns what it could check; a query
-// error becomes a failed check, not an error.
+// error becomes a failed check that says the check could not be made, and
+// why (see unchecked), not an error.
 func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	var rs []Result
 	add := func(r Result) { rs = append(rs, r) }
 
 	var versionNum int
-	var version string
+	var version, dbName string
 	var inRecovery bool
-	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version'), pg_is_in_recovery()").Scan(&versionNum, &version, &inRecovery); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, current_setting('server_version'), pg_is_in_recovery(), current_database()").Scan(&versionNum, &version, &inRecovery, &dbName); err != nil {
 		add(Result{Name: "server version", Status: Fail, Detail: err.Error(), Fix: "check that --database-url points at a PostgreSQL server"})
 		return rs
 	}
@@ -73,66 +75,68 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	}
 
 	var walLevel string
-	_ = conn.QueryRow(ctx, "SELECT current_setting('wal_level')").Scan(&walLevel)
-	if walLevel == "logical" {
+	switch err := conn.QueryRow(ctx, "SELECT current_setting('wal_level')").Scan(&walLevel); {
+	case err != nil:
+		add(unchecked("wal_level", err, "let the role read wal_level (GRANT pg_read_all_settings TO the role)"))
+	case walLevel == "logical":
 		add(Result{Name: "wal_level", Status: OK, Detail: "logical"})
-	} else {
+	default:
 		add(Result{Name: "wal_level", Status: Fail, Detail: fmt.Sprintf("%q", walLevel),
 			Fix: "set wal_level = logical and restart PostgreSQL (self-managed: ALTER SYSTEM SET wal_level = logical; Amazon RDS/Aurora: rds.logical_replication = 1 in the parameter group; Google Cloud SQL: flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL: server parameter wal_level = LOGICAL; Supabase: already logical)"})
 	}
 
-	var dbName string
-	_ = conn.QueryRow(ctx, "SELECT current_database()").Scan(&dbName)
-	slot, err := replication.LookupSlot(ctx, conn, o.Slot)
+	slot, slotErr := replication.LookupSlot(ctx, conn, o.Slot)
 	slotExists, slotActive := slot.Exists, slot.Active
-	if err != nil {
-		add(Result{Name: "replication slot", Status: Fail, Detail: err.Error(), Fix: errFix(err, "grant the role read access to pg_catalog.pg_replication_slots")})
+	if slotErr != nil {
+		add(Result{Name: "replication slot", Status: Fail, Detail: slotErr.Error(), Fix: errFix(slotErr, "grant the role read access to pg_catalog.pg_replication_slots")})
 	}
 
 	cv := readCapture(ctx, conn, o.Slot, inRecovery)
 	checkCapture(cv, inRecovery, add)
 
 	var maxSlots, usedSlots, maxSenders, usedSenders int
-	_ = conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
-		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)`).Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders)
-	switch {
-	case slotExists:
-		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used, ours among them", usedSlots, maxSlots)})
-	case usedSlots >= maxSlots:
-		add(Result{Name: "replication slots", Status: Fail, Detail: fmt.Sprintf("%d of %d used, none free for %q", usedSlots, maxSlots, o.Slot),
-			Fix: "raise max_replication_slots and restart PostgreSQL (Amazon RDS/Aurora, Cloud SQL, Azure: the parameter of the same name), or drop an unused slot with pg_drop_replication_slot"})
-	default:
-		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used", usedSlots, maxSlots)})
-	}
-	if usedSenders >= maxSenders && !slotActive {
-		add(Result{Name: "WAL senders", Status: Fail, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders),
-			Fix: "raise max_wal_senders and restart PostgreSQL (on managed services: the parameter of the same name)"})
+	if err := conn.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
+		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)`).Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders); err != nil {
+		add(unchecked("replication slots", err, "grant the role read access to pg_catalog.pg_replication_slots"))
+		add(unchecked("WAL senders", err, "grant the role read access to pg_catalog.pg_stat_replication"))
 	} else {
-		add(Result{Name: "WAL senders", Status: OK, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders)})
+		checkSlotsAndSenders(o.Slot, slotExists, slotActive, maxSlots, usedSlots, maxSenders, usedSenders, add)
 	}
 
 	var role string
 	var super, repl, canCreate bool
-	_ = conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication, has_database_privilege(current_database(), 'CREATE')
+	roleErr := conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication, has_database_privilege(current_database(), 'CREATE')
 		FROM pg_roles WHERE rolname = current_user`).Scan(&role, &super, &repl, &canCreate)
-	if !super && !repl {
+	switch {
+	case roleErr != nil:
+		add(unchecked("REPLICATION privilege", roleErr, "grant the role read access to pg_catalog.pg_roles"))
+	case !super && !repl:
 		var rdsRepl bool
-		_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication' AND pg_has_role(current_user, oid, 'MEMBER'))`).Scan(&rdsRepl)
-		if !rdsRepl {
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication' AND pg_has_role(current_user, oid, 'MEMBER'))`).Scan(&rdsRepl); err != nil {
+			add(unchecked("REPLICATION privilege", err, "grant the role read access to pg_catalog.pg_roles"))
+		} else if !rdsRepl {
 			add(Result{Name: "REPLICATION privilege", Status: Fail, Detail: fmt.Sprintf("role %q has neither REPLICATION nor superuser", role),
 				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident(role), ident(role), ident(role), ident(role), ident(role))})
 		} else {
 			add(Result{Name: "REPLICATION privilege", Status: OK, Detail: "member of rds_replication"})
 		}
-	} else {
+	default:
 		add(Result{Name: "REPLICATION privilege", Status: OK, Detail: fmt.Sprintf("role %q (superuser: %t, replication: %t)", role, super, repl)})
 	}
 
+	// No row: the schema does not exist.
 	var schemaOwned *bool
-	_ = conn.QueryRow(ctx, `SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgaudit_cdc'`).Scan(&schemaOwned)
+	err := conn.QueryRow(ctx, `SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgaudit_cdc'`).Scan(&schemaOwned)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = nil
+	}
 	switch {
+	case err != nil:
+		add(unchecked("pgaudit_cdc schema", err, "grant the role read access to pg_catalog.pg_namespace"))
 	case schemaOwned != nil && *schemaOwned:
 		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "exists, owned by this role"})
+	case roleErr != nil: // who the role is and what it may create is unknown
+		add(unchecked("pgaudit_cdc schema", roleErr, "grant the role read access to pg_catalog.pg_roles"))
 	case schemaOwned != nil:
 		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "exists but belongs to another role",
 			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident(role))})
@@ -143,11 +147,19 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident(dbName), ident(role), ident(role))})
 	}
 
+	// No row: the publication does not exist.
 	var pubExists, pubOwned bool
-	_ = conn.QueryRow(ctx, `SELECT true, pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1`, o.Publication).Scan(&pubExists, &pubOwned)
+	err = conn.QueryRow(ctx, `SELECT true, pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1`, o.Publication).Scan(&pubExists, &pubOwned)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = nil
+	}
 	switch {
+	case err != nil:
+		add(unchecked("publication", err, "grant the role read access to pg_catalog.pg_publication"))
 	case pubExists && pubOwned:
 		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q exists", o.Publication)})
+	case roleErr != nil: // who the role is and what it may create is unknown
+		add(unchecked("publication", roleErr, "grant the role read access to pg_catalog.pg_roles"))
 	case pubExists:
 		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q belongs to another role", o.Publication),
 			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident(o.Publication), ident(role))})
@@ -158,18 +170,24 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(role))})
 	}
 
-	add(slotCheck(o.Slot, dbName, versionNum, slot, inRecovery, cv))
+	// Without the slot's state ("replication slot" failed) there is nothing
+	// to judge it by.
+	if slotErr == nil {
+		add(slotCheck(o.Slot, dbName, versionNum, slot, inRecovery, cv))
+	}
 
 	var keep string
-	_ = conn.QueryRow(ctx, "SELECT current_setting('max_slot_wal_keep_size')").Scan(&keep)
-	if keep == "-1" {
+	switch err := conn.QueryRow(ctx, "SELECT current_setting('max_slot_wal_keep_size')").Scan(&keep); {
+	case err != nil:
+		add(unchecked("max_slot_wal_keep_size", err, "let the role read max_slot_wal_keep_size (GRANT pg_read_all_settings TO the role)"))
+	case keep == "-1":
 		add(Result{Name: "max_slot_wal_keep_size", Status: Warn, Detail: "unlimited: WAL is kept for as long as the spine is unreachable",
 			Fix: "nothing is lost this way, but watch pgaudit_cdc_slot_retained_wal_bytes so the disk does not fill; a limit protects the disk at the cost of invalidating the slot"})
-	} else {
+	default:
 		add(Result{Name: "max_slot_wal_keep_size", Status: OK, Detail: keep + " (the slot is invalidated past it: alert on retained WAL well before)"})
 	}
 
-	rs = append(rs, checkVersionFeatures(ctx, conn, o.Slot, o.Publication)...)
+	rs = append(rs, checkVersionFeatures(ctx, conn, versionNum, inRecovery, o.Slot, o.Publication)...)
 	rs = append(rs, checkWatches(ctx, conn)...)
 	if o.Spine != nil {
 		rs = append(rs, checkSpine(ctx, conn, o.Spine)...)
@@ -177,9 +195,38 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	return rs
 }
 
+// unchecked is the result of a check whose query failed: it could not be
+// made, and the error says why (a dropped connection, a missing privilege:
+// errFix tells them apart).
+func unchecked(name string, err error, privilege string) Result {
+	return Result{Name: name, Status: Fail, Detail: "could not be checked: " + err.Error(), Fix: errFix(err, privilege)}
+}
+
+// checkSlotsAndSenders checks that a replication slot and a WAL sender are
+// free for the agent (or that it holds them already).
+func checkSlotsAndSenders(slot string, slotExists, slotActive bool, maxSlots, usedSlots, maxSenders, usedSenders int, add func(Result)) {
+	switch {
+	case slotExists:
+		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used, ours among them", usedSlots, maxSlots)})
+	case usedSlots >= maxSlots:
+		add(Result{Name: "replication slots", Status: Fail, Detail: fmt.Sprintf("%d of %d used, none free for %q", usedSlots, maxSlots, slot),
+			Fix: "raise max_replication_slots and restart PostgreSQL (Amazon RDS/Aurora, Cloud SQL, Azure: the parameter of the same name), or drop an unused slot with pg_drop_replication_slot"})
+	default:
+		add(Result{Name: "replication slots", Status: OK, Detail: fmt.Sprintf("%d of %d used", usedSlots, maxSlots)})
+	}
+	if usedSenders >= maxSenders && !slotActive {
+		add(Result{Name: "WAL senders", Status: Fail, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders),
+			Fix: "raise max_wal_senders and restart PostgreSQL (on managed services: the parameter of the same name)"})
+	} else {
+		add(Result{Name: "WAL senders", Status: OK, Detail: fmt.Sprintf("%d of %d in use", usedSenders, maxSenders)})
+	}
+}
+
 func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 	var exists bool
-	_ = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'pgaudit_cdc' AND tablename = 'watches')`).Scan(&exists)
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'pgaudit_cdc' AND tablename = 'watches')`).Scan(&exists); err != nil {
+		return []Result{unchecked("watches", err, "grant the role read access to pg_catalog.pg_tables")}
+	}
 	if !exists {
 		return []Result{{Name: "watches", Status: Warn, Detail: "no watch registry yet", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"}}
 	}
@@ -214,27 +261,32 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 		return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
 	}
 	var triggers int
-	_ = conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname IN ($1, $2)`,
-		watches.EventTriggerName, watches.DropTriggerName).Scan(&triggers)
-	if n > 0 && triggers < 2 {
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname IN ($1, $2)`,
+		watches.EventTriggerName, watches.DropTriggerName).Scan(&triggers); err != nil {
+		rs = append(rs, unchecked("event triggers", err, "grant the role read access to pg_catalog.pg_event_trigger"))
+	} else if n > 0 && triggers < 2 {
 		rs = append(rs, Result{Name: "event triggers", Status: Warn,
 			Detail: "without them, new tables of watched schemas join the publication (their changes until then are not captured), tables joining a watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only through the agent's housekeeping (within 15 s)",
 			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
 	}
 	// A watched table dropped and created again under its name is a new
 	// table: its watch ended with the DROP event. Say so.
-	recreated, _ := conn.Query(ctx, `SELECT quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)
+	var names []string
+	recreated, err := conn.Query(ctx, `SELECT quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)
 		FROM pgaudit_cdc.watches w
 		WHERE w.dropped_at IS NOT NULL AND to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)) IS NOT NULL
 			AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches a WHERE a.active
 				AND a.table_oid = to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)))`)
-	if recreated != nil {
-		names, _ := pgx.CollectRows(recreated, pgx.RowTo[string])
-		for _, name := range names {
-			rs = append(rs, Result{Name: "re-created table", Status: Warn,
-				Detail: name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
-				Fix:    "pgaudit-cdc watch " + name + " --kind KIND --source SOURCE, if the new table should be audited"})
-		}
+	if err == nil {
+		names, err = pgx.CollectRows(recreated, pgx.RowTo[string])
+	}
+	if err != nil {
+		rs = append(rs, unchecked("re-created table", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches"))
+	}
+	for _, name := range names {
+		rs = append(rs, Result{Name: "re-created table", Status: Warn,
+			Detail: name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
+			Fix:    "pgaudit-cdc watch " + name + " --kind KIND --source SOURCE, if the new table should be audited"})
 	}
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
@@ -262,11 +314,14 @@ func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Re
 	if err != nil {
 		return append(rs, Result{Name: "spine kinds", Status: Warn, Detail: err.Error(), Fix: "make sure the spine serves /openapi.json"})
 	}
+	var watched []string
 	rows, err := conn.Query(ctx, `SELECT DISTINCT kind FROM pgaudit_cdc.watches WHERE active ORDER BY 1`)
-	if err != nil {
-		return rs
+	if err == nil {
+		watched, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	}
-	watched, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return append(rs, unchecked("spine kinds", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches"))
+	}
 	for _, k := range watched {
 		if !slices.Contains(kinds, k) {
 			rs = append(rs, Result{Name: "spine kinds", Status: Fail, Detail: fmt.Sprintf("the spine no longer accepts kind %q used by a watch", k),
@@ -298,8 +353,11 @@ func (cv captureView) started() bool {
 // table a standby cannot read, and continuity is the primary's to judge.
 func readCapture(ctx context.Context, conn *pgx.Conn, slot string, inRecovery bool) captureView {
 	var cv captureView
-	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.capture_state') IS NOT NULL`).Scan(&cv.schema); err != nil || !cv.schema {
-		cv.schema = false
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.capture_state') IS NOT NULL`).Scan(&cv.schema); err != nil {
+		cv.schema, cv.err = false, fmt.Errorf("looking for pgaudit_cdc.capture_state: %w", err)
+		return cv
+	}
+	if !cv.schema {
 		return cv // nothing captured yet (or an older schema the agent migrates)
 	}
 	if inRecovery {
@@ -325,10 +383,10 @@ func regclassExists(ctx context.Context, conn *pgx.Conn, name string) (bool, err
 // is missing, invalidated or advanced although capture started.
 func checkCapture(cv captureView, inRecovery bool, add func(Result)) {
 	switch {
-	case !cv.schema:
 	case cv.err != nil:
 		add(Result{Name: "capture continuity", Status: Fail, Detail: cv.err.Error(),
 			Fix: errFix(cv.err, "grant the role USAGE on schema pgaudit_cdc and SELECT on its tables, or run doctor as the role the agent uses")})
+	case !cv.schema:
 	case cv.pending != nil:
 		add(Result{Name: "capture continuity", Status: Fail,
 			Detail: fmt.Sprintf("gap #%d pending since %s (%s): %s", cv.pending.ID, cv.pending.DetectedAt.UTC().Format(time.RFC3339), cv.pending.Reason, cv.pending.Detail),
@@ -404,12 +462,9 @@ func slotCheck(name, dbName string, version int, slot replication.SlotInfo, inRe
 // to a standby does to the slot: lost on 16 and earlier; on 17+ kept when the
 // slot is a failover slot and the failover set-up is complete (checked from
 // the primary, or, when doctor runs against a standby, from the standby).
-func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, slot, publication string) []Result {
-	var version int
-	var inRecovery bool
-	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, pg_is_in_recovery()").Scan(&version, &inRecovery); err != nil {
-		return nil
-	}
+// version is server_version_num and inRecovery pg_is_in_recovery(), as Run
+// read them.
+func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, version int, inRecovery bool, slot, publication string) []Result {
 	var rs []Result
 	add := func(r Result) { rs = append(rs, r) }
 	if version >= 180000 {
@@ -428,7 +483,10 @@ func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, slot, publication
 	}
 
 	if version < 170000 {
-		if hasPhysicalStandby(ctx, conn) {
+		switch has, err := hasPhysicalStandby(ctx, conn); {
+		case err != nil:
+			add(unchecked("failover", err, "grant the role pg_read_all_stats (GRANT pg_read_all_stats TO ROLE) so that it sees the standbys"))
+		case has:
 			add(Result{Name: "failover", Status: Warn,
 				Detail: fmt.Sprintf("this server has a physical standby, but PostgreSQL %d cannot keep the logical slot on it: after a failover the new primary has no slot %q, and pgaudit-cdc records a GAP and stops until you accept it", version/10000, slot),
 				Fix:    "upgrade to PostgreSQL 17 or later for failover slots; until then, after a failover accept the gap with `pgaudit-cdc run --accept-gap=ID` and backfill the watched tables (README, \"Gaps\")"})
@@ -444,6 +502,7 @@ func checkVersionFeatures(ctx context.Context, conn *pgx.Conn, slot, publication
 func checkIdleSlotTimeout(ctx context.Context, conn *pgx.Conn, add func(Result)) {
 	var setting, shown string
 	if err := conn.QueryRow(ctx, `SELECT setting, current_setting('idle_replication_slot_timeout') FROM pg_settings WHERE name = 'idle_replication_slot_timeout'`).Scan(&setting, &shown); err != nil {
+		add(unchecked("idle_replication_slot_timeout", err, "let the role read idle_replication_slot_timeout (GRANT pg_read_all_settings TO the role)"))
 		return
 	}
 	if setting == "0" {
@@ -469,6 +528,7 @@ func checkVirtualGeneratedColumns(ctx context.Context, conn *pgx.Conn, publicati
 		WHERE t.pubname = $1 AND c.relreplident = 'f'
 		GROUP BY 1 ORDER BY 1`, publication)
 	if err != nil {
+		add(unchecked("virtual generated columns", err, "grant the role read access to pg_catalog.pg_publication_tables, pg_class and pg_attribute"))
 		return
 	}
 	type table struct{ name, columns string }
@@ -478,6 +538,7 @@ func checkVirtualGeneratedColumns(ctx context.Context, conn *pgx.Conn, publicati
 		return t, err
 	})
 	if err != nil {
+		add(unchecked("virtual generated columns", err, "grant the role read access to pg_catalog.pg_publication_tables, pg_class and pg_attribute"))
 		return
 	}
 	for _, t := range tables {

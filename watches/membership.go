@@ -38,8 +38,11 @@ func (m membership) plain() bool { return !m.hasFilter && m.columns == nil }
 // through a schema).
 func (r *Registry) membershipOf(ctx context.Context, tx pgx.Tx, oid uint32) (membership, error) {
 	var m membership
-	var err error
-	if serverVersion(ctx, tx) < 150000 {
+	version, err := replication.ServerVersion(ctx, tx)
+	if err != nil {
+		return m, err
+	}
+	if version < 150000 {
 		// No row filters or column lists before PostgreSQL 15.
 		err = tx.QueryRow(ctx, `SELECT true FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
 			WHERE p.pubname = $1 AND pr.prrelid = $2`, r.publication, oid).Scan(&m.member)

@@ -550,12 +550,6 @@ func (r *Registry) columnList(ctx context.Context, tx pgx.Tx, rel relation, t Ta
 	return cols, nil
 }
 
-func serverVersion(ctx context.Context, tx pgx.Tx) int {
-	var v int
-	_ = tx.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&v)
-	return v
-}
-
 func deref(s *string) string {
 	if s == nil {
 		return ""

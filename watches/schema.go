@@ -174,8 +174,8 @@ type virtualTable struct {
 // and that have virtual generated columns (PostgreSQL 18+), except, when the
 // registry exists, those watched by themselves.
 func virtualColumnsOf(ctx context.Context, tx pgx.Tx, schema string, registry bool) ([]virtualTable, error) {
-	if serverVersion(ctx, tx) < 180000 {
-		return nil, nil
+	if version, err := replication.ServerVersion(ctx, tx); err != nil || version < 180000 {
+		return nil, err
 	}
 	watched := ""
 	if registry {

@@ -101,8 +101,8 @@ func (v virtualState) usable() bool { return v.identity == "i" || (v.identity ==
 // --exclude-columns (those keep their primary key as identity), a watched
 // schema, or a watched partitioned table above them.
 func (r *Registry) virtualStates(ctx context.Context, tx pgx.Tx) ([]virtualState, error) {
-	if serverVersion(ctx, tx) < 180000 {
-		return nil, nil
+	if version, err := replication.ServerVersion(ctx, tx); err != nil || version < 180000 {
+		return nil, err
 	}
 	rows, err := tx.Query(ctx, `SELECT * FROM (
 		SELECT c.oid, n.nspname, c.relname,
@@ -204,8 +204,8 @@ func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNo
 // accept UPDATE and DELETE once published (the schema watch publishes the
 // others too: see schemaTablesToAdd).
 func virtualOf(ctx context.Context, tx pgx.Tx, schema string) (map[string]bool, error) {
-	if serverVersion(ctx, tx) < 180000 {
-		return nil, nil
+	if version, err := replication.ServerVersion(ctx, tx); err != nil || version < 180000 {
+		return nil, err
 	}
 	rows, err := tx.Query(ctx, `SELECT c.relname, `+usableWithVirtualColumns+` FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND `+hasVirtualColumns, schema)

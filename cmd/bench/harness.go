@@ -213,7 +213,9 @@ func describeMachine(ctx context.Context, admin *pgx.Conn) Machine {
 			m.LoadAvg = strings.Join(f[:3], " ")
 		}
 	}
-	_ = admin.QueryRow(ctx, "SELECT version()").Scan(&m.PGVersion)
+	if err := admin.QueryRow(ctx, "SELECT version()").Scan(&m.PGVersion); err != nil {
+		m.PGVersion = "unknown (" + err.Error() + ")"
+	}
 	return m
 }
 

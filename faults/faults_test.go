@@ -1,11 +1,3 @@
-// Package faults holds the fault-injection suite: the agent binary is killed
-// with SIGKILL at random moments, the spine double fails in every way the
-// contract allows, PostgreSQL restarts, a standby takes over, and at the end
-// the spine must hold exactly one event per committed change, in commit order,
-// with a valid chain.
-//
-// `make test` runs a reduced form; `make test-faults` the full one
-// (PGAUDIT_FAULT_CYCLES, PGAUDIT_FAULT_ROWS).
 package faults
 
 import (

@@ -11,8 +11,9 @@
 // (package catalog reads them from pg_type), which the stream asks when a
 // RELATION message or a backfill chunk arrives.
 //
-// Key, Position and envelope.ParseKey name every change of a slot (the idempotency
-// key the spine deduplicates on). The capture features (annotations, the
+// Key, Position and envelope.ParseKey name every change of a slot (the
+// idempotency key). The spine does not de-duplicate on it: the agent does,
+// reading back which keys the spine holds (package publish). The capture features (annotations, the
 // skip marker, backfill chunks and checkpoints, all authenticated by
 // pgaudit_cdc.control rows) are in capture.go. Every envelope is self-linked
 // (metadata.prev, tx_index, tx_events) so that a verifier can prove nothing

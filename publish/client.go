@@ -81,16 +81,21 @@ type Hooks struct {
 	SpineUp func(up bool)
 }
 
-// Client delivers events to the audit-stream spine one at a time, exactly
-// once per idempotency key as long as the spine's history can be read back.
+// Client delivers events to the audit-stream spine exactly once per
+// idempotency key as long as the spine's history can be read back: Publish
+// one event, PublishBatch a batch with several POSTs in flight on one
+// keep-alive connection (pipelining, see pipeline.go; ClientConfig.MaxInFlight,
+// 1 for one at a time).
 //
 // The spine has no de-duplication, so the client keeps a high-water mark: the
 // highest position of this agent's events known to be in the spine (or
-// otherwise handled). Events are delivered strictly in position order, so
-// every event at or below the mark is already handled and is skipped. The mark
-// is learnt from the spine (GET /events?source=...) the first time a source is
-// seen and again after any POST whose outcome is unknown, instead of
-// re-sending blindly. A Client is used by one goroutine.
+// otherwise handled). Events are written in position order, so every event at
+// or below the mark is already handled and is skipped. The mark is learnt from
+// the spine (GET /events?source=...) the first time a source is seen and again
+// after any POST whose outcome is unknown, instead of re-sending blindly; after
+// a failure inside a pipelined window the client reads back which keys the
+// spine holds (see PublishBatch). A Client is used by one goroutine
+// (PublishBatch writes from a goroutine of its own while it reads answers).
 type Client struct {
 	cfg      ClientConfig
 	base     *url.URL
@@ -871,11 +876,6 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, retryAft
 	}
 	c.log.Log(ctx, level, msg, "reason", reason, "attempt", *attempt, "wait", d.Round(time.Millisecond), "err", cause)
 	return backoff.Sleep(ctx, d)
-}
-
-// Backoff is backoff.Delay, kept for callers of this package.
-func Backoff(attempt int, minD, maxD time.Duration) time.Duration {
-	return backoff.Delay(attempt, minD, maxD)
 }
 
 func retryAfter(h http.Header) time.Duration {

@@ -192,19 +192,6 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	}
 }
 
-func TestBackoffBounds(t *testing.T) {
-	for attempt := 0; attempt < 40; attempt++ {
-		d := Backoff(attempt, 100*time.Millisecond, 5*time.Second)
-		ceil := 100 * time.Millisecond << min(attempt, 6)
-		if ceil > 5*time.Second {
-			ceil = 5 * time.Second
-		}
-		if d < ceil/2 || d > ceil {
-			t.Fatalf("attempt %d: got %s, want within [%s, %s]", attempt, d, ceil/2, ceil)
-		}
-	}
-}
-
 func TestRedeliverMarksTheValue(t *testing.T) {
 	// A row value and an annotation shaped like metadata (any role may
 	// annotate) cannot move the mark: it is a field of the value.

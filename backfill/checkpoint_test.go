@@ -148,7 +148,8 @@ func TestCheckpointWithoutKeyIsOneChunk(t *testing.T) {
 
 // TestCheckpointTiming measures a checkpoint of a large table, and how long
 // a writer of the table waits meanwhile. It runs only when
-// PGAUDIT_CHECKPOINT_ROWS is set (README: 1000000).
+// PGAUDIT_CHECKPOINT_ROWS is set (docs/guarantees.md, "Checkpoints", gives
+// the figures for 1000000).
 func TestCheckpointTiming(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("PGAUDIT_CHECKPOINT_ROWS"))
 	if n <= 0 {

@@ -158,8 +158,8 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 
 // exitCodes makes the command tree exit 2 on usage errors cobra itself
 // reports as plain errors (wrong arguments, an unknown subcommand), and on
-// failures only the user can fix (a missing privilege, wal_level), as the
-// README documents.
+// failures only the user can fix (a missing privilege, wal_level), as
+// docs/configuration.md ("Exit codes") documents.
 func exitCodes(c *cobra.Command) {
 	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
 		// A group (the root, dead-letters): without arguments it shows its

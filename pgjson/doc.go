@@ -8,8 +8,8 @@
 // embedded JSON for json and jsonb. A Type says which (Builtin knows the
 // built-in types; package catalog builds the others from pg_type), and
 // AppendValue writes the value. TypeTable documents the mapping with
-// examples that the tests check; the README's type table is generated from
-// it.
+// examples that the tests check; the type table of docs/envelope.md ("Type
+// mapping") is generated from it.
 //
 // It is its own package, below decode, so that the mapping can be read,
 // tested and fuzzed apart from the stream that builds envelopes, and so that

@@ -50,8 +50,8 @@ var (
 
 // TypeTable describes, per PostgreSQL type, the JSON that a column value
 // becomes, with examples. It documents AppendValue and the catalog
-// resolver; the README's type table is generated from it (see
-// TypeTableMarkdown).
+// resolver; the type table of docs/envelope.md ("Type mapping") is
+// generated from it (see TypeTableMarkdown).
 var TypeTable = []TypeMappingRow{
 	{
 		Types: "int2, int4, int8, oid",

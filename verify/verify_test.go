@@ -92,7 +92,8 @@ func TestDigestIsOrderIndependent(t *testing.T) {
 }
 
 // BenchmarkVerify measures the verifier alone (hash recomputation, links,
-// fold) per event; README gives the figure for 1,000,000 events.
+// fold) per event; docs/guarantees.md ("Checkpoints") gives the figure for
+// 1,000,000 events.
 func BenchmarkVerify(b *testing.B) {
 	evs := synthetic(b, 10000)
 	b.ResetTimer()

@@ -82,6 +82,28 @@ func Hash(e Event) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
+// HashWithPayload is Hash for a caller that has the canonical JSON of
+// e.Payload already (Canonical of it): the payload is not encoded twice.
+func HashWithPayload(e Event, payload []byte) string {
+	var buf bytes.Buffer
+	buf.Grow(len(payload) + len(e.Kind) + len(e.Source) + len(e.Timestamp) + 160)
+	buf.WriteString(`{"event_id":`)
+	buf.WriteString(strconv.FormatInt(e.EventID, 10))
+	buf.WriteString(`,"kind":`)
+	writeString(&buf, e.Kind, true)
+	buf.WriteString(`,"payload":`)
+	buf.Write(payload)
+	buf.WriteString(`,"prev_hash":`)
+	writeString(&buf, e.PrevHash, true)
+	buf.WriteString(`,"source":`)
+	writeString(&buf, e.Source, true)
+	buf.WriteString(`,"timestamp":`)
+	writeString(&buf, e.Timestamp, true)
+	buf.WriteByte('}')
+	sum := sha256.Sum256(buf.Bytes())
+	return hex.EncodeToString(sum[:])
+}
+
 // CanonicalEvent is the canonical JSON that Hash digests.
 func CanonicalEvent(e Event) ([]byte, error) {
 	payload := e.Payload

@@ -483,6 +483,33 @@ func ItemDigest(kind, source, timestamp string, payload map[string]any) ([32]byt
 	return sha256.Sum256(buf.Bytes()), nil
 }
 
+// ItemDigestWithPayload is ItemDigest for a caller that has the canonical
+// JSON of payload already: when it carries no delivery mark, the digest is
+// computed from it without encoding the payload again.
+func ItemDigestWithPayload(kind, source, timestamp string, payload map[string]any, canonical []byte) ([32]byte, error) {
+	if meta, ok := payload["metadata"].(map[string]any); ok && hasMark(meta) {
+		return ItemDigest(kind, source, timestamp, payload)
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(canonical) + len(kind) + len(source) + len(timestamp) + 64)
+	buf.WriteString(`{"kind":`)
+	if err := writeCanon(&buf, kind); err != nil {
+		return [32]byte{}, err
+	}
+	buf.WriteString(`,"payload":`)
+	buf.Write(canonical)
+	buf.WriteString(`,"source":`)
+	if err := writeCanon(&buf, source); err != nil {
+		return [32]byte{}, err
+	}
+	buf.WriteString(`,"timestamp":`)
+	if err := writeCanon(&buf, timestamp); err != nil {
+		return [32]byte{}, err
+	}
+	buf.WriteByte('}')
+	return sha256.Sum256(buf.Bytes()), nil
+}
+
 func hasMark(meta map[string]any) bool {
 	for _, k := range Marks {
 		if _, ok := meta[k]; ok {

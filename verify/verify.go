@@ -157,7 +157,14 @@ func (v *Verifier) fail(check string, id int64, known, format string, args ...an
 // Add feeds the next event of the chain.
 func (v *Verifier) Add(e chain.Event) {
 	v.report.Events++
-	v.checkChain(e)
+	// The payload's canonical JSON serves the chain's hash and the event's
+	// digest alike: encoded once.
+	payload := e.Payload
+	if payload == nil {
+		payload = map[string]any{}
+	}
+	canon, cerr := chain.Canonical(payload)
+	v.checkChain(e, canon, cerr)
 	meta, _ := e.Payload["metadata"].(map[string]any)
 	key, _ := meta["idempotency_key"].(string)
 	op, _ := e.Payload["operation"].(string)
@@ -173,7 +180,7 @@ func (v *Verifier) Add(e chain.Event) {
 		return
 	}
 	v.report.Ours++
-	v.authenticate(e, key, sys, keySlot, pos, op)
+	v.authenticate(e, canon, key, sys, keySlot, pos, op)
 	gen := envelope.KeyPrefix(sys, keySlot) // one capture generation
 	table, _ := e.Payload["table"].(string)
 	redelivered, _ := meta["redelivered"].(bool)
@@ -209,8 +216,8 @@ func (v *Verifier) Add(e chain.Event) {
 
 // authenticate hands one of the agent's events to the authenticity check,
 // with its digest computed from the trail's copy.
-func (v *Verifier) authenticate(e chain.Event, key, sys, keySlot string, pos envelope.Position, op string) {
-	d, err := trail.ItemDigest(e.Kind, e.Source, e.Timestamp, e.Payload)
+func (v *Verifier) authenticate(e chain.Event, canon []byte, key, sys, keySlot string, pos envelope.Position, op string) {
+	d, err := trail.ItemDigestWithPayload(e.Kind, e.Source, e.Timestamp, e.Payload, canon)
 	if err != nil {
 		v.fail(CheckAuthenticity, e.EventID, "", "event %d cannot be digested: %v", e.EventID, err)
 		return
@@ -241,7 +248,7 @@ func (v *Verifier) finishAuthenticity() {
 	v.report.Results = append(v.report.Results, Result{Check: CheckAuthenticity, Pass: true, Detail: detail})
 }
 
-func (v *Verifier) checkChain(e chain.Event) {
+func (v *Verifier) checkChain(e chain.Event, payload []byte, perr error) {
 	if e.EventID != v.expect && !v.first[CheckChain] {
 		v.fail(CheckChain, e.EventID, "", "event %d follows event %d: events are missing or out of order in the store", e.EventID, v.expect-1)
 	}
@@ -249,7 +256,11 @@ func (v *Verifier) checkChain(e chain.Event) {
 	if e.PrevHash != v.prevHash && !v.first[CheckChain] {
 		v.fail(CheckChain, e.EventID, "", "event %d's prev_hash does not match the hash of the event before it: an event was removed, inserted or altered", e.EventID)
 	}
-	h, err := chain.Hash(e)
+	var h string
+	err := perr
+	if err == nil {
+		h = chain.HashWithPayload(e, payload)
+	}
 	switch {
 	case err != nil && !v.first[CheckChain]:
 		v.fail(CheckChain, e.EventID, "", "event %d cannot be hashed: %v", e.EventID, err)

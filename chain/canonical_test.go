@@ -35,7 +35,7 @@ func TestHashWithPayload(t *testing.T) {
 // TestAppendPythonFloat: Python's repr, positional in [1e-4, 1e16).
 func TestAppendPythonFloat(t *testing.T) {
 	for f, want := range map[float64]string{1: "1.0", 1e16: "1e+16", 1e15: "1000000000000000.0", 1.5e-7: "1.5e-07",
-		0.0001: "0.0001", -0.0: "0.0", 12.5: "12.5", math.Inf(1): "Infinity", 123.456: "123.456", 1e-5: "1e-05"} {
+		0.0001: "0.0001", math.Copysign(0, -1): "-0.0", 12.5: "12.5", math.Inf(1): "Infinity", 123.456: "123.456", 1e-5: "1e-05"} {
 		if got := string(AppendPythonFloat(nil, f)); got != want {
 			t.Errorf("AppendPythonFloat(%v) = %s, want %s", f, got, want)
 		}

@@ -111,7 +111,7 @@ func (h *harness) startAgentWith(tune func(*agent.Config)) {
 	}
 	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	client, err := publish.NewClient(publish.ClientConfig{
-		URL: h.spine.URL(), Timeout: 2 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: log,
+		URL: h.spine.URL(), Timeout: raceSlowdown * 2 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: log,
 		Hooks: hooks,
 	})
 	if err != nil {
@@ -207,7 +207,7 @@ func (h *harness) waitEvents(n int, within time.Duration) []spinetest.Event {
 // settle waits a little and checks that no event beyond n arrived.
 func (h *harness) expectExactly(n int, quiet time.Duration) []spinetest.Event {
 	h.t.Helper()
-	h.waitEvents(n, 30*time.Second)
+	h.waitEvents(n, raceSlowdown*30*time.Second)
 	time.Sleep(quiet)
 	evs := h.dataEvents()
 	if len(evs) != n {

@@ -311,3 +311,12 @@ func canonNumber(dst, s []byte, i int) ([]byte, int, error) {
 	}
 	return chain.AppendPythonFloat(dst, f), end, nil
 }
+
+// Canonical appends the JSON text (one value) in the spine's canonical form
+// (see canonicalJSON) to dst; it fails on text that is not valid JSON.
+func Canonical(dst, text []byte) ([]byte, error) {
+	if !utf8.Valid(text) {
+		return dst, errCanonical
+	}
+	return canonicalJSON(dst, text)
+}

@@ -775,18 +775,40 @@ type Stored struct {
 // (trail.ItemDigest): what the agent's own event digests to when the copy
 // is what it sent.
 func (s Stored) Digest() ([32]byte, error) {
-	dec := json.NewDecoder(bytes.NewReader(s.Raw))
-	dec.UseNumber()
 	var e struct {
-		Kind      string         `json:"kind"`
-		Source    string         `json:"source"`
-		Timestamp string         `json:"timestamp"`
-		Payload   map[string]any `json:"payload"`
+		Kind      string          `json:"kind"`
+		Source    string          `json:"source"`
+		Timestamp string          `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
 	}
-	if err := dec.Decode(&e); err != nil {
+	if err := json.Unmarshal(s.Raw, &e); err != nil {
 		return [32]byte{}, fmt.Errorf("reading event %d back: %w", s.EventID, err)
 	}
-	return trail.ItemDigest(e.Kind, e.Source, e.Timestamp, e.Payload)
+	if !hasDeliveryMark(e.Payload) {
+		// The common case, without building Go values: a 20 MB row is read
+		// back at the speed of one pass over its bytes.
+		if canon, err := pgjson.Canonical(nil, e.Payload); err == nil {
+			return trail.RawItemDigest(e.Kind, e.Source, e.Timestamp, canon)
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(e.Payload))
+	dec.UseNumber()
+	var payload map[string]any
+	if err := dec.Decode(&payload); err != nil {
+		return [32]byte{}, fmt.Errorf("reading event %d back: %w", s.EventID, err)
+	}
+	return trail.ItemDigest(e.Kind, e.Source, e.Timestamp, payload)
+}
+
+// hasDeliveryMark says whether a payload may carry a delivery mark (see
+// trail.Marks), which the digest leaves out: then it takes the slow path.
+func hasDeliveryMark(payload []byte) bool {
+	for _, m := range trail.Marks {
+		if bytes.Contains(payload, []byte(`"`+m+`"`)) {
+			return true
+		}
+	}
+	return false
 }
 
 // scanEvents reads GET /events?source=…&limit=… and calls fn with each

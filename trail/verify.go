@@ -483,6 +483,12 @@ func ItemDigest(kind, source, timestamp string, payload map[string]any) ([32]byt
 	return sha256.Sum256(buf.Bytes()), nil
 }
 
+// RawItemDigest is the digest of an event whose payload, already in
+// canonical form and without delivery marks, is canonical.
+func RawItemDigest(kind, source, timestamp string, canonical []byte) ([32]byte, error) {
+	return ItemDigestWithPayload(kind, source, timestamp, nil, canonical)
+}
+
 // ItemDigestWithPayload is ItemDigest for a caller that has the canonical
 // JSON of payload already: when it carries no delivery mark, the digest is
 // computed from it without encoding the payload again.

@@ -462,25 +462,11 @@ func ItemDigest(kind, source, timestamp string, payload map[string]any) ([32]byt
 	if p == nil {
 		p = map[string]any{}
 	}
-	var buf bytes.Buffer
-	buf.WriteString(`{"kind":`)
-	if err := writeCanon(&buf, kind); err != nil {
+	canonical, err := chain.Canonical(p)
+	if err != nil {
 		return [32]byte{}, err
 	}
-	buf.WriteString(`,"payload":`)
-	if err := writeCanon(&buf, p); err != nil {
-		return [32]byte{}, err
-	}
-	buf.WriteString(`,"source":`)
-	if err := writeCanon(&buf, source); err != nil {
-		return [32]byte{}, err
-	}
-	buf.WriteString(`,"timestamp":`)
-	if err := writeCanon(&buf, timestamp); err != nil {
-		return [32]byte{}, err
-	}
-	buf.WriteByte('}')
-	return sha256.Sum256(buf.Bytes()), nil
+	return digestParts(kind, source, timestamp, canonical), nil
 }
 
 // RawItemDigest is the digest of an event whose payload, already in
@@ -496,25 +482,28 @@ func ItemDigestWithPayload(kind, source, timestamp string, payload map[string]an
 	if meta, ok := payload["metadata"].(map[string]any); ok && hasMark(meta) {
 		return ItemDigest(kind, source, timestamp, payload)
 	}
+	return digestParts(kind, source, timestamp, canonical), nil
+}
+
+// digestParts is the SHA-256 of the canonical JSON of {kind, payload,
+// source, timestamp}, the payload given in canonical form.
+func digestParts(kind, source, timestamp string, canonical []byte) [32]byte {
 	var buf bytes.Buffer
 	buf.Grow(len(canonical) + len(kind) + len(source) + len(timestamp) + 64)
 	buf.WriteString(`{"kind":`)
-	if err := writeCanon(&buf, kind); err != nil {
-		return [32]byte{}, err
-	}
+	writeCanonString(&buf, kind)
 	buf.WriteString(`,"payload":`)
 	buf.Write(canonical)
 	buf.WriteString(`,"source":`)
-	if err := writeCanon(&buf, source); err != nil {
-		return [32]byte{}, err
-	}
+	writeCanonString(&buf, source)
 	buf.WriteString(`,"timestamp":`)
-	if err := writeCanon(&buf, timestamp); err != nil {
-		return [32]byte{}, err
-	}
+	writeCanonString(&buf, timestamp)
 	buf.WriteByte('}')
-	return sha256.Sum256(buf.Bytes()), nil
+	return sha256.Sum256(buf.Bytes())
 }
+
+// writeCanonString writes a string in canonical form (it cannot fail).
+func writeCanonString(buf *bytes.Buffer, s string) { _ = writeCanon(buf, s) }
 
 func hasMark(meta map[string]any) bool {
 	for _, k := range Marks {

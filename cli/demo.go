@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -55,7 +56,7 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 				if err != nil {
 					return err
 				}
-				defer os.Remove(file)
+				defer os.RemoveAll(filepath.Dir(file))
 				o.signingKeyFile = file
 			}
 			if o.databaseURL == "" {
@@ -139,31 +140,21 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 	return cmd
 }
 
-// throwawayKey writes a new signing key to a private temporary file, for
-// the demo's trail.
+// throwawayKey writes a new signing key into a private temporary
+// directory, for the demo's trail; the caller removes the directory.
 func throwawayKey(log *slog.Logger) (string, error) {
-	key, err := trail.GenerateKey()
-	if err != nil {
-		return "", err
-	}
-	pemBytes, err := key.MarshalPEM()
-	if err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp("", "pgaudit-cdc-demo-key-*.pem")
+	dir, err := os.MkdirTemp("", "pgaudit-cdc-demo-key-")
 	if err != nil {
 		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
 	}
-	if _, err := f.Write(pemBytes); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
-	}
-	if err := f.Close(); err != nil {
+	path := filepath.Join(dir, "signing-key.pem")
+	key, err := trail.NewKeyFile(path)
+	if err != nil {
+		os.RemoveAll(dir)
 		return "", fmt.Errorf("writing the demo's throwaway signing key: %w", err)
 	}
 	log.Info("signing the demo's trail with a throwaway key (removed at the end)", "key", key.Fingerprint())
-	return f.Name(), nil
+	return path, nil
 }
 
 // countingSink closes done once want change events were accepted.

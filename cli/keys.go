@@ -31,16 +31,12 @@ checks the trail against it. It never overwrites a file.`,
 			if out == "" {
 				return usageError("keygen needs --out FILE: where to write the private key")
 			}
-			key, err := trail.GenerateKey()
-			if err != nil {
-				return err
+			key, err := trail.NewKeyFile(out)
+			if errors.Is(err, fs.ErrExist) {
+				return &ExitError{Code: 2, Err: fmt.Errorf("%s exists: keygen never overwrites a key; choose another file", out)}
 			}
-			pemBytes, err := key.MarshalPEM()
 			if err != nil {
-				return err
-			}
-			if err := writeNew(out, pemBytes, 0o600); err != nil {
-				return err
+				return &ExitError{Code: 2, Err: err}
 			}
 			if publicOut != "" {
 				pub, err := trail.MarshalPublicPEM(key.Public())

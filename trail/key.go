@@ -150,3 +150,29 @@ func MarshalPublicPEM(pub ed25519.PublicKey) ([]byte, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }
+
+// NewKeyFile generates a key and writes it to a new file at path (mode
+// 0600; an existing file is never replaced: the error then wraps
+// fs.ErrExist).
+func NewKeyFile(path string) (*Key, error) {
+	key, err := GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	pemBytes, err := key.MarshalPEM()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("creating the key file: %w", err)
+	}
+	if _, err := f.Write(pemBytes); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing the key file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("writing the key file: %w", err)
+	}
+	return key, nil
+}

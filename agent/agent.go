@@ -65,8 +65,8 @@ type Config struct {
 	// (default 64 MiB; one larger batch is always let through).
 	MaxBufferedBytes int64
 	// Signer signs the trail (package trail): seals over the delivered
-	// events, every SealEvents events or SealInterval (defaults 1000 and
-	// 1s), and after SealIdle (100ms) without new work. Nil runs unsigned,
+	// events, every SealEvents events or SealInterval (defaults 10000 and
+	// 250ms), and after SealIdle (100ms) without new work. Nil runs unsigned,
 	// which must be asked for (Unsigned).
 	Signer       *trail.Key
 	Unsigned     bool

@@ -27,7 +27,7 @@ type trailReader interface {
 // Seal defaults (Config.SealEvents, SealInterval, SealIdle).
 const (
 	defaultSealEvents   = 10000
-	defaultSealInterval = time.Second
+	defaultSealInterval = 250 * time.Millisecond
 	defaultSealIdle     = 100 * time.Millisecond
 )
 

@@ -83,7 +83,7 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 func addSigningFlags(cmd *cobra.Command, o *options) {
 	cmd.Flags().StringVar(&o.signingKeyFile, "signing-key-file", "", "the Ed25519 key (PKCS #8 PEM, from `pgaudit-cdc keygen`) that signs the trail's seals; a file or a mounted secret, never the key itself")
 	cmd.Flags().BoolVar(&o.unsigned, "unsigned", false, "deliver an unauthenticated trail, without seals (logged; verify reports it)")
-	cmd.Flags().DurationVar(&o.sealInterval, "seal-interval", time.Second, "the longest a delivered event waits for its seal (nothing is confirmed to PostgreSQL beyond the last seal)")
+	cmd.Flags().DurationVar(&o.sealInterval, "seal-interval", 250*time.Millisecond, "the longest a delivered event waits for its seal (nothing is confirmed to PostgreSQL beyond the last seal)")
 	cmd.Flags().IntVar(&o.sealEvents, "seal-events", 10000, "the most events one seal covers before the next is written (one hand-over more at most)")
 	cmd.Flags().StringVar(&o.anchorFile, "anchor-file", "", "also append each seal's head to this file (JSON lines), somewhere the spine's host does not control; verify --anchor-file checks the trail reaches it")
 }

@@ -25,6 +25,20 @@ func (h *harness) gapEvents() []spinetest.Event {
 }
 
 // insertRange inserts rows lo..hi into t1, one transaction.
+// tenRowsOnT1 starts an agent watching t1, observed, and delivers rows 1 to
+// 10 (one transaction): where the gap tests begin.
+func tenRowsOnT1(t *testing.T) (*harness, *observer) {
+	t.Helper()
+	h := newHarness(t)
+	obs := h.observe()
+	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
+	h.watch("t1", "other", "s")
+	h.startAgent()
+	h.insertRange(1, 10)
+	h.waitEvents(10, 30*time.Second)
+	return h, obs
+}
+
 func (h *harness) insertRange(lo, hi int) {
 	h.t.Helper()
 	h.exec(fmt.Sprintf(`INSERT INTO t1 SELECT g, 'row ' || g FROM generate_series(%d, %d) g`, lo, hi))
@@ -195,13 +209,7 @@ func (h *harness) acceptAndCheckLast(gapID int64, reason string, lastID int, che
 }
 
 func TestGapSlotDroppedWhileRunning(t *testing.T) {
-	h := newHarness(t)
-	obs := h.observe()
-	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
-	h.watch("t1", "other", "s")
-	h.startAgent()
-	h.insertRange(1, 10)
-	h.waitEvents(10, 30*time.Second)
+	h, obs := tenRowsOnT1(t)
 	obs.expectMetric(t, 0, "pgaudit_cdc_gap_pending")
 	obs.expectMetric(t, 0, "pgaudit_cdc_gaps_detected_total", "reason", capture.ReasonSlotMissing)
 
@@ -226,13 +234,7 @@ func TestGapSlotDroppedWhileRunning(t *testing.T) {
 }
 
 func TestGapSlotDroppedWhileStopped(t *testing.T) {
-	h := newHarness(t)
-	h.observe()
-	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
-	h.watch("t1", "other", "s")
-	h.startAgent()
-	h.insertRange(1, 10)
-	h.waitEvents(10, 30*time.Second)
+	h, _ := tenRowsOnT1(t)
 	h.stopAgent()
 
 	h.dropSlot()
@@ -257,13 +259,7 @@ func TestGapSlotDroppedWhileStopped(t *testing.T) {
 }
 
 func TestGapSlotAdvanced(t *testing.T) {
-	h := newHarness(t)
-	h.observe()
-	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
-	h.watch("t1", "other", "s")
-	h.startAgent()
-	h.insertRange(1, 10)
-	h.waitEvents(10, 30*time.Second)
+	h, _ := tenRowsOnT1(t)
 	h.stopAgent()
 
 	h.insertRange(11, 20)
@@ -337,13 +333,7 @@ func TestGapSlotInvalidated(t *testing.T) {
 // identifier, exactly what the agent sees after a pg_dump/pg_restore or a
 // file-level copy into a new cluster, and dropping the slot.
 func TestGapSystemIdentifierChanged(t *testing.T) {
-	h := newHarness(t)
-	h.observe()
-	h.exec(`CREATE TABLE t1 (id int PRIMARY KEY, v text)`)
-	h.watch("t1", "other", "s")
-	h.startAgent()
-	h.insertRange(1, 10)
-	h.waitEvents(10, 30*time.Second)
+	h, _ := tenRowsOnT1(t)
 	h.stopAgent()
 	h.waitSlotInactive()
 	h.exec(`UPDATE pgaudit_cdc.capture_state SET system_identifier = '1' || system_identifier`)

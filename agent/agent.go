@@ -238,7 +238,7 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	seals, err := a.startTrail(ctx, meta, sess, keySlot)
+	seals, err := a.startTrail(ctx, meta, sess, keySlot, dl)
 	if err != nil {
 		return err
 	}
@@ -441,9 +441,6 @@ func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters, seals *s
 		time.AfterFunc(a.cfg.ShutdownGrace, pubCancel)
 	})
 	defer stopGrace()
-	if seals != nil {
-		seals.dl = dl
-	}
 	p := &publisher{a: a, items: r.items, freed: r.freed, spare: r.spare, confirm: r.confirm, inflight: &r.inflight, dl: dl, seals: seals}
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- p.run(pubCtx) }()
@@ -464,8 +461,9 @@ func (a *Agent) stream(ctx context.Context, r *reader, dl *deadLetters, seals *s
 	}
 	if !publish.IsHistoryLost(pubErr) {
 		// Nothing more goes into a spine that lost its history.
-		if held := seals.finalSeal(ctx); held != 0 && r.confirm.Accept(held) {
-			a.m.ConfirmedLSN.Set(float64(held))
+		// The publisher has stopped: its accept is this goroutine's now.
+		if held := seals.finalSeal(ctx); held != 0 {
+			p.accept(held)
 		}
 	}
 	a.finalStatus(ctx, r)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
@@ -325,30 +324,12 @@ func (p *publisher) settle(ctx context.Context, ev *envelope.Event, err error) e
 	if !errors.As(err, &rej) || p.a.cfg.Spine == nil {
 		return err
 	}
-	// Refused for good: keep it durably, then move on. Storing is retried
-	// until it works; the event is never dropped.
-	for attempt := 0; ; attempt++ {
-		serr := p.dl.store(ctx, p.a.cfg.DatabaseURL, ev, rej)
-		if serr == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		wait := backoff.Delay(attempt, 500*time.Millisecond, 30*time.Second)
-		p.a.m.Retries.WithLabelValues("dead_letter_store").Inc()
-		p.a.log.Warn("storing a dead letter failed; retrying", "key", ev.Key, "err", serr, "wait", wait.Round(time.Millisecond))
-		if err := backoff.Sleep(ctx, wait); err != nil {
-			return err
-		}
+	// Refused for good: keep it durably, then move on.
+	if err := p.a.keepRefused(ctx, p.dl, ev, rej, ""); err != nil {
+		return err
 	}
-	p.a.cfg.Spine.MarkKeyHandled(ev.Key)
 	if p.seals != nil {
 		p.seals.fold(ev, true)
 	}
-	p.a.m.DeadLetters.WithLabelValues(ev.Table).Inc()
-	p.a.log.Error("the spine refused an event; kept as a dead letter (see `pgaudit-cdc dead-letters list`)",
-		"table", ev.Table, "operation", ev.Operation, "kind", ev.Kind, "key", ev.Key,
-		"status", rej.StatusCode, "response", publish.Truncate(rej.Body, 300))
 	return nil
 }

@@ -51,7 +51,7 @@ type sealing struct {
 // that the trail still holds the last anchored seal (a spine that lost or
 // rewrote its history is a gap), and returns the sealing state of the
 // session; nil when the agent runs unsigned.
-func (a *Agent) startTrail(ctx context.Context, meta *pgx.Conn, sess *replication.Session, keySlot string) (*sealing, error) {
+func (a *Agent) startTrail(ctx context.Context, meta *pgx.Conn, sess *replication.Session, keySlot string, dl *deadLetters) (*sealing, error) {
 	if a.cfg.Signer == nil {
 		return nil, nil
 	}
@@ -71,7 +71,7 @@ func (a *Agent) startTrail(ctx context.Context, meta *pgx.Conn, sess *replicatio
 			return nil, err
 		}
 	}
-	return &sealing{a: a, sealer: trail.NewSealer(a.cfg.Signer, chain, anchor.Anchor, sess.SystemID, keySlot)}, nil
+	return &sealing{a: a, dl: dl, sealer: trail.NewSealer(a.cfg.Signer, chain, anchor.Anchor, sess.SystemID, keySlot)}, nil
 }
 
 // ensureKey checks the signing key against the keys recorded for this
@@ -109,12 +109,10 @@ func (a *Agent) ensureKey(ctx context.Context, meta *pgx.Conn, chain string) err
 	if mine.Sent {
 		return nil
 	}
-	env, err := envelope.Parse([]byte(mine.KeyEvent))
+	ev, err := envelope.ParseEvent([]byte(mine.KeyEvent))
 	if err != nil {
 		return fmt.Errorf("reading the recorded KEY event of %s: %w", fp, err)
 	}
-	ev := &envelope.Event{Envelope: env, CommitTime: time.Now()}
-	ev.Finish()
 	if err := a.cfg.Sink.Publish(ctx, ev); err != nil {
 		if publish.IsRejected(err) {
 			return &ConfigError{fmt.Errorf("the spine refused the KEY event that introduces the signing key %s, so no seal could be verified: let the spine accept kind %q from source %q: %w", fp, ev.Kind, ev.Source, err)}
@@ -137,21 +135,22 @@ func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replicati
 	if err != nil {
 		return anchor, fmt.Errorf("reading the trail's seals back: %w", err)
 	}
-	newest, found := trail.Seal{}, false
-	for _, s := range seals {
-		if s.seal.Seq >= anchor.Seq && (!found || s.seal.Seq > newest.Seq) {
-			newest, found = s.seal, true
+	// The newest of this chain's seals the trail holds.
+	var newest *foundSeal
+	for i := range seals {
+		if newest == nil || seals[i].seal.Seq > newest.seal.Seq {
+			newest = &seals[i]
 		}
 	}
-	if found && newest.Seq > anchor.Seq {
-		adopted, err := a.adoptSeal(ctx, meta, seals, newest.Seq)
+	if newest != nil && newest.seal.Seq > anchor.Seq {
+		adopted, err := a.adoptSeal(ctx, meta, *newest)
 		if err != nil {
 			return anchor, err
 		}
 		a.log.Info("adopted a newer seal found in the trail as the anchor", "seq", adopted.Seq)
 		return adopted, nil
 	}
-	if found || anchor.LostAcknowledged {
+	if newest != nil && newest.seal.Seq == anchor.Seq || anchor.LostAcknowledged {
 		return anchor, nil
 	}
 	held, err := r.HasEvent(ctx, anchor.ToSource, anchor.ToKey, nil)
@@ -164,24 +163,18 @@ func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replicati
 		if err != nil || slices.Contains(dead, sealKey) {
 			return anchor, err // a refused seal waits for dead-letters retry
 		}
-		env, err := envelope.Parse(anchor.Event)
+		ev, err := envelope.ParseEvent(anchor.Event)
 		if err != nil {
 			return anchor, fmt.Errorf("reading the anchored SEAL event: %w", err)
 		}
-		ev := &envelope.Event{Envelope: env, Pos: anchor.To, CommitTime: time.Now()}
-		ev.Finish()
+		ev.Pos = anchor.To
 		a.log.Warn("the trail lacks the last anchored seal but holds the events it covers: sending the seal again", "seq", anchor.Seq)
 		return anchor, a.cfg.Sink.Publish(ctx, ev)
 	}
-	lost := envelope.GapLostRange{FirstKey: anchor.FirstKey, LastKey: anchor.ToKey, Count: anchor.Total}
-	var kept *trail.Seal
-	for _, s := range seals {
-		if kept == nil || s.seal.Seq > kept.Seq {
-			kept = &s.seal
-		}
-	}
-	if kept != nil {
-		lost.FirstKey, lost.After, lost.Count = "", kept.LastKey, anchor.Total-kept.Total
+	lost := anchor.LostRange()
+	if newest != nil {
+		// The trail still holds the events up to an older seal.
+		lost.FirstKey, lost.After, lost.Count = "", newest.seal.LastKey, anchor.Total-newest.seal.Total
 	}
 	detail := fmt.Sprintf("the spine no longer holds seal %d of this trail nor the event %s it covered, which the agent delivered and the audited database anchored at %s: the spine lost or rewrote its history",
 		anchor.Seq, anchor.ToKey, anchor.RecordedAt.UTC().Format(time.RFC3339))
@@ -212,28 +205,22 @@ func (a *Agent) readSeals(ctx context.Context, r trailReader, chain string) ([]f
 	return out, err
 }
 
-// adoptSeal records the seal seq found in the trail as the anchor.
-func (a *Agent) adoptSeal(ctx context.Context, meta *pgx.Conn, seals []foundSeal, seq uint64) (capture.Anchor, error) {
-	for _, s := range seals {
-		if s.seal.Seq != seq {
-			continue
-		}
-		h, err := s.seal.Hash()
-		if err != nil {
-			return capture.Anchor{}, err
-		}
-		body, err := trail.SealEventBody(s.event)
-		if err != nil {
-			return capture.Anchor{}, err
-		}
-		an := capture.Anchor{Anchor: trail.Anchor{Chain: s.seal.Chain, Seq: seq, Hash: h, SystemID: s.seal.SystemID,
-			Slot: s.seal.Slot, To: s.to, ToKey: s.seal.LastKey, FirstKey: s.seal.FirstKey, Total: s.seal.Total, Event: body}}
-		if err := capture.SaveAnchor(ctx, meta, a.cfg.Slot, an); err != nil {
-			return capture.Anchor{}, err
-		}
-		return an, nil
+// adoptSeal records a seal found in the trail as the anchor.
+func (a *Agent) adoptSeal(ctx context.Context, meta *pgx.Conn, s foundSeal) (capture.Anchor, error) {
+	h, err := s.seal.Hash()
+	if err != nil {
+		return capture.Anchor{}, err
 	}
-	return capture.Anchor{}, fmt.Errorf("BUG: seal %d vanished", seq)
+	body, err := trail.SealEventBody(s.event)
+	if err != nil {
+		return capture.Anchor{}, err
+	}
+	an := capture.Anchor{Anchor: trail.Anchor{Chain: s.seal.Chain, Seq: s.seal.Seq, Hash: h, SystemID: s.seal.SystemID,
+		Slot: s.seal.Slot, To: s.to, ToKey: s.seal.LastKey, FirstKey: s.seal.FirstKey, Total: s.seal.Total, Event: body}}
+	if err := capture.SaveAnchor(ctx, meta, a.cfg.Slot, an); err != nil {
+		return capture.Anchor{}, err
+	}
+	return an, nil
 }
 
 // spineGap records that the spine lost events the agent had delivered, and
@@ -263,7 +250,7 @@ func (a *Agent) lostOnTheWay(ctx context.Context, meta *pgx.Conn, sess *replicat
 	}
 	lost := envelope.GapLostRange{}
 	if ok {
-		lost = envelope.GapLostRange{FirstKey: anchor.FirstKey, LastKey: anchor.ToKey, Count: anchor.Total}
+		lost = anchor.LostRange()
 	}
 	return a.spineGap(ctx, meta, sess, cause.Error(), lost)
 }
@@ -275,8 +262,9 @@ func (s *sealing) fold(ev *envelope.Event, dead bool) {
 	if n == 0 {
 		now = time.Now() // the clock only matters for a seal's first event
 	}
-	s.sealer.Fold(ev, dead, now)
-	s.a.m.UnsealedEvents.Set(float64(n + 1))
+	s.sealer.Fold(ev, dead, now) // a replay of a sealed event is not folded
+	n, _ = s.sealer.Pending()
+	s.a.m.UnsealedEvents.Set(float64(n))
 }
 
 // hold takes an accepted position: it may be accepted at once when nothing
@@ -333,13 +321,9 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 			return 0, fmt.Errorf("delivering SEAL event %d: %w", anchor.Seq, err)
 		}
 		// Refused for good, like any event: kept, and the trail goes on.
-		if err := s.dl.store(ctx, s.a.cfg.DatabaseURL, ev, rej); err != nil {
-			return 0, fmt.Errorf("keeping the refused SEAL event %d as a dead letter: %w", anchor.Seq, err)
+		if err := s.a.keepRefused(ctx, s.dl, ev, rej, ": the events this SEAL covers are not authenticated in the trail until it is retried"); err != nil {
+			return 0, err
 		}
-		s.a.cfg.Spine.MarkKeyHandled(ev.Key)
-		s.a.m.DeadLetters.WithLabelValues(trail.Table).Inc()
-		s.a.log.Error("the spine refused a SEAL event; kept as a dead letter: the events it covers are not authenticated in the trail until it is retried (pgaudit-cdc dead-letters retry)",
-			"seq", anchor.Seq, "status", rej.StatusCode, "response", publish.Truncate(rej.Body, 300))
 	}
 	s.a.m.Seals.Inc()
 	s.a.m.LastSealTime.Set(float64(time.Now().UnixMicro()) / 1e6)

@@ -30,6 +30,12 @@ type Anchor struct {
 	RecordedAt       time.Time
 }
 
+// LostRange is what a destination that lost everything up to this anchor
+// lost: the chain's first sealed event to the anchor's last, and how many.
+func (a Anchor) LostRange() envelope.GapLostRange {
+	return envelope.GapLostRange{FirstKey: a.FirstKey, LastKey: a.ToKey, Count: a.Total}
+}
+
 // LoadAnchor reads slot's anchor; ok is false before the first seal.
 func LoadAnchor(ctx context.Context, conn *pgx.Conn, slot string) (a Anchor, ok bool, err error) {
 	var to string

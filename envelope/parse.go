@@ -40,6 +40,18 @@ func CanonicalRaw(raw []byte) ([]byte, error) {
 // envelope pgaudit-cdc wrote.
 var ErrNotEnvelope = errors.New("not a pgaudit-cdc envelope")
 
+// ParseEvent reads an encoded envelope (a dead letter, a recorded KEY or
+// SEAL event) back into an event, encoded again from its value.
+func ParseEvent(body []byte) (*Event, error) {
+	env, err := Parse(body)
+	if err != nil {
+		return nil, err
+	}
+	ev := &Event{Envelope: env}
+	ev.Finish()
+	return ev, nil
+}
+
 // Parse reads an encoded envelope back into its value (a dead letter kept
 // as bytes, to be retried). Members Parse does not know are kept as Fields
 // in the payload; unknown metadata members are refused, since the envelope

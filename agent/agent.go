@@ -412,6 +412,7 @@ func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot str
 			RegistrySchema:      migrations.Schema,
 			RegistryTable:       migrations.RegistryTable,
 			SchemaRegistryTable: migrations.SchemaRegistryTable,
+			PartitionTable:      migrations.PartitionTable,
 			ControlTable:        migrations.ControlTable,
 			Types:               catalog.NewResolver(meta),
 		}, watches.Map(start.watches)),

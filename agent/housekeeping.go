@@ -98,15 +98,15 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.m.RetainedWAL.Set(float64(cur - slot.RestartLSN))
 	}
 	registry := watches.NewRegistry(conn, a.cfg.Publication, a.cfg.Slot)
-	dropped, renamed, err := registry.FollowLifecycle(ctx)
+	dropped, changed, err := registry.FollowLifecycle(ctx)
 	if err != nil {
-		warn("following dropped and renamed watched tables failed", err)
+		warn("following dropped, renamed, swapped and detached watched tables failed", err)
 	}
 	if len(dropped) > 0 {
 		a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
 	}
-	if len(renamed) > 0 {
-		a.log.Info("watched tables were renamed; their watches follow them", "tables", strings.Join(renamed, ", "))
+	if len(changed) > 0 {
+		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice

@@ -19,6 +19,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // mrTx connects to dsn, runs sqls in one transaction and commits; it
@@ -228,4 +229,33 @@ func TestDoctorWarnsOfRecreatedWatchedTable(t *testing.T) {
 	mustRun(t, env, "watch", "journal", "--kind", "other", "--source", "books")
 	rs, _ = doctorJSON(t, dsn)
 	wantCheck(t, "after watching the new table", rs, check, "")
+}
+
+// TestDoctorFailsOnUnfollowedSwap: without the DDL event trigger, a table
+// that takes the name a watch was made for is not audited until the agent's
+// housekeeping follows it; doctor fails meanwhile, naming it, and `list`
+// shows the watch under the table's new name.
+func TestDoctorFailsOnUnfollowedSwap(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": ""}
+	exec(t, dsn, `CREATE TABLE accounts (id int PRIMARY KEY, v text)`)
+	mustRun(t, env, "watch", "accounts", "--kind", "other", "--source", "books")
+	exec(t, dsn, `DROP EVENT TRIGGER IF EXISTS `+watches.EventTriggerName)
+	exec(t, dsn, `ALTER TABLE accounts RENAME TO accounts_old`)
+	exec(t, dsn, `CREATE TABLE accounts (id int PRIMARY KEY, v text)`)
+
+	rs, code := doctorJSON(t, dsn)
+	wantCheck(t, "after the swap", rs, "watched names", preflight.Fail,
+		"public.accounts holds the name watched public.accounts_old was watched as", "not audited", "pgaudit-cdc watch public.accounts")
+	if code == 0 {
+		t.Errorf("doctor exit 0 with an unaudited swapped-in table")
+	}
+	// The agent's housekeeping does what the trigger would have.
+	exec(t, dsn, `SELECT pgaudit_cdc.sync_watch_names()`)
+	rs, _ = doctorJSON(t, dsn)
+	wantCheck(t, "after the housekeeping", rs, "watched names", "")
+	out := mustRun(t, env, "list")
+	if !strings.Contains(out, "public.accounts ") || !strings.Contains(out, "public.accounts_old ") {
+		t.Errorf("list after the swap lacks one of the tables:\n%s", out)
+	}
 }

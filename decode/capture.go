@@ -155,7 +155,11 @@ type registryEntry struct {
 	OnColumns      []string `json:"on_columns,omitempty"`
 	ChangedBy      string   `json:"-"`
 	DroppedAt      string   `json:"dropped_at,omitempty"`
-	hasKey         bool
+	// Origin says how a watch that no operator made came to be: a
+	// detached partition's (detached_from) or a table's that took a
+	// watched name (took_name_from).
+	Origin json.RawMessage `json:"origin,omitempty"`
+	hasKey bool
 }
 
 // textArrayType maps the registry's text[] columns.
@@ -202,6 +206,10 @@ func parseRegistryRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple, bySchem
 			e.ChangedBy = string(v)
 		case "dropped_at":
 			e.DroppedAt = string(v)
+		case "origin":
+			if obj, err := compactObject(v); err == nil {
+				e.Origin = obj
+			}
 		}
 	}
 	if table != "" {
@@ -277,6 +285,8 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 		action, shown, previous = envelope.OpDrop, after, before
 	case after != nil && after.Active && (before == nil || !before.Active):
 		action, shown = envelope.OpWatch, after
+	case after != nil && after.Active && before != nil && sameEntry(before, after):
+		return nil // nothing an event shows changed (a migration filling a new column)
 	case after != nil && after.Active:
 		action, shown, previous = envelope.OpRewatch, after, before
 	case before != nil && before.Active:
@@ -305,6 +315,76 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 		}
 		ev.Fields = append(ev.Fields, envelope.Field{Name: m.name, Value: js})
 	}
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// sameEntry reports whether two registry rows read the same in a self-audit
+// event.
+func sameEntry(a, b *registryEntry) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
+}
+
+// partitionEntry is a row of the partitions table.
+type partitionEntry struct {
+	Table            string `json:"table"`
+	PartitionedTable string `json:"partitioned_table"`
+	Attached         bool   `json:"-"`
+	How              string `json:"how"`
+	ChangedBy        string `json:"-"`
+}
+
+func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *partitionEntry {
+	if row == nil {
+		return nil
+	}
+	var e partitionEntry
+	var schema, table string
+	for i, rc := range rel.Columns {
+		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
+			continue
+		}
+		v := string(row[i].Data)
+		switch rc.Name {
+		case "schema_name":
+			schema = v
+		case "table_name":
+			table = v
+		case "root_name":
+			e.PartitionedTable = v
+		case "attached":
+			e.Attached = v == "t"
+		case "how":
+			e.How = v
+		case "changed_by":
+			e.ChangedBy = v
+		}
+	}
+	e.Table = ident.Qualified(schema, table)
+	return &e
+}
+
+// partitionChange emits ATTACH when a table joins a watched partitioned
+// table (but not for those under it when its watch began) and DETACH when
+// one leaves it (detached or dropped). The table has REPLICA IDENTITY FULL.
+func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, emit func(Item) error) error {
+	before, after := parsePartitionRow(rel, old), parsePartitionRow(rel, newT)
+	var action string
+	switch {
+	case after != nil && after.Attached && (before == nil || !before.Attached) && after.How != "watched":
+		action = envelope.OpAttach
+	case after != nil && !after.Attached && before != nil && before.Attached:
+		action = envelope.OpDetach
+	default:
+		return nil // re-rooted, or forgotten with its partitioned table's watch
+	}
+	js, err := envelope.Canonical(after)
+	if err != nil {
+		return fmt.Errorf("BUG: encoding a partition entry: %w", err)
+	}
+	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), Watch{Kind: envelope.SelfAuditKind, Source: envelope.SelfAuditSource}, action)
+	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, after.ChangedBy)}, {Name: "partition", Value: js}}
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 

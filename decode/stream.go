@@ -54,6 +54,9 @@ type StreamConfig struct {
 	// ControlTable names the table, in RegistrySchema, whose rows authorise
 	// control messages (skip, backfill) in their transaction.
 	ControlTable string
+	// PartitionTable names the table, in RegistrySchema, recording the
+	// partitions of watched partitioned tables (ATTACH and DETACH events).
+	PartitionTable string
 	// Types resolves the column types of RELATION messages and backfill
 	// chunks (catalog.Resolver in the agent). Nil resolves the built-in
 	// types only (pgjson.Builtin) and maps every other type as text.
@@ -360,6 +363,8 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 			return s.registryChange(lsn, rel, old, newT, false, emit)
 		case s.cfg.SchemaRegistryTable:
 			return s.registryChange(lsn, rel, old, newT, true, emit)
+		case s.cfg.PartitionTable:
+			return s.partitionChange(lsn, rel, old, newT, emit)
 		case s.cfg.ControlTable:
 			if op == envelope.OpInsert {
 				s.controlRow(rel, newT)

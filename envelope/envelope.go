@@ -78,6 +78,8 @@ const (
 	OpRewatch  = "REWATCH" // self-audit: a watch changed
 	OpUnwatch  = "UNWATCH" // self-audit: a watch was removed
 	OpDrop     = "DROP"    // self-audit: a watched table was dropped, which ends its watch
+	OpAttach   = "ATTACH"  // self-audit: a table joined a watched partitioned table
+	OpDetach   = "DETACH"  // self-audit: a table left a watched partitioned table (detached or dropped)
 	// OpCheckpoint is a digest of a table's rows at its place in commit order.
 	OpCheckpoint = "CHECKPOINT"
 	// OpGap records an accepted hole in the capture.

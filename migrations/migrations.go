@@ -24,16 +24,19 @@ const Schema = "pgaudit_cdc"
 
 // The tables of Schema that travel through the publication with the data:
 // the watch registry (per table and per schema), whose changes a running
-// agent applies in commit order, and the control table, whose rows
-// authenticate skip, backfill and checkpoint messages in their transaction.
+// agent applies in commit order; the control table, whose rows authenticate
+// skip, backfill and checkpoint messages in their transaction; and the
+// partitions of watched partitioned tables, whose comings and goings are
+// ATTACH and DETACH events.
 const (
 	RegistryTable       = "watches"
 	SchemaRegistryTable = "schema_watches"
 	ControlTable        = "control"
+	PartitionTable      = "partitions"
 )
 
 // PublishedTables lists them.
-var PublishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable}
+var PublishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable, PartitionTable}
 
 //go:embed *.sql
 var files embed.FS

@@ -269,29 +269,53 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 			Detail: "without them, new tables of watched schemas join the publication (their changes until then are not captured), tables joining a watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only through the agent's housekeeping (within 15 s)",
 			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
 	}
-	// A watched table dropped and created again under its name is a new
-	// table: its watch ended with the DROP event. Say so.
-	var names []string
-	recreated, err := conn.Query(ctx, `SELECT quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)
-		FROM pgaudit_cdc.watches w
-		WHERE w.dropped_at IS NOT NULL AND to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)) IS NOT NULL
-			AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches a WHERE a.active
-				AND a.table_oid = to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.table_name)))`)
-	if err == nil {
-		names, err = pgx.CollectRows(recreated, pgx.RowTo[string])
-	}
-	if err != nil {
-		rs = append(rs, unchecked("re-created table", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches"))
-	}
-	for _, name := range names {
-		rs = append(rs, Result{Name: "re-created table", Status: Warn,
-			Detail: name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
-			Fix:    "pgaudit-cdc watch " + name + " --kind KIND --source SOURCE, if the new table should be audited"})
-	}
+	rs = append(rs, checkWatchedNames(ctx, conn)...)
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
 	}
 	return append(rs, Result{Name: "watches", Status: OK, Detail: strconv.Itoa(n) + " active"})
+}
+
+// checkWatchedNames looks for tables holding the name a watch was made for
+// that no watch covers. While the watch's table lives on under another name
+// (a table swap), the DDL event trigger or the agent's housekeeping watches
+// the new table too: one that is not watched is a hole, a failure. After a
+// DROP ended the watch, a new table of the name is a new table: a warning.
+func checkWatchedNames(ctx context.Context, conn *pgx.Conn) []Result {
+	type taken struct {
+		Name, Holder string
+		Active       bool
+	}
+	rows, err := conn.Query(ctx, `SELECT DISTINCT ON (c.oid) format('%I.%I', n.nspname, c.relname),
+			coalesce((SELECT format('%I.%I', hn.nspname, h.relname) FROM pg_class h
+				JOIN pg_namespace hn ON hn.oid = h.relnamespace WHERE h.oid = w.table_oid),
+				format('%I.%I', w.schema_name, w.table_name)), w.active
+		FROM pgaudit_cdc.watches w
+		JOIN pg_namespace n ON n.nspname = coalesce(w.watched_schema, w.schema_name)
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = coalesce(w.watched_table, w.table_name) AND c.relkind IN ('r', 'p')
+		WHERE w.table_oid <> c.oid AND (w.active OR w.dropped_at IS NOT NULL)
+			AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches a WHERE a.active AND a.table_oid = c.oid)
+		ORDER BY c.oid, w.active DESC, w.updated_at DESC`)
+	var names []taken
+	if err == nil {
+		names, err = pgx.CollectRows(rows, pgx.RowToStructByPos[taken])
+	}
+	if err != nil {
+		return []Result{unchecked("watched names", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches")}
+	}
+	var rs []Result
+	for _, t := range names {
+		if t.Active {
+			rs = append(rs, Result{Name: "watched names", Status: Fail,
+				Detail: t.Name + " holds the name watched " + t.Holder + " was watched as, and is not audited: a table swap the DDL event trigger did not follow",
+				Fix:    "pgaudit-cdc watch " + t.Name + " --kind KIND --source SOURCE (and install the event triggers: pgaudit-cdc setup --print-sql)"})
+			continue
+		}
+		rs = append(rs, Result{Name: "re-created table", Status: Warn,
+			Detail: t.Name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
+			Fix:    "pgaudit-cdc watch " + t.Name + " --kind KIND --source SOURCE, if the new table should be audited"})
+	}
+	return rs
 }
 
 func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Result {

@@ -109,11 +109,12 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, publication string) 
 		return err
 	}
 	options := PublicationOptions(version)
+	tables := make([]string, len(publishedTables))
+	for i, t := range publishedTables {
+		tables[i] = pgx.Identifier{migrations.Schema, t}.Sanitize()
+	}
 	sql := "CREATE PUBLICATION " + pgx.Identifier{publication}.Sanitize() +
-		" FOR TABLE " + pgx.Identifier{migrations.Schema, RegistryTable}.Sanitize() +
-		", " + pgx.Identifier{migrations.Schema, SchemaRegistryTable}.Sanitize() +
-		", " + pgx.Identifier{migrations.Schema, ControlTable}.Sanitize() +
-		" WITH (" + options + ")"
+		" FOR TABLE " + strings.Join(tables, ", ") + " WITH (" + options + ")"
 	if _, err := conn.Exec(ctx, sql); err != nil {
 		if isCode(err, pgerrcode.DuplicateObject) { // created meanwhile by a concurrent call
 			return nil

@@ -176,7 +176,7 @@ func (v *Verifier) finishCheckpoint(t *tableState, table string, st *cpState, wh
 	case !whole && st.unnamed != "":
 		known := ""
 		if t.rebase {
-			known = "a declared gap covers this table and its backfill is not complete yet"
+			known = t.gap + " restarted this table's fold, and its backfill is not complete yet"
 		}
 		v.fail(CheckFaithfulness, st.begin, known, "checkpoint %s of %s (%d chunks, events %d to %d) cannot be compared with the trail: its chunks are compared key by key, and %s",
 			st.id, table, st.chunks, st.begin, st.lastEvent, st.unnamed)
@@ -210,7 +210,7 @@ func (v *Verifier) failCheckpoint(t *tableState, table string, st *cpState, deta
 	}
 	known := ""
 	if t.rebase {
-		known = "a declared gap covers this table and its backfill is not complete yet"
+		known = t.gap + " restarted this table's fold, and its backfill is not complete yet"
 	}
 	ev := st.firstBad
 	if ev == 0 {

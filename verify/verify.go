@@ -91,11 +91,12 @@ type generation struct {
 type tableState struct {
 	rows map[[32]byte]int
 	n    int64
-	// rebase: a declared gap covers the table; the fold restarts from its
-	// READ baseline and mismatches until then have a known cause.
+	// rebase: a declared gap covers the table, or a partition joined or
+	// left it; the fold restarts from its READ baseline and mismatches
+	// until then have a known cause.
 	rebase bool
-	// gap names the declared gap that restarted the fold in this
-	// generation ("" if none): a checkpoint it interrupted continues here
+	// gap names the declared gap (or the ATTACH or DETACH) that restarted
+	// the fold in this generation ("" if none): a checkpoint it interrupted continues here
 	// without its first chunks. orphans are those checkpoints, reported
 	// once each.
 	gap     string
@@ -210,6 +211,19 @@ func (v *Verifier) Add(e chain.Event) {
 	case envelope.OpDrop:
 		// A table of the same name later is another table.
 		delete(v.tables, gen+"|"+oldName)
+	case envelope.OpAttach, envelope.OpDetach:
+		// The events of a partition carry its partitioned table's name, so
+		// the trail cannot tell which of the folded rows moved: both folds
+		// restart from a backfill.
+		p, _ := e.Payload["partition"].(map[string]any)
+		part, _ := p["table"].(string)
+		root, _ := p["partitioned_table"].(string)
+		why := fmt.Sprintf("%s of %s %s at event %d", op, part, root, e.EventID)
+		for _, name := range []string{part, root} {
+			if name != "" {
+				v.table(gen + "|" + name).restart(why)
+			}
+		}
 	}
 	v.fold(e, op, gen, table)
 }

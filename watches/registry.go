@@ -346,22 +346,31 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	// TABLE below, reads it (a column-controlled table of a watched schema
 	// must keep its primary key as identity, not get FULL).
 	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
-			(table_oid, schema_name, table_name, kind, source, active, prior_replica_identity,
+			(table_oid, schema_name, table_name, watched_schema, watched_table, kind, source, active, prior_replica_identity,
 			 row_filter, columns, exclude_columns, on_columns, changed_by)
-		VALUES ($1, $2, $3, $4, $5, true, $6::"char", $7, $8, $9, $10, current_user)
+		VALUES ($1, $2, $3, $2, $3, $4, $5, true, $6::"char", $7, $8, $9, $10, current_user)
 		ON CONFLICT (table_oid) DO UPDATE SET
 			schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
-			kind = EXCLUDED.kind, source = EXCLUDED.source, active = true, updated_at = now(),
+			watched_schema = EXCLUDED.watched_schema, watched_table = EXCLUDED.watched_table, origin = NULL,
+			kind = EXCLUDED.kind, source = EXCLUDED.source, active = true, dropped_at = NULL, updated_at = now(),
 			row_filter = EXCLUDED.row_filter, columns = EXCLUDED.columns,
 			exclude_columns = EXCLUDED.exclude_columns, on_columns = EXCLUDED.on_columns,
 			changed_by = current_user,
 			prior_replica_identity = CASE WHEN w.active THEN w.prior_replica_identity ELSE EXCLUDED.prior_replica_identity END
-		WHERE (w.schema_name, w.table_name, w.kind, w.source, w.active, w.row_filter, w.columns, w.exclude_columns, w.on_columns)
-			IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name, EXCLUDED.kind, EXCLUDED.source, true,
-				EXCLUDED.row_filter, EXCLUDED.columns, EXCLUDED.exclude_columns, EXCLUDED.on_columns)`,
+		WHERE (w.schema_name, w.table_name, w.watched_schema, w.watched_table, w.origin, w.kind, w.source, w.active,
+				w.row_filter, w.columns, w.exclude_columns, w.on_columns)
+			IS DISTINCT FROM (EXCLUDED.schema_name, EXCLUDED.table_name, EXCLUDED.watched_schema, EXCLUDED.watched_table, NULL,
+				EXCLUDED.kind, EXCLUDED.source, true, EXCLUDED.row_filter, EXCLUDED.columns, EXCLUDED.exclude_columns, EXCLUDED.on_columns)`,
 		rel.oid, t.Schema, t.Name, kind, source, rel.replIdent, nullIfEmpty(o.RowFilter), nilIfEmpty(o.Columns), nilIfEmpty(o.ExcludeColumns), nilIfEmpty(o.OnColumns))
 	if err != nil {
 		return "", fmt.Errorf("registering the watch of %s: %w", name, err)
+	}
+	if rel.partitioned {
+		// Its partitions are known before the ALTER TABLEs below fire the
+		// DDL trigger, which would take them for newly attached ones.
+		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched')`); err != nil {
+			return "", fmt.Errorf("recording the partitions of %s: %w", name, err)
+		}
 	}
 	if o.columnControl() {
 		// A column list must cover the replica identity: the primary key.
@@ -903,10 +912,14 @@ func Map(entries []Entry) map[uint32]decode.Watch {
 }
 
 // FollowLifecycle ends the watches of tables that were dropped (a DROP
-// event) and renames the watches of renamed tables (a REWATCH event showing
-// the old name). The event triggers do both in the DDL's transaction where a
-// superuser installed them; the agent calls this periodically for the rest.
-func (r *Registry) FollowLifecycle(ctx context.Context) (dropped, renamed []string, err error) {
+// event), renames the watches of renamed tables (a REWATCH event showing the
+// old name), watches a table that took the name a watch was made for (a
+// WATCH event), and follows the partitions of watched partitioned tables
+// (ATTACH and DETACH events; a detached one gets a watch of its own). The
+// event triggers do all of it in the DDL's transaction where a superuser
+// installed them; the agent calls this periodically for the rest. changed
+// has a line per change but the drops.
+func (r *Registry) FollowLifecycle(ctx context.Context) (dropped, changed []string, err error) {
 	rows, err := r.conn.Query(ctx, `SELECT pgaudit_cdc.mark_dropped_tables()`)
 	if err != nil {
 		return nil, nil, fmt.Errorf("recording dropped tables: %w", err)
@@ -918,8 +931,8 @@ func (r *Registry) FollowLifecycle(ctx context.Context) (dropped, renamed []stri
 	if err != nil {
 		return dropped, nil, fmt.Errorf("following renamed tables: %w", err)
 	}
-	if renamed, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+	if changed, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
 		return dropped, nil, fmt.Errorf("following renamed tables: %w", err)
 	}
-	return dropped, renamed, nil
+	return dropped, changed, nil
 }

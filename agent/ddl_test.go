@@ -1,0 +1,158 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+)
+
+// story tells the trail in short: a self-audit event as its operation and
+// the table it concerns (with its origin or how), a change as its operation,
+// table and row id.
+func story(t *testing.T, evs []spinetest.Event) string {
+	t.Helper()
+	var lines []string
+	for _, e := range withoutTrail(evs) {
+		op := fmt.Sprint(field(t, e, "operation"))
+		switch {
+		case e.Source != envelope.SelfAuditSource:
+			row := field(t, e, "new", "id")
+			if row == nil {
+				row = field(t, e, "old", "id")
+			}
+			lines = append(lines, fmt.Sprintf("%s %v %v", op, field(t, e, "table"), row))
+		case op == envelope.OpAttach || op == envelope.OpDetach:
+			lines = append(lines, fmt.Sprintf("%s %v %v (%v)", op, field(t, e, "partition", "table"),
+				field(t, e, "partition", "partitioned_table"), field(t, e, "partition", "how")))
+		case op == envelope.OpWatch || op == envelope.OpRewatch:
+			line := fmt.Sprintf("%s %v", op, field(t, e, "watch", "table"))
+			if o, ok := field(t, e, "watch", "origin").(map[string]any); ok {
+				for k, v := range o {
+					line += fmt.Sprintf(" (%s %v)", k, v)
+				}
+			}
+			lines = append(lines, line)
+		default:
+			lines = append(lines, fmt.Sprintf("%s %v", op, field(t, e, "previous", "table")))
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// waitStory waits until the trail tells want.
+func (h *harness) waitStory(want string) {
+	h.t.Helper()
+	deadline := time.Now().Add(raceSlowdown * 30 * time.Second)
+	for {
+		got := story(h.t, h.spine.Events())
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("the trail tells\n%s\n\nwant\n%s", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDetachChangeAttach: a partition detached from a watched partitioned
+// table stays audited by a watch of its own, from the DETACH on, in the
+// DETACH's transaction too; DETACH and ATTACH are self-audit events.
+func TestDetachChangeAttach(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE pt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (100)`)
+	h.exec(`INSERT INTO pt VALUES (1, 'a'), (2, 'b'), (3, 'c')`)
+	h.watch("pt", "other", "books")
+	h.startAgent()
+
+	h.exec(`ALTER TABLE pt DETACH PARTITION pt1`)
+	h.exec(`UPDATE pt1 SET v = 'tampered' WHERE id = 2`)
+	h.exec(`DELETE FROM pt1 WHERE id = 3`)
+	h.exec(`ALTER TABLE pt ATTACH PARTITION pt1 FOR VALUES FROM (0) TO (100)`)
+	h.exec(`UPDATE pt SET v = 'after' WHERE id = 1`)
+	// In one transaction: the change right after the DETACH is audited.
+	h.exec(`BEGIN; ALTER TABLE pt DETACH PARTITION pt1; INSERT INTO pt1 VALUES (4, 'd'); ALTER TABLE pt ATTACH PARTITION pt1 FOR VALUES FROM (0) TO (100); COMMIT`)
+	h.exec(`ALTER TABLE pt DETACH PARTITION pt1 CONCURRENTLY`)
+	h.exec(`DELETE FROM pt1 WHERE id = 4`)
+	h.exec(`CREATE TABLE pt2 PARTITION OF pt FOR VALUES FROM (100) TO (200)`)
+	h.exec(`INSERT INTO pt VALUES (150, 'x')`)
+	h.exec(`DROP TABLE pt2`)
+
+	h.waitStory(strings.Join([]string{
+		"WATCH public.pt",
+		"DETACH public.pt1 public.pt (detached)",
+		"WATCH public.pt1 (detached_from public.pt)",
+		"UPDATE public.pt1 2",
+		"DELETE public.pt1 3",
+		"ATTACH public.pt1 public.pt (attached)",
+		"UPDATE public.pt 1",
+		"DETACH public.pt1 public.pt (detached)",
+		"INSERT public.pt1 4",
+		"ATTACH public.pt1 public.pt (attached)",
+		"DETACH public.pt1 public.pt (detached)",
+		"DELETE public.pt1 4",
+		"ATTACH public.pt2 public.pt (created)",
+		"INSERT public.pt 150",
+		"DETACH public.pt2 public.pt (dropped)",
+	}, "\n"))
+	for _, e := range h.spine.Events() {
+		if field(t, e, "operation") == envelope.OpDetach && field(t, e, "changed_by") != "postgres" {
+			t.Errorf("DETACH without who: %s", jsonOf(t, e.Payload))
+		}
+	}
+	entries, err := newRegistry(h).List(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Table+" "+e.Kind+"/"+e.Source)
+	}
+	if got := strings.Join(names, ", "); got != "public.pt other/books, public.pt1 other/books" {
+		t.Errorf("watches after the detach: %s", got)
+	}
+}
+
+// TestTableSwap: a table that takes the name a watch was made for, while
+// the watched table lives on renamed, is audited from its first change, in
+// the swapping transaction too; the renamed one stays audited until dropped.
+func TestTableSwap(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE t (id int PRIMARY KEY, v text)`)
+	h.watch("t", "other", "app")
+	h.startAgent()
+
+	h.exec(`BEGIN; ALTER TABLE t RENAME TO t_old; CREATE TABLE t (id int PRIMARY KEY, v text);
+		INSERT INTO t VALUES (2, 'x'); INSERT INTO t_old VALUES (3, 'y'); DROP TABLE t_old; COMMIT`)
+	h.exec(`INSERT INTO t VALUES (4, 'z')`)
+	// The other way to swap: a copy renamed into place.
+	h.exec(`CREATE TABLE t_new (id int PRIMARY KEY, v text)`)
+	h.exec(`BEGIN; ALTER TABLE t RENAME TO t_prev; ALTER TABLE t_new RENAME TO t; INSERT INTO t VALUES (5, 'w'); COMMIT`)
+	h.exec(`UPDATE t SET v = 'ww' WHERE id = 5`)
+	h.exec(`DELETE FROM t_prev WHERE id = 4`)
+
+	h.waitStory(strings.Join([]string{
+		"WATCH public.t",
+		"REWATCH public.t_old",
+		"WATCH public.t (took_name_from public.t_old)",
+		"INSERT public.t 2",
+		"INSERT public.t_old 3",
+		"DROP public.t_old",
+		"INSERT public.t 4",
+		"REWATCH public.t_prev (took_name_from public.t_old)", // a watch keeps its origin
+		"WATCH public.t (took_name_from public.t_prev)",
+		"INSERT public.t 5",
+		"UPDATE public.t 5",
+		"DELETE public.t_prev 4",
+	}, "\n"))
+	var ident string
+	if err := h.conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'public.t'::regclass`).Scan(&ident); err != nil || ident != "f" {
+		t.Errorf("the swapped-in table has REPLICA IDENTITY %q (%v), want FULL", ident, err)
+	}
+}

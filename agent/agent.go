@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,6 +99,9 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 	m   *metrics.Metrics
+	// consentResolved: --accept-gap without an ID was narrowed to the gap
+	// pending at the first assessment (see resolveConsent).
+	consentResolved bool
 }
 
 // New validates cfg and returns an Agent.
@@ -279,6 +283,7 @@ func (a *Agent) ensureCapture(ctx context.Context, meta *pgx.Conn, sess *replica
 		}
 	}
 	capt, err := capture.Ensure(ctx, meta, opts)
+	a.resolveConsent(capt)
 	if capt.NewGap {
 		a.m.GapsDetected.WithLabelValues(capt.Gap.Reason).Inc()
 	}
@@ -315,6 +320,26 @@ func (a *Agent) ensureCapture(ctx context.Context, meta *pgx.Conn, sess *replica
 	a.cfg.AcceptGap = ""
 	a.m.GapPending.Set(0)
 	return capture.KeySlot(a.cfg.Slot, capt.State.Generation), nil
+}
+
+// resolveConsent narrows --accept-gap without an ID, at the process's first
+// assessment of the slot, to the gap pending then: the one an operator could
+// have seen. With none pending it is void (logged), so a gap that opens later
+// in this process's life needs a new decision.
+func (a *Agent) resolveConsent(capt capture.Result) {
+	if a.consentResolved || !capt.Assessed {
+		return
+	}
+	a.consentResolved = true
+	if a.cfg.AcceptGap != capture.AcceptAny {
+		return
+	}
+	if capt.Pending == nil {
+		a.cfg.AcceptGap = ""
+		a.log.Warn("--accept-gap was given but no capture gap was pending when the slot was first assessed: the consent is void, and a gap found later needs its own (pgaudit-cdc run --accept-gap=ID)")
+		return
+	}
+	a.cfg.AcceptGap = strconv.FormatInt(capt.Pending.ID, 10)
 }
 
 // prepareSpine tells the spine whose events are its own and which of them

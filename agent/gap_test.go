@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"testing"
 	"time"
 
@@ -346,4 +349,64 @@ func TestGapSystemIdentifierChanged(t *testing.T) {
 	// read-back finds no event of the recorded cluster to name.
 	h.acceptAndCheckLast(id, capture.ReasonSystemChanged, 10, false)
 	wantRange(t, ids(t, h.dataEvents()), [2]int{1, 10}, [2]int{21, 31})
+}
+
+// TestAcceptAnyGapIsNarrow: --accept-gap without an ID, given while no gap
+// was pending and PostgreSQL could not be reached, does not cover a gap that
+// opens before the agent first reaches it: the agent stops on that gap.
+func TestAcceptAnyGapIsNarrow(t *testing.T) {
+	h, _ := tenRowsOnT1(t)
+	h.stopAgent()
+
+	// PostgreSQL "down": the agent's address does not answer yet.
+	u, err := url.Parse(h.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := u.Host
+	u.Host = ln.Addr().String()
+	ln.Close()
+	h.startAgentWith(func(c *agent.Config) {
+		c.DatabaseURL = u.String()
+		c.AcceptGap = capture.AcceptAny
+		c.AcceptedBy = "test"
+	})
+	time.Sleep(time.Second) // a few failed connection attempts
+
+	h.dropSlot()
+	h.insertRange(11, 20)
+	ln, err = net.Listen("tcp", u.Host) // PostgreSQL "up"
+	if err != nil {
+		t.Fatalf("listening again on %s: %v", u.Host, err)
+	}
+	defer ln.Close()
+	go forward(ln, target)
+	h.expectGapStop(capture.ReasonSlotMissing)
+	if n := len(h.gapEvents()); n != 0 {
+		t.Fatalf("%d GAP events: the consent given before the gap opened accepted it", n)
+	}
+}
+
+// forward relays every connection ln accepts to target.
+func forward(ln net.Listener, target string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			d, err := net.Dial("tcp", target)
+			if err != nil {
+				return
+			}
+			defer d.Close()
+			go io.Copy(d, c) //nolint:errcheck // a relay: either side closing ends it
+			io.Copy(c, d)    //nolint:errcheck
+		}()
+	}
 }

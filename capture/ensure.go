@@ -11,7 +11,8 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
-// AcceptAny, as Options.Accept, accepts whichever gap is pending.
+// AcceptAny, as Options.Accept, accepts whichever gap was pending before
+// Ensure looked: never one it records itself, which no operator has seen.
 const AcceptAny = "any"
 
 // Options configure Ensure.
@@ -51,6 +52,10 @@ type Result struct {
 	// NewGap says the gap was detected just now (count it once).
 	NewGap   bool
 	Accepted bool
+	// Assessed says Ensure read the pending gap; Pending is the one that
+	// was pending before it looked (nil: none).
+	Assessed bool
+	Pending  *GapRecord
 }
 
 // GapError stops capture until an operator accepts the gap.
@@ -86,6 +91,7 @@ func Ensure(ctx context.Context, conn *pgx.Conn, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	res.Assessed, res.Pending = true, pending
 	if res.Assessment.Verdict == Gap && pending == nil {
 		pending, res.NewGap, err = RecordGap(ctx, conn, o.Slot, res.Assessment, o.SystemID, o.Timeline)
 		if err != nil {
@@ -94,7 +100,7 @@ func Ensure(ctx context.Context, conn *pgx.Conn, o Options) (Result, error) {
 	}
 	if pending != nil {
 		res.Gap = pending
-		if !accepts(o.Accept, pending.ID) {
+		if !accepts(o.Accept, pending.ID) || (o.Accept == AcceptAny && res.NewGap) {
 			return res, &GapError{Gap: *pending}
 		}
 		return accept(ctx, conn, o, obs, res)

@@ -70,7 +70,7 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 			return runAgent(cmd.Context(), o, log, cmd.OutOrStdout(), statusInterval, grace, nil)
 		},
 	}
-	cmd.Flags().StringVar(&o.acceptGap, "accept-gap", "", "consent to continue past the pending capture gap with this ID (alone: whichever is pending); records one GAP event and resumes from a new slot")
+	cmd.Flags().StringVar(&o.acceptGap, "accept-gap", "", "consent to continue past the pending capture gap with this ID (alone: the gap already pending when run first reaches the database, none found then voids it); records one GAP event and resumes from a new slot")
 	cmd.Flags().Lookup("accept-gap").NoOptDefVal = capture.AcceptAny
 	cmd.Flags().DurationVar(&o.gapHold, "gap-hold", 30*time.Second, "with --metrics-addr: how long to keep serving /metrics (pgaudit_cdc_gap_pending 1) after a capture gap stopped capture, before exiting with code 3, so that Prometheus sees it")
 	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL (positive)")

@@ -25,18 +25,20 @@ import (
 
 // options are the global flags.
 type options struct {
-	databaseURL    string
-	auditStreamURL string
-	token          string
-	caFile         string
-	slot           string
-	publication    string
-	metricsAddr    string
-	logLevel       string
-	logFormat      string
-	spineTimeout   time.Duration
-	dedupWindow    int
-	maxInFlight    int
+	databaseURL     string
+	databaseURLFile string
+	tokenFile       string
+	auditStreamURL  string
+	token           string
+	caFile          string
+	slot            string
+	publication     string
+	metricsAddr     string
+	logLevel        string
+	logFormat       string
+	spineTimeout    time.Duration
+	dedupWindow     int
+	maxInFlight     int
 	// acceptGap is run's --accept-gap: consent to continue past a capture
 	// gap. Deliberately without an environment fall-back: consent is given
 	// once, for one gap, not left in a deployment's configuration.
@@ -61,8 +63,10 @@ type options struct {
 // is not given.
 var envFallbacks = []struct{ flag, env string }{
 	{"database-url", "DATABASE_URL"},
+	{"database-url-file", "DATABASE_URL_FILE"},
 	{"audit-stream-url", "AUDIT_STREAM_URL"},
 	{"audit-stream-token", "AUDIT_STREAM_TOKEN"},
+	{"audit-stream-token-file", "AUDIT_STREAM_TOKEN_FILE"},
 	{"audit-stream-ca-file", "AUDIT_STREAM_CA_FILE"},
 	{"slot", "PGAUDIT_SLOT"},
 	{"publication", "PGAUDIT_PUBLICATION"},
@@ -115,6 +119,9 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 				return &ExitError{Code: 2, Err: err}
 			}
 			o.fromEnv = fromEnv
+			if err := o.readSecrets(cmd.Flags(), cmd.ErrOrStderr()); err != nil {
+				return err
+			}
 			// Cobra checks these after this hook and returns plain errors
 			// (exit 1); checked here they exit 2, as a usage error should.
 			if err := cmd.ValidateRequiredFlags(); err != nil {
@@ -130,9 +137,11 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL connection URL or DSN (env DATABASE_URL); TLS via sslmode=verify-full&sslrootcert=...")
+	pf.StringVar(&o.databaseURL, "database-url", "", "PostgreSQL connection URL or DSN (env DATABASE_URL); TLS via sslmode=verify-full&sslrootcert=...; keep passwords out of it (PGPASSWORD, a passfile, or --database-url-file)")
+	pf.StringVar(&o.databaseURLFile, "database-url-file", "", "file holding the PostgreSQL connection URL, e.g. a mounted secret (env DATABASE_URL_FILE)")
 	pf.StringVar(&o.auditStreamURL, "audit-stream-url", "", "audit-stream spine base URL (env AUDIT_STREAM_URL); empty: events go to stdout as JSON lines")
-	pf.StringVar(&o.token, "audit-stream-token", "", "bearer token for the spine (env AUDIT_STREAM_TOKEN)")
+	pf.StringVar(&o.token, "audit-stream-token", "", "bearer token for the spine (env AUDIT_STREAM_TOKEN; on the command line every local user can read it: prefer the environment or --audit-stream-token-file)")
+	pf.StringVar(&o.tokenFile, "audit-stream-token-file", "", "file holding the spine's bearer token, e.g. a mounted secret (env AUDIT_STREAM_TOKEN_FILE)")
 	pf.StringVar(&o.caFile, "audit-stream-ca-file", "", "PEM CA bundle trusted for an https spine (env AUDIT_STREAM_CA_FILE)")
 	pf.StringVar(&o.slot, "slot", "pgaudit_cdc", "logical replication slot name (env PGAUDIT_SLOT)")
 	pf.StringVar(&o.publication, "publication", "pgaudit_cdc", "publication name (env PGAUDIT_PUBLICATION)")

@@ -30,6 +30,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -43,6 +44,9 @@ type Progress struct {
 	Estimate int64 // pg_class.reltuples, -1 when unknown
 	Resumed  bool
 	Done     bool
+	// EndLSN is, once Done, the WAL position the agent's slot must confirm
+	// for every READ event to be delivered (see WaitDelivered).
+	EndLSN pgoutput.LSN
 }
 
 // Options tune a backfill.
@@ -144,7 +148,13 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 		p.Chunks++
 		lastKey = next
 		if n < o.ChunkSize {
-			if _, err := conn.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now() WHERE id = $1`, p.ID); err != nil {
+			// The last chunk committed: the WAL position now is beyond it.
+			var end string
+			if err := conn.QueryRow(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now(), end_lsn = pg_current_wal_lsn()
+				WHERE id = $1 RETURNING end_lsn::text`, p.ID).Scan(&end); err != nil {
+				return p, fmt.Errorf("finishing the backfill: %w", err)
+			}
+			if p.EndLSN, err = pgoutput.ParseLSN(end); err != nil {
 				return p, fmt.Errorf("finishing the backfill: %w", err)
 			}
 			p.Done = true

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
@@ -51,6 +52,9 @@ type Status struct {
 	Capture     captureJSON `json:"capture"`
 	Watches     []watchJSON `json:"watches"`
 	DeadLetters int64       `json:"dead_letters"`
+	// Backfills are those not delivered yet: interrupted while writing, or
+	// written beyond the slot's confirmed position.
+	Backfills []backfill.Pending `json:"backfills"`
 	// Trail is the authenticated trail's state: its keys and last seal.
 	Trail trailJSON `json:"trail"`
 	// Server says what status looked at: a primary, or a standby (read-only:
@@ -289,6 +293,14 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	if st.Trail, err = readTrail(ctx, conn, o.slot); err != nil {
 		return nil, err
 	}
+	if schemaCurrent {
+		if st.Backfills, err = backfill.ListPending(ctx, conn, o.slot); err != nil {
+			return nil, err
+		}
+	}
+	if st.Backfills == nil {
+		st.Backfills = []backfill.Pending{}
+	}
 	return st, nil
 }
 
@@ -428,6 +440,14 @@ func printStatus(w io.Writer, st *Status) {
 	}
 	if st.Standby == nil || st.Standby.SchemaCurrent {
 		fmt.Fprintf(tw, "dead letters\t%d\n", st.DeadLetters)
+		for _, b := range st.Backfills {
+			switch b.State() {
+			case "delivering":
+				fmt.Fprintf(tw, "backfill\tbackfill %d of %s: %d rows written, not all delivered yet (the agent delivers them)\n", b.ID, b.Table, b.Rows)
+			default:
+				fmt.Fprintf(tw, "backfill\tbackfill %d of %s: interrupted after %d rows; run pgaudit-cdc backfill %s to finish it\n", b.ID, b.Table, b.Rows, b.Table)
+			}
+		}
 		switch {
 		case len(st.Trail.Keys) == 0:
 			fmt.Fprintf(tw, "trail\tunsigned: no signing key recorded (run --signing-key-file)\n")

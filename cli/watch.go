@@ -102,7 +102,9 @@ audit-stream v0.1 list).`,
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), name)
 				if backfill {
-					return runBackfill(cmd, conn, t, 0)
+					// The agent may not run yet (a first watch): say the
+					// delivery is pending rather than wait for it.
+					return runBackfill(cmd, conn, o.slot, t, backfillOptions{noWait: true})
 				}
 				return nil
 			})

@@ -190,6 +190,7 @@ DECLARE
     controlled boolean;
     cols text;
     filter text;
+    has_rows boolean;
 BEGIN
     FOR a IN
         SELECT DISTINCT ON (c.oid) c.oid AS table_oid, n.nspname, c.relname, c.relreplident,
@@ -249,6 +250,15 @@ BEGIN
                     CASE WHEN cols IS NOT NULL THEN ' (' || cols || ')' ELSE '' END,
                     CASE WHEN filter IS NOT NULL THEN ' WHERE (' || filter || ')' ELSE '' END);
             END LOOP;
+            BEGIN
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', a.table_oid::regclass) INTO has_rows;
+            EXCEPTION WHEN OTHERS THEN
+                has_rows := true; -- cannot tell: say it
+            END;
+            IF has_rows THEN
+                RAISE WARNING 'pgaudit-cdc: % took the name watched % was watched as and is audited from now on; the rows it already holds are not in the audit trail: run pgaudit-cdc backfill %',
+                    format('%I.%I', a.nspname, a.relname), a.holder, format('%I.%I', a.nspname, a.relname);
+            END IF;
             RETURN NEXT format('%s took the name %s was watched as, and is watched too', format('%I.%I', a.nspname, a.relname), a.holder);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'pgaudit-cdc: % took the name that watched % was watched as, and could not be watched: % (its changes are not audited; run pgaudit-cdc watch % --kind % --source %)',

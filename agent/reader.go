@@ -44,8 +44,13 @@ type reader struct {
 	// forceRecord: the server asked for a reply; record without slack.
 	forceRecord bool
 
-	nextStatus   time.Time
-	serverWALEnd pgoutput.LSN
+	nextStatus time.Time
+	// handed is the highest position handed to the publisher; reported the
+	// accepted position at the last status update; early when the last
+	// early one went (see settle).
+	handed, reported pgoutput.LSN
+	early            time.Time
+	serverWALEnd     pgoutput.LSN
 	lastQueued   pgoutput.LSN // last keepalive position handed to the publisher
 	pending      batch        // items not yet handed over (see queue)
 	busy         bool         // the last wait for a message was shorter than gatherDelay
@@ -80,6 +85,18 @@ const gatherDelay = 4 * time.Millisecond
 // tickEvery is how many buffered messages the reader may take before it
 // looks at the clock for the status update (see run).
 const tickEvery = 64
+
+// The status update goes every status interval (10 s by default), and
+// early once the stream is quiet: when no message came for settlePoll and
+// something was accepted since the last update, at most every earlyGap.
+// Without it the confirmed position reached the end of the WAL up to a
+// whole interval after the last change was delivered, which lag dashboards
+// read as a backlog. Under load the stream is never quiet that long, so the
+// updates (and the progress records before them) stay one per interval.
+const (
+	settlePoll = 50 * time.Millisecond
+	earlyGap   = 200 * time.Millisecond
+)
 
 // Batches are handed over when the stream is drained, or sooner when they
 // grow this big.
@@ -146,8 +163,15 @@ func (r *reader) run(ctx context.Context) error {
 func (r *reader) receive(ctx context.Context) (rec replication.Received, ok bool, err error) {
 	if len(r.pending.items) == 0 {
 		waited := time.Now()
-		rec, ok, err = r.sess.Receive(ctx, r.nextStatus)
+		deadline, settling := r.nextStatus, r.settling()
+		if soon := waited.Add(settlePoll); settling && soon.Before(deadline) {
+			deadline = soon
+		}
+		rec, ok, err = r.sess.Receive(ctx, deadline)
 		r.busy = ok && time.Since(waited) < gatherDelay
+		if err == nil && !ok && settling {
+			err = r.settle(ctx)
+		}
 		return rec, ok, err
 	}
 	// Work is waiting: take what is already buffered first, and hand the
@@ -168,6 +192,25 @@ func (r *reader) receive(ctx context.Context) (rec replication.Received, ok bool
 		}
 	}
 	return rec, ok, err
+}
+
+// settling says the publisher holds work not accepted yet, or accepted
+// work not reported: a quiet stream then reports it early (settle).
+func (r *reader) settling() bool {
+	accepted := r.confirm.Accepted()
+	return accepted < r.handed || accepted > r.reported
+}
+
+// settle sends the status update early: the stream was quiet for
+// settlePoll, and something accepted is not reported yet.
+func (r *reader) settle(ctx context.Context) error {
+	now := time.Now()
+	if r.confirm.Accepted() <= r.reported || now.Sub(r.early) < earlyGap {
+		return nil
+	}
+	r.early = now
+	r.nextStatus = now
+	return r.tick(ctx, r.a.cfg.StatusInterval)
 }
 
 // keepalive handles a keepalive message (the caller looks at the clock next
@@ -226,6 +269,7 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 		if err := r.sess.SendStatus(ctx, r.confirm.Confirmable(), false); err != nil {
 			return err
 		}
+		r.reported = accepted
 		r.nextStatus = now.Add(interval)
 		if r.serverWALEnd > accepted {
 			r.a.m.ReplicationLag.Set(float64(r.serverWALEnd - accepted))
@@ -337,6 +381,9 @@ func (r *reader) flush(ctx context.Context) error {
 		return nil
 	}
 	b := r.pending
+	for _, w := range b.items {
+		r.handed = max(r.handed, w.keepalive, w.item.EndLSN)
+	}
 	var items []work
 	select {
 	case items = <-r.spare:

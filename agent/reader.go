@@ -51,9 +51,9 @@ type reader struct {
 	handed, reported pgoutput.LSN
 	early            time.Time
 	serverWALEnd     pgoutput.LSN
-	lastQueued   pgoutput.LSN // last keepalive position handed to the publisher
-	pending      batch        // items not yet handed over (see queue)
-	busy         bool         // the last wait for a message was shorter than gatherDelay
+	lastQueued       pgoutput.LSN // last keepalive position handed to the publisher
+	pending          batch        // items not yet handed over (see queue)
+	busy             bool         // the last wait for a message was shorter than gatherDelay
 }
 
 // batch is what goes from the reader to the publisher in one hand-over: a

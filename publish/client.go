@@ -140,7 +140,8 @@ type Client struct {
 	tlsConfig    *tls.Config
 	pipe         *pipeConn
 	noPipelining bool
-	pipeCloses   int // windows in a row cut short by the server closing
+	pipeCloses   int          // windows in a row cut short by the server closing
+	sizer        *windowSizer // the pipelining window (window.go)
 }
 
 // NewClient validates cfg and builds a client.
@@ -209,6 +210,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		forgeries: map[string]bool{},
 		handled:   map[string]bool{},
 		tlsConfig: transport.TLSClientConfig,
+		sizer:     newWindowSizer(cfg.MaxInFlight),
 	}, nil
 }
 

@@ -40,6 +40,14 @@ type NetworkRound map[string]time.Duration
 
 const seqLoopback = "sequential client, loopback"
 
+// networkRTTs are the round trips the adaptive window is measured across.
+var networkRTTs = []time.Duration{0, 500 * time.Microsecond, 2700 * time.Microsecond, 10 * time.Millisecond, 50 * time.Millisecond}
+
+// adaptiveCase names the agent's run with its default (adaptive) window.
+func adaptiveCase(rtt time.Duration) string {
+	return fmt.Sprintf("agent, adaptive window, +%s RTT", rtt)
+}
+
 func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 	url, conn, err := e.openDB(ctx, "bench_network")
 	if err != nil {
@@ -52,8 +60,12 @@ func (e *env) network(ctx context.Context) (*NetworkResult, error) {
 	n := e.opts.NetEvents
 	res := &NetworkResult{Events: n, Service: 410 * time.Microsecond, Window: publish.DefaultMaxInFlight, Window1Events: max(n/10, 1)}
 	res.Cases = append(res.Cases, NetworkCase{Name: seqLoopback, Events: n})
-	for _, rtt := range []time.Duration{0, 500 * time.Microsecond, 2700 * time.Microsecond, 10 * time.Millisecond} {
-		res.Cases = append(res.Cases, NetworkCase{Name: fmt.Sprintf("agent, window %d, +%s RTT", res.Window, rtt), RTT: rtt, Window: res.Window, Events: n})
+	for _, rtt := range networkRTTs {
+		res.Cases = append(res.Cases, NetworkCase{Name: adaptiveCase(rtt), RTT: rtt, Window: res.Window, Events: n})
+	}
+	// Side by side: the fixed window of 32 the agent had before.
+	for _, rtt := range []time.Duration{10 * time.Millisecond, 50 * time.Millisecond} {
+		res.Cases = append(res.Cases, NetworkCase{Name: fmt.Sprintf("agent, window ≤ 32, +%s RTT", rtt), RTT: rtt, Window: 32, Events: n})
 	}
 	res.Cases = append(res.Cases, NetworkCase{Name: "agent, window 1, +2.7ms RTT", RTT: 2700 * time.Microsecond, Window: 1, Events: res.Window1Events})
 	rounds := min(e.opts.Rounds, 3)

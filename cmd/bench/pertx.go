@@ -47,6 +47,7 @@ type PerTxRun struct {
 const (
 	ptNone  = "none"
 	ptRecv  = "pg_recvlogical"
+	ptW2J   = "wal2json" // pg_recvlogical with wal2json: JSON, old and new rows
 	ptAgent = "agent"
 )
 
@@ -89,7 +90,7 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		scriptArgs = append(scriptArgs, "-f", path+"@"+strconv.Itoa(perTxWeights[name]))
 	}
 	res := &PerTxResult{Clients: e.opts.WriterClients, For: e.opts.WriterFor, Rows: e.opts.WriterRows}
-	variants := []string{ptNone, ptRecv, ptAgent}
+	variants := []string{ptNone, ptRecv, ptW2J, ptAgent}
 	const pub = "bench_pertx"
 	slotOf := func(v string) string { return "pertx_" + strings.ReplaceAll(v, "_", "") }
 	urls := map[string]string{}
@@ -127,7 +128,7 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 			if err := watch(ctx, conn, pub, slotOf(v), "orders"); err != nil {
 				return nil, err
 			}
-		case ptRecv:
+		case ptRecv, ptW2J:
 			// The same publication and replica identity; pg_recvlogical
 			// makes a new slot per run.
 			if err := watchThenSlots(ctx, conn, pub, "orders"); err != nil {
@@ -220,9 +221,13 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 			run.WalsenderCPU, run.ConsumerCPU = ws1-ws0, c1-c0
 			return nil
 		}
-	case ptRecv:
+	case ptRecv, ptW2J:
 		var wr WriterRun
-		r, err := e.startRecvlogical(ctx, url, conn, pub, &wr)
+		plugin := pluginPgoutput
+		if variant == ptW2J {
+			plugin = pluginWal2json
+		}
+		r, err := e.startRecvlogical(ctx, url, conn, pub, &wr, plugin)
 		if err != nil {
 			return run, err
 		}

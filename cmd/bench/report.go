@@ -264,15 +264,18 @@ func (r *Results) Markdown(command string) string {
 
 	if x := r.PerTx; x != nil {
 		p("#### 4b. CPU per transaction and keeping up: the whole agent process against pg_recvlogical\n\n")
-		p("`pgbench -n -c %d -j %d -T %d` with single-row transactions, weighted 8:1:1: UPDATE of a random row, INSERT (ON CONFLICT DO NOTHING), DELETE, on `orders` (%s rows, REPLICA IDENTITY FULL as `watch` sets it), one database per consumer: *agent* is the built binary, `pgaudit-cdc run --status-interval 100ms` with its stdout sink on `/dev/null`; *pg_recvlogical* writes to `/dev/null`; *none* has no consumer. *Behind* is the WAL the consumer had not taken when pgbench ended: not confirmed by the agent (it confirms only what it delivered), not yet sent by pg_recvlogical's walsender. CPU is the consumer process's (utime + stime) from pgbench's start until it caught up, divided by pgbench's transactions.\n\n",
+		p("`pgbench -n -c %d -j %d -T %d` with single-row transactions, weighted 8:1:1: UPDATE of a random row, INSERT (ON CONFLICT DO NOTHING), DELETE, on `orders` (%s rows, REPLICA IDENTITY FULL as `watch` sets it), one database per consumer: *agent* is the built binary, `pgaudit-cdc run --status-interval 100ms` with its stdout sink on `/dev/null`; *pg_recvlogical* (pgoutput, bytes only) and *wal2json* (pg_recvlogical with wal2json's format 2: JSON with the old and new rows, as the agent sends) write to `/dev/null`; *none* has no consumer. *Behind* is the WAL the consumer had not taken when pgbench ended: not confirmed by the agent (it confirms only what it delivered), not yet sent by pg_recvlogical's walsender. CPU is the consumer process's (utime + stime) from pgbench's start until it caught up, divided by pgbench's transactions.\n\n",
 			x.Clients, min(x.Clients, 2), int(x.For.Seconds()), thousands(int64(x.Rows)))
 		p("| round | consumer | tps | tps / none | WAL written | behind at the end | seconds of WAL behind | caught up in | consumer CPU per tx | walsender CPU per tx |\n|---|---|---|---|---|---|---|---|---|---|\n")
-		type agg struct{ tpsRatio, behindSec, cpu []float64 }
-		all := map[string]*agg{ptRecv: {}, ptAgent: {}}
+		type agg struct{ tpsRatio, behindSec, cpu, total []float64 }
+		all := map[string]*agg{ptRecv: {}, ptW2J: {}, ptAgent: {}}
 		var cpuRatio []float64
 		for i, rd := range x.Rounds {
-			for _, v := range []string{ptNone, ptRecv, ptAgent} {
-				run := rd[v]
+			for _, v := range []string{ptNone, ptRecv, ptW2J, ptAgent} {
+				run, ok := rd[v]
+				if !ok {
+					continue
+				}
 				ratio := run.TPS / rd[ptNone].TPS
 				behindSec := 0.0
 				if run.WALBytes > 0 {
@@ -282,6 +285,7 @@ func (r *Results) Markdown(command string) string {
 					a.tpsRatio = append(a.tpsRatio, ratio)
 					a.behindSec = append(a.behindSec, behindSec)
 					a.cpu = append(a.cpu, perTx(run.ConsumerCPU, run.Txns))
+					a.total = append(a.total, perTx(run.ConsumerCPU+run.WalsenderCPU, run.Txns))
 				}
 				if v == ptNone {
 					p("| %d | %s | %s | 1 | %s | | | | | |\n", i+1, v, f0(run.TPS), mb(run.WALBytes))
@@ -296,6 +300,10 @@ func (r *Results) Markdown(command string) string {
 		p("\nMedians: agent CPU %.1f µs per transaction against pg_recvlogical's %.1f µs: **%.2f×** (median of the per-round ratios; target ≤ 2×: %s). WAL behind when pgbench ended: agent **%.2f s** of WAL (slowest round %.2f s; target under 1 s: %s), pg_recvlogical %.2f s. Writers keep %.3f of their no-audit rate with the agent, %.3f with pg_recvlogical.\n\n",
 			median(ag.cpu), median(rc.cpu), median(cpuRatio), verdict(median(cpuRatio) <= 2), median(ag.behindSec), slices.Max(ag.behindSec), verdict(slices.Max(ag.behindSec) < 1),
 			median(rc.behindSec), median(ag.tpsRatio), median(rc.tpsRatio))
+		if w2j := all[ptW2J]; len(w2j.total) > 0 {
+			p("The whole system's CPU per transaction, consumer + its walsender (medians): agent **%.1f µs**, pg_recvlogical with pgoutput %.1f µs, with wal2json %.1f µs. Target: the agent's ≤ pgoutput's (%s) and < wal2json's (%s).\n\n",
+				median(ag.total), median(rc.total), median(w2j.total), verdict(median(ag.total) <= median(rc.total)), verdict(median(ag.total) < median(w2j.total)))
+		}
 	}
 
 	if mem := r.Memory; mem != nil {

@@ -276,7 +276,7 @@ func (e *env) writerRun(ctx context.Context, pgbench, script, variant, url strin
 			return ra.stop()
 		}
 	case varDecode:
-		r, err := e.startRecvlogical(ctx, url, conn, pub, &run)
+		r, err := e.startRecvlogical(ctx, url, conn, pub, &run, pluginPgoutput)
 		if err != nil {
 			return run, err
 		}
@@ -374,19 +374,34 @@ type recvlogical struct {
 
 // startRecvlogical drains a new slot of conn's database with pg_recvlogical
 // to /dev/null, from the current position.
-func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, pub string, run *WriterRun) (*recvlogical, error) {
-	const slot = "writer_b1"
+// The output plugins pg_recvlogical is run with.
+const (
+	pluginPgoutput = "pgoutput"
+	pluginWal2json = "wal2json"
+)
+
+func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, pub string, run *WriterRun, plugin string) (*recvlogical, error) {
+	slot := "writer_b1"
 	bin, err := e.tool("pg_recvlogical")
 	if err != nil {
 		return nil, err
 	}
+	args := []string{"-o", "proto_version=1", "-o", "publication_names=" + pub}
+	if plugin == pluginWal2json {
+		// JSON with the old row in full (REPLICA IDENTITY FULL), as the
+		// agent sends: wal2json's format 2, one object per change.
+		slot, args = "writer_w2j", []string{"-o", "format-version=2", "-o", "include-transaction=false"}
+	}
 	// A new slot per run starts at the current position: nothing to catch up.
-	if err := createSlot(ctx, conn, slot); err != nil {
+	if err := exec1(ctx, conn, "SELECT pg_create_logical_replication_slot($1, $2)", slot, plugin); err != nil {
+		if plugin == pluginWal2json {
+			return nil, fmt.Errorf("creating a wal2json slot (install the output plugin for this server; on Debian: apt-get install postgresql-MAJOR-wal2json): %w", err)
+		}
 		return nil, err
 	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, "-d", url, "-S", slot, "--start", "-o", "proto_version=1", "-o", "publication_names="+pub,
-		"-F", "0", "-s", "1", "-f", "/dev/null", "--no-loop")
+	cmd := exec.Command(bin, append([]string{"-d", url, "-S", slot, "--start", "-P", plugin}, append(args,
+		"-F", "0", "-s", "1", "-f", "/dev/null", "--no-loop")...)...)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -84,6 +84,14 @@ func TestDetachChangeAttach(t *testing.T) {
 	h.exec(`INSERT INTO pt VALUES (150, 'x')`)
 	h.exec(`DROP TABLE pt2`)
 
+	// On PostgreSQL 14 a change made while detached, in a transaction that
+	// attaches the table again, comes under the partitioned table's name
+	// (pgoutput's relation cache): audited all the same, with the same kind
+	// and source.
+	inTxDetached := "INSERT public.pt1 4"
+	if schemaWatchVersion(t, h) < 150000 {
+		inTxDetached = "INSERT public.pt 4"
+	}
 	h.waitStory(strings.Join([]string{
 		"WATCH public.pt",
 		"DETACH public.pt1 public.pt (detached)",
@@ -93,7 +101,7 @@ func TestDetachChangeAttach(t *testing.T) {
 		"ATTACH public.pt1 public.pt (attached)",
 		"UPDATE public.pt 1",
 		"DETACH public.pt1 public.pt (detached)",
-		"INSERT public.pt1 4",
+		inTxDetached,
 		"ATTACH public.pt1 public.pt (attached)",
 		"DETACH public.pt1 public.pt (detached)",
 		"DELETE public.pt1 4",

@@ -148,9 +148,11 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 		p.Chunks++
 		lastKey = next
 		if n < o.ChunkSize {
-			// The last chunk committed: the WAL position now is beyond it.
+			// The last chunk committed: the WAL insert position now is
+			// beyond its commit record (the write position is not, with
+			// synchronous_commit off).
 			var end string
-			if err := conn.QueryRow(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now(), end_lsn = pg_current_wal_lsn()
+			if err := conn.QueryRow(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now(), end_lsn = pg_current_wal_insert_lsn()
 				WHERE id = $1 RETURNING end_lsn::text`, p.ID).Scan(&end); err != nil {
 				return p, fmt.Errorf("finishing the backfill: %w", err)
 			}

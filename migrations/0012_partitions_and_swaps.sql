@@ -174,6 +174,22 @@ BEGIN
         IF follow_partitions.how <> 'watched' THEN
             RETURN NEXT format('%s joined watched %s', format('%I.%I', p.nspname, p.relname), p.root_name);
         END IF;
+        IF follow_partitions.how <> 'watched' AND NOT p.created AND current_setting('server_version_num')::int < 150000 THEN
+            -- PostgreSQL 14's pgoutput keeps what it knew of a relation
+            -- until a publication changes: without this an attached table
+            -- goes on being published as itself. Setting an option to its
+            -- value changes nothing else.
+            BEGIN
+                FOR pub IN SELECT p2.pubname FROM pg_publication p2 JOIN pg_publication_rel pr ON pr.prpubid = p2.oid
+                           WHERE pr.prrelid = p.root_oid
+                LOOP
+                    EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', pub.pubname);
+                END LOOP;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'pgaudit-cdc: % joined watched %, and its changes may go on being published under its own name until the publication changes: %',
+                    format('%I.%I', p.nspname, p.relname), p.root_name, SQLERRM;
+            END;
+        END IF;
     END LOOP;
 END;
 $$;

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
 // story tells the trail in short: a self-audit event as its operation and
@@ -162,5 +163,39 @@ func TestTableSwap(t *testing.T) {
 	var ident string
 	if err := h.conn.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'public.t'::regclass`).Scan(&ident); err != nil || ident != "f" {
 		t.Errorf("the swapped-in table has REPLICA IDENTITY %q (%v), want FULL", ident, err)
+	}
+}
+
+// TestTableSwapKeepsColumnControl: the swapped-in table's watch keeps the
+// row filter and the excluded columns of the watch whose name it took: a
+// swap never sends what the operator kept out of the trail.
+func TestTableSwapKeepsColumnControl(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE acct (id int PRIMARY KEY, owner text, ssn text)`)
+	if err := h.watchWith("acct", "other", "bank", watches.Options{RowFilter: "id < 100", ExcludeColumns: []string{"ssn"}}); err != nil {
+		t.Fatal(err)
+	}
+	h.startAgent()
+	h.exec(`BEGIN; ALTER TABLE acct RENAME TO acct_old; CREATE TABLE acct (id int PRIMARY KEY, owner text, ssn text);
+		INSERT INTO acct VALUES (1, 'ann', '123-45-6789'), (500, 'bob', '987-65-4321'); COMMIT`)
+	h.waitStory(strings.Join([]string{
+		"WATCH public.acct",
+		"REWATCH public.acct_old",
+		"WATCH public.acct (took_name_from public.acct_old)",
+		"INSERT public.acct 1",
+	}, "\n"))
+	for _, e := range h.spine.Events() {
+		if field(t, e, "operation") == envelope.OpInsert && field(t, e, "new", "ssn") != nil {
+			t.Fatalf("the swapped-in table's event carries the excluded column: %s", jsonOf(t, e.Payload))
+		}
+	}
+	var w map[string]any
+	for _, e := range h.spine.Events() {
+		if field(t, e, "operation") == envelope.OpWatch && field(t, e, "watch", "origin") != nil {
+			w, _ = field(t, e, "watch").(map[string]any)
+		}
+	}
+	if fmt.Sprint(w["row_filter"]) != "id < 100" || fmt.Sprint(w["exclude_columns"]) != "[ssn]" {
+		t.Fatalf("the adopted watch: %v, want the row filter and excluded column of the original", w)
 	}
 }

@@ -53,6 +53,23 @@ CREATE TABLE pgaudit_cdc.partitions (
 ALTER TABLE pgaudit_cdc.partitions REPLICA IDENTITY FULL;
 REVOKE ALL ON pgaudit_cdc.partitions FROM PUBLIC;
 
+-- row_filter_of is the row filter of relid in publication pubid, as
+-- PostgreSQL deparses it (NULL: none; PostgreSQL 14 has none).
+CREATE FUNCTION pgaudit_cdc.row_filter_of(pubid oid, relid oid) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    filter text;
+BEGIN
+    IF current_setting('server_version_num')::int < 150000 THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT pg_get_expr(prqual, prrelid) FROM pg_publication_rel WHERE prpubid = $1 AND prrelid = $2'
+        INTO filter USING pubid, relid;
+    RETURN filter;
+END;
+$$;
+
 -- follow_partitions brings pgaudit_cdc.partitions in line with the tables
 -- under the watched partitioned tables; how names the way new ones came
 -- (created, attached, found, watched). It returns a line per change.
@@ -123,11 +140,7 @@ BEGIN
                        WHERE pr.prrelid = p.root_oid
                          AND NOT EXISTS (SELECT 1 FROM pg_publication_rel m WHERE m.prpubid = pr.prpubid AND m.prrelid = p.table_oid)
             LOOP
-                filter := NULL;
-                IF current_setting('server_version_num')::int >= 150000 THEN
-                    EXECUTE 'SELECT pg_get_expr(prqual, prrelid) FROM pg_publication_rel WHERE prpubid = $1 AND prrelid = $2'
-                        INTO filter USING pub.prpubid, pub.prrelid;
-                END IF;
+                filter := pgaudit_cdc.row_filter_of(pub.prpubid, pub.prrelid);
                 EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s',
                     (SELECT pubname FROM pg_publication WHERE oid = pub.prpubid), p.table_oid::regclass,
                     CASE WHEN filter IS NOT NULL THEN ' WHERE (' || filter || ')' ELSE '' END);
@@ -254,11 +267,7 @@ BEGIN
                        FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                        WHERE pr.prrelid = a.holder_oid
             LOOP
-                filter := NULL;
-                IF current_setting('server_version_num')::int >= 150000 THEN
-                    EXECUTE 'SELECT pg_get_expr(prqual, prrelid) FROM pg_publication_rel WHERE prpubid = $1 AND prrelid = $2'
-                        INTO filter USING pub.prpubid, a.holder_oid;
-                END IF;
+                filter := pgaudit_cdc.row_filter_of(pub.prpubid, a.holder_oid);
                 IF pub.member THEN -- plain, from its watched schema: the watch's definition takes precedence
                     EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub.pubname, a.table_oid::regclass);
                 END IF;

@@ -156,6 +156,23 @@ func TestDroppedTransactionFailsVerify(t *testing.T) {
 // out with pg_current_wal_insert_lsn().
 func (h *harness) commitOf(table string) pgoutput.LSN {
 	h.t.Helper()
+	// The commit may take a moment to be readable (flushed) by a peek.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if lsn := h.peekDelete(); lsn != 0 || time.Now().After(deadline) {
+			if lsn == 0 {
+				h.t.Fatalf("no DELETE of %s found in the slot", table)
+			}
+			return lsn
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// peekDelete returns the commit position of the last transaction with a
+// DELETE the slot holds (0: none).
+func (h *harness) peekDelete() pgoutput.LSN {
+	h.t.Helper()
 	rows, err := h.conn.Query(context.Background(), `SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
 		'proto_version', '1', 'publication_names', $2)`, testSlot, testPub)
 	if err != nil {
@@ -179,9 +196,6 @@ func (h *harness) commitOf(table string) pgoutput.LSN {
 		case *pgoutput.DeleteMessage:
 			last = begin
 		}
-	}
-	if last == 0 {
-		h.t.Fatalf("no DELETE of %s found in the slot", table)
 	}
 	return last
 }

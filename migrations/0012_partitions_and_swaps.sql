@@ -41,7 +41,7 @@ CREATE TABLE pgaudit_cdc.partitions (
     root_oid    oid         NOT NULL,  -- the watched partitioned table it is (or was) under
     schema_name text        NOT NULL,
     table_name  text        NOT NULL,
-    root_name   text        NOT NULL,  -- quoted, qualified
+    root_name   text        NOT NULL,  -- as events name it (display_name)
     attached    boolean     NOT NULL,
     -- how it came or went: watched (under the table when its watch began,
     -- no event), created, attached, found (by the agent's housekeeping),
@@ -52,6 +52,34 @@ CREATE TABLE pgaudit_cdc.partitions (
 );
 ALTER TABLE pgaudit_cdc.partitions REPLICA IDENTITY FULL;
 REVOKE ALL ON pgaudit_cdc.partitions FROM PUBLIC;
+
+-- display_name writes schema.table as events name tables (ident.Qualified):
+-- a part is double-quoted unless it is a plain lower-case identifier.
+CREATE FUNCTION pgaudit_cdc.display_name(schema_name text, table_name text) RETURNS text
+    LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT CASE WHEN schema_name ~ '^[a-z_][a-z0-9_]*$' THEN schema_name ELSE '"' || replace(schema_name, '"', '""') || '"' END
+        || '.' || CASE WHEN table_name ~ '^[a-z_][a-z0-9_]*$' THEN table_name ELSE '"' || replace(table_name, '"', '""') || '"' END;
+$$;
+
+-- watched_partition_tree lists every actively watched partitioned table
+-- (level 0) and the tables under it, from pg_inherits: no lock is taken on
+-- any of them (pg_partition_tree locks every partition), so the DDL trigger
+-- never waits behind a lock on a partition.
+CREATE FUNCTION pgaudit_cdc.watched_partition_tree() RETURNS TABLE (root oid, relid oid, level int)
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+    AS $$
+    WITH RECURSIVE tree(root, relid, level) AS (
+        SELECT w.table_oid, w.table_oid, 0
+            FROM pgaudit_cdc.watches w JOIN pg_class r ON r.oid = w.table_oid AND r.relkind = 'p'
+            WHERE w.active
+        UNION ALL
+        SELECT t.root, i.inhrelid, t.level + 1
+            FROM tree t JOIN pg_inherits i ON i.inhparent = t.relid
+            WHERE t.level < 64
+    )
+    SELECT root, relid, level FROM tree;
+$$;
 
 -- row_filter_of is the row filter of relid in publication pubid, as
 -- PostgreSQL deparses it (NULL: none; PostgreSQL 14 has none).
@@ -70,10 +98,22 @@ BEGIN
 END;
 $$;
 
+-- ours_publications are pgaudit-cdc's publications that hold relid: those
+-- that publish the watch registry. Nobody else's publication is touched.
+CREATE FUNCTION pgaudit_cdc.ours_publications(relid oid) RETURNS TABLE (pubid oid, pubname name, pubviaroot boolean)
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT p.oid, p.pubname, p.pubviaroot
+        FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+        WHERE pr.prrelid = relid
+          AND EXISTS (SELECT 1 FROM pg_publication_rel w WHERE w.prpubid = p.oid AND w.prrelid = 'pgaudit_cdc.watches'::regclass);
+$$;
+
 -- follow_partitions brings pgaudit_cdc.partitions in line with the tables
 -- under the watched partitioned tables; how names the way new ones came
--- (created, attached, found, watched). It returns a line per change.
-CREATE FUNCTION pgaudit_cdc.follow_partitions(how text) RETURNS SETOF text
+-- (created, attached, found), or watched for those under only_root (0: any)
+-- when its watch begins (no event). It returns a line per change.
+CREATE FUNCTION pgaudit_cdc.follow_partitions(how text, only_root oid DEFAULT 0) RETURNS SETOF text
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
@@ -81,28 +121,27 @@ DECLARE
     pub record;
     candidates oid[];
     filter text;
+    label text;
 BEGIN
     -- The watches of unwatched or dropped partitioned tables ended with an
-    -- UNWATCH or DROP event: their partitions go quietly.
+    -- UNWATCH or DROP event: their partitions go quietly (those under
+    -- another watched partitioned table too are taken over below).
     DELETE FROM pgaudit_cdc.partitions x
-        WHERE NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w WHERE w.table_oid = x.root_oid AND w.active);
+        WHERE NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches w WHERE w.table_oid = x.root_oid AND w.active)
+          AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watched_partition_tree() t WHERE t.relid = x.table_oid AND t.level > 0);
 
     -- Tables that left their watched partitioned table: detached, or
     -- dropped. Only the topmost of a detached subtree gets a watch; the
     -- tables under it follow it below.
     SELECT array_agg(x.table_oid) INTO candidates
         FROM pgaudit_cdc.partitions x
-        WHERE x.attached AND NOT EXISTS (
-            SELECT 1 FROM pgaudit_cdc.watches w
-            JOIN pg_class r ON r.oid = w.table_oid AND r.relkind = 'p'
-            CROSS JOIN LATERAL pg_partition_tree(w.table_oid) t
-            WHERE w.active AND t.relid = x.table_oid AND t.relid <> w.table_oid);
+        WHERE x.attached
+          AND NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watched_partition_tree() t WHERE t.relid = x.table_oid AND t.level > 0);
     FOR p IN
         SELECT x.table_oid, x.root_oid, c.oid IS NOT NULL AS present, c.relreplident,
-               CASE WHEN c.oid IS NOT NULL THEN format('%I.%I', n.nspname, c.relname)
-                    ELSE format('%I.%I', x.schema_name, x.table_name) END AS name,
-               n.nspname, c.relname,
-               coalesce((SELECT format('%I.%I', rn.nspname, rc.relname) FROM pg_class rc
+               coalesce(n.nspname, x.schema_name) AS nspname, coalesce(c.relname, x.table_name) AS relname,
+               pgaudit_cdc.display_name(coalesce(n.nspname, x.schema_name), coalesce(c.relname, x.table_name)) AS name,
+               coalesce((SELECT pgaudit_cdc.display_name(rn.nspname, rc.relname) FROM pg_class rc
                          JOIN pg_namespace rn ON rn.oid = rc.relnamespace WHERE rc.oid = x.root_oid), x.root_name) AS root_name,
                w.kind, w.source, w.row_filter, w.on_columns
         FROM pgaudit_cdc.partitions x
@@ -114,7 +153,8 @@ BEGIN
                                           WHERE a.relid <> x.table_oid AND a.relid = ANY (candidates)))
     LOOP
         UPDATE pgaudit_cdc.partitions SET attached = false, how = CASE WHEN p.present THEN 'detached' ELSE 'dropped' END,
-                root_name = p.root_name, changed_at = now(), changed_by = session_user
+                schema_name = p.nspname, table_name = p.relname, root_name = p.root_name,
+                changed_at = now(), changed_by = session_user
             WHERE table_oid = p.table_oid;
         IF NOT p.present THEN
             RETURN NEXT format('partition %s of %s was dropped', p.name, p.root_name);
@@ -136,13 +176,11 @@ BEGIN
             IF p.relreplident <> 'f' THEN
                 EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', p.table_oid::regclass);
             END IF;
-            FOR pub IN SELECT pr.prpubid, pr.prrelid FROM pg_publication_rel pr
-                       WHERE pr.prrelid = p.root_oid
-                         AND NOT EXISTS (SELECT 1 FROM pg_publication_rel m WHERE m.prpubid = pr.prpubid AND m.prrelid = p.table_oid)
+            FOR pub IN SELECT o.pubid, o.pubname FROM pgaudit_cdc.ours_publications(p.root_oid) o
+                       WHERE NOT EXISTS (SELECT 1 FROM pg_publication_rel m WHERE m.prpubid = o.pubid AND m.prrelid = p.table_oid)
             LOOP
-                filter := pgaudit_cdc.row_filter_of(pub.prpubid, pub.prrelid);
-                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s',
-                    (SELECT pubname FROM pg_publication WHERE oid = pub.prpubid), p.table_oid::regclass,
+                filter := pgaudit_cdc.row_filter_of(pub.pubid, p.root_oid);
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s', pub.pubname, p.table_oid::regclass,
                     CASE WHEN filter IS NOT NULL THEN ' WHERE (' || filter || ')' ELSE '' END);
             END LOOP;
         EXCEPTION WHEN OTHERS THEN
@@ -157,52 +195,58 @@ BEGIN
     -- fires for the ALTER TABLE that gives it REPLICA IDENTITY FULL before
     -- it fires for its CREATE TABLE).
     FOR p IN
-        SELECT DISTINCT ON (t.relid) t.relid AS table_oid, w.table_oid AS root_oid, n.nspname, c.relname,
-               follow_partitions.how = 'attached' AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = c.reltype AND ty.xmin = pg_current_xact_id()::xid) AS created,
-               format('%I.%I', rn.nspname, r.relname) AS root_name, x.table_oid IS NOT NULL AS known, x.attached,
-               x.root_oid AS known_root
-        FROM pgaudit_cdc.watches w
-        JOIN pg_class r ON r.oid = w.table_oid AND r.relkind = 'p'
+        SELECT DISTINCT ON (t.relid) t.relid AS table_oid, t.root AS root_oid, n.nspname, c.relname, c.relkind, c.relreplident,
+               pgaudit_cdc.display_name(rn.nspname, r.relname) AS root_name, x.table_oid IS NOT NULL AS known, x.attached,
+               x.root_oid AS known_root,
+               follow_partitions.how = 'attached' AND EXISTS (SELECT 1 FROM pg_type ty WHERE ty.oid = c.reltype AND ty.xmin = pg_current_xact_id()::xid) AS created
+        FROM pgaudit_cdc.watched_partition_tree() t
+        JOIN pg_class r ON r.oid = t.root
         JOIN pg_namespace rn ON rn.oid = r.relnamespace
-        CROSS JOIN LATERAL pg_partition_tree(w.table_oid) t
         JOIN pg_class c ON c.oid = t.relid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pgaudit_cdc.partitions x ON x.table_oid = t.relid
-        WHERE w.active AND t.relid <> w.table_oid
+        WHERE t.level > 0
         ORDER BY t.relid, t.level DESC
     LOOP
         CONTINUE WHEN p.known AND p.attached AND p.root_oid = p.known_root;
         IF p.known AND p.attached THEN
             -- Under another watched table than before (a watch began above
-            -- it, or its detached parent got a watch): no change to audit.
+            -- it, one above it ended, or its detached parent got a watch):
+            -- no change to audit.
             UPDATE pgaudit_cdc.partitions SET root_oid = p.root_oid, root_name = p.root_name WHERE table_oid = p.table_oid;
             CONTINUE;
         END IF;
+        label := CASE WHEN follow_partitions.how = 'watched' AND only_root <> 0 AND p.root_oid <> only_root THEN 'found'
+                      WHEN p.created THEN 'created'
+                      ELSE follow_partitions.how END;
         INSERT INTO pgaudit_cdc.partitions AS x (table_oid, root_oid, schema_name, table_name, root_name, attached, how)
-            VALUES (p.table_oid, p.root_oid, p.nspname, p.relname, p.root_name, true,
-                    CASE WHEN p.created THEN 'created' ELSE follow_partitions.how END)
+            VALUES (p.table_oid, p.root_oid, p.nspname, p.relname, p.root_name, true, label)
             ON CONFLICT (table_oid) DO UPDATE SET root_oid = EXCLUDED.root_oid, schema_name = EXCLUDED.schema_name,
                 table_name = EXCLUDED.table_name, root_name = EXCLUDED.root_name, attached = true, how = EXCLUDED.how,
                 changed_at = now(), changed_by = session_user;
-        IF follow_partitions.how <> 'watched' THEN
-            RETURN NEXT format('%s joined watched %s', format('%I.%I', p.nspname, p.relname), p.root_name);
-        END IF;
-        IF follow_partitions.how <> 'watched' AND NOT p.created AND current_setting('server_version_num')::int < 150000 THEN
-            -- PostgreSQL 14's pgoutput keeps what it knew of a relation
-            -- until a publication changes: without this an attached table
-            -- goes on being published as itself. Setting an option to its
-            -- value changes nothing else.
-            BEGIN
-                FOR pub IN SELECT p2.pubname FROM pg_publication p2 JOIN pg_publication_rel pr ON pr.prpubid = p2.oid
-                           WHERE pr.prrelid = p.root_oid
-                LOOP
-                    EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', pub.pubname);
+        CONTINUE WHEN label = 'watched';
+        RETURN NEXT format('%s joined watched %s', pgaudit_cdc.display_name(p.nspname, p.relname), p.root_name);
+        BEGIN
+            -- Its old rows in full, as the partitioned table's watch gives
+            -- every partition (not virtual generated columns: see 0010).
+            IF p.relkind IN ('r', 'p') AND p.relreplident <> 'f'
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p.table_oid AND a.attgenerated = 'v') THEN
+                EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', p.table_oid::regclass);
+            END IF;
+            IF NOT p.created AND current_setting('server_version_num')::int < 150000 THEN
+                -- PostgreSQL 14's pgoutput keeps what it knew of a relation
+                -- until a publication changes: without this an attached
+                -- table goes on being published as itself. Setting the
+                -- option to its own value changes nothing else.
+                FOR pub IN SELECT o.pubname, o.pubviaroot FROM pgaudit_cdc.ours_publications(p.root_oid) o LOOP
+                    EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = %s)', pub.pubname,
+                        CASE WHEN pub.pubviaroot THEN 'true' ELSE 'false' END);
                 END LOOP;
-            EXCEPTION WHEN OTHERS THEN
-                RAISE WARNING 'pgaudit-cdc: % joined watched %, and its changes may go on being published under its own name until the publication changes: %',
-                    format('%I.%I', p.nspname, p.relname), p.root_name, SQLERRM;
-            END;
-        END IF;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pgaudit-cdc: % joined watched %, and could not be given REPLICA IDENTITY FULL or be published as it: % (the agent tries again within 15 s)',
+                pgaudit_cdc.display_name(p.nspname, p.relname), p.root_name, SQLERRM;
+        END;
     END LOOP;
 END;
 $$;
@@ -219,11 +263,15 @@ DECLARE
     controlled boolean;
     cols text;
     filter text;
-    has_rows boolean;
+    member boolean;
 BEGIN
     FOR a IN
-        SELECT DISTINCT ON (c.oid) c.oid AS table_oid, n.nspname, c.relname, c.relreplident,
-               w.table_oid AS holder_oid, format('%I.%I', w.schema_name, w.table_name) AS holder,
+        SELECT DISTINCT ON (c.oid) c.oid AS table_oid, n.nspname, c.relname, c.relkind, c.relreplident,
+               pgaudit_cdc.display_name(n.nspname, c.relname) AS name,
+               w.table_oid AS holder_oid,
+               coalesce((SELECT pgaudit_cdc.display_name(hn.nspname, h.relname) FROM pg_class h
+                         JOIN pg_namespace hn ON hn.oid = h.relnamespace WHERE h.oid = w.table_oid),
+                        pgaudit_cdc.display_name(w.schema_name, w.table_name)) AS holder,
                w.kind, w.source, w.row_filter, w.columns, w.exclude_columns, w.on_columns
         FROM pgaudit_cdc.watches w
         JOIN pg_namespace n ON n.nspname = w.watched_schema
@@ -262,32 +310,27 @@ BEGIN
             ELSIF a.relreplident <> 'f' THEN
                 EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', a.table_oid::regclass);
             END IF;
-            FOR pub IN SELECT pr.prpubid, p.pubname, EXISTS (SELECT 1 FROM pg_publication_rel m
-                                                          WHERE m.prpubid = pr.prpubid AND m.prrelid = a.table_oid) AS member
-                       FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                       WHERE pr.prrelid = a.holder_oid
-            LOOP
-                filter := pgaudit_cdc.row_filter_of(pub.prpubid, a.holder_oid);
-                IF pub.member THEN -- plain, from its watched schema: the watch's definition takes precedence
+            FOR pub IN SELECT o.pubid, o.pubname FROM pgaudit_cdc.ours_publications(a.holder_oid) o LOOP
+                filter := pgaudit_cdc.row_filter_of(pub.pubid, a.holder_oid);
+                member := EXISTS (SELECT 1 FROM pg_publication_rel m WHERE m.prpubid = pub.pubid AND m.prrelid = a.table_oid);
+                IF member THEN -- plain, from its watched schema: the watch's definition takes precedence
                     EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub.pubname, a.table_oid::regclass);
                 END IF;
                 EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s%s', pub.pubname, a.table_oid::regclass,
                     CASE WHEN cols IS NOT NULL THEN ' (' || cols || ')' ELSE '' END,
                     CASE WHEN filter IS NOT NULL THEN ' WHERE (' || filter || ')' ELSE '' END);
             END LOOP;
-            BEGIN
-                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', a.table_oid::regclass) INTO has_rows;
-            EXCEPTION WHEN OTHERS THEN
-                has_rows := true; -- cannot tell: say it
-            END;
-            IF has_rows THEN
+            -- Whether it holds rows already, from its size: a query of the
+            -- table would run its owner's row-level security policies with
+            -- this function's rights.
+            IF a.relkind = 'p' OR pg_relation_size(a.table_oid) > 0 THEN
                 RAISE WARNING 'pgaudit-cdc: % took the name watched % was watched as and is audited from now on; the rows it already holds are not in the audit trail: run pgaudit-cdc backfill %',
-                    format('%I.%I', a.nspname, a.relname), a.holder, format('%I.%I', a.nspname, a.relname);
+                    a.name, a.holder, a.name;
             END IF;
-            RETURN NEXT format('%s took the name %s was watched as, and is watched too', format('%I.%I', a.nspname, a.relname), a.holder);
+            RETURN NEXT format('%s took the name %s was watched as, and is watched too', a.name, a.holder);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'pgaudit-cdc: % took the name that watched % was watched as, and could not be watched: % (its changes are not audited; run pgaudit-cdc watch % --kind % --source %)',
-                format('%I.%I', a.nspname, a.relname), a.holder, SQLERRM, format('%I.%I', a.nspname, a.relname), a.kind, a.source;
+                a.name, a.holder, SQLERRM, a.name, a.kind, a.source;
         END;
     END LOOP;
 END;
@@ -331,7 +374,7 @@ EXCEPTION WHEN OTHERS THEN
 END;
 $$;
 
-REVOKE EXECUTE ON FUNCTION pgaudit_cdc.follow_partitions(text), pgaudit_cdc.adopt_watched_names() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pgaudit_cdc.follow_partitions(text, oid), pgaudit_cdc.adopt_watched_names() FROM PUBLIC;
 
 -- The partitions under the partitioned tables watched today.
 SELECT pgaudit_cdc.follow_partitions('watched');

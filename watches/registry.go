@@ -368,7 +368,7 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if rel.partitioned {
 		// Its partitions are known before the ALTER TABLEs below fire the
 		// DDL trigger, which would take them for newly attached ones.
-		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched')`); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched', $1)`, rel.oid); err != nil {
 			return "", fmt.Errorf("recording the partitions of %s: %w", name, err)
 		}
 	}

@@ -50,6 +50,9 @@ type reader struct {
 	// early one went (see settle).
 	handed, reported pgoutput.LSN
 	early            time.Time
+	// backfills are the backfills whose last chunk was handed over, by
+	// the end of its transaction: delivered once that is recorded.
+	backfills []doneBackfill
 	serverWALEnd     pgoutput.LSN
 	lastQueued       pgoutput.LSN // last keepalive position handed to the publisher
 	pending          batch        // items not yet handed over (see queue)
@@ -280,6 +283,47 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 	return nil
 }
 
+// track notes what b hands over: its highest position, and the backfills
+// it completes.
+func (r *reader) track(b batch) {
+	for _, w := range b.items {
+		r.handed = max(r.handed, w.keepalive, w.item.EndLSN)
+		if len(w.item.Backfills) > 0 {
+			r.backfills = append(r.backfills, doneBackfill{end: w.item.EndLSN, ids: w.item.Backfills})
+		}
+	}
+}
+
+// doneBackfill is a backfill whose last chunk's transaction ends at end.
+type doneBackfill struct {
+	end pgoutput.LSN
+	ids []int64
+}
+
+// markBackfillsDelivered records as delivered the backfills whose last
+// chunk's transaction is accepted: every READ event of theirs was accepted
+// by the destination (`backfill` waits for this). A failure is logged and
+// tried again at the next record.
+func (r *reader) markBackfillsDelivered(ctx context.Context, accepted pgoutput.LSN) {
+	var ids []int64
+	n := 0
+	for _, b := range r.backfills {
+		if b.end > accepted {
+			break
+		}
+		ids = append(ids, b.ids...)
+		n++
+	}
+	if len(ids) == 0 {
+		return
+	}
+	if err := capture.MarkBackfillsDelivered(ctx, r.meta, ids); err != nil {
+		r.a.log.Warn("recording delivered backfills failed; tried again at the next progress record", "backfills", ids, "err", err)
+		return
+	}
+	r.backfills = r.backfills[n:]
+}
+
 // progressSlack is how far the accepted LSN may run ahead of the
 // recorded progress before it is saved again. Saving costs a commit record
 // in the WAL, which the next keepalive reports as new WAL to confirm: without
@@ -292,12 +336,18 @@ const progressSlack = 512
 // more than slack ahead of the last record (confirm.Tracker.NeedsRecord),
 // and returns it. When saving fails, nothing more becomes confirmable.
 func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutput.LSN, error) {
+	if len(r.backfills) > 0 && r.backfills[0].end <= r.confirm.Accepted() {
+		slack = 0 // a backfill is delivered: say so now
+	}
 	accepted, due := r.confirm.NeedsRecord(slack)
 	if !due {
 		return accepted, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	// Before the progress: once it is recorded, nothing before it is read
+	// again, so a backfill delivered by then is said so first.
+	r.markBackfillsDelivered(ctx, accepted)
 	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, accepted); err != nil {
 		return accepted, fmt.Errorf("recording the slot progress before confirming it: %w", err)
 	}
@@ -364,6 +414,7 @@ func (r *reader) handOverNow() {
 	if len(b.items) == 0 {
 		return
 	}
+	r.track(b)
 	if !r.fits(b.size) {
 		return
 	}
@@ -381,9 +432,7 @@ func (r *reader) flush(ctx context.Context) error {
 		return nil
 	}
 	b := r.pending
-	for _, w := range b.items {
-		r.handed = max(r.handed, w.keepalive, w.item.EndLSN)
-	}
+	r.track(b)
 	var items []work
 	select {
 	case items = <-r.spare:

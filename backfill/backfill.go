@@ -306,28 +306,32 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 				}
 			}
 		}
-		msg := decode.BackfillChunk{ID: p.ID, TableOID: oid, Schema: schema, Table: table, Chunk: p.Chunks + 1, Rows: data}
-		for _, c := range cols {
-			msg.Columns = append(msg.Columns, decode.BackfillColumn{Name: c.name, TypeOID: c.typeOID})
-		}
-		content, err := json.Marshal(msg)
-		if err != nil {
-			return 0, nil, fmt.Errorf("encoding a chunk: %w", err)
-		}
-		// The control row authenticates the chunk: the agent turns a backfill
-		// message into READ events only after a row naming the same table
-		// and the message's SHA-256, written in the same transaction by a
-		// role allowed to write pgaudit_cdc.control.
-		// The digest is taken by the server over the bytes the message will
-		// hold (the text in the server's encoding).
-		if _, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.control (action, table_oid, digest, reason)
-			VALUES ('backfill', $1, encode(sha256(convert_to($2::text, current_setting('server_encoding'))), 'hex'), $3)`,
-			oid, string(content), fmt.Sprintf("backfill %d chunk %d", p.ID, p.Chunks+1)); err != nil {
-			return 0, nil, fmt.Errorf("authorising a chunk (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.BackfillPrefix, string(content)); err != nil {
-			return 0, nil, fmt.Errorf("writing a chunk to the WAL: %w", err)
-		}
+	}
+	// Every chunk goes, the last (fewer rows than asked for, none at all
+	// included) marked so: it tells the agent that the backfill is
+	// complete.
+	msg := decode.BackfillChunk{ID: p.ID, TableOID: oid, Schema: schema, Table: table, Chunk: p.Chunks + 1, Rows: data,
+		Last: len(data) < size}
+	for _, c := range cols {
+		msg.Columns = append(msg.Columns, decode.BackfillColumn{Name: c.name, TypeOID: c.typeOID})
+	}
+	content, err := json.Marshal(msg)
+	if err != nil {
+		return 0, nil, fmt.Errorf("encoding a chunk: %w", err)
+	}
+	// The control row authenticates the chunk: the agent turns a backfill
+	// message into READ events only after a row naming the same table
+	// and the message's SHA-256, written in the same transaction by a
+	// role allowed to write pgaudit_cdc.control.
+	// The digest is taken by the server over the bytes the message will
+	// hold (the text in the server's encoding).
+	if _, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.control (action, table_oid, digest, reason)
+		VALUES ('backfill', $1, encode(sha256(convert_to($2::text, current_setting('server_encoding'))), 'hex'), $3)`,
+		oid, string(content), fmt.Sprintf("backfill %d chunk %d", p.ID, p.Chunks+1)); err != nil {
+		return 0, nil, fmt.Errorf("authorising a chunk (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.BackfillPrefix, string(content)); err != nil {
+		return 0, nil, fmt.Errorf("writing a chunk to the WAL: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET last_key = $2, rows_done = rows_done + $3, chunks_done = chunks_done + 1
 		WHERE id = $1`, p.ID, next, len(data)); err != nil {

@@ -138,8 +138,8 @@ func TestBackfillStopsWhenUnwatched(t *testing.T) {
 	if !p2.Resumed || !p2.Done || p2.ID != p.ID || p2.Rows != 50 {
 		t.Errorf("resumed progress %+v, want backfill %d resumed and done with 50 rows", p2, p.ID)
 	}
-	if got := chunksInWAL(t, conn); got != 5 {
-		t.Errorf("%d backfill chunks in the WAL, want 5 (50 rows in chunks of 10, none twice)", got)
+	if got := chunksInWAL(t, conn); got != 6 {
+		t.Errorf("%d backfill chunks in the WAL, want 6 (50 rows in chunks of 10, none twice, and the empty last one)", got)
 	}
 }
 

@@ -12,9 +12,10 @@ import (
 )
 
 // A backfill is done when its READ events are delivered, not when its
-// chunks are in the WAL: its end_lsn is the server's WAL position after its
-// last chunk committed, and the agent confirms a position to its slot only
-// after the destination accepted every event before it.
+// chunks are in the WAL: its last chunk says it is the last, and the agent
+// sets delivered_at once the destination accepted every event up to that
+// chunk's transaction. end_lsn, the WAL insert position after the last
+// chunk, measures what is still to go.
 
 // Pending is a backfill whose READ events are not all delivered yet.
 type Pending struct {
@@ -36,14 +37,15 @@ func (p Pending) State() string {
 
 // ListPending returns the backfills the agent of slot has not delivered
 // yet, oldest first: those interrupted while writing chunks, and those
-// written beyond the slot's confirmed position. A backfill finished by a
-// version that did not record its end counts as delivered.
+// written but not delivered. One whose end lies before the start of the
+// slot's capture generation was lost in an accepted gap (the GAP event
+// asks for a new backfill) and is not pending.
 func ListPending(ctx context.Context, conn *pgx.Conn, slot string) ([]Pending, error) {
 	rows, err := conn.Query(ctx, `SELECT b.id, b.table_name, b.table_oid, b.rows_done, b.finished_at IS NOT NULL, coalesce(b.end_lsn::text, '')
 		FROM pgaudit_cdc.backfills b
-		LEFT JOIN pg_replication_slots s ON s.slot_name = $1
+		LEFT JOIN pgaudit_cdc.capture_state cs ON cs.slot_name = $1
 		WHERE b.finished_at IS NULL
-		   OR (b.end_lsn IS NOT NULL AND (s.confirmed_flush_lsn IS NULL OR s.confirmed_flush_lsn < b.end_lsn))
+		   OR (b.delivered_at IS NULL AND NOT coalesce(b.end_lsn < cs.start_lsn, false))
 		ORDER BY b.id`, slot)
 	if err != nil {
 		return nil, fmt.Errorf("reading pending backfills: %w", err)
@@ -84,15 +86,22 @@ func (d Delivery) ToGo() uint64 {
 	return uint64(d.End - d.Confirmed)
 }
 
-// WaitDelivered waits until the agent of slot has confirmed end: every
-// READ event of the backfill was accepted by the destination. It gives up,
+// WaitDelivered waits until the agent of slot has delivered backfill id:
+// every READ event of it was accepted by the destination. It gives up,
 // returning false, once no agent has streamed the slot for idle (none is
 // running: delivery waits for one). progress is called at every look.
-func WaitDelivered(ctx context.Context, conn *pgx.Conn, slot string, end pgoutput.LSN, idle time.Duration, progress func(Delivery)) (bool, error) {
+func WaitDelivered(ctx context.Context, conn *pgx.Conn, slot string, id int64, end pgoutput.LSN, idle time.Duration, progress func(Delivery)) (bool, error) {
 	var idleSince time.Time
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		var delivered bool
+		if err := conn.QueryRow(ctx, `SELECT delivered_at IS NOT NULL FROM pgaudit_cdc.backfills WHERE id = $1`, id).Scan(&delivered); err != nil {
+			return false, fmt.Errorf("reading the delivery of backfill %d: %w", id, err)
+		}
+		if delivered {
+			return true, nil
+		}
 		s, err := replication.LookupSlot(ctx, conn, slot)
 		if err != nil {
 			return false, err
@@ -100,9 +109,6 @@ func WaitDelivered(ctx context.Context, conn *pgx.Conn, slot string, end pgoutpu
 		d := Delivery{End: end, Confirmed: s.ConfirmedFlushLSN, SlotExists: s.Exists, AgentConnected: s.Active}
 		if progress != nil {
 			progress(d)
-		}
-		if s.Exists && s.ConfirmedFlushLSN >= end {
-			return true, nil
 		}
 		switch {
 		case s.Active:

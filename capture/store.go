@@ -99,6 +99,15 @@ func SaveProgress(ctx context.Context, conn execer, slot string, lsn pgoutput.LS
 	return nil
 }
 
+// MarkBackfillsDelivered records that every READ event of the backfills
+// ids was delivered (migration 0013).
+func MarkBackfillsDelivered(ctx context.Context, conn execer, ids []int64) error {
+	if _, err := conn.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET delivered_at = now() WHERE id = ANY($1) AND delivered_at IS NULL`, ids); err != nil {
+		return fmt.Errorf("recording delivered backfills: %w", err)
+	}
+	return nil
+}
+
 // resetProgress replaces the recorded progress (a new slot starts lower
 // than the old one may have reached).
 func resetProgress(ctx context.Context, q execer, slot string, lsn pgoutput.LSN) error {

@@ -12,7 +12,6 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
-	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -170,7 +169,7 @@ func writeBackfill(cmd *cobra.Command, conn *pgx.Conn, oid uint32, chunk int) (*
 func awaitDelivery(cmd *cobra.Command, conn *pgx.Conn, slot string, p *backfill.Progress, out, errOut io.Writer, start time.Time) error {
 	tty := isTerminal(errOut)
 	last := time.Time{}
-	delivered, err := backfill.WaitDelivered(cmd.Context(), conn, slot, p.EndLSN, deliveryIdle, func(d backfill.Delivery) {
+	delivered, err := backfill.WaitDelivered(cmd.Context(), conn, slot, p.ID, p.EndLSN, deliveryIdle, func(d backfill.Delivery) {
 		if !tty || time.Since(last) < 200*time.Millisecond {
 			return
 		}
@@ -191,8 +190,8 @@ func awaitDelivery(cmd *cobra.Command, conn *pgx.Conn, slot string, p *backfill.
 		return &ExitError{Code: ExitPending, Err: fmt.Errorf("backfill %d of %s: %d rows written, delivery pending: no agent has streamed slot %s for %s; start pgaudit-cdc run to deliver them (pgaudit-cdc status lists the backfill until then)",
 			p.ID, p.Table, p.Rows, slot, deliveryIdle)}
 	}
-	fmt.Fprintf(out, "backfill %d of %s delivered: %d rows as READ events, %s after it began (confirmed through %s)\n",
-		p.ID, p.Table, p.Rows, time.Since(start).Round(time.Millisecond), pgoutput.LSN(p.EndLSN))
+	fmt.Fprintf(out, "backfill %d of %s delivered: %d rows as READ events, %s after it began\n",
+		p.ID, p.Table, p.Rows, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

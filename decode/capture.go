@@ -397,6 +397,9 @@ type BackfillChunk struct {
 	Chunk    int64            `json:"chunk"`
 	Columns  []BackfillColumn `json:"columns"`
 	Rows     [][]*string      `json:"rows"`
+	// Last marks the backfill's last chunk: once its transaction is
+	// delivered, so is the backfill (Item.Backfills).
+	Last bool `json:"last,omitempty"`
 }
 
 // BackfillColumn names one column of a backfill chunk and its type.
@@ -419,6 +422,9 @@ func (s *Stream) backfill(ctx context.Context, lsn pgoutput.LSN, m *pgoutput.Log
 		s.seq++
 		return emit(Item{Kind: ItemRejectedControl, Prefix: m.Prefix,
 			Notice: fmt.Sprintf("ignored a backfill chunk for table OID %d without an authorising pgaudit_cdc.control row (xid %d, at %s): no READ events were produced; only `pgaudit-cdc backfill`, run by a role allowed to write pgaudit_cdc.control, can write one", chunk.TableOID, s.begin.Xid, lsn)})
+	}
+	if chunk.Last {
+		s.backfillsDone = append(s.backfillsDone, chunk.ID)
 	}
 	w, ok := s.watchFor(chunk.TableOID, chunk.Schema)
 	rel := &pgoutput.RelationMessage{ID: chunk.TableOID, Namespace: chunk.Schema, Name: chunk.Table, Columns: make([]pgoutput.RelationColumn, len(chunk.Columns))}

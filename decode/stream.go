@@ -119,6 +119,9 @@ type Item struct {
 	Kind   ItemKind
 	Event  *envelope.Event
 	EndLSN pgoutput.LSN
+	// Backfills, on an ItemCommit, are the backfills whose last chunk the
+	// transaction wrote: delivered once it is.
+	Backfills []int64
 	// Watch changes.
 	TableOID uint32
 	Watch    Watch
@@ -158,6 +161,9 @@ type Stream struct {
 	// backfillAuth are the backfill chunks the transaction's control rows
 	// authorised, not yet used.
 	backfillAuth []controlRow
+	// backfillsDone are the backfills whose last chunk the transaction
+	// wrote (Item.Backfills of its commit).
+	backfillsDone []int64
 
 	// identity remembers the replica identity last reported per watched
 	// relation, so a weakening is reported once.
@@ -277,7 +283,7 @@ func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 		s.inTx, s.begin, s.seq, s.txCount, s.held = true, *m, 0, 0, nil
 		s.commitTime = pgoutput.PGTime(m.CommitTime)
 		s.timestamp = envelope.FormatTimestamp(s.commitTime)
-		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth = nil, "", nil, nil, nil
+		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth, s.backfillsDone = nil, "", nil, nil, nil, nil
 		return nil
 	case *pgoutput.CommitMessage:
 		if !s.inTx {
@@ -287,7 +293,9 @@ func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 			return err
 		}
 		s.inTx = false
-		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN})
+		done := s.backfillsDone
+		s.backfillsDone = nil
+		return emit(Item{Kind: ItemCommit, EndLSN: m.EndLSN, Backfills: done})
 	case *pgoutput.RelationMessage:
 		rel, err := s.resolveRelation(ctx, m)
 		if err != nil {

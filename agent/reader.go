@@ -94,11 +94,12 @@ const tickEvery = 64
 // something was accepted since the last update, at most every earlyGap.
 // Without it the confirmed position reached the end of the WAL up to a
 // whole interval after the last change was delivered, which lag dashboards
-// read as a backlog. Under load the stream is never quiet that long, so the
-// updates (and the progress records before them) stay one per interval.
+// read as a backlog. Under steady load the stream is never quiet that long;
+// a trickle of transactions (under 20 a second) gets at most one update,
+// and one progress record, a second.
 const (
 	settlePoll = 50 * time.Millisecond
-	earlyGap   = 200 * time.Millisecond
+	earlyGap   = time.Second
 )
 
 // Batches are handed over when the stream is drained, or sooner when they

@@ -40,8 +40,9 @@ type ClientConfig struct {
 	// MinBackoff and MaxBackoff bound the wait between retries (defaults
 	// 200ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
-	// MaxInFlight is how many POSTs may be in flight on the connection
-	// (pipelining, default DefaultMaxInFlight); 1 sends one at a time.
+	// MaxInFlight bounds the POSTs in flight on the connection (pipelining,
+	// default DefaultMaxInFlight): the window adapts below it (window.go);
+	// 1 sends one at a time.
 	MaxInFlight int
 	// MaxInFlightBytes bounds the bytes of the POSTs in flight (default
 	// DefaultMaxInFlightBytes); one larger event is still sent, alone.

@@ -176,6 +176,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	}()
 
 	broken, gaveUp := false, false
+	allVerdicts := true // every answer read was a 201 or a refusal for good
 	var lastAnswer time.Time
 	for i := range bodies {
 		mu.Lock()
@@ -215,6 +216,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		inFlight--
 		bytesIn -= len(bodies[i])
 		if a.verdict != accepted && a.verdict != rejected {
+			allVerdicts = false
 			// Send nothing more after a failure: what is in flight cannot
 			// be recalled, but every request held back now is one that
 			// cannot land ahead of the failed one.
@@ -260,9 +262,12 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	}
 	if !broken {
 		c.pipeCloses = 0
-		if read == len(bodies) && w > 1 {
-			c.sizer.run(read, lastAnswer.Sub(written[0]), lastAnswer)
-		}
+	}
+	switch {
+	case read < len(bodies) || !allVerdicts:
+		c.sizer.failed()
+	case w > 1:
+		c.sizer.run(read, lastAnswer.Sub(written[0]), lastAnswer)
 	}
 	if broken {
 		c.closePipe()

@@ -59,6 +59,15 @@ func (s *windowSizer) latency(d time.Duration, now time.Time) {
 	}
 }
 
+// failed halves the window after an answer that was not a verdict (a 429,
+// a 503, a timeout, a broken connection): a spine in trouble gets fewer
+// requests behind the failed one, and less to land late after it. The
+// rate seen before is forgotten.
+func (s *windowSizer) failed() {
+	s.window = max(min(minWindow, s.limit), s.window/2)
+	s.rate, s.rateAt = 0, time.Time{}
+}
+
 // run records a pipelined run: answers answered within elapsed (from the
 // first write to the last answer), and sizes the next window.
 func (s *windowSizer) run(answers int, elapsed time.Duration, now time.Time) {

@@ -72,3 +72,28 @@ func TestWindowGrowsToTheLink(t *testing.T) {
 		t.Fatalf("window %d after the spine slowed ten times, want below %d", got, final)
 	}
 }
+
+func TestWindowHalvesOnFailure(t *testing.T) {
+	s := newWindowSizer(1024)
+	now := time.Unix(1000, 0)
+	s.latency(50*time.Millisecond, now)
+	s.run(2000, time.Second, now) // 2,000/s across 50 ms: 202
+	if s.size() != 202 {
+		t.Fatalf("window %d, want 202", s.size())
+	}
+	s.failed()
+	if s.size() != 101 {
+		t.Fatalf("after a failure: %d, want 101", s.size())
+	}
+	for range 10 {
+		s.failed()
+	}
+	if s.size() != minWindow {
+		t.Fatalf("after many failures: %d, want the floor %d", s.size(), minWindow)
+	}
+	small := newWindowSizer(4)
+	small.failed()
+	if small.size() != 4 {
+		t.Fatalf("a bound below the floor: %d, want 4", small.size())
+	}
+}

@@ -218,6 +218,10 @@ func (v *Verifier) Add(e chain.Event) {
 		p, _ := e.Payload["partition"].(map[string]any)
 		part, _ := p["table"].(string)
 		root, _ := p["partitioned_table"].(string)
+		if part == "" || root == "" {
+			v.fail(CheckFaithfulness, e.EventID, "", "%s event %d does not name its partition and partitioned table: the tables whose rows it moved cannot be told", op, e.EventID)
+			break
+		}
 		why := fmt.Sprintf("%s of %s %s at event %d", op, part, root, e.EventID)
 		for _, name := range []string{part, root} {
 			if name != "" {

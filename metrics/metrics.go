@@ -50,6 +50,7 @@ type Metrics struct {
 	LastSealTime      prometheus.Gauge
 	UnsealedEvents    prometheus.Gauge
 	ForgeriesDetected prometheus.Counter
+	SpineWindow       prometheus.Gauge
 }
 
 // New registers all families, with the Go and process collectors.
@@ -155,6 +156,10 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_forgeries_detected_total",
 		Help: "Events found in the spine under one of the agent's idempotency keys but with other content: another producer forged them. The real event is delivered anyway.",
 	})
+	m.SpineWindow = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_spine_window",
+		Help: "Requests the agent may have in flight to the spine: sized from the round trip and the spine's rate, at most --max-in-flight.",
+	})
 	v, commit, gov := version.Info()
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "pgaudit_cdc_build_info",
@@ -166,7 +171,7 @@ func New() *Metrics {
 		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
 		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
 		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
-		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, info,
+		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -229,6 +234,7 @@ func (m *Metrics) PublishHooks(ready *Readiness) publish.Hooks {
 		Retry:   func(reason string, _ time.Duration) { m.Retries.WithLabelValues(reason).Inc() },
 		Skipped: func(*envelope.Event) { m.EventsSkipped.Inc() },
 		Forgery: func(*envelope.Event, int64) { m.ForgeriesDetected.Inc() },
+		Window:  func(n int) { m.SpineWindow.Set(float64(n)) },
 		SpineUp: func(up bool) {
 			ready.SetSink(up)
 			if up {

@@ -79,6 +79,9 @@ type Hooks struct {
 	// (3xx, 401, 403, 404, 405, ...), after a 201 that is not the stored
 	// event, and after a read-back or health check that did not answer 200.
 	SpineUp func(up bool)
+	// Window is called with the pipelining window whenever it is sized
+	// anew (window.go).
+	Window func(n int)
 }
 
 // Client delivers events to the audit-stream spine exactly once per

@@ -269,6 +269,9 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	case w > 1:
 		c.sizer.run(read, lastAnswer.Sub(written[0]), lastAnswer)
 	}
+	if c.cfg.Hooks.Window != nil && c.sizer.size() != w {
+		c.cfg.Hooks.Window(c.window())
+	}
 	if broken {
 		c.closePipe()
 	}

@@ -52,11 +52,11 @@ type reader struct {
 	early            time.Time
 	// backfills are the backfills whose last chunk was handed over, by
 	// the end of its transaction: delivered once that is recorded.
-	backfills []doneBackfill
-	serverWALEnd     pgoutput.LSN
-	lastQueued       pgoutput.LSN // last keepalive position handed to the publisher
-	pending          batch        // items not yet handed over (see queue)
-	busy             bool         // the last wait for a message was shorter than gatherDelay
+	backfills    []doneBackfill
+	serverWALEnd pgoutput.LSN
+	lastQueued   pgoutput.LSN // last keepalive position handed to the publisher
+	pending      batch        // items not yet handed over (see queue)
+	busy         bool         // the last wait for a message was shorter than gatherDelay
 }
 
 // batch is what goes from the reader to the publisher in one hand-over: a

@@ -337,18 +337,16 @@ const progressSlack = 512
 // more than slack ahead of the last record (confirm.Tracker.NeedsRecord),
 // and returns it. When saving fails, nothing more becomes confirmable.
 func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutput.LSN, error) {
-	if len(r.backfills) > 0 && r.backfills[0].end <= r.confirm.Accepted() {
-		slack = 0 // a backfill is delivered: say so now
-	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	// Before the progress: once it is recorded, nothing before it is read
+	// again, so a backfill delivered by then is said so first (and at every
+	// status update until that succeeds, whether a record is due or not).
+	r.markBackfillsDelivered(ctx, r.confirm.Accepted())
 	accepted, due := r.confirm.NeedsRecord(slack)
 	if !due {
 		return accepted, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	// Before the progress: once it is recorded, nothing before it is read
-	// again, so a backfill delivered by then is said so first.
-	r.markBackfillsDelivered(ctx, accepted)
 	if err := capture.SaveProgress(ctx, r.meta, r.a.cfg.Slot, accepted); err != nil {
 		return accepted, fmt.Errorf("recording the slot progress before confirming it: %w", err)
 	}

@@ -38,6 +38,11 @@ func (o *options) readSecrets(fs *pflag.FlagSet, stderr io.Writer) error {
 			return usageError("%s %q is empty: write the value into it", o.setting(s.fileFlag), s.file)
 		}
 		*s.value = v
+		// Errors about the value name where it came from.
+		if o.fromEnv == nil {
+			o.fromEnv = map[string]string{}
+		}
+		o.fromEnv[s.flag] = o.setting(s.fileFlag) + " " + s.file
 	}
 	inArgv := func(flag string) bool {
 		f := fs.Lookup(flag)

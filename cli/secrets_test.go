@@ -57,6 +57,14 @@ func TestSecretsInArgvWarn(t *testing.T) {
 		}
 	}
 
+	badFile := filepath.Join(dir, "bad")
+	if err := os.WriteFile(badFile, []byte("postgres://%zz\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, map[string]string{"DATABASE_URL": ""}, "list", "--database-url-file", badFile); exitCode(err) != 2 ||
+		!strings.Contains(err.Error(), "--database-url-file "+badFile) {
+		t.Errorf("an unparseable URL in the file: %v, want exit 2 naming the file", err)
+	}
 	for name, args := range map[string][]string{
 		"both":       {"list", "--database-url", dsn, "--database-url-file", urlFile},
 		"unreadable": {"list", "--audit-stream-token-file", filepath.Join(dir, "missing")},

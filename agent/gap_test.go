@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -358,7 +359,9 @@ func TestAcceptAnyGapIsNarrow(t *testing.T) {
 	h, _ := tenRowsOnT1(t)
 	h.stopAgent()
 
-	// PostgreSQL "down": the agent's address does not answer yet.
+	// PostgreSQL "down": the agent's address closes every connection at
+	// once, until it is "up" and relays them to the server. One listener
+	// all along: no other process can take its port in between.
 	u, err := url.Parse(h.dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -367,9 +370,10 @@ func TestAcceptAnyGapIsNarrow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := u.Host
+	defer ln.Close()
+	var up atomic.Bool
+	go forward(ln, u.Host, &up)
 	u.Host = ln.Addr().String()
-	ln.Close()
 	h.startAgentWith(func(c *agent.Config) {
 		c.DatabaseURL = u.String()
 		c.AcceptGap = capture.AcceptAny
@@ -379,24 +383,24 @@ func TestAcceptAnyGapIsNarrow(t *testing.T) {
 
 	h.dropSlot()
 	h.insertRange(11, 20)
-	ln, err = net.Listen("tcp", u.Host) // PostgreSQL "up"
-	if err != nil {
-		t.Fatalf("listening again on %s: %v", u.Host, err)
-	}
-	defer ln.Close()
-	go forward(ln, target)
+	up.Store(true)
 	h.expectGapStop(capture.ReasonSlotMissing)
 	if n := len(h.gapEvents()); n != 0 {
 		t.Fatalf("%d GAP events: the consent given before the gap opened accepted it", n)
 	}
 }
 
-// forward relays every connection ln accepts to target.
-func forward(ln net.Listener, target string) {
+// forward relays every connection ln accepts to target while up, and
+// closes it at once otherwise.
+func forward(ln net.Listener, target string, up *atomic.Bool) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
+		}
+		if !up.Load() {
+			c.Close()
+			continue
 		}
 		go func() {
 			defer c.Close()

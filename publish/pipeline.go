@@ -109,94 +109,33 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		}
 		return answers
 	}
-	maxBytes := c.cfg.MaxInFlightBytes
-	var (
-		mu       sync.Mutex
-		cond     = sync.NewCond(&mu)
-		inFlight int
-		bytesIn  int
-		read     int  // answers read
-		claimed  int  // bodies the writer has started to write
-		stop     bool // the reader gave up, or ctx ended: write no more
-		written  = make([]time.Time, len(bodies))
-		nWritten int
-		werr     error
-	)
-	w := c.window()
+	pw := newPipeWindow(bodies, c.window(), c.cfg.MaxInFlightBytes)
 	// A stop request (the stream broke, the grace period ran out) ends the
 	// window at once: nothing more is written, and a blocked read or write
 	// returns.
 	stopOnCancel := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		stop = true
-		cond.Broadcast()
-		mu.Unlock()
+		pw.halt()
 		_ = pc.conn.SetDeadline(time.Now())
 	})
 	defer stopOnCancel()
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		for i, body := range bodies {
-			mu.Lock()
-			for !stop && inFlight > 0 && (inFlight >= w || bytesIn+len(body) > maxBytes) {
-				cond.Wait()
-			}
-			if stop {
-				mu.Unlock()
-				return
-			}
-			inFlight++
-			bytesIn += len(body)
-			claimed = i + 1
-			mu.Unlock()
-			req, err := http.NewRequest(http.MethodPost, c.eventsURL, bytes.NewReader(body))
-			if err == nil {
-				req.Header.Set("Content-Type", "application/json")
-				c.authorize(req)
-				_ = pc.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
-				err = req.Write(pc.bw)
-				if err == nil {
-					err = pc.bw.Flush()
-				}
-			}
-			mu.Lock()
-			written[i] = time.Now()
-			nWritten = i + 1
-			if err != nil {
-				werr = err
-				stop = true
-				cond.Broadcast()
-				mu.Unlock()
-				return
-			}
-			cond.Broadcast()
-			mu.Unlock()
-		}
+		c.writeWindow(pc, pw)
 	}()
 
 	broken, gaveUp := false, false
 	allVerdicts := true // every answer read was a 201 or a refusal for good
 	var lastAnswer time.Time
 	for i := range bodies {
-		mu.Lock()
-		// Wait for body i while it may still be written: not claimed yet
-		// and nothing stopped the writer, or claimed and being written.
-		for nWritten <= i && werr == nil && (!stop || claimed > i) {
-			cond.Wait()
-		}
-		if nWritten <= i {
-			// Never written.
-			mu.Unlock()
+		start, written, werr := pw.awaitWritten(i)
+		if !written {
 			for j := i; j < len(bodies); j++ {
 				answers[j] = answer{verdict: notSent, reason: "connection", err: fmt.Errorf("posting to the spine: %w", firstErr(werr, errors.New("held back after an earlier request failed")))}
 			}
 			break
 		}
-		start := written[i]
-		partial := werr != nil && nWritten == i+1 // the failed write
-		mu.Unlock()
-		if partial {
+		if werr != nil { // its own write failed
 			answers[i] = answer{verdict: unknown, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(werr))}
 			broken = true
 			for j := i + 1; j < len(bodies); j++ {
@@ -211,20 +150,12 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 			lastAnswer = time.Now()
 			c.sizer.latency(lastAnswer.Sub(start), lastAnswer)
 		}
-		mu.Lock()
-		read++
-		inFlight--
-		bytesIn -= len(bodies[i])
-		if a.verdict != accepted && a.verdict != rejected {
-			allVerdicts = false
-			// Send nothing more after a failure: what is in flight cannot
-			// be recalled, but every request held back now is one that
-			// cannot land ahead of the failed one.
-			stop = true
-		}
-		cond.Broadcast()
-		pending := nWritten - read
-		mu.Unlock()
+		failed := a.verdict != accepted && a.verdict != rejected
+		allVerdicts = allVerdicts && !failed
+		// After a failure nothing more is sent: what is in flight cannot be
+		// recalled, but every request held back now is one that cannot
+		// land ahead of the failed one.
+		pending := pw.answered(i, failed)
 		if a.verdict == unknown && a.reason == "connection" && isTimeout(a.err) {
 			// Given up by this side (a read timeout, or a stop moving the
 			// deadline): the spine may still be working through this
@@ -233,45 +164,18 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		}
 		if a.verdict == unknown && a.reason == "connection" || closeAfter {
 			broken = true
-			// A server that cannot pipeline closes the connection with
-			// requests pending, every time; a dropped connection does it
-			// once. Twice in a row (or Connection: close) is the former.
-			if (saidClose || isEOF(a.err)) && pending > 0 && !c.noPipelining {
-				c.pipeCloses++
-				if c.pipeCloses >= 2 || saidClose {
-					c.noPipelining = true
-					c.log.Warn("the spine (or a proxy in front of it) does not keep pipelined requests; sending one event at a time from now on (set --max-in-flight 1 to say so)")
-				}
-			}
-			for j := i + 1; j < len(bodies); j++ {
-				if j < pending+i+1 {
-					answers[j] = answer{verdict: unknown, reason: "connection", err: errors.New("the connection closed before this request was answered")}
-				} else {
-					answers[j] = answer{verdict: notSent, reason: "connection", err: errors.New("not sent: the connection closed")}
-				}
-			}
+			c.connectionEnded(answers, i, pending, a, saidClose)
 			break
 		}
 	}
-	mu.Lock()
-	stop = true
-	cond.Broadcast()
-	mu.Unlock()
+	pw.halt()
 	if ctx.Err() != nil {
 		broken = true // answers may still be on their way: never reuse it
 	}
 	if !broken {
 		c.pipeCloses = 0
 	}
-	switch {
-	case read < len(bodies) || !allVerdicts:
-		c.sizer.failed()
-	case w > 1:
-		c.sizer.run(read, lastAnswer.Sub(written[0]), lastAnswer)
-	}
-	if c.cfg.Hooks.Window != nil && c.sizer.size() != w {
-		c.cfg.Hooks.Window(c.window())
-	}
+	c.sizeWindow(pw, allVerdicts, lastAnswer)
 	if broken {
 		c.closePipe()
 	}
@@ -280,6 +184,175 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	}
 	<-writerDone
 	return answers
+}
+
+// connectionEnded answers the requests after answer i, which closed the
+// connection (or was none), with pending requests written and unanswered:
+// their outcome is unknown, and the rest were not sent. A server that
+// cannot pipeline closes the connection with requests pending, every time;
+// a dropped connection does it once. Twice in a row (or Connection: close)
+// is the former, and pipelining is off from then on.
+func (c *Client) connectionEnded(answers []answer, i, pending int, a answer, saidClose bool) {
+	if (saidClose || isEOF(a.err)) && pending > 0 && !c.noPipelining {
+		c.pipeCloses++
+		if c.pipeCloses >= 2 || saidClose {
+			c.noPipelining = true
+			c.log.Warn("the spine (or a proxy in front of it) does not keep pipelined requests; sending one event at a time from now on (set --max-in-flight 1 to say so)")
+		}
+	}
+	for j := i + 1; j < len(answers); j++ {
+		if j < pending+i+1 {
+			answers[j] = answer{verdict: unknown, reason: "connection", err: errors.New("the connection closed before this request was answered")}
+		} else {
+			answers[j] = answer{verdict: notSent, reason: "connection", err: errors.New("not sent: the connection closed")}
+		}
+	}
+}
+
+// sizeWindow sizes the next window from this one (window.go): halved when
+// an answer was missing or not a verdict, else from its rate.
+func (c *Client) sizeWindow(pw *pipeWindow, allVerdicts bool, lastAnswer time.Time) {
+	read, first := pw.outcome()
+	switch {
+	case read < len(pw.bodies) || !allVerdicts:
+		c.sizer.failed()
+	case pw.limit > 1:
+		c.sizer.run(read, lastAnswer.Sub(first), lastAnswer)
+	}
+	if c.cfg.Hooks.Window != nil && c.sizer.size() != pw.limit {
+		c.cfg.Hooks.Window(c.window())
+	}
+}
+
+// writeWindow writes the bodies as POSTs, each once the window has room,
+// until one fails or the window is halted.
+func (c *Client) writeWindow(pc *pipeConn, pw *pipeWindow) {
+	for i, body := range pw.bodies {
+		if !pw.claim(i) {
+			return
+		}
+		req, err := http.NewRequest(http.MethodPost, c.eventsURL, bytes.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/json")
+			c.authorize(req)
+			_ = pc.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
+			err = req.Write(pc.bw)
+			if err == nil {
+				err = pc.bw.Flush()
+			}
+		}
+		if !pw.wrote(i, err) {
+			return
+		}
+	}
+}
+
+// pipeWindow is what one window's writer and reader share: the requests in
+// flight (by count and bytes), what was written when, and whether to stop.
+type pipeWindow struct {
+	mu                sync.Mutex
+	cond              *sync.Cond
+	bodies            [][]byte
+	limit, maxBytes   int // requests and bytes in flight
+	inFlight, bytesIn int
+	read              int  // answers read
+	claimed           int  // bodies the writer has started to write
+	stop              bool // the reader gave up, or ctx ended: write no more
+	written           []time.Time
+	nWritten          int
+	werr              error
+}
+
+func newPipeWindow(bodies [][]byte, limit, maxBytes int) *pipeWindow {
+	pw := &pipeWindow{bodies: bodies, limit: limit, maxBytes: maxBytes, written: make([]time.Time, len(bodies))}
+	pw.cond = sync.NewCond(&pw.mu)
+	return pw
+}
+
+// halt writes no more.
+func (pw *pipeWindow) halt() {
+	pw.mu.Lock()
+	pw.stop = true
+	pw.cond.Broadcast()
+	pw.mu.Unlock()
+}
+
+// claim waits until body i fits in the window (one body always does) and
+// counts it in flight; false: the window was halted.
+func (pw *pipeWindow) claim(i int) bool {
+	size := len(pw.bodies[i])
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	for !pw.stop && pw.inFlight > 0 && (pw.inFlight >= pw.limit || pw.bytesIn+size > pw.maxBytes) {
+		pw.cond.Wait()
+	}
+	if pw.stop {
+		return false
+	}
+	pw.inFlight++
+	pw.bytesIn += size
+	pw.claimed = i + 1
+	return true
+}
+
+// wrote records the end of body i's write; false: it failed, and the
+// window stops.
+func (pw *pipeWindow) wrote(i int, err error) bool {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	pw.written[i] = time.Now()
+	pw.nWritten = i + 1
+	defer pw.cond.Broadcast()
+	if err != nil {
+		pw.werr, pw.stop = err, true
+		return false
+	}
+	return true
+}
+
+// awaitWritten waits for body i while it may still be written (not
+// claimed yet and nothing stopped the writer, or claimed and being
+// written). written says it was, at start; werr is the write's failure
+// (body i's own when written, the one that held it back otherwise).
+func (pw *pipeWindow) awaitWritten(i int) (start time.Time, written bool, werr error) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	for pw.nWritten <= i && pw.werr == nil && (!pw.stop || pw.claimed > i) {
+		pw.cond.Wait()
+	}
+	if pw.nWritten <= i {
+		return time.Time{}, false, pw.werr
+	}
+	if pw.werr != nil && pw.nWritten == i+1 {
+		return pw.written[i], true, pw.werr // the failed write
+	}
+	return pw.written[i], true, nil
+}
+
+// answered counts answer i out of the window (failed: write no more) and
+// returns how many written requests are still unanswered.
+func (pw *pipeWindow) answered(i int, failed bool) (pending int) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	pw.read++
+	pw.inFlight--
+	pw.bytesIn -= len(pw.bodies[i])
+	if failed {
+		pw.stop = true
+	}
+	pw.cond.Broadcast()
+	return pw.nWritten - pw.read
+}
+
+// outcome is how many answers were read, and when the first request was
+// written.
+func (pw *pipeWindow) outcome() (read int, first time.Time) {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	if len(pw.written) > 0 {
+		first = pw.written[0]
+	}
+	return pw.read, first
 }
 
 func firstErr(a, b error) error {

@@ -73,7 +73,6 @@ func ListPending(ctx context.Context, conn *pgx.Conn, slot string) ([]Pending, e
 // Delivery is how far the delivery of a backfill got.
 type Delivery struct {
 	End, Confirmed pgoutput.LSN
-	SlotExists     bool
 	AgentConnected bool
 }
 
@@ -106,7 +105,7 @@ func WaitDelivered(ctx context.Context, conn *pgx.Conn, slot string, id int64, e
 		if err != nil {
 			return false, err
 		}
-		d := Delivery{End: end, Confirmed: s.ConfirmedFlushLSN, SlotExists: s.Exists, AgentConnected: s.Active}
+		d := Delivery{End: end, Confirmed: s.ConfirmedFlushLSN, AgentConnected: s.Active}
 		if progress != nil {
 			progress(d)
 		}

@@ -178,7 +178,8 @@ func awaitDelivery(cmd *cobra.Command, conn *pgx.Conn, slot string, p *backfill.
 		if !d.AgentConnected {
 			agent = "no agent connected"
 		}
-		fmt.Fprintf(errOut, "\rbackfill %d of %s: delivering, %s of WAL to go (%s)   ", p.ID, p.Table, humanBytes(ptr(int64(d.ToGo()))), agent)
+		toGo := int64(d.ToGo())
+		fmt.Fprintf(errOut, "\rbackfill %d of %s: delivering, %s of WAL to go (%s)   ", p.ID, p.Table, humanBytes(&toGo), agent)
 	})
 	if tty {
 		fmt.Fprintln(errOut)
@@ -194,5 +195,3 @@ func awaitDelivery(cmd *cobra.Command, conn *pgx.Conn, slot string, p *backfill.
 		p.ID, p.Table, p.Rows, time.Since(start).Round(time.Millisecond))
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -170,12 +170,8 @@ var textArrayType, _ = pgjson.Builtin(1009)
 func parseRegistryRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple, bySchema bool) registryEntry {
 	var e registryEntry
 	var schema, table string
-	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
-			continue
-		}
-		v := row[i].Data
-		switch rc.Name {
+	textColumns(rel, row, func(name string, v []byte) {
+		switch name {
 		case "table_oid":
 			if oid, err := strconv.ParseUint(string(v), 10, 32); err == nil {
 				e.TableOID, e.hasKey = uint32(oid), true
@@ -211,11 +207,21 @@ func parseRegistryRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple, bySchem
 				e.Origin = obj
 			}
 		}
-	}
+	})
 	if table != "" {
 		e.Table = ident.Qualified(schema, table)
 	}
 	return e
+}
+
+// textColumns calls f with the name and the text of each column of row that
+// holds a value (not NULL, not an unchanged TOAST value).
+func textColumns(rel *pgoutput.RelationMessage, row pgoutput.Tuple, f func(name string, v []byte)) {
+	for i, rc := range rel.Columns {
+		if i < len(row) && row[i].Kind == pgoutput.TupleText {
+			f(rc.Name, row[i].Data)
+		}
+	}
 }
 
 func parseTextArray(v []byte) []string {
@@ -341,12 +347,9 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 	}
 	var e partitionEntry
 	var schema, table string
-	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
-			continue
-		}
-		v := string(row[i].Data)
-		switch rc.Name {
+	textColumns(rel, row, func(name string, b []byte) {
+		v := string(b)
+		switch name {
 		case "schema_name":
 			schema = v
 		case "table_name":
@@ -360,7 +363,7 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 		case "changed_by":
 			e.ChangedBy = v
 		}
-	}
+	})
 	e.Table = ident.Qualified(schema, table)
 	return &e
 }
@@ -498,12 +501,9 @@ type controlRow struct {
 
 func (s *Stream) controlRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) {
 	var c controlRow
-	for i, rc := range rel.Columns {
-		if i >= len(row) || row[i].Kind != pgoutput.TupleText {
-			continue
-		}
-		v := string(row[i].Data)
-		switch rc.Name {
+	textColumns(rel, row, func(name string, b []byte) {
+		v := string(b)
+		switch name {
 		case "id":
 			c.id = v
 		case "action":
@@ -523,7 +523,7 @@ func (s *Stream) controlRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) {
 		case "application_name":
 			c.appName = &v
 		}
-	}
+	})
 	switch c.action {
 	case "skip":
 		// Members in canonical (sorted) order.

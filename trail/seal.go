@@ -332,12 +332,7 @@ func CheckSeal(raw []byte, pub ed25519.PublicKey) (Seal, bool) {
 // SealEventBody returns the envelope (the PublishRequest) of a SEAL event
 // as the trail returned it, to be recorded as an anchor.
 func SealEventBody(raw []byte) ([]byte, error) {
-	var e struct {
-		Kind      string          `json:"kind"`
-		Source    string          `json:"source"`
-		Timestamp string          `json:"timestamp"`
-		Payload   json.RawMessage `json:"payload"`
-	}
+	var e storedEvent
 	if err := json.Unmarshal(raw, &e); err != nil {
 		return nil, fmt.Errorf("reading a SEAL event: %w", err)
 	}

@@ -470,17 +470,21 @@ func ItemDigest(kind, source, timestamp string, payload map[string]any) ([32]byt
 	return digestParts(kind, source, timestamp, canonical), nil
 }
 
+// storedEvent is an event as the trail returns it, read only as far as
+// its envelope (the PublishRequest): the payload stays raw.
+type storedEvent struct {
+	Kind      string          `json:"kind"`
+	Source    string          `json:"source"`
+	Timestamp string          `json:"timestamp"`
+	Payload   json.RawMessage `json:"payload"`
+}
+
 // StoredDigest is the digest of an event as the trail returned it (its
 // JSON, with event_id, hashes and any delivery marks). Without marks the
 // payload is brought into canonical form in one pass over its bytes (a 20
 // MB row is read back at that speed); with them, through Go values.
 func StoredDigest(raw []byte) ([32]byte, error) {
-	var e struct {
-		Kind      string          `json:"kind"`
-		Source    string          `json:"source"`
-		Timestamp string          `json:"timestamp"`
-		Payload   json.RawMessage `json:"payload"`
-	}
+	var e storedEvent
 	if err := json.Unmarshal(raw, &e); err != nil {
 		return [32]byte{}, err
 	}

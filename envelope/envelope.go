@@ -115,29 +115,40 @@ func (e *Envelope) Size() int {
 
 // Encode returns the canonical JSON of e in a buffer of its own.
 func (e *Envelope) Encode() []byte {
-	b, _, _ := e.appendJSON(make([]byte, 0, e.Size()))
+	b, _ := e.appendJSON(make([]byte, 0, e.Size()))
 	return b
 }
 
 // AppendJSON appends the canonical JSON of e to b: keys in sorted order at
 // every level, as the spine's hash computes them.
 func (e *Envelope) AppendJSON(b []byte) []byte {
-	b, _, _ = e.appendJSON(b)
+	b, _ = e.appendJSON(b)
 	return b
 }
 
-// appendJSON is AppendJSON, also saying where the new and old rows were
-// written (-1: not).
-func (e *Envelope) appendJSON(b []byte) (_ []byte, newAt, oldAt int) {
+// spans says where appendJSON wrote the payload object and the rows in it
+// (newAt, oldAt -1: not written).
+type spans struct {
+	payloadAt, payloadEnd int
+	newAt, oldAt          int
+}
+
+// appendJSON is AppendJSON, also saying where the payload and the rows
+// were written.
+func (e *Envelope) appendJSON(b []byte) (_ []byte, at spans) {
 	b = append(b, `{"kind":`...)
 	b = pgjson.AppendText(b, e.Kind)
-	b = append(b, `,"payload":{`...)
-	b, newAt, oldAt = e.appendPayload(b)
-	b = append(b, `},"source":`...)
+	b = append(b, `,"payload":`...)
+	at.payloadAt = len(b)
+	b = append(b, '{')
+	b, at.newAt, at.oldAt = e.appendPayload(b)
+	b = append(b, '}')
+	at.payloadEnd = len(b)
+	b = append(b, `,"source":`...)
 	b = pgjson.AppendText(b, e.Source)
 	b = append(b, `,"timestamp":`...)
 	b = pgjson.AppendText(b, e.Timestamp)
-	return append(b, '}'), newAt, oldAt
+	return append(b, '}'), at
 }
 
 // The payload members the envelope writes itself, in sorted order.
@@ -283,6 +294,9 @@ type Event struct {
 	Pos        Position
 	CommitTime time.Time
 
+	// payloadAt and payloadEnd delimit the payload object in Body.
+	payloadAt, payloadEnd int
+
 	digest   [sha256.Size]byte
 	digested bool
 }
@@ -307,14 +321,22 @@ func (ev *Event) Digest() [sha256.Size]byte {
 // complete; the marks call it again. Old and New then point into Body, so
 // that the buffers they were built in can be reused.
 func (ev *Event) Finish() {
-	var newAt, oldAt int
-	ev.Body, newAt, oldAt = ev.appendJSON(make([]byte, 0, ev.Size()))
-	if newAt >= 0 {
-		ev.New = ev.Body[newAt : newAt+len(ev.New) : newAt+len(ev.New)]
+	var at spans
+	ev.Body, at = ev.appendJSON(make([]byte, 0, ev.Size()))
+	if at.newAt >= 0 {
+		ev.New = ev.Body[at.newAt : at.newAt+len(ev.New) : at.newAt+len(ev.New)]
 	}
-	if oldAt >= 0 {
-		ev.Old = ev.Body[oldAt : oldAt+len(ev.Old) : oldAt+len(ev.Old)]
+	if at.oldAt >= 0 {
+		ev.Old = ev.Body[at.oldAt : at.oldAt+len(ev.Old) : at.oldAt+len(ev.Old)]
 	}
+	ev.payloadAt, ev.payloadEnd = at.payloadAt, at.payloadEnd
+}
+
+// Payload is the canonical JSON of the event's payload object: a view into
+// Body (set by Finish), not a copy. A destination that builds the stored
+// event itself (package natsjs) hashes and sends it as it is.
+func (ev *Event) Payload() []byte {
+	return ev.Body[ev.payloadAt:ev.payloadEnd:ev.payloadEnd]
 }
 
 // MarkLate sets metadata.late and encodes the event again: it is sent

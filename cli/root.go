@@ -53,6 +53,8 @@ type options struct {
 	sealInterval   time.Duration
 	sealEvents     int
 	anchorFile     string
+	// nats is the JetStream destination (cli/nats.go).
+	nats natsOptions
 
 	// fromEnv maps the flags that took their value from the environment
 	// to the variable's name, so that errors name what the user set.
@@ -150,6 +152,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 	pf.StringVar(&o.logFormat, "log-format", "auto", "text, json, or auto: text on a terminal, JSON otherwise (env LOG_FORMAT)")
 	pf.DurationVar(&o.spineTimeout, "spine-timeout", 30*time.Second, "timeout of one request to the spine (env AUDIT_STREAM_TIMEOUT)")
 	pf.IntVar(&o.maxInFlight, "max-in-flight", publish.DefaultMaxInFlight, "most events in flight on the one connection to the spine (HTTP/1.1 pipelining, in commit order); the window adapts below it to the round trip and the spine's rate; 1 sends one at a time, for proxies that do not pipeline (env PGAUDIT_MAX_IN_FLIGHT)")
+	o.nats.addFlags(pf)
 	pf.IntVar(&o.dedupWindow, "dedup-window", 10000, "most events of one source read back from the spine to find what was already delivered (env PGAUDIT_DEDUP_WINDOW)")
 
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
@@ -229,7 +232,7 @@ func needsConfig(cmd *cobra.Command) bool {
 // returns which flags it set, and from which variable.
 func applyEnv(fs *pflag.FlagSet) (map[string]string, error) {
 	fromEnv := map[string]string{}
-	for _, f := range envFallbacks {
+	for _, f := range append(envFallbacks[:len(envFallbacks):len(envFallbacks)], natsEnv...) {
 		flag := fs.Lookup(f.flag)
 		if flag == nil || flag.Changed {
 			continue
@@ -348,7 +351,7 @@ func (o *options) check() error {
 	if _, err := o.logger(io.Discard); err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
-	return nil
+	return o.checkNATS()
 }
 
 // checkDatabaseURL refuses a connection string pgx cannot parse. The

@@ -17,6 +17,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
+	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
@@ -125,8 +126,25 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	if err != nil {
 		return err
 	}
+	js, err := o.natsClient(log, hooks)
+	if err != nil {
+		return err
+	}
 	var sink publish.Sink
-	if spine != nil {
+	if js != nil {
+		defer js.Close()
+		sink = js
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := js.Health(hctx)
+		cancel()
+		var se *natsjs.StreamError
+		if errors.As(err, &se) {
+			return &ExitError{Code: 2, Err: err}
+		}
+		if err != nil {
+			log.Warn("the JetStream stream is not answering yet; events wait in the slot until it does", "stream", o.nats.stream, "err", err)
+		}
+	} else if spine != nil {
 		sink = spine
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := spine.Health(hctx); err != nil {
@@ -179,6 +197,9 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	}
 	if spine != nil {
 		cfg.Spine = spine
+	}
+	if js != nil {
+		cfg.Spine = js
 	}
 	a, err := agent.New(cfg)
 	if err != nil {

@@ -21,7 +21,7 @@ const unreachableDSN = "postgres://auditor@127.0.0.1:1/app?connect_timeout=2"
 // environment does not leak into a test (empty values are ignored).
 func cleanEnv(t *testing.T) {
 	t.Helper()
-	for _, f := range envFallbacks {
+	for _, f := range append(envFallbacks[:len(envFallbacks):len(envFallbacks)], natsEnv...) {
 		t.Setenv(f.env, "")
 	}
 }
@@ -51,6 +51,12 @@ func TestRejectedValuesExitTwo(t *testing.T) {
 	}{
 		{"unparseable URL", nil, []string{"list", "--database-url", "postgres://%zz"},
 			[]string{"--database-url cannot be parsed", "invalid percent-encoded token", "postgres://user:password@host:5432/db"}, ""},
+		{"two destinations", map[string]string{"PGAUDIT_NATS_URL": "nats://127.0.0.1:4222"}, []string{"list", "--audit-stream-url", "http://spine:8093"},
+			[]string{"both --audit-stream-url and PGAUDIT_NATS_URL are set", "pgaudit-cdc relay"}, ""},
+		{"NATS credentials in the URL", nil, []string{"list", "--nats-url", "nats://app:hunter2@127.0.0.1:4222"},
+			[]string{"--nats-url holds credentials", "--nats-creds-file"}, "hunter2"},
+		{"NATS URL of another scheme", nil, []string{"list", "--nats-url", "http://127.0.0.1:4222"},
+			[]string{"invalid NATS server URL in --nats-url", "nats://host:4222"}, ""},
 		{"unparseable URL from DATABASE_URL", map[string]string{"DATABASE_URL": "postgres://%zz"}, []string{"list"},
 			[]string{"DATABASE_URL cannot be parsed"}, ""},
 		{"the password is not repeated", map[string]string{"DATABASE_URL": "postgres://u:s3cr%zzt@h/db"}, []string{"status"},

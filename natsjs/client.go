@@ -337,7 +337,9 @@ func (c *Client) holds(ctx context.Context, m Message) (bool, error) {
 func (c *Client) accepted(ev *envelope.Event, m Message) {
 	c.head = Link{Seq: m.Seq, Hash: m.Hash}
 	c.highest = max(c.highest, m.Seq)
-	if c.mark.Less(ev.Pos) {
+	if trail.IsTrailKey(ev.Key) {
+		c.present[ev.Key] = append(c.present[ev.Key], ev.Digest())
+	} else if c.mark.Less(ev.Pos) {
 		c.mark = ev.Pos
 	}
 }
@@ -383,7 +385,9 @@ func (c *Client) foreign(seq uint64, ev *envelope.Event) {
 // isHandled says whether ev is in the stream already (as the agent would
 // send it) or handled otherwise.
 func (c *Client) isHandled(ev *envelope.Event) bool {
-	if !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
+	// A KEY or SEAL event stands outside the positions of changes: it is
+	// looked for by key and content only.
+	if !trail.IsTrailKey(ev.Key) && !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
 		return true
 	}
 	copies, ok := c.present[ev.Key]
@@ -605,7 +609,7 @@ func (c *Client) sync(ctx context.Context) error {
 		if !ok {
 			return
 		}
-		if sys, slot, _, ok := envelope.ParseKey(key); !ok || sys != c.systemID || slot != c.slot {
+		if sys, slot, _, ok := envelope.ParseKey(key); !trail.IsTrailKey(key) && (!ok || sys != c.systemID || slot != c.slot) {
 			return
 		}
 		if d, err := trail.StoredDigest(data); err == nil {
@@ -679,6 +683,20 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 		}
 	}
 	return nil
+}
+
+// Scan calls fn with every message of the stream from sequence first to
+// the last one stored when Scan starts, in order (verify, relay, tests).
+func (c *Client) Scan(ctx context.Context, first uint64, fn func(seq uint64, data []byte)) error {
+	s, err := c.openStream(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := c.info(ctx, s)
+	if err != nil {
+		return err
+	}
+	return c.scan(ctx, max(first, info.State.FirstSeq), info.State.LastSeq, fn)
 }
 
 // ReadBack calls fn with each of the stream's newest Config.ReadBack

@@ -1,0 +1,171 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/natstest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
+	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
+)
+
+// jsAgent starts the harness's agent with a JetStream destination.
+func (h *harness) jsAgent(urls []string) {
+	h.t.Helper()
+	h.startAgentWith(func(cfg *agent.Config) {
+		js, err := natsjs.Connect(natsjs.Config{URLs: urls, MinBackoff: 10 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+			AckTimeout: 2 * time.Second, Logger: cfg.Logger})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.t.Cleanup(js.Close)
+		cfg.Sink, cfg.Spine = js, js
+	})
+}
+
+// streamEvent is one message of the stream, as a consumer reads it.
+type streamEvent struct {
+	seq   uint64
+	event chain.Event
+	key   string
+	op    string
+	id    string
+	raw   []byte
+}
+
+// readStream reads the whole stream and checks its chain.
+func readStream(t *testing.T, urls []string) []streamEvent {
+	t.Helper()
+	c, err := natsjs.Connect(natsjs.Config{URLs: urls, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out []streamEvent
+	prev := chain.Genesis
+	err = c.Scan(context.Background(), 1, func(seq uint64, data []byte) {
+		e, err := natsjs.Parse(seq, data)
+		if err != nil {
+			t.Errorf("message %d is not a chained event: %v", seq, err)
+			return
+		}
+		if e.PrevHash != prev {
+			t.Errorf("message %d links to %s, want %s", seq, e.PrevHash, prev)
+		}
+		prev = e.Hash
+		meta, _ := e.Payload["metadata"].(map[string]any)
+		row, _ := e.Payload["new"].(map[string]any)
+		out = append(out, streamEvent{seq: seq, event: e, key: fmt.Sprint(meta["idempotency_key"]),
+			op: fmt.Sprint(e.Payload["operation"]), id: fmt.Sprint(row["id"]), raw: append([]byte(nil), data...)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestJetStreamDestination: the agent delivers into a three-replica
+// JetStream stream while it is stopped and started again and while the
+// stream's leader is stopped: every committed row once, in commit order,
+// each message the spine's GovernanceEvent, chained, and the trail's KEY
+// and SEAL events with it, the seals verifying under the agent's key.
+func TestJetStreamDestination(t *testing.T) {
+	h := newHarness(t)
+	cl := natstest.Start(t, 3)
+	h.exec(`CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric)`)
+	h.watch("acct", "other", "ledger")
+	h.jsAgent(cl.URLs())
+
+	const txns = 400
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range txns {
+			if _, err := h.conn.Exec(context.Background(), `INSERT INTO acct VALUES ($1, 'o', $2), ($3, 'o', 1)`, 2*i, i, 2*i+1); err != nil {
+				t.Errorf("insert: %v", err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for round := range 3 {
+		time.Sleep(300 * time.Millisecond)
+		h.stopAgent()
+		time.Sleep(100 * time.Millisecond)
+		h.jsAgent(cl.URLs())
+		if round == 1 {
+			leader := cl.WaitStreamLeader(natsjs.DefaultStream, 10*time.Second)
+			cl.Stop(leader)
+			time.Sleep(time.Second)
+			cl.Restart(leader)
+		}
+	}
+	wg.Wait()
+	h.exec(`UPDATE acct SET balance = -1 WHERE id = 0`)
+
+	var evs []streamEvent
+	deadline := time.Now().Add(raceSlowdown * 60 * time.Second)
+	for {
+		evs = readStream(t, cl.URLs())
+		if n := len(evs); n > 0 && evs[n-1].op == envelope.OpUpdate {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream holds %d messages, the last UPDATE not among them", len(evs))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.stopAgent()
+	time.Sleep(500 * time.Millisecond) // the final seal
+	evs = readStream(t, cl.URLs())
+
+	var ids []string
+	keys := map[string]int{}
+	var seals, keyEvents int
+	for _, e := range evs {
+		keys[e.key]++
+		if keys[e.key] > 1 {
+			t.Errorf("key %s stored twice (seq %d)", e.key, e.seq)
+		}
+		switch {
+		case e.op == envelope.OpInsert:
+			ids = append(ids, e.id)
+		case e.op == trail.OpSeal:
+			if _, ok := trail.CheckSeal(e.raw, h.key.Public()); !ok {
+				t.Errorf("seal at %d does not verify under the agent's key", e.seq)
+			}
+			seals++
+		case e.op == trail.OpKey:
+			keyEvents++
+		}
+	}
+	if len(ids) != 2*txns {
+		t.Fatalf("the stream holds %d INSERTs, want %d", len(ids), 2*txns)
+	}
+	for i, id := range ids {
+		if id != fmt.Sprint(i) {
+			t.Fatalf("INSERT %d is row %s: not in commit order", i, id)
+		}
+	}
+	if seals == 0 || keyEvents == 0 {
+		t.Errorf("the stream holds %d seals verifying under the agent's key and %d KEY events, want both", seals, keyEvents)
+	}
+	var sample map[string]any
+	if err := json.Unmarshal(evs[len(evs)-1].raw, &sample); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"event_id", "timestamp", "kind", "source", "payload", "prev_hash", "hash"} {
+		if _, ok := sample[f]; !ok {
+			t.Errorf("a message lacks the GovernanceEvent field %s", f)
+		}
+	}
+}

@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"log/slog"
+	"net/url"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
+	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+)
+
+// natsOptions are the flags of the JetStream destination. Secrets are
+// files (mounted secrets), never values on the command line.
+type natsOptions struct {
+	urls         string
+	stream       string
+	subject      string
+	replicas     int
+	credsFile    string
+	nkeyFile     string
+	user         string
+	passwordFile string
+	tokenFile    string
+	caFile       string
+	certFile     string
+	keyFile      string
+}
+
+var natsEnv = []struct{ flag, env string }{
+	{"nats-url", "PGAUDIT_NATS_URL"},
+	{"nats-stream", "PGAUDIT_NATS_STREAM"},
+	{"nats-subject", "PGAUDIT_NATS_SUBJECT"},
+	{"nats-replicas", "PGAUDIT_NATS_REPLICAS"},
+	{"nats-creds-file", "PGAUDIT_NATS_CREDS_FILE"},
+	{"nats-nkey-file", "PGAUDIT_NATS_NKEY_FILE"},
+	{"nats-user", "PGAUDIT_NATS_USER"},
+	{"nats-password-file", "PGAUDIT_NATS_PASSWORD_FILE"},
+	{"nats-token-file", "PGAUDIT_NATS_TOKEN_FILE"},
+	{"nats-ca-file", "PGAUDIT_NATS_CA_FILE"},
+	{"nats-cert-file", "PGAUDIT_NATS_CERT_FILE"},
+	{"nats-key-file", "PGAUDIT_NATS_KEY_FILE"},
+}
+
+func (n *natsOptions) addFlags(pf *pflag.FlagSet) {
+	pf.StringVar(&n.urls, "nats-url", "", "deliver into NATS JetStream instead of the spine: server URLs, comma-separated, e.g. nats://n1:4222,nats://n2:4222 (env PGAUDIT_NATS_URL); credentials go in the files below, never in the URL")
+	pf.StringVar(&n.stream, "nats-stream", natsjs.DefaultStream, "the JetStream stream of this agent's trail, created when missing (env PGAUDIT_NATS_STREAM); one stream per audited database")
+	pf.StringVar(&n.subject, "nats-subject", natsjs.DefaultSubject, "the stream's one subject, written only by this agent (env PGAUDIT_NATS_SUBJECT)")
+	pf.IntVar(&n.replicas, "nats-replicas", 0, "replicas of a stream pgaudit-cdc creates, and the least an existing one must have; 0: 3 when the cluster has three or more servers, else 1 (env PGAUDIT_NATS_REPLICAS)")
+	pf.StringVar(&n.credsFile, "nats-creds-file", "", "NATS user JWT and NKey seed (.creds file) (env PGAUDIT_NATS_CREDS_FILE)")
+	pf.StringVar(&n.nkeyFile, "nats-nkey-file", "", "NATS NKey seed file (env PGAUDIT_NATS_NKEY_FILE)")
+	pf.StringVar(&n.user, "nats-user", "", "NATS user name, with --nats-password-file (env PGAUDIT_NATS_USER)")
+	pf.StringVar(&n.passwordFile, "nats-password-file", "", "file holding the NATS user's password (env PGAUDIT_NATS_PASSWORD_FILE)")
+	pf.StringVar(&n.tokenFile, "nats-token-file", "", "file holding a NATS token (env PGAUDIT_NATS_TOKEN_FILE)")
+	pf.StringVar(&n.caFile, "nats-ca-file", "", "PEM CA bundle trusted for the NATS servers' TLS (env PGAUDIT_NATS_CA_FILE)")
+	pf.StringVar(&n.certFile, "nats-cert-file", "", "TLS client certificate for NATS, with --nats-key-file (env PGAUDIT_NATS_CERT_FILE)")
+	pf.StringVar(&n.keyFile, "nats-key-file", "", "TLS client key for NATS (env PGAUDIT_NATS_KEY_FILE)")
+}
+
+// check refuses what cannot work before anything connects.
+func (o *options) checkNATS() error {
+	n := &o.nats
+	if n.urls == "" {
+		return nil
+	}
+	if o.auditStreamURL != "" {
+		return usageError("both %s and %s are set: pgaudit-cdc delivers to one destination; to keep the spine as the view of a JetStream trail, run `pgaudit-cdc relay`", o.setting("audit-stream-url"), o.setting("nats-url"))
+	}
+	for _, u := range n.serverURLs() {
+		p, err := url.Parse(u)
+		if err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls") {
+			return usageError("invalid NATS server URL in %s: want nats://host:4222 or tls://host:4222", o.setting("nats-url"))
+		}
+		if p.User != nil {
+			return usageError("%s holds credentials: every local user can read a command line or an environment listing; put them in --nats-creds-file, --nats-password-file or --nats-token-file", o.setting("nats-url"))
+		}
+	}
+	return nil
+}
+
+func (n *natsOptions) serverURLs() []string {
+	var out []string
+	for _, u := range strings.Split(n.urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// natsClient connects to the JetStream destination (in the background: an
+// unreachable cluster is waited for), or returns nil when none is set.
+func (o *options) natsClient(log *slog.Logger, hooks publish.Hooks) (*natsjs.Client, error) {
+	n := &o.nats
+	if n.urls == "" {
+		return nil, nil
+	}
+	c, err := natsjs.Connect(natsjs.Config{
+		URLs: n.serverURLs(), Stream: n.stream, Subject: n.subject, Replicas: n.replicas,
+		CredsFile: n.credsFile, NKeySeedFile: n.nkeyFile, User: n.user, PasswordFile: n.passwordFile,
+		TokenFile: n.tokenFile, CAFile: n.caFile, CertFile: n.certFile, KeyFile: n.keyFile,
+		MaxInFlight: o.maxInFlight, ReadBack: o.dedupWindow, Logger: log, Hooks: hooks,
+	})
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: err}
+	}
+	return c, nil
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
+	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
@@ -145,12 +146,8 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
   pgaudit-cdc verify --audit-stream-url http://audit-stream:8093 --json | jq .failures`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.auditStreamURL == "" {
-				return usageError("verify reads the chain from the spine: set --audit-stream-url or AUDIT_STREAM_URL")
-			}
-			spine, err := o.spineClient(nil, publish.Hooks{})
-			if err != nil {
-				return err
+			if o.auditStreamURL == "" && o.nats.urls == "" {
+				return usageError("verify reads the chain from the spine: set --audit-stream-url or AUDIT_STREAM_URL (or --nats-url for a JetStream trail)")
 			}
 			opts := verify.Options{Slot: o.slot, Trail: trail.VerifyOptions{AllowUnsigned: allowUnsigned}}
 			for _, file := range publicKeys {
@@ -171,6 +168,7 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 			}
 			if o.databaseURL != "" {
 				if err := o.withConn(cmd, func(conn *pgx.Conn) error {
+					var err error
 					if opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot); err != nil {
 						return err
 					}
@@ -180,12 +178,7 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 				}
 			}
 			v := verify.New(opts)
-			errOut := cmd.ErrOrStderr()
-			start := time.Now()
-			err = spine.Walk(cmd.Context(), func(e chain.Event) error { v.Add(e); return nil }, func(done, total int64) {
-				fmt.Fprintf(errOut, "verify: %d of %d events read (%s)\n", done, total, time.Since(start).Round(time.Second))
-			})
-			if err != nil {
+			if err := o.walkTrail(cmd.Context(), v, cmd.ErrOrStderr()); err != nil {
 				return fmt.Errorf("reading the chain: %w", err)
 			}
 			rep := v.Finish()
@@ -209,6 +202,38 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 	cmd.Flags().StringVar(&anchorFile, "anchor-file", "", "the anchor file run --anchor-file writes: the trail must reach its newest seal")
 	cmd.Flags().BoolVar(&allowUnsigned, "allow-unsigned", false, "accept a trail without seals (pgaudit-cdc ran --unsigned) instead of failing authenticity")
 	return cmd
+}
+
+// walkTrail feeds the whole trail to v: the spine's chain, or the
+// JetStream stream's messages in sequence order.
+func (o *options) walkTrail(ctx context.Context, v *verify.Verifier, errOut io.Writer) error {
+	start := time.Now()
+	progress := func(done, total int64) {
+		fmt.Fprintf(errOut, "verify: %d of %d events read (%s)\n", done, total, time.Since(start).Round(time.Second))
+	}
+	if o.nats.urls != "" {
+		js, err := o.natsClient(nil, publish.Hooks{})
+		if err != nil {
+			return err
+		}
+		defer js.Close()
+		n := int64(0)
+		return js.Scan(ctx, 1, func(seq uint64, data []byte) {
+			if e, err := natsjs.Parse(seq, data); err != nil {
+				v.NotChained(int64(seq), err.Error())
+			} else {
+				v.Add(e)
+			}
+			if n++; n%100000 == 0 {
+				progress(n, -1)
+			}
+		})
+	}
+	spine, err := o.spineClient(nil, publish.Hooks{})
+	if err != nil {
+		return err
+	}
+	return spine.Walk(ctx, func(e chain.Event) error { v.Add(e); return nil }, progress)
 }
 
 // readPublicKey reads a public key file for --public-key.

@@ -288,6 +288,19 @@ func (v *Verifier) checkChain(e chain.Event, payload []byte, perr error) {
 	v.prevHash = e.Hash
 }
 
+// NotChained records a message of the store that is not an event of the
+// chain at all (a JetStream stream's message another writer stored, which
+// does not parse or hash as a GovernanceEvent): a chain failure naming it.
+// The chain goes on after it, from the event before it.
+func (v *Verifier) NotChained(id int64, detail string) {
+	v.report.Events++
+	if id != v.expect && !v.first[CheckChain] {
+		v.fail(CheckChain, id, "", "message %d follows event %d: messages are missing or out of order in the store", id, v.expect-1)
+	}
+	v.expect = id + 1
+	v.fail(CheckChain, id, "", "message %d is not an event of the chain (%s): another writer stored it where only pgaudit-cdc writes", id, detail)
+}
+
 func shortHash(h string) string {
 	if len(h) > 12 {
 		return h[:12]

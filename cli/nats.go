@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
+	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -106,4 +110,57 @@ func (o *options) natsClient(log *slog.Logger, hooks publish.Hooks) (*natsjs.Cli
 		return nil, &ExitError{Code: 2, Err: err}
 	}
 	return c, nil
+}
+
+// natsChecks are doctor's checks of the JetStream destination: each
+// setting that makes the stream weaker than the trail needs is a failure
+// naming its fix.
+func natsChecks(ctx context.Context, o *options) []preflight.Result {
+	js, err := o.natsClient(nil, publish.Hooks{})
+	if err != nil {
+		return []preflight.Result{{Name: "nats", Status: preflight.Fail, Detail: err.Error(), Fix: "correct the --nats-* settings"}}
+	}
+	defer js.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !js.Conn().IsConnected() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !js.Conn().IsConnected() {
+		detail := "no NATS server at " + o.nats.urls + " answered within 5s"
+		if e := js.Conn().LastError(); e != nil {
+			detail += ": " + e.Error()
+		}
+		return []preflight.Result{{Name: "nats", Status: preflight.Fail, Detail: detail,
+			Fix: "check --nats-url, the credentials files and TLS settings, and that the servers run; events wait in the slot meanwhile"}}
+	}
+	nc := js.Conn()
+	rs := []preflight.Result{{Name: "nats", Status: preflight.OK,
+		Detail: fmt.Sprintf("connected to %s (%d servers known); max_payload %d bytes: larger events stop capture until it is raised", nc.ConnectedServerName(), len(nc.Servers()), nc.MaxPayload())}}
+	info, problems, found, err := js.Inspect(ctx)
+	switch {
+	case err != nil:
+		return append(rs, preflight.Result{Name: "nats stream", Status: preflight.Fail, Detail: err.Error(),
+			Fix: "grant pgaudit-cdc's NATS user the JetStream API ($JS.API.>) and enable JetStream for its account"})
+	case !found:
+		return append(rs, preflight.Result{Name: "nats stream", Status: preflight.OK,
+			Detail: fmt.Sprintf("stream %s does not exist yet: run creates it (subject %s, file storage, %d replicas, deny delete and purge)", o.nats.stream, o.nats.subject, js.WantReplicas())})
+	}
+	for _, p := range problems {
+		rs = append(rs, preflight.Result{Name: "nats stream " + p.Setting, Status: preflight.Fail,
+			Detail: fmt.Sprintf("stream %s: %s is %s", o.nats.stream, p.Setting, p.Have), Fix: p.Fix})
+	}
+	if len(problems) == 0 {
+		rs = append(rs, preflight.Result{Name: "nats stream", Status: preflight.OK,
+			Detail: fmt.Sprintf("stream %s: %d messages, file storage, %d replicas, deny delete and purge, duplicate window %s", o.nats.stream, info.State.Msgs, info.Config.Replicas, info.Config.Duplicates)})
+	}
+	if cl := info.Cluster; cl != nil {
+		for _, r := range cl.Replicas {
+			if r.Offline || !r.Current {
+				rs = append(rs, preflight.Result{Name: "nats replicas", Status: preflight.Warn,
+					Detail: fmt.Sprintf("replica %s of stream %s is %s", r.Name, o.nats.stream, map[bool]string{true: "offline", false: "catching up"}[r.Offline]),
+					Fix:    "bring the server back: while a quorum holds, delivery goes on"})
+			}
+		}
+	}
+	return rs
 }

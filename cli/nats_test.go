@@ -99,3 +99,34 @@ func TestJetStreamRunAndVerify(t *testing.T) {
 		t.Fatalf("verify --json: %v\n%s", err, got)
 	}
 }
+
+// TestDoctorNamesWeakStream: doctor fails on a stream that could lose or
+// rewrite the trail, naming each setting and its fix, and run refuses it
+// (exit 2) before streaming anything.
+func TestDoctorNamesWeakStream(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	cl := natstest.Start(t, 1)
+	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": "", "PGAUDIT_NATS_URL": cl.URLs()[0]}
+	got, _, err := run(t, env, "doctor")
+	if err != nil || !strings.Contains(got, "does not exist yet: run creates it") {
+		t.Fatalf("doctor before the stream exists: %v\n%s", err, got)
+	}
+	nc, err := nats.Connect(cl.URLs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: natsjs.DefaultStream,
+		Subjects: []string{natsjs.DefaultSubject}, Storage: jetstream.FileStorage, DenyPurge: true}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err = run(t, env, "doctor")
+	if code := exitCode(err); code != 1 || !strings.Contains(got, "FAIL  nats stream deny_delete") || !strings.Contains(got, "fix: anyone with stream rights could delete") {
+		t.Fatalf("doctor on a stream without deny_delete: exit %d, want 1 naming it:\n%s", code, got)
+	}
+	_, errOut, err := run(t, env, "run")
+	if code := exitCode(err); code != 2 || !strings.Contains(err.Error(), "deny_delete is false") {
+		t.Fatalf("run on a weak stream: exit %d (%v), want 2 naming deny_delete\n%s", code, err, errOut)
+	}
+}

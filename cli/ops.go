@@ -544,6 +544,9 @@ func newDoctorCmd(o *options) *cobra.Command {
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 				defer cancel()
 				rs := preflight.Run(ctx, conn, preflight.Options{Slot: o.slot, Publication: o.publication, Spine: spine})
+				if o.nats.urls != "" {
+					rs = append(rs, natsChecks(ctx, o)...)
+				}
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")

@@ -760,6 +760,34 @@ func (c *Client) Health(ctx context.Context) error {
 	return err
 }
 
+// Inspect reads the stream without creating it: its state, and how it is
+// weaker than the trail needs (found false: there is no such stream yet).
+func (c *Client) Inspect(ctx context.Context) (info *jetstream.StreamInfo, problems []Problem, found bool, err error) {
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	s, err := c.js.Stream(actx, c.cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil, false, nil
+	}
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("reading stream %s: %w", c.cfg.Stream, c.explainAPI(err))
+	}
+	want := c.want
+	if want.Replicas == 0 {
+		want.Replicas = c.defaultReplicas()
+	}
+	info = s.CachedInfo()
+	return info, want.Check(info.Config), true, nil
+}
+
+// WantReplicas is the replica count the stream must have.
+func (c *Client) WantReplicas() int {
+	if c.want.Replicas > 0 {
+		return c.want.Replicas
+	}
+	return c.defaultReplicas()
+}
+
 // apiTimeout bounds each JetStream API request: a request sent while a
 // stream has no leader (an election) is never answered, and is asked again.
 const apiTimeout = 5 * time.Second

@@ -4,15 +4,20 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/relay"
 )
 
 // natsOptions are the flags of the JetStream destination. Secrets are
@@ -68,7 +73,7 @@ func (o *options) checkNATS() error {
 	if n.urls == "" {
 		return nil
 	}
-	if o.auditStreamURL != "" {
+	if o.auditStreamURL != "" && !o.relaying {
 		return usageError("both %s and %s are set: pgaudit-cdc delivers to one destination; to keep the spine as the view of a JetStream trail, run `pgaudit-cdc relay`", o.setting("audit-stream-url"), o.setting("nats-url"))
 	}
 	for _, u := range n.serverURLs() {
@@ -163,4 +168,63 @@ func natsChecks(ctx context.Context, o *options) []preflight.Result {
 		}
 	}
 	return rs
+}
+
+func newRelayCmd(o *options) *cobra.Command {
+	var name string
+	var batch int
+	cmd := &cobra.Command{
+		Use:   "relay",
+		Short: "Deliver a JetStream trail into the audit-stream spine, exactly once and in order",
+		Long: `relay reads the stream pgaudit-cdc run --nats-url writes and delivers every event
+into the spine as the agent would have (pipelined, with the spine client's
+read-back). Its position moves (in the replicated bucket PGAUDIT_CDC_RELAY) only
+after the spine accepted everything up to it. While the spine is down the stream holds the trail,
+not the audited database. A relay stopped at any moment resumes from the first
+message the spine does not hold. It stops (exit 1) on an event the spine refuses, or
+a spine that lost its history, naming the stream sequence and the fix.`,
+		Example: `  PGAUDIT_NATS_URL=nats://n1:4222,nats://n2:4222 AUDIT_STREAM_URL=http://audit-stream:8093 \
+    pgaudit-cdc relay --metrics-addr :9188`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.nats.urls == "" || o.auditStreamURL == "" {
+				return usageError("relay reads from JetStream and writes to the spine: set both --nats-url (PGAUDIT_NATS_URL) and --audit-stream-url (AUDIT_STREAM_URL)")
+			}
+			log, err := o.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
+			}
+			m := metrics.New()
+			ready := &metrics.Readiness{}
+			ready.SetDatabase(true) // the relay has no database
+			spine, err := o.spineClient(log, m.PublishHooks(ready))
+			if err != nil {
+				return err
+			}
+			js, err := o.natsClient(log, publish.Hooks{})
+			if err != nil {
+				return err
+			}
+			defer js.Close()
+			if o.metricsAddr != "" {
+				ln, err := net.Listen("tcp", o.metricsAddr)
+				if err != nil {
+					return &ExitError{Code: 2, Err: fmt.Errorf("listening on --metrics-addr %q: %w", o.metricsAddr, err)}
+				}
+				srv := &http.Server{Handler: m.Handler(ready), ReadHeaderTimeout: 10 * time.Second}
+				go func() { _ = srv.Serve(ln) }()
+				defer srv.Close()
+			}
+			log.Info("relay starting", "stream", o.nats.stream, "name", name)
+			err = relay.Run(cmd.Context(), relay.Config{Stream: js, Spine: spine, Name: name, Batch: batch, Logger: log,
+				Relayed: func(uint64) { m.RelayedEvents.Inc() }})
+			if err != nil {
+				return &ExitError{Code: 1, Err: err}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "pgaudit_cdc_relay", "the relay's name: its position is kept under it in the replicated bucket "+natsjs.RelayBucket)
+	cmd.Flags().IntVar(&batch, "batch", 500, "most messages fetched and delivered at once")
+	return cmd
 }

@@ -55,6 +55,9 @@ type options struct {
 	anchorFile     string
 	// nats is the JetStream destination (cli/nats.go).
 	nats natsOptions
+	// relaying: the relay command, which reads JetStream and writes the
+	// spine, so both are set.
+	relaying bool
 
 	// fromEnv maps the flags that took their value from the environment
 	// to the variable's name, so that errors name what the user set.
@@ -135,6 +138,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 			if !needsConfig(cmd) {
 				return nil
 			}
+			o.relaying = cmd.Name() == "relay"
 			return o.check()
 		},
 	}
@@ -163,6 +167,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 		newDeadLettersCmd(o), newDemoCmd(o), newVersionCmd(),
 		newStatusCmd(o), newDoctorCmd(o), newSetupCmd(o), newBackfillCmd(o),
 		newCheckpointCmd(o), newVerifyCmd(o), newKeygenCmd(), newRotateKeyCmd(o),
+		newRelayCmd(o),
 	)
 	exitCodes(root)
 	return root

@@ -23,6 +23,7 @@ type Metrics struct {
 
 	EventsDelivered    *prometheus.CounterVec // table, operation, kind
 	EventsSkipped      prometheus.Counter
+	RelayedEvents      prometheus.Counter // pgaudit-cdc relay
 	PublishDuration    *prometheus.HistogramVec // outcome
 	CommitToAccepted   prometheus.Histogram
 	Retries            *prometheus.CounterVec // reason
@@ -65,6 +66,10 @@ func New() *Metrics {
 	m.EventsSkipped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_events_skipped_duplicate_total",
 		Help: "Replayed events not sent again because the spine already held them.",
+	})
+	m.RelayedEvents = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_relayed_events_total",
+		Help: "Events pgaudit-cdc relay delivered from the JetStream stream into the spine and acknowledged.",
 	})
 	m.PublishDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pgaudit_cdc_publish_duration_seconds",
@@ -171,7 +176,7 @@ func New() *Metrics {
 		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
 		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
 		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
-		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, info,
+		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, m.RelayedEvents, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

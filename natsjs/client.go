@@ -176,78 +176,92 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 	return nil
 }
 
-// window sends the events from evs[0] on that fit the window, each with the
-// sequence it must be stored at, and settles them in order as their
-// acknowledgements come. After a failure it reads the stream to learn which
-// of them it holds. It returns how many events were settled.
+// window sends the events from evs[0] on, each with the sequence it must
+// be stored at, keeping up to Config.MaxInFlight messages (and
+// MaxInFlightBytes) awaiting their acknowledgement: as each is settled, in
+// order, the next is sent. It stops at the first failure, or before an
+// event already handled (PublishBatch skips it). After a failure it reads
+// the stream to learn which of the messages sent it holds. It returns how
+// many events were settled.
 func (c *Client) window(ctx context.Context, evs []*envelope.Event, settled func(k int)) (int, error) {
-	msgs := make([]Message, 0, min(len(evs), c.cfg.MaxInFlight))
-	futures := make([]jetstream.PubAckFuture, 0, cap(msgs))
-	at, size := c.head, 0
-	var sendErr error
-	for k, ev := range evs {
-		if k == c.cfg.MaxInFlight || (k > 0 && size >= c.cfg.MaxInFlightBytes) || (k > 0 && c.isHandled(ev)) {
-			break
-		}
-		m := Build(ev, at)
-		if err := c.checkSize(ev, len(m.Data)); err != nil {
-			if k == 0 {
-				return 0, err
-			}
-			break // it goes first in the next window, and stops there
-		}
-		f, err := c.js.PublishMsgAsync(&nats.Msg{Subject: c.cfg.Subject, Data: m.Data},
-			jetstream.WithMsgID(c.msgID(ev)), jetstream.WithExpectStream(c.cfg.Stream),
-			jetstream.WithExpectLastSequence(at.Seq))
-		if err != nil {
-			sendErr = fmt.Errorf("sending to NATS: %w", err)
-			break
-		}
-		msgs, futures = append(msgs, m), append(futures, f)
-		at = Link{Seq: m.Seq, Hash: m.Hash}
-		size += len(m.Data)
-	}
-	if c.cfg.Hooks.Window != nil {
-		c.cfg.Hooks.Window(len(msgs))
-	}
-	start := time.Now()
-	n := 0
+	var msgs []Message
+	var futures []jetstream.PubAckFuture
+	at, inflight := c.head, 0
+	n := 0 // settled; msgs[n:] await their acknowledgement
 	var failure error
-	for k, f := range futures {
+	start := time.Now()
+	for {
+		// Fill the window while nothing failed.
+		for failure == nil && len(msgs) < len(evs) && len(msgs)-n < c.cfg.MaxInFlight &&
+			(len(msgs) == n || inflight < c.cfg.MaxInFlightBytes) {
+			k := len(msgs)
+			ev := evs[k]
+			if k > 0 && c.isHandled(ev) {
+				evs = evs[:k] // PublishBatch skips it, then goes on
+				break
+			}
+			m := Build(ev, at)
+			if err := c.checkSize(ev, len(m.Data)); err != nil {
+				if k == n {
+					failure = err // nothing before it is in flight
+				}
+				evs = evs[:k] // it goes first in the next window, and stops there
+				break
+			}
+			f, err := c.js.PublishMsgAsync(&nats.Msg{Subject: c.cfg.Subject, Data: m.Data},
+				jetstream.WithMsgID(c.msgID(ev)), jetstream.WithExpectStream(c.cfg.Stream),
+				jetstream.WithExpectLastSequence(at.Seq), jetstream.WithStallWait(c.cfg.AckTimeout))
+			if err != nil {
+				failure = fmt.Errorf("sending to NATS: %w", err)
+				break
+			}
+			msgs, futures = append(msgs, m), append(futures, f)
+			at = Link{Seq: m.Seq, Hash: m.Hash}
+			inflight += len(m.Data)
+		}
+		if n == len(msgs) {
+			break
+		}
+		// Settle the oldest message in flight.
 		var ack *jetstream.PubAck
 		var err error
 		select {
-		case ack = <-f.Ok():
-		case err = <-f.Err():
+		case ack = <-futures[n].Ok():
+		case err = <-futures[n].Err():
 		case <-ctx.Done():
 			return n, ctx.Err()
 		}
 		if failure != nil {
-			continue // drained: their fate is read back below
+			break // a send failed: the rest's fate is read back below
 		}
 		switch {
 		case err != nil:
 			failure = c.explain(err)
 		case ack.Duplicate:
-			failure = c.duplicate(ctx, evs[k], msgs[k], ack.Sequence)
-		case ack.Stream != c.cfg.Stream || ack.Sequence != msgs[k].Seq:
-			failure = fmt.Errorf("stream %s acknowledged message %d as %s sequence %d", c.cfg.Stream, msgs[k].Seq, ack.Stream, ack.Sequence)
+			failure = c.duplicate(ctx, evs[n], msgs[n], ack.Sequence)
+		case ack.Stream != c.cfg.Stream || ack.Sequence != msgs[n].Seq:
+			failure = fmt.Errorf("stream %s acknowledged message %d as %s sequence %d", c.cfg.Stream, msgs[n].Seq, ack.Stream, ack.Sequence)
 		}
 		if failure != nil {
-			continue
+			break // the rest's fate is read back below
 		}
-		c.accepted(evs[k], msgs[k])
-		settled(k)
+		c.accepted(evs[n], msgs[n])
+		settled(n)
+		inflight -= len(msgs[n].Data)
+		futures[n], msgs[n].Data = nil, nil
 		n++
 	}
+	if c.cfg.Hooks.Window != nil {
+		c.cfg.Hooks.Window(min(len(msgs), c.cfg.MaxInFlight))
+	}
 	c.observe(failure, start)
-	if failure == nil && sendErr == nil {
+	if failure == nil {
 		return n, nil
 	}
-	if failure == nil {
-		failure = sendErr
-	}
-	// Whatever of the rest the stream holds, in order, was stored.
+	// The acknowledgements still due are not awaited: whatever of the
+	// rest the stream holds, in order, was stored, and the rest is sent
+	// again with the same sequences, so a late store of an earlier attempt
+	// is the same message at the same place.
 	got, err := c.resolve(ctx, evs[n:len(msgs)], msgs[n:])
 	for k := range got {
 		c.accepted(evs[n+k], msgs[n+k])

@@ -120,14 +120,23 @@ func stored(t *testing.T, urls []string, stream string) []string {
 	var keys []string
 	prev := chain.Genesis
 	next := uint64(1)
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
+	var cons jetstream.Consumer
+	for {
+		if cons, err = s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{}); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	for next <= info.State.LastSeq {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			t.Fatal(err)
+			if ctx.Err() != nil {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			continue // the cluster is electing its leaders still
 		}
 		for m := range batch.Messages() {
 			md, _ := m.Metadata()

@@ -74,7 +74,11 @@ type agentProc struct {
 
 func startAgentProc(t *testing.T, dsn, spineURL string, extra ...string) *agentProc {
 	t.Helper()
-	args := append([]string{"run", "--database-url", dsn, "--audit-stream-url", spineURL, "--signing-key-file", keyFile,
+	dest := []string{"--audit-stream-url", spineURL}
+	if strings.HasPrefix(spineURL, "nats://") {
+		dest = []string{"--nats-url", spineURL}
+	}
+	args := append([]string{"run", "--database-url", dsn, dest[0], dest[1], "--signing-key-file", keyFile,
 		"--status-interval", "100ms", "--log-format", "json", "--log-level", "info",
 		"--spine-timeout", "5s", "--shutdown-grace", "1s"}, extra...)
 	cmd := exec.Command(agentBin, args...)
@@ -264,7 +268,14 @@ func (w *workload) changes() int {
 
 // verify checks the spine against the workload: every change exactly once,
 // transactions in commit order, the chain valid. It reports the counts.
-func verify(t *testing.T, w *workload, spine *spinetest.Server) {
+// store is where a destination's trail is read back: the spine double, or
+// a JetStream stream (jetstream_test.go).
+type store interface {
+	Events() []spinetest.Event
+	Verify() (valid bool, firstBreak int64, reason string)
+}
+
+func verify(t *testing.T, w *workload, spine store) {
 	t.Helper()
 	txOf := map[string]int{}
 	for i, tx := range w.txns {
@@ -369,7 +380,7 @@ func token(e spinetest.Event) (string, bool) {
 
 // waitDrained waits until the spine holds n change events (besides the
 // watch's own self-audit event).
-func waitDrained(t *testing.T, spine *spinetest.Server, n int, within time.Duration, p *agentProc) {
+func waitDrained(t *testing.T, spine store, n int, within time.Duration, p *agentProc) {
 	t.Helper()
 	n++ // the self-audit event of the watch
 	deadline := time.Now().Add(within)

@@ -18,6 +18,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
@@ -51,7 +52,7 @@ type Client struct {
 	mark envelope.Position
 	// present holds this identity's keys read back, with the digests of
 	// their copies; handled the keys handled otherwise (dead letters).
-	present map[string][][32]byte
+	present map[string][]storedCopy
 	handled map[string]bool
 	// preempted holds the keys whose Nats-Msg-Id another writer took: the
 	// event goes under a message ID of its own (see msgID).
@@ -65,7 +66,7 @@ func Connect(cfg Config) (*Client, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, present: map[string][][32]byte{}, handled: map[string]bool{},
+	c := &Client{cfg: cfg, log: cfg.Logger, present: map[string][]storedCopy{}, handled: map[string]bool{},
 		preempted: map[string]uint64{}}
 	opts, err := cfg.options(&c.asyncErr)
 	if err != nil {
@@ -352,7 +353,7 @@ func (c *Client) accepted(ev *envelope.Event, m Message) {
 	c.head = Link{Seq: m.Seq, Hash: m.Hash}
 	c.highest = max(c.highest, m.Seq)
 	if trail.IsTrailKey(ev.Key) {
-		c.present[ev.Key] = append(c.present[ev.Key], ev.Digest())
+		c.present[ev.Key] = append(c.present[ev.Key], storedCopy{seq: m.Seq, digest: ev.Digest()})
 	} else if c.mark.Less(ev.Pos) {
 		c.mark = ev.Pos
 	}
@@ -410,12 +411,19 @@ func (c *Client) isHandled(ev *envelope.Event) bool {
 	}
 	d := ev.Digest()
 	for _, cp := range copies {
-		if cp == d {
+		if cp.digest == d {
 			return true
 		}
 	}
 	// Another writer's message under this key: ev is delivered, naming it.
+	c.preempt(ev, copies[len(copies)-1].seq)
 	return false
+}
+
+// storedCopy is a message read back under one of the agent's keys.
+type storedCopy struct {
+	seq    uint64
+	digest [32]byte
 }
 
 // checkSize refuses an event no server or stream would take, before
@@ -606,7 +614,7 @@ func (c *Client) sync(ctx context.Context) error {
 		c.stream = nil
 		return &StreamError{Stream: c.cfg.Stream, Problems: ps}
 	}
-	present := map[string][][32]byte{}
+	present := map[string][]storedCopy{}
 	head := Link{Seq: last, Hash: chain.Genesis}
 	var chained bool
 	first := info.State.FirstSeq
@@ -627,7 +635,7 @@ func (c *Client) sync(ctx context.Context) error {
 			return
 		}
 		if d, err := trail.StoredDigest(data); err == nil {
-			present[key] = append(present[key], d)
+			present[key] = append(present[key], storedCopy{seq: seq, digest: d})
 		}
 	})
 	if err != nil {
@@ -714,7 +722,8 @@ func (c *Client) Scan(ctx context.Context, first uint64, fn func(seq uint64, dat
 }
 
 // ReadBack calls fn with each of the stream's newest Config.ReadBack
-// messages of source, oldest first (the trail's seals are read so).
+// messages of source (every source: ""), oldest first (the trail's seals
+// are read so).
 func (c *Client) ReadBack(ctx context.Context, source string, fn func(publish.Stored)) error {
 	s, err := c.openStream(ctx)
 	if err != nil {
@@ -739,12 +748,35 @@ func (c *Client) ReadBack(ctx context.Context, source string, fn func(publish.St
 				} `json:"metadata"`
 			} `json:"payload"`
 		}
-		if json.Unmarshal(data, &e) != nil || e.Source != source {
+		if json.Unmarshal(data, &e) != nil || source != "" && e.Source != source {
 			return
 		}
 		fn(publish.Stored{EventID: int64(seq), Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
 			CommitTime: e.Payload.Metadata.CommitTime, Raw: data})
 	})
+}
+
+// LastDelivered returns the highest position among the events of systemID
+// and keySlot in the stream's newest Config.ReadBack messages, with that
+// event's commit timestamp (zero when none is found): where the next event
+// links to, and where a capture gap begins. With before set, only events of
+// transactions committed before it count. The stream holds every source,
+// so sources is not needed.
+func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, _ []string, before pgoutput.LSN) (envelope.Position, string, error) {
+	var last envelope.Position
+	var commitTime string
+	err := c.ReadBack(ctx, "", func(e publish.Stored) {
+		sys, slot, pos, ok := envelope.ParseKey(e.Key)
+		// A transaction whose commit record starts at before is replayed;
+		// a GAP event (sequence 0) at before is not.
+		if !ok || before != 0 && (pos.CommitLSN > before || pos.CommitLSN == before && pos.Seq > 0) {
+			return
+		}
+		if sys == systemID && slot == keySlot && last.Less(pos) {
+			last, commitTime = pos, e.CommitTime
+		}
+	})
+	return last, commitTime, err
 }
 
 // HasEvent reports whether the stream's newest messages of source include

@@ -438,3 +438,42 @@ func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
 }
+
+// TestForgedKeyWhileDown: while the agent is down, another writer stores a
+// message under the key the next change will get (issue 20's pre-emption).
+// The restarted agent's read-back finds the key with other content: the
+// real event is delivered, naming the forgery, never counted as delivered.
+func TestForgedKeyWhileDown(t *testing.T) {
+	cl := natstest.Start(t, 1)
+	c, _ := newClient(t, cl.URLs())
+	ctx := context.Background()
+	if err := deliver(t, ctx, c, events(0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	head := c.head
+	c.Close()
+	forged := testEvent(5)
+	forged.New = []byte(`{"id":5,"v":"harmless"}`)
+	forged.Finish()
+	nc, err := nats.Connect(cl.URLs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	// Another message ID: the forger only needs the key inside the event.
+	if _, err := js.Publish(ctx, DefaultSubject, Build(forged, head).Data, jetstream.WithMsgID("other")); err != nil {
+		t.Fatal(err)
+	}
+	again, n := newClient(t, cl.URLs())
+	if err := deliver(t, ctx, again, events(0, 7)); err != nil {
+		t.Fatal(err)
+	}
+	if n.skipped != 5 || n.forged == 0 {
+		t.Fatalf("skipped %d, forgeries reported %d: want the 5 delivered events skipped and the forgery reported", n.skipped, n.forged)
+	}
+	keys := stored(t, cl.URLs(), DefaultStream)
+	if len(keys) != 8 || keys[5] != testEvent(5).Key || keys[6] != testEvent(5).Key || keys[7] != testEvent(6).Key {
+		t.Fatalf("stream keys %v: want the forgery, then the real event 5 and event 6", keys)
+	}
+}

@@ -1,0 +1,134 @@
+package faults
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/natstest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
+)
+
+// streamStore reads a JetStream trail back as the spine double's events,
+// checking its chain on the way.
+type streamStore struct {
+	t    *testing.T
+	urls []string
+
+	mu     sync.Mutex
+	events []spinetest.Event
+	broken int64
+	reason string
+}
+
+func (s *streamStore) read() {
+	c, err := natsjs.Connect(natsjs.Config{URLs: s.urls, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer c.Close()
+	var evs []spinetest.Event
+	var broken int64
+	var reason string
+	prev := chain.Genesis
+	err = c.Scan(context.Background(), 1, func(seq uint64, data []byte) {
+		e, err := natsjs.Parse(seq, data)
+		if err != nil {
+			if broken == 0 {
+				broken, reason = int64(seq), err.Error()
+			}
+			return
+		}
+		if e.PrevHash != prev && broken == 0 {
+			broken, reason = e.EventID, "prev_hash does not link"
+		}
+		prev = e.Hash
+		evs = append(evs, spinetest.Event{EventID: e.EventID, Timestamp: e.Timestamp, Kind: e.Kind, Source: e.Source,
+			Payload: e.Payload, PrevHash: e.PrevHash, Hash: e.Hash})
+	})
+	if err != nil {
+		return // the cluster may be electing; the caller reads again
+	}
+	s.mu.Lock()
+	s.events, s.broken, s.reason = evs, broken, reason
+	s.mu.Unlock()
+}
+
+// Events reads the stream again and returns its events, the trail's own
+// included.
+func (s *streamStore) Events() []spinetest.Event {
+	s.read()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.events
+}
+
+func (s *streamStore) Verify() (bool, int64, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.broken == 0, s.broken, s.reason
+}
+
+// TestKillNineCyclesJetStream: the agent killed with kill -9 at random
+// moments under load, delivering into a three-replica JetStream stream
+// whose leader is stopped once in the middle and one of whose servers is
+// then gone for good: every change once, in commit order, in one chain.
+func TestKillNineCyclesJetStream(t *testing.T) {
+	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
+	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
+	dsn := pgtest.DSN(t)
+	cl := natstest.Start(t, 3)
+	url := strings.Join(cl.URLs(), ",")
+	w := setupWorkload(t, dsn)
+	watch(t, dsn)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(5, 6))
+	gone := -1
+	var p *agentProc
+	for c := 0; c < cycles; c++ {
+		p = startAgentProc(t, dsn, "nats://"+strings.TrimPrefix(url, "nats://"))
+		target := rows * (c + 1) / cycles
+		killAt := time.Now().Add(time.Duration(100+rng.IntN(900)) * time.Millisecond)
+		for w.changes() < target || time.Now().Before(killAt) {
+			if w.changes() < target {
+				if _, err := w.step(ctx); err != nil {
+					t.Fatalf("workload: %v", err)
+				}
+			} else {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if time.Now().After(killAt) && p != nil {
+				p.kill()
+				p = nil
+			}
+		}
+		if p != nil {
+			p.kill()
+		}
+		switch c {
+		case cycles / 3:
+			leader := cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second)
+			cl.Stop(leader)
+			t.Logf("cycle %d: stopped the stream leader n%d for a second", c, leader+1)
+			time.Sleep(time.Second)
+			cl.Restart(leader)
+		case 2 * cycles / 3:
+			gone = (cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second) + 1) % 3
+			cl.Stop(gone)
+			t.Logf("cycle %d: stopped n%d for good", c, gone+1)
+		}
+	}
+	p = startAgentProc(t, dsn, url)
+	s := &streamStore{t: t, urls: cl.URLs()}
+	waitDrained(t, s, w.changes(), 3*time.Minute, p)
+	p.terminate(t)
+	verify(t, w, s)
+	t.Logf("kill -9 cycles: %d into JetStream", cycles)
+}

@@ -78,9 +78,14 @@ func startAgentProc(t *testing.T, dsn, spineURL string, extra ...string) *agentP
 	if strings.HasPrefix(spineURL, "nats://") {
 		dest = []string{"--nats-url", spineURL}
 	}
-	args := append([]string{"run", "--database-url", dsn, dest[0], dest[1], "--signing-key-file", keyFile,
+	return startProc(t, append([]string{"run", "--database-url", dsn, dest[0], dest[1], "--signing-key-file", keyFile,
 		"--status-interval", "100ms", "--log-format", "json", "--log-level", "info",
-		"--spine-timeout", "5s", "--shutdown-grace", "1s"}, extra...)
+		"--spine-timeout", "5s", "--shutdown-grace", "1s"}, extra...)...)
+}
+
+// startProc starts the agent binary with args.
+func startProc(t *testing.T, args ...string) *agentProc {
+	t.Helper()
 	cmd := exec.Command(agentBin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

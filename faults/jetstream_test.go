@@ -132,3 +132,60 @@ func TestKillNineCyclesJetStream(t *testing.T) {
 	verify(t, w, s)
 	t.Logf("kill -9 cycles: %d into JetStream", cycles)
 }
+
+// TestRelayKillNine: the relay killed with kill -9 while the spine is
+// down, and then at random moments while it delivers: the spine ends up
+// with every change of the JetStream trail once, in commit order.
+func TestRelayKillNine(t *testing.T) {
+	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
+	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
+	dsn := pgtest.DSN(t)
+	cl := natstest.Start(t, 3)
+	url := strings.Join(cl.URLs(), ",")
+	spine := spinetest.Start(t)
+	w := setupWorkload(t, dsn)
+	watch(t, dsn)
+	ctx := context.Background()
+	p := startAgentProc(t, dsn, url)
+	relay := func() *agentProc {
+		return startProc(t, "relay", "--nats-url", url, "--audit-stream-url", spine.URL(), "--batch", "100",
+			"--log-format", "json", "--spine-timeout", "5s")
+	}
+	// The spine is down while the trail grows and relays die.
+	spine.SetDown(true)
+	for w.changes() < rows {
+		if _, err := w.step(ctx); err != nil {
+			t.Fatalf("workload: %v", err)
+		}
+		if w.changes() > rows/2 && p != nil {
+			r := relay()
+			time.Sleep(300 * time.Millisecond)
+			r.kill()
+			p.terminate(t)
+			p = startAgentProc(t, dsn, url)
+		}
+	}
+	s := &streamStore{t: t, urls: cl.URLs()}
+	waitDrained(t, s, w.changes(), 2*time.Minute, p)
+	p.terminate(t)
+	spine.SetDown(false)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range cycles {
+		r := relay()
+		time.Sleep(time.Duration(100+rng.IntN(500)) * time.Millisecond)
+		r.kill()
+	}
+	r := relay()
+	stored := len(s.Events())
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(spine.Events()) < stored && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // anything extra would be a duplicate
+	r.terminate(t)
+	if got := len(spine.Events()); got != stored {
+		t.Errorf("the spine holds %d events, the stream %d", got, stored)
+	}
+	verify(t, w, spine)
+	t.Logf("relay kill -9: 1 while the spine was down, %d while it delivered", cycles)
+}

@@ -267,7 +267,7 @@ func TestExactlyOnceInOrder(t *testing.T) {
 
 // TestServersStopped: the stream's leader stopped in the middle of
 // windows, then one server gone for good, then every server down for a
-// while: delivery waits, resumes, and the stream holds every event once,
+// while (ten seconds): delivery waits, resumes, and the stream holds every event once,
 // in order.
 func TestServersStopped(t *testing.T) {
 	cl := natstest.Start(t, 3)
@@ -296,12 +296,12 @@ func TestServersStopped(t *testing.T) {
 	if err := deliver(t, ctx, c, events(20000, 21000)); err != nil {
 		t.Fatal(err)
 	}
-	// Every server down for three seconds: delivery waits them out.
+	// Every server down for ten seconds: delivery waits them out.
 	go func() { done <- deliver(t, ctx, c, events(21000, 40000)) }()
 	waitStored(t, cl.URLs(), 23000)
 	cl.StopAll()
 	t.Log("stopped every server")
-	time.Sleep(3 * time.Second)
+	time.Sleep(10 * time.Second)
 	for i := range 3 {
 		if i != gone {
 			cl.Restart(i)

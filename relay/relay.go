@@ -98,6 +98,11 @@ type relay struct {
 	cfg      Config
 	log      *slog.Logger
 	identity [2]string
+	// resumed: the first batch after the saved position, which a relay
+	// stopped before saving may have delivered already. The spine client
+	// reads changes back before it sends them; KEY and SEAL events are
+	// looked for here.
+	resumed bool
 }
 
 func (r *relay) session(ctx context.Context) error {
@@ -110,6 +115,7 @@ func (r *relay) session(ctx context.Context) error {
 		return err
 	}
 	r.log.Info("relaying", "from_seq", pos.Seq+1)
+	r.resumed = true
 	for ctx.Err() == nil {
 		msgs, err := next(r.cfg.Batch, 2*time.Second)
 		if err != nil {
@@ -145,6 +151,7 @@ func (r *relay) session(ctx context.Context) error {
 		if pos, err = r.cfg.Stream.SaveRelayPosition(ctx, r.cfg.Name, pos, last); err != nil {
 			return err
 		}
+		r.resumed = false
 		if r.cfg.Relayed != nil {
 			for _, s := range seqs {
 				r.cfg.Relayed(s)
@@ -162,6 +169,17 @@ func (r *relay) deliver(ctx context.Context, evs []*envelope.Event, seqs []uint6
 		if trail.IsTrailKey(ev.Key) {
 			if r.identity[0] == "" {
 				r.cfg.Spine.SetIdentity("relay", "relay")
+			}
+			if r.resumed {
+				d := ev.Digest()
+				held, err := r.cfg.Spine.HasEvent(ctx, ev.Source, ev.Key, &d)
+				if err != nil {
+					return fmt.Errorf("reading the spine back: %w", err)
+				}
+				if held {
+					i++
+					continue
+				}
 			}
 			if err := r.cfg.Spine.Publish(ctx, ev); err != nil {
 				return r.refused(seqs[i], ev, err)

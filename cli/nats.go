@@ -228,3 +228,38 @@ a spine that lost its history, naming the stream sequence and the fix.`,
 	cmd.Flags().IntVar(&batch, "batch", 500, "most messages fetched and delivered at once")
 	return cmd
 }
+
+// destinationJSON is status's view of the JetStream stream.
+type destinationJSON struct {
+	Kind     string `json:"kind"` // "jetstream"
+	Stream   string `json:"stream"`
+	Subject  string `json:"subject"`
+	Exists   bool   `json:"exists"`
+	Messages uint64 `json:"messages"`
+	LastSeq  uint64 `json:"last_seq"`
+	Replicas int    `json:"replicas"`
+	Leader   string `json:"leader,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// natsStatus reads the stream's state for status, without creating it.
+func natsStatus(ctx context.Context, o *options) *destinationJSON {
+	d := &destinationJSON{Kind: "jetstream", Stream: o.nats.stream, Subject: o.nats.subject}
+	js, err := o.natsClient(nil, publish.Hooks{})
+	if err != nil {
+		d.Error = err.Error()
+		return d
+	}
+	defer js.Close()
+	info, _, found, err := js.Inspect(ctx)
+	switch {
+	case err != nil:
+		d.Error = err.Error() + " (pgaudit-cdc doctor names the fix)"
+	case found:
+		d.Exists, d.Messages, d.LastSeq, d.Replicas = true, info.State.Msgs, info.State.LastSeq, info.Config.Replicas
+		if info.Cluster != nil {
+			d.Leader = info.Cluster.Leader
+		}
+	}
+	return d
+}

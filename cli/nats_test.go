@@ -81,6 +81,9 @@ func TestJetStreamRunAndVerify(t *testing.T) {
 	if err != nil || !strings.Contains(got, "PASS  faithfulness: 1 checkpoints match") {
 		t.Fatalf("verify of a clean JetStream trail: %v\n%s", err, got)
 	}
+	if got := mustRun(t, env, "status"); !strings.Contains(got, "JetStream stream PGAUDIT_CDC (subject pgaudit.cdc): ") || !strings.Contains(got, "3 replicas, leader n") {
+		t.Errorf("status does not show the stream:\n%s", got)
+	}
 
 	nc, err := nats.Connect(cl.URLs()[0])
 	if err != nil {

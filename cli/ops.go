@@ -62,6 +62,8 @@ type Status struct {
 	Server serverJSON `json:"server"`
 	// Standby is the standby's copy of the slot; only on a standby.
 	Standby *standbyJSON `json:"standby,omitempty"`
+	// Destination is the JetStream stream's state; only with --nats-url.
+	Destination *destinationJSON `json:"destination,omitempty"`
 }
 
 type serverJSON struct {
@@ -145,6 +147,9 @@ func newStatusCmd(o *options) *cobra.Command {
 				st, err := readStatus(cmd.Context(), conn, o)
 				if err != nil {
 					return err
+				}
+				if o.nats.urls != "" {
+					st.Destination = natsStatus(cmd.Context(), o)
 				}
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
@@ -414,6 +419,17 @@ func printStatus(w io.Writer, st *Status) {
 			fmt.Fprintf(tw, "failover\tthis is a standby; its copy of the slot is NOT synced: a promotion now loses the slot (a GAP)\n")
 		case st.Slot.Failover:
 			fmt.Fprintf(tw, "failover\ta failover slot: standbys that sync it keep it across a promotion\n")
+		}
+	}
+	if d := st.Destination; d != nil {
+		switch {
+		case d.Error != "":
+			fmt.Fprintf(tw, "destination	JetStream stream %s: %s\n", d.Stream, d.Error)
+		case !d.Exists:
+			fmt.Fprintf(tw, "destination	JetStream stream %s: not created yet (run creates it)\n", d.Stream)
+		default:
+			fmt.Fprintf(tw, "destination	JetStream stream %s (subject %s): %d messages, last sequence %d, %d replicas, leader %s\n",
+				d.Stream, d.Subject, d.Messages, d.LastSeq, d.Replicas, d.Leader)
 		}
 	}
 	pub := "missing"

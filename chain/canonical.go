@@ -85,14 +85,19 @@ func Hash(e Event) (string, error) {
 // HashWithPayload is Hash for a caller that has the canonical JSON of
 // e.Payload already (Canonical of it): the payload is not encoded twice.
 func HashWithPayload(e Event, payload []byte) string {
+	// The payload, which can be large, is hashed where it is, not copied:
+	// only the members around it are written into a buffer.
 	var buf bytes.Buffer
-	buf.Grow(len(payload) + len(e.Kind) + len(e.Source) + len(e.Timestamp) + 160)
+	buf.Grow(len(e.Kind) + len(e.Source) + len(e.Timestamp) + 160)
+	h := sha256.New()
 	buf.WriteString(`{"event_id":`)
 	buf.WriteString(strconv.FormatInt(e.EventID, 10))
 	buf.WriteString(`,"kind":`)
 	writeString(&buf, e.Kind, true)
 	buf.WriteString(`,"payload":`)
-	buf.Write(payload)
+	h.Write(buf.Bytes())
+	h.Write(payload)
+	buf.Reset()
 	buf.WriteString(`,"prev_hash":`)
 	writeString(&buf, e.PrevHash, true)
 	buf.WriteString(`,"source":`)
@@ -100,8 +105,9 @@ func HashWithPayload(e Event, payload []byte) string {
 	buf.WriteString(`,"timestamp":`)
 	writeString(&buf, e.Timestamp, true)
 	buf.WriteByte('}')
-	sum := sha256.Sum256(buf.Bytes())
-	return hex.EncodeToString(sum[:])
+	h.Write(buf.Bytes())
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(h.Sum(sum[:0]))
 }
 
 // CanonicalEvent is the canonical JSON that Hash digests.

@@ -41,7 +41,8 @@ type streamEvent struct {
 	raw   []byte
 }
 
-// readStream reads the whole stream and checks its chain.
+// readStream reads the whole stream and checks its chain; a read that
+// fails while the cluster elects its leaders is started over.
 func readStream(t *testing.T, urls []string) []streamEvent {
 	t.Helper()
 	c, err := natsjs.Connect(natsjs.Config{URLs: urls, Logger: slog.New(slog.DiscardHandler)})
@@ -49,9 +50,23 @@ func readStream(t *testing.T, urls []string) []streamEvent {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	deadline := time.Now().Add(raceSlowdown * 30 * time.Second)
+	for {
+		evs, err := readStreamOnce(t, c)
+		if err == nil {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reading the stream: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func readStreamOnce(t *testing.T, c *natsjs.Client) ([]streamEvent, error) {
 	var out []streamEvent
 	prev := chain.Genesis
-	err = c.Scan(context.Background(), 1, func(seq uint64, data []byte) {
+	err := c.Scan(context.Background(), 1, func(seq uint64, data []byte) {
 		e, err := natsjs.Parse(seq, data)
 		if err != nil {
 			t.Errorf("message %d is not a chained event: %v", seq, err)
@@ -66,10 +81,7 @@ func readStream(t *testing.T, urls []string) []streamEvent {
 		out = append(out, streamEvent{seq: seq, event: e, key: fmt.Sprint(meta["idempotency_key"]),
 			op: fmt.Sprint(e.Payload["operation"]), id: fmt.Sprint(row["id"]), raw: append([]byte(nil), data...)})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return out, err
 }
 
 // TestJetStreamDestination: the agent delivers into a three-replica

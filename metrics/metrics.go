@@ -23,7 +23,7 @@ type Metrics struct {
 
 	EventsDelivered    *prometheus.CounterVec // table, operation, kind
 	EventsSkipped      prometheus.Counter
-	RelayedEvents      prometheus.Counter // pgaudit-cdc relay
+	RelayedEvents      prometheus.Counter       // pgaudit-cdc relay
 	PublishDuration    *prometheus.HistogramVec // outcome
 	CommitToAccepted   prometheus.Histogram
 	Retries            *prometheus.CounterVec // reason

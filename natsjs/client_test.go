@@ -2,9 +2,9 @@ package natsjs
 
 import (
 	"context"
-	"log/slog"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -117,26 +117,34 @@ func stored(t *testing.T, urls []string, stream string) []string {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	var keys []string
-	prev := chain.Genesis
-	next := uint64(1)
-	var cons jetstream.Consumer
+	// After a restart the cluster elects its leaders again: a read that
+	// fails is started over.
 	for {
-		if cons, err = s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{}); err == nil {
-			break
+		keys, err := readChain(t, ctx, s, info.State.LastSeq)
+		if err == nil {
+			return keys
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("reading the stream: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for next <= info.State.LastSeq {
+}
+
+// readChain reads messages 1 to last and checks their chain.
+func readChain(t *testing.T, ctx context.Context, s jetstream.Stream, last uint64) ([]string, error) {
+	t.Helper()
+	var keys []string
+	prev := chain.Genesis
+	next := uint64(1)
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, err
+	}
+	for next <= last {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("reading the stream: %v", err)
-			}
-			continue // the cluster is electing its leaders still
+			return nil, err
 		}
 		for m := range batch.Messages() {
 			md, _ := m.Metadata()
@@ -157,10 +165,10 @@ func stored(t *testing.T, urls []string, stream string) []string {
 			keys = append(keys, key)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	return keys
+	return keys, nil
 }
 
 // exact checks that keys are evs' keys, once each, in order.

@@ -36,11 +36,11 @@ import (
 
 // Config configures Run.
 type Config struct {
-	Stream   *natsjs.Client
-	Spine    *publish.Client
-	Name     string // the relay's name: its position's key (default pgaudit_cdc_relay)
-	Batch    int    // most messages fetched and delivered at once (default 500)
-	Logger   *slog.Logger
+	Stream *natsjs.Client
+	Spine  *publish.Client
+	Name   string // the relay's name: its position's key (default pgaudit_cdc_relay)
+	Batch  int    // most messages fetched and delivered at once (default 500)
+	Logger *slog.Logger
 	// Relayed, when set, is called with each message's sequence once the
 	// spine holds it and the consumer acknowledged it.
 	Relayed func(seq uint64)

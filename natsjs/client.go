@@ -600,6 +600,13 @@ func (c *Client) sync(ctx context.Context) error {
 		return err
 	}
 	info, err := c.info(ctx, s)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		c.stream = nil
+		if c.highest > 0 {
+			// The stream this process delivered into is gone.
+			return &publish.HistoryLostError{Previous: int64(c.highest), Got: 0}
+		}
+	}
 	if err != nil {
 		return err
 	}

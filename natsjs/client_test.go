@@ -485,3 +485,38 @@ func TestForgedKeyWhileDown(t *testing.T) {
 		t.Fatalf("stream keys %v: want the forgery, then the real event 5 and event 6", keys)
 	}
 }
+
+// TestStreamLostItsHistory: a stream deleted (and made again) under a
+// running client lost the trail it held: PublishBatch stops with a
+// HistoryLostError, which the agent turns into a capture gap.
+func TestStreamLostItsHistory(t *testing.T) {
+	cl := natstest.Start(t, 1)
+	c, _ := newClient(t, cl.URLs())
+	ctx := context.Background()
+	if err := deliver(t, ctx, c, events(0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(cl.URLs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(ctx, DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Publish(ctx, testEvent(10))
+	if !publish.IsHistoryLost(err) {
+		t.Fatalf("after the stream was deleted: %v, want a HistoryLostError", err)
+	}
+	again, _ := newClient(t, cl.URLs())
+	if err := again.Publish(ctx, testEvent(10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Publish(ctx, testEvent(11)); !publish.IsHistoryLost(err) {
+		t.Fatalf("after the stream was deleted again: %v, want a HistoryLostError", err)
+	}
+}

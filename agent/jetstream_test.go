@@ -5,11 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/natstest"
@@ -180,4 +185,54 @@ func TestJetStreamDestination(t *testing.T) {
 			t.Errorf("a message lacks the GovernanceEvent field %s", f)
 		}
 	}
+}
+
+// TestJetStreamHistoryLostIsAGap: the agent's stream deleted while the
+// agent runs, or while it is stopped (and made again empty by the next
+// run), lost the trail it held: a capture gap naming what was lost, as with
+// a spine that lost its history.
+func TestJetStreamHistoryLostIsAGap(t *testing.T) {
+	for _, running := range []bool{true, false} {
+		t.Run(fmt.Sprintf("running=%v", running), func(t *testing.T) {
+			h := newHarness(t)
+			cl := natstest.Start(t, 1)
+			h.exec(`CREATE TABLE t1 (id int PRIMARY KEY)`)
+			h.watch("t1", "other", "s")
+			h.jsAgent(cl.URLs())
+			h.exec(`INSERT INTO t1 SELECT generate_series(1, 10)`)
+			deadline := time.Now().Add(raceSlowdown * 30 * time.Second)
+			for !strings.Contains(opsOf(readStream(t, cl.URLs())), trail.OpSeal) {
+				if time.Now().After(deadline) {
+					t.Fatal("no SEAL in the stream")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			nc, err := nats.Connect(cl.URLs()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			if !running {
+				h.stopAgent()
+			}
+			if err := js.DeleteStream(context.Background(), natsjs.DefaultStream); err != nil {
+				t.Fatal(err)
+			}
+			if running {
+				h.exec(`INSERT INTO t1 VALUES (11)`)
+			} else {
+				h.jsAgent(cl.URLs())
+			}
+			h.expectGapStop(capture.ReasonSpineHistoryLost)
+		})
+	}
+}
+
+func opsOf(evs []streamEvent) string {
+	var ops []string
+	for _, e := range evs {
+		ops = append(ops, e.op)
+	}
+	return strings.Join(ops, " ")
 }

@@ -3,7 +3,6 @@ package natsjs
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -659,17 +658,8 @@ func (c *Client) sync(ctx context.Context) error {
 
 // keyOf reads payload.metadata.idempotency_key of a stored message.
 func keyOf(data []byte) (string, bool) {
-	var e struct {
-		Payload struct {
-			Metadata struct {
-				Key string `json:"idempotency_key"`
-			} `json:"metadata"`
-		} `json:"payload"`
-	}
-	if json.Unmarshal(data, &e) != nil || e.Payload.Metadata.Key == "" {
-		return "", false
-	}
-	return e.Payload.Metadata.Key, true
+	st, _, err := publish.ReadStored(data)
+	return st.Key, err == nil && st.Key != ""
 }
 
 // scan calls fn with every message from sequence first to last, in order,
@@ -745,21 +735,12 @@ func (c *Client) ReadBack(ctx context.Context, source string, fn func(publish.St
 		first = max(first, last-uint64(c.cfg.ReadBack)+1)
 	}
 	return c.scan(ctx, first, last, func(seq uint64, data []byte) {
-		var e struct {
-			Source  string `json:"source"`
-			Payload struct {
-				Metadata struct {
-					Key         string `json:"idempotency_key"`
-					Redelivered bool   `json:"redelivered"`
-					CommitTime  string `json:"commit_timestamp"`
-				} `json:"metadata"`
-			} `json:"payload"`
-		}
-		if json.Unmarshal(data, &e) != nil || source != "" && e.Source != source {
+		st, src, err := publish.ReadStored(data)
+		if err != nil || source != "" && src != source {
 			return
 		}
-		fn(publish.Stored{EventID: int64(seq), Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
-			CommitTime: e.Payload.Metadata.CommitTime, Raw: data})
+		st.EventID = int64(seq)
+		fn(st)
 	})
 }
 

@@ -347,19 +347,14 @@ func waitStored(t *testing.T, urls []string, n uint64) {
 // trail is refused, naming each setting.
 func TestWeakStreamRefused(t *testing.T) {
 	cl := natstest.Start(t, 1)
-	nc, err := nats.Connect(cl.URLs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := rawJetStream(t, cl.URLs()[0])
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: DefaultStream, Subjects: []string{DefaultSubject},
 		Storage: jetstream.MemoryStorage, MaxAge: time.Hour, AllowRollup: true}); err != nil {
 		t.Fatal(err)
 	}
 	c, _ := newClient(t, cl.URLs())
-	err = c.Publish(ctx, testEvent(1))
+	err := c.Publish(ctx, testEvent(1))
 	var se *StreamError
 	if !errors.As(err, &se) {
 		t.Fatalf("got %v, want a StreamError", err)
@@ -403,12 +398,7 @@ func TestOtherWriters(t *testing.T) {
 	if err := deliver(t, ctx, c, events(0, 10)); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(cl.URLs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := rawJetStream(t, cl.URLs()[0])
 	if _, err := js.Publish(ctx, DefaultSubject, []byte(`{"not":"ours"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -463,12 +453,7 @@ func TestForgedKeyWhileDown(t *testing.T) {
 	forged := testEvent(5)
 	forged.New = []byte(`{"id":5,"v":"harmless"}`)
 	forged.Finish()
-	nc, err := nats.Connect(cl.URLs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := rawJetStream(t, cl.URLs()[0])
 	// Another message ID: the forger only needs the key inside the event.
 	if _, err := js.Publish(ctx, DefaultSubject, Build(forged, head).Data, jetstream.WithMsgID("other")); err != nil {
 		t.Fatal(err)
@@ -496,16 +481,11 @@ func TestStreamLostItsHistory(t *testing.T) {
 	if err := deliver(t, ctx, c, events(0, 10)); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(cl.URLs()[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := rawJetStream(t, cl.URLs()[0])
 	if err := js.DeleteStream(ctx, DefaultStream); err != nil {
 		t.Fatal(err)
 	}
-	err = c.Publish(ctx, testEvent(10))
+	err := c.Publish(ctx, testEvent(10))
 	if !publish.IsHistoryLost(err) {
 		t.Fatalf("after the stream was deleted: %v, want a HistoryLostError", err)
 	}
@@ -519,4 +499,20 @@ func TestStreamLostItsHistory(t *testing.T) {
 	if err := again.Publish(ctx, testEvent(11)); !publish.IsHistoryLost(err) {
 		t.Fatalf("after the stream was deleted again: %v, want a HistoryLostError", err)
 	}
+}
+
+// rawJetStream is a plain JetStream client of another writer (or of a
+// test's own checks), closed at the end of the test.
+func rawJetStream(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

@@ -776,6 +776,28 @@ type Stored struct {
 	Raw json.RawMessage
 }
 
+// ReadStored reads what a read-back needs of a stored event (the spine's,
+// or a JetStream message, which has the same shape): its event_id, key,
+// marks and commit time, and its source. Raw is raw itself.
+func ReadStored(raw []byte) (Stored, string, error) {
+	var e struct {
+		EventID int64  `json:"event_id"`
+		Source  string `json:"source"`
+		Payload struct {
+			Metadata struct {
+				Key         string `json:"idempotency_key"`
+				Redelivered bool   `json:"redelivered"`
+				CommitTime  string `json:"commit_timestamp"`
+			} `json:"metadata"`
+		} `json:"payload"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return Stored{}, "", err
+	}
+	return Stored{EventID: e.EventID, Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
+		CommitTime: e.Payload.Metadata.CommitTime, Raw: raw}, e.Source, nil
+}
+
 // Digest is the event's digest computed from the spine's copy
 // (trail.ItemDigest): what the agent's own event digests to when the copy
 // is what it sent.
@@ -830,23 +852,13 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		if err := dec.Decode(&raw); err != nil {
 			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
 		}
-		var e struct {
-			EventID int64 `json:"event_id"`
-			Payload struct {
-				Metadata struct {
-					Key         string `json:"idempotency_key"`
-					Redelivered bool   `json:"redelivered"`
-					CommitTime  string `json:"commit_timestamp"`
-				} `json:"metadata"`
-			} `json:"payload"`
-		}
-		if err := json.Unmarshal(raw, &e); err != nil {
+		st, _, err := ReadStored(raw)
+		if err != nil {
 			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
 		}
 		n++
-		c.sawRead(e.EventID)
-		fn(Stored{EventID: e.EventID, Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
-			CommitTime: e.Payload.Metadata.CommitTime, Raw: raw})
+		c.sawRead(st.EventID)
+		fn(st)
 	}
 	return n, nil
 }

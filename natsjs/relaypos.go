@@ -1,0 +1,118 @@
+package natsjs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// RelayBucket is the key-value bucket where relays keep their position.
+const RelayBucket = "PGAUDIT_CDC_RELAY"
+
+// Position is where a relay stands: the last stream sequence the spine
+// holds, and the revision it was saved at (for the next compare-and-set).
+type Position struct {
+	Seq, Revision uint64
+}
+
+// relayPositions opens (or makes) the replicated bucket of relay positions.
+func (c *Client) relayPositions(ctx context.Context) (jetstream.KeyValue, error) {
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	kv, err := c.js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{Bucket: RelayBucket,
+		Description: "pgaudit-cdc relay positions", History: 1, Storage: jetstream.FileStorage, Replicas: c.WantReplicas()})
+	if err != nil {
+		return nil, fmt.Errorf("opening the relay position bucket %s: %w", RelayBucket, c.explainAPI(err))
+	}
+	return kv, nil
+}
+
+// RelayPosition reads relay name's position (zero: it starts at the
+// stream's first message).
+func (c *Client) RelayPosition(ctx context.Context, name string) (Position, error) {
+	kv, err := c.relayPositions(ctx)
+	if err != nil {
+		return Position{}, err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	e, err := kv.Get(actx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Position{}, nil
+	}
+	if err != nil {
+		return Position{}, fmt.Errorf("reading the position of relay %s: %w", name, err)
+	}
+	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return Position{}, fmt.Errorf("the position of relay %s in bucket %s is %q, not a sequence", name, RelayBucket, e.Value())
+	}
+	return Position{Seq: seq, Revision: e.Revision()}, nil
+}
+
+// ErrRelayMoved: another relay of the same name saved a position since
+// this one read it.
+var ErrRelayMoved = errors.New("another relay of this name moved the position")
+
+// SaveRelayPosition saves seq as relay name's position, if it is still at
+// p (compare-and-set), and returns the new position.
+func (c *Client) SaveRelayPosition(ctx context.Context, name string, p Position, seq uint64) (Position, error) {
+	kv, err := c.relayPositions(ctx)
+	if err != nil {
+		return p, err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	value := []byte(strconv.FormatUint(seq, 10))
+	var rev uint64
+	if p.Revision == 0 {
+		rev, err = kv.Create(actx, name, value)
+	} else {
+		rev, err = kv.Update(actx, name, value, p.Revision)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return p, fmt.Errorf("saving the position of relay %s: %w", name, ErrRelayMoved)
+	}
+	if err != nil {
+		return p, fmt.Errorf("saving the position of relay %s: %w", name, err)
+	}
+	return Position{Seq: seq, Revision: rev}, nil
+}
+
+// Tail reads the stream from sequence first on, in order, through an
+// ordered consumer: next returns the messages that came within wait.
+func (c *Client) Tail(ctx context.Context, first uint64) (next func(max int, wait time.Duration) ([]jetstream.Msg, error), err error) {
+	s, err := c.openStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if first > 1 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: first}
+	}
+	cons, err := s.OrderedConsumer(actx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("reading stream %s: %w", c.cfg.Stream, c.explainAPI(err))
+	}
+	return func(n int, wait time.Duration) ([]jetstream.Msg, error) {
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(wait))
+		if err != nil {
+			return nil, err
+		}
+		var out []jetstream.Msg
+		for m := range batch.Messages() {
+			out = append(out, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return out, err
+		}
+		return out, nil
+	}, nil
+}

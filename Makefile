@@ -99,6 +99,11 @@ fuzz:
 bench:
 	$(GO) run ./cmd/bench -out BENCHMARKS.md
 
+# JetStream delivery beside natscli's nats bench, servers out of process
+# (BENCHMARKS.md, "JetStream"); needs nats-server and nats (NATS_BIN).
+bench-jetstream:
+	bash cmd/bench/jetstream.sh
+
 .PHONY: bench-smoke
 bench-smoke:
 	$(GO) run ./cmd/bench -quick

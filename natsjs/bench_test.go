@@ -2,7 +2,10 @@ package natsjs
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,8 +42,8 @@ func benchEvents(n, size int) []*envelope.Event {
 // the same messages published the way `nats bench js pub --async` does
 // (a window of unacknowledged messages, no expected sequence, no chain).
 func BenchmarkDeliver(b *testing.B) {
-	cl := natstest.Start(b, 3)
-	c, err := Connect(Config{URLs: cl.URLs()})
+	urls := benchCluster(b)
+	c, err := Connect(Config{URLs: urls})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -58,8 +61,7 @@ func BenchmarkDeliver(b *testing.B) {
 }
 
 func BenchmarkAsyncPublish(b *testing.B) {
-	cl := natstest.Start(b, 3)
-	nc, err := nats.Connect(cl.URLs()[0])
+	nc, err := nats.Connect(strings.Join(benchCluster(b), ","))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -87,4 +89,26 @@ func BenchmarkAsyncPublish(b *testing.B) {
 	case <-ctx.Done():
 		b.Fatal("acknowledgements did not come")
 	}
+}
+
+// benchCluster is the cluster a benchmark delivers into, its stream
+// deleted first: PGAUDIT_BENCH_NATS_URL (servers of their own, e.g. for a
+// side-by-side run with natscli's nats bench), else three in-process
+// servers.
+func benchCluster(b *testing.B) []string {
+	b.Helper()
+	env := os.Getenv("PGAUDIT_BENCH_NATS_URL")
+	if env == "" {
+		return natstest.Start(b, 3).URLs()
+	}
+	nc, err := nats.Connect(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(context.Background(), DefaultStream); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		b.Fatal(err)
+	}
+	return strings.Split(env, ",")
 }

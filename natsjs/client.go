@@ -50,6 +50,9 @@ type Client struct {
 	// their copies; handled the keys handled otherwise (dead letters).
 	present map[string][]storedCopy
 	handled map[string]bool
+	// sendFailed: the last window failed; the destination is reported up
+	// again only on an acknowledgement.
+	sendFailed bool
 	// preempted holds the keys whose Nats-Msg-Id another writer took: the
 	// event goes under a message ID of its own (see msgID).
 	preempted map[string]uint64
@@ -443,6 +446,7 @@ func (c *Client) observe(failure error, start time.Time) {
 		}
 		c.cfg.Hooks.Post(outcome, time.Since(start))
 	}
+	c.sendFailed = failure != nil
 	c.up(failure == nil)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -515,4 +516,88 @@ func rawJetStream(t *testing.T, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// TestRefusedIsAnOutage: refused credentials and a missing publish
+// permission are outages: delivery waits (reported down, nothing stored,
+// no event refused for good) and says what to grant; the right user then
+// delivers each event once.
+func TestRefusedIsAnOutage(t *testing.T) {
+	allow := func(subjects ...string) *server.Permissions {
+		return &server.Permissions{Publish: &server.SubjectPermission{Allow: subjects}}
+	}
+	cl := natstest.Start(t, 1, func(_ int, o *server.Options) {
+		o.Users = []*server.User{
+			{Username: "agent", Password: "right", Permissions: allow("$JS.API.>", DefaultSubject)},
+			{Username: "reader", Password: "right", Permissions: allow("$JS.API.>")},
+		}
+	})
+	dir := t.TempDir()
+	secret := func(name, value string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(value+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	right, wrong := secret("right", "right"), secret("wrong", "wrong")
+	for _, tc := range []struct {
+		name, user, password, want string
+	}{
+		{"wrong password", "agent", wrong, "authorization"},
+		{"no publish permission", "reader", right, "grant its user publish permission on " + DefaultSubject},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncLog
+			var downs int
+			var last bool
+			c, _ := newClient(t, cl.URLs(), func(cfg *Config) {
+				cfg.User, cfg.PasswordFile = tc.user, tc.password
+				cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+				cfg.Hooks.SpineUp = func(up bool) {
+					if last = up; !up {
+						downs++
+					}
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+			defer cancel()
+			err := c.Publish(ctx, testEvent(0))
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("got %v, want delivery to wait until the context ends", err)
+			}
+			if downs == 0 || last {
+				t.Errorf("reported down %d times, last up=%v: want the destination reported down", downs, last)
+			}
+			if !strings.Contains(strings.ToLower(logs.String()), strings.ToLower(tc.want)) {
+				t.Errorf("the log does not say %q:\n%.3000s", tc.want, logs.String())
+			}
+		})
+	}
+	good, _ := newClient(t, cl.URLs(), func(cfg *Config) { cfg.User, cfg.PasswordFile = "agent", right })
+	if err := deliver(t, context.Background(), good, events(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := good.stream.Info(context.Background())
+	if err != nil || info.State.Msgs != 3 {
+		t.Fatalf("the stream holds %v messages (%v), want the 3 events once", info, err)
+	}
+}
+
+// syncLog is a log sink safe for the client's goroutines.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

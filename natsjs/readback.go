@@ -78,7 +78,12 @@ func (c *Client) sync(ctx context.Context) error {
 	}
 	c.head, c.present, c.synced = head, present, true
 	c.highest = max(c.highest, last)
-	c.up(true)
+	if !c.sendFailed {
+		// The stream answers; after a failed send, only an acknowledgement
+		// says the destination takes messages again (a missing publish
+		// permission still lets the stream be read).
+		c.up(true)
+	}
 	return nil
 }
 

@@ -53,6 +53,16 @@ func (c *Client) defaultReplicas() int {
 
 // explainAPI adds the fix to the JetStream API refusals a user causes.
 func (c *Client) explainAPI(err error) error {
+	if !c.nc.IsConnected() {
+		cause := c.nc.LastError()
+		if p := c.asyncErr.Load(); p != nil {
+			cause = *p
+		}
+		if cause != nil {
+			return fmt.Errorf("%w: not connected to NATS (%w): check --nats-url, the credentials files (--nats-creds-file, --nats-password-file, ...) and TLS", err, cause)
+		}
+		return fmt.Errorf("%w: not connected to NATS: check --nats-url and that the servers run", err)
+	}
 	if p := c.asyncErr.Load(); p != nil && errors.Is(*p, nats.ErrPermissionViolation) {
 		return fmt.Errorf("%w (%w): grant pgaudit-cdc's NATS user the JetStream API ($JS.API.>) and publish on %s", err, *p, c.cfg.Subject)
 	}

@@ -153,16 +153,16 @@ func TestRelayKillNine(t *testing.T) {
 	}
 	// The spine is down while the trail grows and relays die.
 	spine.SetDown(true)
+	killedWhileDown := false
 	for w.changes() < rows {
 		if _, err := w.step(ctx); err != nil {
 			t.Fatalf("workload: %v", err)
 		}
-		if w.changes() > rows/2 && p != nil {
+		if w.changes() > rows/2 && !killedWhileDown {
+			killedWhileDown = true
 			r := relay()
 			time.Sleep(300 * time.Millisecond)
 			r.kill()
-			p.terminate(t)
-			p = startAgentProc(t, dsn, url)
 		}
 	}
 	s := &streamStore{t: t, urls: cl.URLs()}

@@ -74,12 +74,27 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
-			spine, err := o.spineClient(log, publish.Hooks{})
-			if err != nil {
-				return err
+			// The destination run delivers to: the spine, or the JetStream
+			// stream (which refuses no event for good).
+			var spine interface {
+				Redeliver(ctx context.Context, source, key string, body []byte) error
 			}
-			if spine == nil {
-				return &ExitError{Code: 2, Err: errors.New("retrying needs the spine: set --audit-stream-url or AUDIT_STREAM_URL")}
+			if o.nats.urls != "" {
+				js, err := o.natsClient(log, publish.Hooks{})
+				if err != nil {
+					return err
+				}
+				defer js.Close()
+				spine = js
+			} else {
+				c, err := o.spineClient(log, publish.Hooks{})
+				if err != nil {
+					return err
+				}
+				if c == nil {
+					return &ExitError{Code: 2, Err: errors.New("retrying needs the destination: set --audit-stream-url or AUDIT_STREAM_URL (or --nats-url)")}
+				}
+				spine = c
 			}
 			return o.withConn(cmd, func(conn *pgx.Conn) error {
 				dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)

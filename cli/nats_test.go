@@ -3,14 +3,18 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/natstest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
@@ -213,5 +217,54 @@ func TestRelayIntoSpine(t *testing.T) {
 	out, _, err := run(t, relayEnv, "verify", "--nats-url", "")
 	if err != nil || !strings.Contains(out, "PASS  faithfulness: 1 checkpoints match") {
 		t.Fatalf("verify of the relayed trail: %v\n%s", err, out)
+	}
+}
+
+// TestDeadLetterRetryIntoJetStream: a dead letter kept while the trail went
+// to the spine is retried into the stream, marked redelivered, once.
+func TestDeadLetterRetryIntoJetStream(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	cl := natstest.Start(t, 1)
+	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": "", "PGAUDIT_NATS_URL": cl.URLs()[0]}
+	exec(t, dsn, `CREATE TABLE ledger (id int PRIMARY KEY)`)
+	mustRun(t, env, "watch", "ledger", "--kind", "other", "--source", "books") // the schema
+	pos := envelope.Position{CommitLSN: 0x1000, Seq: 1}
+	ev := &envelope.Event{Pos: pos, Envelope: envelope.Envelope{Kind: "other", Source: "books",
+		Timestamp: "2026-12-06T10:00:00+00:00", Table: "public.ledger", Operation: envelope.OpInsert,
+		New: []byte(`{"id":1}`), CommitLSN: pos.CommitLSN, LSN: pos.CommitLSN, Key: envelope.Key("7301", "pgaudit_cdc", pos)}}
+	ev.Finish()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := deadletters.New(conn, "pgaudit_cdc").Put(context.Background(), ev, 422, "unknown kind"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRun(t, env, "dead-letters", "retry", "--all"); !strings.Contains(got, "1 delivered, 0 refused again") {
+		t.Fatalf("retry printed %q", got)
+	}
+	if got := mustRun(t, env, "dead-letters", "retry", "--all"); !strings.Contains(got, "0 delivered") {
+		t.Fatalf("a second retry printed %q", got)
+	}
+	c, err := natsjs.Connect(natsjs.Config{URLs: cl.URLs(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var stored []string
+	if err := c.Scan(context.Background(), 1, func(seq uint64, data []byte) {
+		e, err := natsjs.Parse(seq, data)
+		if err != nil {
+			t.Errorf("message %d: %v", seq, err)
+			return
+		}
+		meta, _ := e.Payload["metadata"].(map[string]any)
+		stored = append(stored, fmt.Sprint(meta["idempotency_key"], " redelivered=", meta["redelivered"]))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := ev.Key + " redelivered=true"; len(stored) != 1 || stored[0] != want {
+		t.Fatalf("the stream holds %v, want [%s]", stored, want)
 	}
 }

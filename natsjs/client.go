@@ -468,3 +468,24 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, cause er
 		"stream", c.cfg.Stream, "reason", reason, "err", cause, "retry_in", d.Round(time.Millisecond))
 	return backoff.Sleep(ctx, d)
 }
+
+// Redeliver sends a dead letter kept while the trail went to the spine
+// into the stream: marked redelivered (it lands after newer events), and
+// not sent when the stream holds it already with this content.
+func (c *Client) Redeliver(ctx context.Context, _ /* source */, key string, body []byte) error {
+	ev, err := envelope.ParseEvent(body)
+	if err != nil {
+		return fmt.Errorf("reading the stored envelope of %s: %w", key, err)
+	}
+	if ev.Key != key {
+		return fmt.Errorf("the stored envelope of %s carries the key %q: it was altered; delete the dead letter and restore the event from the audited database", key, ev.Key)
+	}
+	sys, slot, pos, ok := envelope.ParseKey(key)
+	if !ok {
+		sys, slot = "redeliver", "redeliver" // a KEY or SEAL event: found by key and content
+	}
+	c.SetIdentity(sys, slot)
+	ev.Pos = pos
+	ev.MarkRedelivered()
+	return c.Publish(ctx, ev)
+}

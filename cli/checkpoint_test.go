@@ -22,6 +22,13 @@ import (
 // function stops it.
 func startAgent(t *testing.T, env map[string]string) (stop func()) {
 	t.Helper()
+	stop, _ = startAgentLog(t, env)
+	return stop
+}
+
+// startAgentLog is startAgent, also giving the agent's log.
+func startAgentLog(t *testing.T, env map[string]string) (stop func(), log *syncBuffer) {
+	t.Helper()
 	for k, v := range env {
 		t.Setenv(k, v)
 	}
@@ -46,7 +53,7 @@ func startAgent(t *testing.T, env map[string]string) (stop func()) {
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	return stop, &errOut
 }
 
 // lastChunks counts the CHECKPOINT events that close a checkpoint.

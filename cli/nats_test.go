@@ -52,18 +52,7 @@ func TestJetStreamRunAndVerify(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": "", "PGAUDIT_NATS_URL": strings.Join(cl.URLs(), ",")}
 	exec(t, dsn, `CREATE TABLE ledger (id int PRIMARY KEY, amount numeric)`)
 	mustRun(t, env, "watch", "ledger", "--kind", "other", "--source", "books")
-	for k, v := range env {
-		t.Setenv(k, v)
-	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut syncBuffer
-	cmd := NewRootCmd()
-	cmd.SetArgs([]string{"run", "--status-interval", "100ms"})
-	cmd.SetOut(&out)
-	cmd.SetErr(&errOut)
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
+	stop, log := startAgentLog(t, env)
 	exec(t, dsn, `INSERT INTO ledger SELECT g, g * 2.5 FROM generate_series(1, 20) g`)
 	exec(t, dsn, `UPDATE ledger SET amount = 0 WHERE id < 5`)
 	if got := mustRun(t, env, "checkpoint", "ledger"); !strings.Contains(got, "20 rows") {
@@ -73,12 +62,9 @@ func TestJetStreamRunAndVerify(t *testing.T) {
 		ops := streamOps(t, cl.URLs())
 		return len(ops) > 0 && strings.Contains(strings.Join(ops, " "), "CHECKPOINT")
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v\n%s", err, errOut.String())
-	}
-	if !strings.Contains(errOut.String(), "created the JetStream stream") {
-		t.Errorf("run did not say it created the stream:\n%s", errOut.String())
+	stop()
+	if !strings.Contains(log.String(), "created the JetStream stream") {
+		t.Errorf("run did not say it created the stream:\n%s", log.String())
 	}
 
 	got, _, err := run(t, env, "verify")
@@ -100,7 +86,7 @@ func TestJetStreamRunAndVerify(t *testing.T) {
 	}
 	got, _, err = run(t, env, "verify", "--json")
 	if code := exitCode(err); code != 1 || !strings.Contains(got, "is not an event of the chain") {
-		t.Fatalf("verify with another writer's message: exit %d, want 1 naming it:\n%s", code, got)
+		t.Fatalf("verify with another writer's message: exit %d (%v), want 1 naming it:\n%s", code, err, got)
 	}
 	var rep struct{ Failures []struct{ Detail string } }
 	if err := json.Unmarshal([]byte(got), &rep); err != nil || len(rep.Failures) == 0 {
@@ -151,16 +137,7 @@ func TestRelayIntoSpine(t *testing.T) {
 	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": "", "PGAUDIT_NATS_URL": strings.Join(cl.URLs(), ",")}
 	exec(t, dsn, `CREATE TABLE ledger (id int PRIMARY KEY, amount numeric)`)
 	mustRun(t, env, "watch", "ledger", "--kind", "other", "--source", "books")
-	for k, v := range env {
-		t.Setenv(k, v)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var errOut syncBuffer
-	cmd := NewRootCmd()
-	cmd.SetArgs([]string{"run", "--status-interval", "100ms"})
-	cmd.SetErr(&errOut)
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
+	stop := startAgent(t, env)
 	for i := range 30 {
 		exec(t, dsn, `INSERT INTO ledger SELECT g, g * 2.5 FROM generate_series($1::int, $1::int + 9) g`, i*10)
 	}
@@ -168,10 +145,7 @@ func TestRelayIntoSpine(t *testing.T) {
 	waitFor(t, "the CHECKPOINT event in the stream", 30*time.Second, func() bool {
 		return strings.Contains(strings.Join(streamOps(t, cl.URLs()), " "), "CHECKPOINT")
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v\n%s", err, errOut.String())
-	}
+	stop()
 	want := streamOps(t, cl.URLs())
 
 	relayEnv := map[string]string{"AUDIT_STREAM_URL": spine.URL()}

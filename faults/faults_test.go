@@ -413,21 +413,15 @@ func watch(t *testing.T, dsn string) {
 	}
 }
 
-func TestKillNineCycles(t *testing.T) {
-	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
-	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
-	dsn := pgtest.DSN(t)
-	spine := spinetest.Start(t)
-	w := setupWorkload(t, dsn)
-	watch(t, dsn)
+// killCycles runs the workload up to rows changes in cycles, each with an
+// agent that start gives, killed with kill -9 at a random moment while the
+// workload runs; between, when set, runs after each cycle's kill.
+func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, start func() *agentProc, between func(c int)) {
+	t.Helper()
 	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(3, 4))
-
-	var p *agentProc
 	for c := 0; c < cycles; c++ {
-		p = startAgentProc(t, dsn, spine.URL())
+		p := start()
 		target := rows * (c + 1) / cycles
-		// Kill at a random moment while the workload runs.
 		killAt := time.Now().Add(time.Duration(100+rng.IntN(900)) * time.Millisecond)
 		for w.changes() < target || time.Now().Before(killAt) {
 			if w.changes() < target {
@@ -445,8 +439,23 @@ func TestKillNineCycles(t *testing.T) {
 		if p != nil {
 			p.kill()
 		}
+		if between != nil {
+			between(c)
+		}
 	}
-	p = startAgentProc(t, dsn, spine.URL())
+}
+
+func TestKillNineCycles(t *testing.T) {
+	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
+	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
+	dsn := pgtest.DSN(t)
+	spine := spinetest.Start(t)
+	w := setupWorkload(t, dsn)
+	watch(t, dsn)
+	rng := rand.New(rand.NewPCG(3, 4))
+	// Each agent killed at a random moment while the workload runs.
+	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL()) }, nil)
+	p := startAgentProc(t, dsn, spine.URL())
 	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
 	p.terminate(t)
 	verify(t, w, spine)

@@ -88,30 +88,8 @@ func TestKillNineCyclesJetStream(t *testing.T) {
 	url := strings.Join(cl.URLs(), ",")
 	w := setupWorkload(t, dsn)
 	watch(t, dsn)
-	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(5, 6))
-	gone := -1
-	var p *agentProc
-	for c := 0; c < cycles; c++ {
-		p = startAgentProc(t, dsn, "nats://"+strings.TrimPrefix(url, "nats://"))
-		target := rows * (c + 1) / cycles
-		killAt := time.Now().Add(time.Duration(100+rng.IntN(900)) * time.Millisecond)
-		for w.changes() < target || time.Now().Before(killAt) {
-			if w.changes() < target {
-				if _, err := w.step(ctx); err != nil {
-					t.Fatalf("workload: %v", err)
-				}
-			} else {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if time.Now().After(killAt) && p != nil {
-				p.kill()
-				p = nil
-			}
-		}
-		if p != nil {
-			p.kill()
-		}
+	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, url) }, func(c int) {
 		switch c {
 		case cycles / 3:
 			leader := cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second)
@@ -120,12 +98,12 @@ func TestKillNineCyclesJetStream(t *testing.T) {
 			time.Sleep(time.Second)
 			cl.Restart(leader)
 		case 2 * cycles / 3:
-			gone = (cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second) + 1) % 3
+			gone := (cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second) + 1) % 3
 			cl.Stop(gone)
 			t.Logf("cycle %d: stopped n%d for good", c, gone+1)
 		}
-	}
-	p = startAgentProc(t, dsn, url)
+	})
+	p := startAgentProc(t, dsn, url)
 	s := &streamStore{t: t, urls: cl.URLs()}
 	waitDrained(t, s, w.changes(), 3*time.Minute, p)
 	p.terminate(t)

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/chain"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -108,6 +109,14 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 	}
 	for next := first; next <= last; {
 		batch, err := cons.Fetch(int(min(last-next+1, 500)), jetstream.FetchMaxWait(5*time.Second))
+		// A consumer just made on a replicated stream may not answer for a
+		// moment (no responders): asked again within the API timeout.
+		for wait := time.Now().Add(apiTimeout); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(wait); {
+			if err := backoff.Sleep(ctx, 50*time.Millisecond); err != nil {
+				return err
+			}
+			batch, err = cons.Fetch(int(min(last-next+1, 500)), jetstream.FetchMaxWait(5*time.Second))
+		}
 		if err != nil {
 			return fmt.Errorf("reading the stream back from sequence %d: %w", next, err)
 		}

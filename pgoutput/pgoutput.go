@@ -125,6 +125,46 @@ type LogicalMessage struct {
 	Content       []byte // aliases the buffer given to Parse
 }
 
+// StreamStartMessage opens a block of changes of an in-progress
+// transaction (protocol version 2, streaming on). The messages up to the
+// next StreamStopMessage belong to it: parse them with ParseStreamed.
+type StreamStartMessage struct {
+	Xid          uint32
+	FirstSegment bool // the transaction's first block
+}
+
+// StreamStopMessage closes a block of streamed changes.
+type StreamStopMessage struct{}
+
+// StreamCommitMessage commits a streamed transaction: its changes, sent in
+// earlier blocks, are delivered now, in commit order.
+type StreamCommitMessage struct {
+	Xid        uint32
+	Flags      uint8
+	CommitLSN  LSN // the commit record's LSN (a BEGIN's FinalLSN)
+	EndLSN     LSN
+	CommitTime int64
+}
+
+// StreamAbortMessage aborts a streamed transaction (SubXid == Xid) or one
+// of its subtransactions: the changes sent under SubXid are discarded.
+type StreamAbortMessage struct {
+	Xid    uint32
+	SubXid uint32
+}
+
+// Type implements Message.
+func (*StreamStartMessage) Type() byte { return 'S' }
+
+// Type implements Message.
+func (*StreamStopMessage) Type() byte { return 'E' }
+
+// Type implements Message.
+func (*StreamCommitMessage) Type() byte { return 'c' }
+
+// Type implements Message.
+func (*StreamAbortMessage) Type() byte { return 'A' }
+
 // Type implements Message.
 func (*BeginMessage) Type() byte { return 'B' }
 
@@ -283,13 +323,35 @@ func (r *reader) tuple() Tuple {
 }
 
 // Parse decodes one pgoutput message (protocol version 1, with logical
-// messages). It never panics: short or inconsistent input gives an error
+// messages, and the stream control messages of version 2). It never panics: short or inconsistent input gives an error
 // wrapping ErrMalformedMessage. Tuple data and message content alias data;
 // names are copied.
 //
 // Protocol: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
 func Parse(data []byte) (Message, error) {
-	return parse(data, nil)
+	_, m, err := parse(data, nil, false)
+	return m, err
+}
+
+// StreamedXid returns the transaction of a message sent inside a stream
+// block (between STREAM START and STREAM STOP), without parsing the rest:
+// the (sub)transaction that made the change. ok is false for a message
+// that carries none (ORIGIN, or one too short to).
+func StreamedXid(data []byte) (xid uint32, ok bool) {
+	if len(data) < 5 || !carriesXid(data[0]) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(data[1:5]), true
+}
+
+// carriesXid says whether a message of type tag names its transaction
+// when sent inside a stream block.
+func carriesXid(tag byte) bool {
+	switch tag {
+	case 'R', 'Y', 'I', 'U', 'D', 'T', 'M':
+		return true
+	}
+	return false
 }
 
 // Parser is Parse with its memory reused: the BEGIN, COMMIT, INSERT, UPDATE
@@ -308,12 +370,26 @@ type Parser struct {
 
 // Parse decodes one message as the package's Parse does.
 func (p *Parser) Parse(data []byte) (Message, error) {
+	p.reset()
+	_, m, err := parse(data, p, false)
+	return m, err
+}
+
+// ParseStreamed decodes a message sent inside a stream block: the same
+// messages as Parse, with the transaction (xid) that RELATION, TYPE,
+// INSERT, UPDATE, DELETE, TRUNCATE and logical messages carry there. The
+// message returned is the one the same change gives outside a stream.
+func (p *Parser) ParseStreamed(data []byte) (xid uint32, m Message, err error) {
+	p.reset()
+	return parse(data, p, true)
+}
+
+func (p *Parser) reset() {
 	if cap(p.cols) > 1<<12 {
 		p.cols = nil // one very wide row keeps no memory for ever
 	}
 	clear(p.cols)
 	p.cols = p.cols[:0]
-	return parse(data, p)
 }
 
 // The messages parse fills: the Parser's own, or new ones when p is nil.
@@ -352,12 +428,14 @@ func (p *Parser) deleteMsg() *DeleteMessage {
 	return &p.delete
 }
 
-func parse(data []byte, p *Parser) (Message, error) {
+func parse(data []byte, p *Parser, streamed bool) (xid uint32, m Message, err error) {
 	if len(data) == 0 {
-		return nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
+		return 0, nil, fmt.Errorf("%w: empty message", ErrMalformedMessage)
 	}
 	r := reader{buf: data, off: 1, p: p}
-	var m Message
+	if streamed && carriesXid(data[0]) {
+		xid = r.u32("xid")
+	}
 	switch data[0] {
 	case 'B':
 		b := p.beginMsg()
@@ -376,6 +454,20 @@ func parse(data []byte, p *Parser) (Message, error) {
 			CommitTime: int64(r.u64("commit time")),
 		}
 		m = c
+	case 'S':
+		m = &StreamStartMessage{Xid: r.u32("xid"), FirstSegment: r.u8("first segment") == 1}
+	case 'E':
+		m = &StreamStopMessage{}
+	case 'c':
+		m = &StreamCommitMessage{
+			Xid:        r.u32("xid"),
+			Flags:      r.u8("flags"),
+			CommitLSN:  LSN(r.u64("commit LSN")),
+			EndLSN:     LSN(r.u64("end LSN")),
+			CommitTime: int64(r.u64("commit time")),
+		}
+	case 'A':
+		m = &StreamAbortMessage{Xid: r.u32("xid"), SubXid: r.u32("subtransaction xid")}
 	case 'O':
 		m = &OriginMessage{CommitLSN: LSN(r.u64("origin LSN")), Name: r.cstring("origin name")}
 	case 'R':
@@ -407,7 +499,7 @@ func parse(data []byte, p *Parser) (Message, error) {
 		ins := p.insertMsg()
 		*ins = InsertMessage{RelationID: r.u32("relation id")}
 		if tag := r.u8("tuple tag"); r.err == nil && tag != 'N' {
-			return nil, fmt.Errorf("%w: insert: unexpected tuple tag %q", ErrMalformedMessage, tag)
+			return 0, nil, fmt.Errorf("%w: insert: unexpected tuple tag %q", ErrMalformedMessage, tag)
 		}
 		ins.New = r.tuple()
 		m = ins
@@ -421,7 +513,7 @@ func parse(data []byte, p *Parser) (Message, error) {
 			tag = r.u8("tuple tag")
 		}
 		if r.err == nil && tag != 'N' {
-			return nil, fmt.Errorf("%w: update: unexpected tuple tag %q", ErrMalformedMessage, tag)
+			return 0, nil, fmt.Errorf("%w: update: unexpected tuple tag %q", ErrMalformedMessage, tag)
 		}
 		up.New = r.tuple()
 		m = up
@@ -430,7 +522,7 @@ func parse(data []byte, p *Parser) (Message, error) {
 		*del = DeleteMessage{RelationID: r.u32("relation id")}
 		tag := r.u8("tuple tag")
 		if r.err == nil && tag != 'K' && tag != 'O' {
-			return nil, fmt.Errorf("%w: delete: unexpected tuple tag %q", ErrMalformedMessage, tag)
+			return 0, nil, fmt.Errorf("%w: delete: unexpected tuple tag %q", ErrMalformedMessage, tag)
 		}
 		del.OldKind = tag
 		del.Old = r.tuple()
@@ -460,13 +552,13 @@ func parse(data []byte, p *Parser) (Message, error) {
 		lm.Content = r.take(int(l), "content")
 		m = lm
 	default:
-		return nil, fmt.Errorf("%w: unsupported message type %q (is the publication using protocol version 1?)", ErrMalformedMessage, data[0])
+		return 0, nil, fmt.Errorf("%w: unsupported message type %q", ErrMalformedMessage, data[0])
 	}
 	if r.err != nil {
-		return nil, r.err
+		return 0, nil, r.err
 	}
 	if r.off != len(data) {
-		return nil, fmt.Errorf("%w: %d trailing bytes after %q message", ErrMalformedMessage, len(data)-r.off, data[0])
+		return 0, nil, fmt.Errorf("%w: %d trailing bytes after %q message", ErrMalformedMessage, len(data)-r.off, data[0])
 	}
-	return m, nil
+	return xid, m, nil
 }

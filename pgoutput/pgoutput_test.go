@@ -34,6 +34,12 @@ func TestParse(t *testing.T) {
 		{"truncate", newMsg('T').U32(2).U8(3).U32(10).U32(11), &TruncateMessage{Options: 3, RelationIDs: []uint32{10, 11}}},
 		{"message", newMsg('M').U8(1).U64(99).Str("pgaudit_cdc").U32(2).U8('{').U8('}'),
 			&LogicalMessage{Transactional: true, LSN: 99, Prefix: "pgaudit_cdc", Content: []byte("{}")}},
+		{"stream start", newMsg('S').U32(740).U8(1), &StreamStartMessage{Xid: 740, FirstSegment: true}},
+		{"stream start, later block", newMsg('S').U32(740).U8(0), &StreamStartMessage{Xid: 740}},
+		{"stream stop", newMsg('E'), &StreamStopMessage{}},
+		{"stream commit", newMsg('c').U32(740).U8(0).U64(0x30).U64(0x58).U64(848_000_000_000_000),
+			&StreamCommitMessage{Xid: 740, CommitLSN: 0x30, EndLSN: 0x58, CommitTime: 848_000_000_000_000}},
+		{"stream abort of a subtransaction", newMsg('A').U32(740).U32(741), &StreamAbortMessage{Xid: 740, SubXid: 741}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,7 +70,9 @@ func TestParseRejectsMalformed(t *testing.T) {
 		{"bad tuple kind", newMsg('I').U32(1).U8('N').U16(1).U8('x'), "unknown tuple column kind"},
 		{"insert without N", newMsg('I').U32(1).U8('K').U16(0), "unexpected tuple tag"},
 		{"huge truncate count", newMsg('T').U32(0x7fffffff).U8(0), "truncated"},
-		{"stream start (protocol 2)", []byte{'S', 0, 0, 0, 1, 1}, "unsupported message type"},
+		{"short stream start", []byte{'S', 0, 0, 0, 1}, "truncated"},
+		{"stream abort without subxid", newMsg('A').U32(7), "truncated"},
+		{"stream commit with trailing bytes", newMsg('c').U32(7).U8(0).U64(1).U64(2).U64(3).U8(0), "trailing bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,6 +113,83 @@ func FuzzParse(f *testing.F) {
 		}
 		if m == nil {
 			t.Fatalf("nil message without error")
+		}
+	})
+}
+
+// streamedSeeds are messages as sent outside a stream, each of which
+// names its transaction inside one (see withXid).
+var streamedSeeds = []pgoutputtest.Msg{pgoutputtest.Relation(1),
+	newMsg('I').U32(1).U8('N').Tuple(col().Text("1"), col().Null(), col().Unchanged()),
+	newMsg('U').U32(1).U8('K').Tuple(col().Text("1")).U8('N').Tuple(col().Text("2")),
+	newMsg('D').U32(1).U8('O').Tuple(col().Text("1")),
+	newMsg('T').U32(2).U8(0).U32(1).U32(2), newMsg('M').U8(1).U64(1).Str("p").U32(1).U8('x'),
+	newMsg('Y').U32(1).Str("a").Str("b")}
+
+// withXid is m as sent inside a stream block: its xid after the tag.
+func withXid(m []byte, xid uint32) []byte {
+	return append(newMsg(m[0]).U32(xid), m[1:]...)
+}
+
+func TestParseStreamed(t *testing.T) {
+	var p Parser
+	for _, seed := range streamedSeeds {
+		want, err := Parse(seed)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", seed[0], err)
+		}
+		in := withXid(seed, 741)
+		if xid, ok := StreamedXid(in); !ok || xid != 741 {
+			t.Errorf("StreamedXid(%q) = %d, %v; want 741", seed[0], xid, ok)
+		}
+		xid, got, err := p.ParseStreamed(in)
+		if err != nil || xid != 741 || !reflect.DeepEqual(got, want) {
+			t.Errorf("ParseStreamed(%q) = %d, %#v, %v; want 741, %#v", seed[0], xid, got, err, want)
+		}
+		// Outside a stream the xid is read as the message's own first
+		// field: the message is then malformed or different, never the
+		// streamed one by chance.
+		if m, err := Parse(in); err == nil && reflect.DeepEqual(m, want) {
+			t.Errorf("Parse took the streamed %q for an unstreamed one", seed[0])
+		}
+	}
+	// ORIGIN carries no xid in a stream block.
+	origin := newMsg('O').U64(7).Str("node_a")
+	if _, ok := StreamedXid(origin); ok {
+		t.Errorf("StreamedXid(ORIGIN) found an xid")
+	}
+	if xid, m, err := p.ParseStreamed(origin); err != nil || xid != 0 || !reflect.DeepEqual(m, &OriginMessage{CommitLSN: 7, Name: "node_a"}) {
+		t.Errorf("ParseStreamed(ORIGIN) = %d, %#v, %v", xid, m, err)
+	}
+	if _, _, err := p.ParseStreamed([]byte{'I', 0, 0}); !errors.Is(err, ErrMalformedMessage) {
+		t.Errorf("ParseStreamed of a short xid: %v", err)
+	}
+}
+
+// FuzzParseStreamed holds ParseStreamed to Parse: a message with an xid
+// inserted after its tag parses as the message without it, with that xid.
+func FuzzParseStreamed(f *testing.F) {
+	for _, seed := range streamedSeeds {
+		f.Add([]byte(seed), uint32(9))
+	}
+	var p Parser
+	f.Fuzz(func(t *testing.T, data []byte, xid uint32) {
+		if len(data) == 0 || !carriesXid(data[0]) {
+			return
+		}
+		want, werr := Parse(data)
+		gotXid, got, err := p.ParseStreamed(withXid(data, xid))
+		if (werr == nil) != (err == nil) {
+			t.Fatalf("ParseStreamed error %v, Parse error %v", err, werr)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrMalformedMessage) {
+				t.Fatalf("error does not wrap ErrMalformedMessage: %v", err)
+			}
+			return
+		}
+		if gotXid != xid || !reflect.DeepEqual(got, want) {
+			t.Fatalf("ParseStreamed = %d, %#v; want %d, %#v", gotXid, got, xid, want)
 		}
 	})
 }

@@ -19,6 +19,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +38,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/spool"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -74,6 +77,14 @@ type Config struct {
 	SealEvents   int
 	SealInterval time.Duration
 	SealIdle     time.Duration
+	// Spill bounds the agent's own buffer of the transactions PostgreSQL
+	// streams while they are in progress (PostgreSQL 14+, package spool):
+	// memory, then files in Spill.Dir (default: a pgaudit-cdc directory in
+	// the system's temporary directory). NoStreaming asks for whole
+	// transactions instead (protocol 1), which the server spills to its
+	// own disk when they outgrow logical_decoding_work_mem.
+	Spill       spool.Config
+	NoStreaming bool
 	// AnchorFile, when set, is an append-only file that receives each
 	// seal's head as well (a JSON line), besides the audited database.
 	AnchorFile string
@@ -102,6 +113,9 @@ type Agent struct {
 	// consentResolved: --accept-gap without an ID was narrowed to the gap
 	// pending at the first assessment (see resolveConsent).
 	consentResolved bool
+	// spool holds streamed transactions until their commit; nil with
+	// NoStreaming. Used by one session's reader at a time.
+	spool *spool.Spool
 }
 
 // New validates cfg and returns an Agent.
@@ -151,7 +165,17 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Spine == nil {
 		cfg.Ready.SetSink(true)
 	}
-	return &Agent{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}, nil
+	a := &Agent{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	if !cfg.NoStreaming {
+		if a.cfg.Spill.Dir == "" {
+			a.cfg.Spill.Dir = filepath.Join(os.TempDir(), "pgaudit-cdc")
+		}
+		var err error
+		if a.spool, err = spool.Open(a.cfg.Spill); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 // ConfigError marks failures only the user can fix (wal_level, privileges, a
@@ -181,6 +205,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		var gapErr *capture.GapError
 		if errors.As(err, &cfgErr) || errors.As(err, &gapErr) {
 			return err
+		}
+		if errors.Is(err, spool.ErrFull) {
+			a.m.SpillFull.Inc()
+			a.log.Error("capture stopped: a transaction streamed in progress does not fit in the spill directory; nothing past it was confirmed, and capture retries", "err", err)
 		}
 		var wait time.Duration
 		if errors.Is(err, replication.ErrSlotInUse) {
@@ -370,6 +398,9 @@ type streamStart struct {
 	from pgoutput.LSN
 	// last is the last event the spine holds.
 	last envelope.Position
+	// streaming: large transactions come in blocks while in progress
+	// (protocol 2), kept in the agent's spool.
+	streaming bool
 }
 
 // startStreaming loads the watches, records the slot's position as
@@ -401,7 +432,11 @@ func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replic
 	if st.last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot, st.from); err != nil {
 		return st, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
-	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication); err != nil {
+	st.streaming = a.spool != nil && sess.CanStream()
+	if a.spool != nil {
+		a.spool.Reset() // the server streams open transactions again from their start
+	}
+	if err := sess.Start(ctx, a.cfg.Slot, a.cfg.Publication, st.streaming); err != nil {
 		return st, err
 	}
 	a.m.SlotActive.Set(1)
@@ -414,7 +449,7 @@ func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replic
 		}
 	}
 	a.log.Info("streaming", "slot", a.cfg.Slot, "publication", a.cfg.Publication,
-		"from", st.from.String(), "system_id", sess.SystemID, "watches", active)
+		"from", st.from.String(), "system_id", sess.SystemID, "watches", active, "in_progress_streaming", st.streaming)
 	return st, nil
 }
 
@@ -445,6 +480,9 @@ func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot str
 		freed:   make(chan struct{}, 1),
 		spare:   make(chan []work, 66),
 		confirm: pos,
+	}
+	if start.streaming {
+		r.spool = a.spool
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(start.schemas))
 	r.stream.SetPrevious(start.last)

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
+	"github.com/pgaudit-cdc/pgaudit-cdc/spool"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
@@ -30,6 +32,9 @@ type reader struct {
 	// parser's messages are valid until the next: Stream.Apply copies what
 	// it keeps.
 	parser pgoutput.Parser
+	// spool keeps the transactions the server streams while in progress
+	// until they commit; nil when the session streams whole transactions.
+	spool *spool.Spool
 
 	items    chan batch
 	freed    chan struct{} // signalled by the publisher when it finished a batch
@@ -56,6 +61,7 @@ type reader struct {
 	serverWALEnd pgoutput.LSN
 	lastQueued   pgoutput.LSN // last keepalive position handed to the publisher
 	pending      batch        // items not yet handed over (see queue)
+	spilled      int64        // the spool's SpilledBytes last counted
 	busy         bool         // the last wait for a message was shorter than gatherDelay
 }
 
@@ -152,7 +158,7 @@ func (r *reader) run(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := r.handle(ctx, rec); err != nil {
+		if err := r.take(ctx, rec); err != nil {
 			return err
 		}
 		if len(rec.Data) > 0 && (rec.Data[0] == 'R' || rec.Data[0] == 'M') {
@@ -231,7 +237,7 @@ func (r *reader) keepalive(ctx context.Context, rec replication.Received) error 
 	// Outside a transaction everything up to the server's position has been
 	// received: once delivered, it can be confirmed, so an idle slot does
 	// not pin WAL.
-	if r.stream.InTransaction() || rec.ServerWALEnd <= r.lastQueued {
+	if r.stream.InTransaction() || r.spool.InBlock() || rec.ServerWALEnd <= r.lastQueued {
 		return nil
 	}
 	if err := r.queue(ctx, work{keepalive: rec.ServerWALEnd}); err != nil {
@@ -275,6 +281,9 @@ func (r *reader) tick(ctx context.Context, interval time.Duration) error {
 		}
 		r.reported = accepted
 		r.nextStatus = now.Add(interval)
+		if r.spool != nil {
+			r.observeSpool()
+		}
 		if r.serverWALEnd > accepted {
 			r.a.m.ReplicationLag.Set(float64(r.serverWALEnd - accepted))
 		} else {
@@ -354,15 +363,97 @@ func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutp
 	return accepted, nil
 }
 
-// handle parses one message and applies it to the stream, which asks the
-// catalog for column types itself (StreamConfig.Types) when a RELATION
-// message or a backfill chunk arrives, and queues what the stream yields.
-func (r *reader) handle(ctx context.Context, rec replication.Received) error {
-	msg, err := r.parser.Parse(rec.Data)
-	if err != nil {
-		return fmt.Errorf("decoding the message at %s: %w", rec.WALStart, err)
+// take hands one message of the session to the spool, when the session
+// streams in-progress transactions, and decodes what is not kept there: a
+// message of no stream block at once, a streamed transaction at its
+// commit.
+func (r *reader) take(ctx context.Context, rec replication.Received) error {
+	if r.spool == nil {
+		return r.handle(ctx, rec.WALStart, rec.Data, false)
 	}
-	return r.stream.Apply(ctx, rec.WALStart, msg, func(it decode.Item) error {
+	out, err := r.spool.Offer(rec.WALStart, rec.Data)
+	if err != nil {
+		return fmt.Errorf("receiving the message at %s: %w", rec.WALStart, err)
+	}
+	switch {
+	case out.Pass:
+		return r.handle(ctx, rec.WALStart, rec.Data, false)
+	case out.Event == spool.Aborted:
+		r.a.m.StreamedTransactions.WithLabelValues("aborted").Inc()
+	case out.Replay != nil:
+		err := r.replay(ctx, out.Replay)
+		r.a.m.StreamedTransactions.WithLabelValues("committed").Inc()
+		r.observeSpool()
+		return err
+	}
+	if out.Event != spool.None {
+		r.observeSpool()
+	}
+	return nil
+}
+
+// replay decodes a streamed transaction at its commit: the same messages,
+// BEGIN to COMMIT, as protocol 1 sends for it, so its events are those of
+// a transaction sent whole. The socket waits meanwhile; the status update
+// still goes when due.
+func (r *reader) replay(ctx context.Context, rp *spool.Replay) error {
+	defer rp.Close()
+	if err := r.apply(ctx, rp.At, rp.Begin()); err != nil {
+		return err
+	}
+	for n := 1; ; n++ {
+		lsn, data, err := rp.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := r.handle(ctx, lsn, data, true); err != nil {
+			return err
+		}
+		if n%tickEvery == 0 {
+			if err := r.tick(ctx, r.a.cfg.StatusInterval); err != nil {
+				return err
+			}
+		}
+	}
+	return r.apply(ctx, rp.At, rp.End())
+}
+
+// observeSpool sets the spool's gauges.
+func (r *reader) observeSpool() {
+	st := r.spool.Stats()
+	r.a.m.StreamingOpen.Set(float64(st.Open))
+	r.a.m.SpillMemoryBytes.Set(float64(st.MemoryBytes))
+	r.a.m.SpillDiskBytes.Set(float64(st.DiskBytes))
+	if d := st.SpilledBytes - r.spilled; d > 0 {
+		r.a.m.SpilledBytes.Add(float64(d))
+	}
+	r.spilled = st.SpilledBytes
+}
+
+// handle parses one message received at lsn (as sent inside a stream
+// block when streamed) and applies it.
+func (r *reader) handle(ctx context.Context, lsn pgoutput.LSN, data []byte, streamed bool) error {
+	var msg pgoutput.Message
+	var err error
+	if streamed {
+		_, msg, err = r.parser.ParseStreamed(data)
+	} else {
+		msg, err = r.parser.Parse(data)
+	}
+	if err != nil {
+		return fmt.Errorf("decoding the message at %s: %w", lsn, err)
+	}
+	return r.apply(ctx, lsn, msg)
+}
+
+// apply applies one message to the stream, which asks the catalog for
+// column types itself (StreamConfig.Types) when a RELATION message or a
+// backfill chunk arrives, and queues what the stream yields.
+func (r *reader) apply(ctx context.Context, lsn pgoutput.LSN, msg pgoutput.Message) error {
+	return r.stream.Apply(ctx, lsn, msg, func(it decode.Item) error {
 		w := work{item: it}
 		switch it.Kind {
 		case decode.ItemEvent:

@@ -137,6 +137,7 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 		},
 	}
 	addSigningFlags(cmd, o)
+	addSpillFlags(cmd, o)
 	return cmd
 }
 

@@ -53,6 +53,11 @@ type options struct {
 	sealInterval   time.Duration
 	sealEvents     int
 	anchorFile     string
+	// The agent's spill of transactions streamed in progress (run, demo).
+	streamInProgress bool
+	spillDir         string
+	spillMemory      byteSize
+	spillMaxBytes    byteSize
 	// nats is the JetStream destination (cli/nats.go).
 	nats natsOptions
 	// relaying: the relay command, which reads JetStream and writes the
@@ -86,6 +91,10 @@ var envFallbacks = []struct{ flag, env string }{
 	{"seal-interval", "PGAUDIT_SEAL_INTERVAL"},
 	{"seal-events", "PGAUDIT_SEAL_EVENTS"},
 	{"anchor-file", "PGAUDIT_ANCHOR_FILE"},
+	{"stream-in-progress", "PGAUDIT_STREAM_IN_PROGRESS"},
+	{"spill-dir", "PGAUDIT_SPILL_DIR"},
+	{"spill-memory", "PGAUDIT_SPILL_MEMORY"},
+	{"spill-max-bytes", "PGAUDIT_SPILL_MAX_BYTES"},
 }
 
 // ExitError carries a process exit code.

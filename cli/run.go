@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/natsjs"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
+	"github.com/pgaudit-cdc/pgaudit-cdc/spool"
 	"github.com/pgaudit-cdc/pgaudit-cdc/trail"
 )
 
@@ -77,7 +79,18 @@ stdout as JSON lines. SIGINT/SIGTERM stop it cleanly (exit 0).`,
 	cmd.Flags().DurationVar(&statusInterval, "status-interval", 10*time.Second, "how often the confirmed LSN is reported to PostgreSQL (positive)")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 5*time.Second, "how long already-decoded events may still be delivered after SIGTERM (0: stop at once)")
 	addSigningFlags(cmd, o)
+	addSpillFlags(cmd, o)
 	return cmd
+}
+
+// addSpillFlags adds the flags of the agent's own spill of transactions
+// streamed while in progress (run, demo).
+func addSpillFlags(cmd *cobra.Command, o *options) {
+	o.spillMemory, o.spillMaxBytes = spool.DefaultMemory, spool.DefaultMaxDisk
+	cmd.Flags().BoolVar(&o.streamInProgress, "stream-in-progress", true, "on PostgreSQL 14+, take transactions that outgrow logical_decoding_work_mem while they are in progress (pgoutput protocol 2) and keep them in the agent's spill until their commit, instead of letting the database server write them to its own disk and read them back; false asks for whole transactions (protocol 1)")
+	cmd.Flags().StringVar(&o.spillDir, "spill-dir", filepath.Join(os.TempDir(), "pgaudit-cdc"), "where streamed transactions larger than --spill-memory are kept until their commit (created if missing; the files are unlinked at once, so nothing outlives the process)")
+	cmd.Flags().Var(&o.spillMemory, "spill-memory", "bytes of streamed transactions kept in memory, over all open ones, before they go to --spill-dir")
+	cmd.Flags().Var(&o.spillMaxBytes, "spill-max-bytes", "the most bytes kept in --spill-dir; a transaction that needs more stops capture (loudly, losing nothing) until it is raised")
 }
 
 // addSigningFlags adds the trail's signing flags (run, demo).
@@ -194,6 +207,8 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 		SealInterval:   o.sealInterval,
 		SealEvents:     o.sealEvents,
 		AnchorFile:     o.anchorFile,
+		NoStreaming:    !o.streamInProgress,
+		Spill:          spool.Config{Dir: o.spillDir, Memory: int64(o.spillMemory), MaxDisk: int64(o.spillMaxBytes)},
 	}
 	if spine != nil {
 		cfg.Spine = spine

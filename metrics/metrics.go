@@ -52,6 +52,15 @@ type Metrics struct {
 	UnsealedEvents    prometheus.Gauge
 	ForgeriesDetected prometheus.Counter
 	SpineWindow       prometheus.Gauge
+	// Transactions PostgreSQL streamed before their commit (package
+	// spool): how many, by outcome, how many are open, and what the
+	// agent's own spill holds and ever wrote.
+	StreamedTransactions *prometheus.CounterVec // outcome
+	StreamingOpen        prometheus.Gauge
+	SpillMemoryBytes     prometheus.Gauge
+	SpillDiskBytes       prometheus.Gauge
+	SpilledBytes         prometheus.Counter
+	SpillFull            prometheus.Counter
 }
 
 // New registers all families, with the Go and process collectors.
@@ -165,6 +174,30 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_spine_window",
 		Help: "Requests the agent may have in flight to the spine: sized from the round trip and the spine's rate, at most --max-in-flight.",
 	})
+	m.StreamedTransactions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_streamed_transactions_total",
+		Help: "Transactions PostgreSQL streamed while in progress (protocol 2, too large for logical_decoding_work_mem), by outcome: committed (delivered) or aborted (discarded).",
+	}, []string{"outcome"})
+	m.StreamingOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_streamed_transactions_open",
+		Help: "Streamed transactions received in part and not committed or aborted yet.",
+	})
+	m.SpillMemoryBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_spill_memory_bytes",
+		Help: "Bytes of open streamed transactions held in memory (at most --spill-memory).",
+	})
+	m.SpillDiskBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_spill_disk_bytes",
+		Help: "Bytes of open streamed transactions in the spill directory (at most --spill-max-bytes).",
+	})
+	m.SpilledBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_spilled_bytes_total",
+		Help: "Bytes ever written to the spill directory.",
+	})
+	m.SpillFull = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_spill_full_total",
+		Help: "Sessions stopped because a streamed transaction did not fit in the spill directory (--spill-max-bytes or the disk); nothing is lost, capture retries.",
+	})
 	v, commit, gov := version.Info()
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "pgaudit_cdc_build_info",
@@ -176,7 +209,8 @@ func New() *Metrics {
 		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
 		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
 		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
-		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, m.RelayedEvents, info,
+		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, m.RelayedEvents,
+		m.StreamedTransactions, m.StreamingOpen, m.SpillMemoryBytes, m.SpillDiskBytes, m.SpilledBytes, m.SpillFull, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

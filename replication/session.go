@@ -231,21 +231,24 @@ func (s *Session) Gather(ctx context.Context, wait time.Duration) error {
 	return nil
 }
 
-// Start begins streaming from the slot's confirmed position with pgoutput
-// protocol version 1 (whole committed transactions, in commit order) and
-// logical messages.
-func (s *Session) Start(ctx context.Context, slot, publication string) error {
+// Start begins streaming from the slot's confirmed position with logical
+// messages and pgoutput protocol version 1: whole committed transactions,
+// in commit order. With streaming set (see CanStream), it asks for
+// protocol 2 with streaming on instead: a transaction that outgrows
+// logical_decoding_work_mem comes in blocks while in progress (package
+// spool keeps them until its commit), rather than being written to the
+// server's disk and read back at COMMIT.
+func (s *Session) Start(ctx context.Context, slot, publication string, streaming bool) error {
 	pub := strings.ReplaceAll(publication, `'`, `''`)
 	// Quoted as a literal inside the option list: publication_names is parsed
 	// by the server as an identifier list, so double quotes protect its case.
 	names := `"` + strings.ReplaceAll(pub, `"`, `""`) + `"`
-	err := pglogrepl.StartReplication(ctx, s.conn, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{
-			"proto_version '1'",
-			"publication_names '" + names + "'",
-			"messages 'true'",
-		},
-	})
+	args := []string{"proto_version '1'", "publication_names '" + names + "'", "messages 'true'"}
+	if streaming {
+		args[0] = "proto_version '2'"
+		args = append(args, "streaming 'on'")
+	}
+	err := pglogrepl.StartReplication(ctx, s.conn, slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		if isCode(err, pgerrcode.ObjectInUse) {
 			return fmt.Errorf("starting replication from slot %q: %w: %w", slot, ErrSlotInUse, err)
@@ -256,6 +259,28 @@ func (s *Session) Start(ctx context.Context, slot, publication string) error {
 		return Explain(fmt.Errorf("starting replication from slot %q: %w", slot, err))
 	}
 	return nil
+}
+
+// CanStream reports whether the server streams in-progress transactions
+// (PostgreSQL 14+, pgoutput protocol 2).
+func (s *Session) CanStream() bool {
+	return ServerMajor(s.conn.ParameterStatus("server_version")) >= 14
+}
+
+// ServerMajor returns the major version of a server_version setting
+// ("15.4 (Debian 15.4-1)", "17beta1"), or 0 when it has none.
+func ServerMajor(version string) int {
+	major := 0
+	for _, c := range version {
+		if c < '0' || c > '9' {
+			break
+		}
+		major = major*10 + int(c-'0')
+		if major > 1e6 {
+			return 0
+		}
+	}
+	return major
 }
 
 // Received is one thing read from the stream: XLogData (Data set) or a

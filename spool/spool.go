@@ -313,6 +313,10 @@ func (s *Spool) release(t *txn) {
 	}
 }
 
+// InBlock reports whether a stream block is open: the messages that come
+// belong to a transaction still in progress. A nil Spool has none.
+func (s *Spool) InBlock() bool { return s != nil && s.cur != nil }
+
 // Reset discards every transaction: the session ended, and the next one
 // streams them again from their start.
 func (s *Spool) Reset() {

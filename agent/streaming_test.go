@@ -1,0 +1,174 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/spool"
+)
+
+// slotStats is the server's pg_stat_replication_slots row for the slot:
+// what the walsender spilled to the server's disk, and streamed.
+type slotStats struct{ spillBytes, streamTxns, streamBytes int64 }
+
+// decodingMemory makes the test database's walsenders stream (or spill)
+// every transaction over 64 kB, the least logical_decoding_work_mem takes.
+func decodingMemory(h *harness) {
+	h.exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`)
+}
+
+// waitSlotStats waits until the slot's statistics stop moving (they are
+// flushed once its walsender exits) and returns them.
+func waitSlotStats(h *harness) slotStats {
+	h.t.Helper()
+	var last slotStats
+	for i := 0; ; i++ {
+		var st slotStats
+		err := h.conn.QueryRow(context.Background(), `SELECT spill_bytes, stream_txns, stream_bytes
+			FROM pg_stat_replication_slots WHERE slot_name = $1`, testSlot).Scan(&st.spillBytes, &st.streamTxns, &st.streamBytes)
+		if err != nil {
+			h.t.Fatalf("reading pg_stat_replication_slots: %v", err)
+		}
+		if i > 0 && st == last {
+			return st
+		}
+		if i > 50 {
+			h.t.Fatalf("slot statistics still moving after 5s: %+v", st)
+		}
+		last = st
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// bigWorkload commits one transaction large enough to be streamed, with a
+// subtransaction rolled back after it was streamed, one released, and a
+// small transaction committed by another session while it was open (which
+// must come first in the trail); then one as large that rolls back. Row ids
+// start after base. It gives 1,012 events.
+func bigWorkload(h *harness, base int) {
+	h.t.Helper()
+	ctx := context.Background()
+	other, err := pgx.Connect(ctx, h.dsn)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	tx, err := h.conn.Begin(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`INSERT INTO big SELECT $1::int + g, repeat('x', 200) FROM generate_series(1, 1000) g`,
+		`SAVEPOINT s1`,
+		`INSERT INTO big SELECT $1::int + g, repeat('r', 200) FROM generate_series(1001, 1500) g`,
+		`ROLLBACK TO SAVEPOINT s1`,
+		`SAVEPOINT s2`,
+		`UPDATE big SET v = 'updated ' || id WHERE id BETWEEN $1::int + 1 AND $1::int + 10`,
+		`RELEASE SAVEPOINT s2`,
+	} {
+		args := []any{base}
+		if sql[0] == 'S' || sql[0] == 'R' {
+			args = nil
+		}
+		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			h.t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if _, err := other.Exec(ctx, `INSERT INTO big VALUES ($1::int + 5000, 'small')`, base); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM big WHERE id = $1::int + 20`, base); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	tx, err = h.conn.Begin(ctx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO big SELECT $1::int + g, repeat('a', 200) FROM generate_series(2001, 3000) g`, base); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// shape is what an event says, with row ids made relative to base: two
+// runs of bigWorkload give the same shapes.
+func shape(t *testing.T, e spinetest.Event, base int) string {
+	t.Helper()
+	rel := func(row any) string {
+		m, ok := row.(map[string]any)
+		if !ok {
+			return fmt.Sprint(row)
+		}
+		id, _ := strconv.Atoi(fmt.Sprint(m["id"]))
+		v := fmt.Sprint(m["v"])
+		if v == fmt.Sprintf("updated %d", id) {
+			v = "updated"
+		}
+		return fmt.Sprintf("%d:%s", id-base, v)
+	}
+	return fmt.Sprintf("%v %v/%v old=%s new=%s", field(t, e, "operation"), field(t, e, "metadata", "tx_index"),
+		field(t, e, "metadata", "tx_events"), rel(field(t, e, "old")), rel(field(t, e, "new")))
+}
+
+// TestStreamedTransactionsAreDeliveredAsWholeOnes runs the same workload
+// with in-progress streaming, then with whole transactions (protocol 1):
+// both give the same events in the same order, the server spills nothing to
+// its disk for the first, and the trail verifies. (Streaming goes first: a
+// restart has the server decode again from the slot's restart_lsn, and what
+// it decodes before the confirmed position it spills, streaming or not.)
+func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	decodingMemory(h)
+	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
+	h.watch("big", "other", "migration")
+
+	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 32 << 10} })
+	obs.waitLog(t, "streaming", "in_progress_streaming=true")
+	bigWorkload(h, 0)
+	streamed := h.expectExactly(1012, 300*time.Millisecond)
+	obs.expectMetric(t, 1, "pgaudit_cdc_streamed_transactions_total", "outcome", "committed")
+	obs.expectMetric(t, 1, "pgaudit_cdc_streamed_transactions_total", "outcome", "aborted")
+	if v, _ := obs.metric(t, "pgaudit_cdc_spilled_bytes_total"); v == 0 {
+		t.Errorf("pgaudit_cdc_spilled_bytes_total 0: the 32 KiB memory bound never spilled")
+	}
+	obs.expectMetric(t, 0, "pgaudit_cdc_spill_disk_bytes")
+	obs.expectMetric(t, 0, "pgaudit_cdc_streamed_transactions_open")
+	h.stopAgent()
+	st := waitSlotStats(h)
+	if st.spillBytes != 0 || st.streamTxns != 2 {
+		t.Errorf("streaming: server statistics %+v; want no spill and both large transactions streamed", st)
+	}
+	if got := field(t, streamed[0], "new", "v"); got != "small" {
+		t.Errorf("first event's row %v, want the small transaction's, which committed first", got)
+	}
+
+	h.startAgentWith(func(c *agent.Config) { c.NoStreaming = true })
+	obs.waitLog(t, "streaming", "in_progress_streaming=false")
+	bigWorkload(h, 10000)
+	whole := h.expectExactly(2024, 300*time.Millisecond)[len(streamed):]
+	h.stopAgent()
+	if st2 := waitSlotStats(h); st2.spillBytes == 0 || st2.streamTxns != st.streamTxns {
+		t.Errorf("protocol 1: server statistics went from %+v to %+v, want a spill and nothing streamed", st, st2)
+	}
+	for i := range whole {
+		if a, b := shape(t, streamed[i], 0), shape(t, whole[i], 10000); a != b {
+			t.Fatalf("event %d: streamed transaction gave %s, whole one %s", i, a, b)
+		}
+	}
+	if rep := verifyEvents(h.spine.Events()); !rep.OK() {
+		t.Fatalf("the trail does not verify: %s", jsonOf(t, rep))
+	}
+}

@@ -172,3 +172,67 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 		t.Fatalf("the trail does not verify: %s", jsonOf(t, rep))
 	}
 }
+
+// TestStreamedSchemaChange alters a table inside a streamed transaction:
+// its RELATION messages travel in the stream blocks and are applied at its
+// commit, so each change is decoded with the definition it was made under,
+// in the transaction and after it (a session that waited for the ALTER's
+// lock, one that came later).
+func TestStreamedSchemaChange(t *testing.T) {
+	h := newHarness(t)
+	decodingMemory(h)
+	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
+	h.watch("big", "other", "migration")
+	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10} })
+	ctx := context.Background()
+	other, err := pgx.Connect(ctx, h.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	tx, err := h.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 500) g`,
+		`ALTER TABLE big ADD COLUMN note text DEFAULT 'n'`,
+		`INSERT INTO big SELECT g, repeat('y', 200), 'new ' || g FROM generate_series(501, 1000) g`,
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// Another session's INSERT waits for the ALTER's lock.
+	done := make(chan error, 1)
+	go func() {
+		_, err := other.Exec(ctx, `INSERT INTO big VALUES (5000, 'before the alter commits')`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the other session's INSERT did not wait for the ALTER's lock: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.exec(`INSERT INTO big VALUES (5001, 'after', 'with a note')`)
+	evs := h.expectExactly(1002, 300*time.Millisecond)
+	for i, e := range evs {
+		note, has := field(t, e, "new").(map[string]any)["note"]
+		switch {
+		case i < 500 && has:
+			t.Fatalf("event %d (before the ALTER) has a note %v", i, note)
+		case i >= 500 && i < 1000 && note != fmt.Sprintf("new %d", i+1):
+			t.Fatalf("event %d (after the ALTER, same transaction) has note %v", i, note)
+		case i == 1000 && note != "n":
+			t.Fatalf("the waiting session's row has note %v, want the default n", note)
+		case i == 1001 && note != "with a note":
+			t.Fatalf("the row written after the commit has note %v", note)
+		}
+	}
+}

@@ -146,6 +146,11 @@ type workload struct {
 	nextID int
 	live   []int
 	txns   [][]string // committed transactions' tokens, in commit order
+	// bulk, when set, makes multi-row statements touch bulk/2 to 3*bulk/2
+	// rows, and adds to each transaction rows inserted under a savepoint
+	// that is rolled back (which must never reach the trail): transactions
+	// large enough to be streamed while in progress.
+	bulk int
 }
 
 func setupWorkload(t *testing.T, dsn string) *workload {
@@ -181,7 +186,10 @@ func (w *workload) step(ctx context.Context) (int, error) {
 	for s := 0; s < statements; s++ {
 		op := w.rng.IntN(10)
 		k := 1
-		if w.rng.IntN(3) == 0 {
+		switch {
+		case w.bulk > 0 && w.rng.IntN(3) > 0:
+			k = w.bulk/2 + w.rng.IntN(w.bulk)
+		case w.rng.IntN(3) == 0:
 			k = 2 + w.rng.IntN(8) // multi-row
 		}
 		var rows pgx.Rows
@@ -214,6 +222,17 @@ func (w *workload) step(ctx context.Context) (int, error) {
 		}
 		for _, v := range vers {
 			tokens = append(tokens, prefix+strconv.FormatInt(v, 10))
+		}
+	}
+	if w.bulk > 0 {
+		if _, err := tx.Exec(ctx, `SAVEPOINT s`); err != nil {
+			return 0, err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO acct SELECT -g, nextval('ver_seq'), 0, 'rolled back' FROM generate_series(1, $1::int) g`, w.bulk); err != nil {
+			return 0, err
+		}
+		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT s`); err != nil {
+			return 0, err
 		}
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO noise (v) VALUES ('x')`); err != nil {
@@ -460,6 +479,40 @@ func TestKillNineCycles(t *testing.T) {
 	p.terminate(t)
 	verify(t, w, spine)
 	t.Logf("kill -9 cycles: %d", cycles)
+}
+
+// TestKillNineCyclesStreamed is TestKillNineCycles with transactions the
+// server streams while in progress (logical_decoding_work_mem at its
+// least, 64 kB) and an agent spill of 64 KiB in memory: killed in the
+// middle of a streamed transaction, of its spill, or of its delivery, the
+// agent delivers every change once after its restart, and none of a
+// rolled-back savepoint's.
+func TestKillNineCyclesStreamed(t *testing.T) {
+	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
+	rows := 4 * envInt("PGAUDIT_FAULT_ROWS", 1500)
+	dsn := pgtest.DSN(t)
+	spine := spinetest.Start(t)
+	w := setupWorkload(t, dsn)
+	w.bulk = 200
+	if _, err := w.conn.Exec(context.Background(), `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`); err != nil {
+		t.Fatal(err)
+	}
+	watch(t, dsn)
+	spill := []string{"--spill-dir", t.TempDir(), "--spill-memory", "64KiB"}
+	rng := rand.New(rand.NewPCG(5, 6))
+	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
+	p := startAgentProc(t, dsn, spine.URL(), spill...)
+	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
+	p.terminate(t)
+	verify(t, w, spine)
+	var streamed int64
+	if err := w.conn.QueryRow(context.Background(), `SELECT stream_txns FROM pg_stat_replication_slots WHERE slot_name = 'pgaudit_cdc'`).Scan(&streamed); err != nil {
+		t.Fatal(err)
+	}
+	if streamed == 0 {
+		t.Fatalf("the server streamed no transaction: the test did not test streaming")
+	}
+	t.Logf("kill -9 cycles: %d, %d transactions, %d changes; the server streamed %d transactions", cycles, len(w.txns), w.changes(), streamed)
 }
 
 func TestSpineFaultsAndPostgresRestart(t *testing.T) {

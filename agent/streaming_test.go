@@ -236,3 +236,38 @@ func TestStreamedSchemaChange(t *testing.T) {
 		}
 	}
 }
+
+// TestFullSpillStopsCaptureAndLosesNothing gives the spill less room than a
+// streamed transaction needs: capture stops with an error that names the
+// fix, counted and logged, nothing of the transaction is delivered, and
+// after a restart with room the transaction is delivered whole, once.
+func TestFullSpillStopsCaptureAndLosesNothing(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	decodingMemory(h)
+	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
+	h.watch("big", "other", "migration")
+	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10, MaxDisk: 64 << 10} })
+	obs.waitLog(t, "streaming", "in_progress_streaming=true")
+	h.exec(`INSERT INTO big VALUES (0, 'before')`)
+	h.waitEvents(1, 30*time.Second)
+	h.exec(`INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g`)
+	obs.waitLog(t, "capture stopped", "spill directory full", "--spill-max-bytes")
+	if v, _ := obs.metric(t, "pgaudit_cdc_spill_full_total"); v < 1 {
+		t.Errorf("pgaudit_cdc_spill_full_total %v, want at least 1", v)
+	}
+	if n := len(h.dataEvents()); n != 1 {
+		t.Fatalf("%d events with the spill full, want the 1 before it", n)
+	}
+	h.stopAgent()
+	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10} })
+	evs := h.expectExactly(2001, 300*time.Millisecond)
+	seen := map[string]bool{}
+	for _, e := range evs {
+		id := fmt.Sprint(field(t, e, "new", "id"))
+		if seen[id] {
+			t.Fatalf("row %s delivered twice", id)
+		}
+		seen[id] = true
+	}
+}

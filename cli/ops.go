@@ -43,6 +43,10 @@ type Status struct {
 		Failover  bool `json:"failover"`
 		Synced    bool `json:"synced"`
 		OnStandby bool `json:"on_standby"`
+		// Decoding is the server's pg_stat_replication_slots row for the
+		// slot: how many large transactions it streamed in progress to the
+		// agent, and spilled to its own disk.
+		Decoding *decodingJSON `json:"decoding,omitempty"`
 	} `json:"slot"`
 	Publication struct {
 		Name   string `json:"name"`
@@ -242,6 +246,11 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 			st.Slot.LagBytes, st.Slot.RetainedWALBytes = behind(slot.ConfirmedFlushLSN), behind(slot.RestartLSN)
 		}
 	}
+	if slot.Exists {
+		if st.Slot.Decoding, err = readDecoding(ctx, conn, o.slot); err != nil {
+			return nil, err
+		}
+	}
 	if addr != nil {
 		st.Slot.AgentAddress = *addr
 	} else if st.Slot.AgentConnected {
@@ -394,6 +403,30 @@ func copyState(version int, c preflight.StandbyCopy) string {
 	}
 }
 
+// decodingJSON is the server's decoding statistics of the slot, since they
+// were last reset.
+type decodingJSON struct {
+	StreamedTransactions int64 `json:"streamed_transactions"`
+	StreamedBytes        int64 `json:"streamed_bytes"`
+	SpilledTransactions  int64 `json:"server_spilled_transactions"`
+	SpilledBytes         int64 `json:"server_spilled_bytes"`
+}
+
+// readDecoding reads the slot's row of pg_stat_replication_slots (none
+// until the slot decoded something).
+func readDecoding(ctx context.Context, conn *pgx.Conn, slot string) (*decodingJSON, error) {
+	d := &decodingJSON{}
+	err := conn.QueryRow(ctx, `SELECT stream_txns, stream_bytes, spill_txns, spill_bytes
+		FROM pg_stat_replication_slots WHERE slot_name = $1`, slot).Scan(&d.StreamedTransactions, &d.StreamedBytes, &d.SpilledTransactions, &d.SpilledBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the slot's decoding statistics: %w", err)
+	}
+	return d, nil
+}
+
 func printStatus(w io.Writer, st *Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	switch {
@@ -419,6 +452,10 @@ func printStatus(w io.Writer, st *Status) {
 			fmt.Fprintf(tw, "failover\tthis is a standby; its copy of the slot is NOT synced: a promotion now loses the slot (a GAP)\n")
 		case st.Slot.Failover:
 			fmt.Fprintf(tw, "failover\ta failover slot: standbys that sync it keep it across a promotion\n")
+		}
+		if d := st.Slot.Decoding; d != nil {
+			fmt.Fprintf(tw, "large transactions\t%d streamed in progress to the agent (%s); %d spilled to the server's disk (%s)\n",
+				d.StreamedTransactions, humanBytes(&d.StreamedBytes), d.SpilledTransactions, humanBytes(&d.SpilledBytes))
 		}
 	}
 	if d := st.Destination; d != nil {

@@ -96,6 +96,13 @@ func TestRejectedValuesExitTwo(t *testing.T) {
 		{"status interval negative", nil, []string{"run", "--status-interval", "-1s"}, []string{"positive duration"}, ""},
 		{"shutdown grace negative", nil, []string{"run", "--shutdown-grace", "-1s"}, []string{"--shutdown-grace -1s", "0 (stop at once"}, ""},
 		{"gap hold negative", nil, []string{"run", "--gap-hold", "-1s"}, []string{"--gap-hold -1s", "0 (exit at once", "positive duration"}, ""},
+		{"spill directory that cannot be made", nil, []string{"run", "--unsigned", "--spill-dir", "/dev/null/spill"},
+			[]string{"the spill directory /dev/null/spill cannot be created", "set --spill-dir to a writable directory"}, ""},
+		{"spill directory from the environment", map[string]string{"PGAUDIT_SPILL_DIR": "/dev/null/x"}, []string{"run", "--unsigned"},
+			[]string{"the spill directory /dev/null/x"}, ""},
+		{"spill memory not a size", nil, []string{"run", "--spill-memory", "lots"}, []string{`"lots" is not a size`, "64MiB"}, ""},
+		{"spill cap from the environment", map[string]string{"PGAUDIT_SPILL_MAX_BYTES": "1.5GiB"}, []string{"run"},
+			[]string{"PGAUDIT_SPILL_MAX_BYTES", "is not a size"}, ""},
 
 		{"chunk size 0", nil, []string{"backfill", "t", "--chunk-size", "0"}, []string{"--chunk-size 0", "1 to 1000000 rows"}, ""},
 		{"chunk size negative", nil, []string{"backfill", "t", "--chunk-size", "-5"}, []string{"1 to 1000000 rows"}, ""},

@@ -83,8 +83,24 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	if b := res.BigTx; b == nil || len(b.Rounds) == 0 {
+		t.Error("bigtx: no rounds")
+	} else {
+		for _, round := range b.Rounds {
+			for _, c := range round {
+				if c.Sent <= 0 || c.Done < c.Sent || c.PeakRSS <= 0 {
+					t.Errorf("bigtx (%s): sent %s, done %s, peak RSS %d", c.Name, c.Sent, c.Done, c.PeakRSS)
+				}
+				// The smoke run lowers logical_decoding_work_mem so that
+				// even its small transaction is streamed, or spilled.
+				if streams := c.Name != bigWhole; streams != (c.Streamed > 0) || streams != (c.ServerSpill == 0) {
+					t.Errorf("bigtx (%s): streamed %d bytes, server spill %d bytes", c.Name, c.Streamed, c.ServerSpill)
+				}
+			}
+		}
+	}
 	md := res.Markdown("go test ./bench -run TestSmoke")
-	for _, want := range []string{"#### 1.", "#### 2.", "#### 3.", "#### 4.", "#### 5."} {
+	for _, want := range []string{"#### 1.", "#### 2.", "#### 3.", "#### 4.", "#### 5.", "#### 5b."} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

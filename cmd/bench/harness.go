@@ -43,6 +43,7 @@ type Options struct {
 	WriterRows    int           // rows in the pgbench table
 	MemRows       int           // rows of the single big transaction
 	MemRowBytes   int           // size of the single big row
+	BigTxRows     int           // rows of the bigtx scenario's one transaction
 	Micro         bool          // run the Go micro-benchmarks too
 	MicroCount    int           // -count of the micro-benchmarks
 	CPUProfile    string        // prefix of CPU profiles of the agent (drain, e2e)
@@ -80,6 +81,7 @@ func (o *Options) defaults() {
 	def(&o.WriterRows, 100_000, 5_000)
 	def(&o.MemRows, 1_000_000, 20_000)
 	def(&o.MemRowBytes, 64<<20, 4<<20)
+	def(&o.BigTxRows, 2_000_000, 20_000)
 	def(&o.MicroCount, 6, 1)
 	if o.Log == nil {
 		o.Log = io.Discard
@@ -104,6 +106,7 @@ type Results struct {
 	Latency  *LatencyResult
 	Writer   *WriterResult
 	Memory   *MemoryResult
+	BigTx    *BigTxResult
 	Micro    *MicroResult
 }
 
@@ -164,6 +167,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 		{"writer", func() (err error) { res.Writer, err = e.writer(ctx); return err }},
 		{"pertx", func() (err error) { res.PerTx, err = e.perTx(ctx); return err }},
 		{"memory", func() (err error) { res.Memory, err = e.memory(ctx); return err }},
+		{"bigtx", func() (err error) { res.BigTx, err = e.bigTx(ctx); return err }},
 		{"micro", func() (err error) {
 			if !opts.Micro {
 				return nil

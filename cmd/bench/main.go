@@ -40,11 +40,12 @@ func main() {
 	flag.IntVar(&o.WriterRows, "writer-rows", 0, "rows of the pgbench table (default 100000, quick 5000)")
 	flag.IntVar(&o.MemRows, "mem-rows", 0, "rows of the big transaction (default 1000000, quick 20000)")
 	flag.IntVar(&memMB, "mem-row-mb", 0, "size of the big row in MB (default 64, quick 4)")
+	flag.IntVar(&o.BigTxRows, "bigtx-rows", 0, "rows of the one large transaction of the bigtx scenario (default 2000000, quick 20000)")
 	flag.IntVar(&o.MicroCount, "micro-count", 0, "-count of the Go micro-benchmarks (default 6)")
 	flag.BoolVar(&noMicro, "no-micro", false, "skip the Go micro-benchmarks")
 	flag.StringVar(&o.CPUProfile, "cpuprofile", "", "write CPU profiles of the agent in the first drain, e2e and writer (b) round to PREFIX-drain.pprof, PREFIX-e2e.pprof and PREFIX-writer.pprof")
 	flag.StringVar(&o.AgentBin, "agent-bin", "", "a built pgaudit-cdc binary for the memory benchmark (default: go build)")
-	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,e2e,network,latency,writer,pertx,memory,micro")
+	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,e2e,network,latency,writer,pertx,memory,bigtx,micro")
 	flag.StringVar(&out, "out", "", "rewrite the results section of this file (e.g. BENCHMARKS.md)")
 	flag.Parse()
 	if flag.NArg() > 0 {

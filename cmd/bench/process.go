@@ -24,7 +24,7 @@ type agentProcess struct {
 
 // startAgentProcess starts bin run on slot and publication of the database
 // at url, reporting its confirmed position every status.
-func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status time.Duration) (*agentProcess, error) {
+func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status time.Duration, extra ...string) (*agentProcess, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
@@ -39,9 +39,10 @@ func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status t
 		}
 	}
 	p := &agentProcess{exited: make(chan error, 1)}
-	p.cmd = exec.CommandContext(ctx, bin, "run", "--database-url", url, "--slot", slot, "--publication", pub,
+	args := []string{"run", "--database-url", url, "--slot", slot, "--publication", pub,
 		"--signing-key-file", keyFile,
-		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn")
+		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn"}
+	p.cmd = exec.CommandContext(ctx, bin, append(args, extra...)...)
 	p.cmd.Stdout, p.cmd.Stderr = devnull, &p.stderr
 	// Nothing from the caller's environment may point it elsewhere.
 	for _, kv := range os.Environ() {

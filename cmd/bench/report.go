@@ -322,6 +322,40 @@ func (r *Results) Markdown(command string) string {
 		p("\n")
 	}
 
+	if bt := r.BigTx; bt != nil {
+		p("#### 5b. One large transaction\n\n")
+		p("One INSERT of %s `orders` rows in one transaction, committed while the consumer streams, interleaved per round (the order rotates). Server spill and streamed bytes are the slot's `pg_stat_replication_slots` figures for it; COMMIT → sent is until `pg_stat_replication.sent_lsn` reached the transaction's end; COMMIT → done is until the slot confirmed it (pg_recvlogical: written and flushed to `/dev/null`; the agent: every event delivered to the stdout sink, sent to `/dev/null`); peak RSS is the process's `ru_maxrss`; the agent's spill is `pgaudit_cdc_spilled_bytes_total`.\n\n", thousands(int64(bt.Rows)))
+		p("| round | consumer | server spill | streamed | COMMIT → sent | COMMIT → done | peak RSS | agent spill |\n|---|---|---|---|---|---|---|---|\n")
+		by := map[string][]BigTxCase{}
+		for i, round := range bt.Rounds {
+			for _, c := range round {
+				p("| %d | %s | %s | %s | %s | %s | %s | %s |\n", i+1, c.Name, mb(c.ServerSpill), mb(c.Streamed), secs(c.Sent), secs(c.Done), mb(c.PeakRSS), mb(c.AgentSpill))
+				by[c.Name] = append(by[c.Name], c)
+			}
+		}
+		get := func(name string, f func(BigTxCase) float64) float64 {
+			var vs []float64
+			for _, c := range by[name] {
+				vs = append(vs, f(c))
+			}
+			return median(vs)
+		}
+		spill := func(c BigTxCase) float64 { return float64(c.ServerSpill) }
+		sent := func(c BigTxCase) float64 { return c.Sent.Seconds() }
+		done := func(c BigTxCase) float64 { return c.Done.Seconds() }
+		rss := func(c BigTxCase) float64 { return float64(c.PeakRSS) / (1 << 20) }
+		maxSpill := 0.0
+		for _, c := range by[bigStreaming] {
+			maxSpill = max(maxSpill, spill(c))
+		}
+		ratio := get(bigStreaming, sent) / get(bigRecv, sent)
+		p("\nMedians. Server spill with the agent streaming: %s in every round (target 0 MB: %s); with whole transactions %s. COMMIT → everything sent: agent %.2f s against pg_recvlogical's %.2f s, **%.2f×** (target ≤ 1.5×: %s); with whole transactions %.2f s. Agent peak RSS **%.0f MB** (target ≤ 100 MB: %s; pg_recvlogical %.0f MB, whole transactions %.0f MB). COMMIT → every event delivered: %.2f s streaming, %.2f s with whole transactions (target no worse: %s).\n\n",
+			mb(int64(maxSpill)), verdict(maxSpill == 0), mb(int64(get(bigWhole, spill))),
+			get(bigStreaming, sent), get(bigRecv, sent), ratio, verdict(ratio <= 1.5), get(bigWhole, sent),
+			get(bigStreaming, rss), verdict(get(bigStreaming, rss) <= 100), get(bigRecv, rss), get(bigWhole, rss),
+			get(bigStreaming, done), get(bigWhole, done), verdict(get(bigStreaming, done) <= get(bigWhole, done)*1.05))
+	}
+
 	if mi := r.Micro; mi != nil {
 		p("#### 6. Go micro-benchmarks\n\n`%s`, medians over the runs.\n\n", mi.Command)
 		p("| package | benchmark | ns/op | MB/s | B/op | allocs/op |\n|---|---|---|---|---|---|\n")

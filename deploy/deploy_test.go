@@ -307,6 +307,29 @@ func TestKubernetesManifests(t *testing.T) {
 	if dig(c, "securityContext", "readOnlyRootFilesystem") != true {
 		t.Error("readOnlyRootFilesystem is not true")
 	}
+	// With a read-only root, the spill directory is a volume of its own
+	// (run refuses to start with one it cannot write).
+	spillDir := ""
+	for _, e := range digList(c, "env") {
+		if digString(e, "name") == "PGAUDIT_SPILL_DIR" {
+			spillDir = digString(e, "value")
+		}
+	}
+	spillVolume := ""
+	for _, m := range digList(c, "volumeMounts") {
+		if spillDir != "" && digString(m, "mountPath") == spillDir && dig(m, "readOnly") != true {
+			spillVolume = digString(m, "name")
+		}
+	}
+	emptyDir := false
+	for _, v := range digList(pod, "volumes") {
+		if digString(v, "name") == spillVolume && dig(v, "emptyDir") != nil {
+			emptyDir = digString(v, "emptyDir", "sizeLimit") != ""
+		}
+	}
+	if !emptyDir {
+		t.Errorf("PGAUDIT_SPILL_DIR %q is not a writable emptyDir volume with a sizeLimit", spillDir)
+	}
 	if dig(c, "securityContext", "allowPrivilegeEscalation") != false {
 		t.Error("allowPrivilegeEscalation is not false")
 	}
@@ -836,7 +859,7 @@ func TestAlerts(t *testing.T) {
 		"pgaudit_cdc_dead_letters_pending", "increase(pgaudit_cdc_dead_letters_total",
 		"pgaudit_cdc_database_connected", "pgaudit_cdc_spine_up", "pgaudit_cdc_slot_active",
 		"pgaudit_cdc_events_delivered_total", "pgaudit_cdc_publish_retries_total",
-		`absent(up{job="pgaudit-cdc"})`,
+		"pgaudit_cdc_spill_full_total", `absent(up{job="pgaudit-cdc"})`,
 	} {
 		if !strings.Contains(all.String(), want) {
 			t.Errorf("no alert expr uses %s", want)

@@ -77,6 +77,24 @@ func (e *env) bigTx(ctx context.Context) (*BigTxResult, error) {
 	if err := watch(ctx, conn, pub, slot, "orders"); err != nil {
 		return nil, err
 	}
+	// pg_recvlogical reads a database of its own: the agent's slot, which
+	// waits while the other consumers run, would otherwise decode their
+	// transactions too before its own.
+	recvURL, recvConn, err := e.openDB(ctx, "bench_bigtx_recv")
+	if err != nil {
+		return nil, err
+	}
+	defer recvConn.Close(context.WithoutCancel(ctx))
+	for _, sql := range []string{ordersDDL, "CREATE PUBLICATION " + pub + " FOR TABLE orders"} {
+		if err := exec1(ctx, recvConn, sql); err != nil {
+			return nil, err
+		}
+	}
+	if e.opts.Quick {
+		if err := exec1(ctx, recvConn, "ALTER DATABASE bench_bigtx_recv SET logical_decoding_work_mem = '64kB'"); err != nil {
+			return nil, err
+		}
+	}
 	spill, err := os.MkdirTemp("", "pgaudit-cdc-bench-spill-")
 	if err != nil {
 		return nil, err
@@ -97,7 +115,7 @@ func (e *env) bigTx(ctx context.Context) (*BigTxResult, error) {
 			var err error
 			switch name {
 			case bigRecv:
-				c, err = e.bigTxRecv(ctx, conn, url, pub, fmt.Sprintf("bigtx_recv_%d", r), lo, hi)
+				c, err = e.bigTxRecv(ctx, recvConn, recvURL, pub, fmt.Sprintf("bigtx_recv_%d", r), lo, hi)
 			case bigStreaming:
 				c, err = e.bigTxAgent(ctx, conn, bin, url, pub, slot, lo, hi, "--spill-dir", spill)
 			case bigWhole:
@@ -141,14 +159,23 @@ func settledDecoding(ctx context.Context, conn *pgx.Conn, slot string) (spill, s
 }
 
 // commitBig inserts ids lo..hi in one transaction and returns when it
-// committed, with the transaction's end position.
+// committed, with the transaction's end position. The commit waits for its
+// WAL flush (synchronous_commit on), so the walsender can reach that
+// position at once.
 func commitBig(ctx context.Context, conn *pgx.Conn, lo, hi int64) (time.Time, pgoutput.LSN, error) {
+	if err := exec1(ctx, conn, "SET synchronous_commit = on"); err != nil {
+		return time.Time{}, 0, err
+	}
 	if err := exec1(ctx, conn, ordersInsert, lo, hi); err != nil {
 		return time.Time{}, 0, err
 	}
 	at := time.Now()
-	end, err := currentLSN(ctx, conn)
-	return at, end, err
+	var end string
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&end); err != nil {
+		return time.Time{}, 0, err
+	}
+	l, err := pgoutput.ParseLSN(end)
+	return at, l, err
 }
 
 // waitSlotSent waits until the walsender streaming slot sent up to end.
@@ -190,6 +217,10 @@ func (e *env) bigTxAgent(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 	if err != nil {
 		return c, err
 	}
+	agentSpill0, err := scrape(ctx, addr, "pgaudit_cdc_spilled_bytes_total")
+	if err != nil {
+		return c, err
+	}
 	at, end, err := commitBig(ctx, conn, lo, hi)
 	if err != nil {
 		return c, err
@@ -205,6 +236,7 @@ func (e *env) bigTxAgent(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 	if c.AgentSpill, err = scrape(ctx, addr, "pgaudit_cdc_spilled_bytes_total"); err != nil {
 		return c, err
 	}
+	c.AgentSpill -= agentSpill0
 	p.stop()
 	c.PeakRSS = maxRSS(p.cmd.ProcessState)
 	spill, stream, err := settledDecoding(ctx, conn, slot)

@@ -12,8 +12,9 @@
 // A Spool takes every message of the session (Offer). Messages of no
 // stream block pass through to the decoder. Those inside a block are
 // appended to their transaction's record, held in memory up to
-// Config.Memory across all transactions and then written to an unlinked
-// file in Config.Dir, up to Config.MaxDisk. At STREAM COMMIT the
+// Config.Memory across all transactions; past it the largest transaction
+// moves to an unlinked file in Config.Dir, where the rest of it goes too
+// (through a buffer of its own), up to Config.MaxDisk. At STREAM COMMIT the
 // transaction is replayed (Replay), its aborted subtransactions left out:
 // the decoder sees the same messages, in the same order, as protocol 1
 // gives for the same transaction, so the events, keys and guarantees are
@@ -81,15 +82,20 @@ type Spool struct {
 	spilled int64
 }
 
-// txn is one streamed transaction: its records in file (the older ones,
-// when it spilled), then in buf.
+// txn is one streamed transaction: its records in memory (buf) until it
+// spills, then in its file, written through w.
 type txn struct {
 	xid     uint32
 	buf     []byte
-	file    *os.File // unlinked; nil until the transaction spills
-	size    int64    // bytes in file
+	file    *os.File      // unlinked; nil until the transaction spills
+	w       *bufio.Writer // to file
+	size    int64         // bytes written to w
 	aborted map[uint32]bool
 }
+
+// writeBuffer is the buffer of a spilled transaction's file: what it
+// holds in memory from then on.
+const writeBuffer = 256 << 10
 
 // Open checks that cfg.Dir can hold spilled transactions, creating it when
 // missing, and returns an empty Spool.
@@ -243,15 +249,19 @@ func (s *Spool) control(lsn pgoutput.LSN, m pgoutput.Message) (Outcome, error) {
 	return Outcome{}, fmt.Errorf("%w: message type %q", ErrProtocol, m.Type())
 }
 
-// append adds one record to t, and writes the largest transaction's
-// records out when memory is over its bound.
+// append adds one record to t: to its file once it spilled, else to
+// memory, writing the largest transaction out when memory is over its
+// bound.
 func (s *Spool) append(t *txn, lsn pgoutput.LSN, xid uint32, data []byte) error {
-	n := len(t.buf)
-	t.buf = binary.BigEndian.AppendUint64(t.buf, uint64(lsn))
-	t.buf = binary.BigEndian.AppendUint32(t.buf, xid)
-	t.buf = binary.BigEndian.AppendUint32(t.buf, uint32(len(data)))
-	t.buf = append(t.buf, data...)
-	s.mem += int64(len(t.buf) - n)
+	var h [recordHeader]byte
+	binary.BigEndian.PutUint64(h[:], uint64(lsn))
+	binary.BigEndian.PutUint32(h[8:], xid)
+	binary.BigEndian.PutUint32(h[12:], uint32(len(data)))
+	if t.file != nil {
+		return s.write(t, h[:], data)
+	}
+	t.buf = append(append(t.buf, h[:]...), data...)
+	s.mem += int64(recordHeader + len(data))
 	for s.mem > s.cfg.Memory {
 		largest := t
 		for _, o := range s.txs {
@@ -269,44 +279,54 @@ func (s *Spool) append(t *txn, lsn pgoutput.LSN, xid uint32, data []byte) error 
 	return nil
 }
 
-// spill writes t's records in memory to its file.
+// spill moves t's records from memory to a file of its own, where its
+// next records go too.
 func (s *Spool) spill(t *txn) error {
-	n := int64(len(t.buf))
+	f, err := create(s.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("spilling xid %d to %s: %w: check --spill-dir is writable", t.xid, s.cfg.Dir, err)
+	}
+	t.file, t.w = f, bufio.NewWriterSize(f, writeBuffer)
+	buf := t.buf
+	s.mem -= int64(len(buf))
+	t.buf = nil
+	return s.write(t, buf)
+}
+
+// write appends bytes to t's file, within the cap.
+func (s *Spool) write(t *txn, parts ...[]byte) error {
+	n := int64(0)
+	for _, p := range parts {
+		n += int64(len(p))
+	}
 	if s.disk+n > s.cfg.MaxDisk {
 		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s: raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
 			ErrFull, t.xid, s.cfg.MaxDisk, s.cfg.Dir)
 	}
-	if t.file == nil {
-		f, err := create(s.cfg.Dir)
-		if err != nil {
-			return fmt.Errorf("spilling xid %d to %s: %w: check --spill-dir is writable", t.xid, s.cfg.Dir, err)
+	for _, p := range parts {
+		if _, err := t.w.Write(p); err != nil {
+			return s.writeError(t, err)
 		}
-		t.file = f
-	}
-	if _, err := t.file.Write(t.buf); err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
-			return fmt.Errorf("%w: spilling xid %d to %s: %w: free the disk or set --spill-dir to a larger one, and restart; nothing past the transaction was confirmed, so it is streamed again",
-				ErrFull, t.xid, s.cfg.Dir, err)
-		}
-		return fmt.Errorf("spilling xid %d to %s: %w", t.xid, s.cfg.Dir, err)
 	}
 	t.size += n
 	s.disk += n
 	s.spilled += n
-	s.mem -= n
-	if int64(cap(t.buf)) > s.cfg.Memory {
-		t.buf = nil // one huge record keeps no memory
-	} else {
-		t.buf = t.buf[:0]
-	}
 	return nil
+}
+
+func (s *Spool) writeError(t *txn, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: spilling xid %d to %s: %w: free the disk or set --spill-dir to a larger one; nothing past the transaction was confirmed, so it is streamed again",
+			ErrFull, t.xid, s.cfg.Dir, err)
+	}
+	return fmt.Errorf("spilling xid %d to %s: %w", t.xid, s.cfg.Dir, err)
 }
 
 // release frees what t holds.
 func (s *Spool) release(t *txn) {
 	s.mem -= int64(len(t.buf))
 	s.disk -= t.size
-	t.buf, t.size = nil, 0
+	t.buf, t.size, t.w = nil, 0, nil
 	if t.file != nil {
 		t.file.Close()
 		t.file = nil
@@ -358,6 +378,10 @@ type Replay struct {
 func (s *Spool) replay(t *txn, lsn pgoutput.LSN, m pgoutput.StreamCommitMessage) (*Replay, error) {
 	r := &Replay{Commit: m, At: lsn, s: s, t: t, mem: t.buf}
 	if t.file != nil {
+		if err := t.w.Flush(); err != nil {
+			s.release(t)
+			return nil, s.writeError(t, err)
+		}
 		if _, err := t.file.Seek(0, io.SeekStart); err != nil {
 			s.release(t)
 			return nil, fmt.Errorf("reading back xid %d from %s: %w", t.xid, s.cfg.Dir, err)

@@ -26,7 +26,7 @@ PGAUDIT_PG_VERSIONS ?= 14,15,16,17,18
 # cycles, the idle slot, the failover tests, doctor. The tests of features
 # PostgreSQL 14 lacks (row filters, column lists) are left out of the runs
 # on 14 by pattern, not skipped.
-MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|WatchRefusesVirtualGeneratedColumns|SchemaWatch.*|FailoverWithSyncedSlot|KillNineCycles|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere|Checkpoint.*|SchemaWideWatch|SignedTrailVerifies|SpineHistoryLostIsAGap|ForgedKeyDoesNotPreemptAChange|DetachChangeAttach|TableSwap|AcceptAnyGapIsNarrow
+MATRIX_RUN := ^Test(EnvelopesForPlainSQL|ChangesBeforeRunAreDelivered|WatchChangesApplyWhileRunning|UnwatchAfterDrop|HostileTableNames|SpineOutageLosesNothing|RestartResumesWithoutLossOrDuplicates|LargeRowArrivesWhole|ConfirmedLSNNeverAheadOfSpine|ReconnectsAfterTerminateBackend|RealCaptureDecodes|FidelityTypes|FidelityTypeTable|FidelitySchemaChanges|FidelityTruncate|FidelityPartitions|FidelityNewPartitionBeforeHousekeeping|FidelityTableShapes|FidelityUnwatchedInSameTransaction|Backfill.*|Gap.*|Annotations|SkipMarker|OnColumns|TableLifecycle|PublicationAndSlotByVersion|WatchRefusesVirtualGeneratedColumns|SchemaWatch.*|FailoverWithSyncedSlot|KillNineCycles(Streamed)?|IdleSlotDoesNotPinWAL|Doctor.*|GapIsLoudEverywhere|Checkpoint.*|SchemaWideWatch|SignedTrailVerifies|SpineHistoryLostIsAGap|ForgedKeyDoesNotPreemptAChange|DetachChangeAttach|TableSwap|AcceptAnyGapIsNarrow|Streamed.*|FullSpill.*|StatusShowsStreamed.*
 MATRIX_RUN_14 := |FidelityUnchangedToastFullIdentity
 MATRIX_RUN_15 := |FidelityUnchangedToast|RowFilterAndColumnControl
 MATRIX_PKGS := ./agent ./faults ./cli
@@ -46,7 +46,7 @@ test: vet lint test-unit test-full test-matrix
 # (main_test.go) checks that every such package is listed.
 UNIT_PKGS := ./backoff ./capture ./chain ./confirm ./decode ./deploy ./envelope ./ident \
 	./internal/netsim ./internal/spinetest ./migrations ./natsjs ./pgjson ./pgoutput ./publish ./relay \
-	./replication ./trail ./verify .
+	./replication ./spool ./trail ./verify .
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $(UNIT_PKGS)
 

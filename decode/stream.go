@@ -398,30 +398,63 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 	}
 
 	ev := s.newEvent(lsn, resolved.name, w, op)
-	rows := slices.Grow(s.rows[s.turn][:0], tupleSize(rel, old)+tupleSize(rel, newT)+4)
-	if old != nil {
-		rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K')
-		ev.Old = rows[:len(rows):len(rows)]
+	var fallback pgoutput.Tuple
+	if oldKind == 'O' {
+		fallback = old
 	}
-	if newT != nil {
-		var fallback pgoutput.Tuple
-		if oldKind == 'O' {
-			fallback = old
+	size := tupleSize(rel, old) + tupleSize(rel, newT) + 4
+	if size > maxKeptRows {
+		// A large row: built where the event will be encoded, not copied
+		// there (see envelope.Event.BuildRowsInPlace).
+		s.buildInPlace(ev, resolved, size, old, newT, fallback, oldKind == 'K')
+	} else {
+		rows := slices.Grow(s.rows[s.turn][:0], size)
+		if old != nil {
+			rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K')
+			ev.Old = rows[:len(rows):len(rows)]
 		}
-		n := len(rows)
-		rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false)
-		ev.New = rows[n:len(rows):len(rows)]
+		if newT != nil {
+			n := len(rows)
+			rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false)
+			ev.New = rows[n:len(rows):len(rows)]
+		}
+		s.keepRows(rows)
 	}
-	s.keepRows(rows)
 	// The old row is the key at most (REPLICA IDENTITY DEFAULT or USING
 	// INDEX), or absent (an UPDATE that kept the key).
 	ev.OldIsKeyOnly = (op == envelope.OpUpdate || op == envelope.OpDelete) && oldKind != 'O'
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
-// maxKeptRows bounds the rows buffer kept for the next event: a huge row's
-// buffer is let go.
+// maxKeptRows bounds the rows buffer kept for the next event: a larger
+// event's rows are built in place instead (buildInPlace).
 const maxKeptRows = 1 << 20
+
+// buildInPlace builds a large event's rows in the buffer its envelope will
+// be encoded into: an UPDATE of a 200 MiB value otherwise holds its 400 MiB
+// of rows twice while it is encoded. The room before the rows covers the
+// names of unavailable columns, which are known only once the new row is
+// built.
+func (s *Stream) buildInPlace(ev *envelope.Event, rel *relation, size int, old, newT, fallback pgoutput.Tuple, keyOnly bool) {
+	room := 0
+	for _, c := range rel.Columns {
+		room += len(c.Name) + 8
+	}
+	var buildNew, buildOld func([]byte) []byte
+	if newT != nil {
+		buildNew = func(b []byte) []byte {
+			b, ev.Unavailable = appendRow(b, rel, newT, fallback, false)
+			return b
+		}
+	}
+	if old != nil {
+		buildOld = func(b []byte) []byte {
+			b, _ = appendRow(b, rel, old, nil, keyOnly)
+			return b
+		}
+	}
+	ev.BuildRowsInPlace(size, room, buildNew, buildOld)
+}
 
 // keepRows keeps the buffer the current event's rows were built in, and
 // turns to the other one for the next event.

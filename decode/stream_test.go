@@ -136,17 +136,42 @@ func TestStreamResolvesTypes(t *testing.T) {
 	}
 }
 
-func TestStreamEnvelopes(t *testing.T) {
+func TestStreamEnvelopes(t *testing.T) { testStreamEnvelopes(t, "big") }
+
+// TestStreamLargeRowsInPlace: rows over 1 MiB are built where their
+// envelope is encoded (envelope.Event.BuildRowsInPlace), with the same
+// bytes as small ones; an UPDATE whose new row lacks an unchanged TOAST
+// value says so in the room left before the rows.
+func TestStreamLargeRowsInPlace(t *testing.T) {
+	big := strings.Repeat("\u00e9x\"", 200_000)
+	testStreamEnvelopes(t, big)
+	const rel = 16385
+	s := testStream(rel)
+	items := feed(t, s, beginMsg(0x10, 7), relationMsg(rel),
+		newMsg('U').U32(rel).U8('K').Tuple(col().Text("1"), col().Null(), col().Null()).
+			U8('N').Tuple(col().Text("1"), col().Text(big), col().Unchanged()),
+		commitMsg(0x10, 0x20))
+	body := items[0].Event.Body
+	if !json.Valid(body) || !strings.Contains(string(body), `"unavailable_columns":["body"]`) || !strings.Contains(string(body), `"old":{"id":1}`) {
+		t.Fatalf("got %s…", body[:300])
+	}
+	if canon, err := envelope.CanonicalRaw(body); err != nil || string(canon) != string(body) {
+		t.Fatalf("not canonical: %v", err)
+	}
+}
+
+func testStreamEnvelopes(t *testing.T, big string) {
+	t.Helper()
 	const rel = 16385
 	s := testStream(rel)
 	items := feed(t, s,
 		beginMsg(0x1A2B3C8, 1234),
 		relationMsg(rel),
-		newMsg('I').U32(rel).U8('N').Tuple(col().Text("1"), col().Text("pending"), col().Text("big")),
+		newMsg('I').U32(rel).U8('N').Tuple(col().Text("1"), col().Text("pending"), col().Text(big)),
 		// Unchanged TOAST in the new row is filled from the full old row.
-		newMsg('U').U32(rel).U8('O').Tuple(col().Text("1"), col().Text("pending"), col().Text("big")).
+		newMsg('U').U32(rel).U8('O').Tuple(col().Text("1"), col().Text("pending"), col().Text(big)).
 			U8('N').Tuple(col().Text("1"), col().Text("approved"), col().Unchanged()),
-		newMsg('D').U32(rel).U8('O').Tuple(col().Text("1"), col().Text("approved"), col().Text("big")),
+		newMsg('D').U32(rel).U8('O').Tuple(col().Text("1"), col().Text("approved"), col().Text(big)),
 		newMsg('T').U32(1).U8(pgoutput.TruncateCascade).U32(rel),
 		commitMsg(0x1A2B3C8, 0x1A2B3F0),
 	)
@@ -167,9 +192,9 @@ func TestStreamEnvelopes(t *testing.T) {
 	head := `{"kind":"decision_card_status_changed","payload":{`
 	tail := `,"table":"public.decisions"},"source":"procurement-api","timestamp":"2026-11-14T19:33:20+00:00"}`
 	want := []string{
-		head + meta("0/1002", 1) + `,"new":{"body":"big","id":1,"status":"pending"},"operation":"INSERT"` + tail,
-		head + meta("0/1003", 2) + `,"new":{"body":"big","id":1,"status":"approved"},"old":{"body":"big","id":1,"status":"pending"},"operation":"UPDATE"` + tail,
-		head + meta("0/1004", 3) + `,"old":{"body":"big","id":1,"status":"approved"},"operation":"DELETE"` + tail,
+		head + meta("0/1002", 1) + `,"new":{"body":`+jsonText(big)+`,"id":1,"status":"pending"},"operation":"INSERT"` + tail,
+		head + meta("0/1003", 2) + `,"new":{"body":`+jsonText(big)+`,"id":1,"status":"approved"},"old":{"body":`+jsonText(big)+`,"id":1,"status":"pending"},"operation":"UPDATE"` + tail,
+		head + meta("0/1004", 3) + `,"old":{"body":`+jsonText(big)+`,"id":1,"status":"approved"},"operation":"DELETE"` + tail,
 		head + `"cascade":true,` + meta("0/1005", 4) + `,"operation":"TRUNCATE","restart_identity":false` + tail,
 	}
 	if len(items) != len(want)+1 {
@@ -181,7 +206,7 @@ func TestStreamEnvelopes(t *testing.T) {
 		}
 		got := string(items[i].Event.Body)
 		if got != w {
-			t.Errorf("event %d:\ngot  %s\nwant %s", i, got, w)
+			t.Errorf("event %d:\ngot  %s\nwant %s", i, short(got), short(w))
 		}
 		if !json.Valid(items[i].Event.Body) {
 			t.Errorf("event %d is not valid JSON", i)
@@ -190,6 +215,17 @@ func TestStreamEnvelopes(t *testing.T) {
 	if last := items[len(items)-1]; last.Kind != ItemCommit || last.EndLSN != 0x1A2B3F0 {
 		t.Fatalf("got last item %+v, want the commit at 0/1A2B3F0", last)
 	}
+}
+
+// jsonText is s as canonical JSON writes it.
+func jsonText(s string) string { return string(pgjson.AppendText(nil, s)) }
+
+// short shortens a body for a failure message.
+func short(s string) string {
+	if len(s) > 600 {
+		return s[:300] + "…" + s[len(s)-300:]
+	}
+	return s
 }
 
 func TestStreamSkipsUnwatchedAndTracksRegistry(t *testing.T) {

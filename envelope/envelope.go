@@ -296,6 +296,9 @@ type Event struct {
 
 	// payloadAt and payloadEnd delimit the payload object in Body.
 	payloadAt, payloadEnd int
+	// inPlace holds rows built where Body will be (BuildRowsInPlace),
+	// until Finish.
+	inPlace *inPlace
 
 	digest   [sha256.Size]byte
 	digested bool
@@ -321,6 +324,9 @@ func (ev *Event) Digest() [sha256.Size]byte {
 // complete; the marks call it again. Old and New then point into Body, so
 // that the buffers they were built in can be reused.
 func (ev *Event) Finish() {
+	if ev.inPlace != nil && ev.finishInPlace() {
+		return
+	}
 	var at spans
 	ev.Body, at = ev.appendJSON(make([]byte, 0, ev.Size()))
 	if at.newAt >= 0 {

@@ -92,8 +92,9 @@ func TestSmoke(t *testing.T) {
 					t.Errorf("bigtx (%s): sent %s, done %s, peak RSS %d", c.Name, c.Sent, c.Done, c.PeakRSS)
 				}
 				// The smoke run lowers logical_decoding_work_mem so that
-				// even its small transaction is streamed, or spilled.
-				if streams := c.Name != bigWhole; streams != (c.Streamed > 0) || streams != (c.ServerSpill == 0) {
+				// even its small transaction is streamed, or spilled (how
+				// much else the server spills at 64 kB is not its to judge).
+				if streams := c.Name != bigWhole; streams != (c.Streamed > 0) || (!streams && c.ServerSpill == 0) {
 					t.Errorf("bigtx (%s): streamed %d bytes, server spill %d bytes", c.Name, c.Streamed, c.ServerSpill)
 				}
 			}

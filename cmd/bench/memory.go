@@ -28,7 +28,7 @@ type MemoryCase struct {
 	Name      string
 	Rows      int   // rows in the one transaction
 	RowBytes  int   // size of the largest value
-	EventMax  int   // largest envelope, approximately
+	EventMax  int   // the largest event's rows (old + new), approximately
 	IdleHWM   int64 // VmHWM (bytes) once streaming, before the workload
 	HWM       int64 // VmHWM after the workload was confirmed
 	RSS       int64 // VmRSS then
@@ -77,9 +77,17 @@ func (e *env) memory(ctx context.Context) (*MemoryResult, error) {
 	}
 	loads := []workload{rowsCase(small), rowsCase(e.opts.MemRows)}
 	for i, size := range []int{e.opts.MemRowBytes / 4, e.opts.MemRowBytes} {
-		loads = append(loads, workload{MemoryCase{Name: fmt.Sprintf("one row of %d MB", size>>20), Rows: 1, RowBytes: size},
+		loads = append(loads, workload{MemoryCase{Name: fmt.Sprintf("one row of %d MB", size>>20), Rows: 1, RowBytes: size, EventMax: size},
 			"INSERT INTO blobs VALUES ($1, repeat('0123456789abcdef', $2))", []any{i + 1, size / 16}})
 	}
+	// The large row changed and deleted: with REPLICA IDENTITY FULL an
+	// UPDATE carries it twice (old and new), a DELETE once (old).
+	size := e.opts.MemRowBytes
+	loads = append(loads,
+		workload{MemoryCase{Name: fmt.Sprintf("UPDATE of the %d MB row", size>>20), Rows: 1, RowBytes: size, EventMax: 2 * size},
+			"UPDATE blobs SET body = 'fedcba9876543210' || substr(body, 17) WHERE id = 2", nil},
+		workload{MemoryCase{Name: fmt.Sprintf("DELETE of the %d MB row", size>>20), Rows: 1, RowBytes: size, EventMax: size},
+			"DELETE FROM blobs WHERE id = 2", nil})
 	for _, w := range loads {
 		c, err := e.memoryCase(ctx, conn, bin, url, pub, slot, w.c, w.sql, w.arg...)
 		if err != nil {
@@ -133,9 +141,6 @@ func (e *env) memoryCase(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 	c.DrainTime = time.Since(t0)
 	if c.HWM, c.RSS, err = procMem(p.pid()); err != nil {
 		return c, err
-	}
-	if c.RowBytes > 0 {
-		c.EventMax = c.RowBytes
 	}
 	return c, nil
 }

@@ -315,8 +315,8 @@ func (r *Results) Markdown(command string) string {
 		}
 		p("\n")
 		for _, c := range mem.Cases {
-			if c.RowBytes > 0 {
-				p("- %s: peak − idle = %.2f × the event.\n", c.Name, float64(c.HWM-c.IdleHWM)/float64(c.RowBytes))
+			if c.EventMax > 0 {
+				p("- %s (the event's rows: %s): peak − idle = **%.2f ×** the event.\n", c.Name, mb(int64(c.EventMax)), float64(c.HWM-c.IdleHWM)/float64(c.EventMax))
 			}
 		}
 		p("\n")

@@ -483,6 +483,7 @@ func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot str
 	}
 	if start.streaming {
 		r.spool = a.spool
+		r.spilled = a.spool.Stats().SpilledBytes
 	}
 	r.stream.SetSchemaWatches(watches.SchemaMap(start.schemas))
 	r.stream.SetPrevious(start.last)

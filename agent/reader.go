@@ -61,7 +61,7 @@ type reader struct {
 	serverWALEnd pgoutput.LSN
 	lastQueued   pgoutput.LSN // last keepalive position handed to the publisher
 	pending      batch        // items not yet handed over (see queue)
-	spilled      int64        // the spool's SpilledBytes last counted
+	spilled      int64        // the spool's SpilledBytes last counted (it counts for the agent's life)
 	busy         bool         // the last wait for a message was shorter than gatherDelay
 }
 
@@ -381,10 +381,10 @@ func (r *reader) take(ctx context.Context, rec replication.Received) error {
 	case out.Event == spool.Aborted:
 		r.a.m.StreamedTransactions.WithLabelValues("aborted").Inc()
 	case out.Replay != nil:
-		err := r.replay(ctx, out.Replay)
+		if err := r.replay(ctx, out.Replay); err != nil {
+			return err
+		}
 		r.a.m.StreamedTransactions.WithLabelValues("committed").Inc()
-		r.observeSpool()
-		return err
 	}
 	if out.Event != spool.None {
 		r.observeSpool()

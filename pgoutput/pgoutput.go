@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -438,22 +439,9 @@ func parse(data []byte, p *Parser, streamed bool) (xid uint32, m Message, err er
 	}
 	switch data[0] {
 	case 'B':
-		b := p.beginMsg()
-		*b = BeginMessage{
-			FinalLSN:   LSN(r.u64("final LSN")),
-			CommitTime: int64(r.u64("commit time")),
-			Xid:        r.u32("xid"),
-		}
-		m = b
+		m = r.begin()
 	case 'C':
-		c := p.commitMsg()
-		*c = CommitMessage{
-			Flags:      r.u8("flags"),
-			CommitLSN:  LSN(r.u64("commit LSN")),
-			EndLSN:     LSN(r.u64("end LSN")),
-			CommitTime: int64(r.u64("commit time")),
-		}
-		m = c
+		m = r.commit()
 	case 'S':
 		m = &StreamStartMessage{Xid: r.u32("xid"), FirstSegment: r.u8("first segment") == 1}
 	case 'E':
@@ -471,86 +459,19 @@ func parse(data []byte, p *Parser, streamed bool) (xid uint32, m Message, err er
 	case 'O':
 		m = &OriginMessage{CommitLSN: LSN(r.u64("origin LSN")), Name: r.cstring("origin name")}
 	case 'R':
-		rel := &RelationMessage{
-			ID:              r.u32("relation id"),
-			Namespace:       r.cstring("namespace"),
-			Name:            r.cstring("relation name"),
-			ReplicaIdentity: r.u8("replica identity"),
-		}
-		n := int(r.u16("column count"))
-		if r.err == nil && n > len(data)-r.off {
-			r.fail("columns")
-		}
-		if r.err == nil {
-			rel.Columns = make([]RelationColumn, n)
-			for i := range rel.Columns {
-				rel.Columns[i] = RelationColumn{
-					Flags:   r.u8("column flags"),
-					Name:    r.cstring("column name"),
-					TypeOID: r.u32("column type"),
-					TypeMod: int32(r.u32("column type modifier")),
-				}
-			}
-		}
-		m = rel
+		m = r.relation()
 	case 'Y':
 		m = &TypeMessage{OID: r.u32("type oid"), Namespace: r.cstring("type namespace"), Name: r.cstring("type name")}
 	case 'I':
-		ins := p.insertMsg()
-		*ins = InsertMessage{RelationID: r.u32("relation id")}
-		if tag := r.u8("tuple tag"); r.err == nil && tag != 'N' {
-			return 0, nil, fmt.Errorf("%w: insert: unexpected tuple tag %q", ErrMalformedMessage, tag)
-		}
-		ins.New = r.tuple()
-		m = ins
+		m = r.insert()
 	case 'U':
-		up := p.updateMsg()
-		*up = UpdateMessage{RelationID: r.u32("relation id")}
-		tag := r.u8("tuple tag")
-		if tag == 'K' || tag == 'O' {
-			up.OldKind = tag
-			up.Old = r.tuple()
-			tag = r.u8("tuple tag")
-		}
-		if r.err == nil && tag != 'N' {
-			return 0, nil, fmt.Errorf("%w: update: unexpected tuple tag %q", ErrMalformedMessage, tag)
-		}
-		up.New = r.tuple()
-		m = up
+		m = r.update()
 	case 'D':
-		del := p.deleteMsg()
-		*del = DeleteMessage{RelationID: r.u32("relation id")}
-		tag := r.u8("tuple tag")
-		if r.err == nil && tag != 'K' && tag != 'O' {
-			return 0, nil, fmt.Errorf("%w: delete: unexpected tuple tag %q", ErrMalformedMessage, tag)
-		}
-		del.OldKind = tag
-		del.Old = r.tuple()
-		m = del
+		m = r.delete()
 	case 'T':
-		n := int(r.u32("relation count"))
-		tr := &TruncateMessage{Options: r.u8("options")}
-		if r.err == nil && (n < 0 || n > (len(data)-r.off)/4) {
-			r.fail("relation ids")
-		}
-		if r.err == nil {
-			tr.RelationIDs = make([]uint32, n)
-			for i := range tr.RelationIDs {
-				tr.RelationIDs[i] = r.u32("relation id")
-			}
-		}
-		m = tr
+		m = r.truncate()
 	case 'M':
-		lm := &LogicalMessage{}
-		lm.Transactional = r.u8("flags")&1 == 1
-		lm.LSN = LSN(r.u64("message LSN"))
-		lm.Prefix = r.cstring("prefix")
-		l := r.u32("content length")
-		if r.err == nil && l > uint32(len(data)) {
-			r.fail("content")
-		}
-		lm.Content = r.take(int(l), "content")
-		m = lm
+		m = r.message()
 	default:
 		return 0, nil, fmt.Errorf("%w: unsupported message type %q", ErrMalformedMessage, data[0])
 	}
@@ -561,4 +482,115 @@ func parse(data []byte, p *Parser, streamed bool) (xid uint32, m Message, err er
 		return 0, nil, fmt.Errorf("%w: %d trailing bytes after %q message", ErrMalformedMessage, len(data)-r.off, data[0])
 	}
 	return xid, m, nil
+}
+
+func (r *reader) begin() *BeginMessage {
+	b := r.p.beginMsg()
+	*b = BeginMessage{
+		FinalLSN:   LSN(r.u64("final LSN")),
+		CommitTime: int64(r.u64("commit time")),
+		Xid:        r.u32("xid"),
+	}
+	return b
+}
+
+func (r *reader) commit() *CommitMessage {
+	c := r.p.commitMsg()
+	*c = CommitMessage{
+		Flags:      r.u8("flags"),
+		CommitLSN:  LSN(r.u64("commit LSN")),
+		EndLSN:     LSN(r.u64("end LSN")),
+		CommitTime: int64(r.u64("commit time")),
+	}
+	return c
+}
+
+func (r *reader) relation() *RelationMessage {
+	rel := &RelationMessage{
+		ID:              r.u32("relation id"),
+		Namespace:       r.cstring("namespace"),
+		Name:            r.cstring("relation name"),
+		ReplicaIdentity: r.u8("replica identity"),
+	}
+	n := int(r.u16("column count"))
+	if r.err == nil && n > len(r.buf)-r.off {
+		r.fail("columns")
+	}
+	if r.err == nil {
+		rel.Columns = make([]RelationColumn, n)
+		for i := range rel.Columns {
+			rel.Columns[i] = RelationColumn{
+				Flags:   r.u8("column flags"),
+				Name:    r.cstring("column name"),
+				TypeOID: r.u32("column type"),
+				TypeMod: int32(r.u32("column type modifier")),
+			}
+		}
+	}
+	return rel
+}
+
+// tag reads a tuple's tag and fails unless it is one of want.
+func (r *reader) tag(msg string, want ...byte) byte {
+	tag := r.u8("tuple tag")
+	if r.err == nil && !slices.Contains(want, tag) {
+		r.err = fmt.Errorf("%w: %s: unexpected tuple tag %q", ErrMalformedMessage, msg, tag)
+	}
+	return tag
+}
+
+func (r *reader) insert() *InsertMessage {
+	ins := r.p.insertMsg()
+	*ins = InsertMessage{RelationID: r.u32("relation id")}
+	r.tag("insert", 'N')
+	ins.New = r.tuple()
+	return ins
+}
+
+func (r *reader) update() *UpdateMessage {
+	up := r.p.updateMsg()
+	*up = UpdateMessage{RelationID: r.u32("relation id")}
+	if tag := r.tag("update", 'K', 'O', 'N'); tag == 'K' || tag == 'O' {
+		up.OldKind = tag
+		up.Old = r.tuple()
+		r.tag("update", 'N')
+	}
+	up.New = r.tuple()
+	return up
+}
+
+func (r *reader) delete() *DeleteMessage {
+	del := r.p.deleteMsg()
+	*del = DeleteMessage{RelationID: r.u32("relation id")}
+	del.OldKind = r.tag("delete", 'K', 'O')
+	del.Old = r.tuple()
+	return del
+}
+
+func (r *reader) truncate() *TruncateMessage {
+	n := int(r.u32("relation count"))
+	tr := &TruncateMessage{Options: r.u8("options")}
+	if r.err == nil && (n < 0 || n > (len(r.buf)-r.off)/4) {
+		r.fail("relation ids")
+	}
+	if r.err == nil {
+		tr.RelationIDs = make([]uint32, n)
+		for i := range tr.RelationIDs {
+			tr.RelationIDs[i] = r.u32("relation id")
+		}
+	}
+	return tr
+}
+
+func (r *reader) message() *LogicalMessage {
+	lm := &LogicalMessage{}
+	lm.Transactional = r.u8("flags")&1 == 1
+	lm.LSN = LSN(r.u64("message LSN"))
+	lm.Prefix = r.cstring("prefix")
+	l := r.u32("content length")
+	if r.err == nil && l > uint32(len(r.buf)) {
+		r.fail("content")
+	}
+	lm.Content = r.take(int(l), "content")
+	return lm
 }

@@ -45,7 +45,7 @@ test: vet lint test-unit test-full test-matrix
 # spine double, the publisher against it), with -race. TestUnitPackages
 # (main_test.go) checks that every such package is listed.
 UNIT_PKGS := ./backoff ./capture ./chain ./confirm ./decode ./deploy ./envelope ./ident \
-	./internal/netsim ./internal/spinetest ./migrations ./natsjs ./pgjson ./pgoutput ./publish ./relay \
+	./internal/netsim ./internal/spinetest ./metrics ./migrations ./natsjs ./pgjson ./pgoutput ./publish ./relay \
 	./replication ./spool ./trail ./verify .
 test-unit:
 	$(GO) test -race -count=1 -timeout 5m $(UNIT_PKGS)

@@ -65,9 +65,23 @@ type Metrics struct {
 
 // New registers all families, with the Go and process collectors.
 func New() *Metrics {
-	reg := prometheus.NewRegistry()
-	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &Metrics{Registry: reg}
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	v, commit, gov := version.Info()
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "pgaudit_cdc_build_info",
+		Help:        "Build information; always 1.",
+		ConstLabels: prometheus.Labels{"version": v, "commit": commit, "goversion": gov},
+	})
+	info.Set(1)
+	for _, group := range [][]prometheus.Collector{m.delivery(), m.replication(), m.integrity(), m.spill(),
+		{info, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}} {
+		m.Registry.MustRegister(group...)
+	}
+	return m
+}
+
+// delivery makes the families of delivery to the spine or stream.
+func (m *Metrics) delivery() []prometheus.Collector {
 	m.EventsDelivered = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_events_delivered_total",
 		Help: "Events accepted by the sink (201 from the spine), by table, operation and kind.",
@@ -102,6 +116,16 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_dead_letters_pending",
 		Help: "Rows in pgaudit_cdc.dead_letters for this slot, awaiting retry or discard.",
 	})
+	m.SpineWindow = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pgaudit_cdc_spine_window",
+		Help: "Requests the agent may have in flight to the spine: sized from the round trip and the spine's rate, at most --max-in-flight.",
+	})
+	return []prometheus.Collector{m.EventsDelivered, m.EventsSkipped, m.RelayedEvents, m.PublishDuration,
+		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.SpineWindow}
+}
+
+// replication makes the families of the replication session and the slot.
+func (m *Metrics) replication() []prometheus.Collector {
 	m.ReplicationLag = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "pgaudit_cdc_replication_lag_bytes",
 		Help: "Server WAL end minus the LSN confirmed to the server.",
@@ -138,6 +162,13 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_watch_changes_total",
 		Help: "Watch, re-watch and unwatch changes applied from the stream.",
 	})
+	return []prometheus.Collector{m.ReplicationLag, m.RetainedWAL, m.ConfirmedLSN, m.LastCommitTime,
+		m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects, m.WatchChanges}
+}
+
+// integrity makes the families of holes, forged or unauthorised input and
+// the signed trail.
+func (m *Metrics) integrity() []prometheus.Collector {
 	m.GapsDetected = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_gaps_detected_total",
 		Help: "Holes in the capture detected (slot dropped, invalidated, advanced, or lost in a failover or restore), by reason.",
@@ -170,10 +201,12 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_forgeries_detected_total",
 		Help: "Events found in the spine under one of the agent's idempotency keys but with other content: another producer forged them. The real event is delivered anyway.",
 	})
-	m.SpineWindow = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "pgaudit_cdc_spine_window",
-		Help: "Requests the agent may have in flight to the spine: sized from the round trip and the spine's rate, at most --max-in-flight.",
-	})
+	return []prometheus.Collector{m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
+		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected}
+}
+
+// spill makes the families of transactions streamed while in progress.
+func (m *Metrics) spill() []prometheus.Collector {
 	m.StreamedTransactions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_streamed_transactions_total",
 		Help: "Transactions PostgreSQL streamed while in progress (protocol 2, too large for logical_decoding_work_mem), by outcome: committed (delivered) or aborted (discarded).",
@@ -198,23 +231,8 @@ func New() *Metrics {
 		Name: "pgaudit_cdc_spill_full_total",
 		Help: "Sessions stopped because a streamed transaction did not fit in the spill directory (--spill-max-bytes or the disk); nothing is lost, capture retries.",
 	})
-	v, commit, gov := version.Info()
-	info := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "pgaudit_cdc_build_info",
-		Help:        "Build information; always 1.",
-		ConstLabels: prometheus.Labels{"version": v, "commit": commit, "goversion": gov},
-	})
-	info.Set(1)
-	for _, c := range []prometheus.Collector{m.EventsDelivered, m.EventsSkipped, m.PublishDuration,
-		m.CommitToAccepted, m.Retries, m.DeadLetters, m.DeadLettersPending, m.ReplicationLag, m.RetainedWAL,
-		m.ConfirmedLSN, m.LastCommitTime, m.DatabaseUp, m.SpineUp, m.SlotActive, m.Reconnects,
-		m.WatchChanges, m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
-		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected, m.SpineWindow, m.RelayedEvents,
-		m.StreamedTransactions, m.StreamingOpen, m.SpillMemoryBytes, m.SpillDiskBytes, m.SpilledBytes, m.SpillFull, info,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
-		f(c)
-	}
-	return m
+	return []prometheus.Collector{m.StreamedTransactions, m.StreamingOpen, m.SpillMemoryBytes, m.SpillDiskBytes,
+		m.SpilledBytes, m.SpillFull}
 }
 
 // Readiness is set by the agent: ready when the replication connection is

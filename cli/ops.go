@@ -191,19 +191,44 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	} else if _, err := migrations.Apply(ctx, conn); err != nil {
 		return nil, err
 	}
-	slot, err := replication.LookupSlot(ctx, conn, o.slot)
-	if err != nil {
+	if err := st.readSlot(ctx, conn, o.slot, schemaCurrent); err != nil {
 		return nil, err
+	}
+	err := conn.QueryRow(ctx, `SELECT true, (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname
+			AND t.schemaname <> 'pgaudit_cdc')
+		FROM pg_publication p WHERE p.pubname = $1`, o.publication).Scan(&st.Publication.Exists, &st.Publication.Tables)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("reading the publication: %w", err)
+	}
+	st.Watches = []watchJSON{}
+	if !schemaCurrent {
+		return st, nil
+	}
+	if err := st.readCapture(ctx, conn, o.slot); err != nil {
+		return nil, err
+	}
+	if err := st.readRegistry(ctx, conn, o.slot); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// readSlot reads the slot, the server's position and, on a standby, its
+// copy of the slot.
+func (st *Status) readSlot(ctx context.Context, conn *pgx.Conn, slotName string, schemaCurrent bool) error {
+	slot, err := replication.LookupSlot(ctx, conn, slotName)
+	if err != nil {
+		return err
 	}
 	var current, addr *string
 	if err := conn.QueryRow(ctx, `SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
 			(SELECT host(client_addr) FROM pg_stat_replication WHERE pid = $1)`, slot.ActivePID).Scan(&current, &addr); err != nil {
-		return nil, fmt.Errorf("reading the server's position: %w", err)
+		return fmt.Errorf("reading the server's position: %w", err)
 	}
 	if st.Slot.OnStandby {
-		c, err := preflight.ReadStandbyCopy(ctx, conn, o.slot)
+		c, err := preflight.ReadStandbyCopy(ctx, conn, slotName)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		// One snapshot for the copy and the replay position.
 		slot = c.Slot
@@ -247,8 +272,8 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		}
 	}
 	if slot.Exists {
-		if st.Slot.Decoding, err = readDecoding(ctx, conn, o.slot); err != nil {
-			return nil, err
+		if st.Slot.Decoding, err = readDecoding(ctx, conn, slotName); err != nil {
+			return err
 		}
 	}
 	if addr != nil {
@@ -256,32 +281,28 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 	} else if st.Slot.AgentConnected {
 		st.Slot.AgentAddress = "local socket"
 	}
-	err = conn.QueryRow(ctx, `SELECT true, (SELECT count(*) FROM pg_publication_tables t WHERE t.pubname = p.pubname
-			AND t.schemaname <> 'pgaudit_cdc')
-		FROM pg_publication p WHERE p.pubname = $1`, o.publication).Scan(&st.Publication.Exists, &st.Publication.Tables)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("reading the publication: %w", err)
-	}
-	st.Watches = []watchJSON{}
-	if !schemaCurrent {
-		return st, nil
-	}
+	return nil
+}
+
+// readCapture reads whether capture is continuous, or what gap is pending.
+func (st *Status) readCapture(ctx context.Context, conn *pgx.Conn, slot string) error {
 	var a capture.Assessment
 	var pending *capture.GapRecord
+	var err error
 	if st.Slot.OnStandby {
 		// Continuity is the primary's to assess (capture.Check reads
 		// pgaudit_cdc.slot_progress, an unlogged table a standby cannot
 		// read); a pending gap is replicated, and shown.
-		pending, err = capture.PendingGap(ctx, conn, o.slot)
+		pending, err = capture.PendingGap(ctx, conn, slot)
 	} else {
-		a, pending, err = capture.Check(ctx, conn, o.slot)
+		a, pending, err = capture.Check(ctx, conn, slot)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	state, err := capture.LoadState(ctx, conn, o.slot)
+	state, err := capture.LoadState(ctx, conn, slot)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	st.Capture = captureJSON{Recorded: state.Known, Generation: state.Generation, PendingGap: pending}
 	if !st.Slot.OnStandby {
@@ -294,28 +315,31 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		st.Capture.GapReason, st.Capture.GapDetail = a.Reason, a.Detail
 	}
 	st.Capture.TimelineMoved = a.TimelineMoved && !st.Slot.OnStandby
+	return nil
+}
+
+// readRegistry reads the watches, dead letters, trail and pending backfills.
+func (st *Status) readRegistry(ctx context.Context, conn *pgx.Conn, slot string) error {
 	entries, err := watches.Load(ctx, conn, false)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, e := range entries {
 		st.Watches = append(st.Watches, watchJSON{Table: e.Table, Kind: e.Kind, Source: e.Source, Since: e.CreatedAt})
 	}
-	if st.DeadLetters, err = deadletters.New(conn, o.slot).Count(ctx); err != nil {
-		return nil, err
+	if st.DeadLetters, err = deadletters.New(conn, slot).Count(ctx); err != nil {
+		return err
 	}
-	if st.Trail, err = readTrail(ctx, conn, o.slot); err != nil {
-		return nil, err
+	if st.Trail, err = readTrail(ctx, conn, slot); err != nil {
+		return err
 	}
-	if schemaCurrent {
-		if st.Backfills, err = backfill.ListPending(ctx, conn, o.slot); err != nil {
-			return nil, err
-		}
+	if st.Backfills, err = backfill.ListPending(ctx, conn, slot); err != nil {
+		return err
 	}
 	if st.Backfills == nil {
 		st.Backfills = []backfill.Pending{}
 	}
-	return st, nil
+	return nil
 }
 
 // trailJSON is the authenticated trail's state in status.

@@ -451,8 +451,9 @@ func readDecoding(ctx context.Context, conn *pgx.Conn, slot string) (*decodingJS
 	return d, nil
 }
 
-func printStatus(w io.Writer, st *Status) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+// printSlot prints the slot's lines of status: its holder, positions and
+// failover state, or the standby's copy of it.
+func printSlot(tw io.Writer, st *Status) {
 	switch {
 	case st.Standby != nil:
 		printStandby(tw, st)
@@ -482,6 +483,11 @@ func printStatus(w io.Writer, st *Status) {
 				d.StreamedTransactions, humanBytes(&d.StreamedBytes), d.SpilledTransactions, humanBytes(&d.SpilledBytes))
 		}
 	}
+}
+
+func printStatus(w io.Writer, st *Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	printSlot(tw, st)
 	if d := st.Destination; d != nil {
 		switch {
 		case d.Error != "":

@@ -143,53 +143,21 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	if err != nil {
 		return err
 	}
-	var sink publish.Sink
 	if js != nil {
 		defer js.Close()
-		sink = js
-		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := js.Health(hctx)
-		cancel()
-		var se *natsjs.StreamError
-		if errors.As(err, &se) {
-			return &ExitError{Code: 2, Err: err}
-		}
-		if err != nil {
-			log.Warn("the JetStream stream is not answering yet; events wait in the slot until it does", "stream", o.nats.stream, "err", err)
-		}
-	} else if spine != nil {
-		sink = spine
-		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := spine.Health(hctx); err != nil {
-			log.Warn("the spine is not answering yet; events wait in the slot until it does", "err", err)
-		}
-		cancel()
-	} else {
-		log.Info("no --audit-stream-url: writing events to stdout as JSON lines")
-		sink = publish.NewWriter(stdout)
-		m.SpineUp.Set(1)
+	}
+	sink, err := o.destination(ctx, log, m, spine, js, stdout)
+	if err != nil {
+		return err
 	}
 	if wrap != nil {
 		sink = wrap(sink)
 	}
-	if o.metricsAddr != "" {
-		ln, err := net.Listen("tcp", o.metricsAddr)
-		if err != nil {
-			return &ExitError{Code: 2, Err: fmt.Errorf("listening on --metrics-addr %q: %w", o.metricsAddr, err)}
-		}
-		srv := &http.Server{Handler: m.Handler(ready), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("metrics server stopped", "err", err)
-			}
-		}()
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(sctx)
-		}()
-		log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	stop, err := o.serveMetrics(ctx, log, m, ready)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	cfg := agent.Config{
 		DatabaseURL:    o.databaseURL,
 		Slot:           o.slot,
@@ -223,28 +191,90 @@ func runAgent(ctx context.Context, o *options, log *slog.Logger, stdout interfac
 	preflightLog(ctx, o, log, spine)
 	host, _ := os.Hostname()
 	log.Info("pgaudit-cdc starting", "instance", host, "pid", os.Getpid(), "slot", o.slot, "publication", o.publication)
-	if err := a.Run(ctx); err != nil {
-		var cfgErr *agent.ConfigError
-		if errors.As(err, &cfgErr) {
-			return &ExitError{Code: 2, Err: err}
+	return o.exitOf(ctx, log, a.Run(ctx))
+}
+
+// destination returns the sink events go to: the JetStream stream, the
+// spine, or stdout, checked once so that the log says what is not
+// answering yet. A stream that can never hold the trail is an exit 2.
+func (o *options) destination(ctx context.Context, log *slog.Logger, m *metrics.Metrics, spine *publish.Client, js *natsjs.Client,
+	stdout interface{ Write([]byte) (int, error) }) (publish.Sink, error) {
+	switch {
+	case js != nil:
+		hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := js.Health(hctx)
+		cancel()
+		var se *natsjs.StreamError
+		if errors.As(err, &se) {
+			return nil, &ExitError{Code: 2, Err: err}
 		}
-		var gapErr *capture.GapError
-		if errors.As(err, &gapErr) {
-			if o.metricsAddr != "" && o.gapHold > 0 {
-				log.Error("capture is stopped by a gap; serving /metrics a little longer so that the gap is scraped, then exiting with code 3",
-					"hold", o.gapHold, "gap_id", gapErr.Gap.ID)
-				t := time.NewTimer(o.gapHold)
-				select {
-				case <-ctx.Done():
-				case <-t.C:
-				}
-				t.Stop()
-			}
-			return &ExitError{Code: ExitGap, Err: err}
+		if err != nil {
+			log.Warn("the JetStream stream is not answering yet; events wait in the slot until it does", "stream", o.nats.stream, "err", err)
 		}
-		return err
+		return js, nil
+	case spine != nil:
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := spine.Health(hctx); err != nil {
+			log.Warn("the spine is not answering yet; events wait in the slot until it does", "err", err)
+		}
+		cancel()
+		return spine, nil
+	default:
+		log.Info("no --audit-stream-url: writing events to stdout as JSON lines")
+		m.SpineUp.Set(1)
+		return publish.NewWriter(stdout), nil
 	}
-	return nil
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on --metrics-addr,
+// when set, until stop.
+func (o *options) serveMetrics(ctx context.Context, log *slog.Logger, m *metrics.Metrics, ready *metrics.Readiness) (stop func(), err error) {
+	if o.metricsAddr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", o.metricsAddr)
+	if err != nil {
+		return nil, &ExitError{Code: 2, Err: fmt.Errorf("listening on --metrics-addr %q: %w", o.metricsAddr, err)}
+	}
+	srv := &http.Server{Handler: m.Handler(ready), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
+}
+
+// exitOf maps what the agent's Run returned to run's exit: 2 for what only
+// the user can fix, 3 for a capture gap (after serving /metrics for
+// --gap-hold, so that the gap is scraped).
+func (o *options) exitOf(ctx context.Context, log *slog.Logger, err error) error {
+	var cfgErr *agent.ConfigError
+	var gapErr *capture.GapError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &cfgErr):
+		return &ExitError{Code: 2, Err: err}
+	case errors.As(err, &gapErr):
+		if o.metricsAddr != "" && o.gapHold > 0 {
+			log.Error("capture is stopped by a gap; serving /metrics a little longer so that the gap is scraped, then exiting with code 3",
+				"hold", o.gapHold, "gap_id", gapErr.Gap.ID)
+			t := time.NewTimer(o.gapHold)
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		return &ExitError{Code: ExitGap, Err: err}
+	}
+	return err
 }
 
 // preflightLog runs the doctor's checks once at start and logs what is not

@@ -82,9 +82,15 @@ func chainReport(t *testing.T, spine *spinetest.Server, evs []*envelope.Event, s
 	return
 }
 
+// newPipeClient is a pipelining client of the spine double. Its timeout,
+// which also bounds how long a read-back waits for requests it gave up on
+// (Client.abandoned), leaves room for a machine loaded by -race and other
+// suites: at 1 s one CI run in many saw the double append an abandoned
+// request after the read-back (2 duplicates), the assumption the README
+// states for a real spine.
 func newPipeClient(t *testing.T, url string, window int) *Client {
 	t.Helper()
-	c, err := NewClient(ClientConfig{URL: url, Timeout: time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxInFlight: window})
+	c, err := NewClient(ClientConfig{URL: url, Timeout: 3 * time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxInFlight: window})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,16 +139,21 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 	bigWorkload(h, 0)
 	streamed := h.expectExactly(1012, 300*time.Millisecond)
 	obs.expectMetric(t, 1, "pgaudit_cdc_streamed_transactions_total", "outcome", "committed")
-	obs.expectMetric(t, 1, "pgaudit_cdc_streamed_transactions_total", "outcome", "aborted")
+	// The rolled-back one is streamed and then aborted, or, when it has
+	// aborted by the time the walsender would stream it, dropped by the
+	// server unsent (PostgreSQL 18 checks first): at most one abort.
+	if v, _ := obs.metric(t, "pgaudit_cdc_streamed_transactions_total", "outcome", "aborted"); v > 1 {
+		t.Errorf("%v streamed transactions aborted, want at most the one rolled back", v)
+	}
 	if v, _ := obs.metric(t, "pgaudit_cdc_spilled_bytes_total"); v == 0 {
 		t.Errorf("pgaudit_cdc_spilled_bytes_total 0: the 32 KiB memory bound never spilled")
 	}
 	obs.expectMetric(t, 0, "pgaudit_cdc_spill_disk_bytes")
 	obs.expectMetric(t, 0, "pgaudit_cdc_streamed_transactions_open")
 	h.stopAgent()
-	st := waitSlotStats(h, func(st slotStats) bool { return st.streamTxns >= 2 })
-	if st.spillBytes != 0 || st.streamTxns != 2 {
-		t.Errorf("streaming: server statistics %+v; want no spill and both large transactions streamed", st)
+	st := waitSlotStats(h, func(st slotStats) bool { return st.streamTxns >= 1 })
+	if st.spillBytes != 0 || st.streamTxns < 1 || st.streamTxns > 2 {
+		t.Errorf("streaming: server statistics %+v; want no spill and the large transactions streamed", st)
 	}
 	if got := field(t, streamed[0], "new", "v"); got != "small" {
 		t.Errorf("first event's row %v, want the small transaction's, which committed first", got)

@@ -225,7 +225,9 @@ type checkpointChunk struct {
 	held time.Duration // how long it held the SHARE lock
 }
 
-// chunk reads, hashes and writes one chunk in one transaction.
+// chunk reads, hashes and writes one chunk in one transaction: under the
+// table's SHARE lock (lock), its rows hashed (hash), the digest written to
+// the WAL with the control row that authorises it (write).
 func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o CheckpointOptions, chunk int64, after []string,
 	total *verify.Digest, id int64) (checkpointChunk, error) {
 	var out checkpointChunk
@@ -234,23 +236,51 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 		return out, fmt.Errorf("starting chunk %d: %w", chunk, err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	locked, err := w.lock(ctx, tx, o)
+	if err != nil {
+		return out, err
+	}
+	hasher, err := w.hash(ctx, tx, o, after, &out)
+	if hasher != nil {
+		defer hasher.close()
+	}
+	if err != nil {
+		return out, err
+	}
+	if err := total.AddDigest(hasher.d.Rows, hasher.d.Hex()); err != nil {
+		return out, fmt.Errorf("BUG: %w", err)
+	}
+	if err := w.write(ctx, tx, chunk, id, total, hasher, &out); err != nil {
+		return out, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return out, fmt.Errorf("committing chunk %d: %w", chunk, err)
+	}
+	out.held = time.Since(locked)
+	return out, nil
+}
+
+// lock readies the chunk's transaction: the walsender's text forms, the
+// lock timeout, the watch still active and describing the same rows, and
+// the table locked against writes with the same definition.
+func (w *checkpointWatch) lock(ctx context.Context, tx pgx.Tx, o CheckpointOptions) (locked time.Time, err error) {
 	// The text forms must be the ones the walsender produces.
 	for k, v := range replication.SessionGUCs {
 		if k == "application_name" {
 			continue
 		}
 		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", k, v); err != nil {
-			return out, fmt.Errorf("setting %s: %w", k, err)
+			return locked, fmt.Errorf("setting %s: %w", k, err)
 		}
 	}
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", o.LockTimeout.Milliseconds())); err != nil {
-		return out, fmt.Errorf("setting lock_timeout: %w", err)
+		return locked, fmt.Errorf("setting lock_timeout: %w", err)
 	}
 	// The watch must still be active, and describe the same rows, when the
 	// chunk is written: ordered with watch and unwatch by the registry lock
 	// (taken shared, before the table's lock, as the backfill does).
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared($1)", int64(watches.RegistryLockKey)); err != nil {
-		return out, fmt.Errorf("locking the watch registry: %w", err)
+		return locked, fmt.Errorf("locking the watch registry: %w", err)
 	}
 	var active bool
 	var columnsNow []string
@@ -258,28 +288,33 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	err = tx.QueryRow(ctx, `SELECT active, columns, row_filter FROM pgaudit_cdc.watches WHERE table_oid = $1 FOR SHARE`,
 		w.oid).Scan(&active, &columnsNow, &filterNow)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !active) {
-		return out, ErrCheckpointUnwatched
+		return locked, ErrCheckpointUnwatched
 	}
 	if err != nil {
-		return out, fmt.Errorf("checking the watch: %w", err)
+		return locked, fmt.Errorf("checking the watch: %w", err)
 	}
 	if !slices.Equal(columnsNow, w.columns) || (filterNow == nil) != (w.rowFilter == nil) || (filterNow != nil && *filterNow != *w.rowFilter) {
-		return out, ErrWatchChanged
+		return locked, ErrWatchChanged
 	}
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{w.schema, w.table}.Sanitize()+" IN SHARE MODE"); err != nil {
-		return out, fmt.Errorf("locking %s against writes for the checkpoint (retry when long transactions on it are done): %w", w.name, err)
+		return locked, fmt.Errorf("locking %s against writes for the checkpoint (retry when long transactions on it are done): %w", w.name, err)
 	}
-	locked := time.Now()
+	locked = time.Now()
 	// The table's definition, under the lock: the same as the chunks before
 	// (and the queries) were made for.
 	colsNow, err := columns(ctx, tx.Conn(), w.oid, w.columns)
 	if err != nil {
-		return out, fmt.Errorf("reading the columns of %s: %w", w.name, err)
+		return locked, fmt.Errorf("reading the columns of %s: %w", w.name, err)
 	}
 	if !slices.Equal(colsNow, w.cols) {
-		return out, fmt.Errorf("%w (columns were %s, are now %s)", ErrTableChanged, describeColumns(w.cols), describeColumns(colsNow))
+		return locked, fmt.Errorf("%w (columns were %s, are now %s)", ErrTableChanged, describeColumns(w.cols), describeColumns(colsNow))
 	}
+	return locked, nil
+}
 
+// hash reads the chunk's rows (one more than a chunk: is it the last?)
+// and hashes them; out says where the next chunk starts.
+func (w *checkpointWatch) hash(ctx context.Context, tx pgx.Tx, o CheckpointOptions, after []string, out *checkpointChunk) (*rowHasher, error) {
 	query, args := w.query, []any{}
 	if len(w.keys) > 0 {
 		if after != nil {
@@ -292,14 +327,13 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	}
 	rows, err := tx.Query(ctx, query, args...)
 	if err != nil {
-		return out, fmt.Errorf("reading %s: %w", w.name, err)
+		return nil, fmt.Errorf("reading %s: %w", w.name, err)
 	}
 	keyNames := make([]string, len(w.keys))
 	for i, k := range w.keys {
 		keyNames[i] = w.cols[k].name
 	}
 	hasher := newRowHasher(keyNames)
-	defer hasher.close()
 	vals := make([]*string, len(w.cols))
 	ptrs := make([]any, len(w.cols))
 	for i := range vals {
@@ -313,18 +347,18 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 		}
 		if err := rows.Scan(ptrs...); err != nil {
 			rows.Close()
-			return out, fmt.Errorf("reading %s: %w", w.name, err)
+			return hasher, fmt.Errorf("reading %s: %w", w.name, err)
 		}
 		if err := hasher.add(appendRowJSON(nil, w.cols, w.types, vals)); err != nil {
 			rows.Close()
-			return out, fmt.Errorf("hashing a row of %s: %w", w.name, err)
+			return hasher, fmt.Errorf("hashing a row of %s: %w", w.name, err)
 		}
 		if len(w.keys) > 0 {
 			out.next = out.next[:0]
 			for _, k := range w.keys {
 				if vals[k] == nil {
 					rows.Close()
-					return out, fmt.Errorf("BUG: a row of %s has a null primary key column %s", w.name, w.cols[k].name)
+					return hasher, fmt.Errorf("BUG: a row of %s has a null primary key column %s", w.name, w.cols[k].name)
 				}
 				out.next = append(out.next, *vals[k])
 			}
@@ -332,19 +366,22 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return out, fmt.Errorf("reading %s: %w", w.name, err)
+		return hasher, fmt.Errorf("reading %s: %w", w.name, err)
 	}
 	if err := hasher.flush(true); err != nil {
-		return out, fmt.Errorf("hashing a row of %s: %w", w.name, err)
+		return hasher, fmt.Errorf("hashing a row of %s: %w", w.name, err)
 	}
-	d, pairs := hasher.d, hasher.pairs
-	if err := total.AddDigest(d.Rows, d.Hex()); err != nil {
-		return out, fmt.Errorf("BUG: %w", err)
-	}
+	return hasher, nil
+}
 
+// write emits the chunk's CHECKPOINT message and the control row that
+// authorises it.
+func (w *checkpointWatch) write(ctx context.Context, tx pgx.Tx, chunk, id int64, total *verify.Digest, hasher *rowHasher, out *checkpointChunk) error {
+	d, pairs := hasher.d, hasher.pairs
+	keyNames := hasher.keyNames
 	var controlID int64
 	if err := tx.QueryRow(ctx, `SELECT nextval('pgaudit_cdc.control_id_seq')`).Scan(&controlID); err != nil {
-		return out, fmt.Errorf("numbering the checkpoint: %w", err)
+		return fmt.Errorf("numbering the checkpoint: %w", err)
 	}
 	out.id = id
 	if chunk == 1 {
@@ -365,7 +402,7 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	}
 	content, err := json.Marshal(msg)
 	if err != nil {
-		return out, fmt.Errorf("encoding the checkpoint: %w", err)
+		return fmt.Errorf("encoding the checkpoint: %w", err)
 	}
 	// The control row authenticates the chunk: the agent turns the message
 	// into a CHECKPOINT event only after a row naming the same table and the
@@ -374,16 +411,12 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 	if _, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.control (id, action, table_oid, digest, reason)
 		VALUES ($1, 'checkpoint', $2, encode(sha256(convert_to($3::text, current_setting('server_encoding'))), 'hex'), $4)`,
 		controlID, w.oid, string(content), fmt.Sprintf("checkpoint %d of %s, chunk %d", out.id, w.name, chunk)); err != nil {
-		return out, fmt.Errorf("authorising the checkpoint (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
+		return fmt.Errorf("authorising the checkpoint (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
 	}
 	if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.CheckpointPrefix, string(content)); err != nil {
-		return out, fmt.Errorf("writing the checkpoint to the WAL: %w", err)
+		return fmt.Errorf("writing the checkpoint to the WAL: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return out, fmt.Errorf("committing chunk %d: %w", chunk, err)
-	}
-	out.held = time.Since(locked)
-	return out, nil
+	return nil
 }
 
 // describeColumns names columns with their types and key positions, for

@@ -28,6 +28,11 @@ func newDeadLettersCmd(o *options) *cobra.Command {
   pgaudit-cdc dead-letters retry --all     # after fixing the cause, in original order
   pgaudit-cdc dead-letters discard 42`,
 	}
+	cmd.AddCommand(newDeadLettersListCmd(o), newDeadLettersRetryCmd(o), newDeadLettersDiscardCmd(o))
+	return cmd
+}
+
+func newDeadLettersListCmd(o *options) *cobra.Command {
 	var asJSON bool
 	list := &cobra.Command{
 		Use:     "list",
@@ -58,7 +63,16 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return list
+}
 
+// redeliverer is the destination a dead letter is retried into: the spine,
+// or the JetStream stream (which refuses no event for good).
+type redeliverer interface {
+	Redeliver(ctx context.Context, source, key string, body []byte) error
+}
+
+func newDeadLettersRetryCmd(o *options) *cobra.Command {
 	var retryAll bool
 	retry := &cobra.Command{
 		Use:   "retry [ID...] | --all",
@@ -74,18 +88,14 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
-			// The destination run delivers to: the spine, or the JetStream
-			// stream (which refuses no event for good).
-			var spine interface {
-				Redeliver(ctx context.Context, source, key string, body []byte) error
-			}
+			var dest redeliverer
 			if o.nats.urls != "" {
 				js, err := o.natsClient(log, publish.Hooks{})
 				if err != nil {
 					return err
 				}
 				defer js.Close()
-				spine = js
+				dest = js
 			} else {
 				c, err := o.spineClient(log, publish.Hooks{})
 				if err != nil {
@@ -94,43 +104,53 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 				if c == nil {
 					return &ExitError{Code: 2, Err: errors.New("retrying needs the destination: set --audit-stream-url or AUDIT_STREAM_URL (or --nats-url)")}
 				}
-				spine = c
+				dest = c
 			}
 			return o.withConn(cmd, func(conn *pgx.Conn) error {
-				dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)
-				if err != nil {
-					return err
-				}
-				sent, failed := 0, 0
-				for _, d := range dls {
-					err := spine.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
-					var rej *publish.RejectedError
-					switch {
-					case errors.As(err, &rej):
-						failed++
-						if uerr := deadletters.New(conn, o.slot).RefusedAgain(cmd.Context(), d.ID, rej.StatusCode, rej.Body); uerr != nil {
-							return uerr
-						}
-						fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
-					case err != nil:
-						return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
-					default:
-						if err := deadletters.New(conn, o.slot).Delivered(cmd.Context(), d.ID); err != nil {
-							return err
-						}
-						sent++
-					}
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%d delivered, %d refused again\n", sent, failed)
-				if failed > 0 {
-					return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
-				}
-				return nil
+				return o.retryDeadLetters(cmd, conn, dest, ids)
 			})
 		},
 	}
 	retry.Flags().BoolVar(&retryAll, "all", false, "retry every dead letter of this slot")
+	return retry
+}
 
+// retryDeadLetters sends the dead letters ids (nil: all) to dest in their
+// original order: one accepted is removed, one refused again is kept with
+// the new answer.
+func (o *options) retryDeadLetters(cmd *cobra.Command, conn *pgx.Conn, dest redeliverer, ids []int64) error {
+	dls, err := loadDeadLetters(cmd.Context(), conn, o.slot, ids)
+	if err != nil {
+		return err
+	}
+	sent, failed := 0, 0
+	for _, d := range dls {
+		err := dest.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
+		var rej *publish.RejectedError
+		switch {
+		case errors.As(err, &rej):
+			failed++
+			if uerr := deadletters.New(conn, o.slot).RefusedAgain(cmd.Context(), d.ID, rej.StatusCode, rej.Body); uerr != nil {
+				return uerr
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
+		case err != nil:
+			return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
+		default:
+			if err := deadletters.New(conn, o.slot).Delivered(cmd.Context(), d.ID); err != nil {
+				return err
+			}
+			sent++
+		}
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%d delivered, %d refused again\n", sent, failed)
+	if failed > 0 {
+		return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
+	}
+	return nil
+}
+
+func newDeadLettersDiscardCmd(o *options) *cobra.Command {
 	var discardAll bool
 	discard := &cobra.Command{
 		Use:     "discard [ID...] | --all",
@@ -155,8 +175,7 @@ func newDeadLettersCmd(o *options) *cobra.Command {
 		},
 	}
 	discard.Flags().BoolVar(&discardAll, "all", false, "discard every dead letter of this slot")
-	cmd.AddCommand(list, retry, discard)
-	return cmd
+	return discard
 }
 
 func parseIDs(args []string, all bool) ([]int64, error) {

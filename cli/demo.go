@@ -60,22 +60,11 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 				o.signingKeyFile = file
 			}
 			if o.databaseURL == "" {
-				log.Info("starting a throwaway PostgreSQL cluster")
-				cluster, err := embedded.StartLocal(ctx)
+				stop, err := o.demoCluster(ctx, log)
 				if err != nil {
-					return fmt.Errorf("starting a throwaway PostgreSQL (or pass --database-url): %w", err)
+					return err
 				}
-				defer cluster.Shutdown()
-				admin, err := pgx.Connect(ctx, cluster.AdminURL())
-				if err != nil {
-					return fmt.Errorf("connecting to the throwaway cluster: %w", err)
-				}
-				_, err = admin.Exec(ctx, "CREATE DATABASE pgaudit_demo")
-				admin.Close(ctx)
-				if err != nil {
-					return fmt.Errorf("creating the demo database: %w", err)
-				}
-				o.databaseURL = cluster.DatabaseURL("pgaudit_demo")
+				defer stop()
 			}
 			if err := o.validate(); err != nil {
 				return err
@@ -85,60 +74,97 @@ server binaries (apt-get install postgresql) when no --database-url is given.`,
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS decisions (
-				id text PRIMARY KEY, status text NOT NULL, vendor text, amount numeric(12,2),
-				details jsonb, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-				return fmt.Errorf("creating the sample table: %w", err)
-			}
-			const kind = "decision_card_status_changed"
-			if err := checkKind(ctx, o, kind, log); err != nil {
+			if err := o.demoTable(ctx, conn, log); err != nil {
 				return err
 			}
-			name, err := watches.NewRegistry(conn, o.publication, o.slot).Watch(ctx, watches.TableName{Schema: "public", Name: "decisions"}, kind, "pgaudit-cdc-demo")
-			if err != nil {
-				return err
-			}
-			log.Info("watching", "table", name)
-
-			want := int64(0)
-			for _, c := range demoChanges {
-				want += int64(c.events)
-			}
-			var got atomic.Int64
-			done := make(chan struct{})
-			actx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			agentErr := make(chan error, 1)
-			go func() {
-				agentErr <- runAgent(actx, o, log, cmd.OutOrStdout(), time.Second, 2*time.Second, func(s publish.Sink) publish.Sink {
-					return countingSink{s, &got, want, done}
-				})
-			}()
-			for _, c := range demoChanges {
-				if _, err := conn.Exec(ctx, c.sql); err != nil {
-					return fmt.Errorf("running the demo change %q: %w", c.sql, err)
-				}
-			}
-			select {
-			case <-done:
-				log.Info("demo complete", "events_delivered", got.Load())
-			case err := <-agentErr:
-				if err == nil {
-					err = errors.New("the agent stopped early")
-				}
-				return err
-			case <-time.After(2 * time.Minute):
-				return fmt.Errorf("only %d of %d events arrived within 2 minutes", got.Load(), want)
-			case <-ctx.Done():
-				return nil
-			}
-			cancel()
-			return <-agentErr
+			return o.demoRun(cmd, conn, log)
 		},
 	}
 	addSigningFlags(cmd, o)
 	addSpillFlags(cmd, o)
 	return cmd
+}
+
+// demoCluster starts the embedded PostgreSQL with a pgaudit_demo database
+// and points the options at it, until stop.
+func (o *options) demoCluster(ctx context.Context, log *slog.Logger) (stop func(), err error) {
+	log.Info("starting a throwaway PostgreSQL cluster")
+	cluster, err := embedded.StartLocal(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("starting a throwaway PostgreSQL (or pass --database-url): %w", err)
+	}
+	admin, err := pgx.Connect(ctx, cluster.AdminURL())
+	if err != nil {
+		cluster.Shutdown()
+		return nil, fmt.Errorf("connecting to the throwaway cluster: %w", err)
+	}
+	_, err = admin.Exec(ctx, "CREATE DATABASE pgaudit_demo")
+	admin.Close(ctx)
+	if err != nil {
+		cluster.Shutdown()
+		return nil, fmt.Errorf("creating the demo database: %w", err)
+	}
+	o.databaseURL = cluster.DatabaseURL("pgaudit_demo")
+	return func() { cluster.Shutdown() }, nil
+}
+
+// demoTable creates the sample table and watches it.
+func (o *options) demoTable(ctx context.Context, conn *pgx.Conn, log *slog.Logger) error {
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS decisions (
+		id text PRIMARY KEY, status text NOT NULL, vendor text, amount numeric(12,2),
+		details jsonb, updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("creating the sample table: %w", err)
+	}
+	const kind = "decision_card_status_changed"
+	if err := checkKind(ctx, o, kind, log); err != nil {
+		return err
+	}
+	name, err := watches.NewRegistry(conn, o.publication, o.slot).Watch(ctx, watches.TableName{Schema: "public", Name: "decisions"}, kind, "pgaudit-cdc-demo")
+	if err != nil {
+		return err
+	}
+	log.Info("watching", "table", name)
+	return nil
+}
+
+// demoRun runs the agent, commits the demo changes, and stops once their
+// events were delivered.
+func (o *options) demoRun(cmd *cobra.Command, conn *pgx.Conn, log *slog.Logger) error {
+	ctx := cmd.Context()
+	want := int64(0)
+	for _, c := range demoChanges {
+		want += int64(c.events)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	agentErr := make(chan error, 1)
+	go func() {
+		agentErr <- runAgent(actx, o, log, cmd.OutOrStdout(), time.Second, 2*time.Second, func(s publish.Sink) publish.Sink {
+			return countingSink{s, &got, want, done}
+		})
+	}()
+	for _, c := range demoChanges {
+		if _, err := conn.Exec(ctx, c.sql); err != nil {
+			return fmt.Errorf("running the demo change %q: %w", c.sql, err)
+		}
+	}
+	select {
+	case <-done:
+		log.Info("demo complete", "events_delivered", got.Load())
+	case err := <-agentErr:
+		if err == nil {
+			err = errors.New("the agent stopped early")
+		}
+		return err
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("only %d of %d events arrived within 2 minutes", got.Load(), want)
+	case <-ctx.Done():
+		return nil
+	}
+	cancel()
+	return <-agentErr
 }
 
 // throwawayKey writes a new signing key into a private temporary

@@ -149,33 +149,9 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 			if o.auditStreamURL == "" && o.nats.urls == "" {
 				return usageError("verify reads the chain from the spine: set --audit-stream-url or AUDIT_STREAM_URL (or --nats-url for a JetStream trail)")
 			}
-			opts := verify.Options{Slot: o.slot, Trail: trail.VerifyOptions{AllowUnsigned: allowUnsigned}}
-			for _, file := range publicKeys {
-				pub, err := readPublicKey(file)
-				if err != nil {
-					return err
-				}
-				opts.Trail.Trusted = append(opts.Trail.Trusted, pub)
-			}
-			if anchorFile != "" {
-				a, ok, err := trail.LastAnchor(anchorFile)
-				if err != nil {
-					return &ExitError{Code: 2, Err: err}
-				}
-				if ok {
-					opts.Trail.Anchor = &a
-				}
-			}
-			if o.databaseURL != "" {
-				if err := o.withConn(cmd, func(conn *pgx.Conn) error {
-					var err error
-					if opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot); err != nil {
-						return err
-					}
-					return trailFromDatabase(cmd.Context(), conn, o.slot, &opts.Trail, len(publicKeys) == 0)
-				}); err != nil {
-					return err
-				}
+			opts, err := o.verifyOptions(cmd, publicKeys, anchorFile, allowUnsigned)
+			if err != nil {
+				return err
 			}
 			v := verify.New(opts)
 			if err := o.walkTrail(cmd.Context(), v, cmd.ErrOrStderr()); err != nil {
@@ -202,6 +178,41 @@ leave. Exit codes: 0 everything verified, 1 a failure was found, 2 usage.`,
 	cmd.Flags().StringVar(&anchorFile, "anchor-file", "", "the anchor file run --anchor-file writes: the trail must reach its newest seal")
 	cmd.Flags().BoolVar(&allowUnsigned, "allow-unsigned", false, "accept a trail without seals (pgaudit-cdc ran --unsigned) instead of failing authenticity")
 	return cmd
+}
+
+// verifyOptions gathers what the trail is verified against: the pinned
+// public keys, the anchor file's newest seal, and, with --database-url, the
+// keys and anchor the database recorded and its pending dead letters.
+func (o *options) verifyOptions(cmd *cobra.Command, publicKeys []string, anchorFile string, allowUnsigned bool) (verify.Options, error) {
+	opts := verify.Options{Slot: o.slot, Trail: trail.VerifyOptions{AllowUnsigned: allowUnsigned}}
+	for _, file := range publicKeys {
+		pub, err := readPublicKey(file)
+		if err != nil {
+			return opts, err
+		}
+		opts.Trail.Trusted = append(opts.Trail.Trusted, pub)
+	}
+	if anchorFile != "" {
+		a, ok, err := trail.LastAnchor(anchorFile)
+		if err != nil {
+			return opts, &ExitError{Code: 2, Err: err}
+		}
+		if ok {
+			opts.Trail.Anchor = &a
+		}
+	}
+	if o.databaseURL != "" {
+		if err := o.withConn(cmd, func(conn *pgx.Conn) error {
+			var err error
+			if opts.DeadLetters, err = pendingDeadLetters(cmd.Context(), conn, o.slot); err != nil {
+				return err
+			}
+			return trailFromDatabase(cmd.Context(), conn, o.slot, &opts.Trail, len(publicKeys) == 0)
+		}); err != nil {
+			return opts, err
+		}
+	}
+	return opts, nil
 }
 
 // walkTrail feeds the whole trail to v: the spine's chain, or the

@@ -19,10 +19,15 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
+// watchFlags are watch's flags.
+type watchFlags struct {
+	kind, source, where, schema string
+	columns, exclude, onColumns []string
+	backfill                    bool
+}
+
 func newWatchCmd(o *options) *cobra.Command {
-	var kind, source, where, schema string
-	var columns, exclude, onColumns []string
-	var backfill bool
+	var f watchFlags
 	cmd := &cobra.Command{
 		Use:   "watch TABLE --kind KIND --source SOURCE",
 		Short: "Audit a table: register it, publish it, and start capturing its changes now",
@@ -40,87 +45,97 @@ audit-stream v0.1 list).`,
   pgaudit-cdc watch --schema billing --kind other --source billing
   pgaudit-cdc watch '"Mixed Case"."odd ""name"""' --kind other --source legacy`,
 		Args: func(cmd *cobra.Command, args []string) error {
-			if schema != "" {
+			if f.schema != "" {
 				return cobra.NoArgs(cmd, args)
 			}
 			return cobra.ExactArgs(1)(cmd, args)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if strings.TrimSpace(source) == "" {
-				return &ExitError{Code: 2, Err: fmt.Errorf("--source is required and must not be empty")}
-			}
-			var t watches.TableName
-			if schema != "" {
-				if where != "" || len(columns)+len(exclude)+len(onColumns) > 0 || backfill {
-					return &ExitError{Code: 2, Err: fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")}
-				}
-				if err := watches.CheckWatchableSchema(schema); err != nil {
-					return &ExitError{Code: 2, Err: err}
-				}
-			} else {
-				var err error
-				if t, err = watches.ParseTableName(args[0]); err != nil {
-					return &ExitError{Code: 2, Err: err}
-				}
-				if err := watches.CheckWatchable(t); err != nil {
-					return &ExitError{Code: 2, Err: err}
-				}
-				if len(columns) > 0 && len(exclude) > 0 {
-					return &ExitError{Code: 2, Err: fmt.Errorf("use --columns or --exclude-columns, not both")}
-				}
-				if len(columns)+len(exclude) > 0 && len(onColumns) > 0 {
-					return &ExitError{Code: 2, Err: fmt.Errorf("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")}
-				}
+			t, err := f.target(args)
+			if err != nil {
+				return &ExitError{Code: 2, Err: err}
 			}
 			log, err := o.logger(cmd.ErrOrStderr())
 			if err != nil {
 				return &ExitError{Code: 2, Err: err}
 			}
-			if err := checkKind(cmd.Context(), o, kind, log); err != nil {
+			if err := checkKind(cmd.Context(), o, f.kind, log); err != nil {
 				return err
 			}
-			return o.withConn(cmd, func(conn *pgx.Conn) error {
-				reg := watches.NewRegistry(conn, o.publication, o.slot)
-				if schema != "" {
-					if err := withProgress(cmd.ErrOrStderr(), "watching schema "+schema+" (slot creation waits for open transactions)", func() error {
-						return reg.WatchSchema(cmd.Context(), schema, kind, source)
-					}); err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", schema)
-					return nil
-				}
-				var name string
-				err := withProgress(cmd.ErrOrStderr(), "watching "+ident.Qualified(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
-					var err error
-					name, err = reg.Watch(cmd.Context(), t, kind, source, watches.Options{
-						RowFilter: where, Columns: columns, ExcludeColumns: exclude, OnColumns: onColumns})
-					return err
-				})
-				if err != nil {
-					return explainWhere(err, where)
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), name)
-				if backfill {
-					// The agent may not run yet (a first watch): say the
-					// delivery is pending rather than wait for it.
-					return runBackfill(cmd, conn, o.slot, t, backfillOptions{noWait: true})
-				}
-				return nil
-			})
+			return o.withConn(cmd, func(conn *pgx.Conn) error { return f.watch(cmd, o, conn, t) })
 		},
 	}
-	cmd.Flags().StringVar(&kind, "kind", "", "event kind of this table's changes (required)")
-	cmd.Flags().StringVar(&source, "source", "", "event source of this table's changes (required)")
-	cmd.Flags().StringVar(&where, "where", "", "audit only rows matching this SQL expression, evaluated by the server (PostgreSQL 15+)")
-	cmd.Flags().StringSliceVar(&columns, "columns", nil, "send only these columns (and the primary key), enforced by the server (PostgreSQL 15+)")
-	cmd.Flags().StringSliceVar(&exclude, "exclude-columns", nil, "never send these columns, enforced by the server (PostgreSQL 15+)")
-	cmd.Flags().StringSliceVar(&onColumns, "on-columns", nil, "emit an UPDATE only when one of these columns changed")
-	cmd.Flags().StringVar(&schema, "schema", "", "watch every table of this schema, including later ones (instead of TABLE)")
-	cmd.Flags().BoolVar(&backfill, "backfill", false, "then send the rows the table already holds as READ events")
+	cmd.Flags().StringVar(&f.kind, "kind", "", "event kind of this table's changes (required)")
+	cmd.Flags().StringVar(&f.source, "source", "", "event source of this table's changes (required)")
+	cmd.Flags().StringVar(&f.where, "where", "", "audit only rows matching this SQL expression, evaluated by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&f.columns, "columns", nil, "send only these columns (and the primary key), enforced by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&f.exclude, "exclude-columns", nil, "never send these columns, enforced by the server (PostgreSQL 15+)")
+	cmd.Flags().StringSliceVar(&f.onColumns, "on-columns", nil, "emit an UPDATE only when one of these columns changed")
+	cmd.Flags().StringVar(&f.schema, "schema", "", "watch every table of this schema, including later ones (instead of TABLE)")
+	cmd.Flags().BoolVar(&f.backfill, "backfill", false, "then send the rows the table already holds as READ events")
 	_ = cmd.MarkFlagRequired("kind")
 	_ = cmd.MarkFlagRequired("source")
 	return cmd
+}
+
+// target checks the flags and returns the table to watch (none with
+// --schema); its errors are the user's to fix.
+func (f *watchFlags) target(args []string) (watches.TableName, error) {
+	var t watches.TableName
+	if strings.TrimSpace(f.source) == "" {
+		return t, fmt.Errorf("--source is required and must not be empty")
+	}
+	if f.schema != "" {
+		if f.where != "" || len(f.columns)+len(f.exclude)+len(f.onColumns) > 0 || f.backfill {
+			return t, fmt.Errorf("--where, --columns, --exclude-columns, --on-columns and --backfill apply to one table, not to --schema")
+		}
+		return t, watches.CheckWatchableSchema(f.schema)
+	}
+	t, err := watches.ParseTableName(args[0])
+	if err != nil {
+		return t, err
+	}
+	if err := watches.CheckWatchable(t); err != nil {
+		return t, err
+	}
+	if len(f.columns) > 0 && len(f.exclude) > 0 {
+		return t, fmt.Errorf("use --columns or --exclude-columns, not both")
+	}
+	if len(f.columns)+len(f.exclude) > 0 && len(f.onColumns) > 0 {
+		return t, fmt.Errorf("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")
+	}
+	return t, nil
+}
+
+// watch registers the schema, or table t, and backfills it when asked.
+func (f *watchFlags) watch(cmd *cobra.Command, o *options, conn *pgx.Conn, t watches.TableName) error {
+	reg := watches.NewRegistry(conn, o.publication, o.slot)
+	if f.schema != "" {
+		if err := withProgress(cmd.ErrOrStderr(), "watching schema "+f.schema+" (slot creation waits for open transactions)", func() error {
+			return reg.WatchSchema(cmd.Context(), f.schema, f.kind, f.source)
+		}); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "schema %s\n", f.schema)
+		return nil
+	}
+	var name string
+	err := withProgress(cmd.ErrOrStderr(), "watching "+ident.Qualified(t.Schema, t.Name)+" (slot creation waits for open transactions)", func() error {
+		var err error
+		name, err = reg.Watch(cmd.Context(), t, f.kind, f.source, watches.Options{
+			RowFilter: f.where, Columns: f.columns, ExcludeColumns: f.exclude, OnColumns: f.onColumns})
+		return err
+	})
+	if err != nil {
+		return explainWhere(err, f.where)
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), name)
+	if f.backfill {
+		// The agent may not run yet (a first watch): say the delivery is
+		// pending rather than wait for it.
+		return runBackfill(cmd, conn, o.slot, t, backfillOptions{noWait: true})
+	}
+	return nil
 }
 
 // explainWhere turns the server's refusal of a --where expression into an

@@ -315,24 +315,7 @@ func appendOffset(dst []byte, off []byte) []byte {
 func appendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 	kind := t.Kind
 	if kind == KindTime || kind == KindTimeTZ {
-		end := parseTime(text, 0)
-		if end < 0 {
-			return dst, malformed(t, text, "not a time")
-		}
-		off := end
-		if kind == KindTimeTZ {
-			off = parseOffset(text, end)
-			if off < 0 {
-				return dst, malformed(t, text, "not a time with time zone")
-			}
-		}
-		if off != len(text) {
-			return dst, malformed(t, text, "not a time")
-		}
-		dst = append(dst, '"')
-		dst = append(dst, text[:end]...)
-		dst = appendOffset(dst, text[end:off])
-		return append(dst, '"'), nil
+		return appendTimeOfDay(dst, t, text)
 	}
 	if s := string(text); s == "infinity" || s == "-infinity" {
 		return AppendString(dst, text), nil
@@ -371,26 +354,10 @@ func appendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 	}
 	dst = append(dst, '"')
 	if bc {
-		year := 0
-		for _, c := range text[:yEnd] {
-			year = year*10 + int(c-'0')
-		}
-		if year == 0 {
+		var ok bool
+		if dst, ok = appendYearBC(dst, text[:yEnd]); !ok {
 			return dst, malformed(t, text, "year 0 BC")
 		}
-		// 1 BC is year 0, 2 BC is year -1 (ISO 8601 astronomical years).
-		year--
-		if year > 0 {
-			dst = append(dst, '-')
-		}
-		var buf [10]byte
-		n := len(buf)
-		for k := 0; k < 4 || year > 0; k++ {
-			n--
-			buf[n] = byte('0' + year%10)
-			year /= 10
-		}
-		dst = append(dst, buf[n:]...)
 	} else {
 		dst = append(dst, text[:yEnd]...)
 	}
@@ -401,6 +368,54 @@ func appendDateTime(dst []byte, t *Type, text []byte) ([]byte, error) {
 		dst = appendOffset(dst, text[tEnd:oEnd])
 	}
 	return append(dst, '"'), nil
+}
+
+// appendTimeOfDay writes a time or timetz value (text is PostgreSQL's
+// output) as a JSON string.
+func appendTimeOfDay(dst []byte, t *Type, text []byte) ([]byte, error) {
+	end := parseTime(text, 0)
+	if end < 0 {
+		return dst, malformed(t, text, "not a time")
+	}
+	off := end
+	if t.Kind == KindTimeTZ {
+		off = parseOffset(text, end)
+		if off < 0 {
+			return dst, malformed(t, text, "not a time with time zone")
+		}
+	}
+	if off != len(text) {
+		return dst, malformed(t, text, "not a time")
+	}
+	dst = append(dst, '"')
+	dst = append(dst, text[:end]...)
+	dst = appendOffset(dst, text[end:off])
+	return append(dst, '"'), nil
+}
+
+// appendYearBC writes the year digits of a BC date as an ISO 8601
+// astronomical year: 1 BC is year 0, 2 BC is year -1. There is no year 0
+// BC (ok false).
+func appendYearBC(dst, digits []byte) (_ []byte, ok bool) {
+	year := 0
+	for _, c := range digits {
+		year = year*10 + int(c-'0')
+	}
+	if year == 0 {
+		return dst, false
+	}
+	year--
+	if year > 0 {
+		dst = append(dst, '-')
+	}
+	var buf [10]byte
+	n := len(buf)
+	for k := 0; k < 4 || year > 0; k++ {
+		n--
+		buf[n] = byte('0' + year%10)
+		year /= 10
+	}
+	return append(dst, buf[n:]...), true
 }
 
 // arraySpace reports whether PostgreSQL's array parser skips c as

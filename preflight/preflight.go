@@ -73,17 +73,7 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	default:
 		add(Result{Name: "server version", Status: OK, Detail: "PostgreSQL " + version})
 	}
-
-	var walLevel string
-	switch err := conn.QueryRow(ctx, "SELECT current_setting('wal_level')").Scan(&walLevel); {
-	case err != nil:
-		add(unchecked("wal_level", err, "let the role read wal_level (GRANT pg_read_all_settings TO the role)"))
-	case walLevel == "logical":
-		add(Result{Name: "wal_level", Status: OK, Detail: "logical"})
-	default:
-		add(Result{Name: "wal_level", Status: Fail, Detail: fmt.Sprintf("%q", walLevel),
-			Fix: "set wal_level = logical and restart PostgreSQL (self-managed: ALTER SYSTEM SET wal_level = logical; Amazon RDS/Aurora: rds.logical_replication = 1 in the parameter group; Google Cloud SQL: flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL: server parameter wal_level = LOGICAL; Supabase: already logical)"})
-	}
+	checkWALLevel(ctx, conn, add)
 
 	slot, slotErr := replication.LookupSlot(ctx, conn, o.Slot)
 	slotExists, slotActive := slot.Exists, slot.Active
@@ -103,27 +93,72 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 		checkSlotsAndSenders(o.Slot, slotExists, slotActive, maxSlots, usedSlots, maxSenders, usedSenders, add)
 	}
 
-	var role string
-	var super, repl, canCreate bool
-	roleErr := conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication, has_database_privilege(current_database(), 'CREATE')
-		FROM pg_roles WHERE rolname = current_user`).Scan(&role, &super, &repl, &canCreate)
+	role := checkRole(ctx, conn, add)
+	checkSchema(ctx, conn, role, dbName, add)
+	checkPublication(ctx, conn, role, dbName, o.Publication, add)
+
+	// Without the slot's state ("replication slot" failed) there is nothing
+	// to judge it by.
+	if slotErr == nil {
+		add(slotCheck(o.Slot, dbName, versionNum, slot, inRecovery, cv))
+	}
+	checkKeepSize(ctx, conn, add)
+
+	rs = append(rs, checkVersionFeatures(ctx, conn, versionNum, inRecovery, o.Slot, o.Publication)...)
+	rs = append(rs, checkWatches(ctx, conn)...)
+	if o.Spine != nil {
+		rs = append(rs, checkSpine(ctx, conn, o.Spine)...)
+	}
+	return rs
+}
+
+func checkWALLevel(ctx context.Context, conn *pgx.Conn, add func(Result)) {
+	var walLevel string
+	switch err := conn.QueryRow(ctx, "SELECT current_setting('wal_level')").Scan(&walLevel); {
+	case err != nil:
+		add(unchecked("wal_level", err, "let the role read wal_level (GRANT pg_read_all_settings TO the role)"))
+	case walLevel == "logical":
+		add(Result{Name: "wal_level", Status: OK, Detail: "logical"})
+	default:
+		add(Result{Name: "wal_level", Status: Fail, Detail: fmt.Sprintf("%q", walLevel),
+			Fix: "set wal_level = logical and restart PostgreSQL (self-managed: ALTER SYSTEM SET wal_level = logical; Amazon RDS/Aurora: rds.logical_replication = 1 in the parameter group; Google Cloud SQL: flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL: server parameter wal_level = LOGICAL; Supabase: already logical)"})
+	}
+}
+
+// role is the connected role, as far as it could be read (err).
+type role struct {
+	name                   string
+	super, repl, canCreate bool
+	err                    error
+}
+
+// checkRole checks the role may stream (REPLICATION, superuser, or
+// rds_replication), and returns what it is.
+func checkRole(ctx context.Context, conn *pgx.Conn, add func(Result)) role {
+	var r role
+	r.err = conn.QueryRow(ctx, `SELECT current_user, rolsuper, rolreplication, has_database_privilege(current_database(), 'CREATE')
+		FROM pg_roles WHERE rolname = current_user`).Scan(&r.name, &r.super, &r.repl, &r.canCreate)
 	switch {
-	case roleErr != nil:
-		add(unchecked("REPLICATION privilege", roleErr, "grant the role read access to pg_catalog.pg_roles"))
-	case !super && !repl:
+	case r.err != nil:
+		add(unchecked("REPLICATION privilege", r.err, "grant the role read access to pg_catalog.pg_roles"))
+	case !r.super && !r.repl:
 		var rdsRepl bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication' AND pg_has_role(current_user, oid, 'MEMBER'))`).Scan(&rdsRepl); err != nil {
 			add(unchecked("REPLICATION privilege", err, "grant the role read access to pg_catalog.pg_roles"))
 		} else if !rdsRepl {
-			add(Result{Name: "REPLICATION privilege", Status: Fail, Detail: fmt.Sprintf("role %q has neither REPLICATION nor superuser", role),
-				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident(role), ident(role), ident(role), ident(role), ident(role))})
+			add(Result{Name: "REPLICATION privilege", Status: Fail, Detail: fmt.Sprintf("role %q has neither REPLICATION nor superuser", r.name),
+				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident(r.name), ident(r.name), ident(r.name), ident(r.name), ident(r.name))})
 		} else {
 			add(Result{Name: "REPLICATION privilege", Status: OK, Detail: "member of rds_replication"})
 		}
 	default:
-		add(Result{Name: "REPLICATION privilege", Status: OK, Detail: fmt.Sprintf("role %q (superuser: %t, replication: %t)", role, super, repl)})
+		add(Result{Name: "REPLICATION privilege", Status: OK, Detail: fmt.Sprintf("role %q (superuser: %t, replication: %t)", r.name, r.super, r.repl)})
 	}
+	return r
+}
 
+// checkSchema checks the pgaudit_cdc schema is the role's, or can be.
+func checkSchema(ctx context.Context, conn *pgx.Conn, r role, dbName string, add func(Result)) {
 	// No row: the schema does not exist.
 	var schemaOwned *bool
 	err := conn.QueryRow(ctx, `SELECT pg_has_role(current_user, nspowner, 'USAGE') FROM pg_namespace WHERE nspname = 'pgaudit_cdc'`).Scan(&schemaOwned)
@@ -135,21 +170,24 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 		add(unchecked("pgaudit_cdc schema", err, "grant the role read access to pg_catalog.pg_namespace"))
 	case schemaOwned != nil && *schemaOwned:
 		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "exists, owned by this role"})
-	case roleErr != nil: // who the role is and what it may create is unknown
-		add(unchecked("pgaudit_cdc schema", roleErr, "grant the role read access to pg_catalog.pg_roles"))
+	case r.err != nil: // who the role is and what it may create is unknown
+		add(unchecked("pgaudit_cdc schema", r.err, "grant the role read access to pg_catalog.pg_roles"))
 	case schemaOwned != nil:
 		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "exists but belongs to another role",
-			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident(role))})
-	case canCreate:
+			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident(r.name))})
+	case r.canCreate:
 		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "will be created (CREATE on the database granted)"})
 	default:
 		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "missing, and the role may not create it",
-			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident(dbName), ident(role), ident(role))})
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident(dbName), ident(r.name), ident(r.name))})
 	}
+}
 
+// checkPublication checks the publication is the role's, or can be.
+func checkPublication(ctx context.Context, conn *pgx.Conn, r role, dbName, publication string, add func(Result)) {
 	// No row: the publication does not exist.
 	var pubExists, pubOwned bool
-	err = conn.QueryRow(ctx, `SELECT true, pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1`, o.Publication).Scan(&pubExists, &pubOwned)
+	err := conn.QueryRow(ctx, `SELECT true, pg_has_role(current_user, pubowner, 'USAGE') FROM pg_publication WHERE pubname = $1`, publication).Scan(&pubExists, &pubOwned)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = nil
 	}
@@ -157,25 +195,21 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	case err != nil:
 		add(unchecked("publication", err, "grant the role read access to pg_catalog.pg_publication"))
 	case pubExists && pubOwned:
-		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q exists", o.Publication)})
-	case roleErr != nil: // who the role is and what it may create is unknown
-		add(unchecked("publication", roleErr, "grant the role read access to pg_catalog.pg_roles"))
+		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q exists", publication)})
+	case r.err != nil: // who the role is and what it may create is unknown
+		add(unchecked("publication", r.err, "grant the role read access to pg_catalog.pg_roles"))
 	case pubExists:
-		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q belongs to another role", o.Publication),
-			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident(o.Publication), ident(role))})
-	case canCreate || super:
-		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", o.Publication)})
+		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q belongs to another role", publication),
+			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident(publication), ident(r.name))})
+	case r.canCreate || r.super:
+		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", publication)})
 	default:
-		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q missing and the role may not create it", o.Publication),
-			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(role))})
+		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q missing and the role may not create it", publication),
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(r.name))})
 	}
+}
 
-	// Without the slot's state ("replication slot" failed) there is nothing
-	// to judge it by.
-	if slotErr == nil {
-		add(slotCheck(o.Slot, dbName, versionNum, slot, inRecovery, cv))
-	}
-
+func checkKeepSize(ctx context.Context, conn *pgx.Conn, add func(Result)) {
 	var keep string
 	switch err := conn.QueryRow(ctx, "SELECT current_setting('max_slot_wal_keep_size')").Scan(&keep); {
 	case err != nil:
@@ -186,13 +220,6 @@ func Run(ctx context.Context, conn *pgx.Conn, o Options) []Result {
 	default:
 		add(Result{Name: "max_slot_wal_keep_size", Status: OK, Detail: keep + " (the slot is invalidated past it: alert on retained WAL well before)"})
 	}
-
-	rs = append(rs, checkVersionFeatures(ctx, conn, versionNum, inRecovery, o.Slot, o.Publication)...)
-	rs = append(rs, checkWatches(ctx, conn)...)
-	if o.Spine != nil {
-		rs = append(rs, checkSpine(ctx, conn, o.Spine)...)
-	}
-	return rs
 }
 
 // unchecked is the result of a check whose query failed: it could not be

@@ -293,22 +293,9 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	if len(o.Columns) > 0 && len(o.ExcludeColumns) > 0 {
-		return "", errors.New("use --columns or --exclude-columns, not both")
-	}
-	if o.columnControl() && len(o.OnColumns) > 0 {
-		return "", errors.New("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")
-	}
 	name := ident.Qualified(t.Schema, t.Name)
-	if kind == "" || source == "" {
-		return "", errors.New("a watch needs a kind and a non-empty source")
-	}
-	if o.RowFilter != "" || o.columnControl() {
-		if v, err := replication.ServerVersion(ctx, r.conn); err != nil {
-			return "", err
-		} else if v < 150000 {
-			return "", errors.New("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
-		}
+	if err := r.checkOptions(ctx, o, kind, source); err != nil {
+		return "", err
 	}
 	migrated, err := r.precheck(ctx, func(tx pgx.Tx, registry bool) error {
 		if err := r.convertInDryRun(ctx, tx); err != nil {
@@ -342,10 +329,48 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return "", fmt.Errorf("reading the watch of %s: %w", name, err)
 	}
+	if err := r.register(ctx, tx, rel, t, kind, source, o); err != nil {
+		return "", err
+	}
+	if err := r.publishWatched(ctx, tx, rel, t, cols, o.RowFilter, prevActive && deref(prevFilter) == o.RowFilter); err != nil {
+		return "", err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return "", fmt.Errorf("committing the watch of %s: %w", name, err)
+	}
+	return name, nil
+}
+
+// checkOptions refuses what a watch cannot be: its errors are the user's
+// to fix.
+func (r *Registry) checkOptions(ctx context.Context, o Options, kind, source string) error {
+	if len(o.Columns) > 0 && len(o.ExcludeColumns) > 0 {
+		return errors.New("use --columns or --exclude-columns, not both")
+	}
+	if o.columnControl() && len(o.OnColumns) > 0 {
+		return errors.New("--on-columns compares the old and new rows, which --columns/--exclude-columns prevent (old rows then carry the key only): use one or the other")
+	}
+	if kind == "" || source == "" {
+		return errors.New("a watch needs a kind and a non-empty source")
+	}
+	if o.RowFilter != "" || o.columnControl() {
+		if v, err := replication.ServerVersion(ctx, r.conn); err != nil {
+			return err
+		} else if v < 150000 {
+			return errors.New("row filters (--where) and column lists (--columns, --exclude-columns) need PostgreSQL 15 or later")
+		}
+	}
+	return nil
+}
+
+// register writes the watch's registry row, records a partitioned table's
+// partitions, and sets the table's replica identity.
+func (r *Registry) register(ctx context.Context, tx pgx.Tx, rel relation, t TableName, kind, source string, o Options) error {
+	name := ident.Qualified(t.Schema, t.Name)
 	// The registry row first: the DDL event trigger, fired by the ALTER
 	// TABLE below, reads it (a column-controlled table of a watched schema
 	// must keep its primary key as identity, not get FULL).
-	_, err = tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
+	_, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.watches AS w
 			(table_oid, schema_name, table_name, watched_schema, watched_table, kind, source, active, prior_replica_identity,
 			 row_filter, columns, exclude_columns, on_columns, changed_by)
 		VALUES ($1, $2, $3, $2, $3, $4, $5, true, $6::"char", $7, $8, $9, $10, current_user)
@@ -363,52 +388,51 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 				EXCLUDED.kind, EXCLUDED.source, true, EXCLUDED.row_filter, EXCLUDED.columns, EXCLUDED.exclude_columns, EXCLUDED.on_columns)`,
 		rel.oid, t.Schema, t.Name, kind, source, rel.replIdent, nullIfEmpty(o.RowFilter), nilIfEmpty(o.Columns), nilIfEmpty(o.ExcludeColumns), nilIfEmpty(o.OnColumns))
 	if err != nil {
-		return "", fmt.Errorf("registering the watch of %s: %w", name, err)
+		return fmt.Errorf("registering the watch of %s: %w", name, err)
 	}
 	if rel.partitioned {
 		// Its partitions are known before the ALTER TABLEs below fire the
 		// DDL trigger, which would take them for newly attached ones.
 		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched', $1)`, rel.oid); err != nil {
-			return "", fmt.Errorf("recording the partitions of %s: %w", name, err)
+			return fmt.Errorf("recording the partitions of %s: %w", name, err)
 		}
 	}
 	if o.columnControl() {
 		// A column list must cover the replica identity: the primary key.
 		if rel.replIdent != "d" {
 			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
-				return "", denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
+				return denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
 			}
 		}
 	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
-		return "", err
+		return err
 	}
-	// The table's own membership, which a schema-wide watch of its schema
-	// may have made (plain): this watch's row filter and column list take
-	// precedence.
+	return nil
+}
+
+// publishWatched gives the table the watch's row filter and column list in
+// the publication. A schema-wide watch of its schema may have made it a
+// plain member: this watch's take precedence. sameFilter says an
+// unchanged row filter (which cannot be read back as written) was set by
+// the active watch.
+func (r *Registry) publishWatched(ctx context.Context, tx pgx.Tx, rel relation, t TableName, cols []string, rowFilter string, sameFilter bool) error {
 	cur, err := r.membershipOf(ctx, tx, rel.oid)
 	if err != nil {
-		return "", err
+		return err
 	}
-	// A row filter cannot be read back as written, so an unchanged one is
-	// known from the active watch that set it.
-	same := cur.member && slices.Equal(cur.columns, cols) && cur.hasFilter == (o.RowFilter != "") &&
-		(o.RowFilter == "" || (prevActive && deref(prevFilter) == o.RowFilter))
+	same := cur.member && slices.Equal(cur.columns, cols) && cur.hasFilter == (rowFilter != "") &&
+		(rowFilter == "" || sameFilter)
 	if cur.member && !same {
 		// Replace the table's filter and column list in this transaction:
 		// changes committed after it follow the new definition.
 		if err := r.dropTable(ctx, tx, t); err != nil {
-			return "", err
+			return err
 		}
 	}
 	if !same {
-		if err := r.addTable(ctx, tx, t, cols, o.RowFilter); err != nil {
-			return "", err
-		}
+		return r.addTable(ctx, tx, t, cols, rowFilter)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return "", fmt.Errorf("committing the watch of %s: %w", name, err)
-	}
-	return name, nil
+	return nil
 }
 
 // checkWatch runs the checks that can refuse the watch of t with o, and

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
@@ -164,6 +165,13 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		}
 		if a.verdict == unknown && a.reason == "connection" || closeAfter {
 			broken = true
+			if pending > 0 && !saidClose && !closedByServer(a.err) {
+				// This side ends a connection the spine did not end (an
+				// answer it cannot trust, a body it could not read): the
+				// spine may still work through the requests written after
+				// this one, as it does for a client that gave up waiting.
+				gaveUp = true
+			}
 			c.connectionEnded(answers, i, pending, a, saidClose)
 			break
 		}
@@ -360,6 +368,12 @@ func firstErr(a, b error) error {
 		return a
 	}
 	return b
+}
+
+// closedByServer says err is the spine's end of the connection (it closed
+// or reset it): it processes nothing more of what was written.
+func closedByServer(err error) bool {
+	return isEOF(err) || errors.Is(err, syscall.ECONNRESET)
 }
 
 func isEOF(err error) bool {

@@ -97,37 +97,15 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 	if err != nil {
 		return Progress{}, fmt.Errorf("reading the columns of %s: %w", name, err)
 	}
-	var keys []column
-	for k := 1; ; k++ {
-		found := false
-		for _, c := range cols {
-			if c.key == k {
-				keys = append(keys, c)
-				found = true
-			}
-		}
-		if !found {
-			break
-		}
-	}
+	keys := keyColumns(cols)
 	if len(keys) == 0 {
 		return Progress{}, fmt.Errorf("cannot backfill %s: %w; add one, or copy the rows with a tracked migration instead", name, ErrNoPrimaryKey)
 	}
 
 	p := Progress{Table: name, Estimate: int64(estimate)}
-	var lastKey []string
-	err = conn.QueryRow(ctx, `SELECT id, last_key, rows_done, chunks_done FROM pgaudit_cdc.backfills
-		WHERE table_oid = $1 AND finished_at IS NULL`, tableOID).Scan(&p.ID, &lastKey, &p.Rows, &p.Chunks)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		if err := conn.QueryRow(ctx, `INSERT INTO pgaudit_cdc.backfills (table_oid, table_name) VALUES ($1, $2) RETURNING id`,
-			tableOID, name).Scan(&p.ID); err != nil {
-			return p, fmt.Errorf("starting the backfill: %w", err)
-		}
-	case err != nil:
-		return p, fmt.Errorf("reading backfill progress: %w", err)
-	default:
-		p.Resumed = true
+	lastKey, err := startOrResume(ctx, conn, tableOID, &p)
+	if err != nil {
+		return p, err
 	}
 
 	for {
@@ -148,18 +126,9 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 		p.Chunks++
 		lastKey = next
 		if n < o.ChunkSize {
-			// The last chunk committed: the WAL insert position now is
-			// beyond its commit record (the write position is not, with
-			// synchronous_commit off).
-			var end string
-			if err := conn.QueryRow(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now(), end_lsn = pg_current_wal_insert_lsn()
-				WHERE id = $1 RETURNING end_lsn::text`, p.ID).Scan(&end); err != nil {
-				return p, fmt.Errorf("finishing the backfill: %w", err)
+			if err := finish(ctx, conn, &p); err != nil {
+				return p, err
 			}
-			if p.EndLSN, err = pgoutput.ParseLSN(end); err != nil {
-				return p, fmt.Errorf("finishing the backfill: %w", err)
-			}
-			p.Done = true
 			if o.OnChunk != nil {
 				o.OnChunk(p)
 			}
@@ -169,6 +138,60 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 			o.OnChunk(p)
 		}
 	}
+}
+
+// keyColumns returns the primary key's columns, in key order.
+func keyColumns(cols []column) []column {
+	var keys []column
+	for k := 1; ; k++ {
+		found := false
+		for _, c := range cols {
+			if c.key == k {
+				keys = append(keys, c)
+				found = true
+			}
+		}
+		if !found {
+			return keys
+		}
+	}
+}
+
+// startOrResume records a new backfill of the table, or resumes the one
+// not finished (p.Resumed), and returns the key it stopped after.
+func startOrResume(ctx context.Context, conn *pgx.Conn, tableOID uint32, p *Progress) ([]string, error) {
+	var lastKey []string
+	err := conn.QueryRow(ctx, `SELECT id, last_key, rows_done, chunks_done FROM pgaudit_cdc.backfills
+		WHERE table_oid = $1 AND finished_at IS NULL`, tableOID).Scan(&p.ID, &lastKey, &p.Rows, &p.Chunks)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if err := conn.QueryRow(ctx, `INSERT INTO pgaudit_cdc.backfills (table_oid, table_name) VALUES ($1, $2) RETURNING id`,
+			tableOID, p.Table).Scan(&p.ID); err != nil {
+			return nil, fmt.Errorf("starting the backfill: %w", err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("reading backfill progress: %w", err)
+	default:
+		p.Resumed = true
+	}
+	return lastKey, nil
+}
+
+// finish records the backfill finished, with the WAL position its last
+// chunk lies before: the insert position once it committed (the write
+// position is not beyond it, with synchronous_commit off).
+func finish(ctx context.Context, conn *pgx.Conn, p *Progress) error {
+	var end string
+	if err := conn.QueryRow(ctx, `UPDATE pgaudit_cdc.backfills SET finished_at = now(), end_lsn = pg_current_wal_insert_lsn()
+		WHERE id = $1 RETURNING end_lsn::text`, p.ID).Scan(&end); err != nil {
+		return fmt.Errorf("finishing the backfill: %w", err)
+	}
+	var err error
+	if p.EndLSN, err = pgoutput.ParseLSN(end); err != nil {
+		return fmt.Errorf("finishing the backfill: %w", err)
+	}
+	p.Done = true
+	return nil
 }
 
 func columns(ctx context.Context, conn *pgx.Conn, oid uint32, only []string) ([]column, error) {
@@ -241,15 +264,47 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 		return 0, nil, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	// The text forms must be the ones the walsender produces.
+	if err := setTextForms(ctx, tx); err != nil {
+		return 0, nil, err
+	}
+	if err := stillWatched(ctx, tx, oid); err != nil {
+		return 0, nil, err
+	}
+	data, next, err := readChunk(ctx, tx, query, cols, keys, lastKey, size)
+	if err != nil {
+		return 0, nil, err
+	}
+	// Every chunk goes, the last (fewer rows than asked for, none at all
+	// included) marked so: it tells the agent that the backfill is
+	// complete.
+	msg := decode.BackfillChunk{ID: p.ID, TableOID: oid, Schema: schema, Table: table, Chunk: p.Chunks + 1, Rows: data,
+		Last: len(data) < size}
+	if err := emitChunk(ctx, tx, msg, cols, next); err != nil {
+		return 0, nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, nil, fmt.Errorf("committing a chunk: %w", err)
+	}
+	return len(data), next, nil
+}
+
+// setTextForms makes the transaction's text forms of values the ones the
+// walsender produces (replication.SessionGUCs).
+func setTextForms(ctx context.Context, tx pgx.Tx) error {
 	for k, v := range replication.SessionGUCs {
 		if k == "application_name" {
 			continue
 		}
 		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", k, v); err != nil {
-			return 0, nil, fmt.Errorf("setting %s: %w", k, err)
+			return fmt.Errorf("setting %s: %w", k, err)
 		}
 	}
+	return nil
+}
+
+// stillWatched checks, under the registry lock, that the table is still
+// watched.
+func stillWatched(ctx context.Context, tx pgx.Tx, oid uint32) error {
 	// The watch must still be active when the chunk is written. The registry
 	// lock, taken shared, orders the chunk with watch and unwatch (which take
 	// it exclusively, first): an unwatch that came first has committed and is
@@ -260,16 +315,21 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 	// chunk. FOR SHARE also makes a stale snapshot (REPEATABLE READ by
 	// default_transaction_isolation) fail instead of reading active = true.
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared($1)", int64(watches.RegistryLockKey)); err != nil {
-		return 0, nil, fmt.Errorf("locking the watch registry: %w", err)
+		return fmt.Errorf("locking the watch registry: %w", err)
 	}
 	var active bool
-	err = tx.QueryRow(ctx, `SELECT active FROM pgaudit_cdc.watches WHERE table_oid = $1 FOR SHARE`, oid).Scan(&active)
+	err := tx.QueryRow(ctx, `SELECT active FROM pgaudit_cdc.watches WHERE table_oid = $1 FOR SHARE`, oid).Scan(&active)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !active) {
-		return 0, nil, ErrUnwatched
+		return ErrUnwatched
 	}
 	if err != nil {
-		return 0, nil, fmt.Errorf("checking the watch: %w", err)
+		return fmt.Errorf("checking the watch: %w", err)
 	}
+	return nil
+}
+
+// readChunk reads up to size rows after lastKey, and the key of the last.
+func readChunk(ctx context.Context, tx pgx.Tx, query string, cols, keys []column, lastKey []string, size int) ([][]*string, []string, error) {
 	args := make([]any, 0, len(keys)+1)
 	for _, k := range lastKey {
 		args = append(args, k)
@@ -277,7 +337,7 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 	args = append(args, size)
 	rows, err := tx.Query(ctx, query, args...)
 	if err != nil {
-		return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+		return nil, nil, fmt.Errorf("reading a chunk: %w", err)
 	}
 	var data [][]*string
 	for rows.Next() {
@@ -288,12 +348,12 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 		}
 		if err := rows.Scan(ptrs...); err != nil {
 			rows.Close()
-			return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+			return nil, nil, fmt.Errorf("reading a chunk: %w", err)
 		}
 		data = append(data, vals)
 	}
 	if err := rows.Err(); err != nil {
-		return 0, nil, fmt.Errorf("reading a chunk: %w", err)
+		return nil, nil, fmt.Errorf("reading a chunk: %w", err)
 	}
 	next := lastKey
 	if len(data) > 0 {
@@ -307,17 +367,18 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 			}
 		}
 	}
-	// Every chunk goes, the last (fewer rows than asked for, none at all
-	// included) marked so: it tells the agent that the backfill is
-	// complete.
-	msg := decode.BackfillChunk{ID: p.ID, TableOID: oid, Schema: schema, Table: table, Chunk: p.Chunks + 1, Rows: data,
-		Last: len(data) < size}
+	return data, next, nil
+}
+
+// emitChunk writes the chunk to the WAL with the control row that
+// authorises it, and records the backfill's progress.
+func emitChunk(ctx context.Context, tx pgx.Tx, msg decode.BackfillChunk, cols []column, next []string) error {
 	for _, c := range cols {
 		msg.Columns = append(msg.Columns, decode.BackfillColumn{Name: c.name, TypeOID: c.typeOID})
 	}
 	content, err := json.Marshal(msg)
 	if err != nil {
-		return 0, nil, fmt.Errorf("encoding a chunk: %w", err)
+		return fmt.Errorf("encoding a chunk: %w", err)
 	}
 	// The control row authenticates the chunk: the agent turns a backfill
 	// message into READ events only after a row naming the same table
@@ -327,18 +388,15 @@ func chunk(ctx context.Context, conn *pgx.Conn, query string, p Progress, schema
 	// hold (the text in the server's encoding).
 	if _, err := tx.Exec(ctx, `INSERT INTO pgaudit_cdc.control (action, table_oid, digest, reason)
 		VALUES ('backfill', $1, encode(sha256(convert_to($2::text, current_setting('server_encoding'))), 'hex'), $3)`,
-		oid, string(content), fmt.Sprintf("backfill %d chunk %d", p.ID, p.Chunks+1)); err != nil {
-		return 0, nil, fmt.Errorf("authorising a chunk (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
+		msg.TableOID, string(content), fmt.Sprintf("backfill %d chunk %d", msg.ID, msg.Chunk)); err != nil {
+		return fmt.Errorf("authorising a chunk (the role needs INSERT on pgaudit_cdc.control; see setup --print-sql): %w", err)
 	}
 	if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::text)", decode.BackfillPrefix, string(content)); err != nil {
-		return 0, nil, fmt.Errorf("writing a chunk to the WAL: %w", err)
+		return fmt.Errorf("writing a chunk to the WAL: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.backfills SET last_key = $2, rows_done = rows_done + $3, chunks_done = chunks_done + 1
-		WHERE id = $1`, p.ID, next, len(data)); err != nil {
-		return 0, nil, fmt.Errorf("recording progress: %w", err)
+		WHERE id = $1`, msg.ID, next, len(msg.Rows)); err != nil {
+		return fmt.Errorf("recording progress: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, nil, fmt.Errorf("committing a chunk: %w", err)
-	}
-	return len(data), next, nil
+	return nil
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
-	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/verify"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -264,14 +263,8 @@ func (w *checkpointWatch) chunk(ctx context.Context, conn *pgx.Conn, o Checkpoin
 // lock timeout, the watch still active and describing the same rows, and
 // the table locked against writes with the same definition.
 func (w *checkpointWatch) lock(ctx context.Context, tx pgx.Tx, o CheckpointOptions) (locked time.Time, err error) {
-	// The text forms must be the ones the walsender produces.
-	for k, v := range replication.SessionGUCs {
-		if k == "application_name" {
-			continue
-		}
-		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", k, v); err != nil {
-			return locked, fmt.Errorf("setting %s: %w", k, err)
-		}
+	if err := setTextForms(ctx, tx); err != nil {
+		return locked, err
 	}
 	if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", o.LockTimeout.Milliseconds())); err != nil {
 		return locked, fmt.Errorf("setting lock_timeout: %w", err)

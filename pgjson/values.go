@@ -567,6 +567,15 @@ func (p *arrayParser) level(dst []byte, depth, lvl int) ([]byte, error) {
 // element parses one element at p.pos (not '{', whitespace skipped) and
 // appends its conversion by the element type.
 func (p *arrayParser) element(dst []byte, depth int) ([]byte, error) {
+	if out, done, err := p.plainElement(dst, depth); done {
+		return out, err
+	}
+	return p.escapedElement(dst, depth)
+}
+
+// plainElement converts an element without escapes, quoted or not, straight
+// from the text; done is false for any other.
+func (p *arrayParser) plainElement(dst []byte, depth int) (_ []byte, done bool, err error) {
 	text := p.text
 	start := p.pos
 	// Fast path: an unquoted element without escapes.
@@ -585,13 +594,14 @@ func (p *arrayParser) element(dst []byte, depth int) ([]byte, error) {
 		}
 		raw := text[start:e]
 		if len(raw) == 0 {
-			return dst, malformed(p.t, text, "empty array element")
+			return dst, true, malformed(p.t, text, "empty array element")
 		}
 		p.pos = i
 		if isNull(raw) {
-			return append(dst, "null"...), nil
+			return append(dst, "null"...), true, nil
 		}
-		return p.convert(dst, raw, depth)
+		dst, err = p.convert(dst, raw, depth)
+		return dst, true, err
 	}
 	// Fast path: a quoted element without escapes.
 	if i == start && i < len(text) && text[i] == '"' {
@@ -606,16 +616,23 @@ func (p *arrayParser) element(dst []byte, depth int) ([]byte, error) {
 			}
 			if k < len(text) && (text[k] == p.delim || text[k] == '}') {
 				p.pos = k
-				return p.convert(dst, text[i+1:j], depth)
+				dst, err = p.convert(dst, text[i+1:j], depth)
+				return dst, true, err
 			}
 		}
 	}
-	// General case: de-quote and de-escape into dst's tail, convert from
-	// there, then move the conversion down over it.
+	return dst, false, nil
+}
+
+// escapedElement is the general case: it de-quotes and de-escapes the
+// element into dst's tail, converts from there, then moves the conversion
+// down over it.
+func (p *arrayParser) escapedElement(dst []byte, depth int) ([]byte, error) {
+	text, start := p.text, p.pos
 	s0 := len(dst)
 	sig := s0 // end of the last character that trailing-space trimming keeps
 	quoted, inQuotes := false, false
-	i = start
+	i := start
 	for {
 		if i >= len(text) {
 			return dst[:s0], malformed(p.t, text, "unterminated array element")

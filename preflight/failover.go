@@ -135,6 +135,38 @@ const standbyFix = "on each standby set sync_replication_slots = on, hot_standby
 // receive (and confirm) changes a standby has not received, and a failover
 // to that standby forks the audit trail.
 func checkPrimaryFailover(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) {
+	failover := checkFailoverSlot(ctx, conn, slot, add)
+	ps, err := readPhysicalStandbys(ctx, conn)
+	if err != nil {
+		add(Result{Name: "synchronized_standby_slots", Status: Fail, Detail: err.Error(),
+			Fix: errFix(err, "grant the role pg_read_all_stats (GRANT pg_read_all_stats TO ROLE) so that it sees the standbys")})
+		return
+	}
+	var sss string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss); err != nil {
+		add(unchecked("synchronized_standby_slots", err, "let the role read synchronized_standby_slots (GRANT pg_read_all_settings TO the role)"))
+		return
+	}
+	sl, err := classifyStandbySlots(ctx, conn, splitSlotList(sss), ps)
+	if err != nil {
+		add(unchecked("synchronized_standby_slots", err, "grant the role read access to pg_catalog.pg_replication_slots"))
+		return
+	}
+	checkStandbySlots(sl, ps, failover, add)
+	if ps.slotless > 0 && failover {
+		who := fmt.Sprintf("%d standby(s)", ps.slotless)
+		if len(ps.names) > 0 {
+			who += " (" + strings.Join(ps.names, ", ") + ")"
+		}
+		add(Result{Name: "standby without a slot", Status: Warn,
+			Detail: who + " stream without a physical slot: such a standby cannot sync the logical slot, and synchronized_standby_slots cannot name it; a failover to it loses the slot (a GAP)",
+			Fix:    "on the primary SELECT pg_create_physical_replication_slot('standby1'); on the standby ALTER SYSTEM SET primary_slot_name = 'standby1'; SELECT pg_reload_conf(); then name it in synchronized_standby_slots"})
+	}
+}
+
+// checkFailoverSlot checks the slot is, or will be created as, a failover
+// slot, and says whether it is.
+func checkFailoverSlot(ctx context.Context, conn *pgx.Conn, slot string, add func(Result)) bool {
 	info, err := replication.LookupSlot(ctx, conn, slot)
 	switch {
 	case err != nil:
@@ -148,46 +180,50 @@ func checkPrimaryFailover(ctx context.Context, conn *pgx.Conn, slot string, add 
 	default:
 		add(Result{Name: "failover slot", Status: OK, Detail: fmt.Sprintf("%q is a failover slot", slot)})
 	}
-	// The slot is, or will be created as, a failover slot.
-	failover := err == nil && (!info.Exists || info.Failover)
+	return err == nil && (!info.Exists || info.Failover)
+}
 
-	ps, err := readPhysicalStandbys(ctx, conn)
-	if err != nil {
-		add(Result{Name: "synchronized_standby_slots", Status: Fail, Detail: err.Error(),
-			Fix: errFix(err, "grant the role pg_read_all_stats (GRANT pg_read_all_stats TO ROLE) so that it sees the standbys")})
-		return
-	}
-	var sss string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&sss); err != nil {
-		add(unchecked("synchronized_standby_slots", err, "let the role read synchronized_standby_slots (GRANT pg_read_all_settings TO the role)"))
-		return
-	}
-	listed := splitSlotList(sss)
-	var missing, usable []string
+// standbySlots sorts the slots synchronized_standby_slots names (listed)
+// against those standbys stream through.
+type standbySlots struct {
+	listed   []string
+	missing  []string // listed, but no usable physical slot
+	usable   []string // listed, and a usable physical slot
+	unlisted []string // a standby streams through it, not listed
+	idle     []string // usable and listed, but no standby streams through it
+}
+
+func classifyStandbySlots(ctx context.Context, conn *pgx.Conn, listed []string, ps physicalStandbys) (standbySlots, error) {
+	sl := standbySlots{listed: listed}
 	for _, name := range listed {
 		var ok bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'
 			AND coalesce(wal_status, '') <> 'lost')`, name).Scan(&ok); err != nil {
-			add(unchecked("synchronized_standby_slots", err, "grant the role read access to pg_catalog.pg_replication_slots"))
-			return
+			return sl, err
 		}
 		if ok {
-			usable = append(usable, name)
+			sl.usable = append(sl.usable, name)
 		} else {
-			missing = append(missing, name)
+			sl.missing = append(sl.missing, name)
 		}
 	}
-	var unlisted, idle []string
 	for _, name := range ps.active {
 		if !slices.Contains(listed, name) {
-			unlisted = append(unlisted, name)
+			sl.unlisted = append(sl.unlisted, name)
 		}
 	}
-	for _, name := range usable {
+	for _, name := range sl.usable {
 		if !slices.Contains(ps.active, name) {
-			idle = append(idle, name)
+			sl.idle = append(sl.idle, name)
 		}
 	}
+	return sl, nil
+}
+
+// checkStandbySlots judges synchronized_standby_slots: every standby that
+// may be promoted named, and every slot named in use.
+func checkStandbySlots(sl standbySlots, ps physicalStandbys, failover bool, add func(Result)) {
+	listed, missing, usable, unlisted, idle := sl.listed, sl.missing, sl.usable, sl.unlisted, sl.idle
 	// What the list should be: the usable slots it names, and the slots
 	// standbys stream through.
 	want := append(slices.Clone(usable), unlisted...)
@@ -231,16 +267,6 @@ func checkPrimaryFailover(ctx context.Context, conn *pgx.Conn, slot string, add 
 			Fix:    fmt.Sprintf("start the standby, or take its slot off the list: ALTER SYSTEM SET synchronized_standby_slots = %s; SELECT pg_reload_conf();", active)})
 	default:
 		add(Result{Name: "synchronized_standby_slots", Status: OK, Detail: shown + ": changes reach the agent only after these standbys have them"})
-	}
-
-	if ps.slotless > 0 && failover {
-		who := fmt.Sprintf("%d standby(s)", ps.slotless)
-		if len(ps.names) > 0 {
-			who += " (" + strings.Join(ps.names, ", ") + ")"
-		}
-		add(Result{Name: "standby without a slot", Status: Warn,
-			Detail: who + " stream without a physical slot: such a standby cannot sync the logical slot, and synchronized_standby_slots cannot name it; a failover to it loses the slot (a GAP)",
-			Fix:    "on the primary SELECT pg_create_physical_replication_slot('standby1'); on the standby ALTER SYSTEM SET primary_slot_name = 'standby1'; SELECT pg_reload_conf(); then name it in synchronized_standby_slots"})
 	}
 }
 

@@ -259,13 +259,20 @@ func TestUnconfirmedAnswerThenSlowRequests(t *testing.T) {
 					t.Fatalf("event %d: %v", i, err)
 				}
 			}
-			time.Sleep(500 * time.Millisecond) // anything still on its way lands
-			dup, missing, disorder, late := chainReport(t, spine, evs, nil)
-			t.Logf("%d events, dup %d, missing %d, out of order %d, late %d", len(spine.Events()), dup, missing, disorder, late)
-			if dup != 0 || missing != 0 || disorder != 0 {
-				t.Fatalf("dup %d, missing %d, out of order (unmarked) %d", dup, missing, disorder)
-			}
+			expectOnceEach(t, spine, evs)
 		})
+	}
+}
+
+// expectOnceEach waits for anything still on its way to land, then checks
+// the spine holds every event once, in commit order unless marked late.
+func expectOnceEach(t *testing.T, spine *spinetest.Server, evs []*envelope.Event) {
+	t.Helper()
+	time.Sleep(500 * time.Millisecond)
+	dup, missing, disorder, late := chainReport(t, spine, evs, nil)
+	t.Logf("%d events, dup %d, missing %d, out of order %d, late %d", len(spine.Events()), dup, missing, disorder, late)
+	if dup != 0 || missing != 0 || disorder != 0 {
+		t.Fatalf("dup %d, missing %d, out of order (unmarked) %d", dup, missing, disorder)
 	}
 }
 
@@ -290,10 +297,5 @@ func TestStopMidWindowThenReadBack(t *testing.T) {
 			t.Fatalf("event %d: %v", i, err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // anything still on its way lands
-	dup, missing, disorder, late := chainReport(t, spine, evs, nil)
-	t.Logf("%d events, dup %d, missing %d, out of order %d, late %d", len(spine.Events()), dup, missing, disorder, late)
-	if dup != 0 || missing != 0 || disorder != 0 {
-		t.Fatalf("dup %d, missing %d, out of order (unmarked) %d", dup, missing, disorder)
-	}
+	expectOnceEach(t, spine, evs)
 }

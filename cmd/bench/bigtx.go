@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -294,39 +293,14 @@ func (e *env) bigTxRecv(ctx context.Context, conn *pgx.Conn, url, pub, slot stri
 	defer exec1(context.WithoutCancel(ctx), conn, "SELECT pg_drop_replication_slot($1)", slot) //nolint:errcheck
 	// The end position is not known before the commit: pg_recvlogical
 	// runs until it is stopped, once it wrote past the end.
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, "-d", url, "-S", slot, "--start", "-P", "pgoutput",
+	rl, err := startChild("pg_recvlogical", exec.CommandContext(ctx, bin, "-d", url, "-S", slot, "--start", "-P", "pgoutput",
 		"-o", "proto_version=2", "-o", "streaming=on", "-o", "publication_names="+pub,
-		"-F", "1", "-s", "1", "-f", "/dev/null")
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+		"-F", "1", "-s", "1", "-f", "/dev/null"))
+	if err != nil {
 		return c, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	alive := func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("pg_recvlogical exited: %v: %s", err, stderr.String())
-		default:
-			return nil
-		}
-	}
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}
-	defer func() {
-		if cmd.ProcessState == nil {
-			stop()
-		}
-	}()
+	defer rl.stop(syscall.SIGINT) // a no-op once stopped below
+	alive := rl.alive
 	if err := waitActive(ctx, conn, slot, time.Minute, alive); err != nil {
 		return c, err
 	}
@@ -344,8 +318,8 @@ func (e *env) bigTxRecv(ctx context.Context, conn *pgx.Conn, url, pub, slot stri
 		return c, err
 	}
 	c.Done = time.Since(at)
-	stop()
-	c.PeakRSS = maxRSS(cmd.ProcessState)
+	rl.stop(syscall.SIGINT)
+	c.PeakRSS = maxRSS(rl.cmd.ProcessState)
 	c.ServerSpill, c.Streamed, err = settledDecoding(ctx, conn, slot)
 	return c, err
 }

@@ -102,3 +102,47 @@ func (e *env) agentBinary(ctx context.Context) (bin string, cleanup func(), err 
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }
+
+// child is a helper process the harness runs beside the agent
+// (pg_recvlogical): whether it still runs, and its end.
+type child struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	exited chan error
+}
+
+// startChild starts cmd, keeping its standard error for the failure
+// message.
+func startChild(name string, cmd *exec.Cmd) (*child, error) {
+	c := &child{name: name, cmd: cmd, exited: make(chan error, 1)}
+	cmd.Stderr = &c.stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { c.exited <- cmd.Wait() }()
+	return c, nil
+}
+
+// alive fails once the process exited.
+func (c *child) alive() error {
+	select {
+	case err := <-c.exited:
+		c.exited <- err
+		return fmt.Errorf("%s exited: %v: %s", c.name, err, c.stderr.String())
+	default:
+		return nil
+	}
+}
+
+// stop sends sig and waits, killing the process after 30 s.
+func (c *child) stop(sig os.Signal) {
+	_ = c.cmd.Process.Signal(sig)
+	select {
+	case err := <-c.exited:
+		c.exited <- err
+	case <-time.After(30 * time.Second):
+		_ = c.cmd.Process.Kill()
+		c.exited <- <-c.exited
+	}
+}

@@ -399,29 +399,16 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 		}
 		return nil, err
 	}
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin, append([]string{"-d", url, "-S", slot, "--start", "-P", plugin}, append(args,
-		"-F", "0", "-s", "1", "-f", "/dev/null", "--no-loop")...)...)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	rl, err := startChild("pg_recvlogical", exec.Command(bin, append([]string{"-d", url, "-S", slot, "--start", "-P", plugin}, append(args,
+		"-F", "0", "-s", "1", "-f", "/dev/null", "--no-loop")...)...))
+	if err != nil {
 		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	cmd, alive := rl.cmd, rl.alive
 	fail := func(err error) (*recvlogical, error) {
-		_ = cmd.Process.Kill()
-		<-exited
+		rl.stop(os.Kill)
 		_ = dropSlot(ctx, conn, slot)
 		return nil, err
-	}
-	alive := func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			return fmt.Errorf("pg_recvlogical exited: %v: %s", err, stderr.String())
-		default:
-			return nil
-		}
 	}
 	if err := waitActive(ctx, conn, slot, time.Minute, alive); err != nil {
 		return fail(err)
@@ -449,13 +436,7 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 			}
 			run.WalsenderCPU, run.ConsumerCPU = ws1-ws0, rc1-rc0
 		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+		rl.stop(syscall.SIGTERM)
 		return err
 	}}, nil
 }

@@ -107,15 +107,20 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 	if err != nil {
 		return fmt.Errorf("reading the stream back: %w", c.explainAPI(err))
 	}
+	// A consumer just made on a replicated stream may not answer for a
+	// moment: "no responders", from the fetch request or as the batch's
+	// error, is asked again until the API timeout passes without progress.
+	retryUntil := time.Now().Add(apiTimeout)
+	retry := func(err error) bool {
+		if !errors.Is(err, nats.ErrNoResponders) || !time.Now().Before(retryUntil) {
+			return false
+		}
+		return backoff.Sleep(ctx, 50*time.Millisecond) == nil
+	}
 	for next := first; next <= last; {
 		batch, err := cons.Fetch(int(min(last-next+1, 500)), jetstream.FetchMaxWait(5*time.Second))
-		// A consumer just made on a replicated stream may not answer for a
-		// moment (no responders): asked again within the API timeout.
-		for wait := time.Now().Add(apiTimeout); errors.Is(err, nats.ErrNoResponders) && time.Now().Before(wait); {
-			if err := backoff.Sleep(ctx, 50*time.Millisecond); err != nil {
-				return err
-			}
-			batch, err = cons.Fetch(int(min(last-next+1, 500)), jetstream.FetchMaxWait(5*time.Second))
+		if retry(err) {
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("reading the stream back from sequence %d: %w", next, err)
@@ -135,7 +140,13 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 			next = seq + 1
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			if got == 0 && retry(err) {
+				continue
+			}
 			return fmt.Errorf("reading the stream back from sequence %d: %w", next, err)
+		}
+		if got > 0 {
+			retryUntil = time.Now().Add(apiTimeout)
 		}
 		if got == 0 {
 			return fmt.Errorf("reading the stream back: no message came at sequence %d of %d", next, last)

@@ -299,11 +299,7 @@ func (c *Client) resolve(ctx context.Context, evs []*envelope.Event, msgs []Mess
 	if len(msgs) == 0 {
 		return 0, nil
 	}
-	s, err := c.openStream(ctx)
-	if err != nil {
-		return 0, err
-	}
-	info, err := c.info(ctx, s)
+	info, err := c.info(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -21,11 +21,7 @@ import (
 // holds the history this process saw, and which of this identity's events
 // it holds among its newest messages.
 func (c *Client) sync(ctx context.Context) error {
-	s, err := c.openStream(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := c.info(ctx, s)
+	info, err := c.info(ctx)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		c.stream = nil
 		if c.highest > 0 {
@@ -158,11 +154,7 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 // Scan calls fn with every message of the stream from sequence first to
 // the last one stored when Scan starts, in order (verify, relay, tests).
 func (c *Client) Scan(ctx context.Context, first uint64, fn func(seq uint64, data []byte)) error {
-	s, err := c.openStream(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := c.info(ctx, s)
+	info, err := c.info(ctx)
 	if err != nil {
 		return err
 	}
@@ -173,11 +165,7 @@ func (c *Client) Scan(ctx context.Context, first uint64, fn func(seq uint64, dat
 // messages of source (every source: ""), oldest first (the trail's seals
 // are read so).
 func (c *Client) ReadBack(ctx context.Context, source string, fn func(publish.Stored)) error {
-	s, err := c.openStream(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := c.info(ctx, s)
+	info, err := c.info(ctx)
 	if err != nil {
 		return err
 	}

@@ -74,11 +74,7 @@ func (c *Client) explainAPI(err error) error {
 
 // Health checks that the cluster answers for the stream.
 func (c *Client) Health(ctx context.Context) error {
-	s, err := c.openStream(ctx)
-	if err != nil {
-		return err
-	}
-	_, err = c.info(ctx, s)
+	_, err := c.info(ctx)
 	return err
 }
 
@@ -118,8 +114,13 @@ func (c *Client) api(ctx context.Context) (context.Context, context.CancelFunc) 
 	return context.WithTimeout(ctx, apiTimeout)
 }
 
-// info reads the stream's configuration and state.
-func (c *Client) info(ctx context.Context, s jetstream.Stream) (*jetstream.StreamInfo, error) {
+// info opens the stream (see openStream) and reads its configuration and
+// state.
+func (c *Client) info(ctx context.Context) (*jetstream.StreamInfo, error) {
+	s, err := c.openStream(ctx)
+	if err != nil {
+		return nil, err
+	}
 	actx, cancel := c.api(ctx)
 	defer cancel()
 	info, err := s.Info(actx)

@@ -19,8 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -168,7 +166,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
 	if !cfg.NoStreaming {
 		if a.cfg.Spill.Dir == "" {
-			a.cfg.Spill.Dir = filepath.Join(os.TempDir(), "pgaudit-cdc")
+			a.cfg.Spill.Dir = spool.DefaultDir()
 		}
 		var err error
 		if a.spool, err = spool.Open(a.cfg.Spill); err != nil {

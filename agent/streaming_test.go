@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"testing"
@@ -11,36 +10,35 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/spool"
 )
 
-// slotStats is the server's pg_stat_replication_slots row for the slot:
-// what the walsender spilled to the server's disk, and streamed.
-type slotStats struct{ spillBytes, streamTxns, streamBytes int64 }
-
-// decodingMemory makes the test database's walsenders stream (or spill)
-// every transaction over 64 kB, the least logical_decoding_work_mem takes.
-func decodingMemory(h *harness) {
-	h.exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`)
+// watchBig watches a table big(id, v) in a database whose walsenders stream
+// every transaction over 64 kB.
+func watchBig(h *harness) {
+	h.t.Helper()
+	pgtest.StreamEveryLargeTransaction(h.t, h.dsn)
+	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
+	h.watch("big", "other", "migration")
 }
 
 // waitSlotStats waits up to 10 s for the slot's statistics to satisfy
 // want (a walsender reports them as it goes on 15+, through the statistics
 // collector, every half second, on 14) and returns them, whether they do
 // or not.
-func waitSlotStats(h *harness, want func(slotStats) bool) slotStats {
+func waitSlotStats(h *harness, want func(replication.DecodingStats) bool) replication.DecodingStats {
 	h.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var st slotStats
-		err := h.conn.QueryRow(context.Background(), `SELECT spill_bytes, stream_txns, stream_bytes
-			FROM pg_stat_replication_slots WHERE slot_name = $1`, testSlot).Scan(&st.spillBytes, &st.streamTxns, &st.streamBytes)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			h.t.Fatalf("reading pg_stat_replication_slots: %v", err)
+		ds, _, err := replication.LookupDecodingStats(context.Background(), h.conn, testSlot)
+		if err != nil {
+			h.t.Fatal(err)
 		}
-		if want(st) || time.Now().After(deadline) {
-			return st
+		if want(ds) || time.Now().After(deadline) {
+			return ds
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -130,9 +128,7 @@ func shape(t *testing.T, e spinetest.Event, base int) string {
 func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 	h := newHarness(t)
 	obs := h.observe()
-	decodingMemory(h)
-	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
-	h.watch("big", "other", "migration")
+	watchBig(h)
 
 	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 32 << 10} })
 	obs.waitLog(t, "streaming", "in_progress_streaming=true")
@@ -151,8 +147,8 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 	obs.expectMetric(t, 0, "pgaudit_cdc_spill_disk_bytes")
 	obs.expectMetric(t, 0, "pgaudit_cdc_streamed_transactions_open")
 	h.stopAgent()
-	st := waitSlotStats(h, func(st slotStats) bool { return st.streamTxns >= 1 })
-	if st.spillBytes != 0 || st.streamTxns < 1 || st.streamTxns > 2 {
+	st := waitSlotStats(h, func(st replication.DecodingStats) bool { return st.StreamTxns >= 1 })
+	if st.SpillBytes != 0 || st.StreamTxns < 1 || st.StreamTxns > 2 {
 		t.Errorf("streaming: server statistics %+v; want no spill and the large transactions streamed", st)
 	}
 	if got := field(t, streamed[0], "new", "v"); got != "small" {
@@ -164,7 +160,7 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 	bigWorkload(h, 10000)
 	whole := h.expectExactly(2024, 300*time.Millisecond)[len(streamed):]
 	h.stopAgent()
-	if st2 := waitSlotStats(h, func(st2 slotStats) bool { return st2.spillBytes > 0 }); st2.spillBytes == 0 || st2.streamTxns != st.streamTxns {
+	if st2 := waitSlotStats(h, func(st2 replication.DecodingStats) bool { return st2.SpillBytes > 0 }); st2.SpillBytes == 0 || st2.StreamTxns != st.StreamTxns {
 		t.Errorf("protocol 1: server statistics went from %+v to %+v, want a spill and nothing streamed", st, st2)
 	}
 	for i := range whole {
@@ -184,9 +180,7 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 // lock, one that came later).
 func TestStreamedSchemaChange(t *testing.T) {
 	h := newHarness(t)
-	decodingMemory(h)
-	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
-	h.watch("big", "other", "migration")
+	watchBig(h)
 	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10} })
 	ctx := context.Background()
 	other, err := pgx.Connect(ctx, h.dsn)
@@ -248,9 +242,7 @@ func TestStreamedSchemaChange(t *testing.T) {
 func TestFullSpillStopsCaptureAndLosesNothing(t *testing.T) {
 	h := newHarness(t)
 	obs := h.observe()
-	decodingMemory(h)
-	h.exec(`CREATE TABLE big (id int PRIMARY KEY, v text)`)
-	h.watch("big", "other", "migration")
+	watchBig(h)
 	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10, MaxDisk: 64 << 10} })
 	obs.waitLog(t, "streaming", "in_progress_streaming=true")
 	h.exec(`INSERT INTO big VALUES (0, 'before')`)

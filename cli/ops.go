@@ -439,16 +439,12 @@ type decodingJSON struct {
 // readDecoding reads the slot's row of pg_stat_replication_slots (none
 // until the slot decoded something).
 func readDecoding(ctx context.Context, conn *pgx.Conn, slot string) (*decodingJSON, error) {
-	d := &decodingJSON{}
-	err := conn.QueryRow(ctx, `SELECT stream_txns, stream_bytes, spill_txns, spill_bytes
-		FROM pg_stat_replication_slots WHERE slot_name = $1`, slot).Scan(&d.StreamedTransactions, &d.StreamedBytes, &d.SpilledTransactions, &d.SpilledBytes)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
+	st, ok, err := replication.LookupDecodingStats(ctx, conn, slot)
+	if err != nil || !ok {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the slot's decoding statistics: %w", err)
-	}
-	return d, nil
+	return &decodingJSON{StreamedTransactions: st.StreamTxns, StreamedBytes: st.StreamBytes,
+		SpilledTransactions: st.SpillTxns, SpilledBytes: st.SpillBytes}, nil
 }
 
 // printSlot prints the slot's lines of status: its holder, positions and

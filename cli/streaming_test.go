@@ -17,7 +17,7 @@ func TestStatusShowsStreamedTransactions(t *testing.T) {
 	dsn := pgtest.DSN(t)
 	spine := spinetest.Start(t)
 	env := map[string]string{"DATABASE_URL": dsn, "AUDIT_STREAM_URL": spine.URL(), "PGAUDIT_SPILL_DIR": t.TempDir(), "PGAUDIT_SPILL_MEMORY": "64KiB"}
-	exec(t, dsn, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`)
+	pgtest.StreamEveryLargeTransaction(t, dsn)
 	exec(t, dsn, `CREATE TABLE big (id int PRIMARY KEY, v text)`)
 	mustRun(t, env, "watch", "big", "--kind", "other", "--source", "migration")
 	stop := startAgent(t, env)

@@ -494,9 +494,7 @@ func TestKillNineCyclesStreamed(t *testing.T) {
 	spine := spinetest.Start(t)
 	w := setupWorkload(t, dsn)
 	w.bulk = 200
-	if _, err := w.conn.Exec(context.Background(), `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`); err != nil {
-		t.Fatal(err)
-	}
+	pgtest.StreamEveryLargeTransaction(t, dsn)
 	watch(t, dsn)
 	spill := []string{"--spill-dir", t.TempDir(), "--spill-memory", "64KiB"}
 	rng := rand.New(rand.NewPCG(5, 6))

@@ -264,12 +264,12 @@ func (s *Session) Start(ctx context.Context, slot, publication string, streaming
 // CanStream reports whether the server streams in-progress transactions
 // (PostgreSQL 14+, pgoutput protocol 2).
 func (s *Session) CanStream() bool {
-	return ServerMajor(s.conn.ParameterStatus("server_version")) >= 14
+	return serverMajor(s.conn.ParameterStatus("server_version")) >= 14
 }
 
-// ServerMajor returns the major version of a server_version setting
+// serverMajor returns the major version of a server_version setting
 // ("15.4 (Debian 15.4-1)", "17beta1"), or 0 when it has none.
-func ServerMajor(version string) int {
+func serverMajor(version string) int {
 	major := 0
 	for _, c := range version {
 		if c < '0' || c > '9' {

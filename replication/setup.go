@@ -511,3 +511,27 @@ func AdvanceSlot(ctx context.Context, conn *pgx.Conn, slot string, lsn pgoutput.
 	}
 	return nil
 }
+
+// DecodingStats is a slot's pg_stat_replication_slots row since the last
+// reset: the large transactions its walsender streamed while in progress,
+// and those it spilled to the server's disk.
+type DecodingStats struct {
+	StreamTxns, StreamBytes int64
+	SpillTxns, SpillBytes   int64
+}
+
+// LookupDecodingStats reads a slot's decoding statistics; ok is false when
+// the slot has none (it decoded nothing yet, or does not exist).
+func LookupDecodingStats(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, slot string) (st DecodingStats, ok bool, err error) {
+	err = q.QueryRow(ctx, `SELECT stream_txns, stream_bytes, spill_txns, spill_bytes
+		FROM pg_stat_replication_slots WHERE slot_name = $1`, slot).Scan(&st.StreamTxns, &st.StreamBytes, &st.SpillTxns, &st.SpillBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, fmt.Errorf("reading the decoding statistics of slot %s: %w", slot, err)
+	}
+	return st, true, nil
+}

@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -43,6 +44,10 @@ const (
 	DefaultMemory  = 8 << 20
 	DefaultMaxDisk = 10 << 30
 )
+
+// DefaultDir is the spill directory when none is configured: pgaudit-cdc
+// in the system's temporary directory.
+func DefaultDir() string { return filepath.Join(os.TempDir(), "pgaudit-cdc") }
 
 // Config bounds a Spool.
 type Config struct {

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
+	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
 // BigTxResult is one large transaction (BigTxRows rows in one INSERT),
@@ -133,11 +134,11 @@ func (e *env) bigTx(ctx context.Context) (*BigTxResult, error) {
 	return res, nil
 }
 
-// slotDecoding reads a slot's spill_bytes and stream_bytes.
+// slotDecoding reads a slot's spill_bytes and stream_bytes (0 before it
+// decoded anything).
 func slotDecoding(ctx context.Context, conn *pgx.Conn, slot string) (spill, stream int64, err error) {
-	err = conn.QueryRow(ctx, `SELECT coalesce(sum(spill_bytes), 0)::bigint, coalesce(sum(stream_bytes), 0)::bigint
-		FROM pg_stat_replication_slots WHERE slot_name = $1`, slot).Scan(&spill, &stream)
-	return spill, stream, err
+	st, _, err := replication.LookupDecodingStats(ctx, conn, slot)
+	return st.SpillBytes, st.StreamBytes, err
 }
 
 // settledDecoding waits until a slot's statistics stop moving (its

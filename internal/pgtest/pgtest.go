@@ -226,3 +226,20 @@ func dropOnce(ctx context.Context, conn *pgx.Conn, name string) error {
 	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
 	return err
 }
+
+// StreamEveryLargeTransaction sets logical_decoding_work_mem of the
+// database at dsn to its least, 64 kB: walsenders that connect to it from
+// then on stream (or spill) every transaction over that.
+func StreamEveryLargeTransaction(t testing.TB, dsn string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET logical_decoding_work_mem = %L', current_database(), '64kB'); END $$`); err != nil {
+		t.Fatalf("pgtest: lowering logical_decoding_work_mem: %v", err)
+	}
+}

@@ -143,7 +143,9 @@ func readChain(t *testing.T, ctx context.Context, s jetstream.Stream, last uint6
 		return nil, err
 	}
 	for next <= last {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		// Never ask for more than is left: Fetch waits its whole
+		// MaxWait for a batch it cannot fill.
+		batch, err := cons.Fetch(int(min(500, last-next+1)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, err
 		}
@@ -276,9 +278,12 @@ func TestExactlyOnceInOrder(t *testing.T) {
 
 // TestServersStopped: the stream's leader stopped in the middle of
 // windows, then one server gone for good, then every server down for a
-// while (ten seconds): delivery waits, resumes, and the stream holds every event once,
-// in order.
+// while (four seconds: twice the acknowledgement timeout, so publishes in
+// flight time out and are sent again): delivery waits, resumes, and the
+// stream holds every event once, in order.
 func TestServersStopped(t *testing.T) {
+	// Mostly waiting on servers: it runs beside the other tests.
+	t.Parallel()
 	cl := natstest.Start(t, 3)
 	c, n := newClient(t, cl.URLs())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -288,8 +293,8 @@ func TestServersStopped(t *testing.T) {
 	}
 	leader := cl.WaitStreamLeader(DefaultStream, 10*time.Second)
 	done := make(chan error, 1)
-	go func() { done <- deliver(t, ctx, c, events(300, 20000)) }()
-	waitStored(t, cl.URLs(), 3000)
+	go func() { done <- deliver(t, ctx, c, events(300, 8000)) }()
+	waitStored(t, cl.URLs(), 1500)
 	cl.Stop(leader)
 	t.Logf("stopped the stream leader n%d", leader+1)
 	time.Sleep(2 * time.Second)
@@ -297,20 +302,20 @@ func TestServersStopped(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	exact(t, stored(t, cl.URLs(), DefaultStream), events(0, 20000))
+	exact(t, stored(t, cl.URLs(), DefaultStream), events(0, 8000))
 
 	// One server gone for good: the quorum of two goes on.
 	gone := (cl.WaitStreamLeader(DefaultStream, 10*time.Second) + 1) % 3
 	cl.Stop(gone)
-	if err := deliver(t, ctx, c, events(20000, 21000)); err != nil {
+	if err := deliver(t, ctx, c, events(8000, 8500)); err != nil {
 		t.Fatal(err)
 	}
-	// Every server down for ten seconds: delivery waits them out.
-	go func() { done <- deliver(t, ctx, c, events(21000, 40000)) }()
-	waitStored(t, cl.URLs(), 23000)
+	// Every server down for four seconds: delivery waits them out.
+	go func() { done <- deliver(t, ctx, c, events(8500, 16000)) }()
+	waitStored(t, cl.URLs(), 9500)
 	cl.StopAll()
 	t.Log("stopped every server")
-	time.Sleep(10 * time.Second)
+	time.Sleep(4 * time.Second)
 	for i := range 3 {
 		if i != gone {
 			cl.Restart(i)
@@ -319,7 +324,7 @@ func TestServersStopped(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	exact(t, stored(t, cl.URLs(), DefaultStream), events(0, 40000))
+	exact(t, stored(t, cl.URLs(), DefaultStream), events(0, 16000))
 	if n.retries == 0 {
 		t.Error("no retry was counted across the outages")
 	}
@@ -523,6 +528,8 @@ func rawJetStream(t *testing.T, url string) jetstream.JetStream {
 // no event refused for good) and says what to grant; the right user then
 // delivers each event once.
 func TestRefusedIsAnOutage(t *testing.T) {
+	// Mostly waiting on servers: it runs beside the other tests.
+	t.Parallel()
 	allow := func(subjects ...string) *server.Permissions {
 		return &server.Permissions{Publish: &server.SubjectPermission{Allow: subjects}}
 	}
@@ -553,6 +560,9 @@ func TestRefusedIsAnOutage(t *testing.T) {
 			var last bool
 			c, _ := newClient(t, cl.URLs(), func(cfg *Config) {
 				cfg.User, cfg.PasswordFile = tc.user, tc.password
+				// A publish the server drops for want of permission is
+				// known only when its acknowledgement times out.
+				cfg.AckTimeout = 500 * time.Millisecond
 				cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 				cfg.Hooks.SpineUp = func(up bool) {
 					if last = up; !up {
@@ -560,7 +570,7 @@ func TestRefusedIsAnOutage(t *testing.T) {
 					}
 				}
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			err := c.Publish(ctx, testEvent(0))
 			if !errors.Is(err, context.DeadlineExceeded) {

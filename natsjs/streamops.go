@@ -108,10 +108,12 @@ func (c *Client) WantReplicas() int {
 
 // apiTimeout bounds each JetStream API request: a request sent while a
 // stream has no leader (an election) is never answered, and is asked again.
+// A shorter AckTimeout bounds it too: an answer is as urgent as an
+// acknowledgement.
 const apiTimeout = 5 * time.Second
 
 func (c *Client) api(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, apiTimeout)
+	return context.WithTimeout(ctx, min(apiTimeout, c.cfg.AckTimeout))
 }
 
 // info opens the stream (see openStream) and reads its configuration and

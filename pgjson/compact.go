@@ -26,10 +26,7 @@ const (
 // were checked twice, about a sixth of the agent's decoding time on a table
 // with one jsonb column. FuzzAppendJSON holds it to the old behaviour.
 func compactJSON(dst, text []byte) (_ []byte, ok bool) {
-	var stack [maxJSONDepth]byte
-	depth := 0
-	state := jsValue
-	canClose := false // just after '[' or '{': the closing bracket may follow
+	s := jsonScanner{state: jsValue}
 	start, i := 0, 0
 	for i < len(text) {
 		c := text[i]
@@ -39,86 +36,121 @@ func compactJSON(dst, text []byte) (_ []byte, ok bool) {
 			start = i
 			continue
 		}
-		switch state {
-		case jsValue:
-			switch {
-			case c == '{' || c == '[':
-				if depth == maxJSONDepth {
-					return dst, false
-				}
-				stack[depth] = c
-				depth++
-				i++
-				state, canClose = jsValue, true
-				if c == '{' {
-					state = jsKey
-				}
-				continue
-			case c == ']' && canClose:
-				depth--
-				i++
-			case c == '"':
-				if dst, i, start, ok = compactString(dst, text, i, start); !ok {
-					return dst, false
-				}
-			case c == '-' || isDigit(c):
-				if i, ok = scanJSONNumber(text, i); !ok {
-					return dst, false
-				}
-			case c == 't' && bytes.HasPrefix(text[i:], []byte("true")):
-				i += 4
-			case c == 'f' && bytes.HasPrefix(text[i:], []byte("false")):
-				i += 5
-			case c == 'n' && bytes.HasPrefix(text[i:], []byte("null")):
-				i += 4
-			default:
-				return dst, false
+		switch {
+		case c == '"' && (s.state == jsValue || s.state == jsKey):
+			if dst, i, start, ok = compactString(dst, text, i, start); ok {
+				s.endString()
 			}
-			state, canClose = jsAfter, false
-		case jsKey:
-			switch {
-			case c == '}' && canClose:
-				depth--
-				i++
-				state = jsAfter
-			case c == '"':
-				if dst, i, start, ok = compactString(dst, text, i, start); !ok {
-					return dst, false
-				}
-				state = jsColon
-			default:
-				return dst, false
-			}
-			canClose = false
-		case jsColon:
-			if c != ':' {
-				return dst, false
-			}
+		case s.state == jsValue:
+			i, ok = s.value(text, i)
+		case s.state == jsKey:
+			ok = s.closeEmptyObject(c)
 			i++
-			state = jsValue
-		case jsAfter:
-			if depth == 0 {
-				return dst, false // something after the value
-			}
-			open := stack[depth-1]
-			switch {
-			case c == ',':
-				state = jsValue
-				if open == '{' {
-					state = jsKey
-				}
-			case c == '}' && open == '{', c == ']' && open == '[':
-				depth--
-			default:
-				return dst, false
-			}
+		case s.state == jsColon:
+			ok = c == ':'
+			s.state = jsValue
+			i++
+		default:
+			ok = s.after(c)
 			i++
 		}
+		if !ok {
+			return dst, false
+		}
 	}
-	if state != jsAfter || depth != 0 {
+	if s.state != jsAfter || s.depth != 0 {
 		return dst, false
 	}
 	return append(dst, text[start:]...), true
+}
+
+// jsonScanner is compactJSON's grammar: the open brackets and what must
+// come next.
+type jsonScanner struct {
+	stack    [maxJSONDepth]byte
+	depth    int
+	state    int
+	canClose bool // just after '[' or '{': the closing bracket may follow
+}
+
+// endString moves past a string: a value is followed by what comes after
+// values, a key by its colon.
+func (s *jsonScanner) endString() {
+	if s.state == jsKey {
+		s.state = jsColon
+	} else {
+		s.state = jsAfter
+	}
+	s.canClose = false
+}
+
+// value scans the value (other than a string) starting at text[i], or the
+// opening bracket of one, or the ']' of an empty array, and returns the
+// index after it.
+func (s *jsonScanner) value(text []byte, i int) (next int, ok bool) {
+	switch c := text[i]; {
+	case c == '{' || c == '[':
+		if s.depth == maxJSONDepth {
+			return i, false
+		}
+		s.stack[s.depth] = c
+		s.depth++
+		s.state, s.canClose = jsValue, true
+		if c == '{' {
+			s.state = jsKey
+		}
+		return i + 1, true
+	case c == ']' && s.canClose:
+		s.depth--
+		i++
+	case c == '-' || isDigit(c):
+		if i, ok = scanJSONNumber(text, i); !ok {
+			return i, false
+		}
+	case c == 't' && bytes.HasPrefix(text[i:], []byte("true")):
+		i += 4
+	case c == 'f' && bytes.HasPrefix(text[i:], []byte("false")):
+		i += 5
+	case c == 'n' && bytes.HasPrefix(text[i:], []byte("null")):
+		i += 4
+	default:
+		return i, false
+	}
+	s.state, s.canClose = jsAfter, false
+	return i, true
+}
+
+// closeEmptyObject takes c where a key must come: only the '}' of an
+// empty object may come instead.
+func (s *jsonScanner) closeEmptyObject(c byte) bool {
+	if c != '}' || !s.canClose {
+		return false
+	}
+	s.depth--
+	s.state, s.canClose = jsAfter, false
+	return true
+}
+
+// after takes c after a value: a ',' before the next member or element,
+// or the bracket closing the innermost open one. Nothing may follow the
+// outermost value.
+func (s *jsonScanner) after(c byte) bool {
+	if s.depth == 0 {
+		return false
+	}
+	open := s.stack[s.depth-1]
+	switch {
+	case c == ',':
+		s.state = jsValue
+		if open == '{' {
+			s.state = jsKey
+		}
+	case c == '}' && open == '{', c == ']' && open == '[':
+		s.depth--
+	default:
+		return false
+	}
+	return true
 }
 
 // compactString checks the JSON string starting at text[i] (a '"') and

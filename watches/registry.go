@@ -795,94 +795,103 @@ func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, nam
 	if err != nil {
 		return false, err
 	}
-	var removed int64
-	if exists {
-		// A table of a watched schema stays in the publication for the
-		// schema-wide watch, as a plain member with REPLICA IDENTITY FULL:
-		// the schema watch takes over from the per-table one.
-		covered, err := schemaWatched(ctx, tx, t.Schema)
-		if err != nil {
-			return false, err
-		}
-		legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
-		if err != nil {
-			return false, err
-		}
-		throughSchema := slices.Contains(legacy, t.Schema) // FOR TABLES IN SCHEMA, from an earlier version
-		cur, err := r.membershipOf(ctx, tx, rel.oid)
-		if err != nil {
-			return false, err
-		}
-		// A table with virtual generated columns (PostgreSQL 18) goes back
-		// to the schema watch with its primary key as identity, not FULL,
-		// which would make it refuse every UPDATE and DELETE; without a
-		// primary key (or an identity index) it stays in the publication
-		// all the same, never left out unaudited: PostgreSQL then refuses
-		// its UPDATE and DELETE, which is loud.
-		var virtual, hasKey bool
-		if covered {
-			if virtual, hasKey, err = KeepFromFull(ctx, tx, rel.oid); err != nil {
-				return false, err
-			}
-		}
-		switch {
-		case covered && !throughSchema:
-			if cur.member && !cur.plain() {
-				if err := r.dropTable(ctx, tx, t); err != nil {
-					return false, err
-				}
-				cur.member = false
-			}
-			if !cur.member && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
-				if err := r.addTable(ctx, tx, t, nil, ""); err != nil {
-					return false, err
-				}
-			}
-		case cur.member:
-			if err := r.dropTable(ctx, tx, t); err != nil {
-				return false, err
-			}
-		}
-		var prior *string
-		err = tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
-			WHERE table_oid = $1 AND active RETURNING prior_replica_identity::text`, rel.oid).Scan(&prior)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return false, fmt.Errorf("unregistering %s: %w", name, err)
-		default:
-			removed = 1
-			switch {
-			case covered && virtual:
-				if hasKey && rel.replIdent != "d" && rel.replIdent != "i" {
-					if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
-						return false, denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
-					}
-				}
-			case covered:
-				// A column-controlled watch left the primary key as the
-				// identity: the schema watch sends whole old rows.
-				if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
-					return false, err
-				}
-			case prior != nil && (*prior == "d" || *prior == "n") && rel.replIdent == "f":
-				// Give the table back the replica identity it had, when
-				// that can be restored without knowing an index name.
-				ident := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[*prior]
-				if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY "+ident); err != nil {
-					return false, denied("restoring the replica identity of "+name, err)
-				}
-			}
-		}
-	} else {
+	if !exists {
 		tag, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
 			WHERE schema_name = $1 AND table_name = $2 AND active`, t.Schema, t.Name)
 		if err != nil {
 			return false, fmt.Errorf("unregistering %s: %w", name, err)
 		}
-		removed = tag.RowsAffected()
+		return tag.RowsAffected() > 0, nil
 	}
-	return removed > 0, nil
+	// A table of a watched schema stays in the publication for the
+	// schema-wide watch, as a plain member with REPLICA IDENTITY FULL:
+	// the schema watch takes over from the per-table one.
+	covered, err := schemaWatched(ctx, tx, t.Schema)
+	if err != nil {
+		return false, err
+	}
+	if err := r.leavePublication(ctx, tx, t, rel, covered); err != nil {
+		return false, err
+	}
+	var prior *string
+	err = tx.QueryRow(ctx, `UPDATE pgaudit_cdc.watches SET active = false, updated_at = now(), changed_by = current_user
+		WHERE table_oid = $1 AND active RETURNING prior_replica_identity::text`, rel.oid).Scan(&prior)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("unregistering %s: %w", name, err)
+	}
+	return true, r.restoreIdentity(ctx, tx, t, name, rel, covered, prior)
+}
+
+// leavePublication takes an unwatched table out of the publication, or,
+// when its schema is watched (covered), leaves it there as the schema
+// watch's plain member.
+func (r *Registry) leavePublication(ctx context.Context, tx pgx.Tx, t TableName, rel relation, covered bool) error {
+	legacy, err := replication.SchemaMembers(ctx, tx, r.publication)
+	if err != nil {
+		return err
+	}
+	throughSchema := slices.Contains(legacy, t.Schema) // FOR TABLES IN SCHEMA, from an earlier version
+	cur, err := r.membershipOf(ctx, tx, rel.oid)
+	if err != nil {
+		return err
+	}
+	switch {
+	case covered && !throughSchema:
+		if cur.member && !cur.plain() {
+			if err := r.dropTable(ctx, tx, t); err != nil {
+				return err
+			}
+			cur.member = false
+		}
+		if !cur.member && (rel.kind == "r" || rel.kind == "p") && rel.persistence == "p" {
+			return r.addTable(ctx, tx, t, nil, "")
+		}
+	case cur.member:
+		return r.dropTable(ctx, tx, t)
+	}
+	return nil
+}
+
+// restoreIdentity sets the replica identity an unwatched table keeps: the
+// schema watch's when its schema is watched (covered), else the one it had
+// before the watch (prior), when that can be restored without knowing an
+// index name.
+func (r *Registry) restoreIdentity(ctx context.Context, tx pgx.Tx, t TableName, name string, rel relation, covered bool, prior *string) error {
+	table := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if !covered {
+		if prior == nil || (*prior != "d" && *prior != "n") || rel.replIdent != "f" {
+			return nil
+		}
+		ident := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[*prior]
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+table+" REPLICA IDENTITY "+ident); err != nil {
+			return denied("restoring the replica identity of "+name, err)
+		}
+		return nil
+	}
+	// A table with virtual generated columns (PostgreSQL 18) goes back to
+	// the schema watch with its primary key as identity, not FULL, which
+	// would make it refuse every UPDATE and DELETE; without a primary key
+	// (or an identity index) it stays in the publication all the same,
+	// never left out unaudited: PostgreSQL then refuses its UPDATE and
+	// DELETE, which is loud.
+	virtual, hasKey, err := KeepFromFull(ctx, tx, rel.oid)
+	if err != nil {
+		return err
+	}
+	if !virtual {
+		// A column-controlled watch left the primary key as the identity:
+		// the schema watch sends whole old rows.
+		return r.setReplicaIdentityFull(ctx, tx, rel, t)
+	}
+	if hasKey && rel.replIdent != "d" && rel.replIdent != "i" {
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+table+" REPLICA IDENTITY DEFAULT"); err != nil {
+			return denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
+		}
+	}
+	return nil
 }
 
 // List returns the registry, active watches only unless all is set.

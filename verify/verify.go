@@ -308,6 +308,10 @@ func shortHash(h string) string {
 	return h
 }
 
+// checkCompleteness follows the capture's events of generation gen: each
+// key once, declared gaps, commit order, the named predecessors and whole
+// transactions. A late or redelivered event (outOfOrder) fills the hole it
+// left instead.
 func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, gen string, pos envelope.Position, op string, outOfOrder bool) {
 	if first, dup := v.keys[key]; dup {
 		v.fail(CheckCompleteness, e.EventID, "", "event %d repeats the idempotency key of event %d (%s): a duplicate", e.EventID, first, key)
@@ -315,17 +319,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	}
 	v.keys[key] = e.EventID
 	if op == "GAP" {
-		g, _ := e.Payload["gap"].(map[string]any)
-		v.fail(CheckCompleteness, e.EventID, fmt.Sprintf("declared gap #%v (%v): %v", g["id"], g["reason"], g["detail"]),
-			"the capture has a declared hole before event %d", e.EventID)
-		if tables, ok := g["tables"].([]any); ok {
-			// The new generation's folds start from the backfill.
-			for _, t := range tables {
-				if name, ok := t.(string); ok {
-					v.table(gen + "|" + name).restart(fmt.Sprintf("declared gap #%v (%v)", g["id"], g["reason"]))
-				}
-			}
-		}
+		v.declaredGap(e, gen)
 	}
 	st := v.gens[gen]
 	if st == nil {
@@ -334,73 +328,98 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	}
 	st.present[pos] = true
 	if outOfOrder {
-		// A late event (a retried dead letter, or one re-sent after a later
-		// one landed) fills the hole it left, in the links and in its
-		// transaction.
-		if m := v.missing[gen]; m != nil {
-			delete(m, pos)
-		}
-		if v.late[gen] == nil {
-			v.late[gen] = map[pgoutput.LSN]*lateTx{}
-		}
-		lt := v.late[gen][pos.CommitLSN]
-		if lt == nil {
-			lt = &lateTx{}
-			v.late[gen][pos.CommitLSN] = lt
-		}
-		lt.n++
-		if n := intOf(meta["tx_events"]); n > 0 {
-			lt.total = n
-		}
+		v.fillHole(gen, pos, intOf(meta["tx_events"]))
 		return
 	}
 	if st.started && !st.last.Less(pos) {
 		v.fail(CheckCompleteness, e.EventID, "", "event %d (position %s) is out of commit order after event %d (position %s) and is not marked late", e.EventID, pos, st.lastID, st.last)
 	}
-	rawPrev, hasPrev := meta["prev"]
-	if hasPrev {
-		switch p := rawPrev.(type) {
-		case nil:
-			if st.started {
-				v.fail(CheckCompleteness, e.EventID, "", "event %d does not name its predecessor although events of this capture precede it", e.EventID)
-			}
-		case string:
-			prev, ok := envelope.ParsePosition(p)
-			switch {
-			case !ok:
-				v.fail(CheckCompleteness, e.EventID, "", "event %d names an unreadable predecessor %q", e.EventID, p)
-			case st.started && prev != st.last:
-				if st.present[prev] {
-					v.fail(CheckCompleteness, e.EventID, "", "event %d names %s as its predecessor, but %s came last", e.EventID, prev, st.last)
-				} else {
-					if v.missing[gen] == nil {
-						v.missing[gen] = map[envelope.Position]int64{}
-					}
-					v.missing[gen][prev] = e.EventID
-				}
-			}
-		}
+	if rawPrev, hasPrev := meta["prev"]; hasPrev {
+		v.checkPredecessor(e.EventID, gen, st, rawPrev)
 	}
-	// Transactions: indices 1..n, the last one saying n.
-	idx := intOf(meta["tx_index"])
-	if idx > 0 {
-		if st.started && st.txIndex > 0 && pos.CommitLSN != st.txCommit && !st.txEnded {
-			v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, 0)
-		}
-		if pos.CommitLSN != st.txCommit {
-			st.txCommit, st.txIndex, st.txFirst, st.txEnded, st.txSeen = pos.CommitLSN, 0, e.EventID, false, 0
-		}
-		st.txSeen++
-		st.txIndex = idx
-		if n := intOf(meta["tx_events"]); n > 0 {
-			st.txEnded = n == st.txSeen
-			if !st.txEnded {
-				v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, n)
-				st.txEnded = true // recorded
-			}
-		}
+	if idx := intOf(meta["tx_index"]); idx > 0 {
+		v.checkTransaction(e.EventID, gen, st, pos, idx, intOf(meta["tx_events"]))
 	}
 	st.last, st.lastID, st.started = pos, e.EventID, true
+}
+
+// declaredGap reports a GAP event, and restarts the folds of the tables
+// it names: the new generation's start from their backfill.
+func (v *Verifier) declaredGap(e chain.Event, gen string) {
+	g, _ := e.Payload["gap"].(map[string]any)
+	v.fail(CheckCompleteness, e.EventID, fmt.Sprintf("declared gap #%v (%v): %v", g["id"], g["reason"], g["detail"]),
+		"the capture has a declared hole before event %d", e.EventID)
+	tables, _ := g["tables"].([]any)
+	for _, t := range tables {
+		if name, ok := t.(string); ok {
+			v.table(gen + "|" + name).restart(fmt.Sprintf("declared gap #%v (%v)", g["id"], g["reason"]))
+		}
+	}
+}
+
+// fillHole takes a late event (a retried dead letter, or one re-sent after
+// a later one landed): it fills the hole it left, in the links and in its
+// transaction (txEvents is its tx_events, 0 when it has none).
+func (v *Verifier) fillHole(gen string, pos envelope.Position, txEvents int) {
+	if m := v.missing[gen]; m != nil {
+		delete(m, pos)
+	}
+	if v.late[gen] == nil {
+		v.late[gen] = map[pgoutput.LSN]*lateTx{}
+	}
+	lt := v.late[gen][pos.CommitLSN]
+	if lt == nil {
+		lt = &lateTx{}
+		v.late[gen][pos.CommitLSN] = lt
+	}
+	lt.n++
+	if txEvents > 0 {
+		lt.total = txEvents
+	}
+}
+
+// checkPredecessor checks the predecessor event id names (metadata.prev):
+// the event before it in the generation, or one still to come late.
+func (v *Verifier) checkPredecessor(id int64, gen string, st *generation, rawPrev any) {
+	switch p := rawPrev.(type) {
+	case nil:
+		if st.started {
+			v.fail(CheckCompleteness, id, "", "event %d does not name its predecessor although events of this capture precede it", id)
+		}
+	case string:
+		prev, ok := envelope.ParsePosition(p)
+		switch {
+		case !ok:
+			v.fail(CheckCompleteness, id, "", "event %d names an unreadable predecessor %q", id, p)
+		case st.started && prev != st.last && st.present[prev]:
+			v.fail(CheckCompleteness, id, "", "event %d names %s as its predecessor, but %s came last", id, prev, st.last)
+		case st.started && prev != st.last:
+			if v.missing[gen] == nil {
+				v.missing[gen] = map[envelope.Position]int64{}
+			}
+			v.missing[gen][prev] = id
+		}
+	}
+}
+
+// checkTransaction follows transactions: indices 1..n, the last one saying
+// n (txEvents). A transaction left before its last event is a hole.
+func (v *Verifier) checkTransaction(id int64, gen string, st *generation, pos envelope.Position, idx, txEvents int) {
+	if st.started && st.txIndex > 0 && pos.CommitLSN != st.txCommit && !st.txEnded {
+		v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, 0)
+	}
+	if pos.CommitLSN != st.txCommit {
+		st.txCommit, st.txIndex, st.txFirst, st.txEnded, st.txSeen = pos.CommitLSN, 0, id, false, 0
+	}
+	st.txSeen++
+	st.txIndex = idx
+	if txEvents > 0 {
+		st.txEnded = txEvents == st.txSeen
+		if !st.txEnded {
+			v.txHole(gen, st.txCommit, st.txFirst, st.txSeen, txEvents)
+			st.txEnded = true // recorded
+		}
+	}
 }
 
 // lateTx counts a transaction's events that arrived late, and the count

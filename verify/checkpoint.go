@@ -81,28 +81,9 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 		v.finishCheckpoint(t, table, st, true)
 		return
 	}
-	st := t.cps[id]
-	switch {
-	case chunk == 1:
-		v.report.Checkpoints++
-		st = &cpState{id: id, begin: e.EventID, covered: map[uint64]struct{}{}}
-		t.cps[id] = st
-	case st == nil:
-		if t.orphans[id] {
-			return // reported at its first chunk here
-		}
-		if t.orphans == nil {
-			t.orphans = map[string]bool{}
-		}
-		t.orphans[id] = true
-		known := ""
-		if t.gap != "" {
-			known = t.gap + " covers this table: the checkpoint began before the gap, its earlier chunks are in the capture before it; run checkpoint again"
-		}
-		v.fail(CheckFaithfulness, e.EventID, known, "checkpoint %s of %s: chunk %d (event %d) came without the chunks before it", id, table, chunk, e.EventID)
+	st := v.chunkOf(e.EventID, t, table, id, chunk)
+	if st == nil {
 		return
-	case chunk != st.chunks+1:
-		st.problem(e.EventID, "chunk %d (event %d) follows chunk %d: chunks are missing", chunk, e.EventID, st.chunks)
 	}
 	st.chunks, st.lastEvent = chunk, e.EventID
 	if err := st.pg.AddDigest(rows, digest); err != nil {
@@ -123,21 +104,7 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 			st.unnamed = "the checkpoint names no key columns"
 		}
 	default:
-		pairs, err := DecodePairs(encoded)
-		if err == nil && int64(len(pairs)) != rows {
-			err = fmt.Errorf("%d pairs for %d rows", len(pairs), rows)
-		}
-		if err != nil {
-			st.problem(e.EventID, "chunk %d (event %d) lists its rows unreadably: %v", chunk, e.EventID, err)
-			break
-		}
-		diffs, fold := t.ix.compareChunk(pairs, chunk, e.EventID, st.covered)
-		st.addDiffs(diffs, e.EventID)
-		_ = st.fold.AddDigest(fold.Rows, fold.Hex()) // Hex is always 64 hex digits: cannot fail
-		if len(diffs) == 0 && (fold.Rows != rows || fold.Hex() != digest) {
-			st.problem(e.EventID, "chunk %d (event %d): PostgreSQL had %d rows (digest %s), the trail holds %d rows (digest %s) for its keys although every row's 6-byte hash matches (an event altered to match it, or a collision)",
-				chunk, e.EventID, rows, shortHash(digest), fold.Rows, shortHash(fold.Hex()))
-		}
+		comparePairs(e.EventID, t, st, chunk, rows, digest, encoded)
 	}
 	if !last {
 		return
@@ -154,6 +121,56 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 		st.addDiffs(t.ix.uncovered(st.covered, st.begin), e.EventID)
 	}
 	v.finishCheckpoint(t, table, st, chunk == 1)
+}
+
+// chunkOf is the state of checkpoint id that chunk (of event eventID)
+// continues: a new one at chunk 1. It is nil for a chunk whose checkpoint's
+// first chunk never came, which is reported once.
+func (v *Verifier) chunkOf(eventID int64, t *tableState, table, id string, chunk int) *cpState {
+	st := t.cps[id]
+	switch {
+	case chunk == 1:
+		v.report.Checkpoints++
+		st = &cpState{id: id, begin: eventID, covered: map[uint64]struct{}{}}
+		t.cps[id] = st
+	case st == nil:
+		if t.orphans[id] {
+			return nil // reported at its first chunk here
+		}
+		if t.orphans == nil {
+			t.orphans = map[string]bool{}
+		}
+		t.orphans[id] = true
+		known := ""
+		if t.gap != "" {
+			known = t.gap + " covers this table: the checkpoint began before the gap, its earlier chunks are in the capture before it; run checkpoint again"
+		}
+		v.fail(CheckFaithfulness, eventID, known, "checkpoint %s of %s: chunk %d (event %d) came without the chunks before it", id, table, chunk, eventID)
+		return nil
+	case chunk != st.chunks+1:
+		st.problem(eventID, "chunk %d (event %d) follows chunk %d: chunks are missing", chunk, eventID, st.chunks)
+	}
+	return st
+}
+
+// comparePairs compares a chunk's per-key list (encoded, rows rows with
+// digest) with the trail's fold of the same keys.
+func comparePairs(eventID int64, t *tableState, st *cpState, chunk int, rows int64, digest, encoded string) {
+	pairs, err := DecodePairs(encoded)
+	if err == nil && int64(len(pairs)) != rows {
+		err = fmt.Errorf("%d pairs for %d rows", len(pairs), rows)
+	}
+	if err != nil {
+		st.problem(eventID, "chunk %d (event %d) lists its rows unreadably: %v", chunk, eventID, err)
+		return
+	}
+	diffs, fold := t.ix.compareChunk(pairs, chunk, eventID, st.covered)
+	st.addDiffs(diffs, eventID)
+	_ = st.fold.AddDigest(fold.Rows, fold.Hex()) // Hex is always 64 hex digits: cannot fail
+	if len(diffs) == 0 && (fold.Rows != rows || fold.Hex() != digest) {
+		st.problem(eventID, "chunk %d (event %d): PostgreSQL had %d rows (digest %s), the trail holds %d rows (digest %s) for its keys although every row's 6-byte hash matches (an event altered to match it, or a collision)",
+			chunk, eventID, rows, shortHash(digest), fold.Rows, shortHash(fold.Hex()))
+	}
 }
 
 // finishCheckpoint reports a checkpoint whose last chunk came. whole: it

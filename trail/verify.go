@@ -272,41 +272,52 @@ func (v *Verifier) addSeal(it Item) {
 // cover checks the events of seal's range against it.
 func (v *Verifier) cover(id int64, seal Seal) {
 	st := v.stream(streamID(seal.SystemID, seal.Slot))
-	s := &sealState{seal: seal, id: id, dead: seal.DeadLetters, shorts: map[uint64]bool{}, missing: map[uint64]string{}}
-	var ok bool
-	if seal.From != "" {
-		if s.from, ok = envelope.ParsePosition(seal.From); !ok {
-			v.fail(id, "", "SEAL event %d has an unreadable range start %q", id, seal.From)
-			return
-		}
-	}
-	if s.to, ok = envelope.ParsePosition(seal.To); !ok {
-		v.fail(id, "", "SEAL event %d has an unreadable range end %q", id, seal.To)
+	s, expect, ok := v.readSeal(id, seal)
+	if !ok {
 		return
 	}
 	if st.hasSeal && s.from != st.sealed {
 		v.fail(id, "", "seal %d starts after %s, but the seal before it for these events ended at %s: the events between are not authenticated", seal.Seq, s.from, st.sealed)
 	}
+	full, have := v.match(seal, expect, st.take(s.from, s.to), s.shorts)
+	v.checkSealed(s, expect, full, have)
+	st.seals = append(st.seals, s)
+	st.sealed, st.hasSeal = s.to, true
+}
+
+// readSeal reads seal's range and the short digests of the events it
+// lists, in their order; ok is false (reported) when they are unreadable.
+func (v *Verifier) readSeal(id int64, seal Seal) (s *sealState, expect []uint64, ok bool) {
+	s = &sealState{seal: seal, id: id, dead: seal.DeadLetters, shorts: map[uint64]bool{}, missing: map[uint64]string{}}
+	if seal.From != "" {
+		if s.from, ok = envelope.ParsePosition(seal.From); !ok {
+			v.fail(id, "", "SEAL event %d has an unreadable range start %q", id, seal.From)
+			return nil, nil, false
+		}
+	}
+	if s.to, ok = envelope.ParsePosition(seal.To); !ok {
+		v.fail(id, "", "SEAL event %d has an unreadable range end %q", id, seal.To)
+		return nil, nil, false
+	}
 	shortBytes, err := base64.StdEncoding.DecodeString(seal.Events)
 	if err != nil || uint64(len(shortBytes)) != seal.Count*shortLen {
 		v.fail(id, "", "SEAL event %d lists %d bytes of digests for %d events", id, len(shortBytes), seal.Count)
-		return
+		return nil, nil, false
 	}
-	expect := make([]uint64, seal.Count)
+	expect = make([]uint64, seal.Count)
 	for i := range expect {
 		expect[i] = binary.BigEndian.Uint64(shortBytes[i*shortLen:])
 		s.shorts[expect[i]] = true
 	}
-	deadByShort := map[uint64]string{}
-	for key, d := range seal.DeadLetters {
-		if raw, err := hex.DecodeString(d); err == nil && len(raw) == 32 {
-			deadByShort[binary.BigEndian.Uint64(raw)] = key
-		}
-	}
-	// The candidates in the range, in commit order.
+	return s, expect, true
+}
+
+// take removes the candidates in the range (from, to] from the pending
+// ones and returns them in commit order.
+func (st *stream) take(from, to envelope.Position) []candidate {
 	var in, rest []candidate
 	for _, c := range st.pending {
-		if s.from.Less(c.pos) && !s.to.Less(c.pos) {
+		if from.Less(c.pos) && !to.Less(c.pos) {
 			in = append(in, c)
 		} else {
 			rest = append(rest, c)
@@ -322,8 +333,16 @@ func (v *Verifier) cover(id int64, seal Seal) {
 		}
 		return 0
 	})
-	full := make([][32]byte, len(expect))
-	have := make([]bool, len(expect))
+	return in
+}
+
+// match pairs the candidates in seal's range (in commit order) with the
+// digests it lists (expect, in the same order), reporting a candidate the
+// seal does not list as forged or altered. full holds each matched
+// event's digest; have says which were matched.
+func (v *Verifier) match(seal Seal, expect []uint64, in []candidate, listed map[uint64]bool) (full [][32]byte, have []bool) {
+	full = make([][32]byte, len(expect))
+	have = make([]bool, len(expect))
 	i := 0
 	for _, c := range in {
 		j := i
@@ -331,7 +350,7 @@ func (v *Verifier) cover(id int64, seal Seal) {
 			j++
 		}
 		if j == len(expect) {
-			if s.shorts[c.short] {
+			if listed[c.short] {
 				continue // a second copy of an event already matched: completeness reports duplicates
 			}
 			v.fail(c.id, "", "event %d (position %s) claims the agent's identity but is not what the agent sealed (seal %d): it is forged or altered", c.id, c.pos, seal.Seq)
@@ -340,6 +359,20 @@ func (v *Verifier) cover(id int64, seal Seal) {
 		full[j], have[j] = c.digest, true
 		i = j + 1
 		v.r.Authenticated++
+	}
+	return full, have
+}
+
+// checkSealed reports the events s's seal lists that are not in the
+// trail (dead letters it names aside: they are awaited), or else a digest
+// over them that is not the sealed one.
+func (v *Verifier) checkSealed(s *sealState, expect []uint64, full [][32]byte, have []bool) {
+	seal := s.seal
+	deadByShort := map[uint64]string{}
+	for key, d := range seal.DeadLetters {
+		if raw, err := hex.DecodeString(d); err == nil && len(raw) == 32 {
+			deadByShort[binary.BigEndian.Uint64(raw)] = key
+		}
 	}
 	missing := 0
 	firstMissing := -1
@@ -359,18 +392,16 @@ func (v *Verifier) cover(id int64, seal Seal) {
 		}
 	}
 	if missing > 0 {
-		v.fail(id, "", "%d of the %d events sealed by seal %d (%s to %s) are not in the trail (the first is number %d of the range): events were removed", missing, seal.Count, seal.Seq, seal.FirstKey, seal.LastKey, firstMissing+1)
-	} else {
-		h := sha256.New()
-		for _, d := range full {
-			h.Write(d[:])
-		}
-		if hex.EncodeToString(h.Sum(nil)) != seal.Digest {
-			v.fail(id, "", "the events sealed by seal %d do not digest to the sealed digest: an event was altered", seal.Seq)
-		}
+		v.fail(s.id, "", "%d of the %d events sealed by seal %d (%s to %s) are not in the trail (the first is number %d of the range): events were removed", missing, seal.Count, seal.Seq, seal.FirstKey, seal.LastKey, firstMissing+1)
+		return
 	}
-	st.seals = append(st.seals, s)
-	st.sealed, st.hasSeal = s.to, true
+	h := sha256.New()
+	for _, d := range full {
+		h.Write(d[:])
+	}
+	if hex.EncodeToString(h.Sum(nil)) != seal.Digest {
+		v.fail(s.id, "", "the events sealed by seal %d do not digest to the sealed digest: an event was altered", seal.Seq)
+	}
 }
 
 // lateEvent checks an event that arrives after the seal of its range: a

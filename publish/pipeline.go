@@ -446,119 +446,25 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 	if c.systemID == "" {
 		return errors.New("BUG: publish.Client used before SetIdentity")
 	}
-	state := make([]int, len(evs)) // 0 pending, 1 accepted or present, 2 rejected
-	errs := make([]error, len(evs))
-	reported := 0
-	attempt := 0
-	report := func() {
-		for reported < len(evs) && state[reported] != 0 {
-			ev := evs[reported]
-			if state[reported] == 1 {
-				c.MarkHandled(ev.Pos)
-			}
-			done(reported, errs[reported])
-			reported++
-		}
-	}
 	if c.proxied() {
-		// Through an HTTP proxy, one request at a time with net/http,
-		// which speaks to the proxy.
-		for i, ev := range evs {
-			err := c.Publish(ctx, ev)
-			if err != nil && !IsRejected(err) {
-				return err
-			}
-			done(i, err)
-		}
-		return nil
+		return c.publishEach(ctx, evs, done)
 	}
-	for reported < len(evs) {
+	b := &batch{evs: evs, state: make([]settled, len(evs)), errs: make([]error, len(evs)), done: done}
+	attempt := 0
+	for b.reported < len(evs) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Each source is read back once per session before its first event,
-		// and again after an uncertain outcome.
-		for i := reported; i < len(evs); i++ {
-			if state[i] != 0 || c.checked[evs[i].Source] {
-				continue
-			}
-			if err := c.learn(ctx, evs[i].Source, evs[i].Pos); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				reason := "read_back"
-				var ref *refusedError
-				if errors.As(err, &ref) {
-					reason = ref.reason()
-				}
-				if err := c.wait(ctx, &attempt, reason, 0, err); err != nil {
-					return err
-				}
-				i = reported - 1 // start over
-				continue
-			}
+		if err := c.readBackSources(ctx, b, &attempt); err != nil {
+			return err
 		}
-		var idx []int
-		var bodies [][]byte
-		var keys []string
-		// A window is written in runs of several windows' worth: every run
-		// ends with the pipeline drained, one idle round trip.
-		for i := reported; i < len(evs) && len(idx) < max(8*c.window(), 256); i++ {
-			if state[i] != 0 {
-				continue
-			}
-			ev := evs[i]
-			if c.isHandled(ev) {
-				state[i] = 1
-				if c.cfg.Hooks.Skipped != nil {
-					c.cfg.Hooks.Skipped(ev)
-				}
-				continue
-			}
-			if ev.Pos.Less(c.maxPresent) {
-				// It lands after a later one (its earlier attempt failed
-				// while the later one was appended): out of commit order in
-				// the chain, at its original position.
-				ev.MarkLate()
-			}
-			idx = append(idx, i)
-			bodies = append(bodies, ev.Body)
-			keys = append(keys, ev.Key)
-		}
-		report()
+		idx, bodies, keys := c.nextRun(b)
+		b.report(c)
 		if len(idx) == 0 {
 			continue
 		}
-		answers := c.sendWindow(ctx, bodies, keys)
-		var failed *answer
-		uncertain, progress := false, false
-		for j, a := range answers {
-			i := idx[j]
-			switch a.verdict {
-			case accepted:
-				progress = true
-				state[i] = 1
-				if c.maxPresent.Less(evs[i].Pos) {
-					c.maxPresent = evs[i].Pos
-				}
-			case rejected:
-				state[i], errs[i] = 2, a.err
-			case lost:
-				// Nothing more is sent into a spine that lost its history.
-				if failed == nil {
-					failed = &answers[j]
-				}
-			default:
-				if failed == nil {
-					failed = &answers[j]
-				}
-				if a.verdict == unknown {
-					uncertain = true
-					c.checked[evs[i].Source] = false
-				}
-			}
-		}
-		report()
+		failed, uncertain, progress := c.settle(b, idx, c.sendWindow(ctx, bodies, keys))
+		b.report(c)
 		if failed == nil || progress {
 			// The backoff grows only while nothing gets through: a fault
 			// in a window that delivered something is retried promptly.
@@ -568,13 +474,14 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 			continue
 		}
 		if failed.verdict == lost {
+			// Nothing more is sent into a spine that lost its history.
 			return failed.err
 		}
 		if uncertain {
 			// Read back every pending event's source, not only the one that
 			// failed: a request after it may have landed.
-			for i := reported; i < len(evs); i++ {
-				if state[i] == 0 {
+			for i := b.reported; i < len(evs); i++ {
+				if b.state[i] == pending {
 					c.checked[evs[i].Source] = false
 				}
 			}
@@ -587,6 +494,139 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 		}
 	}
 	return nil
+}
+
+// settled is what became of an event of a batch.
+type settled uint8
+
+const (
+	pending        settled = iota
+	present                // accepted now, or held already
+	refusedForGood         // rejected: errs says why
+)
+
+// batch is PublishBatch's events and what became of each. Outcomes are
+// reported (done) in order, as far as every event before is settled.
+type batch struct {
+	evs      []*envelope.Event
+	state    []settled
+	errs     []error
+	reported int
+	done     func(i int, err error)
+}
+
+// report calls done for the settled events after the last reported, up to
+// the first pending one.
+func (b *batch) report(c *Client) {
+	for b.reported < len(b.evs) && b.state[b.reported] != pending {
+		if b.state[b.reported] == present {
+			c.MarkHandled(b.evs[b.reported].Pos)
+		}
+		b.done(b.reported, b.errs[b.reported])
+		b.reported++
+	}
+}
+
+// publishEach delivers evs one request at a time with net/http, which
+// speaks to an HTTP proxy.
+func (c *Client) publishEach(ctx context.Context, evs []*envelope.Event, done func(i int, err error)) error {
+	for i, ev := range evs {
+		err := c.Publish(ctx, ev)
+		if err != nil && !IsRejected(err) {
+			return err
+		}
+		done(i, err)
+	}
+	return nil
+}
+
+// readBackSources reads back each pending event's source that was not yet:
+// once per session before its first event, and again after an uncertain
+// outcome. A failed read-back is waited out and started over; the error is
+// ctx's.
+func (c *Client) readBackSources(ctx context.Context, b *batch, attempt *int) error {
+	for i := b.reported; i < len(b.evs); i++ {
+		ev := b.evs[i]
+		if b.state[i] != pending || c.checked[ev.Source] {
+			continue
+		}
+		err := c.learn(ctx, ev.Source, ev.Pos)
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		reason := "read_back"
+		var ref *refusedError
+		if errors.As(err, &ref) {
+			reason = ref.reason()
+		}
+		if err := c.wait(ctx, attempt, reason, 0, err); err != nil {
+			return err
+		}
+		i = b.reported - 1 // start over
+	}
+	return nil
+}
+
+// nextRun picks the pending events to send next, in order: a run of
+// several windows' worth (every run ends with the pipeline drained, one
+// idle round trip). Events the spine already holds are settled instead,
+// and an event that will land after a later one is marked late.
+func (c *Client) nextRun(b *batch) (idx []int, bodies [][]byte, keys []string) {
+	for i := b.reported; i < len(b.evs) && len(idx) < max(8*c.window(), 256); i++ {
+		if b.state[i] != pending {
+			continue
+		}
+		ev := b.evs[i]
+		if c.isHandled(ev) {
+			b.state[i] = present
+			if c.cfg.Hooks.Skipped != nil {
+				c.cfg.Hooks.Skipped(ev)
+			}
+			continue
+		}
+		if ev.Pos.Less(c.maxPresent) {
+			// It lands after a later one (its earlier attempt failed
+			// while the later one was appended): out of commit order in
+			// the chain, at its original position.
+			ev.MarkLate()
+		}
+		idx = append(idx, i)
+		bodies = append(bodies, ev.Body)
+		keys = append(keys, ev.Key)
+	}
+	return idx, bodies, keys
+}
+
+// settle records the answers to the events idx of a run. failed is the
+// first answer that settled nothing (nil when none); uncertain: an
+// outcome is unknown (its source is read back again); progress: something
+// was accepted.
+func (c *Client) settle(b *batch, idx []int, answers []answer) (failed *answer, uncertain, progress bool) {
+	for j, a := range answers {
+		i := idx[j]
+		switch a.verdict {
+		case accepted:
+			progress = true
+			b.state[i] = present
+			if c.maxPresent.Less(b.evs[i].Pos) {
+				c.maxPresent = b.evs[i].Pos
+			}
+		case rejected:
+			b.state[i], b.errs[i] = refusedForGood, a.err
+		default:
+			if failed == nil {
+				failed = &answers[j]
+			}
+			if a.verdict == unknown {
+				uncertain = true
+				c.checked[b.evs[i].Source] = false
+			}
+		}
+	}
+	return failed, uncertain, progress
 }
 
 // ProbePipelining tells whether the spine (and whatever stands in front of

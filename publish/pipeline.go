@@ -105,9 +105,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	pc, err := c.dialPipe(ctx)
 	if err != nil {
 		c.up(false)
-		for i := range answers {
-			answers[i] = answer{verdict: notSent, reason: "connection", err: fmt.Errorf("posting to the spine: %w", err)}
-		}
+		notSentFrom(answers, 0, fmt.Errorf("posting to the spine: %w", err))
 		return answers
 	}
 	pw := newPipeWindow(bodies, c.window(), c.cfg.MaxInFlightBytes)
@@ -125,34 +123,59 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 		c.writeWindow(pc, pw)
 	}()
 
-	broken, gaveUp := false, false
-	allVerdicts := true // every answer read was a 201 or a refusal for good
-	var lastAnswer time.Time
-	for i := range bodies {
+	w := c.readWindow(pc, pw, keys, answers)
+	pw.halt()
+	if ctx.Err() != nil {
+		w.broken = true // answers may still be on their way: never reuse it
+	}
+	if !w.broken {
+		c.pipeCloses = 0
+	}
+	c.sizeWindow(pw, w.allVerdicts, w.lastAnswer)
+	if w.broken {
+		c.closePipe()
+	}
+	if w.gaveUp {
+		c.abandoned() // the next read-back waits for them (see quietAt)
+	}
+	<-writerDone
+	return answers
+}
+
+// windowEnd is how reading a window's answers ended.
+type windowEnd struct {
+	broken      bool      // the connection must not be used again
+	gaveUp      bool      // requests were left in flight (see abandoned)
+	allVerdicts bool      // every answer read was a 201 or a refusal for good
+	lastAnswer  time.Time // of the last 201
+}
+
+// readWindow reads the answers to the requests pw writes on pc, in order,
+// into answers. After a failure nothing more is written; the requests
+// after it are answered unknown or notSent.
+func (c *Client) readWindow(pc *pipeConn, pw *pipeWindow, keys []string, answers []answer) windowEnd {
+	w := windowEnd{allVerdicts: true}
+	for i := range answers {
 		start, written, werr := pw.awaitWritten(i)
 		if !written {
-			for j := i; j < len(bodies); j++ {
-				answers[j] = answer{verdict: notSent, reason: "connection", err: fmt.Errorf("posting to the spine: %w", firstErr(werr, errors.New("held back after an earlier request failed")))}
-			}
-			break
+			notSentFrom(answers, i, fmt.Errorf("posting to the spine: %w", firstErr(werr, errors.New("held back after an earlier request failed"))))
+			return w
 		}
 		if werr != nil { // its own write failed
 			answers[i] = answer{verdict: unknown, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(werr))}
-			broken = true
-			for j := i + 1; j < len(bodies); j++ {
-				answers[j] = answer{verdict: notSent, reason: "connection", err: errors.New("not sent: the connection broke")}
-			}
-			break
+			w.broken = true
+			notSentFrom(answers, i+1, errors.New("not sent: the connection broke"))
+			return w
 		}
 		_ = pc.conn.SetReadDeadline(time.Now().Add(c.cfg.Timeout))
 		a, closeAfter, saidClose := c.readAnswer(pc.br, keys[i], start)
 		answers[i] = a
 		if a.verdict == accepted {
-			lastAnswer = time.Now()
-			c.sizer.latency(lastAnswer.Sub(start), lastAnswer)
+			w.lastAnswer = time.Now()
+			c.sizer.latency(w.lastAnswer.Sub(start), w.lastAnswer)
 		}
 		failed := a.verdict != accepted && a.verdict != rejected
-		allVerdicts = allVerdicts && !failed
+		w.allVerdicts = w.allVerdicts && !failed
 		// After a failure nothing more is sent: what is in flight cannot be
 		// recalled, but every request held back now is one that cannot
 		// land ahead of the failed one.
@@ -161,37 +184,29 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 			// Given up by this side (a read timeout, or a stop moving the
 			// deadline): the spine may still be working through this
 			// request and the ones written after it.
-			gaveUp = true
+			w.gaveUp = true
 		}
 		if a.verdict == unknown && a.reason == "connection" || closeAfter {
-			broken = true
+			w.broken = true
 			if pending > 0 && !saidClose && !closedByServer(a.err) {
 				// This side ends a connection the spine did not end (an
 				// answer it cannot trust, a body it could not read): the
 				// spine may still work through the requests written after
 				// this one, as it does for a client that gave up waiting.
-				gaveUp = true
+				w.gaveUp = true
 			}
 			c.connectionEnded(answers, i, pending, a, saidClose)
-			break
+			return w
 		}
 	}
-	pw.halt()
-	if ctx.Err() != nil {
-		broken = true // answers may still be on their way: never reuse it
+	return w
+}
+
+// notSentFrom answers the requests from i on as not sent, for err.
+func notSentFrom(answers []answer, i int, err error) {
+	for j := i; j < len(answers); j++ {
+		answers[j] = answer{verdict: notSent, reason: "connection", err: err}
 	}
-	if !broken {
-		c.pipeCloses = 0
-	}
-	c.sizeWindow(pw, allVerdicts, lastAnswer)
-	if broken {
-		c.closePipe()
-	}
-	if gaveUp {
-		c.abandoned() // the next read-back waits for them (see quietAt)
-	}
-	<-writerDone
-	return answers
 }
 
 // connectionEnded answers the requests after answer i, which closed the

@@ -33,89 +33,106 @@ func confirm(r io.Reader, key string) (int64, error) {
 		readers.Put(br)
 	}()
 	s := &echoScanner{r: br}
-	var (
-		id                                    kept
-		hash, prev, kind, source, ts, gotKey  kept
-		payloadSet, payloadObj, metadataIsObj bool
-	)
+	var e echo
 	if err := s.expect('{'); err != nil {
 		return 0, err
 	}
-	err := s.object(func(name []byte) error {
-		switch string(name) {
-		case "event_id":
-			return s.keep(&id, true)
-		case "hash":
-			return s.keep(&hash, false)
-		case "prev_hash":
-			return s.keep(&prev, false)
-		case "kind":
-			return s.keep(&kind, false)
-		case "source":
-			return s.keep(&source, false)
-		case "timestamp":
-			return s.keep(&ts, false)
-		case "payload":
-			payloadSet, payloadObj, metadataIsObj, gotKey = true, false, false, kept{}
-			c, err := s.token()
-			if err != nil || c != '{' {
-				return s.valueFrom(c, err, 1)
-			}
-			payloadObj = true
-			return s.object(func(name []byte) error {
-				if string(name) != "metadata" {
-					return s.value(2)
-				}
-				metadataIsObj, gotKey = false, kept{}
-				c, err := s.token()
-				if err != nil || c != '{' {
-					return s.valueFrom(c, err, 2)
-				}
-				metadataIsObj = true
-				return s.object(func(name []byte) error {
-					if string(name) != "idempotency_key" {
-						return s.value(3)
-					}
-					return s.keep(&gotKey, false)
-				})
-			})
-		default:
-			return s.value(1)
-		}
-	})
-	if err != nil {
+	if err := s.object(func(name []byte) error { return e.member(s, name) }); err != nil {
 		return 0, err
 	}
 	if err := s.end(); err != nil {
 		return 0, err
 	}
-	var err2 error
+	return e.check(key)
+}
+
+// echo is what confirm keeps of a 201's body.
+type echo struct {
+	id                                    kept
+	hash, prev, kind, source, ts, gotKey  kept
+	payloadSet, payloadObj, metadataIsObj bool
+}
+
+// member reads the event's member name: the fields checked are kept, the
+// rest validated and dropped.
+func (e *echo) member(s *echoScanner, name []byte) error {
+	switch string(name) {
+	case "event_id":
+		return s.keep(&e.id, true)
+	case "hash":
+		return s.keep(&e.hash, false)
+	case "prev_hash":
+		return s.keep(&e.prev, false)
+	case "kind":
+		return s.keep(&e.kind, false)
+	case "source":
+		return s.keep(&e.source, false)
+	case "timestamp":
+		return s.keep(&e.ts, false)
+	case "payload":
+		return e.payload(s)
+	default:
+		return s.value(1)
+	}
+}
+
+// payload reads the payload's value, keeping its metadata.idempotency_key.
+func (e *echo) payload(s *echoScanner) error {
+	e.payloadSet, e.payloadObj, e.metadataIsObj, e.gotKey = true, false, false, kept{}
+	c, err := s.token()
+	if err != nil || c != '{' {
+		return s.valueFrom(c, err, 1)
+	}
+	e.payloadObj = true
+	return s.object(func(name []byte) error {
+		if string(name) != "metadata" {
+			return s.value(2)
+		}
+		e.metadataIsObj, e.gotKey = false, kept{}
+		c, err := s.token()
+		if err != nil || c != '{' {
+			return s.valueFrom(c, err, 2)
+		}
+		e.metadataIsObj = true
+		return s.object(func(name []byte) error {
+			if string(name) != "idempotency_key" {
+				return s.value(3)
+			}
+			return s.keep(&e.gotKey, false)
+		})
+	})
+}
+
+// check holds the echo to the contract and to key, and returns its
+// event_id.
+func (e *echo) check(key string) (int64, error) {
+	var err error
 	switch {
-	case !id.num || !isPositiveInt(id.text):
-		err2 = id.invalid("event_id", "an integer >= 1")
-	case !hash.isHash():
-		err2 = hash.invalid("hash", "64 lower-case hex digits")
-	case !prev.isHash():
-		err2 = prev.invalid("prev_hash", "64 lower-case hex digits")
-	case !kind.nonEmpty():
-		err2 = kind.invalid("kind", "a non-empty string")
-	case !source.nonEmpty():
-		err2 = source.invalid("source", "a non-empty string")
-	case !ts.nonEmpty():
-		err2 = ts.invalid("timestamp", "a non-empty string")
-	case !payloadSet || !payloadObj:
-		err2 = errors.New("the answer has no payload object")
-	case !metadataIsObj || !gotKey.str:
-		err2 = errors.New("the answer's payload has no metadata.idempotency_key")
-	case gotKey.long || gotKey.text != key:
-		err2 = fmt.Errorf("the answer is event %q, not %q", gotKey.show(), key)
+	case !e.id.num || !isPositiveInt(e.id.text):
+		err = e.id.invalid("event_id", "an integer >= 1")
+	case !e.hash.isHash():
+		err = e.hash.invalid("hash", "64 lower-case hex digits")
+	case !e.prev.isHash():
+		err = e.prev.invalid("prev_hash", "64 lower-case hex digits")
+	case !e.kind.nonEmpty():
+		err = e.kind.invalid("kind", "a non-empty string")
+	case !e.source.nonEmpty():
+		err = e.source.invalid("source", "a non-empty string")
+	case !e.ts.nonEmpty():
+		err = e.ts.invalid("timestamp", "a non-empty string")
+	case !e.payloadSet || !e.payloadObj:
+		err = errors.New("the answer has no payload object")
+	case !e.metadataIsObj || !e.gotKey.str:
+		err = errors.New("the answer's payload has no metadata.idempotency_key")
+	case e.gotKey.long || e.gotKey.text != key:
+		err = fmt.Errorf("the answer is event %q, not %q", e.gotKey.show(), key)
 	}
-	if err2 != nil {
-		return 0, err2
-	}
-	n, err := strconv.ParseInt(id.text, 10, 64)
 	if err != nil {
-		return 0, id.invalid("event_id", "an integer that fits in 64 bits")
+		return 0, err
+	}
+	n, err := strconv.ParseInt(e.id.text, 10, 64)
+	if err != nil {
+		return 0, e.id.invalid("event_id", "an integer that fits in 64 bits")
 	}
 	return n, nil
 }

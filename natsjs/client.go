@@ -184,93 +184,123 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 // the stream to learn which of the messages sent it holds. It returns how
 // many events were settled.
 func (c *Client) window(ctx context.Context, evs []*envelope.Event, settled func(k int)) (int, error) {
-	var msgs []Message
-	var futures []jetstream.PubAckFuture
-	at, inflight := c.head, 0
-	n := 0 // settled; msgs[n:] await their acknowledgement
-	var failure error
+	w := &jsWindow{evs: evs, at: c.head}
 	start := time.Now()
 	for {
-		// Fill the window while nothing failed.
-		for failure == nil && len(msgs) < len(evs) && len(msgs)-n < c.cfg.MaxInFlight &&
-			(len(msgs) == n || inflight < c.cfg.MaxInFlightBytes) {
-			k := len(msgs)
-			ev := evs[k]
-			if k > 0 && c.isHandled(ev) {
-				evs = evs[:k] // PublishBatch skips it, then goes on
-				break
-			}
-			m := Build(ev, at)
-			if err := c.checkSize(ev, len(m.Data)); err != nil {
-				if k == n {
-					failure = err // nothing before it is in flight
-				}
-				evs = evs[:k] // it goes first in the next window, and stops there
-				break
-			}
-			f, err := c.js.PublishMsgAsync(&nats.Msg{Subject: c.cfg.Subject, Data: m.Data},
-				jetstream.WithMsgID(c.msgID(ev)), jetstream.WithExpectStream(c.cfg.Stream),
-				jetstream.WithExpectLastSequence(at.Seq), jetstream.WithStallWait(c.cfg.AckTimeout))
-			if err != nil {
-				failure = fmt.Errorf("sending to NATS: %w", err)
-				break
-			}
-			msgs, futures = append(msgs, m), append(futures, f)
-			at = Link{Seq: m.Seq, Hash: m.Hash}
-			inflight += len(m.Data)
-		}
-		if n == len(msgs) {
+		c.fill(w)
+		if w.n == len(w.msgs) {
 			break
 		}
-		// Settle the oldest message in flight.
-		var ack *jetstream.PubAck
-		var err error
-		select {
-		case ack = <-futures[n].Ok():
-		case err = <-futures[n].Err():
-		case <-ctx.Done():
-			return n, ctx.Err()
+		more, err := c.settleOldest(ctx, w)
+		if err != nil {
+			return w.n, err
 		}
-		if failure != nil {
-			break // a send failed: the rest's fate is read back below
+		if !more {
+			break
 		}
-		switch {
-		case err != nil:
-			failure = c.explain(err)
-		case ack.Duplicate:
-			failure = c.duplicate(ctx, evs[n], msgs[n], ack.Sequence)
-		case ack.Stream != c.cfg.Stream || ack.Sequence != msgs[n].Seq:
-			failure = fmt.Errorf("stream %s acknowledged message %d as %s sequence %d", c.cfg.Stream, msgs[n].Seq, ack.Stream, ack.Sequence)
-		}
-		if failure != nil {
-			break // the rest's fate is read back below
-		}
-		c.accepted(evs[n], msgs[n])
-		settled(n)
-		inflight -= len(msgs[n].Data)
-		futures[n], msgs[n].Data = nil, nil
-		n++
+		settled(w.n - 1)
 	}
 	if c.cfg.Hooks.Window != nil {
-		c.cfg.Hooks.Window(min(len(msgs), c.cfg.MaxInFlight))
+		c.cfg.Hooks.Window(min(len(w.msgs), c.cfg.MaxInFlight))
 	}
-	c.observe(failure, start)
-	if failure == nil {
-		return n, nil
+	c.observe(w.failure, start)
+	if w.failure == nil {
+		return w.n, nil
 	}
 	// The acknowledgements still due are not awaited: whatever of the
 	// rest the stream holds, in order, was stored, and the rest is sent
 	// again with the same sequences, so a late store of an earlier attempt
 	// is the same message at the same place.
-	got, err := c.resolve(ctx, evs[n:len(msgs)], msgs[n:])
+	n := w.n
+	got, err := c.resolve(ctx, w.evs[n:len(w.msgs)], w.msgs[n:])
 	for k := range got {
-		c.accepted(evs[n+k], msgs[n+k])
+		c.accepted(w.evs[n+k], w.msgs[n+k])
 		settled(n + k)
 	}
 	if err != nil {
-		failure = errors.Join(failure, err)
+		return n + got, errors.Join(w.failure, err)
 	}
-	return n + got, failure
+	return n + got, w.failure
+}
+
+// jsWindow is a window of messages sent and awaiting their
+// acknowledgement: msgs[n:] (evs' first len(msgs) events).
+type jsWindow struct {
+	evs      []*envelope.Event
+	msgs     []Message
+	futures  []jetstream.PubAckFuture
+	at       Link // where the next message goes
+	inflight int  // bytes awaiting acknowledgement
+	n        int  // settled
+	failure  error
+}
+
+// fill sends the next events while nothing failed and the window has
+// room. It ends evs before an event already handled (PublishBatch skips
+// it) and before one too large to send (it goes first in the next window,
+// and stops there).
+func (c *Client) fill(w *jsWindow) {
+	for w.failure == nil && len(w.msgs) < len(w.evs) && len(w.msgs)-w.n < c.cfg.MaxInFlight &&
+		(len(w.msgs) == w.n || w.inflight < c.cfg.MaxInFlightBytes) {
+		k := len(w.msgs)
+		ev := w.evs[k]
+		if k > 0 && c.isHandled(ev) {
+			w.evs = w.evs[:k]
+			return
+		}
+		m := Build(ev, w.at)
+		if err := c.checkSize(ev, len(m.Data)); err != nil {
+			if k == w.n {
+				w.failure = err // nothing before it is in flight
+			}
+			w.evs = w.evs[:k]
+			return
+		}
+		f, err := c.js.PublishMsgAsync(&nats.Msg{Subject: c.cfg.Subject, Data: m.Data},
+			jetstream.WithMsgID(c.msgID(ev)), jetstream.WithExpectStream(c.cfg.Stream),
+			jetstream.WithExpectLastSequence(w.at.Seq), jetstream.WithStallWait(c.cfg.AckTimeout))
+		if err != nil {
+			w.failure = fmt.Errorf("sending to NATS: %w", err)
+			return
+		}
+		w.msgs, w.futures = append(w.msgs, m), append(w.futures, f)
+		w.at = Link{Seq: m.Seq, Hash: m.Hash}
+		w.inflight += len(m.Data)
+	}
+}
+
+// settleOldest awaits the oldest message's acknowledgement and settles it:
+// more is false when it failed, or a send did (w.failure says why; the
+// rest's fate is read back); err is ctx's.
+func (c *Client) settleOldest(ctx context.Context, w *jsWindow) (more bool, err error) {
+	n := w.n
+	var ack *jetstream.PubAck
+	var aerr error
+	select {
+	case ack = <-w.futures[n].Ok():
+	case aerr = <-w.futures[n].Err():
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	if w.failure != nil {
+		return false, nil
+	}
+	switch {
+	case aerr != nil:
+		w.failure = c.explain(aerr)
+	case ack.Duplicate:
+		w.failure = c.duplicate(ctx, w.evs[n], w.msgs[n], ack.Sequence)
+	case ack.Stream != c.cfg.Stream || ack.Sequence != w.msgs[n].Seq:
+		w.failure = fmt.Errorf("stream %s acknowledged message %d as %s sequence %d", c.cfg.Stream, w.msgs[n].Seq, ack.Stream, ack.Sequence)
+	}
+	if w.failure != nil {
+		return false, nil
+	}
+	c.accepted(w.evs[n], w.msgs[n])
+	w.inflight -= len(w.msgs[n].Data)
+	w.futures[n], w.msgs[n].Data = nil, nil
+	w.n++
+	return true, nil
 }
 
 // duplicate judges an acknowledgement saying the stream already holds a

@@ -461,30 +461,55 @@ func (s *Server) handlePost(w http.ResponseWriter, r *http.Request) {
 
 // post validates and appends one event, returning the answer.
 func (s *Server) post(contentType string, body []byte) (int, []byte) {
-	answer := func(status int, v any) (int, []byte) {
-		var buf bytes.Buffer
-		if err := writeValue(&buf, v, false); err != nil {
-			panic(err)
-		}
-		return status, buf.Bytes()
+	obj, body, status, refusal := parseBody(contentType, body)
+	if obj == nil {
+		return status, refusal
 	}
-	fail422 := func(errs ...any) (int, []byte) {
-		return answer(http.StatusUnprocessableEntity, map[string]any{"detail": errs})
+	kind, source, ts, payload, errs := s.validate(obj, body)
+	if len(errs) > 0 {
+		return fail422(errs...)
 	}
-	parseFail := func() (int, []byte) {
-		return answer(http.StatusBadRequest, map[string]any{"detail": "There was an error parsing the body"})
+	e := s.append(ts, kind, source, payload)
+	var buf bytes.Buffer
+	if err := writeEvent(&buf, e); err != nil {
+		panic(err)
 	}
+	return http.StatusCreated, buf.Bytes()
+}
 
+// answer encodes v as the answer with status.
+func answer(status int, v any) (int, []byte) {
+	var buf bytes.Buffer
+	if err := writeValue(&buf, v, false); err != nil {
+		panic(err)
+	}
+	return status, buf.Bytes()
+}
+
+// fail422 is FastAPI's answer to a body that fails validation.
+func fail422(errs ...any) (int, []byte) {
+	return answer(http.StatusUnprocessableEntity, map[string]any{"detail": errs})
+}
+
+// parseBody reads a request body as FastAPI does: the JSON object it
+// holds (and the body without a BOM), or nil with the refusal.
+func parseBody(contentType string, body []byte) (map[string]any, []byte, int, []byte) {
+	refuse := func(status int, refusal []byte) (map[string]any, []byte, int, []byte) {
+		return nil, nil, status, refusal
+	}
+	parseFail := func() (map[string]any, []byte, int, []byte) {
+		return refuse(answer(http.StatusBadRequest, map[string]any{"detail": "There was an error parsing the body"}))
+	}
 	// FastAPI: an empty body is a missing body.
 	if len(body) == 0 {
-		return fail422(validationError("missing", []any{"body"}, "Field required", nil, nil))
+		return refuse(fail422(validationError("missing", []any{"body"}, "Field required", nil, nil)))
 	}
 	// FastAPI parses JSON when there is no Content-Type or when it is
 	// application/json or application/*+json; otherwise the model receives
 	// the raw bytes and refuses them.
 	if !isJSONContentType(contentType) {
-		return fail422(validationError("model_attributes_type", []any{"body"},
-			"Input should be a valid dictionary or object to extract fields from", string(body), nil))
+		return refuse(fail422(validationError("model_attributes_type", []any{"body"},
+			"Input should be a valid dictionary or object to extract fields from", string(body), nil)))
 	}
 	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf")) // json.loads(bytes) accepts a UTF-8 BOM
 	if !utf8.Valid(body) {
@@ -492,24 +517,29 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 	}
 	v, jerr := decodeJSON(body)
 	if jerr != nil {
-		return fail422(validationError("json_invalid", []any{"body", jerr.pos}, "JSON decode error",
-			map[string]any{}, map[string]any{"error": jerr.msg}))
+		return refuse(fail422(validationError("json_invalid", []any{"body", jerr.pos}, "JSON decode error",
+			map[string]any{}, map[string]any{"error": jerr.msg})))
 	}
 	if tooManyDigits(v) {
 		return parseFail()
 	}
 	obj, ok := v.(map[string]any)
 	if !ok {
-		return fail422(validationError("model_attributes_type", []any{"body"},
-			"Input should be a valid dictionary or object to extract fields from", v, nil))
+		return refuse(fail422(validationError("model_attributes_type", []any{"body"},
+			"Input should be a valid dictionary or object to extract fields from", v, nil)))
 	}
+	return obj, body, 0, nil
+}
 
+// validate holds a request's object to the PublishRequest model, as
+// pydantic does: every error, in the model's field order, then the extra
+// members in the body's order.
+func (s *Server) validate(obj map[string]any, body []byte) (kind, source, ts string, payload map[string]any, errs []any) {
 	s.mu.Lock()
 	kinds, kindOK := s.kinds, s.kindOK
 	s.mu.Unlock()
 
-	var errs []any
-	kind, _ := obj["kind"].(string)
+	kind, _ = obj["kind"].(string)
 	if k, present := obj["kind"]; !present {
 		errs = append(errs, validationError("missing", []any{"body", "kind"}, "Field required", obj, nil))
 	} else if ks, isStr := k.(string); !isStr || !kindOK[ks] {
@@ -517,7 +547,7 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 		errs = append(errs, validationError("enum", []any{"body", "kind"}, "Input should be "+expected, k,
 			map[string]any{"expected": expected}))
 	}
-	source, _ := obj["source"].(string)
+	source, _ = obj["source"].(string)
 	if src, present := obj["source"]; !present {
 		errs = append(errs, validationError("missing", []any{"body", "source"}, "Field required", obj, nil))
 	} else if str, isStr := src.(string); !isStr {
@@ -526,7 +556,7 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 		errs = append(errs, validationError("string_too_short", []any{"body", "source"},
 			"String should have at least 1 character", str, map[string]any{"min_length": 1}))
 	}
-	payload := map[string]any{}
+	payload = map[string]any{}
 	if p, present := obj["payload"]; present {
 		if pm, isObj := p.(map[string]any); isObj {
 			payload = pm
@@ -534,24 +564,7 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 			errs = append(errs, validationError("dict_type", []any{"body", "payload"}, "Input should be a valid dictionary", p, nil))
 		}
 	}
-	ts := ""
-	switch t := obj["timestamp"].(type) {
-	case nil:
-		ts = s.now().UTC().Format(nowLayout)
-	case string:
-		norm, terr := normalizeTimestamp(t)
-		if terr != nil {
-			msg := "Input should be a valid datetime or date, " + terr.reason
-			if terr.typ == "datetime_parsing" {
-				msg = "Input should be a valid datetime, " + terr.reason
-			}
-			errs = append(errs, validationError(terr.typ, []any{"body", "timestamp"}, msg, t,
-				map[string]any{"error": terr.reason}))
-		}
-		ts = norm
-	default:
-		errs = append(errs, validationError("datetime_type", []any{"body", "timestamp"}, "Input should be a valid datetime", t, nil))
-	}
+	ts, errs = s.validateTimestamp(obj["timestamp"], errs)
 	var extras []string
 	for k := range obj {
 		switch k {
@@ -565,15 +578,29 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 			errs = append(errs, validationError("extra_forbidden", []any{"body", k}, "Extra inputs are not permitted", obj[k], nil))
 		}
 	}
-	if len(errs) > 0 {
-		return fail422(errs...)
+	return kind, source, ts, payload, errs
+}
+
+// validateTimestamp normalises a request's timestamp (now when it has
+// none), appending its validation error to errs.
+func (s *Server) validateTimestamp(v any, errs []any) (string, []any) {
+	switch t := v.(type) {
+	case nil:
+		return s.now().UTC().Format(nowLayout), errs
+	case string:
+		norm, terr := normalizeTimestamp(t)
+		if terr != nil {
+			msg := "Input should be a valid datetime or date, " + terr.reason
+			if terr.typ == "datetime_parsing" {
+				msg = "Input should be a valid datetime, " + terr.reason
+			}
+			errs = append(errs, validationError(terr.typ, []any{"body", "timestamp"}, msg, t,
+				map[string]any{"error": terr.reason}))
+		}
+		return norm, errs
+	default:
+		return "", append(errs, validationError("datetime_type", []any{"body", "timestamp"}, "Input should be a valid datetime", t, nil))
 	}
-	e := s.append(ts, kind, source, payload)
-	var buf bytes.Buffer
-	if err := writeEvent(&buf, e); err != nil {
-		panic(err)
-	}
-	return http.StatusCreated, buf.Bytes()
 }
 
 func isJSONContentType(ct string) bool {

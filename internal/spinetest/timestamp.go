@@ -32,10 +32,39 @@ type tsError struct {
 // ±HHMM. The unix-timestamp strings pydantic also accepts ("1700000000") are
 // refused here: the double is deliberately stricter than the spine there.
 func normalizeTimestamp(s string) (string, *tsError) {
+	date, err := parseDate(s)
+	if err != nil {
+		return "", err
+	}
+	if len(s) == 10 {
+		return date + "T00:00:00", nil
+	}
+	extra := &tsError{typ: "datetime_from_date_parsing", reason: "unexpected extra characters at the end of the input"}
+	switch s[10] {
+	case 'T', 't', ' ', '_':
+	default:
+		return "", extra
+	}
+	clock, i, ok := parseClock(s, 11)
+	if !ok {
+		return "", extra
+	}
+	out := date + "T" + clock
+	if i == len(s) {
+		return out, nil // naive datetime
+	}
+	zone, ok := parseZone(s[i:])
+	if !ok {
+		return "", extra
+	}
+	return out + zone, nil
+}
+
+// parseDate reads the YYYY-MM-DD that s starts with.
+func parseDate(s string) (string, *tsError) {
 	parseErr := func(reason string) *tsError {
 		return &tsError{typ: "datetime_from_date_parsing", reason: reason}
 	}
-	extra := parseErr("unexpected extra characters at the end of the input")
 	if len(s) < 10 {
 		return "", parseErr("input is too short")
 	}
@@ -66,29 +95,26 @@ func normalizeTimestamp(s string) (string, *tsError) {
 	if year == 0 {
 		return "", &tsError{typ: "datetime_parsing", reason: "year 0 is out of range"}
 	}
-	date := fmt.Sprintf("%04d-%02d-%02d", year, month, day)
-	if len(s) == 10 {
-		return date + "T00:00:00", nil
-	}
-	switch s[10] {
-	case 'T', 't', ' ', '_':
-	default:
-		return "", extra
-	}
-	i := 11
+	return fmt.Sprintf("%04d-%02d-%02d", year, month, day), nil
+}
+
+// parseClock reads HH:MM[:SS[(.|,)fraction]] from s[i:] as HH:MM:SS and
+// microseconds when not zero (a longer fraction is truncated), and returns
+// the index after it.
+func parseClock(s string, i int) (string, int, bool) {
 	hour, ok := digitsAt(s, i, 2)
 	if !ok || i+2 >= len(s) || s[i+2] != ':' {
-		return "", extra
+		return "", i, false
 	}
 	minute, ok := digitsAt(s, i+3, 2)
 	if !ok {
-		return "", extra
+		return "", i, false
 	}
 	i += 5
 	second, micro := 0, 0
 	if i < len(s) && s[i] == ':' {
 		if second, ok = digitsAt(s, i+1, 2); !ok {
-			return "", extra
+			return "", i, false
 		}
 		i += 3
 		if i < len(s) && (s[i] == '.' || s[i] == ',') {
@@ -102,7 +128,7 @@ func normalizeTimestamp(s string) (string, *tsError) {
 				i++
 			}
 			if n == 0 {
-				return "", extra
+				return "", i, false
 			}
 			for ; n < 6; n++ {
 				micro *= 10
@@ -110,48 +136,42 @@ func normalizeTimestamp(s string) (string, *tsError) {
 		}
 	}
 	if hour > 23 || minute > 59 || second > 59 {
-		return "", extra
+		return "", i, false
 	}
-	out := fmt.Sprintf("%sT%02d:%02d:%02d", date, hour, minute, second)
+	out := fmt.Sprintf("%02d:%02d:%02d", hour, minute, second)
 	if micro != 0 {
 		out += fmt.Sprintf(".%06d", micro)
 	}
-	if i == len(s) {
-		return out, nil // naive datetime
-	}
-	switch s[i] {
+	return out, i, true
+}
+
+// parseZone reads a zone that is the whole of s: Z, z, ±HH:MM or ±HHMM,
+// as ±HH:MM (-00:00 as +00:00).
+func parseZone(s string) (string, bool) {
+	switch s[0] {
 	case 'Z', 'z':
-		i++
-		out += "+00:00"
+		return "+00:00", len(s) == 1
 	case '+', '-':
-		sign := s[i]
-		oh, ok := digitsAt(s, i+1, 2)
-		if !ok {
-			return "", extra
-		}
-		i += 3
-		if i < len(s) && s[i] == ':' {
-			i++
-		}
-		om, ok := digitsAt(s, i, 2)
-		if !ok {
-			return "", extra
-		}
-		i += 2
-		if oh > 23 || om > 59 {
-			return "", extra
-		}
-		if oh == 0 && om == 0 {
-			sign = '+'
-		}
-		out += fmt.Sprintf("%c%02d:%02d", sign, oh, om)
 	default:
-		return "", extra
+		return "", false
 	}
-	if i != len(s) {
-		return "", extra
+	sign := s[0]
+	oh, ok := digitsAt(s, 1, 2)
+	if !ok {
+		return "", false
 	}
-	return out, nil
+	i := 3
+	if i < len(s) && s[i] == ':' {
+		i++
+	}
+	om, ok := digitsAt(s, i, 2)
+	if !ok || i+2 != len(s) || oh > 23 || om > 59 {
+		return "", false
+	}
+	if oh == 0 && om == 0 {
+		sign = '+'
+	}
+	return fmt.Sprintf("%c%02d:%02d", sign, oh, om), true
 }
 
 // digitsAt parses the n ASCII digits of s starting at i.

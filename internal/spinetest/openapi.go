@@ -58,6 +58,9 @@ func dig(v any, keys ...string) any {
 // Operation ids and the validation-error schemas imitate FastAPI's
 // conventions; only the two spine schemas are meant to be relied upon.
 // It fails only if the embedded file is broken, which its tests catch.
+// It is long on purpose: one document literal, read top to bottom like
+// the JSON it becomes; cut into functions it would be harder to compare
+// with FastAPI's.
 func (s *Server) openAPI() (map[string]any, error) {
 	base, err := spineSchemas()
 	if err != nil {

@@ -282,7 +282,8 @@ func TestExactlyOnceInOrder(t *testing.T) {
 // flight time out and are sent again): delivery waits, resumes, and the
 // stream holds every event once, in order.
 func TestServersStopped(t *testing.T) {
-	// Mostly waiting on servers: it runs beside the other tests.
+	// Mostly waiting on servers: it runs beside the other parallel test
+	// (after the serial ones).
 	t.Parallel()
 	cl := natstest.Start(t, 3)
 	c, n := newClient(t, cl.URLs())
@@ -295,6 +296,7 @@ func TestServersStopped(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- deliver(t, ctx, c, events(300, 8000)) }()
 	waitStored(t, cl.URLs(), 1500)
+	stillDelivering(t, done)
 	cl.Stop(leader)
 	t.Logf("stopped the stream leader n%d", leader+1)
 	time.Sleep(2 * time.Second)
@@ -313,6 +315,7 @@ func TestServersStopped(t *testing.T) {
 	// Every server down for four seconds: delivery waits them out.
 	go func() { done <- deliver(t, ctx, c, events(8500, 16000)) }()
 	waitStored(t, cl.URLs(), 9500)
+	stillDelivering(t, done)
 	cl.StopAll()
 	t.Log("stopped every server")
 	time.Sleep(4 * time.Second)
@@ -327,6 +330,18 @@ func TestServersStopped(t *testing.T) {
 	exact(t, stored(t, cl.URLs(), DefaultStream), events(0, 16000))
 	if n.retries == 0 {
 		t.Error("no retry was counted across the outages")
+	}
+}
+
+// stillDelivering fails the test when the delivery running in the
+// background already ended: a stop would then not test an outage in the
+// middle of windows.
+func stillDelivering(t *testing.T, done chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		t.Fatalf("the delivery ended (%v) before the servers were stopped: deliver more events", err)
+	default:
 	}
 }
 
@@ -528,7 +543,8 @@ func rawJetStream(t *testing.T, url string) jetstream.JetStream {
 // no event refused for good) and says what to grant; the right user then
 // delivers each event once.
 func TestRefusedIsAnOutage(t *testing.T) {
-	// Mostly waiting on servers: it runs beside the other tests.
+	// Mostly waiting on servers: it runs beside the other parallel test
+	// (after the serial ones).
 	t.Parallel()
 	allow := func(subjects ...string) *server.Permissions {
 		return &server.Permissions{Publish: &server.SubjectPermission{Allow: subjects}}

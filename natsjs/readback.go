@@ -106,7 +106,7 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 	// A consumer just made on a replicated stream may not answer for a
 	// moment: "no responders", from the fetch request or as the batch's
 	// error, is asked again until the API timeout passes without progress.
-	retryUntil := time.Now().Add(apiTimeout)
+	retryUntil := time.Now().Add(c.apiWait())
 	retry := func(err error) bool {
 		if !errors.Is(err, nats.ErrNoResponders) || !time.Now().Before(retryUntil) {
 			return false
@@ -142,7 +142,7 @@ func (c *Client) scan(ctx context.Context, first, last uint64, fn func(seq uint6
 			return fmt.Errorf("reading the stream back from sequence %d: %w", next, err)
 		}
 		if got > 0 {
-			retryUntil = time.Now().Add(apiTimeout)
+			retryUntil = time.Now().Add(c.apiWait())
 		}
 		if got == 0 {
 			return fmt.Errorf("reading the stream back: no message came at sequence %d of %d", next, last)

@@ -112,8 +112,13 @@ func (c *Client) WantReplicas() int {
 // acknowledgement.
 const apiTimeout = 5 * time.Second
 
+// apiWait is how long a JetStream API request may go unanswered.
+func (c *Client) apiWait() time.Duration {
+	return min(apiTimeout, c.cfg.AckTimeout)
+}
+
 func (c *Client) api(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, min(apiTimeout, c.cfg.AckTimeout))
+	return context.WithTimeout(ctx, c.apiWait())
 }
 
 // info opens the stream (see openStream) and reads its configuration and

@@ -496,7 +496,7 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 			// Read back every pending event's source, not only the one that
 			// failed: a request after it may have landed.
 			for i := b.reported; i < len(evs); i++ {
-				if b.state[i] == pending {
+				if b.state[i] == unsettled {
 					c.checked[evs[i].Source] = false
 				}
 			}
@@ -515,7 +515,7 @@ func (c *Client) PublishBatch(ctx context.Context, evs []*envelope.Event, done f
 type settled uint8
 
 const (
-	pending        settled = iota
+	unsettled      settled = iota
 	present                // accepted now, or held already
 	refusedForGood         // rejected: errs says why
 )
@@ -533,7 +533,7 @@ type batch struct {
 // report calls done for the settled events after the last reported, up to
 // the first pending one.
 func (b *batch) report(c *Client) {
-	for b.reported < len(b.evs) && b.state[b.reported] != pending {
+	for b.reported < len(b.evs) && b.state[b.reported] != unsettled {
 		if b.state[b.reported] == present {
 			c.MarkHandled(b.evs[b.reported].Pos)
 		}
@@ -562,7 +562,7 @@ func (c *Client) publishEach(ctx context.Context, evs []*envelope.Event, done fu
 func (c *Client) readBackSources(ctx context.Context, b *batch, attempt *int) error {
 	for i := b.reported; i < len(b.evs); i++ {
 		ev := b.evs[i]
-		if b.state[i] != pending || c.checked[ev.Source] {
+		if b.state[i] != unsettled || c.checked[ev.Source] {
 			continue
 		}
 		err := c.learn(ctx, ev.Source, ev.Pos)
@@ -591,7 +591,7 @@ func (c *Client) readBackSources(ctx context.Context, b *batch, attempt *int) er
 // and an event that will land after a later one is marked late.
 func (c *Client) nextRun(b *batch) (idx []int, bodies [][]byte, keys []string) {
 	for i := b.reported; i < len(b.evs) && len(idx) < max(8*c.window(), 256); i++ {
-		if b.state[i] != pending {
+		if b.state[i] != unsettled {
 			continue
 		}
 		ev := b.evs[i]

@@ -272,12 +272,9 @@ func (v *Verifier) addSeal(it Item) {
 // cover checks the events of seal's range against it.
 func (v *Verifier) cover(id int64, seal Seal) {
 	st := v.stream(streamID(seal.SystemID, seal.Slot))
-	s, expect, ok := v.readSeal(id, seal)
+	s, expect, ok := v.readSeal(id, seal, st)
 	if !ok {
 		return
-	}
-	if st.hasSeal && s.from != st.sealed {
-		v.fail(id, "", "seal %d starts after %s, but the seal before it for these events ended at %s: the events between are not authenticated", seal.Seq, s.from, st.sealed)
 	}
 	full, have := v.match(seal, expect, st.take(s.from, s.to), s.shorts)
 	v.checkSealed(s, expect, full, have)
@@ -285,9 +282,10 @@ func (v *Verifier) cover(id int64, seal Seal) {
 	st.sealed, st.hasSeal = s.to, true
 }
 
-// readSeal reads seal's range and the short digests of the events it
-// lists, in their order; ok is false (reported) when they are unreadable.
-func (v *Verifier) readSeal(id int64, seal Seal) (s *sealState, expect []uint64, ok bool) {
+// readSeal reads seal's range, which must start where st's last seal
+// ended, and the short digests of the events it lists, in their order; ok
+// is false (reported) when they are unreadable.
+func (v *Verifier) readSeal(id int64, seal Seal, st *stream) (s *sealState, expect []uint64, ok bool) {
 	s = &sealState{seal: seal, id: id, dead: seal.DeadLetters, shorts: map[uint64]bool{}, missing: map[uint64]string{}}
 	if seal.From != "" {
 		if s.from, ok = envelope.ParsePosition(seal.From); !ok {
@@ -298,6 +296,9 @@ func (v *Verifier) readSeal(id int64, seal Seal) (s *sealState, expect []uint64,
 	if s.to, ok = envelope.ParsePosition(seal.To); !ok {
 		v.fail(id, "", "SEAL event %d has an unreadable range end %q", id, seal.To)
 		return nil, nil, false
+	}
+	if st.hasSeal && s.from != st.sealed {
+		v.fail(id, "", "seal %d starts after %s, but the seal before it for these events ended at %s: the events between are not authenticated", seal.Seq, s.from, st.sealed)
 	}
 	shortBytes, err := base64.StdEncoding.DecodeString(seal.Events)
 	if err != nil || uint64(len(shortBytes)) != seal.Count*shortLen {

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
@@ -25,7 +27,7 @@ var benchBody = []byte(`{"kind":"decision_card_status_changed","source":"procure
 const benchKey = "pgaudit-cdc:7441925118437418807:pgaudit_cdc:000000016B374D48:1"
 
 // benchEcho is what the spine answers to benchBody: the stored event, about
-// as large as the envelope.
+// as large as the envelope, after its event_id (see instantSpine).
 var benchEcho = func() []byte {
 	var req struct {
 		Kind      string          `json:"kind"`
@@ -37,13 +39,15 @@ var benchEcho = func() []byte {
 		panic(err)
 	}
 	hash := strings.Repeat("ab", 32)
-	return []byte(`{"event_id":1,"timestamp":"` + req.Timestamp + `","kind":"` + req.Kind + `","source":"` + req.Source +
+	return []byte(`"timestamp":"` + req.Timestamp + `","kind":"` + req.Kind + `","source":"` + req.Source +
 		`","payload":` + string(req.Payload) + `,"prev_hash":"` + hash + `","hash":"` + hash + `"}`)
 }()
 
-// instantSpine answers POST /events with 201 and benchEcho, and the
-// client's read-back with an empty list.
+// instantSpine answers POST /events with 201 and benchEcho under the next
+// event_id (a spine whose ids do not grow lost its history, which the
+// client reports), and the client's read-back with an empty list.
 func instantSpine(b *testing.B) *httptest.Server {
+	var id atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if r.Method == http.MethodGet {
@@ -52,6 +56,7 @@ func instantSpine(b *testing.B) *httptest.Server {
 		}
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write(append(strconv.AppendInt([]byte(`{"event_id":`), id.Add(1), 10), ',')) // net/http buffers both writes
 		_, _ = w.Write(benchEcho)
 	}))
 	b.Cleanup(srv.Close)

@@ -40,7 +40,8 @@ type BigTxCase struct {
 	// COMMIT → the consumer finished (pg_recvlogical reached --endpos; the
 	// agent confirmed the transaction, every event delivered).
 	Sent, Done time.Duration
-	// PeakRSS is the consumer's peak resident set (ru_maxrss).
+	// PeakRSS is the consumer's peak resident set (VmHWM, read before it
+	// stops; see peakRSS).
 	PeakRSS int64
 	// AgentSpill is what the agent wrote to its spill directory.
 	AgentSpill int64
@@ -237,8 +238,10 @@ func (e *env) bigTxAgent(ctx context.Context, conn *pgx.Conn, bin, url, pub, slo
 		return c, err
 	}
 	c.AgentSpill -= agentSpill0
+	if c.PeakRSS, err = peakRSS(p.cmd); err != nil {
+		return c, err
+	}
 	p.stop()
-	c.PeakRSS = maxRSS(p.cmd.ProcessState)
 	spill, stream, err := settledDecoding(ctx, conn, slot)
 	if err != nil {
 		return c, err
@@ -319,19 +322,23 @@ func (e *env) bigTxRecv(ctx context.Context, conn *pgx.Conn, url, pub, slot stri
 		return c, err
 	}
 	c.Done = time.Since(at)
+	if c.PeakRSS, err = peakRSS(rl.cmd); err != nil {
+		return c, err
+	}
 	rl.stop(syscall.SIGINT)
-	c.PeakRSS = maxRSS(rl.cmd.ProcessState)
 	c.ServerSpill, c.Streamed, err = settledDecoding(ctx, conn, slot)
 	return c, err
 }
 
-// maxRSS is a finished process's peak resident set, in bytes.
-func maxRSS(ps *os.ProcessState) int64 {
-	if ps == nil {
-		return 0
+// peakRSS is a running child's peak resident set, VmHWM, in bytes. The
+// ru_maxrss of a finished child is not its own: Linux keeps the largest
+// resident set the process had before exec, and Go starts children sharing
+// the bench's memory (CLONE_VM), so after a scenario that grew the bench
+// process (one huge row) every child would report the bench's peak.
+func peakRSS(cmd *exec.Cmd) (int64, error) {
+	hwm, _, err := procMem(cmd.Process.Pid)
+	if err != nil {
+		return 0, fmt.Errorf("reading the peak resident set of %s: %w", cmd.Path, err)
 	}
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		return ru.Maxrss << 10
-	}
-	return 0
+	return hwm, nil
 }

@@ -324,7 +324,7 @@ func (r *Results) Markdown(command string) string {
 
 	if bt := r.BigTx; bt != nil {
 		p("#### 5b. One large transaction\n\n")
-		p("One INSERT of %s `orders` rows in one transaction, committed while the consumer streams, interleaved per round (the order rotates). Server spill and streamed bytes are the slot's `pg_stat_replication_slots` figures for it; COMMIT → sent is until `pg_stat_replication.sent_lsn` reached the transaction's end; COMMIT → done is until the slot confirmed it (pg_recvlogical: written and flushed to `/dev/null`; the agent: every event delivered to the stdout sink, sent to `/dev/null`); peak RSS is the process's `ru_maxrss`; the agent's spill is `pgaudit_cdc_spilled_bytes_total`.\n\n", thousands(int64(bt.Rows)))
+		p("One INSERT of %s `orders` rows in one transaction, committed while the consumer streams, interleaved per round (the order rotates). Server spill and streamed bytes are the slot's `pg_stat_replication_slots` figures for it; COMMIT → sent is until `pg_stat_replication.sent_lsn` reached the transaction's end; COMMIT → done is until the slot confirmed it (pg_recvlogical: written and flushed to `/dev/null`; the agent: every event delivered to the stdout sink, sent to `/dev/null`); peak RSS is the process's `VmHWM`, read just before it stops (a child's `ru_maxrss` would carry the bench process's own peak over `exec`); the agent's spill is `pgaudit_cdc_spilled_bytes_total`.\n\n", thousands(int64(bt.Rows)))
 		p("| round | consumer | server spill | streamed | COMMIT → sent | COMMIT → done | peak RSS | agent spill |\n|---|---|---|---|---|---|---|---|\n")
 		by := map[string][]BigTxCase{}
 		for i, round := range bt.Rounds {

@@ -150,8 +150,9 @@ func explainWhere(err error, where string) error {
 	if where == "" || !errors.As(err, &pgErr) {
 		return err
 	}
-	class := pgErr.Code[:2]
-	if (class != "42" && class != "22" && pgErr.Code != pgerrcode.FeatureNotSupported) || pgErr.Code == pgerrcode.InsufficientPrivilege {
+	userFault := pgerrcode.IsSyntaxErrororAccessRuleViolation(pgErr.Code) || pgerrcode.IsDataException(pgErr.Code) ||
+		pgErr.Code == pgerrcode.FeatureNotSupported
+	if !userFault || pgErr.Code == pgerrcode.InsufficientPrivilege {
 		return err // a missing privilege is not the expression's fault
 	}
 	msg := pgErr.Message

@@ -382,12 +382,7 @@ func (c *Client) deliver(ctx context.Context, body []byte, key string, readBack 
 			if ctx.Err() != nil {
 				return false, ctx.Err()
 			}
-			reason := "read_back"
-			var ref *refusedError
-			if errors.As(err, &ref) {
-				reason = ref.reason()
-			}
-			if err := c.wait(ctx, &attempt, reason, 0, err); err != nil {
+			if err := c.wait(ctx, &attempt, readBackReason(err), 0, err); err != nil {
 				return false, err
 			}
 			continue
@@ -441,6 +436,17 @@ func (e *RejectedError) Error() string {
 func IsRejected(err error) bool {
 	var r *RejectedError
 	return errors.As(err, &r)
+}
+
+// readBackReason is the retry reason of a failed read-back: the refusal's
+// own when the spine refuses this client (see refusedError), else
+// read_back.
+func readBackReason(err error) string {
+	var ref *refusedError
+	if errors.As(err, &ref) {
+		return ref.reason()
+	}
+	return "read_back"
 }
 
 // refusedError is an answer by which the spine, or whatever answers at its

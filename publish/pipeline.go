@@ -531,7 +531,7 @@ type batch struct {
 }
 
 // report calls done for the settled events after the last reported, up to
-// the first pending one.
+// the first unsettled one.
 func (b *batch) report(c *Client) {
 	for b.reported < len(b.evs) && b.state[b.reported] != unsettled {
 		if b.state[b.reported] == present {
@@ -572,12 +572,7 @@ func (c *Client) readBackSources(ctx context.Context, b *batch, attempt *int) er
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		reason := "read_back"
-		var ref *refusedError
-		if errors.As(err, &ref) {
-			reason = ref.reason()
-		}
-		if err := c.wait(ctx, attempt, reason, 0, err); err != nil {
+		if err := c.wait(ctx, attempt, readBackReason(err), 0, err); err != nil {
 			return err
 		}
 		i = b.reported - 1 // start over

@@ -276,7 +276,7 @@ func (v *Verifier) cover(id int64, seal Seal) {
 	if !ok {
 		return
 	}
-	full, have := v.match(seal, expect, st.take(s.from, s.to), s.shorts)
+	full, have := v.match(s, expect, st.take(s.from, s.to))
 	v.checkSealed(s, expect, full, have)
 	st.seals = append(st.seals, s)
 	st.sealed, st.hasSeal = s.to, true
@@ -337,11 +337,11 @@ func (st *stream) take(from, to envelope.Position) []candidate {
 	return in
 }
 
-// match pairs the candidates in seal's range (in commit order) with the
-// digests it lists (expect, in the same order), reporting a candidate the
-// seal does not list as forged or altered. full holds each matched
-// event's digest; have says which were matched.
-func (v *Verifier) match(seal Seal, expect []uint64, in []candidate, listed map[uint64]bool) (full [][32]byte, have []bool) {
+// match pairs the candidates in s's range (in commit order) with the
+// digests its seal lists (expect, in the same order), reporting a
+// candidate the seal does not list as forged or altered. full holds each
+// matched event's digest; have says which were matched.
+func (v *Verifier) match(s *sealState, expect []uint64, in []candidate) (full [][32]byte, have []bool) {
 	full = make([][32]byte, len(expect))
 	have = make([]bool, len(expect))
 	i := 0
@@ -351,10 +351,10 @@ func (v *Verifier) match(seal Seal, expect []uint64, in []candidate, listed map[
 			j++
 		}
 		if j == len(expect) {
-			if listed[c.short] {
+			if s.shorts[c.short] {
 				continue // a second copy of an event already matched: completeness reports duplicates
 			}
-			v.fail(c.id, "", "event %d (position %s) claims the agent's identity but is not what the agent sealed (seal %d): it is forged or altered", c.id, c.pos, seal.Seq)
+			v.fail(c.id, "", "event %d (position %s) claims the agent's identity but is not what the agent sealed (seal %d): it is forged or altered", c.id, c.pos, s.seal.Seq)
 			continue
 		}
 		full[j], have[j] = c.digest, true

@@ -161,6 +161,16 @@ func schemaWatched(ctx context.Context, tx pgx.Tx, schema string) (bool, error) 
 	return watched, nil
 }
 
+// alterIdentity sets the REPLICA IDENTITY (DEFAULT, FULL or NOTHING) of
+// schema.table; doing names the step in the error a refusal becomes (see
+// denied).
+func alterIdentity(ctx context.Context, tx pgx.Tx, schema, table, identity, doing string) error {
+	if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, table}.Sanitize()+" REPLICA IDENTITY "+identity); err != nil {
+		return denied(doing, err)
+	}
+	return nil
+}
+
 // denied wraps err, saying what failed, and gives the privilege fix only when
 // PostgreSQL said a privilege was missing (SQLSTATE 42501).
 func denied(what string, err error) error {

@@ -400,8 +400,8 @@ func (r *Registry) register(ctx context.Context, tx pgx.Tx, rel relation, t Tabl
 	if o.columnControl() {
 		// A column list must cover the replica identity: the primary key.
 		if rel.replIdent != "d" {
-			if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY DEFAULT"); err != nil {
-				return denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
+			if err := alterIdentity(ctx, tx, t.Schema, t.Name, "DEFAULT", "setting REPLICA IDENTITY DEFAULT on "+name); err != nil {
+				return err
 			}
 		}
 	} else if err := r.setReplicaIdentityFull(ctx, tx, rel, t); err != nil {
@@ -609,9 +609,8 @@ func nilIfEmpty(s []string) []string {
 // inherited); `run` repeats this for partitions created later.
 func (r *Registry) setReplicaIdentityFull(ctx context.Context, tx pgx.Tx, rel relation, t TableName) error {
 	if rel.replIdent != "f" {
-		sql := "ALTER TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize() + " REPLICA IDENTITY FULL"
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return denied("setting REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name), err)
+		if err := alterIdentity(ctx, tx, t.Schema, t.Name, "FULL", "setting REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name)); err != nil {
+			return err
 		}
 	}
 	if rel.partitioned {
@@ -642,8 +641,8 @@ func fixPartitions(ctx context.Context, tx pgx.Tx, root uint32) ([]string, error
 	}
 	var fixed []string
 	for _, p := range names {
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{p.Schema, p.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, denied("setting REPLICA IDENTITY FULL on partition "+ident.Qualified(p.Schema, p.Name), err)
+		if err := alterIdentity(ctx, tx, p.Schema, p.Name, "FULL", "setting REPLICA IDENTITY FULL on partition "+ident.Qualified(p.Schema, p.Name)); err != nil {
+			return fixed, err
 		}
 		fixed = append(fixed, ident.Qualified(p.Schema, p.Name))
 	}
@@ -712,8 +711,8 @@ func (r *Registry) fixReplicaIdentity(ctx context.Context) ([]string, error) {
 	}
 	var fixed []string
 	for _, t := range weakened {
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{t.Schema, t.Name}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return nil, denied("restoring REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name), err)
+		if err := alterIdentity(ctx, tx, t.Schema, t.Name, "FULL", "restoring REPLICA IDENTITY FULL on "+ident.Qualified(t.Schema, t.Name)); err != nil {
+			return nil, err
 		}
 		fixed = append(fixed, ident.Qualified(t.Schema, t.Name))
 	}
@@ -860,16 +859,12 @@ func (r *Registry) leavePublication(ctx context.Context, tx pgx.Tx, t TableName,
 // before the watch (prior), when that can be restored without knowing an
 // index name.
 func (r *Registry) restoreIdentity(ctx context.Context, tx pgx.Tx, t TableName, name string, rel relation, covered bool, prior *string) error {
-	table := pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if !covered {
 		if prior == nil || (*prior != "d" && *prior != "n") || rel.replIdent != "f" {
 			return nil
 		}
-		ident := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[*prior]
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+table+" REPLICA IDENTITY "+ident); err != nil {
-			return denied("restoring the replica identity of "+name, err)
-		}
-		return nil
+		identity := map[string]string{"d": "DEFAULT", "n": "NOTHING"}[*prior]
+		return alterIdentity(ctx, tx, t.Schema, t.Name, identity, "restoring the replica identity of "+name)
 	}
 	// A table with virtual generated columns (PostgreSQL 18) goes back to
 	// the schema watch with its primary key as identity, not FULL, which
@@ -887,9 +882,7 @@ func (r *Registry) restoreIdentity(ctx context.Context, tx pgx.Tx, t TableName, 
 		return r.setReplicaIdentityFull(ctx, tx, rel, t)
 	}
 	if hasKey && rel.replIdent != "d" && rel.replIdent != "i" {
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+table+" REPLICA IDENTITY DEFAULT"); err != nil {
-			return denied("setting REPLICA IDENTITY DEFAULT on "+name, err)
-		}
+		return alterIdentity(ctx, tx, t.Schema, t.Name, "DEFAULT", "setting REPLICA IDENTITY DEFAULT on "+name)
 	}
 	return nil
 }

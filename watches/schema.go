@@ -303,8 +303,8 @@ func fixSchemaTables(ctx context.Context, tx pgx.Tx, schema string) ([]string, e
 	}
 	var fixed []string
 	for _, n := range names {
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, n}.Sanitize()+" REPLICA IDENTITY FULL"); err != nil {
-			return fixed, denied("setting REPLICA IDENTITY FULL on "+ident.Qualified(schema, n), err)
+		if err := alterIdentity(ctx, tx, schema, n, "FULL", "setting REPLICA IDENTITY FULL on "+ident.Qualified(schema, n)); err != nil {
+			return fixed, err
 		}
 		fixed = append(fixed, ident.Qualified(schema, n))
 	}

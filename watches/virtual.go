@@ -168,11 +168,10 @@ func (r *Registry) relieveVirtualColumns(ctx context.Context) (*VirtualColumnsNo
 	for _, v := range states {
 		name := v.qualified()
 		cols := strings.Join(v.columns, ", ")
-		ident := pgx.Identifier{v.schema, v.name}.Sanitize()
 		switch {
 		case v.identity != "d" && v.identity != "i" && v.hasKey:
-			if _, err := tx.Exec(ctx, "ALTER TABLE "+ident+" REPLICA IDENTITY DEFAULT"); err != nil {
-				return nil, denied("setting REPLICA IDENTITY DEFAULT on "+name+" (it has virtual generated columns, and with FULL PostgreSQL refuses its UPDATE and DELETE)", err)
+			if err := alterIdentity(ctx, tx, v.schema, v.name, "DEFAULT", "setting REPLICA IDENTITY DEFAULT on "+name+" (it has virtual generated columns, and with FULL PostgreSQL refuses its UPDATE and DELETE)"); err != nil {
+				return nil, err
 			}
 			notice.add(name, fmt.Sprintf("%s has virtual generated column(s) (%s), which PostgreSQL cannot publish: with REPLICA IDENTITY FULL it would refuse every UPDATE and DELETE, so it now has REPLICA IDENTITY DEFAULT (its primary key) and its UPDATE/DELETE events carry the key only as old row (old_is_key_only); for whole old rows make the columns STORED (drop and add them again with STORED)", name, cols))
 		case v.usable():

@@ -378,8 +378,9 @@ func (v *Verifier) fillHole(gen string, pos envelope.Position, txEvents int) {
 	}
 }
 
-// checkPredecessor checks the predecessor event id names (metadata.prev):
-// the event before it in the generation, or one still to come late.
+// checkPredecessor checks the predecessor that event id names
+// (metadata.prev): the event before it in the generation, or one still to
+// come late.
 func (v *Verifier) checkPredecessor(id int64, gen string, st *generation, rawPrev any) {
 	switch p := rawPrev.(type) {
 	case nil:

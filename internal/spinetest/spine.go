@@ -381,11 +381,7 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 
 // writeJSON answers with v encoded as the spine's responses are.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	var buf bytes.Buffer
-	if err := writeValue(&buf, v, false); err != nil {
-		panic(err) // only values built by this package are written
-	}
-	writeRaw(w, status, buf.Bytes())
+	writeRaw(w, status, encodeAnswer(v))
 }
 
 func writeRaw(w http.ResponseWriter, status int, body []byte) {
@@ -409,7 +405,8 @@ func write422(w http.ResponseWriter, errs ...map[string]any) {
 	for i, e := range errs {
 		detail[i] = e
 	}
-	writeJSON(w, http.StatusUnprocessableEntity, map[string]any{"detail": detail})
+	status, body := fail422(detail...)
+	writeRaw(w, status, body)
 }
 
 // handlePost is POST /events, with fault injection.
@@ -479,11 +476,16 @@ func (s *Server) post(contentType string, body []byte) (int, []byte) {
 
 // answer encodes v as the answer with status.
 func answer(status int, v any) (int, []byte) {
+	return status, encodeAnswer(v)
+}
+
+// encodeAnswer encodes v as the spine's responses are.
+func encodeAnswer(v any) []byte {
 	var buf bytes.Buffer
 	if err := writeValue(&buf, v, false); err != nil {
-		panic(err)
+		panic(err) // only values built by this package are written
 	}
-	return status, buf.Bytes()
+	return buf.Bytes()
 }
 
 // fail422 is FastAPI's answer to a body that fails validation.

@@ -192,9 +192,9 @@ func testStreamEnvelopes(t *testing.T, big string) {
 	head := `{"kind":"decision_card_status_changed","payload":{`
 	tail := `,"table":"public.decisions"},"source":"procurement-api","timestamp":"2026-11-14T19:33:20+00:00"}`
 	want := []string{
-		head + meta("0/1002", 1) + `,"new":{"body":`+jsonText(big)+`,"id":1,"status":"pending"},"operation":"INSERT"` + tail,
-		head + meta("0/1003", 2) + `,"new":{"body":`+jsonText(big)+`,"id":1,"status":"approved"},"old":{"body":`+jsonText(big)+`,"id":1,"status":"pending"},"operation":"UPDATE"` + tail,
-		head + meta("0/1004", 3) + `,"old":{"body":`+jsonText(big)+`,"id":1,"status":"approved"},"operation":"DELETE"` + tail,
+		head + meta("0/1002", 1) + `,"new":{"body":` + jsonText(big) + `,"id":1,"status":"pending"},"operation":"INSERT"` + tail,
+		head + meta("0/1003", 2) + `,"new":{"body":` + jsonText(big) + `,"id":1,"status":"approved"},"old":{"body":` + jsonText(big) + `,"id":1,"status":"pending"},"operation":"UPDATE"` + tail,
+		head + meta("0/1004", 3) + `,"old":{"body":` + jsonText(big) + `,"id":1,"status":"approved"},"operation":"DELETE"` + tail,
 		head + `"cascade":true,` + meta("0/1005", 4) + `,"operation":"TRUNCATE","restart_identity":false` + tail,
 	}
 	if len(items) != len(want)+1 {

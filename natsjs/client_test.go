@@ -390,6 +390,20 @@ func TestWeakStreamRefused(t *testing.T) {
 	}
 }
 
+// TestTooFewServersForReplicas: a stream of more replicas than servers
+// online is refused with the fix, and Health says so (the agent then
+// waits, events in the slot).
+func TestTooFewServersForReplicas(t *testing.T) {
+	cl := natstest.Start(t, 3)
+	c, _ := newClient(t, cl.URLs(), func(cfg *Config) { cfg.Replicas = 5 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := c.Health(ctx)
+	if err == nil || !strings.Contains(err.Error(), "lower --nats-replicas") {
+		t.Fatalf("got %v, want the refusal naming --nats-replicas", err)
+	}
+}
+
 // TestTooLargeRefused: an event over the servers' max_payload is refused
 // before it is sent, with the limit to raise; nothing after it is settled.
 func TestTooLargeRefused(t *testing.T) {

@@ -69,8 +69,15 @@ func (c *Client) explainAPI(err error) error {
 	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
 		return fmt.Errorf("%w: enable JetStream on the servers and for pgaudit-cdc's account", err)
 	}
+	if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeNoPeers {
+		return fmt.Errorf("%w: fewer JetStream servers are online than the stream's replicas; start the stopped servers (pgaudit-cdc retries meanwhile) or lower --nats-replicas", err)
+	}
 	return err
 }
+
+// jsErrCodeNoPeers is JetStream's "no suitable peers for placement": the
+// cluster has fewer servers online (or with room) than the replicas asked.
+const jsErrCodeNoPeers jetstream.ErrorCode = 10005
 
 // Health checks that the cluster answers for the stream.
 func (c *Client) Health(ctx context.Context) error {

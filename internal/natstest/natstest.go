@@ -122,19 +122,30 @@ func (c *Cluster) StreamLeader(stream string) int {
 	return -1
 }
 
-// WaitMetaLeader waits until a running server leads JetStream's meta group.
+// WaitMetaLeader waits until a running server leads JetStream's meta group
+// and sees every running server online: until then a stream of as many
+// replicas as servers is refused ("no suitable peers for placement").
 func (c *Cluster) WaitMetaLeader(d time.Duration) {
 	c.t.Helper()
+	running := 0
+	for _, s := range c.servers {
+		if s != nil {
+			running++
+		}
+	}
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		for _, s := range c.servers {
-			if s != nil && (s.JetStreamIsLeader() || len(c.servers) == 1) {
+			if s == nil {
+				continue
+			}
+			if len(c.servers) == 1 || (s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) >= running) {
 				return
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c.t.Fatalf("no JetStream meta leader after %s", d)
+	c.t.Fatalf("no JetStream meta leader seeing %d servers online after %s", running, d)
 }
 
 // WaitStreamLeader waits until a running server leads stream and returns

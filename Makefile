@@ -84,7 +84,7 @@ vet:
 # staticcheck, pinned; the Go module proxy serves it (no install step).
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint:
-	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "not gofmt'ed (run gofmt -w on them): $$unformatted"; exit 1; fi
+	@unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l .); if [ -n "$$unformatted" ]; then echo "not gofmt'ed (run gofmt -w on them): $$unformatted"; exit 1; fi
 	$(GO) run $(STATICCHECK) ./...
 
 # The full fault-injection suite (kill -9 cycles, spine faults, server

@@ -44,7 +44,7 @@ test: vet lint test-unit test-full test-matrix
 # The fast loop: the packages whose tests need no PostgreSQL (pure cores, the
 # spine double, the publisher against it), with -race. TestUnitPackages
 # (main_test.go) checks that every such package is listed.
-UNIT_PKGS := ./backoff ./capture ./chain ./confirm ./decode ./deploy ./envelope ./ident \
+UNIT_PKGS := ./backoff ./capture ./chain ./confirm ./decode ./deploy ./envelope ./ident ./mapped \
 	./internal/netsim ./internal/spinetest ./metrics ./migrations ./natsjs ./pgjson ./pgoutput ./publish ./relay \
 	./replication ./spool ./trail ./verify .
 test-unit:

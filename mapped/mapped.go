@@ -1,0 +1,55 @@
+// Package mapped reads a region of a file through a read-only shared
+// memory map, and hands back the pages of bytes already used (Release)
+// while the rest is still read: a message of hundreds of megabytes then
+// never sits whole in the process's memory.
+//
+// A released page leaves the process, not the file: reading it again reads
+// the file again, so a release early or twice costs time, never bytes.
+package mapped
+
+import (
+	"fmt"
+	"os"
+)
+
+// Region is n bytes of a file from an offset, mapped. It is used by one
+// goroutine, and its bytes must not be kept past Close.
+type Region struct {
+	mapping []byte // page-aligned, what was mapped
+	b       []byte // the region: a view into mapping
+}
+
+// Map maps n bytes of f from off. f may be closed (and unlinked) once Map
+// returns.
+func Map(f *os.File, off, n int64) (*Region, error) {
+	if n == 0 {
+		return &Region{}, nil
+	}
+	r, err := mapFile(f, off, n)
+	if err != nil {
+		return nil, fmt.Errorf("mapping %d bytes of %s: %w", n, f.Name(), err)
+	}
+	return r, nil
+}
+
+// Bytes is the region.
+func (r *Region) Bytes() []byte { return r.b }
+
+// Release hands back every whole page of the region inside p, a view into
+// Bytes.
+func (r *Region) Release(p []byte) {
+	if len(p) == 0 || r.mapping == nil {
+		return
+	}
+	release(r.mapping, p)
+}
+
+// Close unmaps the region.
+func (r *Region) Close() error {
+	if r == nil || r.mapping == nil {
+		return nil
+	}
+	m := r.mapping
+	r.mapping, r.b = nil, nil
+	return unmap(m)
+}

@@ -252,7 +252,7 @@ func (a *Agent) session(ctx context.Context) error {
 	if err := a.prepareDatabase(ctx, meta); err != nil {
 		return err
 	}
-	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL)
+	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL, a.cfg.Spill.Dir)
 	if err != nil {
 		if replication.UserMustFix(err) {
 			return &ConfigError{err}

@@ -905,6 +905,11 @@ const hexDigits = "0123456789abcdef"
 func AppendString(dst []byte, s []byte) []byte {
 	dst = slices.Grow(dst, len(s)+2)
 	dst = append(dst, '"')
+	return append(appendStringBody(dst, s), '"')
+}
+
+// appendStringBody is AppendString without the quotes.
+func appendStringBody(dst []byte, s []byte) []byte {
 	start := 0
 	i := 0
 	for i < len(s) {
@@ -934,8 +939,7 @@ func AppendString(dst []byte, s []byte) []byte {
 		i += size
 		start = i
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, s[start:]...)
 }
 
 // AppendText is AppendString of a string, without copying it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
+	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -50,6 +52,9 @@ type Session struct {
 	rdone     bool // rparent ended: no read may wait any more
 
 	sock *socket // see Drained and Gather
+
+	div    *diverter      // nil when large messages are read into memory
+	region *mapped.Region // the last message received, when it was set aside
 }
 
 // socket is what the session knows of the connection's own socket, below
@@ -67,8 +72,10 @@ type socket struct {
 // caller waits as a standby.
 var ErrSlotInUse = errors.New("replication slot is in use by another process")
 
-// Connect opens a replication connection and identifies the server.
-func Connect(ctx context.Context, dsn string) (*Session, error) {
+// Connect opens a replication connection and identifies the server. When
+// divertDir is set, messages over DivertOver are set aside there as they
+// arrive (see diverter) rather than held whole in memory.
+func Connect(ctx context.Context, dsn, divertDir string) (*Session, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the database URL: %w", err)
@@ -94,6 +101,15 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 			return m, nil
 		}
 	}
+	// pgconn builds a frontend per connection attempt: the last one built
+	// is the connection's.
+	var div *diverter
+	if divertDir != "" {
+		cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+			div = newDiverter(r, divertDir, DivertOver)
+			return pgproto3.NewFrontend(div, w)
+		}
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, Explain(fmt.Errorf("opening the replication connection: %w", err))
@@ -103,7 +119,7 @@ func Connect(ctx context.Context, dsn string) (*Session, error) {
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, Explain(fmt.Errorf("identifying the server: %w", err))
 	}
-	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline, sock: sock}, nil
+	return &Session{conn: conn, SystemID: sys.SystemID, Timeline: sys.Timeline, sock: sock, div: div}, nil
 }
 
 // meteredConn notes whether its last read took all the socket had (a read
@@ -286,8 +302,12 @@ func serverMajor(version string) int {
 // Received is one thing read from the stream: XLogData (Data set) or a
 // keepalive.
 type Received struct {
-	WALStart       pgoutput.LSN
-	Data           []byte // a pgoutput message; valid until the next Receive or Poll
+	WALStart pgoutput.LSN
+	Data     []byte // a pgoutput message; valid until the next Receive or Poll
+	// Region is where Data is mapped when the message was set aside as it
+	// arrived (over DivertOver); nil otherwise. Its Release hands back
+	// pages of Data already used.
+	Region         *mapped.Region
 	Keepalive      bool
 	ServerWALEnd   pgoutput.LSN
 	ReplyRequested bool
@@ -321,6 +341,10 @@ func (s *Session) Poll(ctx context.Context) (Received, bool, error) {
 var pollDeadline = time.Unix(1, 0)
 
 func (s *Session) receive(ctx context.Context, deadline time.Time) (Received, bool, error) {
+	if s.region != nil {
+		s.region.Close()
+		s.region = nil
+	}
 	if err := s.arm(ctx, deadline); err != nil {
 		return Received{}, false, err
 	}
@@ -351,7 +375,17 @@ func (s *Session) receive(ctx context.Context, deadline time.Time) (Received, bo
 			if err != nil {
 				return Received{}, false, fmt.Errorf("parsing XLogData: %w", err)
 			}
-			return Received{WALStart: pgoutput.LSN(x.WALStart), Data: x.WALData, ServerWALEnd: pgoutput.LSN(x.ServerWALEnd)}, true, nil
+			rec := Received{WALStart: pgoutput.LSN(x.WALStart), Data: x.WALData, ServerWALEnd: pgoutput.LSN(x.ServerWALEnd)}
+			if s.div != nil {
+				r, ok, err := s.div.take(x.WALData)
+				if err != nil {
+					return Received{}, false, err
+				}
+				if ok {
+					s.region, rec.Region, rec.Data = r, r, r.Bytes()
+				}
+			}
+			return rec, true, nil
 		default:
 			return Received{}, false, fmt.Errorf("receiving from the replication stream: unknown CopyData type %q", m.Data[0])
 		}
@@ -434,7 +468,15 @@ func (s *Session) Close(ctx context.Context) error {
 		s.rstop = nil
 	}
 	s.rmu.Unlock()
-	return s.conn.Close(ctx)
+	err := s.conn.Close(ctx)
+	if s.region != nil {
+		s.region.Close()
+		s.region = nil
+	}
+	if s.div != nil {
+		s.div.close()
+	}
+	return err
 }
 
 // Explain adds the fix to errors a user can cause, keeping the original
@@ -463,7 +505,7 @@ func Explain(err error) error {
 // (IDENTIFY_SYSTEM on a short-lived replication connection). Only the
 // replication protocol tells the timeline of a running primary reliably.
 func Identify(ctx context.Context, dsn string) (systemID string, timeline int32, err error) {
-	s, err := Connect(ctx, dsn)
+	s, err := Connect(ctx, dsn, "")
 	if err != nil {
 		return "", 0, err
 	}

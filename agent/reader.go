@@ -368,6 +368,12 @@ func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutp
 // message of no stream block at once, a streamed transaction at its
 // commit.
 func (r *reader) take(ctx context.Context, rec replication.Received) error {
+	if rec.Region != nil {
+		// A large message, mapped from the file it was set aside in: its
+		// pages go as its values are converted.
+		r.stream.SetRelease(rec.Region.Release)
+		defer r.stream.SetRelease(nil)
+	}
 	if r.spool == nil {
 		return r.handle(ctx, rec.WALStart, rec.Data, false)
 	}

@@ -467,9 +467,9 @@ func appendBackfillRow(b []byte, rel *pgoutput.RelationMessage, types []*pgjson.
 		b = pgjson.AppendText(b, rel.Columns[i].Name)
 		b = append(b, ':')
 		if v := row[i]; v == nil {
-			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleNull})
+			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleNull}, nil)
 		} else {
-			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleText, Data: []byte(*v)})
+			b = appendColumn(b, types[i], pgoutput.TupleColumn{Kind: pgoutput.TupleText, Data: []byte(*v)}, nil)
 		}
 	}
 	return append(b, '}')

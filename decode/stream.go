@@ -165,6 +165,10 @@ type Stream struct {
 	// wrote (Item.Backfills of its commit).
 	backfillsDone []int64
 
+	// release is handed the pieces of large values once converted
+	// (SetRelease); nil when the message is not to be dropped as it goes.
+	release func([]byte)
+
 	// identity remembers the replica identity last reported per watched
 	// relation, so a weakening is reported once.
 	identity map[uint32]byte
@@ -241,6 +245,12 @@ func (s *Stream) Watches() map[uint32]Watch {
 // pgoutput never produces (a change outside a transaction, an unknown
 // relation).
 var ErrProtocol = errors.New("unexpected pgoutput message sequence")
+
+// SetRelease sets what the messages applied next hand each converted piece
+// of a large value (over 8 MiB) to: a message mapped from a file
+// (mapped.Region.Release) then drops its pages as they are used, and is not
+// held twice over with the envelope built from it. nil ends that.
+func (s *Stream) SetRelease(release func([]byte)) { s.release = release }
 
 // Apply feeds one message, received at WAL position lsn, and calls emit for
 // each item it yields, in order. Tuple data of m may be reused after Apply
@@ -410,12 +420,12 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 	} else {
 		rows := slices.Grow(s.rows[s.turn][:0], size)
 		if old != nil {
-			rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K')
+			rows, _ = appendRow(rows, resolved, old, nil, oldKind == 'K', nil)
 			ev.Old = rows[:len(rows):len(rows)]
 		}
 		if newT != nil {
 			n := len(rows)
-			rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false)
+			rows, ev.Unavailable = appendRow(rows, resolved, newT, fallback, false, nil)
 			ev.New = rows[n:len(rows):len(rows)]
 		}
 		s.keepRows(rows)
@@ -425,6 +435,10 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 	ev.OldIsKeyOnly = (op == envelope.OpUpdate || op == envelope.OpDelete) && oldKind != 'O'
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
+
+// valuePiece is the piece a large value is converted in when its bytes can
+// be dropped as it goes (appendRow's release).
+const valuePiece = 4 << 20
 
 // maxKeptRows bounds the rows buffer kept for the next event: a larger
 // event's rows are built in place instead (buildInPlace).
@@ -443,13 +457,13 @@ func (s *Stream) buildInPlace(ev *envelope.Event, rel *relation, size int, old, 
 	var buildNew, buildOld func([]byte) []byte
 	if newT != nil {
 		buildNew = func(b []byte) []byte {
-			b, ev.Unavailable = appendRow(b, rel, newT, fallback, false)
+			b, ev.Unavailable = appendRow(b, rel, newT, fallback, false, s.release)
 			return b
 		}
 	}
 	if old != nil {
 		buildOld = func(b []byte) []byte {
-			b, _ = appendRow(b, rel, old, nil, keyOnly)
+			b, _ = appendRow(b, rel, old, nil, keyOnly, s.release)
 			return b
 		}
 	}
@@ -533,7 +547,11 @@ func (s *Stream) newEvent(lsn pgoutput.LSN, table string, w Watch, op string) *e
 // TOAST values are taken from fallback (the full old row) when it has them;
 // the names of columns that could not be filled are returned and left out.
 // keyOnly tuples carry only the replica identity columns.
-func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool) ([]byte, []string) {
+//
+// release, when set, is handed each piece of a large value once it is
+// converted (pgjson.AppendValuePieces), so that the message's bytes can be
+// dropped while the rest is converted (Stream.SetRelease).
+func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool, release func([]byte)) ([]byte, []string) {
 	var missing []string
 	b = append(b, '{')
 	first := true
@@ -554,7 +572,7 @@ func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool
 		}
 		first = false
 		b = append(b, rel.keys[i]...)
-		b = appendColumn(b, rel.types[i], col)
+		b = appendColumn(b, rel.types[i], col, release)
 	}
 	return append(b, '}'), missing
 }
@@ -562,13 +580,19 @@ func appendRow(b []byte, rel *relation, t, fallback pgoutput.Tuple, keyOnly bool
 // appendColumn writes one value of type t (nil: text). A value that does not
 // parse as its type says it is (which would be a server bug or a type we map
 // wrongly) is sent as its text form rather than stopping the audit trail.
-func appendColumn(b []byte, t *pgjson.Type, col pgoutput.TupleColumn) []byte {
+func appendColumn(b []byte, t *pgjson.Type, col pgoutput.TupleColumn, release func([]byte)) []byte {
 	switch col.Kind {
 	case pgoutput.TupleNull:
 		return append(b, "null"...)
 	case pgoutput.TupleBinary:
 		// Never requested; keep the bytes recognisable rather than failing.
 		return pgjson.AppendText(b, `\x`+fmt.Sprintf("%x", col.Data))
+	}
+	if release != nil && len(col.Data) > 2*valuePiece {
+		out, ok, err := pgjson.AppendValuePieces(b, t, col.Data, valuePiece, release)
+		if ok && err == nil {
+			return out
+		}
 	}
 	out, err := pgjson.AppendValue(b, t, col.Data)
 	if err != nil {

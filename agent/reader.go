@@ -368,16 +368,18 @@ func (r *reader) recordProgress(ctx context.Context, slack pgoutput.LSN) (pgoutp
 // message of no stream block at once, a streamed transaction at its
 // commit.
 func (r *reader) take(ctx context.Context, rec replication.Received) error {
+	var release func([]byte)
 	if rec.Region != nil {
 		// A large message, mapped from the file it was set aside in: its
-		// pages go as its values are converted.
-		r.stream.SetRelease(rec.Region.Release)
+		// pages go as its values are converted, or as it is spooled.
+		release = rec.Region.Release
+		r.stream.SetRelease(release)
 		defer r.stream.SetRelease(nil)
 	}
 	if r.spool == nil {
 		return r.handle(ctx, rec.WALStart, rec.Data, false)
 	}
-	out, err := r.spool.Offer(rec.WALStart, rec.Data)
+	out, err := r.spool.Offer(rec.WALStart, rec.Data, release)
 	if err != nil {
 		return fmt.Errorf("receiving the message at %s: %w", rec.WALStart, err)
 	}
@@ -404,6 +406,10 @@ func (r *reader) take(ctx context.Context, rec replication.Received) error {
 // still goes when due.
 func (r *reader) replay(ctx context.Context, rp *spool.Replay) error {
 	defer rp.Close()
+	// A large record is mapped from the spill file: its pages go as its
+	// values are converted.
+	r.stream.SetRelease(rp.Release)
+	defer r.stream.SetRelease(nil)
 	if err := r.apply(ctx, rp.At, rp.Begin()); err != nil {
 		return err
 	}

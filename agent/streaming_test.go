@@ -173,6 +173,47 @@ func TestStreamedTransactionsAreDeliveredAsWholeOnes(t *testing.T) {
 	}
 }
 
+// TestLargeRowInStreamedTransaction: a row over replication.DivertOver in
+// a transaction already being streamed is set aside as it arrives, spooled
+// to the spill file in pieces, replayed mapped from it at STREAM COMMIT
+// and converted in pieces, and arrives whole and exact, in its place.
+func TestLargeRowInStreamedTransaction(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	watchBig(h)
+	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir()} })
+	obs.waitLog(t, "streaming", "in_progress_streaming=true")
+	ctx := context.Background()
+	tx, err := h.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 500) g`,
+		`INSERT INTO big SELECT 501, string_agg(md5(g::text) || 'é€😀', '') FROM generate_series(1, 500000) g`,
+		`INSERT INTO big VALUES (502, 'after')`,
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs := h.expectExactly(502, 300*time.Millisecond)
+	obs.expectMetric(t, 1, "pgaudit_cdc_streamed_transactions_total", "outcome", "committed")
+	var want string
+	if err := h.conn.QueryRow(ctx, `SELECT v FROM big WHERE id = 501`).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := field(t, evs[500], "new", "v").(string); got != want || len(want) <= replication.DivertOver {
+		t.Fatalf("the large row's value: got %d bytes, want the whole %d", len(got), len(want))
+	}
+	if got := field(t, evs[501], "new", "v"); got != "after" {
+		t.Fatalf("the row after the large one: %v", got)
+	}
+}
+
 // TestStreamedSchemaChange alters a table inside a streamed transaction:
 // its RELATION messages travel in the stream blocks and are applied at its
 // commit, so each change is decoded with the definition it was made under,

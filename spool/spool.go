@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -163,7 +164,9 @@ type Outcome struct {
 
 // Offer takes the next message of the session, received at lsn. A message
 // inside a stream block is copied: data may be reused once Offer returns.
-func (s *Spool) Offer(lsn pgoutput.LSN, data []byte) (Outcome, error) {
+// release, when set, is handed the pieces of a large message once copied
+// (mapped.Region.Release): one mapped from a file is then never held whole.
+func (s *Spool) Offer(lsn pgoutput.LSN, data []byte, release func([]byte)) (Outcome, error) {
 	if len(data) == 0 {
 		return Outcome{Pass: true}, nil
 	}
@@ -186,7 +189,7 @@ func (s *Spool) Offer(lsn pgoutput.LSN, data []byte) (Outcome, error) {
 	default:
 		return Outcome{}, fmt.Errorf("%w: message %q inside the stream block of xid %d", ErrProtocol, data[0], s.cur.xid)
 	}
-	return Outcome{}, s.append(s.cur, lsn, xid, data)
+	return Outcome{}, s.append(s.cur, lsn, xid, data, release)
 }
 
 // control applies a stream control message.
@@ -257,13 +260,32 @@ func (s *Spool) control(lsn pgoutput.LSN, m pgoutput.Message) (Outcome, error) {
 // append adds one record to t: to its file once it spilled, else to
 // memory, writing the largest transaction out when memory is over its
 // bound.
-func (s *Spool) append(t *txn, lsn pgoutput.LSN, xid uint32, data []byte) error {
+func (s *Spool) append(t *txn, lsn pgoutput.LSN, xid uint32, data []byte, release func([]byte)) error {
 	var h [recordHeader]byte
 	binary.BigEndian.PutUint64(h[:], uint64(lsn))
 	binary.BigEndian.PutUint32(h[8:], xid)
 	binary.BigEndian.PutUint32(h[12:], uint32(len(data)))
+	if t.file == nil && len(data) > bigRecord {
+		// Replayed mapped from the file (Replay.Next), never read whole.
+		if err := s.spill(t); err != nil {
+			return err
+		}
+	}
 	if t.file != nil {
-		return s.write(t, h[:], data)
+		if err := s.write(t, h[:]); err != nil {
+			return err
+		}
+		for len(data) > 0 {
+			n := min(len(data), bigRecord)
+			if err := s.write(t, data[:n]); err != nil {
+				return err
+			}
+			if release != nil {
+				release(data[:n])
+			}
+			data = data[n:]
+		}
+		return nil
 	}
 	t.buf = append(append(t.buf, h[:]...), data...)
 	s.mem += int64(recordHeader + len(data))
@@ -373,11 +395,13 @@ type Replay struct {
 	Commit pgoutput.StreamCommitMessage
 	At     pgoutput.LSN
 
-	s   *Spool
-	t   *txn
-	in  *bufio.Reader // the file's records; nil once read or when none
-	mem []byte        // the records in memory, not yet given
-	rec []byte        // the last record read from the file
+	s      *Spool
+	t      *txn
+	in     *bufio.Reader  // the file's records; nil once read or when none
+	off    int64          // where in the file the next record starts
+	mem    []byte         // the records in memory, not yet given
+	rec    []byte         // the last record read from the file
+	region *mapped.Region // the last record, when mapped from the file
 }
 
 func (s *Spool) replay(t *txn, lsn pgoutput.LSN, m pgoutput.StreamCommitMessage) (*Replay, error) {
@@ -396,6 +420,15 @@ func (s *Spool) replay(t *txn, lsn pgoutput.LSN, m pgoutput.StreamCommitMessage)
 	return r, nil
 }
 
+// Release hands back the pages of a piece of the last record Next gave
+// once it is used, when that record is mapped from the file (see
+// bigRecord). Stream.SetRelease in package decode takes it.
+func (r *Replay) Release(p []byte) {
+	if r.region != nil {
+		r.region.Release(p)
+	}
+}
+
 // Begin is the BEGIN message protocol 1 gives the transaction.
 func (r *Replay) Begin() *pgoutput.BeginMessage {
 	return &pgoutput.BeginMessage{FinalLSN: r.Commit.CommitLSN, CommitTime: r.Commit.CommitTime, Xid: r.Commit.Xid}
@@ -410,6 +443,7 @@ func (r *Replay) End() *pgoutput.CommitMessage {
 // last. data is valid until the next call; it is a message as sent inside
 // a stream block (pgoutput.Parser.ParseStreamed reads it).
 func (r *Replay) Next() (lsn pgoutput.LSN, data []byte, err error) {
+	r.unmap()
 	for {
 		var xid uint32
 		switch {
@@ -449,6 +483,12 @@ func (r *Replay) fromFile() (pgoutput.LSN, uint32, []byte, error) {
 		return 0, 0, nil, fmt.Errorf("reading back xid %d from %s: %w", r.t.xid, r.s.cfg.Dir, err)
 	}
 	n := int(binary.BigEndian.Uint32(h[12:]))
+	lsn, xid := pgoutput.LSN(binary.BigEndian.Uint64(h[:])), binary.BigEndian.Uint32(h[8:])
+	r.off += recordHeader
+	if n > bigRecord {
+		data, err := r.mapRecord(n)
+		return lsn, xid, data, err
+	}
 	if cap(r.rec) < n || cap(r.rec) > maxKeptRecord && n <= maxKeptRecord {
 		r.rec = make([]byte, n)
 	}
@@ -456,12 +496,43 @@ func (r *Replay) fromFile() (pgoutput.LSN, uint32, []byte, error) {
 	if _, err := io.ReadFull(r.in, r.rec); err != nil {
 		return 0, 0, nil, fmt.Errorf("reading back xid %d from %s: %w", r.t.xid, r.s.cfg.Dir, noEOF(err))
 	}
-	return pgoutput.LSN(binary.BigEndian.Uint64(h[:])), binary.BigEndian.Uint32(h[8:]), r.rec, nil
+	r.off += int64(n)
+	return lsn, xid, r.rec, nil
+}
+
+// mapRecord maps the n-byte record at r.off from the file, and goes on
+// reading after it.
+func (r *Replay) mapRecord(n int) ([]byte, error) {
+	region, err := mapped.Map(r.t.file, r.off, int64(n))
+	if err == nil {
+		r.off += int64(n)
+		_, err = r.t.file.Seek(r.off, io.SeekStart)
+	}
+	if err != nil {
+		region.Close()
+		return nil, fmt.Errorf("reading back xid %d from %s: %w", r.t.xid, r.s.cfg.Dir, err)
+	}
+	r.in.Reset(io.LimitReader(r.t.file, r.t.size-r.off))
+	r.region = region
+	return region.Bytes(), nil
+}
+
+// unmap lets the last record mapped go.
+func (r *Replay) unmap() {
+	if r.region != nil {
+		r.region.Close()
+		r.region = nil
+	}
 }
 
 // maxKeptRecord bounds the record buffer a replay keeps for the next
 // record: one huge row's is let go.
 const maxKeptRecord = 1 << 20
+
+// bigRecord is the size over which a record always goes to the file, in
+// pieces of this size, and is replayed mapped from it: a row of hundreds of
+// megabytes is then never held whole beside the envelope built from it.
+const bigRecord = 4 << 20
 
 func noEOF(err error) error {
 	if err == io.EOF {
@@ -472,6 +543,7 @@ func noEOF(err error) error {
 
 // Close frees the transaction's memory and file.
 func (r *Replay) Close() {
+	r.unmap()
 	if r.t != nil {
 		r.s.release(r.t)
 		r.t, r.in, r.mem, r.rec = nil, nil, nil, nil

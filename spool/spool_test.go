@@ -63,7 +63,7 @@ func open(t *testing.T, memory, maxDisk int64) *Spool {
 func feed(t *testing.T, s *Spool, msgs ...[]byte) (replays []*Replay, passed [][]byte) {
 	t.Helper()
 	for i, m := range msgs {
-		out, err := s.Offer(pgoutput.LSN(0x1000+i), m)
+		out, err := s.Offer(pgoutput.LSN(0x1000+i), m, nil)
 		if err != nil {
 			t.Fatalf("Offer #%d (%q): %v", i, m[0], err)
 		}
@@ -151,7 +151,7 @@ func TestAbortDiscardsTheTransaction(t *testing.T) {
 	s := open(t, 1, 0)
 	out := make([]Outcome, 0)
 	for i, m := range [][]byte{start(7, true), insert(7, "x"), insert(7, "y"), stop()} {
-		o, err := s.Offer(pgoutput.LSN(i), m)
+		o, err := s.Offer(pgoutput.LSN(i), m, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +163,7 @@ func TestAbortDiscardsTheTransaction(t *testing.T) {
 	if st := s.Stats(); st.Open != 1 || st.DiskBytes == 0 {
 		t.Fatalf("before the abort: %+v, want one open transaction on disk", st)
 	}
-	o, err := s.Offer(9, abort(7, 7))
+	o, err := s.Offer(9, abort(7, 7), nil)
 	if err != nil || o.Event != Aborted {
 		t.Fatalf("abort: %+v, %v", o, err)
 	}
@@ -171,19 +171,19 @@ func TestAbortDiscardsTheTransaction(t *testing.T) {
 		t.Errorf("after the abort: %+v", st)
 	}
 	// An abort of what holds nothing (never streamed) discards nothing.
-	if o, err := s.Offer(10, abort(99, 99)); err != nil || o.Event != None {
+	if o, err := s.Offer(10, abort(99, 99), nil); err != nil || o.Event != None {
 		t.Errorf("abort of an unknown xid: %+v, %v", o, err)
 	}
 }
 
 func TestFullSpillStopsLoudly(t *testing.T) {
 	s := open(t, 1, 100)
-	_, err := s.Offer(1, start(7, true))
+	_, err := s.Offer(1, start(7, true), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range 10 {
-		if _, err = s.Offer(pgoutput.LSN(2+i), insert(7, strings.Repeat("x", 20))); err != nil {
+		if _, err = s.Offer(pgoutput.LSN(2+i), insert(7, strings.Repeat("x", 20)), nil); err != nil {
 			break
 		}
 	}
@@ -246,7 +246,7 @@ func TestProtocolViolations(t *testing.T) {
 			s := open(t, 0, 0)
 			var err error
 			for i, m := range msgs {
-				if _, err = s.Offer(pgoutput.LSN(i), m); err != nil {
+				if _, err = s.Offer(pgoutput.LSN(i), m, nil); err != nil {
 					break
 				}
 			}
@@ -283,7 +283,7 @@ func FuzzSpool(f *testing.F) {
 		lsn := pgoutput.LSN(0)
 		offer := func(m []byte) Outcome {
 			lsn++
-			out, err := s.Offer(lsn, m)
+			out, err := s.Offer(lsn, m, nil)
 			if err != nil {
 				t.Fatalf("Offer(%q): %v", m[0], err)
 			}
@@ -355,4 +355,62 @@ func FuzzSpool(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestBigRecordReplayedMapped: a record over bigRecord goes to the file in
+// pieces, each handed back once written, even when memory would hold it,
+// and is replayed whole and exact (mapped from the file) between the
+// records around it, its pages handed back as the caller goes.
+func TestBigRecordReplayedMapped(t *testing.T) {
+	s := open(t, 1<<30, 0)
+	big := strings.Repeat("é0123456789abcdef", (3*bigRecord)/18+7)
+	msg := insert(7, big)
+	var pieces []byte
+	out, err := s.Offer(1, start(7, true), nil)
+	if err != nil || out.Event != Opened {
+		t.Fatalf("got %v %v", out, err)
+	}
+	for i, m := range [][]byte{insert(7, "before"), msg, insert(7, "after")} {
+		var release func([]byte)
+		if len(m) > bigRecord {
+			release = func(p []byte) {
+				if len(p) > bigRecord {
+					t.Fatalf("a piece of %d bytes", len(p))
+				}
+				pieces = append(pieces, p...)
+			}
+		}
+		if _, err := s.Offer(pgoutput.LSN(2+i), m, release); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(pieces) != string(msg) {
+		t.Fatalf("handed back %d bytes, the record has %d", len(pieces), len(msg))
+	}
+	if st := s.Stats(); st.DiskBytes == 0 || st.MemoryBytes != 0 {
+		t.Fatalf("stats %+v: the transaction with a big record is to be on disk", st)
+	}
+	replays, _ := feed(t, s, stop(), commit(7, 0x70))
+	if len(replays) != 1 {
+		t.Fatalf("%d replays", len(replays))
+	}
+	r := replays[0]
+	defer r.Close()
+	var rows []string
+	for {
+		_, data, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) > bigRecord {
+			r.Release(data) // dropped pages read back from the file
+		}
+		rows = append(rows, rowOf(t, data))
+	}
+	if len(rows) != 3 || rows[0] != "before" || rows[1] != big || rows[2] != "after" {
+		t.Fatalf("replayed %d rows; want before, the big row, after", len(rows))
+	}
 }

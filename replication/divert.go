@@ -39,7 +39,7 @@ type diverter struct {
 	held    []byte // read from src, not yet passed on; starts at a message header
 	clear   int    // bytes at the start of held that pass let through
 	heldBuf []byte
-	srcErr  error // came with bytes now held: returned once they are passed on
+	srcErr  error  // came with bytes now held: returned once they are passed on
 	out     []byte // a stand-in to pass on before anything else
 	plain   bool   // the header at held[0] is passed through even if large
 
@@ -63,7 +63,7 @@ type diverted struct {
 }
 
 const (
-	msgHeader  = 5              // type byte, then the length, itself included
+	msgHeader  = 5             // type byte, then the length, itself included
 	xlogHeader = 1 + 8 + 8 + 8 // 'w', WAL start, WAL end, send time
 	// standIn starts the stand-in's pgoutput message: no pgoutput message
 	// starts with a zero byte.

@@ -87,8 +87,19 @@ func (e *env) memory(ctx context.Context) (*MemoryResult, error) {
 		workload{MemoryCase{Name: fmt.Sprintf("UPDATE of the %d MB row", size>>20), Rows: 1, RowBytes: size, EventMax: 2 * size},
 			"UPDATE blobs SET body = 'fedcba9876543210' || substr(body, 17) WHERE id = 2", nil},
 		workload{MemoryCase{Name: fmt.Sprintf("DELETE of the %d MB row", size>>20), Rows: 1, RowBytes: size, EventMax: size},
-			"DELETE FROM blobs WHERE id = 2", nil})
-	for _, w := range loads {
+			"DELETE FROM blobs WHERE id = 2", nil},
+		// Last, with logical_decoding_work_mem at its least: the server
+		// streams the transaction while in progress, so the large row
+		// goes through the agent's spill (spooled, then replayed at its
+		// commit).
+		workload{MemoryCase{Name: fmt.Sprintf("one row of %d MB after 1,000 small ones, streamed", size>>20), Rows: 1001, RowBytes: size, EventMax: size},
+			"INSERT INTO blobs SELECT g, CASE WHEN g = 4001 THEN repeat('0123456789abcdef', $1) ELSE repeat('s', 200) END FROM generate_series(3001, 4001) g", []any{size / 16}})
+	for i, w := range loads {
+		if i == len(loads)-1 {
+			if err := exec1(ctx, conn, "ALTER DATABASE bench_memory SET logical_decoding_work_mem = '64kB'"); err != nil {
+				return nil, err
+			}
+		}
 		c, err := e.memoryCase(ctx, conn, bin, url, pub, slot, w.c, w.sql, w.arg...)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", w.c.Name, err)

@@ -164,14 +164,19 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Ready.SetSink(true)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
-	if !cfg.NoStreaming {
-		if a.cfg.Spill.Dir == "" {
-			a.cfg.Spill.Dir = spool.DefaultDir()
-		}
-		var err error
-		if a.spool, err = spool.Open(a.cfg.Spill); err != nil {
-			return nil, err
-		}
+	// The spill directory also takes messages over
+	// replication.DivertOver as they arrive, streaming or not.
+	if a.cfg.Spill.Dir == "" {
+		a.cfg.Spill.Dir = spool.DefaultDir()
+	}
+	var err error
+	if cfg.NoStreaming {
+		err = spool.CheckDir(a.cfg.Spill.Dir)
+	} else {
+		a.spool, err = spool.Open(a.cfg.Spill)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return a, nil
 }

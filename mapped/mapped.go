@@ -32,6 +32,20 @@ func Map(f *os.File, off, n int64) (*Region, error) {
 	return r, nil
 }
 
+// TempFile makes a file in dir, named after pattern (os.CreateTemp), and
+// unlinks it at once: it is gone with the process, whatever way that ends.
+func TempFile(dir, pattern string) (*os.File, error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // Bytes is the region.
 func (r *Region) Bytes() []byte { return r.b }
 

@@ -199,14 +199,8 @@ func (d *diverter) holdUpTo(n int) error {
 // begin starts setting aside the message whose headers are held.
 func (d *diverter) begin() error {
 	body := int64(binary.BigEndian.Uint32(d.held[1:])) - 4
-	f, err := os.CreateTemp(d.dir, "message-")
-	if err == nil {
-		err = os.Remove(f.Name())
-	}
+	f, err := mapped.TempFile(d.dir, "pgaudit-cdc-message-*.spill")
 	if err != nil {
-		if f != nil {
-			f.Close()
-		}
 		d.err = fmt.Errorf("setting aside a %d-byte message from the replication stream: %w: set --spill-dir to a writable directory with room", body, err)
 		return d.err
 	}

@@ -112,32 +112,31 @@ func Open(cfg Config) (*Spool, error) {
 	if cfg.MaxDisk <= 0 {
 		cfg.MaxDisk = DefaultMaxDisk
 	}
-	if cfg.Dir == "" {
-		return nil, errors.New("no spill directory: set --spill-dir to a writable directory")
+	if err := CheckDir(cfg.Dir); err != nil {
+		return nil, err
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("the spill directory %s cannot be created (%w): set --spill-dir to a writable directory", cfg.Dir, err)
-	}
-	f, err := create(cfg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("the spill directory %s is not writable (%w): set --spill-dir to a writable directory", cfg.Dir, err)
-	}
-	f.Close()
 	return &Spool{cfg: cfg, txs: map[uint32]*txn{}}, nil
 }
 
-// create makes an unlinked file in dir: gone with the process, whatever
-// way it ends.
-func create(dir string) (*os.File, error) {
-	f, err := os.CreateTemp(dir, "pgaudit-cdc-stream-*.spill")
+// CheckDir checks that dir can hold spilled files, creating it (mode 0700)
+// when missing.
+func CheckDir(dir string) error {
+	if dir == "" {
+		return errors.New("no spill directory: set --spill-dir to a writable directory")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("the spill directory %s cannot be created (%w): set --spill-dir to a writable directory", dir, err)
+	}
+	f, err := create(dir)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("the spill directory %s is not writable (%w): set --spill-dir to a writable directory", dir, err)
 	}
-	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return f.Close()
+}
+
+// create makes an unlinked file in dir.
+func create(dir string) (*os.File, error) {
+	return mapped.TempFile(dir, "pgaudit-cdc-stream-*.spill")
 }
 
 // Event says what a message did to the spool.

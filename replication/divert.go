@@ -25,11 +25,12 @@ const DivertOver = 16 << 20
 // header, then standIn and the message's number. Session.Receive swaps
 // the stand-in for the mapped message.
 //
-// Every other byte passes through untouched and uncopied: the diverter
-// only follows the framing (a type byte and a length), holding back at
-// most a message header split between two reads. A read that times out
-// part way (Session.Poll, a deadline) is resumed by the next one, as
-// pgconn expects.
+// Every other byte passes through untouched, read straight into
+// pgproto3's buffer: the diverter only follows the framing (a type byte
+// and a length). It holds back, and copies, only a message header split
+// between two reads, and what a read brought past the header of a message
+// to set aside. A read that times out part way (Session.Poll, a deadline)
+// is resumed by the next one, as pgconn expects.
 type diverter struct {
 	src  io.Reader
 	dir  string
@@ -38,7 +39,7 @@ type diverter struct {
 	skip    int    // body bytes of the message being passed through still to come
 	held    []byte // read from src, not yet passed on; starts at a message header
 	clear   int    // bytes at the start of held that pass let through
-	heldBuf []byte
+	heldBuf []byte // held's array, from its start, for the next time
 	srcErr  error  // came with bytes now held: returned once they are passed on
 	out     []byte // a stand-in to pass on before anything else
 	plain   bool   // the header at held[0] is passed through even if large
@@ -155,10 +156,11 @@ func (d *diverter) pass(b []byte) int {
 // hold keeps b, read from src, to pass on later.
 func (d *diverter) hold(b []byte) {
 	if len(d.held) == 0 {
-		d.held = d.heldBuf[:0]
+		d.held = append(d.heldBuf[:0], b...)
+		d.heldBuf = d.held[:0]
+		return
 	}
 	d.held = append(d.held, b...)
-	d.heldBuf = d.held[:0]
 }
 
 // atHeld acts on a held message header that pass stopped at: it reads

@@ -5,7 +5,10 @@
 // a valid chain:
 //
 //   - TestKillNineCycles: the agent is killed with SIGKILL at random moments
-//     while a workload runs, and restarted, cycle after cycle;
+//     while a workload runs, and restarted, cycle after cycle; its variants
+//     with transactions streamed while in progress (Streamed) and with
+//     17 MiB rows set aside in the spill directory as they arrive
+//     (HugeRows);
 //   - TestSpineFaultsAndPostgresRestart: the spine double fails in the ways
 //     the contract allows (500 and 503 answers, a connection dropped before
 //     or after the append, stalls) and PostgreSQL restarts under the agent;

@@ -151,6 +151,12 @@ type workload struct {
 	// that is rolled back (which must never reach the trail): transactions
 	// large enough to be streamed while in progress.
 	bulk int
+	// huge, when set, adds to one transaction in two a row whose note is
+	// huge bytes: a message the agent sets aside as it arrives
+	// (replication.DivertOver). Its id is negative, out of live: it is
+	// never changed again.
+	huge  int
+	nhuge int
 }
 
 func setupWorkload(t *testing.T, dsn string) *workload {
@@ -223,6 +229,14 @@ func (w *workload) step(ctx context.Context) (int, error) {
 		for _, v := range vers {
 			tokens = append(tokens, prefix+strconv.FormatInt(v, 10))
 		}
+	}
+	if w.huge > 0 && w.rng.IntN(2) == 0 {
+		w.nhuge++
+		var ver int64
+		if err := tx.QueryRow(ctx, `INSERT INTO acct VALUES ($1, nextval('ver_seq'), 0, repeat('h', $2)) RETURNING ver`, -1_000_000-w.nhuge, w.huge).Scan(&ver); err != nil {
+			return 0, err
+		}
+		tokens = append(tokens, "I:"+strconv.FormatInt(ver, 10))
 	}
 	if w.bulk > 0 {
 		if _, err := tx.Exec(ctx, `SAVEPOINT s`); err != nil {
@@ -511,6 +525,32 @@ func TestKillNineCyclesStreamed(t *testing.T) {
 		t.Fatalf("the server streamed no transaction: the test did not test streaming")
 	}
 	t.Logf("kill -9 cycles: %d, %d transactions, %d changes; the server streamed %d transactions", cycles, len(w.txns), w.changes(), streamed)
+}
+
+// TestKillNineCyclesHugeRows is TestKillNineCycles with a 17 MiB row in
+// one transaction in two, each a message the agent sets aside in its
+// spill directory as it arrives and decodes from there: killed while one
+// is arriving, decoded or delivered, the agent delivers every change once
+// after its restart.
+func TestKillNineCyclesHugeRows(t *testing.T) {
+	cycles := max(envInt("PGAUDIT_FAULT_CYCLES", 6)/2, 3)
+	rows := max(envInt("PGAUDIT_FAULT_ROWS", 1500)/10, 100)
+	dsn := pgtest.DSN(t)
+	spine := spinetest.Start(t)
+	w := setupWorkload(t, dsn)
+	w.huge = 17 << 20
+	watch(t, dsn)
+	rng := rand.New(rand.NewPCG(7, 8))
+	spill := []string{"--spill-dir", t.TempDir()}
+	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
+	p := startAgentProc(t, dsn, spine.URL(), spill...)
+	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
+	p.terminate(t)
+	verify(t, w, spine)
+	if w.nhuge == 0 {
+		t.Fatal("no huge row was written: the test did not test them")
+	}
+	t.Logf("kill -9 cycles: %d, %d transactions, %d changes, %d huge rows", cycles, len(w.txns), w.changes(), w.nhuge)
 }
 
 func TestSpineFaultsAndPostgresRestart(t *testing.T) {

@@ -89,6 +89,22 @@ func stream(r *rand.Rand, over int, others bool) (sent []byte, want [][]byte) {
 	return sent, want
 }
 
+// readThrough reads d to its first error other than a timeout, asking
+// each time for as many bytes as size says, and returns what it read and
+// that error.
+func readThrough(d *diverter, size func() int) ([]byte, error) {
+	var out []byte
+	for {
+		p := make([]byte, size())
+		n, err := d.Read(p)
+		out = append(out, p[:n]...)
+		var te timeoutErr
+		if err != nil && !errors.As(err, &te) {
+			return out, err
+		}
+	}
+}
+
 // setAside reports whether the diverter sets m aside.
 func setAside(m []byte, over int) bool {
 	return m[0] == 'd' && len(m) > msgHeader+over && m[msgHeader] == 'w'
@@ -125,18 +141,9 @@ func TestDiverterSetsAsideOnlyLargeXLogData(t *testing.T) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		sent, want := stream(r, over, true)
 		d := newDiverter(&choppy{b: sent, plan: rand.New(rand.NewPCG(seed, 8))}, t.TempDir(), over)
-		var out []byte
-		for {
-			p := make([]byte, 1+r.IntN(200))
-			n, err := d.Read(p)
-			out = append(out, p[:n]...)
-			if err == io.EOF {
-				break
-			}
-			var te timeoutErr
-			if err != nil && !errors.As(err, &te) {
-				t.Fatalf("seed %d: %v", seed, err)
-			}
+		out, err := readThrough(d, func() int { return 1 + r.IntN(200) })
+		if err != io.EOF {
+			t.Fatalf("seed %d: %v", seed, err)
 		}
 		asides := 0
 		for i, w := range want {
@@ -218,16 +225,7 @@ func FuzzDiverter(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte, seed uint64) {
 		d := newDiverter(&choppy{b: in, plan: rand.New(rand.NewPCG(seed, 1))}, t.TempDir(), 64)
 		defer d.close()
-		var out []byte
-		for {
-			p := make([]byte, 1+int(seed%97))
-			n, err := d.Read(p)
-			out = append(out, p[:n]...)
-			var te timeoutErr
-			if err != nil && !errors.As(err, &te) {
-				break
-			}
-		}
+		out, _ := readThrough(d, func() int { return 1 + int(seed%97) })
 		if !whole(in) {
 			return
 		}

@@ -27,7 +27,7 @@ func story(t *testing.T, evs []spinetest.Event) string {
 				row = field(t, e, "old", "id")
 			}
 			lines = append(lines, fmt.Sprintf("%s %v %v", op, field(t, e, "table"), row))
-		case op == envelope.OpAttach || op == envelope.OpDetach:
+		case op == envelope.OpAttach || op == envelope.OpDetach || op == envelope.OpUnlogged:
 			lines = append(lines, fmt.Sprintf("%s %v %v (%v)", op, field(t, e, "partition", "table"),
 				field(t, e, "partition", "partitioned_table"), field(t, e, "partition", "how")))
 		case op == envelope.OpWatch || op == envelope.OpRewatch:
@@ -126,6 +126,87 @@ func TestDetachChangeAttach(t *testing.T) {
 	if got := strings.Join(names, ", "); got != "public.pt other/books, public.pt1 other/books" {
 		t.Errorf("watches after the detach: %s", got)
 	}
+}
+
+// TestUnloggedPartitionStaysLogged: a partition of a watched partitioned
+// table set UNLOGGED, created UNLOGGED or attached UNLOGGED would keep its
+// changes out of the WAL, so out of the trail; the DDL event trigger sets
+// it LOGGED again in the DDL's own transaction, so every change is
+// audited and no hole needs declaring.
+func TestUnloggedPartitionStaysLogged(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE upt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE upt1 PARTITION OF upt FOR VALUES FROM (0) TO (100)`)
+	h.watch("upt", "other", "books")
+	h.startAgent()
+	h.exec(`ALTER TABLE upt1 SET UNLOGGED`)
+	h.exec(`INSERT INTO upt VALUES (1, 'a')`)
+	h.exec(`BEGIN; CREATE UNLOGGED TABLE upt2 PARTITION OF upt FOR VALUES FROM (100) TO (200); INSERT INTO upt VALUES (150, 'b'); COMMIT`)
+	h.exec(`CREATE UNLOGGED TABLE upt3 (id int PRIMARY KEY, v text)`)
+	h.exec(`ALTER TABLE upt ATTACH PARTITION upt3 FOR VALUES FROM (200) TO (300)`)
+	h.exec(`INSERT INTO upt VALUES (250, 'c')`)
+	h.waitStory(strings.Join([]string{
+		"WATCH public.upt",
+		"INSERT public.upt 1",
+		"ATTACH public.upt2 public.upt (created)",
+		"INSERT public.upt 150",
+		"ATTACH public.upt3 public.upt (attached)",
+		"INSERT public.upt 250",
+	}, "\n"))
+	var unlogged int
+	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_class WHERE relname IN ('upt1', 'upt2', 'upt3') AND relpersistence <> 'p'`).Scan(&unlogged); err != nil {
+		t.Fatal(err)
+	}
+	if unlogged != 0 {
+		t.Fatalf("%d partitions of the watched table stayed unlogged", unlogged)
+	}
+}
+
+// TestUnloggedPartitionWithoutEventTrigger: without the event triggers,
+// the housekeeping finds a partition of a watched table UNLOGGED, declares
+// the hole in the trail (an UNLOGGED event; the changes made meanwhile are
+// not in the WAL) and sets it LOGGED again: later changes are audited, and
+// a second time is a second event.
+func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	h.exec(`CREATE TABLE upt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE upt1 PARTITION OF upt FOR VALUES FROM (0) TO (100)`)
+	h.watch("upt", "other", "books")
+	h.startAgent()
+	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.DropTriggerName)
+	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.EventTriggerName)
+	h.exec(`INSERT INTO upt VALUES (1, 'a')`)
+	h.waitEvents(1, 30*time.Second)
+	logged := func() bool {
+		var p string
+		if err := h.conn.QueryRow(context.Background(), `SELECT relpersistence FROM pg_class WHERE relname = 'upt1'`).Scan(&p); err != nil {
+			t.Fatal(err)
+		}
+		return p == "p"
+	}
+	for round := 1; round <= 2; round++ {
+		h.exec(`ALTER TABLE upt1 SET UNLOGGED`)
+		h.exec(`INSERT INTO upt VALUES ($1, 'unseen')`, 10*round)
+		deadline := time.Now().Add(raceSlowdown * 40 * time.Second) // a housekeeping round is every 15 s
+		for !logged() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the partition is still unlogged %s later", round, 40*time.Second)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		h.exec(`INSERT INTO upt VALUES ($1, 'seen')`, 10*round+1)
+	}
+	h.waitStory(strings.Join([]string{
+		"WATCH public.upt",
+		"INSERT public.upt 1",
+		"UNLOGGED public.upt1 public.upt (unlogged)",
+		"INSERT public.upt 11",
+		"UNLOGGED public.upt1 public.upt (unlogged)",
+		"INSERT public.upt 21",
+	}, "\n"))
+	obs.expectMetric(t, 2, "pgaudit_cdc_unlogged_partitions_total")
+	obs.expectLog(t, 2, "level=ERROR", "partitions of watched tables were UNLOGGED")
 }
 
 // TestTableSwap: a table that takes the name a watch was made for, while

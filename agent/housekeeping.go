@@ -108,6 +108,13 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	if len(changed) > 0 {
 		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
+	if unlogged, err := registry.KeepPartitionsLogged(ctx); err != nil {
+		warn("looking for unlogged partitions of watched tables failed", err)
+	} else if len(unlogged) > 0 {
+		a.m.UnloggedPartitions.Add(float64(len(unlogged)))
+		a.log.Error("partitions of watched tables were UNLOGGED: their changes meanwhile are not in the WAL, so not in the audit trail (UNLOGGED events say so); install the event triggers (pgaudit-cdc setup --print-sql) to keep them LOGGED from their DDL on",
+			"tables", strings.Join(unlogged, "; "))
+	}
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice
 	if errors.As(err, &kept) {

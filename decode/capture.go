@@ -339,6 +339,7 @@ type partitionEntry struct {
 	Attached         bool   `json:"-"`
 	How              string `json:"how"`
 	ChangedBy        string `json:"-"`
+	ChangedAt        string `json:"-"`
 }
 
 func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *partitionEntry {
@@ -362,6 +363,8 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 			e.How = v
 		case "changed_by":
 			e.ChangedBy = v
+		case "changed_at":
+			e.ChangedAt = v
 		}
 	})
 	e.Table = ident.Qualified(schema, table)
@@ -369,8 +372,9 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 }
 
 // partitionChange emits ATTACH when a table joins a watched partitioned
-// table (but not for those under it when its watch began) and DETACH when
-// one leaves it (detached or dropped). The table has REPLICA IDENTITY FULL.
+// table (but not for those under it when its watch began), DETACH when
+// one leaves it (detached or dropped), and UNLOGGED when one under it is
+// found unlogged (see migration 0014). The table has REPLICA IDENTITY FULL.
 func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, emit func(Item) error) error {
 	before, after := parsePartitionRow(rel, old), parsePartitionRow(rel, newT)
 	var action string
@@ -379,6 +383,9 @@ func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage
 		action = envelope.OpAttach
 	case after != nil && !after.Attached && before != nil && before.Attached:
 		action = envelope.OpDetach
+	case after != nil && after.Attached && after.How == "unlogged" && before != nil &&
+		(before.How != "unlogged" || before.ChangedAt != after.ChangedAt):
+		action = envelope.OpUnlogged
 	default:
 		return nil // re-rooted, or forgotten with its partitioned table's watch
 	}

@@ -80,6 +80,9 @@ const (
 	OpDrop     = "DROP"    // self-audit: a watched table was dropped, which ends its watch
 	OpAttach   = "ATTACH"  // self-audit: a table joined a watched partitioned table
 	OpDetach   = "DETACH"  // self-audit: a table left a watched partitioned table (detached or dropped)
+	// OpUnlogged is self-audit: a table under a watched partitioned table
+	// was found UNLOGGED, so its changes for a while are not in the WAL.
+	OpUnlogged = "UNLOGGED"
 	// OpCheckpoint is a digest of a table's rows at its place in commit order.
 	OpCheckpoint = "CHECKPOINT"
 	// OpGap records an accepted hole in the capture.

@@ -44,6 +44,7 @@ type Metrics struct {
 	GapPending              prometheus.Gauge
 	UnauthenticatedControl  *prometheus.CounterVec // prefix
 	ReplicaIdentityWeakened *prometheus.CounterVec // table
+	UnloggedPartitions      prometheus.Counter
 	// The authenticated trail (package trail): seals written, the newest
 	// one's time, events delivered but not sealed yet, and forgeries the
 	// read-back found under the agent's keys.
@@ -185,6 +186,10 @@ func (m *Metrics) integrity() []prometheus.Collector {
 		Name: "pgaudit_cdc_replica_identity_weakened_total",
 		Help: "Watched tables seen streaming without REPLICA IDENTITY FULL (old rows incomplete), by table.",
 	}, []string{"table"})
+	m.UnloggedPartitions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_unlogged_partitions_total",
+		Help: "Times the housekeeping found a partition of a watched table UNLOGGED (its changes not in the WAL, so not in the trail; an UNLOGGED event each): the DDL event triggers are missing, or could not set it LOGGED.",
+	})
 	m.Seals = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_seals_total",
 		Help: "Signed seals written over the delivered events (SEAL events, each recorded as the anchor in the audited database).",
@@ -201,7 +206,7 @@ func (m *Metrics) integrity() []prometheus.Collector {
 		Name: "pgaudit_cdc_forgeries_detected_total",
 		Help: "Events found in the spine under one of the agent's idempotency keys but with other content: another producer forged them. The real event is delivered anyway.",
 	})
-	return []prometheus.Collector{m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened,
+	return []prometheus.Collector{m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened, m.UnloggedPartitions,
 		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected}
 }
 

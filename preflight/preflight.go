@@ -297,6 +297,7 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
 	}
 	rs = append(rs, checkWatchedNames(ctx, conn)...)
+	rs = append(rs, checkUnloggedPartitions(ctx, conn)...)
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
 	}
@@ -341,6 +342,31 @@ func checkWatchedNames(ctx context.Context, conn *pgx.Conn) []Result {
 		rs = append(rs, Result{Name: "re-created table", Status: Warn,
 			Detail: t.Name + " was dropped while watched (a DROP event ended its watch) and a new table of that name exists, which is not audited",
 			Fix:    "pgaudit-cdc watch " + t.Name + " --kind KIND --source SOURCE, if the new table should be audited"})
+	}
+	return rs
+}
+
+// checkUnloggedPartitions fails on an UNLOGGED table under a watched
+// partitioned table: its changes are not in the WAL, so not in the trail
+// (migration 0014 sets such tables LOGGED where it can).
+func checkUnloggedPartitions(ctx context.Context, conn *pgx.Conn) []Result {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+		FROM pgaudit_cdc.watched_partition_tree() t
+		JOIN pg_class c ON c.oid = t.relid AND c.relkind = 'r' AND c.relpersistence = 'u'
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE t.level > 0`)
+	var names []string
+	if err == nil {
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return []Result{unchecked("unlogged partitions", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches")}
+	}
+	var rs []Result
+	for _, name := range names {
+		rs = append(rs, Result{Name: "unlogged partitions", Status: Fail,
+			Detail: name + " is an UNLOGGED partition of a watched table: its changes are not in the WAL, so not in the audit trail",
+			Fix:    "ALTER TABLE " + name + " SET LOGGED, as its owner (and install the event triggers, which keep it LOGGED: pgaudit-cdc setup --print-sql)"})
 	}
 	return rs
 }

@@ -211,10 +211,11 @@ func (v *Verifier) Add(e chain.Event) {
 	case envelope.OpDrop:
 		// A table of the same name later is another table.
 		delete(v.tables, gen+"|"+oldName)
-	case envelope.OpAttach, envelope.OpDetach:
+	case envelope.OpAttach, envelope.OpDetach, envelope.OpUnlogged:
 		// The events of a partition carry its partitioned table's name, so
-		// the trail cannot tell which of the folded rows moved: both folds
-		// restart from a backfill.
+		// the trail cannot tell which of the folded rows moved (or, for an
+		// unlogged partition, changed unseen): both folds restart from a
+		// backfill.
 		p, _ := e.Payload["partition"].(map[string]any)
 		part, _ := p["table"].(string)
 		root, _ := p["partitioned_table"].(string)

@@ -937,6 +937,24 @@ func Map(entries []Entry) map[uint32]decode.Watch {
 	return m
 }
 
+// KeepPartitionsLogged sets every UNLOGGED table under a watched
+// partitioned table LOGGED again (see migration 0014): the event trigger
+// does it in the DDL's transaction where a superuser installed it; found
+// here, the table's changes since it turned unlogged are not in the WAL,
+// and an UNLOGGED event declares that hole. It returns a line per table
+// found, fixed or not.
+func (r *Registry) KeepPartitionsLogged(ctx context.Context) ([]string, error) {
+	rows, err := r.conn.Query(ctx, `SELECT pgaudit_cdc.keep_partitions_logged('found')`)
+	if err != nil {
+		return nil, fmt.Errorf("looking for unlogged partitions of watched tables: %w", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("looking for unlogged partitions of watched tables: %w", err)
+	}
+	return lines, nil
+}
+
 // FollowLifecycle ends the watches of tables that were dropped (a DROP
 // event), renames the watches of renamed tables (a REWATCH event showing the
 // old name), watches a table that took the name a watch was made for (a

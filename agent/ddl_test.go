@@ -209,6 +209,48 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 	obs.expectLog(t, 2, "level=ERROR", "partitions of watched tables were UNLOGGED")
 }
 
+// TestInheritanceChildrenAreWatched: a table that inherits from a watched
+// table holds rows every query of it reads, but a publication holds only
+// the tables it was given. Each child gets a watch of its own (origin
+// inherits_from), one that existed before the watch in the watch's
+// transaction, a new one (created with INHERITS, made to INHERIT, created
+// UNLOGGED) in its DDL's: every row written to one is audited, in the
+// creating transaction too.
+func TestInheritanceChildrenAreWatched(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE acc (id int PRIMARY KEY, v text)`)
+	h.exec(`CREATE TABLE pre () INHERITS (acc)`)
+	h.watch("acc", "other", "books")
+	h.startAgent()
+	h.exec(`INSERT INTO pre VALUES (1, 'pre')`)
+	h.exec(`BEGIN; CREATE TABLE kid () INHERITS (acc); INSERT INTO kid VALUES (2, 'kid'); COMMIT`)
+	h.exec(`CREATE UNLOGGED TABLE ukid () INHERITS (acc)`)
+	h.exec(`INSERT INTO ukid VALUES (3, 'unlogged')`)
+	h.exec(`CREATE TABLE later (id int PRIMARY KEY, v text)`)
+	h.exec(`ALTER TABLE later INHERIT acc`)
+	h.exec(`INSERT INTO later VALUES (4, 'later')`)
+	h.exec(`INSERT INTO acc VALUES (5, 'parent')`)
+	h.waitStory(strings.Join([]string{
+		"WATCH public.acc",
+		"WATCH public.pre (inherits_from public.acc)",
+		"INSERT public.pre 1",
+		"WATCH public.kid (inherits_from public.acc)",
+		"INSERT public.kid 2",
+		"WATCH public.ukid (inherits_from public.acc)",
+		"INSERT public.ukid 3",
+		"WATCH public.later (inherits_from public.acc)",
+		"INSERT public.later 4",
+		"INSERT public.acc 5",
+	}, "\n"))
+	var total int
+	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM acc`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	if total != 5 {
+		t.Fatalf("acc reads %d rows, want the 5 audited", total)
+	}
+}
+
 // TestTableSwap: a table that takes the name a watch was made for, while
 // the watched table lives on renamed, is audited from its first change, in
 // the swapping transaction too; the renamed one stays audited until dropped.

@@ -106,7 +106,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.log.Warn("watched tables were dropped; their watches ended (DROP events). A new table of the same name is not audited until watched", "tables", strings.Join(dropped, ", "))
 	}
 	if len(changed) > 0 {
-		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
+		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name, inherits from a watched table or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
 	if unlogged, err := registry.KeepPartitionsLogged(ctx); err != nil {
 		warn("looking for unlogged partitions of watched tables failed", err)

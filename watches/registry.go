@@ -335,6 +335,11 @@ func (r *Registry) Watch(ctx context.Context, t TableName, kind, source string, 
 	if err := r.publishWatched(ctx, tx, rel, t, cols, o.RowFilter, prevActive && deref(prevFilter) == o.RowFilter); err != nil {
 		return "", err
 	}
+	// Its inheritance children, published with it but not watched yet,
+	// get watches of their own (migration 0015), in this transaction.
+	if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.adopt_watched_names()`); err != nil {
+		return "", fmt.Errorf("watching the tables that inherit from %s: %w", name, err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return "", fmt.Errorf("committing the watch of %s: %w", name, err)
 	}

@@ -347,27 +347,39 @@ func checkWatchedNames(ctx context.Context, conn *pgx.Conn) []Result {
 	return rs
 }
 
-// checkUnloggedPartitions fails on an UNLOGGED table under a watched
-// partitioned table: its changes are not in the WAL, so not in the trail
-// (migration 0014 sets such tables LOGGED where it can).
+// checkUnloggedPartitions fails on a table under a watched partitioned
+// table whose changes are not in the WAL, so not in the trail: an UNLOGGED
+// one (migration 0014 sets such tables LOGGED where it can), or a foreign
+// table, whose rows live on another server.
 func checkUnloggedPartitions(ctx context.Context, conn *pgx.Conn) []Result {
-	rows, err := conn.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+	rows, err := conn.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, c.relname), c.relkind = 'f'
 		FROM pgaudit_cdc.watched_partition_tree() t
-		JOIN pg_class c ON c.oid = t.relid AND c.relkind = 'r' AND c.relpersistence = 'u'
+		JOIN pg_class c ON c.oid = t.relid AND ((c.relkind = 'r' AND c.relpersistence = 'u') OR c.relkind = 'f')
 		JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE t.level > 0`)
-	var names []string
+		WHERE t.level > 0
+		ORDER BY 1`)
+	type partition struct {
+		Name    string
+		Foreign bool
+	}
+	var parts []partition
 	if err == nil {
-		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		parts, err = pgx.CollectRows(rows, pgx.RowToStructByPos[partition])
 	}
 	if err != nil {
 		return []Result{unchecked("unlogged partitions", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.watches")}
 	}
 	var rs []Result
-	for _, name := range names {
+	for _, p := range parts {
+		if p.Foreign {
+			rs = append(rs, Result{Name: "foreign partitions", Status: Fail,
+				Detail: p.Name + " is a foreign table under a watched partitioned table: its rows live on another server, so their changes are not in this database's WAL nor the audit trail",
+				Fix:    "detach it (ALTER TABLE ... DETACH PARTITION " + p.Name + ") and audit the table where its rows live"})
+			continue
+		}
 		rs = append(rs, Result{Name: "unlogged partitions", Status: Fail,
-			Detail: name + " is an UNLOGGED partition of a watched table: its changes are not in the WAL, so not in the audit trail",
-			Fix:    "ALTER TABLE " + name + " SET LOGGED, as its owner (and install the event triggers, which keep it LOGGED: pgaudit-cdc setup --print-sql)"})
+			Detail: p.Name + " is an UNLOGGED partition of a watched table: its changes are not in the WAL, so not in the audit trail",
+			Fix:    "ALTER TABLE " + p.Name + " SET LOGGED, as its owner (and install the event triggers, which keep it LOGGED: pgaudit-cdc setup --print-sql)"})
 	}
 	return rs
 }

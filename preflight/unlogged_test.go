@@ -11,7 +11,8 @@ import (
 
 // TestUnloggedPartitionFails: an UNLOGGED partition of a watched table
 // (possible only without the event triggers, which keep it LOGGED) fails
-// doctor, naming the table and the fix; once LOGGED the check is quiet.
+// doctor, naming the table and the fix; once LOGGED the check is quiet. A
+// foreign-table partition fails it too.
 func TestUnloggedPartitionFails(t *testing.T) {
 	ctx := context.Background()
 	conn := connect(t, pgtest.DSN(t))
@@ -45,6 +46,29 @@ func TestUnloggedPartitionFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(t, preflight.Run(ctx, conn, o), "unlogged partitions", "")
+
+	// A foreign table as a partition (of a partitioned table without a
+	// unique index: PostgreSQL refuses one otherwise). A wrapper without a
+	// handler is enough to create one: no extension needed.
+	if _, err := conn.Exec(ctx, `CREATE TABLE fpt (id int, v text) PARTITION BY RANGE (id)`); err != nil {
+		t.Fatal(err)
+	}
+	if name, err = watches.ParseTableName("fpt"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watches.NewRegistry(conn, "pgaudit_cdc", "pgaudit_cdc").Watch(ctx, name, "other", "books"); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`CREATE FOREIGN DATA WRAPPER nowhere`,
+		`CREATE SERVER elsewhere FOREIGN DATA WRAPPER nowhere`,
+		`CREATE FOREIGN TABLE fpt1 PARTITION OF fpt FOR VALUES FROM (0) TO (10) SERVER elsewhere`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, preflight.Run(ctx, conn, o), "foreign partitions", preflight.Fail, "public.fpt1", "another server", "DETACH PARTITION public.fpt1")
 }
 
 // TestInheritingTableFails: a table that inherits from a watched table and

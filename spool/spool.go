@@ -271,6 +271,10 @@ func (s *Spool) append(t *txn, lsn pgoutput.LSN, xid uint32, data []byte, releas
 		}
 	}
 	if t.file != nil {
+		// The whole record fits under the cap, or none of it is written.
+		if err := s.room(t, int64(recordHeader+len(data))); err != nil {
+			return err
+		}
 		if err := s.write(t, h[:]); err != nil {
 			return err
 		}
@@ -325,9 +329,8 @@ func (s *Spool) write(t *txn, parts ...[]byte) error {
 	for _, p := range parts {
 		n += int64(len(p))
 	}
-	if s.disk+n > s.cfg.MaxDisk {
-		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s: raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
-			ErrFull, t.xid, s.cfg.MaxDisk, s.cfg.Dir)
+	if err := s.room(t, n); err != nil {
+		return err
 	}
 	for _, p := range parts {
 		if _, err := t.w.Write(p); err != nil {
@@ -337,6 +340,15 @@ func (s *Spool) write(t *txn, parts ...[]byte) error {
 	t.size += n
 	s.disk += n
 	s.spilled += n
+	return nil
+}
+
+// room checks that n more bytes of t fit under the cap.
+func (s *Spool) room(t *txn, n int64) error {
+	if s.disk+n > s.cfg.MaxDisk {
+		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s: raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
+			ErrFull, t.xid, s.cfg.MaxDisk, s.cfg.Dir)
+	}
 	return nil
 }
 

@@ -220,6 +220,7 @@ func TestInheritanceChildrenAreWatched(t *testing.T) {
 	h := newHarness(t)
 	h.exec(`CREATE TABLE acc (id int PRIMARY KEY, v text)`)
 	h.exec(`CREATE TABLE pre () INHERITS (acc)`)
+	h.exec(`CREATE TABLE pre2 () INHERITS (pre)`)
 	h.watch("acc", "other", "books")
 	h.startAgent()
 	h.exec(`INSERT INTO pre VALUES (1, 'pre')`)
@@ -230,9 +231,18 @@ func TestInheritanceChildrenAreWatched(t *testing.T) {
 	h.exec(`ALTER TABLE later INHERIT acc`)
 	h.exec(`INSERT INTO later VALUES (4, 'later')`)
 	h.exec(`INSERT INTO acc VALUES (5, 'parent')`)
+	h.exec(`CREATE TABLE gkid () INHERITS (kid)`)
+	h.exec(`INSERT INTO gkid VALUES (6, 'grandchild'); INSERT INTO pre2 VALUES (7, 'grandchild')`)
+	// The parent unwatched, its children keep their watches and stay
+	// published.
+	if _, err := newRegistry(h).Unwatch(context.Background(), mustName(t, "acc")); err != nil {
+		t.Fatal(err)
+	}
+	h.exec(`INSERT INTO kid VALUES (8, 'after')`)
 	h.waitStory(strings.Join([]string{
 		"WATCH public.acc",
 		"WATCH public.pre (inherits_from public.acc)",
+		"WATCH public.pre2 (inherits_from public.pre)",
 		"INSERT public.pre 1",
 		"WATCH public.kid (inherits_from public.acc)",
 		"INSERT public.kid 2",
@@ -241,13 +251,18 @@ func TestInheritanceChildrenAreWatched(t *testing.T) {
 		"WATCH public.later (inherits_from public.acc)",
 		"INSERT public.later 4",
 		"INSERT public.acc 5",
+		"WATCH public.gkid (inherits_from public.kid)",
+		"INSERT public.gkid 6",
+		"INSERT public.pre2 7",
+		"UNWATCH public.acc",
+		"INSERT public.kid 8",
 	}, "\n"))
 	var total int
 	if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM acc`).Scan(&total); err != nil {
 		t.Fatal(err)
 	}
-	if total != 5 {
-		t.Fatalf("acc reads %d rows, want the 5 audited", total)
+	if total != 8 {
+		t.Fatalf("acc reads %d rows, want the 8 audited", total)
 	}
 }
 

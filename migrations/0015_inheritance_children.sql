@@ -12,7 +12,9 @@
 -- installed (else within 15 s, from the agent's housekeeping, with a
 -- WARNING that the rows it already holds need a backfill). An UNLOGGED
 -- child is set LOGGED first: its changes would never reach the WAL. It
--- stays watched if it stops inheriting, until someone unwatches it.
+-- stays watched if it stops inheriting, until someone unwatches it. Tables
+-- are now added to and dropped from publications ONLY: each child is
+-- published by its own watch.
 -- Partitions are not inheritance children here: they are published as
 -- their partitioned table (migration 0012).
 CREATE OR REPLACE FUNCTION pgaudit_cdc.adopt_watched_names() RETURNS SETOF text
@@ -25,7 +27,12 @@ DECLARE
     cols text;
     filter text;
     member boolean;
+    adopted boolean;
 BEGIN
+    -- A pass per level: the children of a table adopted in one pass are
+    -- candidates in the next.
+    FOR pass IN 1..64 LOOP
+    adopted := false;
     FOR a IN
         SELECT DISTINCT ON (table_oid) * FROM (
             -- A table that took the name a watch was made for.
@@ -101,15 +108,16 @@ BEGIN
                 filter := pgaudit_cdc.row_filter_of(pub.pubid, a.holder_oid);
                 member := EXISTS (SELECT 1 FROM pg_publication_rel m WHERE m.prpubid = pub.pubid AND m.prrelid = a.table_oid);
                 IF member THEN -- plain (from its watched schema, or its parent's ADD TABLE): the watch's definition takes precedence
-                    EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub.pubname, a.table_oid::regclass);
+                    EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %s', pub.pubname, a.table_oid::regclass);
                 END IF;
-                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s%s', pub.pubname, a.table_oid::regclass,
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE ONLY %s%s%s', pub.pubname, a.table_oid::regclass,
                     CASE WHEN cols IS NOT NULL THEN ' (' || cols || ')' ELSE '' END,
                     CASE WHEN filter IS NOT NULL THEN ' WHERE (' || filter || ')' ELSE '' END);
             END LOOP;
             -- Whether it holds rows already, from its size: a query of the
             -- table would run its owner's row-level security policies with
             -- this function's rights.
+            adopted := true;
             IF a.origin = 'inherits_from' THEN
                 IF pg_relation_size(a.table_oid) > 0 THEN
                     RAISE WARNING 'pgaudit-cdc: % inherits from watched % and is audited from now on; the rows it already holds are not in the audit trail: run pgaudit-cdc backfill %',
@@ -132,6 +140,8 @@ BEGIN
                     a.name, a.holder, SQLERRM, a.name, a.kind, a.source;
             END IF;
         END;
+    END LOOP;
+    EXIT WHEN NOT adopted;
     END LOOP;
 END;
 $$;

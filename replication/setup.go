@@ -299,14 +299,15 @@ func SchemaTablesOutside(ctx context.Context, q Querier, publication, schema str
 }
 
 // AddTables adds tables, without row filter or column list, to publication
-// in one statement.
+// in one statement. Each ONLY: a table's inheritance children are watched,
+// and published, as themselves (migration 0015).
 func AddTables(ctx context.Context, tx pgx.Tx, publication string, tables []pgx.Identifier) error {
 	if len(tables) == 0 {
 		return nil
 	}
 	names := make([]string, len(tables))
 	for i, t := range tables {
-		names[i] = t.Sanitize()
+		names[i] = "ONLY " + t.Sanitize()
 	}
 	_, err := tx.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{publication}.Sanitize()+" ADD TABLE "+strings.Join(names, ", "))
 	return err

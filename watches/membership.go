@@ -74,7 +74,10 @@ func (r *Registry) addTable(ctx context.Context, tx pgx.Tx, t TableName, cols []
 // publication).
 func (r *Registry) addTableTo(ctx context.Context, tx pgx.Tx, pub string, t TableName, cols []string, rowFilter string) error {
 	name := ident.Qualified(t.Schema, t.Name)
-	clause := " ADD TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	// ONLY: its inheritance children are watched, and published, as
+	// themselves (migration 0015); without it they would be added too, or
+	// refused as members already.
+	clause := " ADD TABLE ONLY " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if len(cols) > 0 {
 		quoted := make([]string, len(cols))
 		for i, c := range cols {
@@ -144,7 +147,8 @@ func (r *Registry) checkRowFilter(ctx context.Context, tx pgx.Tx, t TableName, a
 }
 
 func (r *Registry) dropTable(ctx context.Context, tx pgx.Tx, t TableName) error {
-	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	// ONLY: its inheritance children keep their own watches.
+	sql := "ALTER PUBLICATION " + pgx.Identifier{r.publication}.Sanitize() + " DROP TABLE ONLY " + pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if _, err := tx.Exec(ctx, sql); err != nil {
 		return denied(fmt.Sprintf("removing %s from publication %q", ident.Qualified(t.Schema, t.Name), r.publication), err)
 	}

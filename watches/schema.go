@@ -270,7 +270,7 @@ func (r *Registry) unwatchSchema(ctx context.Context, tx pgx.Tx, schema string) 
 		tables, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (string, error) {
 			var s, t string
 			err := row.Scan(&s, &t)
-			return pgx.Identifier{s, t}.Sanitize(), err
+			return "ONLY " + pgx.Identifier{s, t}.Sanitize(), err
 		})
 		if err != nil {
 			return false, fmt.Errorf("listing the tables of schema %q in publication %q: %w", schema, r.publication, err)

@@ -166,13 +166,16 @@ func TestUnloggedPartitionStaysLogged(t *testing.T) {
 // the housekeeping finds a partition of a watched table UNLOGGED, declares
 // the hole in the trail (an UNLOGGED event; the changes made meanwhile are
 // not in the WAL) and sets it LOGGED again: later changes are audited, and
-// a second time is a second event.
+// a second time is a second event. An unlogged inheritance child is set
+// LOGGED and then watched.
 func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 	h := newHarness(t)
 	obs := h.observe()
 	h.exec(`CREATE TABLE upt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
 	h.exec(`CREATE TABLE upt1 PARTITION OF upt FOR VALUES FROM (0) TO (100)`)
+	h.exec(`CREATE TABLE acc (id int PRIMARY KEY, v text)`)
 	h.watch("upt", "other", "books")
+	h.watch("acc", "other", "books")
 	h.startAgent()
 	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.DropTriggerName)
 	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.EventTriggerName)
@@ -197,16 +200,37 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 		}
 		h.exec(`INSERT INTO upt VALUES ($1, 'seen')`, 10*round+1)
 	}
+	// An unlogged inheritance child: set LOGGED, then watched the round
+	// after.
+	h.exec(`CREATE UNLOGGED TABLE ukid () INHERITS (acc)`)
+	deadline := time.Now().Add(raceSlowdown * 50 * time.Second)
+	for {
+		var watched bool
+		if err := h.conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.watches WHERE table_name = 'ukid' AND active)`).Scan(&watched); err != nil {
+			t.Fatal(err)
+		}
+		if watched {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the unlogged child of a watched table is not watched %s later", 50*time.Second)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.exec(`INSERT INTO ukid VALUES (31, 'seen')`)
 	h.waitStory(strings.Join([]string{
 		"WATCH public.upt",
+		"WATCH public.acc",
 		"INSERT public.upt 1",
 		"UNLOGGED public.upt1 public.upt (unlogged)",
 		"INSERT public.upt 11",
 		"UNLOGGED public.upt1 public.upt (unlogged)",
 		"INSERT public.upt 21",
+		"WATCH public.ukid (inherits_from public.acc)",
+		"INSERT public.ukid 31",
 	}, "\n"))
-	obs.expectMetric(t, 2, "pgaudit_cdc_unlogged_partitions_total")
-	obs.expectLog(t, 2, "level=ERROR", "partitions of watched tables were UNLOGGED")
+	obs.expectMetric(t, 3, "pgaudit_cdc_unlogged_partitions_total")
+	obs.expectLog(t, 3, "level=ERROR", "tables under watched tables were UNLOGGED")
 }
 
 // TestInheritanceChildrenAreWatched: a table that inherits from a watched

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -108,13 +109,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 	if len(changed) > 0 {
 		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name, inherits from a watched table or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
-	if unlogged, err := registry.KeepPartitionsLogged(ctx); err != nil {
-		warn("looking for unlogged partitions of watched tables failed", err)
-	} else if len(unlogged) > 0 {
-		a.m.UnloggedPartitions.Add(float64(len(unlogged)))
-		a.log.Error("partitions of watched tables were UNLOGGED: their changes meanwhile are not in the WAL, so not in the audit trail (UNLOGGED events say so); install the event triggers (pgaudit-cdc setup --print-sql) to keep them LOGGED from their DDL on",
-			"tables", strings.Join(unlogged, "; "))
-	}
+	h.keepLogged(stopping, ctx, registry, warn)
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice
 	if errors.As(err, &kept) {
@@ -132,6 +127,37 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.log.Debug("counting dead letters failed", "err", err)
 	} else {
 		a.m.DeadLettersPending.Set(float64(pending))
+	}
+}
+
+// keepLogged declares the UNLOGGED tables under watches (their changes
+// meanwhile are not in the WAL: UNLOGGED events for partitions) and sets
+// them LOGGED again, each rewrite in a statement of its own with a budget
+// of its own: a large table's would not fit the round's.
+func (h *housekeeper) keepLogged(stopping, ctx context.Context, registry *watches.Registry, warn func(string, error)) {
+	a := h.a
+	unlogged, err := registry.DeclareUnlogged(ctx)
+	if err != nil {
+		warn("looking for unlogged tables under watched tables failed", err)
+		return
+	}
+	if len(unlogged) == 0 {
+		return
+	}
+	a.m.UnloggedPartitions.Add(float64(len(unlogged)))
+	names := make([]string, len(unlogged))
+	for i, u := range unlogged {
+		names[i] = ident.Qualified(u.Table.Schema, u.Table.Name) + " (under " + u.Under + ")"
+	}
+	a.log.Error("tables under watched tables were UNLOGGED: their changes meanwhile are not in the WAL, so not in the audit trail (UNLOGGED events declare it for partitions); setting them LOGGED again. Install the event triggers (pgaudit-cdc setup --print-sql) to keep them LOGGED from their DDL on",
+		"tables", strings.Join(names, ", "))
+	fixCtx, cancel := context.WithTimeout(stopping, 2*time.Minute)
+	defer cancel()
+	for _, u := range unlogged {
+		if err := registry.SetLogged(fixCtx, u.Table); err != nil {
+			name := ident.Qualified(u.Table.Schema, u.Table.Name)
+			warn("could not set "+name+" LOGGED: its changes stay out of the WAL, so out of the audit trail, until its owner runs ALTER TABLE "+name+" SET LOGGED (the agent tries again every round)", err)
+		}
 	}
 }
 

@@ -18,64 +18,86 @@
 -- 'logged' once it is LOGGED again. When it cannot be set LOGGED (the
 -- agent's role does not own it) it stays 'unlogged', with a WARNING at
 -- every round, until its owner does.
-CREATE FUNCTION pgaudit_cdc.keep_partitions_logged(how text) RETURNS SETOF text
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+CREATE FUNCTION pgaudit_cdc.unlogged_under_watch() RETURNS TABLE (relid oid, schema_name text, table_name text, root_name text, partition boolean)
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
     AS $$
-DECLARE
-    p record;
-    fixed boolean;
-    failure text;
-BEGIN
-    -- Set LOGGED again since (by its owner): the next time it turns
-    -- unlogged is another hole, with an event of its own.
-    UPDATE pgaudit_cdc.partitions x SET how = 'logged'
-        FROM pg_class c WHERE c.oid = x.table_oid AND x.how = 'unlogged' AND c.relpersistence = 'p';
-    FOR p IN
-        SELECT DISTINCT ON (t.relid) t.relid, pgaudit_cdc.display_name(n.nspname, c.relname) AS name,
-               pgaudit_cdc.display_name(rn.nspname, r.relname) AS root_name
+    -- Partitions (at any level) of watched partitioned tables.
+    SELECT DISTINCT ON (t.relid) t.relid, n.nspname::text, c.relname::text, pgaudit_cdc.display_name(rn.nspname, r.relname), true
         FROM pgaudit_cdc.watched_partition_tree() t
         JOIN pg_class c ON c.oid = t.relid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_class r ON r.oid = t.root
         JOIN pg_namespace rn ON rn.oid = r.relnamespace
         WHERE t.level > 0 AND c.relkind = 'r' AND c.relpersistence = 'u'
-        ORDER BY t.relid, t.level DESC
-    LOOP
+    UNION ALL
+    -- Inheritance children of watched plain tables (migration 0015).
+    SELECT c.oid, n.nspname::text, c.relname::text, pgaudit_cdc.display_name(pn.nspname, p.relname), false
+        FROM pgaudit_cdc.watches w
+        JOIN pg_class p ON p.oid = w.table_oid AND p.relkind = 'r'
+        JOIN pg_namespace pn ON pn.oid = p.relnamespace
+        JOIN pg_inherits i ON i.inhparent = w.table_oid
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind = 'r' AND c.relpersistence = 'u'
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE w.active;
+$$;
+
+-- keep_partitions_logged, from the DDL event trigger, sets each such table
+-- LOGGED in the DDL's transaction, which holds its lock already. One that
+-- cannot be set LOGGED is a hole from now on: a partition's row turns
+-- 'unlogged' (an UNLOGGED event).
+CREATE FUNCTION pgaudit_cdc.keep_partitions_logged() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT * FROM pgaudit_cdc.unlogged_under_watch() LOOP
         BEGIN
-            EXECUTE format('ALTER TABLE %s SET LOGGED', p.relid::regclass);
-            fixed := true;
+            EXECUTE format('ALTER TABLE %I.%I SET LOGGED', p.schema_name, p.table_name);
+            RAISE WARNING 'pgaudit-cdc: % stays LOGGED: it is under watched %, and an unlogged table''s changes never reach the WAL, so the audit trail',
+                pgaudit_cdc.display_name(p.schema_name, p.table_name), p.root_name;
         EXCEPTION WHEN OTHERS THEN
-            fixed := false;
-            failure := SQLERRM;
-        END;
-        IF keep_partitions_logged.how = 'found' OR NOT fixed THEN
-            -- Changes were made, or will be, that the WAL does not hold.
             UPDATE pgaudit_cdc.partitions x SET how = 'unlogged', changed_at = now(), changed_by = session_user
                 WHERE x.table_oid = p.relid AND x.how <> 'unlogged';
-            IF fixed THEN
-                UPDATE pgaudit_cdc.partitions x SET how = 'logged' WHERE x.table_oid = p.relid;
-            END IF;
-        END IF;
-        IF NOT fixed THEN
-            RAISE WARNING 'pgaudit-cdc: % (a partition of watched %) is UNLOGGED and could not be set LOGGED: % (its changes are not in the WAL, so not in the audit trail; run ALTER TABLE % SET LOGGED as its owner)',
-                p.name, p.root_name, failure, p.name;
-            RETURN NEXT format('%s, under watched %s, is UNLOGGED: its changes are not audited until its owner sets it LOGGED', p.name, p.root_name);
-        ELSIF keep_partitions_logged.how = 'found' THEN
-            RAISE WARNING 'pgaudit-cdc: % (a partition of watched %) was UNLOGGED: its changes since are not in the WAL, so not in the audit trail (an UNLOGGED event says so); it is LOGGED again. Compare it with pgaudit-cdc checkpoint %',
-                p.name, p.root_name, p.root_name;
-            RETURN NEXT format('%s, under watched %s, was UNLOGGED and is LOGGED again; its changes meanwhile are not in the audit trail', p.name, p.root_name);
-        ELSE
-            RAISE WARNING 'pgaudit-cdc: % stays LOGGED: it is a partition of watched %, and an unlogged table''s changes never reach the WAL, so the audit trail',
-                p.name, p.root_name;
-        END IF;
+            RAISE WARNING 'pgaudit-cdc: % (under watched %) is UNLOGGED and could not be set LOGGED: % (its changes are not in the WAL, so not in the audit trail; run ALTER TABLE % SET LOGGED as its owner)',
+                pgaudit_cdc.display_name(p.schema_name, p.table_name), p.root_name, SQLERRM, pgaudit_cdc.display_name(p.schema_name, p.table_name);
+        END;
     END LOOP;
 END;
 $$;
-REVOKE EXECUTE ON FUNCTION pgaudit_cdc.keep_partitions_logged(text) FROM PUBLIC;
+
+-- declare_unlogged, from the agent's housekeeping, only declares: each
+-- unlogged partition's row turns 'unlogged' (an UNLOGGED event, once per
+-- time it is found so), a row set LOGGED since turns 'logged'; it returns
+-- every unlogged table under a watch. The agent then sets them LOGGED in
+-- statements of their own, under a lock timeout: a rewrite of a large
+-- table here would run into the housekeeping's time budget and take the
+-- declaration back with it.
+CREATE FUNCTION pgaudit_cdc.declare_unlogged() RETURNS TABLE (schema_name text, table_name text, root_name text)
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    p record;
+BEGIN
+    UPDATE pgaudit_cdc.partitions x SET how = 'logged'
+        FROM pg_class c WHERE c.oid = x.table_oid AND x.how = 'unlogged' AND c.relpersistence = 'p';
+    FOR p IN SELECT * FROM pgaudit_cdc.unlogged_under_watch() LOOP
+        IF p.partition THEN
+            UPDATE pgaudit_cdc.partitions x SET how = 'unlogged', changed_at = now(), changed_by = session_user
+                WHERE x.table_oid = p.relid AND x.how <> 'unlogged';
+        END IF;
+        schema_name := p.schema_name;
+        table_name := p.table_name;
+        root_name := p.root_name;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION pgaudit_cdc.keep_partitions_logged(), pgaudit_cdc.declare_unlogged() FROM PUBLIC;
 
 -- sync_watch_names, as in 0012, then, in the DDL event trigger,
--- keep_partitions_logged (the housekeeping calls it by itself, to report
--- what it finds apart).
+-- keep_partitions_logged (the housekeeping calls declare_unlogged by
+-- itself).
 CREATE OR REPLACE FUNCTION pgaudit_cdc.sync_watch_names() RETURNS SETOF text
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS $$
@@ -98,7 +120,7 @@ BEGIN
     END;
     RETURN QUERY SELECT pgaudit_cdc.follow_partitions(how);
     IF how = 'attached' THEN
-        RETURN QUERY SELECT pgaudit_cdc.keep_partitions_logged(how);
+        PERFORM pgaudit_cdc.keep_partitions_logged();
     END IF;
 END;
 $$;

@@ -11,7 +11,9 @@
 -- inherits_from, in the DDL's own transaction where the event trigger is
 -- installed (else within 15 s, from the agent's housekeeping, with a
 -- WARNING that the rows it already holds need a backfill). An UNLOGGED
--- child is set LOGGED first: its changes would never reach the WAL. It
+-- child is set LOGGED first, in the DDL's transaction (the housekeeping
+-- does it apart: declare_unlogged, 0014): its changes would never reach
+-- the WAL. It
 -- stays watched if it stops inheriting, until someone unwatches it. Tables
 -- are now added to and dropped from publications ONLY: each child is
 -- published by its own watch.
@@ -28,7 +30,17 @@ DECLARE
     filter text;
     member boolean;
     adopted boolean;
+    in_ddl boolean := false;
 BEGIN
+    -- In the DDL event trigger, the DDL holds an unlogged child's lock and
+    -- it is set LOGGED here; the agent's housekeeping does that in
+    -- statements of its own (declare_unlogged), and its next round adopts.
+    BEGIN
+        PERFORM 1 FROM pg_event_trigger_ddl_commands() LIMIT 1;
+        in_ddl := true;
+    EXCEPTION WHEN OTHERS THEN
+        in_ddl := false;
+    END;
     -- A pass per level: the children of a table adopted in one pass are
     -- candidates in the next.
     FOR pass IN 1..64 LOOP
@@ -60,7 +72,7 @@ BEGIN
             JOIN pg_class pc ON pc.oid = w.table_oid AND pc.relkind = 'r'
             JOIN pg_namespace pn ON pn.oid = pc.relnamespace
             JOIN pg_inherits i ON i.inhparent = w.table_oid
-            JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind = 'r' AND c.relpersistence IN ('p', 'u')
+            JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind = 'r' AND (c.relpersistence = 'p' OR (in_ddl AND c.relpersistence = 'u'))
             JOIN pg_namespace n ON n.oid = c.relnamespace
             -- Once the parent is published (watch publishes it after it
             -- registers it, and adopts its children then).
@@ -69,12 +81,22 @@ BEGIN
         WHERE NOT EXISTS (SELECT 1 FROM pgaudit_cdc.watches o WHERE o.table_oid = candidates.table_oid AND o.active)
         ORDER BY table_oid, updated_at DESC
     LOOP
-        BEGIN
-            IF a.relpersistence = 'u' THEN
+        IF a.relpersistence = 'u' THEN
+            -- Kept even when the watch below fails.
+            BEGIN
                 EXECUTE format('ALTER TABLE %s SET LOGGED', a.table_oid::regclass);
                 RAISE WARNING 'pgaudit-cdc: % is LOGGED now: it inherits from watched %, and an unlogged table''s changes never reach the WAL, so the audit trail',
                     a.name, a.holder;
-            END IF;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'pgaudit-cdc: % inherits from watched % and is UNLOGGED, and could not be set LOGGED: % (its changes are not in the WAL, so not in the audit trail; run ALTER TABLE % SET LOGGED as its owner)',
+                    a.name, a.holder, SQLERRM, a.name;
+                CONTINUE;
+            END;
+            -- Setting it LOGGED fired the DDL trigger again, which may have
+            -- adopted it already.
+            CONTINUE WHEN EXISTS (SELECT 1 FROM pgaudit_cdc.watches o WHERE o.table_oid = a.table_oid AND o.active);
+        END IF;
+        BEGIN
             controlled := a.columns IS NOT NULL OR a.exclude_columns IS NOT NULL;
             INSERT INTO pgaudit_cdc.watches AS w (table_oid, schema_name, table_name, watched_schema, watched_table,
                     kind, source, active, prior_replica_identity, row_filter, columns, exclude_columns, on_columns, origin, changed_by)
@@ -101,7 +123,10 @@ BEGIN
                 IF a.relreplident <> 'd' THEN
                     EXECUTE format('ALTER TABLE %s REPLICA IDENTITY DEFAULT', a.table_oid::regclass);
                 END IF;
-            ELSIF a.relreplident <> 'f' THEN
+            ELSIF a.relreplident <> 'f' AND NOT EXISTS (SELECT 1 FROM pg_attribute va WHERE va.attrelid = a.table_oid
+                                                        AND va.attnum > 0 AND NOT va.attisdropped AND va.attgenerated = 'v') THEN
+                -- Not with virtual generated columns (see 0010): PostgreSQL
+                -- would refuse its UPDATE and DELETE.
                 EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', a.table_oid::regclass);
             END IF;
             FOR pub IN SELECT o.pubid, o.pubname FROM pgaudit_cdc.ours_publications(a.holder_oid) o LOOP

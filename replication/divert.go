@@ -189,6 +189,7 @@ func (d *diverter) atHeld() error {
 func (d *diverter) holdUpTo(n int) error {
 	for len(d.held) < n {
 		var b [msgHeader + xlogHeader]byte
+		d.srcErr = nil // a later read says how the connection is
 		k, err := d.src.Read(b[:n-len(d.held)])
 		d.hold(b[:k])
 		if err != nil {
@@ -228,6 +229,7 @@ func (d *diverter) begin() error {
 // its file, and queues its stand-in once it is all there.
 func (d *diverter) setAside() error {
 	for d.left > 0 {
+		d.srcErr = nil // a later read says how the connection is
 		n, err := d.src.Read(d.buf[:min(int64(len(d.buf)), d.left)])
 		if werr := d.write(d.buf[:n]); werr != nil {
 			return werr

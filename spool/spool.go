@@ -524,6 +524,7 @@ func (r *Replay) mapRecord(n int) ([]byte, error) {
 		return nil, fmt.Errorf("reading back xid %d from %s: %w", r.t.xid, r.s.cfg.Dir, err)
 	}
 	r.in.Reset(io.LimitReader(r.t.file, r.t.size-r.off))
+	r.unmap() // a record of an aborted subtransaction, skipped by Next
 	r.region = region
 	return region.Bytes(), nil
 }

@@ -942,22 +942,56 @@ func Map(entries []Entry) map[uint32]decode.Watch {
 	return m
 }
 
-// KeepPartitionsLogged sets every UNLOGGED table under a watched
-// partitioned table LOGGED again (see migration 0014): the event trigger
-// does it in the DDL's transaction where a superuser installed it; found
-// here, the table's changes since it turned unlogged are not in the WAL,
-// and an UNLOGGED event declares that hole. It returns a line per table
-// found, fixed or not.
-func (r *Registry) KeepPartitionsLogged(ctx context.Context) ([]string, error) {
-	rows, err := r.conn.Query(ctx, `SELECT pgaudit_cdc.keep_partitions_logged('found')`)
+// Unlogged is an UNLOGGED table under a watch: a partition of a watched
+// partitioned table, or an inheritance child of a watched table.
+type Unlogged struct {
+	Table TableName
+	Under string // the watched table, as events name it
+}
+
+// DeclareUnlogged lists the UNLOGGED tables under watches, whose changes
+// are not in the WAL, and declares the hole: a partition's row of
+// pgaudit_cdc.partitions turns 'unlogged', an UNLOGGED event (migration
+// 0014). The event trigger sets such tables LOGGED in their DDL's
+// transaction where a superuser installed it; then there are none.
+func (r *Registry) DeclareUnlogged(ctx context.Context) ([]Unlogged, error) {
+	rows, err := r.conn.Query(ctx, `SELECT schema_name, table_name, root_name FROM pgaudit_cdc.declare_unlogged()`)
 	if err != nil {
-		return nil, fmt.Errorf("looking for unlogged partitions of watched tables: %w", err)
+		return nil, fmt.Errorf("looking for unlogged tables under watched tables: %w", err)
 	}
-	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	found, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Unlogged, error) {
+		var u Unlogged
+		err := row.Scan(&u.Table.Schema, &u.Table.Name, &u.Under)
+		return u, err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("looking for unlogged partitions of watched tables: %w", err)
+		return nil, fmt.Errorf("looking for unlogged tables under watched tables: %w", err)
 	}
-	return lines, nil
+	return found, nil
+}
+
+// SetLogged sets t LOGGED, waiting at most two seconds for its lock: the
+// rewrite runs in a transaction of its own, under ctx. A partition's row
+// turns 'logged' with it.
+func (r *Registry) SetLogged(ctx context.Context, t TableName) error {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
+		return err
+	}
+	quoted := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	if _, err := tx.Exec(ctx, `ALTER TABLE `+quoted+` SET LOGGED`); err != nil {
+		return err
+	}
+	// The hole is closed: the next time it turns unlogged is another one,
+	// with an UNLOGGED event of its own.
+	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.partitions SET how = 'logged' WHERE table_oid = $1::regclass AND how = 'unlogged'`, quoted); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
 }
 
 // FollowLifecycle ends the watches of tables that were dropped (a DROP

@@ -354,8 +354,11 @@ func TestBackfillWithConcurrentWrites(t *testing.T) {
 	if workErr != nil {
 		t.Fatalf("workload: %v", workErr)
 	}
-	if !p.Done || chunks < 10 {
-		t.Fatalf("got progress %+v after %d chunks, want done after ≥ 10", p, chunks)
+	// The concurrent DELETEs leave fewer rows the longer the backfill runs:
+	// many chunks of 250, as many as its rows need (the last one short,
+	// empty when they are a multiple of 250), not a fixed count.
+	if want := p.Rows/250 + 1; !p.Done || p.Rows < 1000 || chunks != want {
+		t.Fatalf("got progress %+v after %d chunks, want done after %d chunks of at most 250 rows (at least 1000 rows)", p, chunks, want)
 	}
 	// Wait for the stream to drain: a marker row written last.
 	h.exec(`INSERT INTO b VALUES (-1, -1, 'end', now())`)

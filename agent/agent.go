@@ -292,7 +292,10 @@ func (a *Agent) session(ctx context.Context) error {
 // publication up to date.
 func (a *Agent) prepareDatabase(ctx context.Context, meta *pgx.Conn) error {
 	if err := replication.CheckWALLevel(ctx, meta); err != nil {
-		return &ConfigError{err}
+		if _, wrong := errors.AsType[*replication.WALLevelError](err); wrong {
+			return &ConfigError{err}
+		}
+		return err // a restart or a lost connection: tried again
 	}
 	if _, err := migrations.Apply(ctx, meta); err != nil {
 		return err

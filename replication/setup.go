@@ -55,9 +55,18 @@ func CheckWALLevel(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("reading wal_level: %w", err)
 	}
 	if level != "logical" {
-		return fmt.Errorf("wal_level is %q but logical decoding needs \"logical\": set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical; on Amazon RDS/Aurora set rds.logical_replication = 1, on Cloud SQL cloudsql.logical_decoding = on, on Azure wal_level = logical in server parameters) and restart PostgreSQL", level)
+		return &WALLevelError{Level: level}
 	}
 	return nil
+}
+
+// WALLevelError is returned when the server's wal_level is not logical:
+// only the user can fix it. An error reading it (a restart, a lost
+// connection) is not one.
+type WALLevelError struct{ Level string }
+
+func (e *WALLevelError) Error() string {
+	return fmt.Sprintf("wal_level is %q but logical decoding needs \"logical\": set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical; on Amazon RDS/Aurora set rds.logical_replication = 1, on Cloud SQL cloudsql.logical_decoding = on, on Azure wal_level = logical in server parameters) and restart PostgreSQL", e.Level)
 }
 
 // RegistryLockKey is the transaction-level advisory lock that serialises

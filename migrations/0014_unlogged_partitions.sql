@@ -7,17 +7,19 @@
 -- unlogged table. Any of those let a table's owner write to a watched
 -- table without a trace.
 --
--- keep_partitions_logged sets every such table LOGGED again. From the DDL
--- event trigger it runs in the DDL's own transaction, so no change is ever
--- made to the table while it is unlogged: the DDL succeeds, with a WARNING
--- that the table stays LOGGED. From the agent's housekeeping (no trigger
--- installed, within 15 s) changes made meanwhile are lost from the WAL:
--- the partition's row of pgaudit_cdc.partitions turns 'unlogged', which
--- the agent makes an UNLOGGED event of the trail (a declared hole: verify
--- restarts the tables' folds, checkpoints re-baseline them), then
--- 'logged' once it is LOGGED again. When it cannot be set LOGGED (the
--- agent's role does not own it) it stays 'unlogged', with a WARNING at
--- every round, until its owner does.
+-- Two places set such a table LOGGED again. keep_partitions_logged, from
+-- the DDL event trigger, does it in the DDL's own transaction, so no change
+-- is ever made to the table while it is unlogged: the DDL succeeds, with a
+-- WARNING that the table stays LOGGED. Without the event triggers, the
+-- agent's housekeeping finds it (within 15 s) and changes made meanwhile
+-- are lost from the WAL: declare_unlogged turns the partition's row of
+-- pgaudit_cdc.partitions 'unlogged', which the agent makes an UNLOGGED
+-- event of the trail (a declared hole: verify restarts the tables' folds,
+-- checkpoints re-baseline them); the agent then runs ALTER TABLE ... SET
+-- LOGGED in a statement of its own, and the row turns 'logged' once the
+-- table is LOGGED again. When it cannot be set LOGGED (the agent's role
+-- does not own it) it stays 'unlogged', and the agent logs a WARNING at
+-- every round until its owner does.
 CREATE FUNCTION pgaudit_cdc.unlogged_under_watch() RETURNS TABLE (relid oid, schema_name text, table_name text, root_name text, partition boolean)
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
     AS $$

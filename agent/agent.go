@@ -31,6 +31,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/metrics"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -169,6 +170,11 @@ func New(cfg Config) (*Agent, error) {
 	if a.cfg.Spill.Dir == "" {
 		a.cfg.Spill.Dir = spool.DefaultDir()
 	}
+	if a.cfg.Spill.MaxDisk <= 0 {
+		a.cfg.Spill.MaxDisk = spool.DefaultMaxDisk
+	}
+	// One cap for both: --spill-max-bytes bounds the directory.
+	a.cfg.Spill.Quota = mapped.NewQuota(a.cfg.Spill.MaxDisk)
 	var err error
 	if cfg.NoStreaming {
 		err = spool.CheckDir(a.cfg.Spill.Dir)
@@ -211,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, spool.ErrFull) {
 			a.m.SpillFull.Inc()
-			a.log.Error("capture stopped: a transaction streamed in progress does not fit in the spill directory; nothing past it was confirmed, and capture retries", "err", err)
+			a.log.Error("capture stopped: a transaction streamed in progress, or a message set aside as it arrived, does not fit in the spill directory; nothing past it was confirmed, and capture retries", "err", err)
 		}
 		var wait time.Duration
 		if errors.Is(err, replication.ErrSlotInUse) {
@@ -257,7 +263,7 @@ func (a *Agent) session(ctx context.Context) error {
 	if err := a.prepareDatabase(ctx, meta); err != nil {
 		return err
 	}
-	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL, a.cfg.Spill.Dir)
+	sess, err := replication.Connect(ctx, a.cfg.DatabaseURL, replication.Divert{Dir: a.cfg.Spill.Dir, Quota: a.cfg.Spill.Quota})
 	if err != nil {
 		if replication.UserMustFix(err) {
 			return &ConfigError{err}

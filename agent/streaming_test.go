@@ -308,3 +308,39 @@ func TestFullSpillStopsCaptureAndLosesNothing(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// TestHugeMessageCountsAgainstSpillCap: a message over
+// replication.DivertOver is set aside in the spill directory under the
+// same --spill-max-bytes as streamed transactions, streaming in progress
+// or not: one that does not fit stops capture loudly with nothing of it
+// delivered, and with room it arrives whole, once.
+func TestHugeMessageCountsAgainstSpillCap(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	h.exec(`CREATE TABLE big (id int PRIMARY KEY, body text)`)
+	h.watch("big", "other", "big")
+	h.startAgentWith(func(c *agent.Config) {
+		c.NoStreaming = true
+		c.Spill = spool.Config{Dir: t.TempDir(), MaxDisk: 8 << 20}
+	})
+	h.exec(`INSERT INTO big VALUES (0, 'before')`)
+	h.waitEvents(1, 30*time.Second)
+	h.exec(`INSERT INTO big SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, $1 / 32) g`, replication.DivertOver+(4<<20))
+	obs.waitLog(t, "capture stopped", "spill directory full", "--spill-max-bytes")
+	if v, _ := obs.metric(t, "pgaudit_cdc_spill_full_total"); v < 1 {
+		t.Errorf("pgaudit_cdc_spill_full_total %v, want at least 1", v)
+	}
+	if n := len(h.dataEvents()); n != 1 {
+		t.Fatalf("%d events with the spill full, want the 1 before it", n)
+	}
+	h.stopAgent()
+	h.startAgentWith(func(c *agent.Config) { c.NoStreaming = true; c.Spill = spool.Config{Dir: t.TempDir()} })
+	evs := h.expectExactly(2, 300*time.Millisecond)
+	var body string
+	if err := h.conn.QueryRow(context.Background(), `SELECT body FROM big WHERE id = 1`).Scan(&body); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := field(t, evs[1], "new", "body").(string); got != body {
+		t.Fatalf("the huge row's body: got %d bytes, want the whole %d", len(got), len(body))
+	}
+}

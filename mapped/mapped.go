@@ -17,6 +17,7 @@ import (
 type Region struct {
 	mapping []byte // page-aligned, what was mapped
 	b       []byte // the region: a view into mapping
+	closed  func() // run once the region is unmapped (AfterClose)
 }
 
 // Map maps n bytes of f from off. f may be closed (and unlinked) once Map
@@ -58,9 +59,20 @@ func (r *Region) Release(p []byte) {
 	release(r.mapping, p)
 }
 
+// AfterClose has f run once the region is unmapped: an unlinked file's
+// blocks are freed then, not when the file is closed.
+func (r *Region) AfterClose(f func()) { r.closed = f }
+
 // Close unmaps the region.
 func (r *Region) Close() error {
-	if r == nil || r.mapping == nil {
+	if r == nil {
+		return nil
+	}
+	if f := r.closed; f != nil {
+		r.closed = nil
+		defer f()
+	}
+	if r.mapping == nil {
 		return nil
 	}
 	m := r.mapping

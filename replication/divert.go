@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"syscall"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 )
@@ -32,9 +34,10 @@ const DivertOver = 16 << 20
 // to set aside. A read that times out part way (Session.Poll, a deadline)
 // is resumed by the next one, as pgconn expects.
 type diverter struct {
-	src  io.Reader
-	dir  string
-	over int
+	src   io.Reader
+	dir   string
+	quota *mapped.Quota // what the files may take in dir
+	over  int
 
 	skip    int    // body bytes of the message being passed through still to come
 	held    []byte // read from src, not yet passed on; starts at a message header
@@ -72,8 +75,12 @@ const (
 	standInSize = msgHeader + xlogHeader + 1 + 8
 )
 
-func newDiverter(src io.Reader, dir string, over int) *diverter {
-	return &diverter{src: src, dir: dir, over: over}
+func newDiverter(src io.Reader, to Divert, over int) *diverter {
+	q := to.Quota
+	if q == nil {
+		q = mapped.NewQuota(math.MaxInt64)
+	}
+	return &diverter{src: src, dir: to.Dir, quota: q, over: over}
 }
 
 func (d *diverter) Read(p []byte) (int, error) {
@@ -202,14 +209,21 @@ func (d *diverter) holdUpTo(n int) error {
 // begin starts setting aside the message whose headers are held.
 func (d *diverter) begin() error {
 	body := int64(binary.BigEndian.Uint32(d.held[1:])) - 4
+	size := body - xlogHeader
+	if !d.quota.Fits(size) {
+		d.err = fmt.Errorf("%w: setting aside a %d-byte message from the replication stream needs more than the %d bytes --spill-max-bytes allows in %s (%d in use): raise --spill-max-bytes (or free the disk) and restart; nothing past it was confirmed, so it is streamed again",
+			mapped.ErrFull, body, d.quota.Max(), d.dir, d.quota.Used())
+		return d.err
+	}
 	f, err := mapped.TempFile(d.dir, "pgaudit-cdc-message-*.spill")
 	if err != nil {
 		d.err = fmt.Errorf("setting aside a %d-byte message from the replication stream: %w: set --spill-dir to a writable directory with room", body, err)
 		return d.err
 	}
+	d.quota.Add(size)
 	copy(d.head[:], d.held[msgHeader:msgHeader+xlogHeader])
 	d.held = d.held[msgHeader+xlogHeader:]
-	d.file, d.size, d.left = f, body-xlogHeader, body-xlogHeader
+	d.file, d.size, d.left = f, size, size
 	if d.w == nil {
 		d.w = bufio.NewWriterSize(f, 256<<10)
 		d.buf = make([]byte, 256<<10)
@@ -266,7 +280,11 @@ func (d *diverter) write(b []byte) error {
 func (d *diverter) fail(err error) error {
 	d.file.Close()
 	d.file = nil
-	d.err = fmt.Errorf("setting aside a %d-byte message from the replication stream in %s: %w: free space there or set --spill-dir to a larger file system", d.size, d.dir, err)
+	d.quota.Add(-d.size)
+	if errors.Is(err, syscall.ENOSPC) {
+		err = fmt.Errorf("%w: %w", mapped.ErrFull, err)
+	}
+	d.err = fmt.Errorf("setting aside a %d-byte message from the replication stream in %s: %w: free space there or set --spill-dir to a larger file system; nothing past it was confirmed, so it is streamed again", d.size, d.dir, err)
 	return d.err
 }
 
@@ -284,17 +302,25 @@ func (d *diverter) take(data []byte) (r *mapped.Region, ok bool, err error) {
 	d.ready = d.ready[1:]
 	defer m.file.Close()
 	r, err = mapped.Map(m.file, 0, m.size)
-	return r, true, err
+	if err != nil {
+		d.quota.Add(-m.size)
+		return nil, true, err
+	}
+	// The file's blocks are freed once the region is unmapped.
+	r.AfterClose(func() { d.quota.Add(-m.size) })
+	return r, true, nil
 }
 
 // close drops what was set aside and not taken.
 func (d *diverter) close() {
 	for _, m := range d.ready {
 		m.file.Close()
+		d.quota.Add(-m.size)
 	}
 	d.ready = nil
 	if d.file != nil {
 		d.file.Close()
 		d.file = nil
+		d.quota.Add(-d.size)
 	}
 }

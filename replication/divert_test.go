@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 )
 
 // timeoutErr is a read deadline passing, as a net.Conn reports it.
@@ -140,7 +142,8 @@ func TestDiverterSetsAsideOnlyLargeXLogData(t *testing.T) {
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		sent, want := stream(r, over, true)
-		d := newDiverter(&choppy{b: sent, plan: rand.New(rand.NewPCG(seed, 8))}, t.TempDir(), over)
+		quota := mapped.NewQuota(1 << 30)
+		d := newDiverter(&choppy{b: sent, plan: rand.New(rand.NewPCG(seed, 8))}, Divert{Dir: t.TempDir(), Quota: quota}, over)
 		out, err := readThrough(d, func() int { return 1 + r.IntN(200) })
 		if err != io.EOF {
 			t.Fatalf("seed %d: %v", seed, err)
@@ -160,6 +163,9 @@ func TestDiverterSetsAsideOnlyLargeXLogData(t *testing.T) {
 		if len(out) != 0 || asides == 0 || len(d.ready) != 0 {
 			t.Fatalf("seed %d: %d bytes past the last message; %d messages set aside, %d never taken", seed, len(out), asides, len(d.ready))
 		}
+		if quota.Used() != 0 {
+			t.Fatalf("seed %d: %d bytes still counted against the quota once every message set aside was unmapped", seed, quota.Used())
+		}
 	}
 }
 
@@ -170,7 +176,7 @@ func TestDiverterUnderPgproto3(t *testing.T) {
 	for seed := range uint64(10) {
 		r := rand.New(rand.NewPCG(seed, 9))
 		sent, want := stream(r, over, false)
-		d := newDiverter(&choppy{b: sent, plan: rand.New(rand.NewPCG(seed, 10))}, t.TempDir(), over)
+		d := newDiverter(&choppy{b: sent, plan: rand.New(rand.NewPCG(seed, 10))}, Divert{Dir: t.TempDir()}, over)
 		f := pgproto3.NewFrontend(d, io.Discard)
 		for _, w := range want {
 			var msg pgproto3.BackendMessage
@@ -206,10 +212,48 @@ func TestDiverterFullDirectory(t *testing.T) {
 		t.Log("running as a user who writes in read-only directories: the missing directory stands in")
 		dir += "/missing"
 	}
-	d := newDiverter(bytes.NewReader(sent), dir, 1024)
+	d := newDiverter(bytes.NewReader(sent), Divert{Dir: dir}, 1024)
 	_, err := pgproto3.NewFrontend(d, io.Discard).Receive()
 	if err == nil || !strings.Contains(err.Error(), "--spill-dir") {
 		t.Fatalf("got %v, want a refusal naming --spill-dir", err)
+	}
+}
+
+// TestDiverterQuota: the messages set aside count against the quota
+// shared with the spool while they are held, and are handed back once
+// unmapped; a message that does not fit ends the stream with ErrFull and a
+// sentence naming --spill-max-bytes, and takes nothing from the quota.
+func TestDiverterQuota(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	body := payload(r, 4096)
+	sent := append(xlog(1, body), xlog(2, payload(r, 4096))...)
+	quota := mapped.NewQuota(6000)
+	d := newDiverter(bytes.NewReader(sent), Divert{Dir: t.TempDir(), Quota: quota}, 1024)
+	f := pgproto3.NewFrontend(d, io.Discard)
+	msg, err := f.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	region, ok, err := d.take(msg.(*pgproto3.CopyData).Data[xlogHeader:])
+	if err != nil || !ok {
+		t.Fatalf("no stand-in for a large XLogData (%v)", err)
+	}
+	size := int64(len(region.Bytes()))
+	if quota.Used() != size {
+		t.Fatalf("quota used %d while a %d-byte message is held", quota.Used(), size)
+	}
+	// The second does not fit beside the first.
+	_, err = f.Receive()
+	if !errors.Is(err, mapped.ErrFull) || !strings.Contains(err.Error(), "--spill-max-bytes") {
+		t.Fatalf("got %v, want ErrFull naming --spill-max-bytes", err)
+	}
+	if quota.Used() != size {
+		t.Fatalf("quota used %d after a refusal, want %d", quota.Used(), size)
+	}
+	region.Close()
+	d.close()
+	if quota.Used() != 0 {
+		t.Fatalf("quota used %d once the message was unmapped", quota.Used())
 	}
 }
 
@@ -223,12 +267,22 @@ func FuzzDiverter(f *testing.F) {
 	f.Add(xlog(9, payload(r, 100)), uint64(2))
 	f.Add([]byte{'d', 0xff, 0xff, 0xff, 0xff, 'w'}, uint64(3))
 	f.Fuzz(func(t *testing.T, in []byte, seed uint64) {
-		d := newDiverter(&choppy{b: in, plan: rand.New(rand.NewPCG(seed, 1))}, t.TempDir(), 64)
-		defer d.close()
+		quota := mapped.NewQuota(1 << 30)
+		d := newDiverter(&choppy{b: in, plan: rand.New(rand.NewPCG(seed, 1))}, Divert{Dir: t.TempDir(), Quota: quota}, 64)
 		out, _ := readThrough(d, func() int { return 1 + int(seed%97) })
 		if !whole(in) {
+			d.close()
+			if quota.Used() != 0 {
+				t.Fatalf("%d bytes counted against the quota after close", quota.Used())
+			}
 			return
 		}
+		defer func() {
+			d.close()
+			if quota.Used() != 0 {
+				t.Fatalf("%d bytes counted against the quota after close", quota.Used())
+			}
+		}()
 		var back []byte
 		for len(out) >= msgHeader {
 			n := msgHeader - 4 + int(binary.BigEndian.Uint32(out[1:]))

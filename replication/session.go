@@ -72,10 +72,18 @@ type socket struct {
 // caller waits as a standby.
 var ErrSlotInUse = errors.New("replication slot is in use by another process")
 
-// Connect opens a replication connection and identifies the server. When
-// divertDir is set, messages over DivertOver are set aside there as they
-// arrive (see diverter) rather than held whole in memory.
-func Connect(ctx context.Context, dsn, divertDir string) (*Session, error) {
+// Divert says where a session sets aside the messages over DivertOver as
+// they arrive (see diverter), rather than hold them whole in memory: a
+// directory, and the quota its files count against (none when nil). With
+// no directory nothing is set aside.
+type Divert struct {
+	Dir   string
+	Quota *mapped.Quota
+}
+
+// Connect opens a replication connection and identifies the server,
+// setting large messages aside as divert says.
+func Connect(ctx context.Context, dsn string, divert Divert) (*Session, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parsing the database URL: %w", err)
@@ -104,9 +112,9 @@ func Connect(ctx context.Context, dsn, divertDir string) (*Session, error) {
 	// pgconn builds a frontend per connection attempt: the last one built
 	// is the connection's.
 	var div *diverter
-	if divertDir != "" {
+	if divert.Dir != "" {
 		cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-			div = newDiverter(r, divertDir, DivertOver)
+			div = newDiverter(r, divert, DivertOver)
 			return pgproto3.NewFrontend(div, w)
 		}
 	}
@@ -505,7 +513,7 @@ func Explain(err error) error {
 // (IDENTIFY_SYSTEM on a short-lived replication connection). Only the
 // replication protocol tells the timeline of a running primary reliably.
 func Identify(ctx context.Context, dsn string) (systemID string, timeline int32, err error) {
-	s, err := Connect(ctx, dsn, "")
+	s, err := Connect(ctx, dsn, Divert{})
 	if err != nil {
 		return "", 0, err
 	}

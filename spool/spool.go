@@ -62,11 +62,15 @@ type Config struct {
 	// stops capture with ErrFull: nothing is confirmed past the
 	// transaction, so nothing is lost.
 	MaxDisk int64
+	// Quota counts the bytes in Dir against MaxDisk. Share it with
+	// whatever else writes there (the replication session's large
+	// messages, replication.Divert); Open makes one when nil.
+	Quota *mapped.Quota
 }
 
 // ErrFull is wrapped when a streamed transaction does not fit in the
 // spill directory (MaxDisk, or the file system full).
-var ErrFull = errors.New("spill directory full")
+var ErrFull = mapped.ErrFull
 
 // ErrProtocol is wrapped when the stream blocks do not follow the
 // protocol (a block inside a block, a change outside one).
@@ -111,6 +115,9 @@ func Open(cfg Config) (*Spool, error) {
 	}
 	if cfg.MaxDisk <= 0 {
 		cfg.MaxDisk = DefaultMaxDisk
+	}
+	if cfg.Quota == nil {
+		cfg.Quota = mapped.NewQuota(cfg.MaxDisk)
 	}
 	if err := CheckDir(cfg.Dir); err != nil {
 		return nil, err
@@ -339,15 +346,16 @@ func (s *Spool) write(t *txn, parts ...[]byte) error {
 	}
 	t.size += n
 	s.disk += n
+	s.cfg.Quota.Add(n)
 	s.spilled += n
 	return nil
 }
 
 // room checks that n more bytes of t fit under the cap.
 func (s *Spool) room(t *txn, n int64) error {
-	if s.disk+n > s.cfg.MaxDisk {
-		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s: raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
-			ErrFull, t.xid, s.cfg.MaxDisk, s.cfg.Dir)
+	if !s.cfg.Quota.Fits(n) {
+		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s (%d in use): raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
+			ErrFull, t.xid, s.cfg.Quota.Max(), s.cfg.Dir, s.cfg.Quota.Used())
 	}
 	return nil
 }
@@ -364,6 +372,7 @@ func (s *Spool) writeError(t *txn, err error) error {
 func (s *Spool) release(t *txn) {
 	s.mem -= int64(len(t.buf))
 	s.disk -= t.size
+	s.cfg.Quota.Add(-t.size)
 	t.buf, t.size, t.w = nil, 0, nil
 	if t.file != nil {
 		t.file.Close()

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgoutputtest"
+	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
@@ -196,6 +197,36 @@ func TestFullSpillStopsLoudly(t *testing.T) {
 	s.Reset()
 	if st := s.Stats(); st != (Stats{SpilledBytes: st.SpilledBytes}) {
 		t.Errorf("after Reset: %+v", st)
+	}
+}
+
+// TestQuotaIsShared: bytes others hold in the directory (a message set
+// aside by the replication session) count against the same cap, and what
+// the spool held is handed back to the quota when it lets go.
+func TestQuotaIsShared(t *testing.T) {
+	quota := mapped.NewQuota(200)
+	s, err := Open(Config{Dir: t.TempDir(), Memory: 1, MaxDisk: 200, Quota: quota})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Offer(1, start(7, true), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Offer(2, insert(7, strings.Repeat("x", 20)), nil); err != nil {
+		t.Fatal(err)
+	}
+	held := s.Stats().DiskBytes
+	if held == 0 || quota.Used() != held {
+		t.Fatalf("quota used %d, spool on disk %d", quota.Used(), held)
+	}
+	quota.Add(200 - held - 10) // another writer takes all but 10 bytes
+	_, err = s.Offer(3, insert(7, strings.Repeat("y", 20)), nil)
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), "--spill-max-bytes") {
+		t.Fatalf("got %v, want ErrFull naming --spill-max-bytes", err)
+	}
+	s.Reset()
+	if quota.Used() != 200-held-10 {
+		t.Fatalf("quota used %d after Reset, want the other writer's %d", quota.Used(), 200-held-10)
 	}
 }
 

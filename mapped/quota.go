@@ -1,0 +1,33 @@
+package mapped
+
+import (
+	"errors"
+	"sync/atomic"
+)
+
+// ErrFull is wrapped when a file does not fit in its directory: over its
+// Quota, or the file system full.
+var ErrFull = errors.New("spill directory full")
+
+// Quota is the room the files of one directory may take, shared by
+// everything that writes there: one cap for all of them, however the
+// bytes are split between writers. It is safe for concurrent use.
+type Quota struct {
+	max  int64
+	used atomic.Int64
+}
+
+// NewQuota returns a quota of max bytes.
+func NewQuota(max int64) *Quota { return &Quota{max: max} }
+
+// Fits reports whether n more bytes stay within the quota.
+func (q *Quota) Fits(n int64) bool { return q.used.Load()+n <= q.max }
+
+// Add counts n more bytes in use (n < 0: handed back).
+func (q *Quota) Add(n int64) { q.used.Add(n) }
+
+// Used is the bytes in use.
+func (q *Quota) Used() int64 { return q.used.Load() }
+
+// Max is the quota.
+func (q *Quota) Max() int64 { return q.max }

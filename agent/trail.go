@@ -199,7 +199,13 @@ func (a *Agent) readSeals(ctx context.Context, r trailReader, chain string) ([]f
 		if !ok || seal.Chain != chain {
 			return
 		}
-		to, _ := envelope.ParsePosition(seal.To)
+		to, ok := envelope.ParsePosition(seal.To)
+		if !ok {
+			// Signed with our key, so written by an agent: never adopted
+			// at position 0.
+			a.log.Error("a SEAL event signed with the agent's key names a position that does not parse; it is not adopted", "key", e.Key, "to", seal.To)
+			return
+		}
 		out = append(out, foundSeal{seal: seal, to: to, event: append([]byte(nil), e.Raw...)})
 	})
 	return out, err

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
@@ -57,7 +58,7 @@ func TestPublicationAndSlotByVersion(t *testing.T) {
 	h.exec(`ALTER PUBLICATION ` + testPub + ` SET (publish_generated_columns = none)`)
 	_, err = h.conn.Exec(ctx, `UPDATE priced SET qty = 4`)
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "42P10" {
+	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InvalidColumnReference {
 		t.Fatalf("UPDATE of a REPLICA IDENTITY FULL table with an unpublished generated column on %d: got %v, want SQLSTATE 42P10", version, err)
 	}
 	// The agent sets it again when it starts.

@@ -50,7 +50,9 @@ func LoadState(ctx context.Context, conn *pgx.Conn, slot string) (State, error) 
 		return State{}, fmt.Errorf("reading the capture state: %w", err)
 	}
 	st.Known = true
-	st.StartLSN, _ = pgoutput.ParseLSN(start)
+	if st.StartLSN, err = pgoutput.ParseLSN(start); err != nil {
+		return State{}, fmt.Errorf("reading the capture state: start_lsn: %w", err)
+	}
 	return st, nil
 }
 

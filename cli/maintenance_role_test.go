@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -50,7 +51,7 @@ func mrTx(t *testing.T, dsn string, sqls ...string) error {
 func mrWantDenied(t *testing.T, what string, err error, words ...string) {
 	t.Helper()
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+	if !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.InsufficientPrivilege {
 		t.Errorf("%s: got %v, want SQLSTATE 42501 (insufficient privilege)", what, err)
 		return
 	}

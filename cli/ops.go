@@ -16,6 +16,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
@@ -163,7 +164,9 @@ func newStatusCmd(o *options) *cobra.Command {
 					}
 					return st.gapExit()
 				}
-				printStatus(cmd.OutOrStdout(), st)
+				if err := printStatus(cmd.OutOrStdout(), st); err != nil {
+					return fmt.Errorf("writing the status: %w", err)
+				}
 				return st.gapExit()
 			})
 		},
@@ -481,7 +484,7 @@ func printSlot(tw io.Writer, st *Status) {
 	}
 }
 
-func printStatus(w io.Writer, st *Status) {
+func printStatus(w io.Writer, st *Status) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	printSlot(tw, st)
 	if d := st.Destination; d != nil {
@@ -539,7 +542,9 @@ func printStatus(w io.Writer, st *Status) {
 		}
 		fmt.Fprintf(tw, "watches\t%d\n", len(st.Watches))
 	}
-	_ = tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
 	if len(st.Watches) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -547,8 +552,9 @@ func printStatus(w io.Writer, st *Status) {
 		for _, e := range st.Watches {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Table, e.Kind, e.Source, e.Since.UTC().Format(time.RFC3339))
 		}
-		_ = tw.Flush()
+		return tw.Flush()
 	}
+	return nil
 }
 
 // printStandby prints what status sees on a standby: that it is one, and
@@ -664,7 +670,7 @@ func printChecks(w io.Writer, rs []preflight.Result) {
 // so backfill chunks and checkpoints stay with the agent's role, the
 // schema's owner.
 func SetupSQL(role, db, tableOwner, maintenance string) string {
-	id := func(s string) string { return pgx.Identifier{s}.Sanitize() }
+	id := ident.SQL
 	var b strings.Builder
 	fmt.Fprintf(&b, `-- Least-privilege role for pgaudit-cdc. Run as a superuser (or your cloud's admin role).
 

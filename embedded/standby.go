@@ -10,7 +10,9 @@ import (
 	"strconv"
 )
 
-// StartStandby makes a streaming physical standby of the local cluster c,
+// StartStandby (for the failover tests and the fault suite; no command
+// uses it, so the linker leaves it out of the binary) makes a streaming
+// physical standby of the local cluster c,
 // without pg_basebackup (the npm packages of the version matrix have none):
 // it stops c cleanly, copies its data directory, starts c again, and starts
 // the copy, without c's replication slots, on its own port with

@@ -1,10 +1,21 @@
-// Package ident writes PostgreSQL identifiers the way pgaudit-cdc names
-// tables to people and in events: double-quoted only where a plain
-// lower-case identifier would not read back as the same name. SQL sent to the
-// server quotes every identifier with pgx.Identifier.Sanitize instead.
+// Package ident writes PostgreSQL identifiers: the way pgaudit-cdc names
+// tables to people and in events (Quote, Qualified: double-quoted only
+// where a plain lower-case identifier would not read back as the same
+// name), and always quoted for SQL written out as text (SQL: fix sentences,
+// setup scripts, replication options). Statements sent to the server quote
+// with pgx.Identifier.Sanitize, which SQL is.
 package ident
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// SQL writes parts as one SQL identifier (schema.table for two), each part
+// double-quoted, so that any name, a keyword or one with quotes in it,
+// reads back as itself.
+func SQL(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 
 // Qualified writes schema.table, double-quoting either part unless it is a
 // plain lower-case identifier, so that the result is unambiguous and matches

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -313,12 +314,14 @@ func ReadStandbyCopy(ctx context.Context, conn *pgx.Conn, slot string) (StandbyC
 		return c, fmt.Errorf("reading the standby's replay position and copy of slot %q: %w", slot, err)
 	}
 	if replay != nil {
-		c.ReplayLSN, _ = pgoutput.ParseLSN(*replay)
+		if c.ReplayLSN, err = pgoutput.ParseLSN(*replay); err != nil {
+			return c, fmt.Errorf("reading the standby's replay position: %w", err)
+		}
 	}
 	c.Temporary = temporary != nil && *temporary
 	if confirmed != nil {
-		if l, err := pgoutput.ParseLSN(*confirmed); err == nil {
-			c.Slot.ConfirmedFlushLSN = l
+		if c.Slot.ConfirmedFlushLSN, err = pgoutput.ParseLSN(*confirmed); err != nil {
+			return c, fmt.Errorf("reading the standby's copy of slot %q: %w", slot, err)
 		}
 	}
 	return c, nil
@@ -333,7 +336,7 @@ func checkStandbyFailover(ctx context.Context, conn *pgx.Conn, slot string, add 
 		return
 	}
 	readGrant := func(name string) string {
-		return fmt.Sprintf("let the role read %s: GRANT pg_read_all_settings TO %s (or run doctor as a superuser)", name, ident(role))
+		return fmt.Sprintf("let the role read %s: GRANT pg_read_all_settings TO %s (or run doctor as a superuser)", name, ident.SQL(role))
 	}
 	setting := func(name string) (string, error) {
 		var v string

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -147,7 +148,7 @@ func checkRole(ctx context.Context, conn *pgx.Conn, add func(Result)) role {
 			add(unchecked("REPLICATION privilege", err, "grant the role read access to pg_catalog.pg_roles"))
 		} else if !rdsRepl {
 			add(Result{Name: "REPLICATION privilege", Status: Fail, Detail: fmt.Sprintf("role %q has neither REPLICATION nor superuser", r.name),
-				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident(r.name), ident(r.name), ident(r.name), ident(r.name), ident(r.name))})
+				Fix: fmt.Sprintf("run ALTER ROLE %s REPLICATION as a superuser (Amazon RDS/Aurora: GRANT rds_replication TO %s; Cloud SQL: ALTER USER %s WITH REPLICATION; Azure: ALTER ROLE %s WITH REPLICATION as azure_pg_admin; Supabase: ALTER ROLE %s WITH REPLICATION in the SQL editor)", ident.SQL(r.name), ident.SQL(r.name), ident.SQL(r.name), ident.SQL(r.name), ident.SQL(r.name))})
 		} else {
 			add(Result{Name: "REPLICATION privilege", Status: OK, Detail: "member of rds_replication"})
 		}
@@ -174,12 +175,12 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, r role, dbName string, add
 		add(unchecked("pgaudit_cdc schema", r.err, "grant the role read access to pg_catalog.pg_roles"))
 	case schemaOwned != nil:
 		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "exists but belongs to another role",
-			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident(r.name))})
+			Fix: fmt.Sprintf("run ALTER SCHEMA pgaudit_cdc OWNER TO %s (and its tables) as its owner", ident.SQL(r.name))})
 	case r.canCreate:
 		add(Result{Name: "pgaudit_cdc schema", Status: OK, Detail: "will be created (CREATE on the database granted)"})
 	default:
 		add(Result{Name: "pgaudit_cdc schema", Status: Fail, Detail: "missing, and the role may not create it",
-			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident(dbName), ident(r.name), ident(r.name))})
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s, or CREATE SCHEMA pgaudit_cdc AUTHORIZATION %s, as a superuser", ident.SQL(dbName), ident.SQL(r.name), ident.SQL(r.name))})
 	}
 }
 
@@ -200,12 +201,12 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, r role, dbName, publi
 		add(unchecked("publication", r.err, "grant the role read access to pg_catalog.pg_roles"))
 	case pubExists:
 		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q belongs to another role", publication),
-			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident(publication), ident(r.name))})
+			Fix: fmt.Sprintf("run ALTER PUBLICATION %s OWNER TO %s, or choose another --publication", ident.SQL(publication), ident.SQL(r.name))})
 	case r.canCreate || r.super:
 		add(Result{Name: "publication", Status: OK, Detail: fmt.Sprintf("%q will be created by watch or run", publication)})
 	default:
 		add(Result{Name: "publication", Status: Fail, Detail: fmt.Sprintf("%q missing and the role may not create it", publication),
-			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident(dbName), ident(r.name))})
+			Fix: fmt.Sprintf("run GRANT CREATE ON DATABASE %s TO %s as a superuser", ident.SQL(dbName), ident.SQL(r.name))})
 	}
 }
 
@@ -450,8 +451,6 @@ func checkSpine(ctx context.Context, conn *pgx.Conn, spine *publish.Client) []Re
 	}
 	return rs
 }
-
-func ident(s string) string { return pgx.Identifier{s}.Sanitize() }
 
 // captureView is what doctor knows of capture continuity.
 type captureView struct {

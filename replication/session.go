@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
+	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
@@ -263,10 +264,9 @@ func (s *Session) Gather(ctx context.Context, wait time.Duration) error {
 // spool keeps them until its commit), rather than being written to the
 // server's disk and read back at COMMIT.
 func (s *Session) Start(ctx context.Context, slot, publication string, streaming bool) error {
-	pub := strings.ReplaceAll(publication, `'`, `''`)
-	// Quoted as a literal inside the option list: publication_names is parsed
-	// by the server as an identifier list, so double quotes protect its case.
-	names := `"` + strings.ReplaceAll(pub, `"`, `""`) + `"`
+	// An identifier list inside a literal: double quotes keep the name as
+	// it is, then the literal's quotes are doubled.
+	names := strings.ReplaceAll(ident.SQL(publication), `'`, `''`)
 	args := []string{"proto_version '1'", "publication_names '" + names + "'", "messages 'true'"}
 	if streaming {
 		args[0] = "proto_version '2'"

@@ -395,10 +395,14 @@ func LookupSlot(ctx context.Context, q interface {
 		info.ActivePID = *row.ActivePID
 	}
 	if row.ConfirmedFlushLSN != nil {
-		info.ConfirmedFlushLSN, _ = pgoutput.ParseLSN(*row.ConfirmedFlushLSN)
+		if info.ConfirmedFlushLSN, err = pgoutput.ParseLSN(*row.ConfirmedFlushLSN); err != nil {
+			return SlotInfo{}, fmt.Errorf("looking up replication slot %q: confirmed_flush_lsn: %w", slot, err)
+		}
 	}
 	if row.RestartLSN != nil {
-		info.RestartLSN, _ = pgoutput.ParseLSN(*row.RestartLSN)
+		if info.RestartLSN, err = pgoutput.ParseLSN(*row.RestartLSN); err != nil {
+			return SlotInfo{}, fmt.Errorf("looking up replication slot %q: restart_lsn: %w", slot, err)
+		}
 	}
 	info.Failover = row.Failover != nil && *row.Failover
 	info.Synced = row.Synced != nil && *row.Synced

@@ -66,8 +66,8 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 		t.ix.learn(stringsOf(cols), t.rows)
 	}
 	id := fmt.Sprint(cp["id"])
-	chunk := intOf(cp["chunk"])
-	rows := int64(intOf(cp["rows"]))
+	chunk := int(v.number(CheckFaithfulness, e.EventID, cp, "chunk"))
+	rows := v.number(CheckFaithfulness, e.EventID, cp, "rows")
 	digest, _ := cp["digest"].(string)
 	if chunk == 0 {
 		// One snapshot of the whole table (written before checkpoints were
@@ -112,7 +112,7 @@ func (v *Verifier) compare(e chain.Event, t *tableState, table string) {
 	delete(t.cps, id)
 	if _, ok := cp["total_rows"]; ok {
 		total, _ := cp["total_digest"].(string)
-		if int64(intOf(cp["total_rows"])) != st.pg.Rows || total != st.pg.Hex() {
+		if v.number(CheckFaithfulness, e.EventID, cp, "total_rows") != st.pg.Rows || total != st.pg.Hex() {
 			st.problem(e.EventID, "its last chunk (event %d) gives %v rows (digest %s) in all, its chunks add up to %d (digest %s): chunks are missing or altered",
 				e.EventID, cp["total_rows"], shortHash(total), st.pg.Rows, shortHash(st.pg.Hex()))
 		}

@@ -283,7 +283,10 @@ func reduced(row any, canon []byte) []byte {
 			small[k] = v
 		}
 	}
-	c, _ := chain.Canonical(small)
+	c, err := chain.Canonical(small)
+	if err != nil {
+		return nil // as for a row that is no object: nothing kept
+	}
 	return c
 }
 

@@ -9,6 +9,7 @@
 package verify
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -329,7 +330,7 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	}
 	st.present[pos] = true
 	if outOfOrder {
-		v.fillHole(gen, pos, intOf(meta["tx_events"]))
+		v.fillHole(gen, pos, int(v.number(CheckCompleteness, e.EventID, meta, "tx_events")))
 		return
 	}
 	if st.started && !st.last.Less(pos) {
@@ -338,8 +339,8 @@ func (v *Verifier) checkCompleteness(e chain.Event, meta map[string]any, key, ge
 	if rawPrev, hasPrev := meta["prev"]; hasPrev {
 		v.checkPredecessor(e.EventID, gen, st, rawPrev)
 	}
-	if idx := intOf(meta["tx_index"]); idx > 0 {
-		v.checkTransaction(e.EventID, gen, st, pos, idx, intOf(meta["tx_events"]))
+	if idx := int(v.number(CheckCompleteness, e.EventID, meta, "tx_index")); idx > 0 {
+		v.checkTransaction(e.EventID, gen, st, pos, idx, int(v.number(CheckCompleteness, e.EventID, meta, "tx_events")))
 	}
 	st.last, st.lastID, st.started = pos, e.EventID, true
 }
@@ -450,12 +451,26 @@ func (v *Verifier) txHole(gen string, commit pgoutput.LSN, first int64, seen, to
 	}
 }
 
-func intOf(x any) int {
-	var n int
-	if x == nil {
+// number reads the whole-number field name of obj (an event's metadata
+// or checkpoint): 0 when it is absent. One that is there but is no whole
+// number fails check: the agent never writes one, so the event is not
+// what it sent.
+func (v *Verifier) number(check string, id int64, obj map[string]any, name string) int64 {
+	x, ok := obj[name]
+	if !ok || x == nil {
 		return 0
 	}
-	fmt.Sscan(fmt.Sprint(x), &n)
+	var n int64
+	var err error
+	if num, isNum := x.(json.Number); isNum {
+		n, err = num.Int64()
+	} else {
+		err = fmt.Errorf("a %T", x)
+	}
+	if err != nil {
+		v.fail(check, id, "", "event %d has %s %v, which is not a whole number (%v)", id, name, x, err)
+		return 0
+	}
 	return n
 }
 

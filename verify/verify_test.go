@@ -67,6 +67,39 @@ func TestSyntheticChain(t *testing.T) {
 	}
 }
 
+// TestMalformedCountsFail: a tx_index or tx_events that is no whole
+// number fails the check instead of reading as 0 (which skips the
+// transaction checks).
+func TestMalformedCountsFail(t *testing.T) {
+	for _, field := range []string{"tx_index", "tx_events"} {
+		for _, bad := range []any{json.Number("1.5"), "2", json.Number("99999999999999999999")} {
+			evs := synthetic(t, 6)
+			meta := evs[2].Payload["metadata"].(map[string]any)
+			meta[field] = bad
+			prevHash := evs[1].Hash
+			for i := 2; i < len(evs); i++ {
+				evs[i].PrevHash = prevHash
+				h, err := chain.Hash(evs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				evs[i].Hash, prevHash = h, h
+			}
+			rep := run(evs)
+			if rep.OK() {
+				t.Fatalf("%s %v verified", field, bad)
+			}
+			found := false
+			for _, f := range rep.Failures {
+				found = found || (f.EventID == 3 && f.Check == CheckCompleteness)
+			}
+			if !found {
+				t.Fatalf("%s %v: no completeness failure at event 3: %+v", field, bad, rep.Failures)
+			}
+		}
+	}
+}
+
 func TestDigestIsOrderIndependent(t *testing.T) {
 	var a, b Digest
 	rows := []string{`{"id":1,"v":"x"}`, `{"v":"y","id":2}`, `{"id":1,"v":"x"}`}

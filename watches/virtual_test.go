@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -61,7 +62,7 @@ func (d *db) insertOnly(table string, id int) string {
 	for _, sql := range []string{"UPDATE " + table + " SET a = a + 1 WHERE id = $1", "DELETE FROM " + table + " WHERE id = $1"} {
 		_, err := d.conn.Exec(ctx, sql, id)
 		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || (pgErr.Code != "55000" && pgErr.Code != "42P10") {
+		if !errors.As(err, &pgErr) || (pgErr.Code != pgerrcode.ObjectNotInPrerequisiteState && pgErr.Code != pgerrcode.InvalidColumnReference) {
 			d.t.Errorf("%s on %s: got %v, want PostgreSQL to refuse it (SQLSTATE 55000 or 42P10)", sql, table, err)
 			continue
 		}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -60,46 +62,47 @@ func TestMatrixListNamesTests(t *testing.T) {
 	}
 }
 
-// TestUnitPackages: the fast loop (make test-unit) covers every package
-// whose tests need no PostgreSQL, and none that does.
-func TestUnitPackages(t *testing.T) {
-	raw, err := os.ReadFile("Makefile")
+// TestFastLoopStartsNoPostgres: make test-unit (-short) runs every test
+// that needs no PostgreSQL and none that does. Tests reach PostgreSQL
+// through internal/pgtest, whose Needed leaves them out under -short; a
+// test function that starts a server of its own (embedded.Start...) or
+// looks for the server's binaries must say so the same way.
+func TestFastLoopStartsNoPostgres(t *testing.T) {
+	starts := regexp.MustCompile(`embedded\.Start|findBinDirDefault\(|bench\.Run\(|\bRun\(ctx, Options\{`)
+	marked := regexp.MustCompile(`pgtest\.|needsBinaries\(`)
+	files, err := filepath.Glob("*/*_test.go")
 	if err != nil {
 		t.Fatal(err)
 	}
-	unit := map[string]bool{}
-	for _, p := range strings.Fields(strings.ReplaceAll(makeVar(t, string(raw), "UNIT_PKGS"), `\`, "")) {
-		unit[filepath.Clean(p)] = true
-	}
-	// The continuation lines of UNIT_PKGS.
-	m := regexp.MustCompile(`(?s)UNIT_PKGS := (.*?)\n\S`).FindStringSubmatch(string(raw))
-	for _, p := range strings.Fields(strings.ReplaceAll(m[1], `\`, "")) {
-		unit[filepath.Clean(p)] = true
-	}
-	out, err := exec.Command("go", "list", "-f", `{{.Dir}}|{{join .TestImports " "}} {{join .XTestImports " "}}`, "./...").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		dir, imports, _ := strings.Cut(line, "|")
-		rel, err := filepath.Rel(wd, dir)
+	more, _ := filepath.Glob("*/*/*_test.go")
+	files = append(files, more...)
+	checked := 0
+	for _, file := range files {
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, file, nil, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.TrimSpace(imports) == "" {
-			continue // no tests
+		src, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
 		}
-		needsPG := strings.Contains(imports, "internal/pgtest") || strings.Contains(imports, "pgaudit-cdc/embedded") ||
-			rel == "cmd/bench" || rel == "embedded"
-		switch {
-		case needsPG && unit[rel]:
-			t.Errorf("UNIT_PKGS lists ./%s, whose tests start PostgreSQL", rel)
-		case !needsPG && !unit[rel]:
-			t.Errorf("./%s has tests that need no PostgreSQL: add it to UNIT_PKGS", rel)
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Body == nil {
+				continue
+			}
+			body := string(src[fset.Position(fn.Body.Pos()).Offset:fset.Position(fn.Body.End()).Offset])
+			if !starts.MatchString(body) || strings.HasPrefix(file, "internal/pgtest/") {
+				continue
+			}
+			checked++
+			if !marked.MatchString(body) {
+				t.Errorf("%s: %s starts PostgreSQL (or needs its binaries) without pgtest.Needed (needsBinaries in embedded): make test-unit (-short) would run it", file, fn.Name.Name)
+			}
 		}
+	}
+	if checked < 5 {
+		t.Fatalf("only %d functions start PostgreSQL: the check no longer finds them", checked)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -24,6 +25,7 @@ import (
 // returns it with the URL of a new database in it.
 func ownCluster(t *testing.T, settings ...string) (*embedded.Cluster, string) {
 	t.Helper()
+	pgtest.Needed(t)
 	if embedded.ExternalOverride() {
 		t.Fatalf("needs throwaway clusters (it promotes a standby): unset PGAUDIT_TEST_DATABASE_URL")
 	}

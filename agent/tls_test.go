@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
 
@@ -23,6 +24,7 @@ import (
 
 // TestStreamOverTLS: sslmode=verify-full, and the walsender says TLS.
 func TestStreamOverTLS(t *testing.T) {
+	pgtest.Needed(t)
 	if embedded.ExternalOverride() {
 		t.Fatalf("needs a throwaway cluster with TLS: unset PGAUDIT_TEST_DATABASE_URL")
 	}

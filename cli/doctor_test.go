@@ -8,11 +8,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 )
 
 // startMisconfigured starts a throwaway cluster of its own with settings.
 func startMisconfigured(t *testing.T, settings ...string) string {
 	t.Helper()
+	pgtest.Needed(t)
 	c, err := embedded.StartLocalWith(context.Background(), settings...)
 	if err != nil {
 		t.Fatalf("starting a cluster with %v: %v", settings, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
 )
@@ -115,6 +116,7 @@ func lsnOn(t *testing.T, dsn, sql string) pgoutput.LSN {
 // the slot synced, status against the standby (text and --json) says it is
 // a standby, that the copy is synced, and how far it trails the replayed WAL.
 func TestDoctorStandbyFailoverSetup(t *testing.T) {
+	pgtest.Needed(t)
 	ctx := context.Background()
 	primary, err := embedded.StartLocal(ctx)
 	if err != nil {

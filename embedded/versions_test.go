@@ -50,7 +50,18 @@ func TestBinDirForMissingVersionFails(t *testing.T) {
 
 // PGAUDIT_PG_BINDIRS is tried first, and a directory holding another
 // version than the one requested is refused.
+// needsBinaries leaves a test that runs PostgreSQL's binaries out of the
+// fast loop (-short), as internal/pgtest.Needed does for the others (which
+// this package cannot import: pgtest imports it).
+func needsBinaries(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs PostgreSQL's binaries, which the fast loop (-short) does not: make test-full runs it")
+	}
+}
+
 func TestBinDirForChecksTheVersion(t *testing.T) {
+	needsBinaries(t)
 	dir, err := findBinDirDefault()
 	if err != nil {
 		t.Fatalf("no PostgreSQL installed: %v", err)
@@ -73,6 +84,7 @@ func TestBinDirForChecksTheVersion(t *testing.T) {
 
 // The npm layout under the cache is found by version.
 func TestBinDirForNPMCache(t *testing.T) {
+	needsBinaries(t)
 	dir, err := findBinDirDefault()
 	if err != nil {
 		t.Fatalf("no PostgreSQL installed: %v", err)

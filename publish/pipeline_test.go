@@ -245,8 +245,11 @@ func proxy(w http.ResponseWriter, r *http.Request, to string) {
 // again (a duplicate), which CI showed under load with no slow request at
 // all.
 func TestUnconfirmedAnswerThenSlowRequests(t *testing.T) {
+	// Mostly waiting (stalls, the read-back's wait): the cases run beside
+	// each other.
 	for _, fault := range []spinetest.Fault{spinetest.Fault201HTML, spinetest.Fault201HTMLAfter} {
 		t.Run(fault.String(), func(t *testing.T) {
+			t.Parallel()
 			spine := spinetest.Start(t)
 			spine.SetStall(300 * time.Millisecond)
 			c := newPipeClient(t, spine.URL(), 16)

@@ -5,11 +5,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 )
 
 // TestSmoke runs the whole harness in quick mode: every scenario with tiny
 // sizes. It checks that each produced sane numbers, never how good they are.
 func TestSmoke(t *testing.T) {
+	pgtest.Needed(t)
 	dir, err := moduleDir()
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -28,7 +29,16 @@ var current *embedded.Cluster
 // named by PGAUDIT_TEST_DATABASE_URL), runs m, stops the cluster and returns
 // the exit code. If no server can be had it prints one line on stderr and
 // returns 1 without running any test.
+//
+// With -short (make test-unit, the fast loop) it starts nothing and runs
+// only the tests that need no PostgreSQL: one that asks for the cluster
+// (Current, DSN, AdminDSN) is left out there, and runs in the whole suite
+// (make test-full), which never passes -short.
 func Run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
 	c, err := setup()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
@@ -64,10 +74,22 @@ func setup() (*embedded.Cluster, error) {
 	return embedded.StartLocal(ctx)
 }
 
+// Needed marks t as a test that needs PostgreSQL (the shared cluster, or
+// one it starts itself): the fast loop (-short) leaves it out, and the
+// whole suite (make test-full) runs it. It is the one place a test is
+// left out; nothing is skipped when PostgreSQL is missing.
+func Needed(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs PostgreSQL, which the fast loop (-short) does not start: make test-full runs it")
+	}
+}
+
 // Current returns the running cluster, for tests that must stop or restart
 // it. It fails the test if Run did not set up a cluster.
 func Current(t testing.TB) *embedded.Cluster {
 	t.Helper()
+	Needed(t)
 	if current == nil {
 		t.Fatalf("pgtest: no PostgreSQL cluster: call pgtest.Run from TestMain")
 	}

@@ -137,6 +137,7 @@ func TestReplicationConnection(t *testing.T) {
 // being streamed by a still-open replication connection is dropped, slot
 // included, when its test ends.
 func TestCleanupDropsActiveSlot(t *testing.T) {
+	Current(t) // the inner test's cluster (left out under -short, as the inner test is)
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

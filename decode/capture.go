@@ -143,23 +143,10 @@ func changedAny(rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, cols []
 
 // registryEntry is a row of the watch registry tables.
 type registryEntry struct {
-	TableOID       uint32   `json:"-"`
-	Table          string   `json:"table,omitempty"`
-	Schema         string   `json:"schema,omitempty"`
-	Kind           string   `json:"kind"`
-	Source         string   `json:"source"`
-	Active         bool     `json:"active"`
-	RowFilter      *string  `json:"row_filter,omitempty"`
-	Columns        []string `json:"columns,omitempty"`
-	ExcludeColumns []string `json:"exclude_columns,omitempty"`
-	OnColumns      []string `json:"on_columns,omitempty"`
-	ChangedBy      string   `json:"-"`
-	DroppedAt      string   `json:"dropped_at,omitempty"`
-	// Origin says how a watch that no operator made came to be: a
-	// detached partition's (detached_from) or a table's that took a
-	// watched name (took_name_from).
-	Origin json.RawMessage `json:"origin,omitempty"`
-	hasKey bool
+	envelope.WatchEntry // what a self-audit event shows of it
+	TableOID            uint32
+	ChangedBy           string
+	hasKey              bool
 }
 
 // textArrayType maps the registry's text[] columns.
@@ -307,28 +294,25 @@ func (s *Stream) selfAudit(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, befo
 		by = before.ChangedBy
 	}
 	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), Watch{Kind: envelope.SelfAuditKind, Source: envelope.SelfAuditSource}, action)
-	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, by)}}
-	for _, m := range []struct {
-		name  string
-		entry *registryEntry
-	}{{"previous", previous}, {"watch", shown}} {
-		if m.entry == nil {
-			continue
-		}
-		js, err := envelope.Canonical(m.entry)
-		if err != nil {
-			return fmt.Errorf("BUG: encoding a registry entry: %w", err)
-		}
-		ev.Fields = append(ev.Fields, envelope.Field{Name: m.name, Value: js})
+	if err := ev.SetSelfAudit(by, watchShown(previous), watchShown(shown)); err != nil {
+		return fmt.Errorf("BUG: %w", err)
 	}
 	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// watchShown is what a self-audit event shows of e (nil for none).
+func watchShown(e *registryEntry) *envelope.WatchEntry {
+	if e == nil {
+		return nil
+	}
+	return &e.WatchEntry
 }
 
 // sameEntry reports whether two registry rows read the same in a self-audit
 // event.
 func sameEntry(a, b *registryEntry) bool {
-	ja, errA := json.Marshal(a)
-	jb, errB := json.Marshal(b)
+	ja, errA := json.Marshal(a.WatchEntry)
+	jb, errB := json.Marshal(b.WatchEntry)
 	return errA == nil && errB == nil && bytes.Equal(ja, jb)
 }
 
@@ -650,33 +634,23 @@ func (s *Stream) checkpoint(lsn pgoutput.LSN, m *pgoutput.LogicalMessage, emit f
 	}
 	rel := &pgoutput.RelationMessage{ID: cp.TableOID, Namespace: cp.Schema, Name: cp.Table}
 	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), w, envelope.OpCheckpoint)
-	js, err := envelope.Canonical(checkpointField(cp))
-	if err != nil {
-		return fmt.Errorf("BUG: encoding a checkpoint: %w", err)
+	if err := ev.SetCheckpoint(checkpointField(cp)); err != nil {
+		return fmt.Errorf("BUG: %w", err)
 	}
-	ev.Fields = []envelope.Field{{Name: "checkpoint", Value: js}}
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
-// checkpointField is payload.checkpoint of a CHECKPOINT event.
-func checkpointField(cp CheckpointMessage) map[string]any {
-	f := map[string]any{"id": cp.ID, "rows": cp.Rows, "digest": cp.Digest,
-		"key_columns": nonNil(cp.KeyColumns), "columns": nonNil(cp.Columns)}
+// checkpointField is what a CHECKPOINT event says of the message cp: the
+// chunk's number and last mark only for a chunked checkpoint, its totals
+// only on the last chunk.
+func checkpointField(cp CheckpointMessage) envelope.Checkpoint {
+	f := envelope.Checkpoint{ID: cp.ID, Rows: cp.Rows, Digest: cp.Digest,
+		KeyColumns: cp.KeyColumns, Columns: cp.Columns, Pairs: cp.Pairs}
 	if cp.Chunk > 0 {
-		f["chunk"], f["last"] = cp.Chunk, cp.Last
+		f.Chunk, f.Last = cp.Chunk, &cp.Last
 	}
 	if cp.Last && cp.TotalRows != nil {
-		f["total_rows"], f["total_digest"] = *cp.TotalRows, cp.TotalDigest
-	}
-	if cp.Pairs != nil {
-		f["pairs"] = *cp.Pairs
+		f.TotalRows, f.TotalDigest = cp.TotalRows, &cp.TotalDigest
 	}
 	return f
-}
-
-func nonNil(ss []string) []string {
-	if ss == nil {
-		return []string{}
-	}
-	return ss
 }

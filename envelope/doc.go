@@ -21,4 +21,12 @@
 // key the agent's read-back looks for (the spine itself does not
 // de-duplicate). Every change envelope is self-linked (metadata.prev,
 // tx_index, tx_events) so that a verifier can tell that nothing is missing.
+//
+// The events pgaudit-cdc says of itself are built here too: GAP events
+// (gap.go), the payloads of self-audit and CHECKPOINT events (capture.go;
+// package decode decides when they happen). The read side is here as well:
+// Parse and ParseEvent read an envelope back (a dead letter, a JetStream
+// message to relay), ReadStored reads what a read-back needs of a stored
+// event, and DeliveryMarks names the members a verifier leaves out of a
+// digest.
 package envelope

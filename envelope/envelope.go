@@ -231,7 +231,7 @@ func (e *Envelope) appendMetadata(b []byte) []byte {
 	b = append(b, `,"idempotency_key":`...)
 	b = pgjson.AppendText(b, e.Key)
 	if e.Late {
-		b = append(b, `,"late":true`...)
+		b = append(b, `,"`+MarkLate+`":true`...)
 	}
 	b = append(b, `,"lsn":"`...)
 	b = e.LSN.AppendText(b)
@@ -250,10 +250,10 @@ func (e *Envelope) appendMetadata(b []byte) []byte {
 		}
 	}
 	if e.Redelivered {
-		b = append(b, `,"redelivered":true`...)
+		b = append(b, `,"`+MarkRedelivered+`":true`...)
 	}
 	if e.Supersedes != 0 {
-		b = append(b, `,"supersedes_event_id":`...)
+		b = append(b, `,"`+MarkSupersedes+`":`...)
 		b = strconv.AppendInt(b, e.Supersedes, 10)
 	}
 	if e.TxEvents > 0 {

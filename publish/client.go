@@ -773,35 +773,21 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 
 // Stored is one event read back from the spine.
 type Stored struct {
-	EventID     int64
-	Key         string
-	Redelivered bool
-	CommitTime  string
+	envelope.Stored
 	// Raw is the stored event as the spine answered it; valid during the
 	// callback only.
 	Raw json.RawMessage
 }
 
 // ReadStored reads what a read-back needs of a stored event (the spine's,
-// or a JetStream message, which has the same shape): its event_id, key,
-// marks and commit time, and its source. Raw is raw itself.
+// or a JetStream message, which has the same shape: envelope.ReadStored)
+// and its source. Raw is raw itself.
 func ReadStored(raw []byte) (Stored, string, error) {
-	var e struct {
-		EventID int64  `json:"event_id"`
-		Source  string `json:"source"`
-		Payload struct {
-			Metadata struct {
-				Key         string `json:"idempotency_key"`
-				Redelivered bool   `json:"redelivered"`
-				CommitTime  string `json:"commit_timestamp"`
-			} `json:"metadata"`
-		} `json:"payload"`
-	}
-	if err := json.Unmarshal(raw, &e); err != nil {
+	s, err := envelope.ReadStored(raw)
+	if err != nil {
 		return Stored{}, "", err
 	}
-	return Stored{EventID: e.EventID, Key: e.Payload.Metadata.Key, Redelivered: e.Payload.Metadata.Redelivered,
-		CommitTime: e.Payload.Metadata.CommitTime, Raw: raw}, e.Source, nil
+	return Stored{Stored: s, Raw: raw}, s.Source, nil
 }
 
 // Digest is the event's digest computed from the spine's copy

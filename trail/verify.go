@@ -470,9 +470,9 @@ func (v *Verifier) Finish() VerifyReport {
 	return v.r
 }
 
-// Marks are the metadata members that describe a delivery, not the change:
-// a verifier leaves them out of an event's digest.
-var Marks = []string{"late", "redelivered", "supersedes_event_id"}
+// Marks are the delivery marks (envelope.DeliveryMarks): a verifier leaves
+// them out of an event's digest.
+var Marks = envelope.DeliveryMarks
 
 // ItemDigest computes an event's digest from the trail's copy: SHA-256 of
 // the canonical JSON of {kind, payload, source, timestamp} with the

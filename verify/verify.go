@@ -185,8 +185,8 @@ func (v *Verifier) Add(e chain.Event) {
 	v.authenticate(e, canon, key, sys, keySlot, pos, op)
 	gen := envelope.KeyPrefix(sys, keySlot) // one capture generation
 	table, _ := e.Payload["table"].(string)
-	redelivered, _ := meta["redelivered"].(bool)
-	late, _ := meta["late"].(bool)
+	redelivered, _ := meta[envelope.MarkRedelivered].(bool)
+	late, _ := meta[envelope.MarkLate].(bool)
 	v.checkCompleteness(e, meta, key, gen, pos, op, redelivered || late)
 	w, _ := e.Payload["watch"].(map[string]any)
 	prevWatch, _ := e.Payload["previous"].(map[string]any)

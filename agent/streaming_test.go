@@ -289,14 +289,7 @@ func TestFullSpillStopsCaptureAndLosesNothing(t *testing.T) {
 	h.exec(`INSERT INTO big VALUES (0, 'before')`)
 	h.waitEvents(1, 30*time.Second)
 	h.exec(`INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g`)
-	obs.waitLog(t, "capture stopped", "spill directory full", "--spill-max-bytes")
-	if v, _ := obs.metric(t, "pgaudit_cdc_spill_full_total"); v < 1 {
-		t.Errorf("pgaudit_cdc_spill_full_total %v, want at least 1", v)
-	}
-	if n := len(h.dataEvents()); n != 1 {
-		t.Fatalf("%d events with the spill full, want the 1 before it", n)
-	}
-	h.stopAgent()
+	expectSpillFull(t, h, obs)
 	h.startAgentWith(func(c *agent.Config) { c.Spill = spool.Config{Dir: t.TempDir(), Memory: 16 << 10} })
 	evs := h.expectExactly(2001, 300*time.Millisecond)
 	seen := map[string]bool{}
@@ -307,6 +300,21 @@ func TestFullSpillStopsCaptureAndLosesNothing(t *testing.T) {
 		}
 		seen[id] = true
 	}
+}
+
+// expectSpillFull waits for capture to stop on a full spill directory,
+// loudly and counted, with only the one event before it delivered, then
+// stops the agent.
+func expectSpillFull(t *testing.T, h *harness, obs *observer) {
+	t.Helper()
+	obs.waitLog(t, "capture stopped", "spill directory full", "--spill-max-bytes")
+	if v, _ := obs.metric(t, "pgaudit_cdc_spill_full_total"); v < 1 {
+		t.Errorf("pgaudit_cdc_spill_full_total %v, want at least 1", v)
+	}
+	if n := len(h.dataEvents()); n != 1 {
+		t.Fatalf("%d events with the spill full, want the 1 before it", n)
+	}
+	h.stopAgent()
 }
 
 // TestHugeMessageCountsAgainstSpillCap: a message over
@@ -326,14 +334,7 @@ func TestHugeMessageCountsAgainstSpillCap(t *testing.T) {
 	h.exec(`INSERT INTO big VALUES (0, 'before')`)
 	h.waitEvents(1, 30*time.Second)
 	h.exec(`INSERT INTO big SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, $1 / 32) g`, replication.DivertOver+(4<<20))
-	obs.waitLog(t, "capture stopped", "spill directory full", "--spill-max-bytes")
-	if v, _ := obs.metric(t, "pgaudit_cdc_spill_full_total"); v < 1 {
-		t.Errorf("pgaudit_cdc_spill_full_total %v, want at least 1", v)
-	}
-	if n := len(h.dataEvents()); n != 1 {
-		t.Fatalf("%d events with the spill full, want the 1 before it", n)
-	}
-	h.stopAgent()
+	expectSpillFull(t, h, obs)
 	h.startAgentWith(func(c *agent.Config) { c.NoStreaming = true; c.Spill = spool.Config{Dir: t.TempDir()} })
 	evs := h.expectExactly(2, 300*time.Millisecond)
 	var body string

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -10,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backfill"
-	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
@@ -77,15 +75,9 @@ second baseline anyway.`,
 
 func runBackfill(cmd *cobra.Command, conn *pgx.Conn, slot string, t watches.TableName, bo backfillOptions) error {
 	ctx := cmd.Context()
-	name := ident.Qualified(t.Schema, t.Name)
-	var oid uint32
-	err := conn.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("table %s does not exist", name)
-	}
+	oid, err := watches.LookupOID(ctx, conn, t)
 	if err != nil {
-		return fmt.Errorf("looking up %s: %w", name, err)
+		return err
 	}
 	if _, err := migrations.Apply(ctx, conn); err != nil {
 		return err

@@ -143,6 +143,7 @@ func TestUserErrorsSayWhatToDo(t *testing.T) {
 	}{
 		{"unknown kind", []string{"watch", "t", "--kind", "bogus", "--source", "s"}, 2, "use one of: decision_card_drafted"},
 		{"missing table", []string{"watch", "nope", "--kind", "other", "--source", "s"}, 1, "does not exist"},
+		{"backfill of a missing table", []string{"backfill", "nope"}, 1, "table public.nope does not exist: check its name"},
 		{"a view", []string{"watch", "v", "--kind", "other", "--source", "s"}, 1, "only tables"},
 		{"empty source", []string{"watch", "t", "--kind", "other", "--source", " "}, 2, "--source"},
 		{"bad slot", []string{"list", "--slot", "Bad Slot"}, 2, "invalid slot name"},

@@ -188,7 +188,7 @@ func readStatus(ctx context.Context, conn *pgx.Conn, o *options) (*Status, error
 		// SQLSTATE 25006): read what replication brought, write nothing.
 		st.Server.Role = "standby"
 		var err error
-		if schemaCurrent, err = schemaUpToDate(ctx, conn); err != nil {
+		if schemaCurrent, err = migrations.UpToDate(ctx, conn); err != nil {
 			return nil, err
 		}
 	} else if _, err := migrations.Apply(ctx, conn); err != nil {
@@ -384,32 +384,6 @@ func lsnText(l pgoutput.LSN) string {
 		return ""
 	}
 	return l.String()
-}
-
-// schemaUpToDate reports whether the pgaudit_cdc schema has every migration
-// this pgaudit-cdc knows (on a standby, where status cannot apply them).
-func schemaUpToDate(ctx context.Context, conn *pgx.Conn) (bool, error) {
-	all, err := migrations.All()
-	if err != nil {
-		return false, err
-	}
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.schema_migrations') IS NOT NULL`).Scan(&exists); err != nil || !exists {
-		return false, err
-	}
-	var applied int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.schema_migrations WHERE version = ANY($1)`, migrationVersions(all)).Scan(&applied); err != nil {
-		return false, fmt.Errorf("reading applied migrations: %w", err)
-	}
-	return applied == len(all), nil
-}
-
-func migrationVersions(ms []migrations.Migration) []int32 {
-	out := make([]int32, len(ms))
-	for i, m := range ms {
-		out[i] = int32(m.Version)
-	}
-	return out
 }
 
 // copyState names the state of a standby's copy of the slot.

@@ -99,16 +99,11 @@ one chunk: writers wait for the whole scan, and verify compares counts and diges
 }
 
 func tableOID(ctx context.Context, conn *pgx.Conn, t watches.TableName) (uint32, error) {
-	var oid uint32
-	err := conn.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, &ExitError{Code: 2, Err: fmt.Errorf("table %s does not exist", ident.Qualified(t.Schema, t.Name))}
+	oid, err := watches.LookupOID(ctx, conn, t)
+	if errors.Is(err, watches.ErrNoTable) {
+		return 0, &ExitError{Code: 2, Err: err}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("looking up %s: %w", ident.Qualified(t.Schema, t.Name), err)
-	}
-	return oid, nil
+	return oid, err
 }
 
 func newVerifyCmd(o *options) *cobra.Command {

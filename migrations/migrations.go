@@ -141,3 +141,29 @@ func applyOne(ctx context.Context, conn *pgx.Conn, m Migration) (bool, error) {
 	}
 	return true, nil
 }
+
+// UpToDate reports whether the schema has every migration this build
+// knows (on a standby, which cannot apply them, status says whether what
+// it reads is current).
+func UpToDate(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	all, err := All()
+	if err != nil {
+		return false, err
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('pgaudit_cdc.schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return false, fmt.Errorf("looking for the applied migrations: %w", err)
+	}
+	if !exists {
+		return false, nil
+	}
+	versions := make([]int32, len(all))
+	for i, m := range all {
+		versions[i] = int32(m.Version)
+	}
+	var applied int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pgaudit_cdc.schema_migrations WHERE version = ANY($1)`, versions).Scan(&applied); err != nil {
+		return false, fmt.Errorf("reading the applied migrations: %w", err)
+	}
+	return applied == len(all), nil
+}

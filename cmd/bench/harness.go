@@ -48,9 +48,13 @@ type Options struct {
 	MicroCount    int           // -count of the micro-benchmarks
 	CPUProfile    string        // prefix of CPU profiles of the agent (drain, e2e)
 	AgentBin      string        // a built pgaudit-cdc binary for the memory benchmark
-	Only          map[string]bool
-	Log           io.Writer // progress lines; nil: discarded
-	ModuleDir     string    // module root, for go build / go test
+	// CompareBins are other builds of pgaudit-cdc that the per-transaction
+	// scenario runs beside the agent, in the same rounds (an older
+	// commit, say): name → binary.
+	CompareBins map[string]string
+	Only        map[string]bool
+	Log         io.Writer // progress lines; nil: discarded
+	ModuleDir   string    // module root, for go build / go test
 }
 
 func (o *Options) defaults() {
@@ -100,14 +104,16 @@ type Results struct {
 	Duration time.Duration
 	Opts     Options
 	Drain    *DrainResult
-	E2E      *E2EResult
-	Network  *NetworkResult
-	PerTx    *PerTxResult
-	Latency  *LatencyResult
-	Writer   *WriterResult
-	Memory   *MemoryResult
-	BigTx    *BigTxResult
-	Micro    *MicroResult
+	// DrainBuilds is the drain of the agent's build beside CompareBins.
+	DrainBuilds *DrainBuildsResult
+	E2E         *E2EResult
+	Network     *NetworkResult
+	PerTx       *PerTxResult
+	Latency     *LatencyResult
+	Writer      *WriterResult
+	Memory      *MemoryResult
+	BigTx       *BigTxResult
+	Micro       *MicroResult
 }
 
 // Machine describes where the numbers come from.
@@ -161,6 +167,13 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	}
 	steps := []step{
 		{"drain", func() (err error) { res.Drain, err = e.drain(ctx); return err }},
+		{"drainbuilds", func() (err error) {
+			if len(e.opts.CompareBins) == 0 {
+				return nil
+			}
+			res.DrainBuilds, err = e.drainBuilds(ctx)
+			return err
+		}},
 		{"e2e", func() (err error) { res.E2E, err = e.e2e(ctx); return err }},
 		{"network", func() (err error) { res.Network, err = e.network(ctx); return err }},
 		{"latency", func() (err error) { res.Latency, err = e.latency(ctx); return err }},

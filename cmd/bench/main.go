@@ -45,7 +45,18 @@ func main() {
 	flag.BoolVar(&noMicro, "no-micro", false, "skip the Go micro-benchmarks")
 	flag.StringVar(&o.CPUProfile, "cpuprofile", "", "write CPU profiles of the agent in the first drain, e2e and writer (b) round to PREFIX-drain.pprof, PREFIX-e2e.pprof and PREFIX-writer.pprof")
 	flag.StringVar(&o.AgentBin, "agent-bin", "", "a built pgaudit-cdc binary for the memory benchmark (default: go build)")
-	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,e2e,network,latency,writer,pertx,memory,bigtx,micro")
+	flag.Func("compare-bin", "NAME=PATH: another build of pgaudit-cdc (an older commit, say), run beside the agent in the same rounds of pertx and drainbuilds as agent:NAME (repeatable)", func(v string) error {
+		name, path, ok := strings.Cut(v, "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("want NAME=PATH, got %q", v)
+		}
+		if o.CompareBins == nil {
+			o.CompareBins = map[string]string{}
+		}
+		o.CompareBins[name] = path
+		return nil
+	})
+	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,drainbuilds (with -compare-bin),e2e,network,latency,writer,pertx,memory,bigtx,micro")
 	flag.StringVar(&out, "out", "", "rewrite the results section of this file (e.g. BENCHMARKS.md)")
 	flag.Parse()
 	if flag.NArg() > 0 {

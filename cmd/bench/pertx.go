@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +51,9 @@ const (
 	ptRecv  = "pg_recvlogical"
 	ptW2J   = "wal2json" // pg_recvlogical with wal2json: JSON, old and new rows
 	ptAgent = "agent"
+	// ptCompare starts the name of another build's consumer
+	// (Options.CompareBins).
+	ptCompare = "agent:"
 )
 
 // Single-row transactions, weighted 8:1:1 with pgbench's -f file@weight.
@@ -91,8 +96,20 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 	}
 	res := &PerTxResult{Clients: e.opts.WriterClients, For: e.opts.WriterFor, Rows: e.opts.WriterRows}
 	variants := []string{ptNone, ptRecv, ptW2J, ptAgent}
+	bins := map[string]string{ptAgent: bin}
+	for _, name := range slices.Sorted(maps.Keys(e.opts.CompareBins)) {
+		variants = append(variants, ptCompare+name)
+		bins[ptCompare+name] = e.opts.CompareBins[name]
+	}
 	const pub = "bench_pertx"
-	slotOf := func(v string) string { return "pertx_" + strings.ReplaceAll(v, "_", "") }
+	slotOf := func(v string) string {
+		return "pertx_" + strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, strings.ToLower(v))
+	}
 	urls := map[string]string{}
 	conns := map[string]*pgx.Conn{}
 	defer func() {
@@ -121,14 +138,20 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		if err := exec1(ctx, conn, "VACUUM ANALYZE orders"); err != nil {
 			return nil, err
 		}
-		switch v {
-		case ptAgent:
+		switch {
+		case v == ptAgent:
 			// The agent's own set-up: registry, publication, replica
 			// identity and slot.
 			if err := watch(ctx, conn, pub, slotOf(v), "orders"); err != nil {
 				return nil, err
 			}
-		case ptRecv, ptW2J:
+		case strings.HasPrefix(v, ptCompare):
+			// Another build sets its database up itself, with its own
+			// migrations.
+			if err := watchWith(ctx, bins[v], url, pub, slotOf(v), "orders"); err != nil {
+				return nil, fmt.Errorf("%s: %w", v, err)
+			}
+		default:
 			// The same publication and replica identity; pg_recvlogical
 			// makes a new slot per run.
 			if err := watchThenSlots(ctx, conn, pub, "orders"); err != nil {
@@ -140,7 +163,7 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		round := map[string]PerTxRun{}
 		order := append(variants[k%len(variants):], variants[:k%len(variants)]...)
 		for _, v := range order {
-			run, err := e.perTxRun(ctx, pgbench, scriptArgs, bin, v, urls[v], conns[v], pub, slotOf(v))
+			run, err := e.perTxRun(ctx, pgbench, scriptArgs, bins[v], v, urls[v], conns[v], pub, slotOf(v))
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", v, err)
 			}
@@ -172,8 +195,8 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 	// finish is called when pgbench ended: it measures how far behind the
 	// consumer is, waits until it caught up and stops it.
 	var finish func(end pgoutput.LSN) error
-	switch variant {
-	case ptAgent:
+	switch {
+	case variant == ptAgent || strings.HasPrefix(variant, ptCompare):
 		p, err := startAgentProcess(ctx, bin, url, slot, pub, 100*time.Millisecond)
 		if err != nil {
 			return run, err
@@ -221,7 +244,7 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 			run.WalsenderCPU, run.ConsumerCPU = ws1-ws0, c1-c0
 			return nil
 		}
-	case ptRecv, ptW2J:
+	case variant == ptRecv || variant == ptW2J:
 		var wr WriterRun
 		plugin := pluginPgoutput
 		if variant == ptW2J {

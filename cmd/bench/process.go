@@ -23,34 +23,34 @@ type agentProcess struct {
 }
 
 // startAgentProcess starts bin run on slot and publication of the database
-// at url, reporting its confirmed position every status.
+// at url, reporting its confirmed position every status. A build that
+// signs its trail signs it with a throwaway key (one per binary directory,
+// so that a slot's trail keeps its key across a scenario's restarts); an
+// older one, from before the signed trail, runs as it did.
 func startAgentProcess(ctx context.Context, bin, url, slot, pub string, status time.Duration, extra ...string) (*agentProcess, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer devnull.Close()
-	// One key per binary directory: a slot's trail keeps its key across
-	// the restarts of a scenario.
-	keyFile := filepath.Join(filepath.Dir(bin), "signing-key.pem")
-	if _, err := os.Stat(keyFile); err != nil {
-		if keyFile, err = testkey.Write(filepath.Dir(bin)); err != nil {
-			return nil, err
+	args := []string{"run", "--database-url", url, "--slot", slot, "--publication", pub,
+		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn"}
+	signs, err := signsTrail(ctx, bin)
+	if err != nil {
+		return nil, err
+	}
+	if signs {
+		keyFile := filepath.Join(filepath.Dir(bin), "signing-key.pem")
+		if _, err := os.Stat(keyFile); err != nil {
+			if keyFile, err = testkey.Write(filepath.Dir(bin)); err != nil {
+				return nil, err
+			}
 		}
+		args = append(args, "--signing-key-file", keyFile)
 	}
 	p := &agentProcess{exited: make(chan error, 1)}
-	args := []string{"run", "--database-url", url, "--slot", slot, "--publication", pub,
-		"--signing-key-file", keyFile,
-		"--status-interval", status.String(), "--log-format", "text", "--log-level", "warn"}
 	p.cmd = exec.CommandContext(ctx, bin, append(args, extra...)...)
-	p.cmd.Stdout, p.cmd.Stderr = devnull, &p.stderr
-	// Nothing from the caller's environment may point it elsewhere.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "AUDIT_STREAM_") && !strings.HasPrefix(kv, "PGAUDIT_") &&
-			!strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "METRICS_ADDR=") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
+	p.cmd.Stdout, p.cmd.Stderr, p.cmd.Env = devnull, &p.stderr, agentEnv()
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -145,4 +145,39 @@ func (c *child) stop(sig os.Signal) {
 		_ = c.cmd.Process.Kill()
 		c.exited <- <-c.exited
 	}
+}
+
+// agentEnv is the bench's environment without what could point an agent
+// elsewhere.
+func agentEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AUDIT_STREAM_") && !strings.HasPrefix(kv, "PGAUDIT_") &&
+			!strings.HasPrefix(kv, "DATABASE_URL=") && !strings.HasPrefix(kv, "METRICS_ADDR=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// signsTrail reports whether bin knows --signing-key-file (builds from
+// before the signed trail do not).
+func signsTrail(ctx context.Context, bin string) (bool, error) {
+	out, err := exec.CommandContext(ctx, bin, "run", "--help").CombinedOutput()
+	if err != nil {
+		return false, fmt.Errorf("%s run --help: %w: %s", bin, err, out)
+	}
+	return bytes.Contains(out, []byte("--signing-key-file")), nil
+}
+
+// watchWith registers table under pub and slot with bin's own watch
+// command (another build: its own migrations).
+func watchWith(ctx context.Context, bin, url, pub, slot, table string) error {
+	cmd := exec.CommandContext(ctx, bin, "watch", table, "--kind", benchKind, "--source", benchSource,
+		"--database-url", url, "--slot", slot, "--publication", pub)
+	cmd.Env = agentEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s watch %s: %w: %s", bin, table, err, out)
+	}
+	return nil
 }

@@ -123,6 +123,35 @@ func (r *Results) Markdown(command string) string {
 			(median(rc)+median(rw))/median(secsOf(d.Rounds, func(x DrainRound) time.Duration { return x.Recv })))
 	}
 
+	if x := r.DrainBuilds; x != nil {
+		p("#### 1c. Drain, builds side by side\n\n")
+		p("Each build runs as its built binary (`run --status-interval 100ms`, stdout sink on `/dev/null`, signing where the build signs), on a database set up by its own `watch`, draining %s row changes generated after its slots were made; rounds interleaved, the order rotating. Time is from the process's start to the slot confirming the backlog's end.\n\n", thousands(int64(x.Rows)))
+		p("| round | build | time | rows/s | CPU per row | walsender CPU per row |\n|---|---|---|---|---|---|\n")
+		rates := map[string][]float64{}
+		cpus := map[string][]float64{}
+		ratio := map[string][]float64{}
+		cpuRatio := map[string][]float64{}
+		for i, rd := range x.Rounds {
+			for _, b := range x.Builds {
+				run := rd[b]
+				perRow := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(x.Rows) }
+				rates[b] = append(rates[b], rate(x.Rows, run.Time))
+				cpus[b] = append(cpus[b], perRow(run.CPU))
+				if b != ptAgent {
+					ratio[b] = append(ratio[b], rate(x.Rows, rd[ptAgent].Time)/rate(x.Rows, run.Time))
+					cpuRatio[b] = append(cpuRatio[b], perRow(rd[ptAgent].CPU)/perRow(run.CPU))
+				}
+				p("| %d | %s | %s | %s | %.2f µs | %.2f µs |\n", i+1, b, ms(run.Time), f0(rate(x.Rows, run.Time)), perRow(run.CPU), perRow(run.WalsenderCPU))
+			}
+		}
+		p("\n")
+		for _, b := range x.Builds[1:] {
+			p("- The agent against %s (medians of the per-round ratios): drain rate **%.3f**, CPU per row %.3f (the agent %s rows/s and %.2f µs per row; %s %s rows/s and %.2f µs).\n",
+				b, median(ratio[b]), median(cpuRatio[b]), f0(median(rates[ptAgent])), median(cpus[ptAgent]), b, f0(median(rates[b])), median(cpus[b]))
+		}
+		p("\n")
+	}
+
 	if x := r.E2E; x != nil {
 		n := x.Rows
 		p("#### 2. End to end to an HTTP spine\n\n")
@@ -269,9 +298,25 @@ func (r *Results) Markdown(command string) string {
 		p("| round | consumer | tps | tps / none | WAL written | behind at the end | seconds of WAL behind | caught up in | consumer CPU per tx | walsender CPU per tx |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		type agg struct{ tpsRatio, behindSec, cpu, total []float64 }
 		all := map[string]*agg{ptRecv: {}, ptW2J: {}, ptAgent: {}}
+		consumers := []string{ptNone, ptRecv, ptW2J, ptAgent}
+		var compared []string
+		if len(x.Rounds) > 0 {
+			for v := range x.Rounds[0] {
+				if strings.HasPrefix(v, ptCompare) {
+					compared = append(compared, v)
+					all[v] = &agg{}
+				}
+			}
+			slices.Sort(compared)
+			consumers = append(consumers, compared...)
+		}
 		var cpuRatio []float64
+		vsCompared := map[string][]float64{}
 		for i, rd := range x.Rounds {
-			for _, v := range []string{ptNone, ptRecv, ptW2J, ptAgent} {
+			for _, v := range compared {
+				vsCompared[v] = append(vsCompared[v], perTx(rd[ptAgent].ConsumerCPU, rd[ptAgent].Txns)/perTx(rd[v].ConsumerCPU, rd[v].Txns))
+			}
+			for _, v := range consumers {
 				run, ok := rd[v]
 				if !ok {
 					continue
@@ -300,6 +345,11 @@ func (r *Results) Markdown(command string) string {
 		p("\nMedians: agent CPU %.1f µs per transaction against pg_recvlogical's %.1f µs: **%.2f×** (median of the per-round ratios; target ≤ 2×: %s). WAL behind when pgbench ended: agent **%.2f s** of WAL (slowest round %.2f s; target under 1 s: %s), pg_recvlogical %.2f s. Writers keep %.3f of their no-audit rate with the agent, %.3f with pg_recvlogical.\n\n",
 			median(ag.cpu), median(rc.cpu), median(cpuRatio), verdict(median(cpuRatio) <= 2), median(ag.behindSec), slices.Max(ag.behindSec), verdict(slices.Max(ag.behindSec) < 1),
 			median(rc.behindSec), median(ag.tpsRatio), median(rc.tpsRatio))
+		for _, v := range compared {
+			c := all[v]
+			p("Another build beside the agent in the same rounds, %s: CPU %.1f µs per transaction, consumer + walsender %.1f µs (the agent: %.1f and %.1f µs); the agent's CPU per transaction / %s's, median of the per-round ratios: **%.3f**.\n\n",
+				v, median(c.cpu), median(c.total), median(ag.cpu), median(ag.total), v, median(vsCompared[v]))
+		}
 		if w2j := all[ptW2J]; len(w2j.total) > 0 {
 			p("The whole system's CPU per transaction, consumer + its walsender (medians): agent **%.1f µs**, pg_recvlogical with pgoutput %.1f µs, with wal2json %.1f µs. Target: the agent's ≤ pgoutput's (%s) and < wal2json's (%s).\n\n",
 				median(ag.total), median(rc.total), median(w2j.total), verdict(median(ag.total) <= median(rc.total)), verdict(median(ag.total) < median(w2j.total)))

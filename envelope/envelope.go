@@ -103,15 +103,64 @@ func (e Envelope) Unmarked() Envelope {
 	return e
 }
 
-// Size estimates the encoded length of e, so that Encode usually writes it
-// without growing the buffer.
+// Size is the encoded length of e at most, when its strings need no
+// escaping (TestSizeBoundsTheEncoding): positions and numbers count at their
+// longest. Encode then writes e without growing its buffer (a growth copied
+// the whole event again: 6 % of the agent's CPU with single-row
+// transactions), and allocates little more than it writes.
 func (e *Envelope) Size() int {
-	n := 320 + len(e.Kind) + len(e.Source) + len(e.Table) + len(e.Key) + len(e.Old) + len(e.New) + len(e.Annotations) + len(e.AnnotationsError)
-	for _, f := range e.Fields {
-		n += len(f.Name) + len(f.Value) + 4
+	const (
+		lsn = 17           // XXXXXXXX/XXXXXXXX
+		pos = lsn + 1 + 10 // LSN:seq
+		u32 = 10
+		i64 = 20
+	)
+	n := len(`{"kind":"","payload":{"metadata":{"commit_lsn":"","idempotency_key":"","lsn":""},"operation":"","table":""},"source":"","timestamp":""}`) +
+		2*lsn + len(e.Kind) + len(e.Source) + len(e.Timestamp) + len(e.Table) + len(e.Operation) + len(e.Key)
+	if e.Annotations != nil {
+		n += len(`"annotations":,`) + len(e.Annotations)
 	}
-	for _, c := range e.Unavailable {
-		n += len(c) + 3
+	if e.AnnotationsError != "" {
+		n += len(`"annotations_error":"",`) + len(e.AnnotationsError)
+	}
+	if e.CommitTimestamp != "" {
+		n += len(`,"commit_timestamp":""`) + len(e.CommitTimestamp)
+	}
+	if e.Late {
+		n += len(`,"":true`) + len(MarkLate)
+	}
+	if e.OldIsKeyOnly {
+		n += len(`,"old_is_key_only":true`)
+	}
+	if e.Linked {
+		n += len(`,"prev":""`) + pos + len(`,"tx_index":`) + u32
+	}
+	if e.Redelivered {
+		n += len(`,"":true`) + len(MarkRedelivered)
+	}
+	if e.Supersedes != 0 {
+		n += len(`,"":`) + len(MarkSupersedes) + i64
+	}
+	if e.TxEvents > 0 {
+		n += len(`,"tx_events":`) + u32
+	}
+	if len(e.Unavailable) > 0 {
+		n += len(`,"unavailable_columns":[]`)
+		for _, c := range e.Unavailable {
+			n += len(c) + 3
+		}
+	}
+	if e.HasXid {
+		n += len(`,"xid":`) + u32
+	}
+	if e.New != nil {
+		n += len(`,"new":`) + len(e.New)
+	}
+	if e.Old != nil {
+		n += len(`,"old":`) + len(e.Old)
+	}
+	for _, f := range e.Fields {
+		n += len(`,"":`) + len(f.Name) + len(f.Value)
 	}
 	return n
 }

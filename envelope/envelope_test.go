@@ -2,8 +2,11 @@ package envelope
 
 import (
 	"bytes"
+	"math"
 	"reflect"
 	"testing"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
 
 func sample() Envelope {
@@ -64,6 +67,41 @@ func TestEncodeIsCanonical(t *testing.T) {
 				t.Fatal("Unmarked differs after Parse")
 			}
 		})
+	}
+}
+
+// TestSizeBoundsTheEncoding: with every member at its longest and no
+// string needing an escape, Size is at least the encoded length, so that
+// Finish never grows its buffer.
+func TestSizeBoundsTheEncoding(t *testing.T) {
+	const maxLSN = ^pgoutput.LSN(0)
+	e := Envelope{
+		Kind: "decision_card_status_changed", Source: "procurement-api", Timestamp: "2026-11-22T19:34:41.416978+00:00",
+		Table: "public.orders", Operation: OpCheckpoint,
+		Old: []byte(`{"id":1}`), New: []byte(`{"id":1}`),
+		Fields:    []Field{{Name: "checkpoint", Value: []byte(`{}`)}},
+		CommitLSN: maxLSN, LSN: maxLSN, Xid: ^uint32(0), HasXid: true,
+		CommitTimestamp: "2026-11-22T19:34:41.416978+00:00",
+		Key:             Key("18446744073709551615", "a_slot_name_of_sixty_three_characters_which_is_the_most_allowed", Position{CommitLSN: maxLSN, Seq: ^uint32(0)}),
+		Linked:          true, Prev: Position{CommitLSN: maxLSN, Seq: ^uint32(0)}, TxIndex: ^uint32(0), TxEvents: ^uint32(0),
+		OldIsKeyOnly: true, Unavailable: []string{"body"}, Late: true, Redelivered: true, Supersedes: math.MaxInt64,
+		Annotations: []byte(`{"who":"alice"}`),
+	}
+	if got := len(e.Encode()); got > e.Size() {
+		t.Fatalf("encoded %d bytes, Size says %d", got, e.Size())
+	}
+	// And each member alone: Size counts what is there, not a constant.
+	for _, edit := range []func(*Envelope){
+		func(e *Envelope) { e.Old, e.New, e.Fields, e.Annotations = nil, nil, nil, nil },
+		func(e *Envelope) { e.Linked, e.TxEvents, e.HasXid, e.CommitTimestamp = false, 0, false, "" },
+		func(e *Envelope) { e.Late, e.Redelivered, e.Supersedes, e.OldIsKeyOnly, e.Unavailable = false, false, 0, false, nil },
+		func(e *Envelope) { *e = Envelope{Kind: "k", Source: "s", Operation: OpInsert} },
+	} {
+		c := e
+		edit(&c)
+		if got := len(c.Encode()); got > c.Size() || c.Size() > got+80 {
+			t.Errorf("encoded %d bytes, Size says %d", got, c.Size())
+		}
 	}
 }
 

@@ -94,7 +94,9 @@ func TestSizeBoundsTheEncoding(t *testing.T) {
 	for _, edit := range []func(*Envelope){
 		func(e *Envelope) { e.Old, e.New, e.Fields, e.Annotations = nil, nil, nil, nil },
 		func(e *Envelope) { e.Linked, e.TxEvents, e.HasXid, e.CommitTimestamp = false, 0, false, "" },
-		func(e *Envelope) { e.Late, e.Redelivered, e.Supersedes, e.OldIsKeyOnly, e.Unavailable = false, false, 0, false, nil },
+		func(e *Envelope) {
+			e.Late, e.Redelivered, e.Supersedes, e.OldIsKeyOnly, e.Unavailable = false, false, 0, false, nil
+		},
 		func(e *Envelope) { *e = Envelope{Kind: "k", Source: "s", Operation: OpInsert} },
 	} {
 		c := e

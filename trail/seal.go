@@ -10,11 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
 )
 
 // Operations of the trail's own events.
@@ -71,8 +74,49 @@ func SealKey(chain string, seq uint64) string {
 	return "pgaudit-cdc-seal:" + chain + ":" + strconv.FormatUint(seq, 10)
 }
 
-// canonical is the canonical JSON of s, what is signed and hashed.
-func (s *Seal) canonical() ([]byte, error) { return envelope.Canonical(s) }
+// canonical is the canonical JSON of s, what is signed and hashed: its
+// members in sorted order, written directly (TestSealCanonical holds it to
+// envelope.Canonical, which went through encoding/json and back: a seal
+// lists 8 bytes of every event it covers, and that round trip was 3 % of
+// the agent's CPU).
+func (s *Seal) canonical() ([]byte, error) {
+	b := make([]byte, 0, 512+len(s.Events)+len(s.DeadLetters)*160)
+	str := func(name, v string) {
+		b = append(append(append(b, `,"`...), name...), `":`...)
+		b = pgjson.AppendText(b, v)
+	}
+	num := func(name string, v uint64) {
+		b = append(append(append(b, `,"`...), name...), `":`...)
+		b = strconv.AppendUint(b, v, 10)
+	}
+	b = pgjson.AppendText(append(b, `{"chain":`...), s.Chain)
+	num("count", s.Count)
+	if len(s.DeadLetters) > 0 {
+		b = append(b, `,"dead_letters":{`...)
+		for i, k := range slices.Sorted(maps.Keys(s.DeadLetters)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(pgjson.AppendText(b, k), ':')
+			b = pgjson.AppendText(b, s.DeadLetters[k])
+		}
+		b = append(b, '}')
+	}
+	str("digest", s.Digest)
+	str("events", s.Events)
+	str("first_key", s.FirstKey)
+	str("from", s.From)
+	str("key", s.Key)
+	str("last_key", s.LastKey)
+	str("prev", s.Prev)
+	str("sealed_at", s.SealedAt)
+	num("seq", s.Seq)
+	str("slot", s.Slot)
+	str("system_identifier", s.SystemID)
+	str("to", s.To)
+	num("total", s.Total)
+	return append(b, '}'), nil
+}
 
 // Hash is the hex SHA-256 of s's canonical JSON: the next seal's Prev.
 func (s *Seal) Hash() (string, error) {

@@ -44,7 +44,7 @@ test: vet lint test-unit test-full test-matrix
 # The fast loop: every test that needs no PostgreSQL (pure cores, the
 # spine double, the publisher against it, a real JetStream cluster), in
 # every package, with -race. -short leaves out the tests that need
-# PostgreSQL (internal/pgtest.Needed: the one place they are marked;
+# PostgreSQL (internal/pgtest.Needed marks them;
 # TestFastLoopStartsNoPostgres checks that every test starting one is).
 test-unit:
 	$(GO) test -race -short -count=1 -timeout 5m ./...

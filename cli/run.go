@@ -89,7 +89,7 @@ func addSpillFlags(cmd *cobra.Command, o *options) {
 	cmd.Flags().BoolVar(&o.streamInProgress, "stream-in-progress", true, "on PostgreSQL 14+, take transactions that outgrow logical_decoding_work_mem while they are in progress (pgoutput protocol 2) and keep them in the agent's spill until their commit, instead of letting the database server write them to its own disk and read them back; false asks for whole transactions (protocol 1)")
 	cmd.Flags().StringVar(&o.spillDir, "spill-dir", spool.DefaultDir(), "where streamed transactions larger than --spill-memory are kept until their commit, and where a message over 16 MiB (one huge row) is set aside as it arrives so that it is never held whole in memory (created if missing; the files are unlinked at once, so nothing outlives the process)")
 	cmd.Flags().Var(&o.spillMemory, "spill-memory", "bytes of streamed transactions kept in memory, over all open ones, before they go to --spill-dir")
-	cmd.Flags().Var(&o.spillMaxBytes, "spill-max-bytes", "the most bytes kept in --spill-dir, streamed transactions and messages set aside together; one that needs more stops capture (loudly, losing nothing) until it is raised")
+	cmd.Flags().Var(&o.spillMaxBytes, "spill-max-bytes", "the most bytes kept in --spill-dir, streamed transactions and messages set aside together (size it above the largest transaction plus its largest row); one that needs more stops capture (loudly, losing nothing) until it is raised")
 }
 
 // addSigningFlags adds the trail's signing flags (run, demo).

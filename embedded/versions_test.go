@@ -48,8 +48,6 @@ func TestBinDirForMissingVersionFails(t *testing.T) {
 	}
 }
 
-// PGAUDIT_PG_BINDIRS is tried first, and a directory holding another
-// version than the one requested is refused.
 // needsBinaries leaves a test that runs PostgreSQL's binaries out of the
 // fast loop (-short), as internal/pgtest.Needed does for the others (which
 // this package cannot import: pgtest imports it).
@@ -60,6 +58,8 @@ func needsBinaries(t *testing.T) {
 	}
 }
 
+// PGAUDIT_PG_BINDIRS is tried first, and a directory holding another
+// version than the one requested is refused.
 func TestBinDirForChecksTheVersion(t *testing.T) {
 	needsBinaries(t)
 	dir, err := findBinDirDefault()

@@ -103,7 +103,7 @@ func (e Envelope) Unmarked() Envelope {
 	return e
 }
 
-// Size is the encoded length of e at most, when its strings need no
+// Size is at least the encoded length of e when its strings need no
 // escaping (TestSizeBoundsTheEncoding): positions and numbers count at their
 // longest. Encode then writes e without growing its buffer (a growth copied
 // the whole event again: 6 % of the agent's CPU with single-row

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -36,6 +37,11 @@ var agentBin string
 var keyFile string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every fault test needs PostgreSQL: the fast loop builds nothing.
+		os.Exit(pgtest.Run(m))
+	}
 	dir, err := os.MkdirTemp("", "pgaudit-faults-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -20,8 +20,22 @@ type Quota struct {
 // NewQuota returns a quota of max bytes.
 func NewQuota(max int64) *Quota { return &Quota{max: max} }
 
-// Fits reports whether n more bytes stay within the quota.
+// Fits reports whether n more bytes stay within the quota now.
 func (q *Quota) Fits(n int64) bool { return q.used.Load()+n <= q.max }
+
+// TryAdd counts n more bytes in use if they stay within the quota, and
+// reports whether it did: the check and the count are one step.
+func (q *Quota) TryAdd(n int64) bool {
+	for {
+		used := q.used.Load()
+		if used+n > q.max {
+			return false
+		}
+		if q.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
 
 // Add counts n more bytes in use (n < 0: handed back).
 func (q *Quota) Add(n int64) { q.used.Add(n) }

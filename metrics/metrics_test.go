@@ -67,4 +67,14 @@ func TestEveryFamilyIsDocumented(t *testing.T) {
 	if n < 30 {
 		t.Fatalf("only %d families described", n)
 	}
+	// And those registered beside the fields (build_info).
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "pgaudit_cdc_") && !strings.Contains(string(doc), "| `"+f.GetName()+"` |") {
+			t.Errorf("%s is not in docs/operations.md's table of metrics", f.GetName())
+		}
+	}
 }

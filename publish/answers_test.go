@@ -581,9 +581,6 @@ func TestConfirm(t *testing.T) {
 // TestConfirmDoesNotHoldTheEcho: a 201 echoing a 64 MB event is checked
 // without keeping the echo in memory.
 func TestConfirmDoesNotHoldTheEcho(t *testing.T) {
-	if testing.Short() {
-		t.Skip("large body")
-	}
 	const key = "pgaudit-cdc:7301:slot:0000000000000100:1"
 	chunk := `"` + strings.Repeat("x", 1<<20) + `"`
 	body := io.MultiReader(

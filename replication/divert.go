@@ -210,17 +210,17 @@ func (d *diverter) holdUpTo(n int) error {
 func (d *diverter) begin() error {
 	body := int64(binary.BigEndian.Uint32(d.held[1:])) - 4
 	size := body - xlogHeader
-	if !d.quota.Fits(size) {
+	if !d.quota.TryAdd(size) {
 		d.err = fmt.Errorf("%w: setting aside a %d-byte message from the replication stream needs more than the %d bytes --spill-max-bytes allows in %s (%d in use): raise --spill-max-bytes (or free the disk) and restart; nothing past it was confirmed, so it is streamed again",
 			mapped.ErrFull, body, d.quota.Max(), d.dir, d.quota.Used())
 		return d.err
 	}
 	f, err := mapped.TempFile(d.dir, "pgaudit-cdc-message-*.spill")
 	if err != nil {
+		d.quota.Add(-size)
 		d.err = fmt.Errorf("setting aside a %d-byte message from the replication stream: %w: set --spill-dir to a writable directory with room", body, err)
 		return d.err
 	}
-	d.quota.Add(size)
 	copy(d.head[:], d.held[msgHeader:msgHeader+xlogHeader])
 	d.held = d.held[msgHeader+xlogHeader:]
 	d.file, d.size, d.left = f, size, size

@@ -62,9 +62,10 @@ type Config struct {
 	// stops capture with ErrFull: nothing is confirmed past the
 	// transaction, so nothing is lost.
 	MaxDisk int64
-	// Quota counts the bytes in Dir against MaxDisk. Share it with
+	// Quota counts the bytes in Dir against its cap. Share it with
 	// whatever else writes there (the replication session's large
-	// messages, replication.Divert); Open makes one when nil.
+	// messages, replication.Divert); Open makes one of MaxDisk when nil
+	// (a Quota given has its own cap: make it of MaxDisk).
 	Quota *mapped.Quota
 }
 
@@ -336,28 +337,34 @@ func (s *Spool) write(t *txn, parts ...[]byte) error {
 	for _, p := range parts {
 		n += int64(len(p))
 	}
-	if err := s.room(t, n); err != nil {
-		return err
+	if !s.cfg.Quota.TryAdd(n) {
+		return s.full(t)
 	}
 	for _, p := range parts {
 		if _, err := t.w.Write(p); err != nil {
+			s.cfg.Quota.Add(-n)
 			return s.writeError(t, err)
 		}
 	}
 	t.size += n
 	s.disk += n
-	s.cfg.Quota.Add(n)
 	s.spilled += n
 	return nil
 }
 
-// room checks that n more bytes of t fit under the cap.
+// room checks that n more bytes of t fit under the cap now (write counts
+// them).
 func (s *Spool) room(t *txn, n int64) error {
 	if !s.cfg.Quota.Fits(n) {
-		return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s (%d in use): raise --spill-max-bytes (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
-			ErrFull, t.xid, s.cfg.Quota.Max(), s.cfg.Dir, s.cfg.Quota.Used())
+		return s.full(t)
 	}
 	return nil
+}
+
+// full is the error of a transaction the cap leaves no room for.
+func (s *Spool) full(t *txn) error {
+	return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s (%d in use, a large row set aside as it arrived included): raise --spill-max-bytes above the transaction plus its largest row (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
+		ErrFull, t.xid, s.cfg.Quota.Max(), s.cfg.Dir, s.cfg.Quota.Used())
 }
 
 func (s *Spool) writeError(t *txn, err error) error {

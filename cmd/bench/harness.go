@@ -47,10 +47,10 @@ type Options struct {
 	Micro         bool          // run the Go micro-benchmarks too
 	MicroCount    int           // -count of the micro-benchmarks
 	CPUProfile    string        // prefix of CPU profiles of the agent (drain, e2e)
-	AgentBin      string        // a built pgaudit-cdc binary for the memory benchmark
-	// CompareBins are other builds of pgaudit-cdc that the per-transaction
-	// scenario runs beside the agent, in the same rounds (an older
-	// commit, say): name → binary.
+	AgentBin      string        // a built pgaudit-cdc binary instead of go build
+	// CompareBins are other builds of pgaudit-cdc (an older commit, say)
+	// that pertx and drainbuilds run beside the agent, in the same
+	// rounds: name → binary.
 	CompareBins map[string]string
 	Only        map[string]bool
 	Log         io.Writer // progress lines; nil: discarded
@@ -169,6 +169,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 		{"drain", func() (err error) { res.Drain, err = e.drain(ctx); return err }},
 		{"drainbuilds", func() (err error) {
 			if len(e.opts.CompareBins) == 0 {
+				e.logf("drainbuilds compares builds: give them with -compare-bin NAME=PATH")
 				return nil
 			}
 			res.DrainBuilds, err = e.drainBuilds(ctx)

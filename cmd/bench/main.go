@@ -44,7 +44,7 @@ func main() {
 	flag.IntVar(&o.MicroCount, "micro-count", 0, "-count of the Go micro-benchmarks (default 6)")
 	flag.BoolVar(&noMicro, "no-micro", false, "skip the Go micro-benchmarks")
 	flag.StringVar(&o.CPUProfile, "cpuprofile", "", "write CPU profiles of the agent in the first drain, e2e and writer (b) round to PREFIX-drain.pprof, PREFIX-e2e.pprof and PREFIX-writer.pprof")
-	flag.StringVar(&o.AgentBin, "agent-bin", "", "a built pgaudit-cdc binary for the memory benchmark (default: go build)")
+	flag.StringVar(&o.AgentBin, "agent-bin", "", "a built pgaudit-cdc binary for the scenarios that run the binary (default: go build)")
 	flag.Func("compare-bin", "NAME=PATH: another build of pgaudit-cdc (an older commit, say), run beside the agent in the same rounds of pertx and drainbuilds as agent:NAME (repeatable)", func(v string) error {
 		name, path, ok := strings.Cut(v, "=")
 		if !ok || name == "" || path == "" {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -160,19 +161,31 @@ func agentEnv() []string {
 	return env
 }
 
+// signing remembers signsTrail's answer per binary.
+var signing sync.Map
+
 // signsTrail reports whether bin knows --signing-key-file (builds from
-// before the signed trail do not).
+// before the signed trail do not). It asks once per binary: the set-up
+// asks first (watchWith), so that no timed run starts an extra process.
 func signsTrail(ctx context.Context, bin string) (bool, error) {
+	if v, ok := signing.Load(bin); ok {
+		return v.(bool), nil
+	}
 	out, err := exec.CommandContext(ctx, bin, "run", "--help").CombinedOutput()
 	if err != nil {
 		return false, fmt.Errorf("%s run --help: %w: %s", bin, err, out)
 	}
-	return bytes.Contains(out, []byte("--signing-key-file")), nil
+	signs := bytes.Contains(out, []byte("--signing-key-file"))
+	signing.Store(bin, signs)
+	return signs, nil
 }
 
 // watchWith registers table under pub and slot with bin's own watch
 // command (another build: its own migrations).
 func watchWith(ctx context.Context, bin, url, pub, slot, table string) error {
+	if _, err := signsTrail(ctx, bin); err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, bin, "watch", table, "--kind", benchKind, "--source", benchSource,
 		"--database-url", url, "--slot", slot, "--publication", pub)
 	cmd.Env = agentEnv()

@@ -76,10 +76,16 @@ func setup() (*embedded.Cluster, error) {
 
 // Needed marks t as a test that needs PostgreSQL (the shared cluster, or
 // one it starts itself): the fast loop (-short) leaves it out, and the
-// whole suite (make test-full) runs it. It is the one place a test is
-// left out; nothing is skipped when PostgreSQL is missing.
+// whole suite (make test-full) runs it. A benchmark that needs it fails
+// under -short instead (test-full runs benchmarks so). Nothing is skipped
+// because PostgreSQL is missing.
 func Needed(t testing.TB) {
 	t.Helper()
+	if _, bench := t.(*testing.B); bench && testing.Short() {
+		// make test-full runs every benchmark with -short, to see that it
+		// still runs: one left out there would go unnoticed.
+		t.Fatal("a benchmark needs PostgreSQL: benchmarks run with -short in make test-full; keep PostgreSQL out of them")
+	}
 	if testing.Short() {
 		t.Skip("needs PostgreSQL, which the fast loop (-short) does not start: make test-full runs it")
 	}

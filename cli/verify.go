@@ -100,7 +100,7 @@ one chunk: writers wait for the whole scan, and verify compares counts and diges
 
 func tableOID(ctx context.Context, conn *pgx.Conn, t watches.TableName) (uint32, error) {
 	oid, err := watches.LookupOID(ctx, conn, t)
-	if errors.Is(err, watches.ErrNoTable) {
+	if errors.Is(err, watches.ErrTableNotFound) {
 		return 0, &ExitError{Code: 2, Err: err}
 	}
 	return oid, err

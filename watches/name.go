@@ -1,12 +1,10 @@
 package watches
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 )
@@ -135,24 +133,4 @@ func foldASCII(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// ErrNoTable is wrapped when a table named to a command does not exist.
-var ErrNoTable = errors.New("does not exist")
-
-// LookupOID returns the OID of table t, or an error wrapping ErrNoTable
-// when there is none.
-func LookupOID(ctx context.Context, q interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, t TableName) (uint32, error) {
-	var oid uint32
-	err := q.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, t.Schema, t.Name).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("table %s %w: check its name (schema.table, with mixed case quoted as in SQL)", ident.Qualified(t.Schema, t.Name), ErrNoTable)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("looking up %s: %w", ident.Qualified(t.Schema, t.Name), err)
-	}
-	return oid, nil
 }

@@ -238,7 +238,8 @@ type Entry struct {
 	DroppedAt *time.Time
 }
 
-// ErrTableNotFound is wrapped when the table to watch does not exist.
+// ErrTableNotFound is wrapped when a table named to a command (watch,
+// backfill, verify) does not exist.
 var ErrTableNotFound = errors.New("table not found")
 
 type relation struct {
@@ -249,7 +250,11 @@ type relation struct {
 	partitioned bool
 }
 
-func (r *Registry) lookup(ctx context.Context, q pgx.Tx, t TableName) (relation, bool, error) {
+// lookupRelation reads table t's kind, replica identity and persistence;
+// ok is false when there is no such table.
+func lookupRelation(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, t TableName) (relation, bool, error) {
 	var rel relation
 	var oid uint32
 	err := q.QueryRow(ctx, `SELECT c.oid, c.relkind::text, c.relreplident::text, c.relpersistence::text
@@ -264,6 +269,21 @@ func (r *Registry) lookup(ctx context.Context, q pgx.Tx, t TableName) (relation,
 	rel.oid = oid
 	rel.partitioned = rel.kind == "p"
 	return rel, true, nil
+}
+
+// LookupOID returns the OID of table t, or an error wrapping
+// ErrTableNotFound when there is none.
+func LookupOID(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, t TableName) (uint32, error) {
+	rel, ok, err := lookupRelation(ctx, q, t)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("table %s does not exist: check its name (schema.table, with mixed case quoted as in SQL): %w", ident.Qualified(t.Schema, t.Name), ErrTableNotFound)
+	}
+	return rel.oid, nil
 }
 
 // Options refine a watch. Row filters and column lists are enforced by the
@@ -446,7 +466,7 @@ func (r *Registry) publishWatched(ctx context.Context, tx pgx.Tx, rel relation, 
 // database).
 func (r *Registry) checkWatch(ctx context.Context, tx pgx.Tx, t TableName, o Options, registry bool) (relation, []string, error) {
 	name := ident.Qualified(t.Schema, t.Name)
-	rel, ok, err := r.lookup(ctx, tx, t)
+	rel, ok, err := lookupRelation(ctx, tx, t)
 	if err != nil {
 		return relation{}, nil, err
 	}
@@ -795,7 +815,7 @@ func (r *Registry) unwatch(ctx context.Context, what string, remove func(tx pgx.
 
 // unwatchTable is Unwatch's part in the registry transaction.
 func (r *Registry) unwatchTable(ctx context.Context, tx pgx.Tx, t TableName, name string) (bool, error) {
-	rel, exists, err := r.lookup(ctx, tx, t)
+	rel, exists, err := lookupRelation(ctx, tx, t)
 	if err != nil {
 		return false, err
 	}

@@ -2,6 +2,7 @@ package mapped
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 )
 
@@ -45,3 +46,11 @@ func (q *Quota) Used() int64 { return q.used.Load() }
 
 // Max is the quota.
 func (q *Quota) Max() int64 { return q.max }
+
+// Refused is the error of what (a transaction, a message) needing more
+// room in dir than q leaves: one sentence, for every writer sharing the
+// quota, naming the flag that sets it and the fix.
+func (q *Quota) Refused(what, dir string) error {
+	return fmt.Errorf("%w: %s needs more than the %d bytes --spill-max-bytes allows in %s (%d in use, a large row set aside as it arrived included): raise --spill-max-bytes above the largest transaction plus its largest row (or free the disk) and restart; nothing past it was confirmed, so it is streamed again",
+		ErrFull, what, q.max, dir, q.Used())
+}

@@ -211,8 +211,7 @@ func (d *diverter) begin() error {
 	body := int64(binary.BigEndian.Uint32(d.held[1:])) - 4
 	size := body - xlogHeader
 	if !d.quota.TryAdd(size) {
-		d.err = fmt.Errorf("%w: setting aside a %d-byte message from the replication stream needs more than the %d bytes --spill-max-bytes allows in %s (%d in use): raise --spill-max-bytes (or free the disk) and restart; nothing past it was confirmed, so it is streamed again",
-			mapped.ErrFull, body, d.quota.Max(), d.dir, d.quota.Used())
+		d.err = d.quota.Refused(fmt.Sprintf("setting aside a %d-byte message from the replication stream", body), d.dir)
 		return d.err
 	}
 	f, err := mapped.TempFile(d.dir, "pgaudit-cdc-message-*.spill")

@@ -363,8 +363,7 @@ func (s *Spool) room(t *txn, n int64) error {
 
 // full is the error of a transaction the cap leaves no room for.
 func (s *Spool) full(t *txn) error {
-	return fmt.Errorf("%w: xid %d needs more than the %d bytes --spill-max-bytes allows in %s (%d in use, a large row set aside as it arrived included): raise --spill-max-bytes above the transaction plus its largest row (or free the disk) and restart; nothing past the transaction was confirmed, so it is streamed again",
-		ErrFull, t.xid, s.cfg.Quota.Max(), s.cfg.Dir, s.cfg.Quota.Used())
+	return s.cfg.Quota.Refused(fmt.Sprintf("xid %d", t.xid), s.cfg.Dir)
 }
 
 func (s *Spool) writeError(t *txn, err error) error {

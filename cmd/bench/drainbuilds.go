@@ -34,12 +34,8 @@ func (e *env) drainBuilds(ctx context.Context) (*DrainBuildsResult, error) {
 		return nil, err
 	}
 	defer cleanup()
-	bins := map[string]string{ptAgent: bin}
-	res := &DrainBuildsResult{Rows: e.opts.Rows, Builds: []string{ptAgent}}
-	for _, name := range slices.Sorted(maps.Keys(e.opts.CompareBins)) {
-		bins[ptCompare+name] = e.opts.CompareBins[name]
-		res.Builds = append(res.Builds, ptCompare+name)
-	}
+	builds, bins := e.builds(bin)
+	res := &DrainBuildsResult{Rows: e.opts.Rows, Builds: builds}
 	const pub = "bench_drainb"
 	// Slot names are the cluster's: one per build and round.
 	slotOf := func(build int) func(k int) string {
@@ -79,6 +75,18 @@ func (e *env) drainBuilds(ctx context.Context) (*DrainBuildsResult, error) {
 		res.Rounds = append(res.Rounds, round)
 	}
 	return res, nil
+}
+
+// builds names the agent's build (bin) and then Options.CompareBins' in
+// name order, as consumers (ptAgent, agent:NAME), with their binaries.
+func (e *env) builds(bin string) ([]string, map[string]string) {
+	names := []string{ptAgent}
+	bins := map[string]string{ptAgent: bin}
+	for _, name := range slices.Sorted(maps.Keys(e.opts.CompareBins)) {
+		names = append(names, ptCompare+name)
+		bins[ptCompare+name] = e.opts.CompareBins[name]
+	}
+	return names, bins
 }
 
 // prepareDrainBuild sets up one build's database: orders watched by the

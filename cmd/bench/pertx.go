@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -95,12 +93,8 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		scriptArgs = append(scriptArgs, "-f", path+"@"+strconv.Itoa(perTxWeights[name]))
 	}
 	res := &PerTxResult{Clients: e.opts.WriterClients, For: e.opts.WriterFor, Rows: e.opts.WriterRows}
-	variants := []string{ptNone, ptRecv, ptW2J, ptAgent}
-	bins := map[string]string{ptAgent: bin}
-	for _, name := range slices.Sorted(maps.Keys(e.opts.CompareBins)) {
-		variants = append(variants, ptCompare+name)
-		bins[ptCompare+name] = e.opts.CompareBins[name]
-	}
+	builds, bins := e.builds(bin)
+	variants := append([]string{ptNone, ptRecv, ptW2J}, builds...)
 	const pub = "bench_pertx"
 	slotOf := func(v string) string {
 		return "pertx_" + strings.Map(func(r rune) rune {

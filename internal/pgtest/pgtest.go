@@ -33,7 +33,7 @@ var current *embedded.Cluster
 // With -short (make test-unit, the fast loop) it starts nothing and runs
 // only the tests that need no PostgreSQL: one that asks for the cluster
 // (Current, DSN, AdminDSN) is left out there, and runs in the whole suite
-// (make test-full), which never passes -short.
+// (make test-full), whose tests run without -short.
 func Run(m *testing.M) int {
 	flag.Parse()
 	if testing.Short() {

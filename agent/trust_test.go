@@ -244,7 +244,9 @@ func TestSpineHistoryLostIsAGap(t *testing.T) {
 	for _, running := range []bool{true, false} {
 		t.Run(fmt.Sprintf("running=%v", running), func(t *testing.T) {
 			h, _ := tenRowsOnT1(t)
-			h.waitOp("SEAL", 1)
+			// The WATCH event may be sealed alone before the rows come:
+			// wait for the seal of the tenth row.
+			h.waitSealed(":10")
 			if running {
 				h.spine.Reset()
 				h.insertRange(11, 11)

@@ -69,6 +69,23 @@ func (h *harness) waitOp(op string, n int) {
 	}
 }
 
+// waitSealed waits for a SEAL event whose last event's key ends in suffix.
+func (h *harness) waitSealed(suffix string) {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, e := range h.spine.Events() {
+			if e.Payload["operation"] == "SEAL" && strings.HasSuffix(fmt.Sprint(field(h.t, e, "seal", "last_key")), suffix) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("no SEAL event covering the event keyed ...%s within 30s", suffix)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func wantFailure(t *testing.T, rep verify.Report, check, contains string) verify.Result {
 	t.Helper()
 	for _, f := range rep.Failures {

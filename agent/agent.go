@@ -275,6 +275,10 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	held, err := a.predecessor(ctx, meta)
+	if err != nil {
+		return err
+	}
 	dl, err := a.prepareSpine(ctx, meta, sess.SystemID, keySlot)
 	if err != nil {
 		return err
@@ -287,6 +291,11 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	end, err := a.started(ctx, meta, held)
+	if err != nil {
+		return err
+	}
+	defer end()
 	err = a.stream(ctx, a.newReader(meta, sess, keySlot, start), dl, seals)
 	if publish.IsHistoryLost(err) {
 		return a.lostOnTheWay(context.WithoutCancel(ctx), meta, sess, err)

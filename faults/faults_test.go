@@ -559,6 +559,47 @@ func TestKillNineCyclesHugeRows(t *testing.T) {
 	t.Logf("kill -9 cycles: %d, %d transactions, %d changes, %d huge rows", cycles, len(w.txns), w.changes(), w.nhuge)
 }
 
+// TestKilledWhileTheSpineAppends kills the agent while the spine holds its
+// requests and appends them 2 s later, as an ASGI server finishes a
+// handler whose client left. The audited database says the killed session
+// never recorded its end, so its successor's read-backs wait for
+// --spine-timeout (5 s here): they find those events, and none is sent
+// twice.
+func TestKilledWhileTheSpineAppends(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.DSN(t)
+	spine := spinetest.Start(t)
+	w := setupWorkload(t, dsn)
+	watch(t, dsn)
+	p := startAgentProc(t, dsn, spine.URL())
+	w.runUntil(ctx, t, 30)
+	waitDrained(t, spine, w.changes(), time.Minute, p)
+
+	const stall = 2 * time.Second
+	spine.SetStall(stall)
+	spine.FailNext(1, spinetest.FaultSlow)
+	w.runUntil(ctx, t, w.changes()+1)
+	deadline := time.Now().Add(30 * time.Second)
+	for spine.Faults()[spinetest.FaultSlow] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent sent nothing within 30 s\n%s", p.logs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	received := time.Now()
+	time.Sleep(100 * time.Millisecond) // its body is read
+	p.kill()
+
+	p = startAgentProc(t, dsn, spine.URL())
+	waitDrained(t, spine, w.changes(), time.Minute, p)
+	time.Sleep(time.Until(received.Add(stall + time.Second))) // the held requests landed
+	p.terminate(t)
+	if !strings.Contains(p.logs(), "read-backs wait for the requests it may have left in flight") {
+		t.Errorf("the successor did not say it waits for its predecessor's requests\n%s", p.logs())
+	}
+	verify(t, w, spine)
+}
+
 func TestSpineFaultsAndPostgresRestart(t *testing.T) {
 	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
 	dsn := pgtest.DSN(t)

@@ -1120,8 +1120,27 @@ const maxSettle = 5 * time.Second
 // abandoned notes that requests in flight were given up on while the spine
 // may still be processing them.
 func (c *Client) abandoned() {
-	c.quietAt.Store(time.Now().Add(min(c.cfg.Timeout, maxSettle)).UnixNano())
+	c.InFlightUntil(time.Now().Add(c.SettleTime()))
 }
+
+// SettleTime is how long the spine may still append a request after its
+// sender gave up on it or died (see maxSettle).
+func (c *Client) SettleTime() time.Duration { return min(c.cfg.Timeout, maxSettle) }
+
+// InFlightUntil says that requests may still be appended until t: those a
+// predecessor on the slot sent before it died, say. Read-backs wait for t.
+func (c *Client) InFlightUntil(t time.Time) {
+	for {
+		old := c.quietAt.Load()
+		if old >= t.UnixNano() || c.quietAt.CompareAndSwap(old, t.UnixNano()) {
+			return
+		}
+	}
+}
+
+// QuietAt is when the requests this client gave up on can no longer be
+// appended (in the past when there are none).
+func (c *Client) QuietAt() time.Time { return time.Unix(0, c.quietAt.Load()) }
 
 // awaitQuiet waits until requests given up on can no longer be appended.
 func (c *Client) awaitQuiet(ctx context.Context) error {

@@ -27,23 +27,27 @@ type Anchor struct {
 	// LostAcknowledged: an operator accepted that the destination lost the
 	// events up to this seal.
 	LostAcknowledged bool
-	RecordedAt       time.Time
+	// AcknowledgedTotal counts the events of the chain an operator
+	// accepted as lost before FirstKey (migration 0017).
+	AcknowledgedTotal uint64
+	RecordedAt        time.Time
 }
 
 // LostRange is what a destination that lost everything up to this anchor
-// lost: the chain's first sealed event to the anchor's last, and how many.
+// lost: the chain's first sealed event (after a loss an operator accepted,
+// the first sealed since) to the anchor's last, and how many.
 func (a Anchor) LostRange() envelope.GapLostRange {
-	return envelope.GapLostRange{FirstKey: a.FirstKey, LastKey: a.ToKey, Count: a.Total}
+	return envelope.GapLostRange{FirstKey: a.FirstKey, LastKey: a.ToKey, Count: a.Total - a.AcknowledgedTotal}
 }
 
 // LoadAnchor reads slot's anchor; ok is false before the first seal.
 func LoadAnchor(ctx context.Context, conn *pgx.Conn, slot string) (a Anchor, ok bool, err error) {
 	var to string
 	err = conn.QueryRow(ctx, `SELECT chain, seq, hash, system_identifier, key_slot, to_position, to_key, to_source,
-			first_key, total, seal_event, lost_acknowledged, recorded_at
+			first_key, total, seal_event, lost_acknowledged, acknowledged_total, recorded_at
 		FROM pgaudit_cdc.trail_anchors WHERE slot_name = $1`, slot).Scan(
 		&a.Chain, &a.Seq, &a.Hash, &a.SystemID, &a.Slot, &to, &a.ToKey, &a.ToSource,
-		&a.FirstKey, &a.Total, &a.Event, &a.LostAcknowledged, &a.RecordedAt)
+		&a.FirstKey, &a.Total, &a.Event, &a.LostAcknowledged, &a.AcknowledgedTotal, &a.RecordedAt)
 	if errors.Is(err, pgx.ErrNoRows) || isUndefinedTable(err) {
 		// No seal yet, or a schema from before signed trails (the next
 		// run migrates it).
@@ -67,7 +71,8 @@ var ErrAnchorTaken = errors.New("another instance recorded a seal of this trail 
 // SaveAnchor records a as slot's anchor. It returns ErrAnchorTaken when a
 // seal with the same or a later number is recorded already: the record is
 // how concurrent agents agree on the chain. The first key of the chain is
-// kept from the first anchor.
+// kept from the first anchor, or from the first after a loss an operator
+// accepted.
 func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) error {
 	tag, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.trail_anchors AS t (slot_name, chain, seq, hash, system_identifier,
 			key_slot, to_position, to_key, to_source, first_key, total, seal_event)
@@ -75,7 +80,9 @@ func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) erro
 		ON CONFLICT (slot_name) DO UPDATE SET chain = EXCLUDED.chain, seq = EXCLUDED.seq, hash = EXCLUDED.hash,
 			system_identifier = EXCLUDED.system_identifier, key_slot = EXCLUDED.key_slot,
 			to_position = EXCLUDED.to_position, to_key = EXCLUDED.to_key, to_source = EXCLUDED.to_source,
-			total = EXCLUDED.total, seal_event = EXCLUDED.seal_event, lost_acknowledged = false, recorded_at = now()
+			total = EXCLUDED.total, seal_event = EXCLUDED.seal_event, lost_acknowledged = false, recorded_at = now(),
+			first_key = CASE WHEN t.lost_acknowledged THEN EXCLUDED.first_key ELSE t.first_key END,
+			acknowledged_total = CASE WHEN t.lost_acknowledged THEN t.total ELSE t.acknowledged_total END
 		WHERE t.seq < EXCLUDED.seq`,
 		slot, a.Chain, int64(a.Seq), a.Hash, a.SystemID, a.Slot, a.To.String(), a.ToKey, a.ToSource, a.FirstKey,
 		int64(a.Total), string(a.Event))

@@ -271,11 +271,14 @@ func (a *Agent) session(ctx context.Context) error {
 		return err
 	}
 	defer sess.Close(context.WithoutCancel(ctx))
-	keySlot, err := a.ensureCapture(ctx, meta, sess)
+	// Before anything is read back: requests a session before this one
+	// left in flight may still land.
+	marks, err := a.predecessor(ctx, meta)
 	if err != nil {
 		return err
 	}
-	held, err := a.predecessor(ctx, meta)
+	defer marks.end(ctx)
+	keySlot, err := a.ensureCapture(ctx, meta, sess)
 	if err != nil {
 		return err
 	}
@@ -291,11 +294,9 @@ func (a *Agent) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	end, err := a.started(ctx, meta, held)
-	if err != nil {
+	if err := marks.started(ctx); err != nil {
 		return err
 	}
-	defer end()
 	err = a.stream(ctx, a.newReader(meta, sess, keySlot, start), dl, seals)
 	if publish.IsHistoryLost(err) {
 		return a.lostOnTheWay(context.WithoutCancel(ctx), meta, sess, err)

@@ -174,7 +174,11 @@ func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replicati
 	lost := anchor.LostRange()
 	if newest != nil {
 		// The trail still holds the events up to an older seal.
-		lost.FirstKey, lost.After, lost.Count = "", newest.seal.LastKey, anchor.Total-max(newest.seal.Total, anchor.AcknowledgedTotal)
+		if newest.seal.Total >= anchor.AcknowledgedTotal {
+			lost.FirstKey, lost.After, lost.Count = "", newest.seal.LastKey, anchor.Total-newest.seal.Total
+		}
+		// Else the seal it holds is from before a loss an operator
+		// accepted: what it lost since is the anchor's range.
 	}
 	detail := fmt.Sprintf("the spine no longer holds seal %d of this trail nor the event %s it covered, which the agent delivered and the audited database anchored at %s: the spine lost or rewrote its history",
 		anchor.Seq, anchor.ToKey, anchor.RecordedAt.UTC().Format(time.RFC3339))

@@ -72,7 +72,7 @@ func (h *harness) waitOp(op string, n int) {
 // waitSealed waits for a SEAL event whose last event's key ends in suffix.
 func (h *harness) waitSealed(suffix string) {
 	h.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(raceSlowdown * 30 * time.Second)
 	for {
 		for _, e := range h.spine.Events() {
 			if e.Payload["operation"] == "SEAL" && strings.HasSuffix(fmt.Sprint(field(h.t, e, "seal", "last_key")), suffix) {

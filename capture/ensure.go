@@ -190,7 +190,7 @@ func Complete(ctx context.Context, conn *pgx.Conn, slot string, g *GapRecord, st
 		return err
 	}
 	if g.Reason == ReasonSpineHistoryLost {
-		if err := acknowledgeLost(ctx, tx, slot); err != nil {
+		if err := acknowledgeLost(ctx, tx, slot, g.Lost); err != nil {
 			return err
 		}
 	}

@@ -37,7 +37,12 @@ type Anchor struct {
 // lost: the chain's first sealed event (after a loss an operator accepted,
 // the first sealed since) to the anchor's last, and how many.
 func (a Anchor) LostRange() envelope.GapLostRange {
-	return envelope.GapLostRange{FirstKey: a.FirstKey, LastKey: a.ToKey, Count: a.Total - a.AcknowledgedTotal}
+	r := envelope.GapLostRange{FirstKey: a.FirstKey, LastKey: a.ToKey, Count: a.Total - a.AcknowledgedTotal}
+	if r.Count == 0 {
+		// Nothing sealed since the loss an operator accepted.
+		r.FirstKey, r.LastKey = "", ""
+	}
+	return r
 }
 
 // LoadAnchor reads slot's anchor; ok is false before the first seal.
@@ -71,8 +76,8 @@ var ErrAnchorTaken = errors.New("another instance recorded a seal of this trail 
 // SaveAnchor records a as slot's anchor. It returns ErrAnchorTaken when a
 // seal with the same or a later number is recorded already: the record is
 // how concurrent agents agree on the chain. The first key of the chain is
-// kept from the first anchor, or from the first after a loss an operator
-// accepted.
+// kept from the first anchor, or from the first after an accepted loss of
+// the trail from its start (acknowledgeLost).
 func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) error {
 	tag, err := conn.Exec(ctx, `INSERT INTO pgaudit_cdc.trail_anchors AS t (slot_name, chain, seq, hash, system_identifier,
 			key_slot, to_position, to_key, to_source, first_key, total, seal_event)
@@ -81,8 +86,7 @@ func SaveAnchor(ctx context.Context, conn *pgx.Conn, slot string, a Anchor) erro
 			system_identifier = EXCLUDED.system_identifier, key_slot = EXCLUDED.key_slot,
 			to_position = EXCLUDED.to_position, to_key = EXCLUDED.to_key, to_source = EXCLUDED.to_source,
 			total = EXCLUDED.total, seal_event = EXCLUDED.seal_event, lost_acknowledged = false, recorded_at = now(),
-			first_key = CASE WHEN t.lost_acknowledged THEN EXCLUDED.first_key ELSE t.first_key END,
-			acknowledged_total = CASE WHEN t.lost_acknowledged THEN t.total ELSE t.acknowledged_total END
+			first_key = CASE WHEN t.first_key = '' THEN EXCLUDED.first_key ELSE t.first_key END
 		WHERE t.seq < EXCLUDED.seq`,
 		slot, a.Chain, int64(a.Seq), a.Hash, a.SystemID, a.Slot, a.To.String(), a.ToKey, a.ToSource, a.FirstKey,
 		int64(a.Total), string(a.Event))
@@ -160,9 +164,18 @@ func RecordSpineGap(ctx context.Context, conn *pgx.Conn, slot, detail string, lo
 }
 
 // acknowledgeLost marks the anchor's seal as lost with the operator's
-// consent, in the transaction that completes the gap.
-func acknowledgeLost(ctx context.Context, tx pgx.Tx, slot string) error {
-	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.trail_anchors SET lost_acknowledged = true WHERE slot_name = $1`, slot); err != nil {
+// consent, in the transaction that completes the gap. When the destination
+// lost the trail from its start (lost names its first key), what a later
+// loss can take begins with the next seal: first_key is cleared for it to
+// set (SaveAnchor), and the events accepted as lost are counted out. After a
+// loss of only the newest events, the trail still holds the older ones,
+// and a later loss would take them too: the range stays.
+func acknowledgeLost(ctx context.Context, tx pgx.Tx, slot string, lost *envelope.GapLostRange) error {
+	fromStart := lost != nil && lost.FirstKey != ""
+	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.trail_anchors SET lost_acknowledged = true,
+			first_key = CASE WHEN $2 THEN '' ELSE first_key END,
+			acknowledged_total = CASE WHEN $2 THEN total ELSE acknowledged_total END
+		WHERE slot_name = $1`, slot, fromStart); err != nil {
 		return fmt.Errorf("acknowledging the lost trail: %w", err)
 	}
 	return nil

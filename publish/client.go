@@ -1130,6 +1130,9 @@ func (c *Client) SettleTime() time.Duration { return min(c.cfg.Timeout, maxSettl
 // InFlightUntil says that requests may still be appended until t: those a
 // predecessor on the slot sent before it died, say. Read-backs wait for t.
 func (c *Client) InFlightUntil(t time.Time) {
+	if t.IsZero() {
+		return
+	}
 	for {
 		old := c.quietAt.Load()
 		if old >= t.UnixNano() || c.quietAt.CompareAndSwap(old, t.UnixNano()) {

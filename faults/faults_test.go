@@ -424,11 +424,18 @@ func token(e spinetest.Event) (string, bool) {
 
 // waitDrained waits until the spine holds n change events (besides the
 // watch's own self-audit event).
+// waitDrained waits until the destination holds n changes (and the
+// watch's self-audit event) and a seal after them: a successor of a killed
+// agent may find everything delivered and still have to seal it.
 func waitDrained(t *testing.T, spine store, n int, within time.Duration, p *agentProc) {
 	t.Helper()
 	n++ // the self-audit event of the watch
 	deadline := time.Now().Add(within)
-	for len(spine.Events()) < n {
+	for {
+		got, sealed := drained(spine.Events())
+		if got >= n && sealed {
+			break
+		}
 		if time.Now().After(deadline) {
 			logs := ""
 			if p != nil {
@@ -437,11 +444,28 @@ func waitDrained(t *testing.T, spine store, n int, within time.Duration, p *agen
 					logs = logs[len(logs)-4000:]
 				}
 			}
-			t.Fatalf("spine holds %d events after %s, want %d\nagent log tail:\n%s", len(spine.Events()), within, n, logs)
+			t.Fatalf("spine holds %d events (sealed to the end: %v) after %s, want %d\nagent log tail:\n%s", got, sealed, within, n, logs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond) // anything extra would be a duplicate
+}
+
+// drained counts the events that are not the trail's own (KEY, SEAL), and
+// says whether a SEAL comes after the last of them.
+func drained(evs []spinetest.Event) (n int, sealed bool) {
+	for _, e := range evs {
+		meta, _ := e.Payload["metadata"].(map[string]any)
+		key, _ := meta["idempotency_key"].(string)
+		switch {
+		case !trail.IsTrailKey(key):
+			n++
+			sealed = false
+		case e.Payload["operation"] == trail.OpSeal:
+			sealed = true
+		}
+	}
+	return n, sealed
 }
 
 func watch(t *testing.T, dsn string) {
@@ -455,14 +479,35 @@ func watch(t *testing.T, dsn string) {
 // killCycles runs the workload up to rows changes in cycles, each with an
 // agent that start gives, killed with kill -9 at a random moment while the
 // workload runs; between, when set, runs after each cycle's kill.
-func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, start func() *agentProc, between func(c int)) {
+//
+// sent, when set, counts the requests the destination received. A
+// successor of a killed agent first waits for the requests its predecessor
+// may have left in flight (5 s here), so a kill timed from the start would
+// mostly hit that wait: three cycles in four are timed from the agent's
+// first request instead, and kill it while it delivers.
+func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, sent func() int64, start func() *agentProc, between func(c int)) {
 	t.Helper()
 	ctx := context.Background()
 	for c := 0; c < cycles; c++ {
+		var base int64
+		if sent != nil {
+			base = sent()
+		}
 		p := start()
 		target := rows * (c + 1) / cycles
-		killAt := time.Now().Add(time.Duration(100+rng.IntN(900)) * time.Millisecond)
-		for w.changes() < target || time.Now().Before(killAt) {
+		after := time.Duration(100+rng.IntN(900)) * time.Millisecond
+		var killAt time.Time
+		if sent == nil || rng.IntN(4) == 0 {
+			killAt = time.Now().Add(after)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for w.changes() < target || killAt.IsZero() || time.Now().Before(killAt) {
+			if killAt.IsZero() && sent() > base {
+				killAt = time.Now().Add(after)
+			}
+			if killAt.IsZero() && time.Now().After(deadline) {
+				t.Fatalf("cycle %d: the agent sent nothing within a minute\n%s", c, p.logs())
+			}
 			if w.changes() < target {
 				if _, err := w.step(ctx); err != nil {
 					t.Fatalf("workload: %v", err)
@@ -470,7 +515,7 @@ func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, sta
 			} else {
 				time.Sleep(10 * time.Millisecond)
 			}
-			if time.Now().After(killAt) && p != nil {
+			if !killAt.IsZero() && time.Now().After(killAt) && p != nil {
 				p.kill()
 				p = nil
 			}
@@ -493,7 +538,7 @@ func TestKillNineCycles(t *testing.T) {
 	watch(t, dsn)
 	rng := rand.New(rand.NewPCG(3, 4))
 	// Each agent killed at a random moment while the workload runs.
-	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL()) }, nil)
+	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL()) }, nil)
 	p := startAgentProc(t, dsn, spine.URL())
 	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
 	p.terminate(t)
@@ -518,7 +563,7 @@ func TestKillNineCyclesStreamed(t *testing.T) {
 	watch(t, dsn)
 	spill := []string{"--spill-dir", t.TempDir(), "--spill-memory", "64KiB"}
 	rng := rand.New(rand.NewPCG(5, 6))
-	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
+	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
 	p := startAgentProc(t, dsn, spine.URL(), spill...)
 	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
 	p.terminate(t)
@@ -548,7 +593,7 @@ func TestKillNineCyclesHugeRows(t *testing.T) {
 	watch(t, dsn)
 	rng := rand.New(rand.NewPCG(7, 8))
 	spill := []string{"--spill-dir", t.TempDir()}
-	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
+	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
 	p := startAgentProc(t, dsn, spine.URL(), spill...)
 	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
 	p.terminate(t)

@@ -89,7 +89,7 @@ func TestKillNineCyclesJetStream(t *testing.T) {
 	w := setupWorkload(t, dsn)
 	watch(t, dsn)
 	rng := rand.New(rand.NewPCG(5, 6))
-	killCycles(t, w, cycles, rows, rng, func() *agentProc { return startAgentProc(t, dsn, url) }, func(c int) {
+	killCycles(t, w, cycles, rows, rng, nil, func() *agentProc { return startAgentProc(t, dsn, url) }, func(c int) {
 		switch c {
 		case cycles / 3:
 			leader := cl.WaitStreamLeader(natsjs.DefaultStream, 30*time.Second)

@@ -103,6 +103,9 @@ type Client struct {
 	cfg      ClientConfig
 	base     *url.URL
 	http     *http.Client
+	// readHTTP serves the read-backs: without a timeout for the whole
+	// answer, which can be large (events of many MB), but see scanEvents.
+	readHTTP *http.Client
 	log      *slog.Logger
 	systemID string
 	slot     string
@@ -195,18 +198,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
+	// A redirect is answered as it is, never followed: the spine does not
+	// redirect, so one means the URL is wrong, and the token must reach no
+	// host but the configured one.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Client{
 		cfg:       cfg,
 		base:      u,
 		eventsURL: u.String() + "/events",
-		http: &http.Client{
-			Transport: transport,
-			Timeout:   cfg.Timeout,
-			// A redirect is answered as it is, never followed: the spine
-			// does not redirect, so one means the URL is wrong, and the
-			// token must reach no host but the configured one.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		http:      &http.Client{Transport: transport, Timeout: cfg.Timeout, CheckRedirect: noRedirect},
+		readHTTP:  &http.Client{Transport: transport, CheckRedirect: noRedirect},
 		log:       cfg.Logger,
 		checked:   map[string]bool{},
 		present:   map[string]map[string]envelope.Position{},
@@ -808,18 +809,23 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	if err := c.awaitQuiet(ctx); err != nil {
 		return 0, err
 	}
+	// The answer may be hundreds of MB (a window of large rows): the
+	// timeout bounds a wait with nothing arriving, not the whole read.
+	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
+	defer stall.stop()
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
 	if err != nil {
 		return 0, fmt.Errorf("building request: %w", err)
 	}
 	c.authorize(req)
-	resp, err := c.http.Do(req)
+	resp, err := c.readHTTP.Do(req)
 	if err != nil {
 		c.readUp(false)
-		return 0, fmt.Errorf("reading back events of source %q: %w", source, redactErr(err))
+		return 0, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(redactErr(err)))
 	}
 	defer resp.Body.Close()
+	resp.Body = stall.watch(resp.Body)
 	// Only the spine's own answer, a JSON array, counts as the spine being
 	// there: a refusal or a proxy's page would otherwise keep /readyz green
 	// while nothing can be delivered.
@@ -842,7 +848,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	for dec.More() {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
+			return n, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(err))
 		}
 		st, _, err := ReadStored(raw)
 		if err != nil {
@@ -851,6 +857,11 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		n++
 		c.sawRead(st.EventID)
 		fn(st)
+	}
+	// More says false on a read error too: only the closing bracket says
+	// the answer is whole, and a cut one must not pass for a short trail.
+	if _, err := dec.Token(); err != nil {
+		return n, fmt.Errorf("reading back events of source %q: the answer ended after %d events: %w", source, n, stall.explain(err))
 	}
 	return n, nil
 }

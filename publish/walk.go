@@ -89,6 +89,11 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 				return err
 			}
 		}
+		// More says false on a read error too: only the closing bracket
+		// says the list is whole.
+		if _, err := dec.Token(); err != nil {
+			return fmt.Errorf("GET /events: the answer ended early: %w", err)
+		}
 		return nil
 	})
 }
@@ -103,20 +108,24 @@ func decodeEvent(dec *json.Decoder) (chain.Event, error) {
 }
 
 // getJSON GETs path from the spine and hands a 200's body to read.
+// The timeout bounds a wait with nothing arriving, not the whole answer
+// (see scanEvents).
 func (c *Client) getJSON(ctx context.Context, path string, read func(io.Reader) error) error {
+	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
+	defer stall.stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+path, nil)
 	if err != nil {
 		return fmt.Errorf("building request: %w", err)
 	}
 	c.authorize(req)
-	resp, err := c.http.Do(req)
+	resp, err := c.readHTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("GET %s from the spine at %s: %w", path, c.base.Redacted(), redactErr(err))
+		return fmt.Errorf("GET %s from the spine at %s: %w", path, c.base.Redacted(), stall.explain(redactErr(err)))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("GET %s: the spine answered HTTP %d: %s", path, resp.StatusCode, Truncate(string(text), 200))
 	}
-	return read(resp.Body)
+	return stall.explain(read(stall.watch(resp.Body)))
 }

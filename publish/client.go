@@ -100,9 +100,9 @@ type Hooks struct {
 // spine holds (see PublishBatch). A Client is used by one goroutine
 // (PublishBatch writes from a goroutine of its own while it reads answers).
 type Client struct {
-	cfg      ClientConfig
-	base     *url.URL
-	http     *http.Client
+	cfg  ClientConfig
+	base *url.URL
+	http *http.Client
 	// readHTTP serves the read-backs: without a timeout for the whole
 	// answer, which can be large (events of many MB), but see scanEvents.
 	readHTTP *http.Client

@@ -422,8 +422,6 @@ func token(e spinetest.Event) (string, bool) {
 	return op[:1] + ":" + fmt.Sprint(m["ver"]), true
 }
 
-// waitDrained waits until the spine holds n change events (besides the
-// watch's own self-audit event).
 // waitDrained waits until the destination holds n changes (and the
 // watch's self-audit event) and a seal after them: a successor of a killed
 // agent may find everything delivered and still have to seal it.
@@ -444,7 +442,7 @@ func waitDrained(t *testing.T, spine store, n int, within time.Duration, p *agen
 					logs = logs[len(logs)-4000:]
 				}
 			}
-			t.Fatalf("spine holds %d events (sealed to the end: %v) after %s, want %d\nagent log tail:\n%s", got, sealed, within, n, logs)
+			t.Fatalf("the destination holds %d changes and self-audit events (sealed to the end: %v) after %s, want %d\nagent log tail:\n%s", got, sealed, within, n, logs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -480,7 +478,7 @@ func watch(t *testing.T, dsn string) {
 // agent that start gives, killed with kill -9 at a random moment while the
 // workload runs; between, when set, runs after each cycle's kill.
 //
-// sent, when set, counts the requests the destination received. A
+// sent, when set, counts the POSTs the destination received. A
 // successor of a killed agent first waits for the requests its predecessor
 // may have left in flight (5 s here), so a kill timed from the start would
 // mostly hit that wait: three cycles in four are timed from the agent's
@@ -491,7 +489,16 @@ func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, sen
 	for c := 0; c < cycles; c++ {
 		var base int64
 		if sent != nil {
-			base = sent()
+			// The spine may still be taking POSTs the killed agent
+			// sent: count from when they stopped coming.
+			for base = sent(); ; {
+				time.Sleep(200 * time.Millisecond)
+				if now := sent(); now != base {
+					base = now
+					continue
+				}
+				break
+			}
 		}
 		p := start()
 		target := rows * (c + 1) / cycles

@@ -35,7 +35,8 @@ type ClientConfig struct {
 	// CAFile, when set, is a PEM bundle trusted for HTTPS instead of the
 	// system roots.
 	CAFile string
-	// Timeout bounds one HTTP request (default 30s).
+	// Timeout bounds one HTTP request (default 30s); for a read-back, the
+	// wait for its answer to start and each wait for more of it.
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between retries (defaults
 	// 200ms and 30s).
@@ -810,7 +811,8 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		return 0, err
 	}
 	// The answer may be hundreds of MB (a window of large rows): the
-	// timeout bounds a wait with nothing arriving, not the whole read.
+	// timeout bounds the wait for it to start and each wait for more, not
+	// the whole read.
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
@@ -841,7 +843,10 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	dec := json.NewDecoder(resp.Body)
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
 		c.readUp(false)
-		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (%v)", source, err)
+		if err != nil {
+			return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array: %w", source, stall.explain(err))
+		}
+		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (it starts with %v)", source, tok)
 	}
 	c.readUp(true)
 	n := 0

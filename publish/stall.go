@@ -8,9 +8,10 @@ import (
 	"time"
 )
 
-// stallTimer cancels a request when nothing arrived for its timeout: the
-// headers, or the next bytes of the body. A large answer that keeps coming
-// is read whole, however long it takes.
+// stallTimer cancels a request when nothing arrived for its timeout: while
+// it waits for the answer to start, and while a read of its body waits for
+// the next bytes. Time the caller spends between reads does not count. An
+// answer that keeps coming is read whole, however long it takes.
 type stallTimer struct {
 	d       time.Duration
 	t       *time.Timer
@@ -34,9 +35,10 @@ func (s *stallTimer) stop() {
 	s.cancel()
 }
 
-// watch returns body, whose every read that brings bytes restarts the
-// timer.
+// watch returns body, each read of which is timed on its own: the answer
+// has started.
 func (s *stallTimer) watch(body io.ReadCloser) io.ReadCloser {
+	s.t.Stop()
 	return &stallReader{ReadCloser: body, s: s}
 }
 
@@ -54,9 +56,10 @@ type stallReader struct {
 }
 
 func (r *stallReader) Read(p []byte) (int, error) {
-	n, err := r.ReadCloser.Read(p)
-	if n > 0 && !r.s.stalled.Load() {
+	if !r.s.stalled.Load() {
 		r.s.t.Reset(r.s.d)
 	}
+	n, err := r.ReadCloser.Read(p)
+	r.s.t.Stop()
 	return n, err
 }

@@ -70,8 +70,10 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 	return c.getJSON(ctx, "/events?limit="+strconv.FormatInt(limit, 10), func(r io.Reader) error {
 		dec := json.NewDecoder(r)
 		dec.UseNumber()
-		if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
-			return fmt.Errorf("GET /events: the answer is not a JSON array (%v)", err)
+		if tok, err := dec.Token(); err != nil {
+			return fmt.Errorf("GET /events: the answer is not a JSON array: %w", err)
+		} else if tok != json.Delim('[') {
+			return fmt.Errorf("GET /events: the answer is not a JSON array (it starts with %v)", tok)
 		}
 		for dec.More() {
 			e, err := decodeEvent(dec)
@@ -108,8 +110,8 @@ func decodeEvent(dec *json.Decoder) (chain.Event, error) {
 }
 
 // getJSON GETs path from the spine and hands a 200's body to read.
-// The timeout bounds a wait with nothing arriving, not the whole answer
-// (see scanEvents).
+// The timeout bounds the wait for the answer to start and each wait for
+// more, not the whole answer (see scanEvents).
 func (c *Client) getJSON(ctx context.Context, path string, read func(io.Reader) error) error {
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
@@ -127,5 +129,8 @@ func (c *Client) getJSON(ctx context.Context, path string, read func(io.Reader) 
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("GET %s: the spine answered HTTP %d: %s", path, resp.StatusCode, Truncate(string(text), 200))
 	}
-	return stall.explain(read(stall.watch(resp.Body)))
+	if err := read(stall.watch(resp.Body)); err != nil {
+		return stall.explain(err)
+	}
+	return nil
 }

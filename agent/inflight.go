@@ -46,9 +46,11 @@ type deliveries struct {
 // SEAL and GAP events before it takes the slot. The caller defers end.
 func (a *Agent) predecessor(ctx context.Context, meta *pgx.Conn) (*deliveries, error) {
 	d := &deliveries{a: a, meta: meta}
-	s, ok := a.cfg.Sink.(inFlightSink)
+	s, ok := a.cfg.Spine.(inFlightSink) // the client itself, when the sink wraps it
 	if !ok {
-		return d, nil
+		if s, ok = a.cfg.Sink.(inFlightSink); !ok {
+			return d, nil
+		}
 	}
 	d.s, d.owner = s, rand.Text()
 	f, err := capture.LoadInFlight(ctx, meta, a.cfg.Slot)

@@ -840,33 +840,24 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, Truncate(string(text), 200))
 	}
-	dec := json.NewDecoder(resp.Body)
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
-		c.readUp(false)
-		if err != nil {
-			return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array: %w", source, stall.explain(err))
-		}
-		return 0, fmt.Errorf("reading back events of source %q: the answer is not a JSON array (it starts with %v)", source, tok)
-	}
-	c.readUp(true)
-	n := 0
-	for dec.More() {
+	// Reading the list's opening bracket counts as the spine being up,
+	// whatever comes after it.
+	n, err := readArray(json.NewDecoder(resp.Body), func(dec *json.Decoder) error {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return n, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(err))
+			return err
 		}
 		st, _, err := ReadStored(raw)
 		if err != nil {
-			return n, fmt.Errorf("reading back events of source %q: %w", source, err)
+			return err
 		}
-		n++
 		c.sawRead(st.EventID)
 		fn(st)
-	}
-	// More says false on a read error too: only the closing bracket says
-	// the answer is whole, and a cut one must not pass for a short trail.
-	if _, err := dec.Token(); err != nil {
-		return n, fmt.Errorf("reading back events of source %q: the answer ended after %d events: %w", source, n, stall.explain(err))
+		return nil
+	})
+	c.readUp(!errors.Is(err, errNotArray))
+	if err != nil {
+		return n, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(err))
 	}
 	return n, nil
 }

@@ -77,7 +77,7 @@ func TestReadBackCutOffIsAnError(t *testing.T) {
 	}
 	n := 0
 	err = c.ReadBack(context.Background(), "s", func(Stored) { n++ })
-	if err == nil || !strings.Contains(err.Error(), "the answer ended after 1 events") {
+	if err == nil || !strings.Contains(err.Error(), "the spine's answer ended after 1 events") {
 		t.Fatalf("got %v after %d events, want the cut named", err, n)
 	}
 }

@@ -70,12 +70,7 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 	return c.getJSON(ctx, "/events?limit="+strconv.FormatInt(limit, 10), func(r io.Reader) error {
 		dec := json.NewDecoder(r)
 		dec.UseNumber()
-		if tok, err := dec.Token(); err != nil {
-			return fmt.Errorf("GET /events: the answer is not a JSON array: %w", err)
-		} else if tok != json.Delim('[') {
-			return fmt.Errorf("GET /events: the answer is not a JSON array (it starts with %v)", tok)
-		}
-		for dec.More() {
+		_, err := readArray(dec, func(dec *json.Decoder) error {
 			e, err := decodeEvent(dec)
 			if err != nil {
 				return err
@@ -87,16 +82,9 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 					return err
 				}
 			}
-			if err := emit(e); err != nil {
-				return err
-			}
-		}
-		// More says false on a read error too: only the closing bracket
-		// says the list is whole.
-		if _, err := dec.Token(); err != nil {
-			return fmt.Errorf("GET /events: the answer ended early: %w", err)
-		}
-		return nil
+			return emit(e)
+		})
+		return err
 	})
 }
 

@@ -92,9 +92,11 @@ test-faults:
 	PGAUDIT_FAULT_CYCLES=25 PGAUDIT_FAULT_ROWS=5000 $(GO) test -count=1 -timeout 60m -run 'Fault|Kill|Standby|DeadLetter' -v ./faults/... && $(GO) test -count=1 -timeout 10m -run '^TestGapSlot(DroppedWhileRunning|DroppedWhileStopped|Invalidated)$$' -v ./agent
 
 fuzz:
-	$(GO) test ./pgoutput -run '^$$' -fuzz FuzzParse -fuzztime 60s
-	$(GO) test ./decode -run '^$$' -fuzz FuzzStream -fuzztime 60s
-	$(GO) test ./pgjson -run '^$$' -fuzz FuzzAppendValue -fuzztime 60s
+	$(GO) test ./pgoutput -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 60s
+	$(GO) test ./pgoutput -run '^$$' -fuzz '^FuzzParseStreamed$$' -fuzztime 60s
+	$(GO) test ./decode -run '^$$' -fuzz '^FuzzStream$$' -fuzztime 60s
+	$(GO) test ./pgjson -run '^$$' -fuzz '^FuzzAppendValue$$' -fuzztime 60s
+	$(GO) test ./pgjson -run '^$$' -fuzz '^FuzzCanonicalJSON$$' -fuzztime 60s
 
 # Benchmarks, see BENCHMARKS.md. `bench` runs everything (a throwaway
 # PostgreSQL, 10-20 minutes, the Go micro-benchmarks included) and rewrites

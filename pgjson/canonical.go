@@ -2,6 +2,7 @@ package pgjson
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"slices"
 	"strconv"
@@ -60,6 +61,9 @@ func canonValue(dst, s []byte, i, depth int) ([]byte, int, error) {
 		}
 		return canonArray(dst, s, i, depth+1)
 	case c == '"':
+		if end, ok := plainString(s, i); ok {
+			return append(dst, s[i:end]...), end, nil
+		}
 		str, next, err := jsonString(s, i)
 		if err != nil {
 			return dst, i, err
@@ -134,23 +138,31 @@ func canonObject(dst, s []byte, i, depth int) ([]byte, int, error) {
 		if i >= len(s) || s[i] != '"' {
 			return dst, i, errCanonical
 		}
-		key, next, err := jsonString(s, i)
-		if err != nil {
-			return dst, i, err
+		if len(members) > 0 {
+			dst = append(dst, ',')
 		}
-		i = skipWS(s, next)
+		from := len(dst)
+		var key []byte
+		if end, ok := plainString(s, i); ok {
+			key = s[i+1 : end-1]
+			dst = append(dst, s[i:end]...)
+			i = end
+		} else {
+			var err error
+			if key, i, err = jsonString(s, i); err != nil {
+				return dst, i, err
+			}
+			dst = AppendString(dst, key)
+		}
+		if len(members) > 0 && string(members[len(members)-1].key) >= string(key) {
+			sorted = false
+		}
+		i = skipWS(s, i)
 		if i >= len(s) || s[i] != ':' {
 			return dst, i, errCanonical
 		}
-		if len(members) > 0 {
-			dst = append(dst, ',')
-			if string(members[len(members)-1].key) >= string(key) {
-				sorted = false
-			}
-		}
-		from := len(dst)
-		dst = AppendString(dst, key)
 		dst = append(dst, ':')
+		var err error
 		if dst, i, err = canonValue(dst, s, i+1, depth); err != nil {
 			return dst, i, err
 		}
@@ -189,6 +201,27 @@ func canonObject(dst, s []byte, i, depth int) ([]byte, int, error) {
 		dst = append(dst, written[m.from-start:m.to-start]...)
 	}
 	return append(dst, '}'), i, nil
+}
+
+// plainString says whether the JSON string starting at s[i] (a '"') is
+// already in canonical form, printable ASCII that needs no escape and has
+// none, and if so, the index after its closing quote. Most keys and values
+// are: they are then copied as they are, in one pass, instead of being
+// decoded and escaped again.
+func plainString(s []byte, i int) (int, bool) {
+	i++
+	for i+8 <= len(s) && wordSafe(binary.LittleEndian.Uint64(s[i:])) {
+		i += 8
+	}
+	for ; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"':
+			return i + 1, true
+		case c >= utf8.RuneSelf || !noEscape[c]:
+			return 0, false
+		}
+	}
+	return 0, false
 }
 
 // jsonString decodes the JSON string starting at s[i] (a '"'): its UTF-8

@@ -38,7 +38,7 @@ const DefaultMaxInFlightBytes = 16 << 20
 
 // pipeConn is one connection to the spine used for pipelined POSTs.
 type pipeConn struct {
-	conn net.Conn
+	conn *stallConn
 	br   *bufio.Reader
 	bw   *bufio.Writer
 }
@@ -77,7 +77,8 @@ func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
 		}
 		conn = tc
 	}
-	c.pipe = &pipeConn{conn: conn, br: bufio.NewReaderSize(conn, 64<<10), bw: bufio.NewWriterSize(conn, 64<<10)}
+	sc := &stallConn{Conn: conn, timeout: c.cfg.Timeout}
+	c.pipe = &pipeConn{conn: sc, br: bufio.NewReaderSize(sc, 64<<10), bw: bufio.NewWriterSize(sc, 64<<10)}
 	return c.pipe, nil
 }
 
@@ -114,7 +115,7 @@ func (c *Client) sendWindow(ctx context.Context, bodies [][]byte, keys []string)
 	// returns.
 	stopOnCancel := context.AfterFunc(ctx, func() {
 		pw.halt()
-		_ = pc.conn.SetDeadline(time.Now())
+		pc.conn.stop()
 	})
 	defer stopOnCancel()
 	writerDone := make(chan struct{})
@@ -167,7 +168,7 @@ func (c *Client) readWindow(pc *pipeConn, pw *pipeWindow, keys []string, answers
 			notSentFrom(answers, i+1, errors.New("not sent: the connection broke"))
 			return w
 		}
-		_ = pc.conn.SetReadDeadline(time.Now().Add(c.cfg.Timeout))
+		// Each read of the answer has --spine-timeout (stallConn).
 		a, closeAfter, saidClose := c.readAnswer(pc.br, keys[i], start)
 		answers[i] = a
 		if a.verdict == accepted {
@@ -258,8 +259,7 @@ func (c *Client) writeWindow(pc *pipeConn, pw *pipeWindow) {
 		if err == nil {
 			req.Header.Set("Content-Type", "application/json")
 			c.authorize(req)
-			_ = pc.conn.SetWriteDeadline(time.Now().Add(c.cfg.Timeout))
-			err = req.Write(pc.bw)
+			err = req.Write(pc.bw) // each piece with its deadline (stallConn)
 			if err == nil {
 				err = pc.bw.Flush()
 			}
@@ -647,8 +647,7 @@ func (c *Client) ProbePipelining(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("connecting to the spine: %w", err)
 	}
-	defer c.closePipe()
-	_ = pc.conn.SetDeadline(time.Now().Add(c.cfg.Timeout))
+	defer c.closePipe() // each read and write has --spine-timeout (stallConn)
 	for i := 0; i < 2; i++ {
 		req, err := http.NewRequest(http.MethodGet, c.base.String()+"/healthz", nil)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -62,4 +64,64 @@ func (r *stallReader) Read(p []byte) (int, error) {
 	n, err := r.ReadCloser.Read(p)
 	r.s.t.Stop()
 	return n, err
+}
+
+// writePiece is the most a pipelined connection writes under one deadline.
+const writePiece = 256 << 10
+
+// stallConn is the pipelined connection: every read, and every write of up
+// to writePiece bytes, gets --spine-timeout of its own. A request then fails
+// when the link made no progress for that long, not when a large body (a
+// 200 MiB row) takes longer than that in all to cross a slow link: such a
+// request was given up on and sent again forever.
+//
+// stop moves both deadlines into the past for good, so that blocked reads
+// and writes return: a deadline set for the next piece must not undo it.
+type stallConn struct {
+	net.Conn
+	timeout time.Duration
+	stopped atomic.Bool
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	if err := c.arm(c.Conn.SetReadDeadline); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *stallConn) Write(p []byte) (n int, err error) {
+	for len(p) > 0 {
+		if err := c.arm(c.Conn.SetWriteDeadline); err != nil {
+			return n, err
+		}
+		m, err := c.Conn.Write(p[:min(len(p), writePiece)])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
+}
+
+// arm gives the next read or write its deadline, unless stop came first.
+func (c *stallConn) arm(set func(time.Time) error) error {
+	if c.stopped.Load() {
+		return os.ErrDeadlineExceeded
+	}
+	if err := set(time.Now().Add(c.timeout)); err != nil {
+		return err
+	}
+	if c.stopped.Load() {
+		// stop ran between the check and the deadline: put it back.
+		_ = set(time.Now())
+	}
+	return nil
+}
+
+// stop makes every blocked and later read and write return at once.
+func (c *stallConn) stop() {
+	c.stopped.Store(true)
+	_ = c.Conn.SetDeadline(time.Now())
 }

@@ -3,6 +3,8 @@ package publish
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -80,4 +82,104 @@ func TestReadBackCutOffIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "the spine's answer ended after 1 events") {
 		t.Fatalf("got %v after %d events, want the cut named", err, n)
 	}
+}
+
+// The pipelined connection bounds silence, not size: a body that keeps
+// going through a slow link is written whole, however long it takes, and
+// an answer that keeps coming is read whole; a link that stops moving
+// fails after the timeout, and a stop ends a blocked write at once and
+// every later one.
+func TestStallConnBoundsSilenceNotSize(t *testing.T) {
+	const timeout = 150 * time.Millisecond
+	// net.Pipe has no buffers: a write returns only as the peer reads it.
+	pipe := func() (*stallConn, net.Conn) {
+		a, b := net.Pipe()
+		t.Cleanup(func() { a.Close(); b.Close() })
+		return &stallConn{Conn: a, timeout: timeout}, b
+	}
+	// drip reads (or writes, with write set) piece bytes every gap, n times.
+	drip := func(peer net.Conn, piece int, gap time.Duration, n int, write bool) {
+		buf := make([]byte, piece)
+		for range n {
+			time.Sleep(gap)
+			var err error
+			if write {
+				_, err = peer.Write(buf)
+			} else {
+				_, err = io.ReadFull(peer, buf)
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+
+	t.Run("a slow but steady write", func(t *testing.T) {
+		c, peer := pipe()
+		const pieces, piece = 40, 64 << 10 // 40 gaps of timeout/8: 5 timeouts in all; 4 per 256 KiB piece
+		go drip(peer, piece, timeout/8, pieces, false)
+		start := time.Now()
+		if n, err := c.Write(make([]byte, pieces*piece)); err != nil {
+			t.Fatalf("wrote %d bytes in %s, then: %v", n, time.Since(start), err)
+		}
+		if d := time.Since(start); d < 3*timeout {
+			t.Fatalf("the write took %s: the test did not outlast the timeout", d)
+		}
+	})
+	t.Run("a write that stops moving", func(t *testing.T) {
+		c, peer := pipe()
+		go drip(peer, 64<<10, timeout/5, 3, false) // then nothing
+		start := time.Now()
+		_, err := c.Write(make([]byte, 2<<20))
+		if !isTimeout(err) {
+			t.Fatalf("write: %v, want a timeout", err)
+		}
+		if d := time.Since(start); d > 3*timeout {
+			t.Fatalf("the stalled write failed after %s, want about %s of silence", d, timeout)
+		}
+	})
+	t.Run("a slow but steady answer", func(t *testing.T) {
+		c, peer := pipe()
+		const pieces, piece = 12, 1 << 10
+		go drip(peer, piece, timeout/3, pieces, true)
+		start := time.Now()
+		if _, err := io.ReadFull(c, make([]byte, pieces*piece)); err != nil {
+			t.Fatalf("read after %s: %v", time.Since(start), err)
+		}
+		if d := time.Since(start); d < 3*timeout {
+			t.Fatalf("the read took %s: the test did not outlast the timeout", d)
+		}
+	})
+	t.Run("an answer that stops coming", func(t *testing.T) {
+		c, peer := pipe()
+		go drip(peer, 1<<10, timeout/3, 2, true)
+		if _, err := io.ReadFull(c, make([]byte, 4<<10)); !isTimeout(err) {
+			t.Fatalf("read: %v, want a timeout", err)
+		}
+	})
+	t.Run("stop ends a blocked write and every later one", func(t *testing.T) {
+		c, peer := pipe()
+		go drip(peer, 64<<10, timeout/5, 1000, false) // steady: only stop ends it
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Write(make([]byte, 64<<20))
+			done <- err
+		}()
+		time.Sleep(2 * timeout)
+		c.stop()
+		select {
+		case err := <-done:
+			if !isTimeout(err) {
+				t.Fatalf("write after stop: %v, want a timeout", err)
+			}
+		case <-time.After(timeout):
+			t.Fatal("stop did not end the blocked write")
+		}
+		if _, err := c.Write([]byte("x")); !isTimeout(err) {
+			t.Fatalf("a write after stop: %v, want it refused", err)
+		}
+		if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("a read after stop: %v, want it refused", err)
+		}
+	})
 }

@@ -123,21 +123,26 @@ func (o *options) retryDeadLetters(cmd *cobra.Command, conn *pgx.Conn, dest rede
 	if err != nil {
 		return err
 	}
+	awaitCutOffRetries(cmd, dls, dest)
+	store := deadletters.New(conn, o.slot)
 	sent, failed := 0, 0
 	for _, d := range dls {
+		if err := store.Sending(cmd.Context(), d.ID); err != nil {
+			return err
+		}
 		err := dest.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
 		var rej *publish.RejectedError
 		switch {
 		case errors.As(err, &rej):
 			failed++
-			if uerr := deadletters.New(conn, o.slot).RefusedAgain(cmd.Context(), d.ID, rej.StatusCode, rej.Body); uerr != nil {
+			if uerr := store.RefusedAgain(cmd.Context(), d.ID, rej.StatusCode, rej.Body); uerr != nil {
 				return uerr
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "dead letter %d refused again (HTTP %d): %s\n", d.ID, rej.StatusCode, oneLine(rej.Body, 200))
 		case err != nil:
 			return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
 		default:
-			if err := deadletters.New(conn, o.slot).Delivered(cmd.Context(), d.ID); err != nil {
+			if err := store.Delivered(cmd.Context(), d.ID); err != nil {
 				return err
 			}
 			sent++
@@ -148,6 +153,32 @@ func (o *options) retryDeadLetters(cmd *cobra.Command, conn *pgx.Conn, dest rede
 		return &ExitError{Code: 1, Err: fmt.Errorf("%d dead letters were refused again", failed)}
 	}
 	return nil
+}
+
+// inFlightWaiter is a destination whose read-backs can be told to wait for
+// requests someone else may have left in flight (publish.Client; JetStream
+// de-duplicates by message ID and needs no wait).
+type inFlightWaiter interface {
+	SettleTime() time.Duration
+	InFlightUntil(time.Time)
+}
+
+// awaitCutOffRetries makes the first read-back wait when an earlier retry
+// was cut off while sending one of dls: the spine may still be appending
+// it, and a read-back before that would send it twice.
+func awaitCutOffRetries(cmd *cobra.Command, dls []deadLetter, dest redeliverer) {
+	w, ok := dest.(inFlightWaiter)
+	if !ok {
+		return
+	}
+	for _, d := range dls {
+		if d.CutOff {
+			settle := w.SettleTime()
+			fmt.Fprintf(cmd.ErrOrStderr(), "an earlier retry of dead letter %d was cut off while sending it: waiting %s for the spine to finish any request it left before checking what it holds\n", d.ID, settle)
+			w.InFlightUntil(time.Now().Add(settle))
+			return
+		}
+	}
 }
 
 func newDeadLettersDiscardCmd(o *options) *cobra.Command {

@@ -45,6 +45,9 @@ type Letter struct {
 	Response  string    `json:"response"`
 	FailedAt  time.Time `json:"failed_at"`
 	Envelope  string    `json:"-"`
+	// CutOff says a retry started sending the letter and never learned the
+	// spine's answer: the spine may still append it (see Sending).
+	CutOff bool `json:"retry_cut_off,omitempty"`
 }
 
 // Put keeps ev, refused with status and body. Keeping it twice is a no-op.
@@ -106,7 +109,7 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // oldest change first.
 func (s *Store) List(ctx context.Context, ids []int64) ([]Letter, error) {
 	rows, err := s.q.Query(ctx, `SELECT id, idempotency_key, commit_lsn::text, seq, table_name, operation, kind, source,
-			status_code, response, failed_at, envelope
+			status_code, response, failed_at, envelope, retry_started_at IS NOT NULL
 		FROM pgaudit_cdc.dead_letters WHERE slot_name = $1 AND ($2::bigint[] IS NULL OR id = ANY($2))
 		ORDER BY commit_lsn, seq`, s.slot, ids)
 	if err != nil {
@@ -114,7 +117,7 @@ func (s *Store) List(ctx context.Context, ids []int64) ([]Letter, error) {
 	}
 	ls, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Letter, error) {
 		var d Letter
-		err := r.Scan(&d.ID, &d.Key, &d.CommitLSN, &d.Seq, &d.Table, &d.Operation, &d.Kind, &d.Source, &d.Status, &d.Response, &d.FailedAt, &d.Envelope)
+		err := r.Scan(&d.ID, &d.Key, &d.CommitLSN, &d.Seq, &d.Table, &d.Operation, &d.Kind, &d.Source, &d.Status, &d.Response, &d.FailedAt, &d.Envelope, &d.CutOff)
 		return d, err
 	})
 	if err != nil {
@@ -123,9 +126,20 @@ func (s *Store) List(ctx context.Context, ids []int64) ([]Letter, error) {
 	return ls, nil
 }
 
+// Sending records that a retry starts sending letter id. Until its answer
+// is recorded (RefusedAgain, Delivered) the letter reads as cut off: a retry
+// that dies meanwhile leaves a request the spine may still append.
+func (s *Store) Sending(ctx context.Context, id int64) error {
+	if _, err := s.q.Exec(ctx, `UPDATE pgaudit_cdc.dead_letters SET retry_started_at = now() WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("recording the retry of dead letter %d: %w", id, err)
+	}
+	return nil
+}
+
 // RefusedAgain records a new refusal of letter id.
 func (s *Store) RefusedAgain(ctx context.Context, id int64, status int, body string) error {
-	if _, err := s.q.Exec(ctx, `UPDATE pgaudit_cdc.dead_letters SET status_code = $2, response = $3, failed_at = now()
+	if _, err := s.q.Exec(ctx, `UPDATE pgaudit_cdc.dead_letters SET status_code = $2, response = $3, failed_at = now(),
+			retry_started_at = NULL
 		WHERE id = $1`, id, status, body); err != nil {
 		return fmt.Errorf("updating dead letter %d: %w", id, err)
 	}

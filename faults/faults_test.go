@@ -536,6 +536,12 @@ func killCycles(t *testing.T, w *workload, cycles, rows int, rng *rand.Rand, sen
 	}
 }
 
+// shortSettle is for kill cycles whose requests are small: a restart after
+// kill -9 waits the settle time, min(--spine-timeout, 5 s), before its
+// first read-back, and 2 s keeps cycles short while a request still has
+// 2 s to be appended. The huge rows keep 5 s: their POSTs need it.
+var shortSettle = []string{"--spine-timeout", "2s"}
+
 func TestKillNineCycles(t *testing.T) {
 	cycles := envInt("PGAUDIT_FAULT_CYCLES", 6)
 	rows := envInt("PGAUDIT_FAULT_ROWS", 1500)
@@ -545,8 +551,8 @@ func TestKillNineCycles(t *testing.T) {
 	watch(t, dsn)
 	rng := rand.New(rand.NewPCG(3, 4))
 	// Each agent killed at a random moment while the workload runs.
-	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL()) }, nil)
-	p := startAgentProc(t, dsn, spine.URL())
+	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), shortSettle...) }, nil)
+	p := startAgentProc(t, dsn, spine.URL(), shortSettle...)
 	waitDrained(t, spine, w.changes(), 2*time.Minute, p)
 	p.terminate(t)
 	verify(t, w, spine)
@@ -568,7 +574,7 @@ func TestKillNineCyclesStreamed(t *testing.T) {
 	w.bulk = 200
 	pgtest.StreamEveryLargeTransaction(t, dsn)
 	watch(t, dsn)
-	spill := []string{"--spill-dir", t.TempDir(), "--spill-memory", "64KiB"}
+	spill := append([]string{"--spill-dir", t.TempDir(), "--spill-memory", "64KiB"}, shortSettle...)
 	rng := rand.New(rand.NewPCG(5, 6))
 	killCycles(t, w, cycles, rows, rng, spine.Requests, func() *agentProc { return startAgentProc(t, dsn, spine.URL(), spill...) }, nil)
 	p := startAgentProc(t, dsn, spine.URL(), spill...)
@@ -772,18 +778,40 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 		t.Fatalf("dead-letters list: got %d changes, want %d", len(listed), refused)
 	}
 	spine.SetKinds(spinetest.DefaultKinds...)
-	retry := func() {
-		out, err := exec.Command(agentBin, "dead-letters", "retry", "--all", "--database-url", dsn, "--audit-stream-url", spine.URL()).CombinedOutput()
+	p.terminate(t) // the retries alone send to the spine from here
+	retryArgs := []string{"dead-letters", "retry", "--all", "--database-url", dsn, "--audit-stream-url", spine.URL()}
+	retry := func() string {
+		out, err := exec.Command(agentBin, retryArgs...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("dead-letters retry: %v\n%s", err, out)
 		}
+		return string(out)
 	}
-	retry()
-	retry() // nothing left: no duplicate
+	// A retry killed while the spine still appends the letter it sent (an
+	// ASGI server finishes a request whose client left): the next retry
+	// finds that letter in the spine instead of sending it again.
+	const stall = 2 * time.Second
+	spine.SetStall(stall)
+	spine.FailNext(1, spinetest.FaultSlow)
+	killed := startProc(t, retryArgs...)
+	deadline = time.Now().Add(30 * time.Second)
+	for spine.Faults()[spinetest.FaultSlow] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the retry sent nothing within 30 s\n%s", killed.logs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	received := time.Now()
+	time.Sleep(100 * time.Millisecond) // its body is read
+	killed.kill()
+	if out := retry(); !strings.Contains(out, "was cut off while sending it") {
+		t.Errorf("the retry after a killed one did not say it waits for the letter in flight\n%s", out)
+	}
+	time.Sleep(time.Until(received.Add(stall + time.Second))) // the held request landed
+	retry()                                                  // nothing left: no duplicate
 	if n := countDeadLetters(t, dsn); n != 0 {
 		t.Fatalf("got %d dead letters after retry, want 0", n)
 	}
-	p.terminate(t)
 	// Retried events sit out of commit order in the chain (documented), so
 	// check exactly-once without the order check.
 	seen := map[string]int{}

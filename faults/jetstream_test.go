@@ -125,9 +125,13 @@ func TestRelayKillNine(t *testing.T) {
 	watch(t, dsn)
 	ctx := context.Background()
 	p := startAgentProc(t, dsn, url)
+	// A relay started after one was killed waits the settle time (2 s
+	// here) before its first read-back: the killed one's requests may
+	// still land.
+	const settle = 2 * time.Second
 	relay := func() *agentProc {
 		return startProc(t, "relay", "--nats-url", url, "--audit-stream-url", spine.URL(), "--batch", "100",
-			"--log-format", "json", "--spine-timeout", "5s")
+			"--log-format", "json", "--spine-timeout", settle.String())
 	}
 	// The spine is down while the trail grows and relays die.
 	spine.SetDown(true)
@@ -147,15 +151,34 @@ func TestRelayKillNine(t *testing.T) {
 	waitDrained(t, s, w.changes(), 2*time.Minute, p)
 	p.terminate(t)
 	spine.SetDown(false)
-	rng := rand.New(rand.NewPCG(7, 8))
-	for range cycles {
-		r := relay()
-		time.Sleep(time.Duration(100+rng.IntN(500)) * time.Millisecond)
-		r.kill()
-	}
+	// Killed while the spine still appends its request (an ASGI server
+	// finishes a request whose client left): the next relay finds those
+	// events in the spine instead of sending them again.
+	spine.SetStall(settle)
+	spine.FailNext(1, spinetest.FaultSlow)
 	r := relay()
+	deadline := time.Now().Add(30 * time.Second)
+	for spine.Faults()[spinetest.FaultSlow] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay sent nothing within 30 s\n%s", r.logs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // its body is read
+	r.kill()
+	rng := rand.New(rand.NewPCG(7, 8))
+	for c := range cycles {
+		r := relay()
+		// Killed while it delivers, after its wait for the one before.
+		time.Sleep(settle + time.Duration(100+rng.IntN(500))*time.Millisecond)
+		r.kill()
+		if c == 0 && !strings.Contains(r.logs(), "its first read-back waits for the requests it may have left in flight") {
+			t.Errorf("the relay after a killed one did not say it waits for its requests\n%s", r.logs())
+		}
+	}
+	r = relay()
 	stored := len(s.Events())
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline = time.Now().Add(2 * time.Minute)
 	for len(spine.Events()) < stored && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -165,5 +188,5 @@ func TestRelayKillNine(t *testing.T) {
 		t.Errorf("the spine holds %d events, the stream %d", got, stored)
 	}
 	verify(t, w, spine)
-	t.Logf("relay kill -9: 1 while the spine was down, %d while it delivered", cycles)
+	t.Logf("relay kill -9: 1 while the spine was down, 1 while the spine appended its request, %d while it delivered", cycles)
 }

@@ -116,3 +116,58 @@ func (c *Client) Tail(ctx context.Context, first uint64) (next func(max int, wai
 		return out, nil
 	}, nil
 }
+
+// relayInFlightKey is the key of relay name's in-flight record, beside its
+// position.
+func relayInFlightKey(name string) string { return name + ".in_flight" }
+
+// relayOpen is the in-flight record of a relay that delivers.
+const relayOpen = "open"
+
+// RelayInFlight reads relay name's in-flight record: open when a relay of
+// that name delivers or died delivering (it did not record its end), else
+// when the requests the last one gave up on can no longer land at the
+// spine (zero: nothing recorded).
+func (c *Client) RelayInFlight(ctx context.Context, name string) (open bool, quietAt time.Time, err error) {
+	kv, err := c.relayPositions(ctx)
+	if err != nil {
+		return false, time.Time{}, err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	e, err := kv.Get(actx, relayInFlightKey(name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, time.Time{}, nil
+	}
+	if err != nil {
+		return false, time.Time{}, fmt.Errorf("reading the in-flight record of relay %s: %w", name, err)
+	}
+	if string(e.Value()) == relayOpen {
+		return true, time.Time{}, nil
+	}
+	ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
+	if err != nil {
+		// Unreadable: as if the last relay died delivering.
+		return true, time.Time{}, nil
+	}
+	return false, time.Unix(0, ns), nil
+}
+
+// SetRelayInFlight records that relay name delivers (open), or that it
+// stopped and the requests it gave up on can no longer land after quietAt.
+func (c *Client) SetRelayInFlight(ctx context.Context, name string, open bool, quietAt time.Time) error {
+	kv, err := c.relayPositions(ctx)
+	if err != nil {
+		return err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	value := relayOpen
+	if !open {
+		value = strconv.FormatInt(quietAt.UnixNano(), 10)
+	}
+	if _, err := kv.PutString(actx, relayInFlightKey(name), value); err != nil {
+		return fmt.Errorf("recording the in-flight record of relay %s: %w", name, err)
+	}
+	return nil
+}

@@ -10,19 +10,26 @@ import (
 // spine's list of events (a proxy's page, a refusal's body).
 var errNotArray = errors.New("the spine's answer is not a JSON array")
 
-// readArray reads one JSON array from dec, calling each with dec at every
-// element, and returns how many elements it read. It is the one place that
+// errCutOff says a list from the spine ended before its closing bracket.
+var errCutOff = errors.New("the spine's answer ended early")
+
+// readArray reads one JSON array from dec, calling opened (when set) once
+// its opening bracket is read and each with dec at every element, and
+// returns how many elements it read. It is the one place that
 // decides a list from the spine is whole: json.Decoder.More says false on a
 // read error as well as at the end, so only the closing bracket counts, and
 // a list cut off in the middle is an error, never a shorter trail. Errors
 // from each are returned as they are.
-func readArray(dec *json.Decoder, each func(*json.Decoder) error) (int, error) {
+func readArray(dec *json.Decoder, opened func(), each func(*json.Decoder) error) (int, error) {
 	tok, err := dec.Token()
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errNotArray, err)
 	}
 	if tok != json.Delim('[') {
 		return 0, fmt.Errorf("%w (it starts with %v)", errNotArray, tok)
+	}
+	if opened != nil {
+		opened()
 	}
 	n := 0
 	for dec.More() {
@@ -32,7 +39,7 @@ func readArray(dec *json.Decoder, each func(*json.Decoder) error) (int, error) {
 		n++
 	}
 	if _, err := dec.Token(); err != nil {
-		return n, fmt.Errorf("the spine's answer ended after %d events: %w", n, err)
+		return n, fmt.Errorf("%w, after %d events: %w", errCutOff, n, err)
 	}
 	return n, nil
 }

@@ -840,9 +840,9 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		text, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return 0, fmt.Errorf("reading back events of source %q: HTTP %d: %s", source, resp.StatusCode, Truncate(string(text), 200))
 	}
-	// Reading the list's opening bracket counts as the spine being up,
-	// whatever comes after it.
-	n, err := readArray(json.NewDecoder(resp.Body), func(dec *json.Decoder) error {
+	// The list's opening bracket counts as the spine being up, whatever
+	// comes after it: a long answer does not keep /readyz red.
+	n, err := readArray(json.NewDecoder(resp.Body), func() { c.readUp(true) }, func(dec *json.Decoder) error {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			return err
@@ -855,7 +855,9 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		fn(st)
 		return nil
 	})
-	c.readUp(!errors.Is(err, errNotArray))
+	if errors.Is(err, errNotArray) {
+		c.readUp(false)
+	}
 	if err != nil {
 		return n, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(err))
 	}

@@ -44,6 +44,10 @@ type pipeConn struct {
 }
 
 func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
+	if c.pipe != nil && c.pipe.conn.stopped.Load() {
+		// A stop that came after its window was read: never reused.
+		c.closePipe()
+	}
 	if c.pipe != nil {
 		return c.pipe, nil
 	}

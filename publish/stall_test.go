@@ -8,8 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
 // A read-back answer that keeps coming is read whole, however long it takes
@@ -79,7 +82,7 @@ func TestReadBackCutOffIsAnError(t *testing.T) {
 	}
 	n := 0
 	err = c.ReadBack(context.Background(), "s", func(Stored) { n++ })
-	if err == nil || !strings.Contains(err.Error(), "the spine's answer ended after 1 events") {
+	if err == nil || !strings.Contains(err.Error(), "the spine's answer ended early, after 1 events") {
 		t.Fatalf("got %v after %d events, want the cut named", err, n)
 	}
 }
@@ -159,13 +162,18 @@ func TestStallConnBoundsSilenceNotSize(t *testing.T) {
 	})
 	t.Run("stop ends a blocked write and every later one", func(t *testing.T) {
 		c, peer := pipe()
-		go drip(peer, 64<<10, timeout/5, 1000, false) // steady: only stop ends it
+		go drip(peer, 64<<10, timeout/50, 1<<20, false) // steady, far inside the timeout: only stop ends it
 		done := make(chan error, 1)
 		go func() {
-			_, err := c.Write(make([]byte, 64<<20))
+			_, err := c.Write(make([]byte, 16<<20)) // 256 gaps: about 4 times the wait before stop
 			done <- err
 		}()
 		time.Sleep(2 * timeout)
+		select {
+		case err := <-done:
+			t.Fatalf("the write ended before stop: %v", err)
+		default:
+		}
 		c.stop()
 		select {
 		case err := <-done:
@@ -182,4 +190,34 @@ func TestStallConnBoundsSilenceNotSize(t *testing.T) {
 			t.Fatalf("a read after stop: %v, want it refused", err)
 		}
 	})
+}
+
+// A stop that lands after its window was read leaves the connection stopped
+// for good: the next window dials afresh instead of failing on it.
+func TestStoppedConnectionIsNotReused(t *testing.T) {
+	spine := spinetest.Start(t)
+	var retries atomic.Int32
+	c, err := NewClient(ClientConfig{URL: spine.URL(), Timeout: 3 * time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		MaxInFlight: 16, Hooks: Hooks{Retry: func(string, time.Duration) { retries.Add(1) }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetIdentity("7301", "slot")
+	pc, err := c.dialPipe(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.conn.stop()
+	evs := batchOf(3)
+	for i, err := range publishBatch(t, c, evs) {
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+	}
+	if n := retries.Load(); n != 0 || c.pipe == pc {
+		t.Fatalf("%d retries: the stopped connection was used again", n)
+	}
+	if dup, missing, disorder, late := chainReport(t, spine, evs, nil); dup+missing+disorder+late != 0 {
+		t.Fatalf("dup %d, missing %d, out of order %d, late %d", dup, missing, disorder, late)
+	}
 }

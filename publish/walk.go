@@ -3,6 +3,7 @@ package publish
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -70,7 +71,7 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 	return c.getJSON(ctx, "/events?limit="+strconv.FormatInt(limit, 10), func(r io.Reader) error {
 		dec := json.NewDecoder(r)
 		dec.UseNumber()
-		_, err := readArray(dec, func(dec *json.Decoder) error {
+		_, err := readArray(dec, nil, func(dec *json.Decoder) error {
 			e, err := decodeEvent(dec)
 			if err != nil {
 				return err
@@ -84,6 +85,9 @@ func (c *Client) Walk(ctx context.Context, fn func(chain.Event) error, progress 
 			}
 			return emit(e)
 		})
+		if errors.Is(err, errNotArray) || errors.Is(err, errCutOff) {
+			return fmt.Errorf("GET /events: %w", err)
+		}
 		return err
 	})
 }

@@ -58,6 +58,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	r := &relay{cfg: cfg, log: cfg.Logger}
+	defer r.recordEnd(ctx)
 	attempt := 0
 	for ctx.Err() == nil {
 		err := r.session(ctx)
@@ -101,9 +102,60 @@ type relay struct {
 	// reads changes back before it sends them; KEY and SEAL events are
 	// looked for here.
 	resumed bool
+	// marked: the in-flight record says this relay delivers (predecessor).
+	marked bool
+}
+
+// predecessor makes the first read-back wait for requests the relay before
+// this one may have left in flight, and records that this one delivers.
+// A request a relay sent can still be appended after it died (kill -9, a
+// lost host): the spine finishes a request whose client left. Read back
+// before it lands, its event would be sent twice. After a clean stop the
+// wait is what that relay recorded it gave up on, if anything.
+func (r *relay) predecessor(ctx context.Context) error {
+	open, quietAt, err := r.cfg.Stream.RelayInFlight(ctx, r.cfg.Name)
+	if err != nil {
+		return err
+	}
+	settle := r.cfg.Spine.SettleTime()
+	if open {
+		r.log.Warn("the relay before this one stopped without recording it (kill -9, a lost host); its first read-back waits for the requests it may have left in flight",
+			"relay", r.cfg.Name, "wait", settle)
+		r.cfg.Spine.InFlightUntil(time.Now().Add(settle))
+	} else if !quietAt.IsZero() {
+		// Another host's clock, maybe: never more than the settle time.
+		if limit := time.Now().Add(settle); quietAt.After(limit) {
+			quietAt = limit
+		}
+		r.cfg.Spine.InFlightUntil(quietAt)
+	}
+	if err := r.cfg.Stream.SetRelayInFlight(ctx, r.cfg.Name, true, time.Time{}); err != nil {
+		return err
+	}
+	r.marked = true
+	return nil
+}
+
+// recordEnd records that this relay stopped, with when the requests it gave
+// up on can no longer land, so that the next one waits no longer than that.
+func (r *relay) recordEnd(ctx context.Context) {
+	if !r.marked {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := r.cfg.Stream.SetRelayInFlight(ctx, r.cfg.Name, false, r.cfg.Spine.QuietAt()); err != nil {
+		r.log.Warn("could not record that the relay stopped; the next one waits for requests it may have left in flight before its first read-back",
+			"relay", r.cfg.Name, "err", err)
+	}
 }
 
 func (r *relay) session(ctx context.Context) error {
+	if !r.marked {
+		if err := r.predecessor(ctx); err != nil {
+			return err
+		}
+	}
 	pos, err := r.cfg.Stream.RelayPosition(ctx, r.cfg.Name)
 	if err != nil {
 		return err

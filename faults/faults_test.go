@@ -808,7 +808,7 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 		t.Errorf("the retry after a killed one did not say it waits for the letter in flight\n%s", out)
 	}
 	time.Sleep(time.Until(received.Add(stall + time.Second))) // the held request landed
-	retry()                                                  // nothing left: no duplicate
+	retry()                                                   // nothing left: no duplicate
 	if n := countDeadLetters(t, dsn); n != 0 {
 		t.Fatalf("got %d dead letters after retry, want 0", n)
 	}

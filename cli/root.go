@@ -163,7 +163,7 @@ audit-stream spine, confirming WAL to PostgreSQL only after the spine accepted i
 	pf.StringVar(&o.metricsAddr, "metrics-addr", "", "address serving /metrics, /healthz and /readyz, e.g. :9187 (env METRICS_ADDR)")
 	pf.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (env LOG_LEVEL)")
 	pf.StringVar(&o.logFormat, "log-format", "auto", "text, json, or auto: text on a terminal, JSON otherwise (env LOG_FORMAT)")
-	pf.DurationVar(&o.spineTimeout, "spine-timeout", 30*time.Second, "how long the spine may be silent: writing 256 KiB of a request, waiting for an answer to start or for more of it (env AUDIT_STREAM_TIMEOUT)")
+	pf.DurationVar(&o.spineTimeout, "spine-timeout", 30*time.Second, "how long the spine may be silent: a request that stops moving, or a wait for an answer to start or for more of it (env AUDIT_STREAM_TIMEOUT)")
 	pf.IntVar(&o.maxInFlight, "max-in-flight", publish.DefaultMaxInFlight, "most events in flight on the one connection to the spine (HTTP/1.1 pipelining, in commit order); the window adapts below it to the round trip and the spine's rate; 1 sends one at a time, for proxies that do not pipeline (env PGAUDIT_MAX_IN_FLIGHT)")
 	o.nats.addFlags(pf)
 	pf.IntVar(&o.dedupWindow, "dedup-window", 10000, "most events of one source read back from the spine to find what was already delivered (env PGAUDIT_DEDUP_WINDOW)")

@@ -633,29 +633,41 @@ func TestKilledWhileTheSpineAppends(t *testing.T) {
 	w.runUntil(ctx, t, 30)
 	waitDrained(t, spine, w.changes(), time.Minute, p)
 
-	const stall = 2 * time.Second
-	spine.SetStall(stall)
-	spine.FailNext(1, spinetest.FaultSlow)
-	w.runUntil(ctx, t, w.changes()+1)
-	deadline := time.Now().Add(30 * time.Second)
-	for spine.Faults()[spinetest.FaultSlow] == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent sent nothing within 30 s\n%s", p.logs())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	received := time.Now()
-	time.Sleep(100 * time.Millisecond) // its body is read
-	p.kill()
-
+	landed := killWhileTheSpineAppends(t, spine, 2*time.Second, func() *agentProc {
+		w.runUntil(ctx, t, w.changes()+1)
+		return p
+	})
 	p = startAgentProc(t, dsn, spine.URL())
 	waitDrained(t, spine, w.changes(), time.Minute, p)
-	time.Sleep(time.Until(received.Add(stall + time.Second))) // the held requests landed
+	time.Sleep(time.Until(landed)) // the held requests landed
 	p.terminate(t)
 	if !strings.Contains(p.logs(), "read-backs wait for the requests it may have left in flight") {
 		t.Errorf("the successor did not say it waits for its predecessor's requests\n%s", p.logs())
 	}
 	verify(t, w, spine)
+}
+
+// killWhileTheSpineAppends holds the spine's next POST for stall
+// (FaultSlow: appended after its client left, as an ASGI server finishes a
+// request whose client went away), calls send, which makes a process send
+// it, and kills that process with kill -9 once the spine holds the request.
+// It returns when the held request has surely landed.
+func killWhileTheSpineAppends(t *testing.T, spine *spinetest.Server, stall time.Duration, send func() *agentProc) (landed time.Time) {
+	t.Helper()
+	spine.SetStall(stall)
+	spine.FailNext(1, spinetest.FaultSlow)
+	p := send()
+	deadline := time.Now().Add(30 * time.Second)
+	for spine.Faults()[spinetest.FaultSlow] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing was sent within 30 s\n%s", p.logs())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	landed = time.Now().Add(stall + time.Second)
+	time.Sleep(100 * time.Millisecond) // its body is read
+	p.kill()
+	return landed
 }
 
 func TestSpineFaultsAndPostgresRestart(t *testing.T) {
@@ -790,25 +802,12 @@ func TestDeadLetterRoundTrip(t *testing.T) {
 	// A retry killed while the spine still appends the letter it sent (an
 	// ASGI server finishes a request whose client left): the next retry
 	// finds that letter in the spine instead of sending it again.
-	const stall = 2 * time.Second
-	spine.SetStall(stall)
-	spine.FailNext(1, spinetest.FaultSlow)
-	killed := startProc(t, retryArgs...)
-	deadline = time.Now().Add(30 * time.Second)
-	for spine.Faults()[spinetest.FaultSlow] == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the retry sent nothing within 30 s\n%s", killed.logs())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	received := time.Now()
-	time.Sleep(100 * time.Millisecond) // its body is read
-	killed.kill()
+	landed := killWhileTheSpineAppends(t, spine, 2*time.Second, func() *agentProc { return startProc(t, retryArgs...) })
 	if out := retry(); !strings.Contains(out, "was cut off while sending it") {
 		t.Errorf("the retry after a killed one did not say it waits for the letter in flight\n%s", out)
 	}
-	time.Sleep(time.Until(received.Add(stall + time.Second))) // the held request landed
-	retry()                                                   // nothing left: no duplicate
+	time.Sleep(time.Until(landed)) // the held request landed
+	retry()                        // nothing left: no duplicate
 	if n := countDeadLetters(t, dsn); n != 0 {
 		t.Fatalf("got %d dead letters after retry, want 0", n)
 	}

@@ -154,18 +154,7 @@ func TestRelayKillNine(t *testing.T) {
 	// Killed while the spine still appends its request (an ASGI server
 	// finishes a request whose client left): the next relay finds those
 	// events in the spine instead of sending them again.
-	spine.SetStall(settle)
-	spine.FailNext(1, spinetest.FaultSlow)
-	r := relay()
-	deadline := time.Now().Add(30 * time.Second)
-	for spine.Faults()[spinetest.FaultSlow] == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the relay sent nothing within 30 s\n%s", r.logs())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(100 * time.Millisecond) // its body is read
-	r.kill()
+	killWhileTheSpineAppends(t, spine, settle, relay)
 	rng := rand.New(rand.NewPCG(7, 8))
 	for c := range cycles {
 		r := relay()
@@ -176,9 +165,9 @@ func TestRelayKillNine(t *testing.T) {
 			t.Errorf("the relay after a killed one did not say it waits for its requests\n%s", r.logs())
 		}
 	}
-	r = relay()
+	r := relay()
 	stored := len(s.Events())
-	deadline = time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(2 * time.Minute)
 	for len(spine.Events()) < stored && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}

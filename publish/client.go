@@ -1,7 +1,6 @@
 package publish
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -609,15 +608,24 @@ type answer struct {
 // post sends body once and judges the answer. A 201 counts as accepted only
 // when its body is the stored event with this key (see confirm); anything
 // else that may have been appended is unknown.
+//
+// Like a pipelined request, it is bounded by silence, not size: the timeout
+// runs from each piece of the body the transport takes, and then bounds the
+// wait for the answer to start and each wait for more of it.
 func (c *Client) post(ctx context.Context, body []byte, key string) answer {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.eventsURL, bytes.NewReader(body))
+	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
+	defer stall.stop()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.eventsURL, stall.upload(body))
 	if err != nil {
 		return answer{verdict: notSent, reason: "connection", err: fmt.Errorf("building request: %w", err)}
 	}
+	req.ContentLength = int64(len(body))
+	req.GetBody = func() (io.ReadCloser, error) { return stall.upload(body), nil }
 	req.Header.Set("Content-Type", "application/json")
 	c.authorize(req)
 	start := time.Now()
-	resp, err := c.http.Do(req)
+	resp, err := c.readHTTP.Do(req)
+	err = stall.explain(err)
 	if err != nil {
 		c.observe("error", start)
 		c.up(false)
@@ -632,6 +640,7 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		return answer{verdict: v, reason: "connection", err: fmt.Errorf("posting to the spine: %w", redactErr(err))}
 	}
 	defer resp.Body.Close()
+	resp.Body = stall.watch(resp.Body)
 	if resp.StatusCode == http.StatusCreated {
 		id, err := confirm(resp.Body, key)
 		if err != nil {
@@ -640,7 +649,7 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 			c.observe("201_unconfirmed", start)
 			c.up(false)
 			return answer{verdict: unknown, reason: "unconfirmed",
-				err: fmt.Errorf("the spine answered 201, but not with the stored event: %w", redactErr(err))}
+				err: fmt.Errorf("the spine answered 201, but not with the stored event: %w", redactErr(stall.explain(err)))}
 		}
 		c.observe("201", start)
 		c.up(true)
@@ -656,7 +665,7 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		// answer is as good as lost.
 		c.observe("error", start)
 		c.up(false)
-		return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", redactErr(rerr))}
+		return answer{verdict: unknown, reason: "connection", err: fmt.Errorf("reading the spine's answer: %w", redactErr(stall.explain(rerr)))}
 	}
 	return c.judge(resp, v, text, start)
 }

@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -15,10 +16,11 @@ import (
 // the next bytes. Time the caller spends between reads does not count. An
 // answer that keeps coming is read whole, however long it takes.
 type stallTimer struct {
-	d       time.Duration
-	t       *time.Timer
-	stalled atomic.Bool
-	cancel  context.CancelFunc
+	d         time.Duration
+	t         *time.Timer
+	stalled   atomic.Bool
+	uploading atomic.Bool // a request body is being sent (upload)
+	cancel    context.CancelFunc
 }
 
 // withStallTimeout returns ctx, cancelled once nothing arrived for d.
@@ -47,10 +49,41 @@ func (s *stallTimer) watch(body io.ReadCloser) io.ReadCloser {
 // explain names the stall as the cause of err, when it was.
 func (s *stallTimer) explain(err error) error {
 	if err != nil && s.stalled.Load() {
+		if s.uploading.Load() {
+			return fmt.Errorf("the spine took nothing of the request for %s (--spine-timeout): %w", s.d, err)
+		}
 		return fmt.Errorf("the spine sent nothing for %s (--spine-timeout): %w", s.d, err)
 	}
 	return err
 }
+
+// upload returns body as a request body that keeps the timer going while
+// it is sent: each read of it, the transport asking for the next piece,
+// restarts the timer, which runs on while that piece is written. An upload
+// that keeps moving is not cut off by its size; one that stops is, after
+// the timeout, and so is the wait for the answer after its last piece.
+func (s *stallTimer) upload(body []byte) io.ReadCloser {
+	s.uploading.Store(true)
+	return &uploadReader{r: bytes.NewReader(body), s: s}
+}
+
+type uploadReader struct {
+	r *bytes.Reader
+	s *stallTimer
+}
+
+func (u *uploadReader) Read(p []byte) (int, error) {
+	if !u.s.stalled.Load() {
+		u.s.t.Reset(u.s.d)
+	}
+	n, err := u.r.Read(p)
+	if err == io.EOF {
+		u.s.uploading.Store(false) // what is left is the wait for the answer
+	}
+	return n, err
+}
+
+func (u *uploadReader) Close() error { return nil }
 
 type stallReader struct {
 	io.ReadCloser

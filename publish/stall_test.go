@@ -221,3 +221,77 @@ func TestStoppedConnectionIsNotReused(t *testing.T) {
 		t.Fatalf("dup %d, missing %d, out of order %d, late %d", dup, missing, disorder, late)
 	}
 }
+
+// A large event through a slow link is delivered by one POST, however long
+// the upload takes: the timeout bounds silence, not size. (Before, a single
+// POST was bounded as a whole: such an event was given up on and sent
+// again, forever.)
+func TestSlowUploadIsNotCutOff(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	ev := testEvent("s", 0x1000, 1)
+	ev.New = fmt.Appendf(nil, `{"id":1,"v":%q}`, strings.Repeat("x", 3<<20))
+	ev.Finish()
+	var posts atomic.Int32
+	// The link: 32 KiB every 20 ms (1.6 MB/s), behind small socket
+	// buffers on both sides, so that the kernel cannot take the body in
+	// one go and the upload takes about 4 timeouts.
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			fmt.Fprint(w, "[]") // the read-back: nothing there yet
+			return
+		}
+		posts.Add(1)
+		buf := make([]byte, 32<<10)
+		for {
+			time.Sleep(20 * time.Millisecond)
+			if _, err := r.Body.Read(buf); err != nil {
+				break
+			}
+		}
+		w.WriteHeader(http.StatusCreated)
+		fmt.Fprintf(w, `{"event_id":1,"hash":"%s","prev_hash":"%s","kind":"other","source":"s","timestamp":"2026-11-22T10:00:00+00:00","payload":{"metadata":{"idempotency_key":%q}}}`,
+			strings.Repeat("a", 64), strings.Repeat("0", 64), ev.Key)
+	}))
+	srv.Listener = smallBuffers{srv.Listener}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	var retries atomic.Int32
+	c, err := NewClient(ClientConfig{URL: srv.URL, Timeout: timeout, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		Hooks: Hooks{Retry: func(string, time.Duration) { retries.Add(1) }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d net.Dialer
+	c.readHTTP.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetWriteBuffer(64 << 10)
+		}
+		return conn, err
+	}
+	c.SetIdentity("7301", "slot")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := c.Publish(ctx, ev); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if d := time.Since(start); d < 3*timeout {
+		t.Fatalf("the upload took %s: the test did not outlast the timeout", d)
+	}
+	if n, p := retries.Load(), posts.Load(); n != 0 || p != 1 {
+		t.Fatalf("%d retries, %d POSTs: the upload was cut off", n, p)
+	}
+}
+
+// smallBuffers gives every accepted connection a 64 KiB receive buffer.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(64 << 10)
+	}
+	return c, err
+}

@@ -655,10 +655,11 @@ func TestKilledWhileTheSpineAppends(t *testing.T) {
 func killWhileTheSpineAppends(t *testing.T, spine *spinetest.Server, stall time.Duration, send func() *agentProc) (landed time.Time) {
 	t.Helper()
 	spine.SetStall(stall)
+	held := spine.Faults()[spinetest.FaultSlow]
 	spine.FailNext(1, spinetest.FaultSlow)
 	p := send()
 	deadline := time.Now().Add(30 * time.Second)
-	for spine.Faults()[spinetest.FaultSlow] == 0 {
+	for spine.Faults()[spinetest.FaultSlow] == held {
 		if time.Now().After(deadline) {
 			t.Fatalf("nothing was sent within 30 s\n%s", p.logs())
 		}

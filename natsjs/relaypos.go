@@ -121,53 +121,68 @@ func (c *Client) Tail(ctx context.Context, first uint64) (next func(max int, wai
 // position.
 func relayInFlightKey(name string) string { return name + ".in_flight" }
 
-// relayOpen is the in-flight record of a relay that delivers.
+// relayOpen is the in-flight record of a relay that delivers; a stopped
+// relay's record is how long its given-up requests could still land, in
+// nanoseconds, from when it stopped.
 const relayOpen = "open"
 
 // RelayInFlight reads relay name's in-flight record: open when a relay of
 // that name delivers or died delivering (it did not record its end), else
-// when the requests the last one gave up on can no longer land at the
-// spine (zero: nothing recorded).
-func (c *Client) RelayInFlight(ctx context.Context, name string) (open bool, quietAt time.Time, err error) {
+// how long after it stopped the requests it gave up on could still land
+// at the spine (zero: none, or nothing recorded).
+func (c *Client) RelayInFlight(ctx context.Context, name string) (open bool, left time.Duration, err error) {
 	kv, err := c.relayPositions(ctx)
 	if err != nil {
-		return false, time.Time{}, err
+		return false, 0, err
 	}
 	actx, cancel := c.api(ctx)
 	defer cancel()
 	e, err := kv.Get(actx, relayInFlightKey(name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, time.Time{}, nil
+		return false, 0, nil
 	}
 	if err != nil {
-		return false, time.Time{}, fmt.Errorf("reading the in-flight record of relay %s: %w", name, err)
-	}
-	if string(e.Value()) == relayOpen {
-		return true, time.Time{}, nil
+		return false, 0, fmt.Errorf("reading the in-flight record of relay %s: %w", name, err)
 	}
 	ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
-	if err != nil {
-		// Unreadable: as if the last relay died delivering.
-		return true, time.Time{}, nil
+	if string(e.Value()) == relayOpen || err != nil || ns < 0 {
+		return true, 0, nil // unreadable counts as open: the safe side
 	}
-	return false, time.Unix(0, ns), nil
+	return false, time.Duration(ns), nil
 }
 
-// SetRelayInFlight records that relay name delivers (open), or that it
-// stopped and the requests it gave up on can no longer land after quietAt.
-func (c *Client) SetRelayInFlight(ctx context.Context, name string, open bool, quietAt time.Time) error {
+// OpenRelayInFlight records that relay name delivers, and returns the
+// record's revision: only the relay that wrote it closes it.
+func (c *Client) OpenRelayInFlight(ctx context.Context, name string) (uint64, error) {
+	kv, err := c.relayPositions(ctx)
+	if err != nil {
+		return 0, err
+	}
+	actx, cancel := c.api(ctx)
+	defer cancel()
+	rev, err := kv.PutString(actx, relayInFlightKey(name), relayOpen)
+	if err != nil {
+		return 0, fmt.Errorf("recording that relay %s delivers: %w", name, err)
+	}
+	return rev, nil
+}
+
+// CloseRelayInFlight records that the relay that opened the record at rev
+// stopped, and that the requests it gave up on could still land for left.
+// A record another relay of that name opened since is left alone.
+func (c *Client) CloseRelayInFlight(ctx context.Context, name string, rev uint64, left time.Duration) error {
 	kv, err := c.relayPositions(ctx)
 	if err != nil {
 		return err
 	}
 	actx, cancel := c.api(ctx)
 	defer cancel()
-	value := relayOpen
-	if !open {
-		value = strconv.FormatInt(quietAt.UnixNano(), 10)
+	_, err = kv.Update(actx, relayInFlightKey(name), []byte(strconv.FormatInt(int64(max(left, 0)), 10)), rev)
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return nil // another relay's record now
 	}
-	if _, err := kv.PutString(actx, relayInFlightKey(name), value); err != nil {
-		return fmt.Errorf("recording the in-flight record of relay %s: %w", name, err)
+	if err != nil {
+		return fmt.Errorf("recording that relay %s stopped: %w", name, err)
 	}
 	return nil
 }

@@ -51,7 +51,7 @@ func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
 	if c.pipe != nil {
 		return c.pipe, nil
 	}
-	d := net.Dialer{Timeout: c.cfg.Timeout, KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: c.cfg.Timeout, KeepAlive: 30 * time.Second, Control: limitUnsent}
 	host := c.base.Host
 	if c.base.Port() == "" {
 		if c.base.Scheme == "https" {

@@ -43,6 +43,7 @@ func (s *stallTimer) stop() {
 // has started.
 func (s *stallTimer) watch(body io.ReadCloser) io.ReadCloser {
 	s.t.Stop()
+	s.uploading.Store(false)
 	return &stallReader{ReadCloser: body, s: s}
 }
 
@@ -63,7 +64,6 @@ func (s *stallTimer) explain(err error) error {
 // that keeps moving is not cut off by its size; one that stops is, after
 // the timeout, and so is the wait for the answer after its last piece.
 func (s *stallTimer) upload(body []byte) io.ReadCloser {
-	s.uploading.Store(true)
 	return &uploadReader{r: bytes.NewReader(body), s: s}
 }
 
@@ -77,9 +77,8 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 		u.s.t.Reset(u.s.d)
 	}
 	n, err := u.r.Read(p)
-	if err == io.EOF {
-		u.s.uploading.Store(false) // what is left is the wait for the answer
-	}
+	// Once the body is out, what is left is the wait for the answer.
+	u.s.uploading.Store(err != io.EOF)
 	return n, err
 }
 

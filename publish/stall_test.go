@@ -2,6 +2,7 @@ package publish
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 )
 
@@ -223,18 +225,28 @@ func TestStoppedConnectionIsNotReused(t *testing.T) {
 }
 
 // A large event through a slow link is delivered by one POST, however long
-// the upload takes: the timeout bounds silence, not size. (Before, a single
-// POST was bounded as a whole: such an event was given up on and sent
-// again, forever.)
+// the upload takes, pipelined or not: the timeout bounds silence, not size.
+// (Before, a POST was bounded as a whole, and the kernel took megabytes of
+// it at once without a sign of progress: such an event was given up on and
+// sent again, forever.)
 func TestSlowUploadIsNotCutOff(t *testing.T) {
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%t", pipelined), func(t *testing.T) {
+			testSlowUpload(t, pipelined)
+		})
+	}
+}
+
+func testSlowUpload(t *testing.T, pipelined bool) {
 	const timeout = 500 * time.Millisecond
 	ev := testEvent("s", 0x1000, 1)
 	ev.New = fmt.Appendf(nil, `{"id":1,"v":%q}`, strings.Repeat("x", 3<<20))
 	ev.Finish()
 	var posts atomic.Int32
-	// The link: 32 KiB every 20 ms (1.6 MB/s), behind small socket
-	// buffers on both sides, so that the kernel cannot take the body in
-	// one go and the upload takes about 4 timeouts.
+	// The link: 32 KiB every 20 ms (1.6 MB/s), holding 64 KiB (the
+	// receiving socket's buffer). The sending side keeps the kernel's
+	// defaults: it may queue megabytes, which without limitUnsent made the
+	// upload look stalled.
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			fmt.Fprint(w, "[]") // the read-back: nothing there yet
@@ -258,23 +270,20 @@ func TestSlowUploadIsNotCutOff(t *testing.T) {
 
 	var retries atomic.Int32
 	c, err := NewClient(ClientConfig{URL: srv.URL, Timeout: timeout, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
-		Hooks: Hooks{Retry: func(string, time.Duration) { retries.Add(1) }}})
+		MaxInFlight: 16, Hooks: Hooks{Retry: func(string, time.Duration) { retries.Add(1) }}})
 	if err != nil {
 		t.Fatal(err)
-	}
-	var d net.Dialer
-	c.readHTTP.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := d.DialContext(ctx, network, addr)
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.SetWriteBuffer(64 << 10)
-		}
-		return conn, err
 	}
 	c.SetIdentity("7301", "slot")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
-	if err := c.Publish(ctx, ev); err != nil {
+	if pipelined {
+		err = c.PublishBatch(ctx, []*envelope.Event{ev}, func(_ int, e error) { err = errors.Join(err, e) })
+	} else {
+		err = c.Publish(ctx, ev)
+	}
+	if err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 	if d := time.Since(start); d < 3*timeout {

@@ -102,8 +102,10 @@ type relay struct {
 	// reads changes back before it sends them; KEY and SEAL events are
 	// looked for here.
 	resumed bool
-	// marked: the in-flight record says this relay delivers (predecessor).
-	marked bool
+	// marked: the in-flight record says this relay delivers (predecessor),
+	// at revision markRev.
+	marked  bool
+	markRev uint64
 }
 
 // predecessor makes the first read-back wait for requests the relay before
@@ -111,9 +113,10 @@ type relay struct {
 // A request a relay sent can still be appended after it died (kill -9, a
 // lost host): the spine finishes a request whose client left. Read back
 // before it lands, its event would be sent twice. After a clean stop the
-// wait is what that relay recorded it gave up on, if anything.
+// wait is what that relay recorded it gave up on, if anything, counted
+// from now (relays need not share a clock).
 func (r *relay) predecessor(ctx context.Context) error {
-	open, quietAt, err := r.cfg.Stream.RelayInFlight(ctx, r.cfg.Name)
+	open, left, err := r.cfg.Stream.RelayInFlight(ctx, r.cfg.Name)
 	if err != nil {
 		return err
 	}
@@ -121,30 +124,29 @@ func (r *relay) predecessor(ctx context.Context) error {
 	if open {
 		r.log.Warn("the relay before this one stopped without recording it (kill -9, a lost host); its first read-back waits for the requests it may have left in flight",
 			"relay", r.cfg.Name, "wait", settle)
-		r.cfg.Spine.InFlightUntil(time.Now().Add(settle))
-	} else if !quietAt.IsZero() {
-		// Another host's clock, maybe: never more than the settle time.
-		if limit := time.Now().Add(settle); quietAt.After(limit) {
-			quietAt = limit
-		}
-		r.cfg.Spine.InFlightUntil(quietAt)
+		left = settle
 	}
-	if err := r.cfg.Stream.SetRelayInFlight(ctx, r.cfg.Name, true, time.Time{}); err != nil {
+	if left > 0 {
+		r.cfg.Spine.InFlightUntil(time.Now().Add(min(left, settle)))
+	}
+	rev, err := r.cfg.Stream.OpenRelayInFlight(ctx, r.cfg.Name)
+	if err != nil {
 		return err
 	}
-	r.marked = true
+	r.markRev, r.marked = rev, true
 	return nil
 }
 
-// recordEnd records that this relay stopped, with when the requests it gave
-// up on can no longer land, so that the next one waits no longer than that.
+// recordEnd records that this relay stopped, with how long the requests it
+// gave up on could still land, so that the next one waits no longer than
+// that. A record another relay of the name opened since is left alone.
 func (r *relay) recordEnd(ctx context.Context) {
 	if !r.marked {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := r.cfg.Stream.SetRelayInFlight(ctx, r.cfg.Name, false, r.cfg.Spine.QuietAt()); err != nil {
+	if err := r.cfg.Stream.CloseRelayInFlight(ctx, r.cfg.Name, r.markRev, time.Until(r.cfg.Spine.QuietAt())); err != nil {
 		r.log.Warn("could not record that the relay stopped; the next one waits for requests it may have left in flight before its first read-back",
 			"relay", r.cfg.Name, "err", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/migrations"
 	"github.com/pgaudit-cdc/pgaudit-cdc/publish"
 )
@@ -127,6 +128,10 @@ func (o *options) retryDeadLetters(cmd *cobra.Command, conn *pgx.Conn, dest rede
 	store := deadletters.New(conn, o.slot)
 	sent, failed := 0, 0
 	for _, d := range dls {
+		// A letter that cannot be sent is never marked as being sent.
+		if _, err := envelope.ParseKept(d.Key, []byte(d.Envelope)); err != nil {
+			return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
+		}
 		if err := store.Sending(cmd.Context(), d.ID); err != nil {
 			return err
 		}

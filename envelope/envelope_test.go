@@ -2,8 +2,10 @@ package envelope
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
@@ -138,4 +140,25 @@ func FuzzParseEnvelope(f *testing.F) {
 			t.Fatalf("Encode after Parse(%q) = %s, not canonical (%v)", body, out, err)
 		}
 	})
+}
+
+// A kept envelope is read back only under the key it was kept with, and a
+// body that is not an envelope says so: both before anything is sent.
+func TestParseKept(t *testing.T) {
+	e := sample()
+	body := e.Encode()
+	ev, err := ParseKept(e.Key, body)
+	if err != nil {
+		t.Fatalf("ParseKept: %v", err)
+	}
+	if !bytes.Equal(ev.Body, body) {
+		t.Fatalf("read back as %s, want %s", ev.Body, body)
+	}
+	other := Key("7301", "pgaudit_cdc", Position{CommitLSN: 0x1A2B3C8, Seq: 9})
+	if _, err := ParseKept(other, body); err == nil || !strings.Contains(err.Error(), "it was altered") {
+		t.Errorf("under another key: %v, want it called altered", err)
+	}
+	if _, err := ParseKept(e.Key, []byte("<html>")); !errors.Is(err, ErrNotEnvelope) {
+		t.Errorf("a body that is no envelope: %v, want ErrNotEnvelope", err)
+	}
 }

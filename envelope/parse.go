@@ -52,6 +52,20 @@ func ParseEvent(body []byte) (*Event, error) {
 	return ev, nil
 }
 
+// ParseKept reads a kept envelope (a dead letter) back into an event and
+// checks that it still carries key, the one it was kept under. Both are
+// checked before anything is sent.
+func ParseKept(key string, body []byte) (*Event, error) {
+	ev, err := ParseEvent(body)
+	if err != nil {
+		return nil, fmt.Errorf("reading the stored envelope of %s: %w", key, err)
+	}
+	if ev.Key != key {
+		return nil, fmt.Errorf("the stored envelope of %s carries the key %q: it was altered; delete the dead letter and restore the event from the audited database", key, ev.Key)
+	}
+	return ev, nil
+}
+
 // Parse reads an encoded envelope back into its value (a dead letter kept
 // as bytes, to be retried). Members Parse does not know are kept as Fields
 // in the payload; unknown metadata members are refused, since the envelope

@@ -70,7 +70,7 @@ func newDeadLettersListCmd(o *options) *cobra.Command {
 // redeliverer is the destination a dead letter is retried into: the spine,
 // or the JetStream stream (which refuses no event for good).
 type redeliverer interface {
-	Redeliver(ctx context.Context, source, key string, body []byte) error
+	Redeliver(ctx context.Context, source string, ev *envelope.Event) error
 }
 
 func newDeadLettersRetryCmd(o *options) *cobra.Command {
@@ -129,13 +129,14 @@ func (o *options) retryDeadLetters(cmd *cobra.Command, conn *pgx.Conn, dest rede
 	sent, failed := 0, 0
 	for _, d := range dls {
 		// A letter that cannot be sent is never marked as being sent.
-		if _, err := envelope.ParseKept(d.Key, []byte(d.Envelope)); err != nil {
+		ev, err := envelope.ParseKept(d.Key, []byte(d.Envelope))
+		if err != nil {
 			return fmt.Errorf("retrying dead letter %d: %w", d.ID, err)
 		}
 		if err := store.Sending(cmd.Context(), d.ID); err != nil {
 			return err
 		}
-		err := dest.Redeliver(cmd.Context(), d.Source, d.Key, []byte(d.Envelope))
+		err = dest.Redeliver(cmd.Context(), d.Source, ev)
 		var rej *publish.RejectedError
 		switch {
 		case errors.As(err, &rej):

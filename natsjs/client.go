@@ -495,15 +495,12 @@ func (c *Client) wait(ctx context.Context, attempt *int, reason string, cause er
 	return backoff.Sleep(ctx, d)
 }
 
-// Redeliver sends a dead letter kept while the trail went to the spine
-// into the stream: marked redelivered (it lands after newer events), and
-// not sent when the stream holds it already with this content.
-func (c *Client) Redeliver(ctx context.Context, _ /* source */, key string, body []byte) error {
-	ev, err := envelope.ParseKept(key, body)
-	if err != nil {
-		return err
-	}
-	sys, slot, pos, ok := envelope.ParseKey(key)
+// Redeliver sends ev, a dead letter kept while the trail went to the spine
+// and read back with envelope.ParseKept, into the stream: marked
+// redelivered (it lands after newer events), and not sent when the stream
+// holds it already with this content.
+func (c *Client) Redeliver(ctx context.Context, _ /* source */ string, ev *envelope.Event) error {
+	sys, slot, pos, ok := envelope.ParseKey(ev.Key)
 	if !ok {
 		sys, slot = "redeliver", "redeliver" // a KEY or SEAL event: found by key and content
 	}

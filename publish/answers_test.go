@@ -235,7 +235,7 @@ func TestRedeliverUnconfirmed201(t *testing.T) {
 			c, h, _ := newHookedClient(t, spine.URL(), nil)
 			old := testEvent("s", 0x600, 3)
 			spine.FailNext(1, f)
-			if err := c.Redeliver(context.Background(), old.Source, old.Key, old.Body); err != nil {
+			if err := c.Redeliver(context.Background(), old.Source, keptLetter(t, old)); err != nil {
 				t.Fatalf("Redeliver: %v", err)
 			}
 			if got, want := chainKeys(spine), []string{old.Key}; !reflect.DeepEqual(got, want) {
@@ -294,7 +294,7 @@ func TestSpineRefusalsAreRetried(t *testing.T) {
 				if via == "Publish" {
 					err = c.Publish(context.Background(), ev)
 				} else {
-					err = c.Redeliver(context.Background(), ev.Source, ev.Key, ev.Body)
+					err = c.Redeliver(context.Background(), ev.Source, keptLetter(t, ev))
 				}
 				if err != nil {
 					t.Fatalf("got %v, want delivery once the refusals stop", err)
@@ -349,7 +349,7 @@ func TestEventRefusalsAreRejected(t *testing.T) {
 				if via == "Publish" {
 					err = c.Publish(context.Background(), ev)
 				} else {
-					err = c.Redeliver(context.Background(), ev.Source, ev.Key, ev.Body)
+					err = c.Redeliver(context.Background(), ev.Source, keptLetter(t, ev))
 				}
 				var rej *RejectedError
 				if !errors.As(err, &rej) || rej.StatusCode != code {

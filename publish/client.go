@@ -1035,25 +1035,23 @@ func redactURL(s string) string {
 	return "<unparseable URL>"
 }
 
-// Redeliver sends one envelope again outside the ordered stream (a dead
-// letter being retried). It first looks for key in the spine, and after an
+// Redeliver sends ev, a kept envelope read back with envelope.ParseKept
+// (a dead letter being retried), again outside the ordered stream, marked
+// redelivered. It first looks for its key in the spine, and after an
 // uncertain outcome looks again before re-sending, so the envelope is in the
 // chain exactly once. Like Publish it retries until ctx ends, refusals of
 // the client as a whole included; it returns a *RejectedError if the spine
 // refuses the envelope again.
-func (c *Client) Redeliver(ctx context.Context, source, key string, body []byte) error {
+func (c *Client) Redeliver(ctx context.Context, source string, ev *envelope.Event) error {
+	key := ev.Key
 	if key == "" {
 		return errors.New("BUG: publish.Client.Redeliver of an envelope without an idempotency key")
-	}
-	ev, err := envelope.ParseKept(key, body)
-	if err != nil {
-		return err
 	}
 	// Redelivered events sit out of commit order in the chain, so the
 	// read-back that learns the high-water mark ignores them.
 	ev.MarkRedelivered()
 	d := ev.Digest()
-	_, err = c.deliver(ctx, ev.Body, key, true,
+	_, err := c.deliver(ctx, ev.Body, key, true,
 		func(ctx context.Context, readBack bool) (bool, error) {
 			if !readBack {
 				return false, nil

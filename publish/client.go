@@ -34,8 +34,10 @@ type ClientConfig struct {
 	// CAFile, when set, is a PEM bundle trusted for HTTPS instead of the
 	// system roots.
 	CAFile string
-	// Timeout bounds one HTTP request (default 30s); for a read-back, the
-	// wait for its answer to start and each wait for more of it.
+	// Timeout is how long the spine may be silent (default 30s): a request
+	// that stops moving, the wait for an answer to start, each wait for
+	// more of it (stall.go). Only the small requests (/healthz,
+	// /openapi.json) are bounded by it as a whole.
 	Timeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait between retries (defaults
 	// 200ms and 30s).
@@ -103,8 +105,9 @@ type Client struct {
 	cfg  ClientConfig
 	base *url.URL
 	http *http.Client
-	// readHTTP serves the read-backs: without a timeout for the whole
-	// answer, which can be large (events of many MB), but see scanEvents.
+	// readHTTP serves the POSTs and read-backs, which can be many MB: it
+	// has no timeout for the whole request, they are bounded by silence
+	// instead (withStallTimeout). http serves the small requests.
 	readHTTP *http.Client
 	log      *slog.Logger
 	systemID string

@@ -255,7 +255,7 @@ type work struct {
 // the database, settle capture continuity, read what streaming starts from,
 // then run the reader and the publisher until the stream ends or ctx does.
 func (a *Agent) session(ctx context.Context) error {
-	meta, err := pgx.Connect(ctx, a.cfg.DatabaseURL)
+	meta, err := connectDB(ctx, a.cfg.DatabaseURL)
 	if err != nil {
 		return replication.Explain(fmt.Errorf("connecting to the database: %w", err))
 	}

@@ -363,7 +363,7 @@ func (s *sealing) record(ctx context.Context, anchor trail.Anchor) error {
 
 func (s *sealing) saveAnchor(ctx context.Context, anchor trail.Anchor) error {
 	if s.conn == nil || s.conn.IsClosed() {
-		conn, err := pgx.Connect(ctx, s.a.cfg.DatabaseURL)
+		conn, err := connectDB(ctx, s.a.cfg.DatabaseURL)
 		if err != nil {
 			return fmt.Errorf("connecting to record the trail's anchor: %w", err)
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/rawsock"
 )
 
 // Pipelining: several POSTs in flight on one keep-alive HTTP/1.1 connection,
@@ -64,6 +65,7 @@ func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
 	}
+	conn = rawsock.Wrap(conn)
 	if c.base.Scheme == "https" {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 		if c.tlsConfig != nil {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/rawsock"
 )
 
 // Writer is the built-in sink used when no spine URL is configured: each
@@ -17,8 +19,15 @@ type Writer struct {
 	buf []byte // PublishBatch's lines, reused
 }
 
-// NewWriter returns a sink writing JSON lines to w.
-func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+// NewWriter returns a sink writing JSON lines to w. A file (standard
+// output) is written with raw system calls where they need not wait
+// (package rawsock).
+func NewWriter(w io.Writer) *Writer {
+	if f, ok := w.(*os.File); ok {
+		w = rawsock.NewFile(f)
+	}
+	return &Writer{w: w}
+}
 
 // Publish writes ev's envelope and a newline.
 func (s *Writer) Publish(_ context.Context, ev *envelope.Event) error {

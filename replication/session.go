@@ -20,6 +20,7 @@ import (
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/backoff"
 	"github.com/pgaudit-cdc/pgaudit-cdc/ident"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/rawsock"
 	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 )
@@ -102,7 +103,7 @@ func Connect(ctx context.Context, dsn string, divert Divert) (*Session, error) {
 			if err != nil {
 				return nil, err
 			}
-			m := &meteredConn{Conn: c, drained: &sock.drained}
+			m := &meteredConn{Conn: rawsock.Wrap(c), drained: &sock.drained}
 			if tc, ok := c.(*net.TCPConn); ok {
 				m.raw, _ = tc.SyscallConn()
 			}
@@ -137,13 +138,13 @@ func Connect(ctx context.Context, dsn string, divert Divert) (*Session, error) {
 //
 // pgproto3 asks for 8 KiB at a time. Under load each gather round then
 // took several read system calls, and each read of a loopback TCP socket
-// also sends the window update and runs the peer's receive path; a read
-// long enough is moreover handed off to another thread by the runtime's
-// monitor. One read of up to readBuffer takes what a round gathered.
+// also sends the window update and runs the peer's receive path. One read
+// of up to readBuffer takes what a round gathered. The socket underneath
+// is read and written with raw system calls (package rawsock).
 type meteredConn struct {
 	net.Conn
 	drained *atomic.Bool
-	raw     syscall.RawConn // a TCP socket's, for Gather and rawRead; nil otherwise
+	raw     syscall.RawConn // a TCP socket's, for Gather; nil otherwise
 	buf     []byte          // read from the socket, not yet taken: buf[off:]
 	off     int
 	err     error // came with the bytes in buf: returned once they are taken
@@ -169,8 +170,9 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if len(p) >= readBuffer {
-		// A large message: straight into pgproto3's buffer, through
-		// net.Conn (a raw read would hold the P for the whole copy).
+		// A large message: straight into pgproto3's buffer, a piece at a
+		// time.
+		p = p[:min(len(p), rawsock.MaxPiece)]
 		n, err := c.Conn.Read(p)
 		if n > 0 {
 			c.drained.Store(n < len(p))
@@ -180,7 +182,7 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 	if c.buf == nil {
 		c.buf = make([]byte, readBuffer)
 	}
-	n, err := c.read(c.buf[:readBuffer])
+	n, err := c.Conn.Read(c.buf[:readBuffer])
 	if n <= 0 {
 		// A read that timed out before any byte (Poll) says nothing.
 		c.buf, c.off = c.buf[:0], 0
@@ -193,15 +195,6 @@ func (c *meteredConn) Read(p []byte) (int, error) {
 		return n, err
 	}
 	return c.off, nil
-}
-
-// read reads from the socket: on Linux TCP without handing the thread's P
-// to the runtime for the system call (see rawRead).
-func (c *meteredConn) read(p []byte) (int, error) {
-	if c.raw != nil && lowWaterMarks {
-		return rawRead(c.Conn, c.raw, p)
-	}
-	return c.Conn.Read(p)
 }
 
 // Drained reports whether the last read from the network emptied the

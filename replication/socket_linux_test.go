@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/rawsock"
 )
 
 // tcpPair returns both ends of a loopback TCP connection, the second with
@@ -88,10 +90,10 @@ func TestMeteredConnCarriesTheStream(t *testing.T) {
 		raw  bool
 	}{{"raw system call", true}, {"net.Conn", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server, raw := tcpPair(t)
+			client, server, _ := tcpPair(t)
 			m := &meteredConn{Conn: server, drained: new(atomic.Bool)}
 			if tc.raw {
-				m.raw = raw
+				m.Conn = rawsock.Wrap(server)
 			}
 			r := rand.New(rand.NewPCG(3, 4))
 			sent := make([]byte, 3<<20)
@@ -136,7 +138,7 @@ func TestMeteredConnCarriesTheStream(t *testing.T) {
 // losing what arrives afterwards.
 func TestMeteredConnDrainedAndDeadline(t *testing.T) {
 	client, server, raw := tcpPair(t)
-	m := &meteredConn{Conn: server, drained: new(atomic.Bool), raw: raw}
+	m := &meteredConn{Conn: rawsock.Wrap(server), drained: new(atomic.Bool), raw: raw}
 	client.Write([]byte("hello"))
 	p := make([]byte, 8<<10)
 	n, err := m.Read(p)
@@ -226,33 +228,4 @@ func TestAwaitBytes(t *testing.T) {
 			t.Fatal("awaitBytes still waits 10 s after its deadline moved into the past")
 		}
 	})
-}
-
-// TestRawReadErrorsAreNetErrors: a connection reset reaches the caller as
-// net.Conn's errors do (*net.OpError), which crypto/tls does not keep for
-// good; and zero-length reads return at once.
-func TestRawReadErrorsAreNetErrors(t *testing.T) {
-	client, server, raw := tcpPair(t)
-	m := &meteredConn{Conn: server, drained: new(atomic.Bool), raw: raw}
-	if n, err := m.Read(nil); n != 0 || err != nil {
-		t.Fatalf("zero-length read: %d, %v", n, err)
-	}
-	client.Write([]byte("x"))
-	p := make([]byte, 100)
-	if n, err := m.Read(p); n != 1 || err != nil {
-		t.Fatalf("read %d, %v", n, err)
-	}
-	// Unread data at close makes the peer send a reset.
-	server.Write([]byte("unread"))
-	time.Sleep(20 * time.Millisecond)
-	client.(*net.TCPConn).SetLinger(0)
-	client.Close()
-	var err error
-	for end := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(end); {
-		_, err = m.Read(p)
-	}
-	var op *net.OpError
-	if !errors.As(err, &op) || !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("read after a reset: %T %v; want a *net.OpError wrapping ECONNRESET", err, err)
-	}
 }

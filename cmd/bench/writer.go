@@ -389,8 +389,13 @@ func (e *env) startRecvlogical(ctx context.Context, url string, conn *pgx.Conn, 
 	args := []string{"-o", "proto_version=1", "-o", "publication_names=" + pub}
 	if plugin == pluginWal2json {
 		// JSON with the old row in full (REPLICA IDENTITY FULL), as the
-		// agent sends: wal2json's format 2, one object per change.
-		slot, args = "writer_w2j", []string{"-o", "format-version=2", "-o", "include-transaction=false"}
+		// agent sends: wal2json's format 2, one object per change, and
+		// its default transaction boundaries (BEGIN and COMMIT objects),
+		// which the agent needs too: each event names its transaction
+		// and its place in it. Without them (include-transaction=false)
+		// wal2json sends a third of the messages and is no longer doing
+		// the agent's work.
+		slot, args = "writer_w2j", []string{"-o", "format-version=2"}
 	}
 	// A new slot per run starts at the current position: nothing to catch up.
 	if err := exec1(ctx, conn, "SELECT pg_create_logical_replication_slot($1, $2)", slot, plugin); err != nil {

@@ -16,10 +16,12 @@ import (
 // the detector, an empty read or write through package syscall makes the
 // same mark; the kernel returns at once for those.
 
-// raceRead marks a raw read of p from fd.
+// raceRead marks a raw read of p from fd (empty at the end of the stream).
 func raceRead(fd uintptr, p []byte) {
 	_, _ = syscall.Read(int(fd), nil)
-	runtime.RaceWriteRange(unsafe.Pointer(&p[0]), len(p))
+	if len(p) > 0 {
+		runtime.RaceWriteRange(unsafe.Pointer(&p[0]), len(p))
+	}
 }
 
 // raceWrite marks a raw write of p to fd; it comes before the write.

@@ -13,11 +13,18 @@ import (
 const rwfNoWait = 0x8
 
 // Wrap returns c reading and writing through raw system calls when it is
-// a TCP or Unix-domain socket, and c itself otherwise. Deadlines, Close
-// and the rest are c's own. The result implements syscall.Conn.
+// a stream socket (TCP, or Unix-domain of type "unix"), and c itself
+// otherwise. Deadlines, Close and the rest are c's own. The result
+// implements syscall.Conn. Like every connection of the agent, it has one
+// writer at a time: a Write that waits for room may interleave with
+// another goroutine's.
 func Wrap(c net.Conn) net.Conn {
 	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
+	case *net.TCPConn:
+	case *net.UnixConn:
+		if c.LocalAddr().Network() != "unix" {
+			return c // datagrams and packets: Read and Write keep their bounds there
+		}
 	default:
 		return c
 	}
@@ -47,8 +54,8 @@ func (c *conn) Read(p []byte) (int, error) {
 	var errno syscall.Errno
 	err := c.raw.Read(func(fd uintptr) bool {
 		n, errno = retry(syscall.SYS_READ, fd, p)
-		if n > 0 {
-			raceRead(fd, p[:n])
+		if errno == 0 {
+			raceRead(fd, p[:n]) // the end of the stream too, as syscall.Read
 		}
 		return errno != syscall.EAGAIN
 	})
@@ -82,6 +89,8 @@ func (c *conn) Write(p []byte) (int, error) {
 			return n, c.opError("write", err)
 		case errno != 0:
 			return n, c.opError("write", os.NewSyscallError("write", errno))
+		case m == 0:
+			return n, c.opError("write", io.ErrShortWrite) // a socket never does this
 		}
 	}
 	return n, nil
@@ -121,6 +130,9 @@ type File struct {
 	f       *os.File
 	raw     syscall.RawConn
 	refused atomic.Bool // the kernel refused RWF_NOWAIT for this file: ordinary writes only
+
+	// For tests: bytes written each way.
+	rawBytes, plainBytes atomic.Int64
 }
 
 // NewFile returns f's writer.
@@ -145,19 +157,23 @@ func (w *File) Write(p []byte) (int, error) {
 				m, errno := nowait(fd, piece)
 				switch errno {
 				case 0:
-					n += m
-					continue
+					if m > 0 {
+						n += m
+						continue
+					}
 				case syscall.EOPNOTSUPP, syscall.ENOSYS, syscall.EINVAL, syscall.ESPIPE:
 					w.refused.Store(true)
 				}
 				return // EAGAIN: it would wait; anything else: Write reports it
 			}
 		})
+		w.rawBytes.Add(int64(n))
 	}
 	if n == len(p) {
 		return n, nil
 	}
 	m, err := w.f.Write(p[n:])
+	w.plainBytes.Add(int64(m))
 	return n + m, err
 }
 

@@ -19,12 +19,14 @@ const rwfNoWait = 0x8
 // writer at a time: a Write that waits for room may interleave with
 // another goroutine's.
 func Wrap(c net.Conn) net.Conn {
+	network := "tcp"
 	switch c.(type) {
 	case *net.TCPConn:
 	case *net.UnixConn:
-		if c.LocalAddr().Network() != "unix" {
+		if a := c.LocalAddr(); a == nil || a.Network() != "unix" {
 			return c // datagrams and packets: Read and Write keep their bounds there
 		}
+		network = "unix"
 	default:
 		return c
 	}
@@ -32,12 +34,13 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &conn{Conn: c, raw: raw}
+	return &conn{Conn: c, raw: raw, network: network}
 }
 
 type conn struct {
 	net.Conn
-	raw syscall.RawConn
+	raw     syscall.RawConn
+	network string // for errors
 }
 
 // SyscallConn returns the socket's RawConn.
@@ -119,7 +122,7 @@ func (c *conn) opError(op string, err error) error {
 		oe.Op = op
 		return oe
 	}
-	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: c.network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // File writes to an open file without telling the runtime when the kernel

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"net"
 
 	"github.com/jackc/pgx/v5"
 
@@ -17,13 +16,6 @@ func connectDB(ctx context.Context, url string) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	dial := cfg.DialFunc
-	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return rawsock.Wrap(c), nil
-	}
+	cfg.DialFunc = rawsock.WrapDial(cfg.DialFunc)
 	return pgx.ConnectConfig(ctx, cfg)
 }

@@ -193,14 +193,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	// A request's progress is what --spine-timeout measures: keep the
 	// kernel from taking megabytes of it at once (limitUnsent). Reads and
 	// writes are raw system calls (package rawsock).
-	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: limitUnsent}
-	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := dialer.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return rawsock.Wrap(conn), nil
-	}
+	transport.DialContext = rawsock.WrapDial((&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: limitUnsent}).DialContext)
 	if cfg.CAFile != "" {
 		pem, err := os.ReadFile(cfg.CAFile)
 		if err != nil {

@@ -2,6 +2,7 @@ package rawsock
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -433,5 +434,28 @@ func TestSocketOptions(t *testing.T) {
 	})
 	if err != nil || got != 4096 {
 		t.Fatalf("SO_RCVLOWAT after SetInt(4096) = %d, %v", got, err)
+	}
+}
+
+// TestWrapDial: a dial's connections come wrapped, and its errors as they
+// are.
+func TestWrapDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dial := WrapDial((&net.Dialer{}).DialContext)
+	c, err := dial(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(*conn); !ok {
+		t.Fatalf("WrapDial's connection is a %T, not wrapped", c)
+	}
+	ln.Close()
+	if c, err := dial(context.Background(), "tcp", ln.Addr().String()); err == nil || c != nil {
+		t.Fatalf("dialling a closed listener: %v, %v; want the dial's error and no connection", c, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
 
@@ -41,6 +42,7 @@ func TestGapAfterFailoverFork(t *testing.T) {
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		h.exec(`SELECT pg_logical_emit_message(false, 'test', 'tick')`)
+		pgtest.WakeSlotSync(t, h.conn, sconn)
 		var synced bool
 		var confirmed *string
 		err := sconn.QueryRow(ctx, `SELECT synced, confirmed_flush_lsn::text FROM pg_replication_slots

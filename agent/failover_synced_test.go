@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
+	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgoutput"
 	"github.com/pgaudit-cdc/pgaudit-cdc/replication"
 )
@@ -215,6 +216,7 @@ func TestFailoverWithSyncedSlot(t *testing.T) {
 	deadline := time.Now().Add(90 * time.Second)
 	var syncedAt string
 	for {
+		pgtest.WakeSlotSync(t, h.conn, sconn)
 		var synced bool
 		var confirmed *string
 		err := sconn.QueryRow(ctx, `SELECT synced, confirmed_flush_lsn::text FROM pg_replication_slots

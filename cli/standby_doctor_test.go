@@ -244,11 +244,13 @@ func TestDoctorStandbyFailoverSetup(t *testing.T) {
 	cmd.SetErr(&stderr)
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(runCtx) }()
+	pconn, sconn := connect(t, pDSN), connect(t, sDSN)
 	id := 0
 	deadline := time.Now().Add(120 * time.Second)
 	for {
 		id++
 		exec(t, pDSN, `INSERT INTO ledger VALUES ($1, 'row')`, id)
+		pgtest.WakeSlotSync(t, pconn, sconn)
 		var synced bool
 		queryRow(t, sDSN, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgaudit_cdc' AND synced AND NOT temporary)`, &synced)
 		if synced {

@@ -271,3 +271,25 @@ func StreamEveryLargeTransaction(t testing.TB, dsn string) {
 		t.Fatalf("pgtest: lowering logical_decoding_work_mem: %v", err)
 	}
 }
+
+// WakeSlotSync has the standby's slot sync worker (PostgreSQL 17+,
+// sync_replication_slots = on) take the primary's slots over now, where it
+// would otherwise take up to 45 s; call it in every round of a wait for a
+// synced copy:
+//   - The worker makes a new copy persistent only once it reached a
+//     consistent snapshot, which takes a running-transactions record in
+//     the WAL; the primary logs one every 15 s on its own, and
+//     pg_log_standby_snapshot logs one at once.
+//   - While no slot changes, the worker doubles its nap between cycles up
+//     to 30 s; a configuration reload sets its latch and it syncs at once.
+func WakeSlotSync(t testing.TB, primary, standby *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := primary.Exec(ctx, `SELECT pg_log_standby_snapshot()`); err != nil {
+		t.Fatalf("pgtest: logging a standby snapshot on the primary: %v", err)
+	}
+	if _, err := standby.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		t.Fatalf("pgtest: waking the slot sync worker: %v", err)
+	}
+}

@@ -58,6 +58,11 @@ type Config struct {
 	// ShutdownGrace is how long buffered events may still be delivered after
 	// a stop was asked for (default 5s).
 	ShutdownGrace time.Duration
+	// HousekeepingInterval is how often the maintenance round runs when
+	// nothing asks for one sooner (default 15s): slot statistics, dropped
+	// and renamed tables, weakened replica identities, unlogged partitions
+	// and schema-watch membership without the event triggers.
+	HousekeepingInterval time.Duration
 	// AcceptGap is the operator's consent to continue past a capture gap:
 	// "" (none: Run returns a *capture.GapError), capture.AcceptAny, or the
 	// gap's ID. Accepting records one GAP event and starts a new slot.
@@ -136,6 +141,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if cfg.HousekeepingInterval <= 0 {
+		cfg.HousekeepingInterval = defaultHousekeepingInterval
 	}
 	if cfg.MaxBufferedBytes <= 0 {
 		cfg.MaxBufferedBytes = 64 << 20

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/agent"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
@@ -176,7 +177,7 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 	h.exec(`CREATE TABLE acc (id int PRIMARY KEY, v text)`)
 	h.watch("upt", "other", "books")
 	h.watch("acc", "other", "books")
-	h.startAgent()
+	h.startAgentWith(func(c *agent.Config) { c.HousekeepingInterval = housekeepingInterval })
 	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.DropTriggerName)
 	h.exec(`DROP EVENT TRIGGER IF EXISTS ` + watches.EventTriggerName)
 	h.exec(`INSERT INTO upt VALUES (1, 'a')`)
@@ -189,12 +190,13 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 		return p == "p"
 	}
 	for round := 1; round <= 2; round++ {
-		h.exec(`ALTER TABLE upt1 SET UNLOGGED`)
-		h.exec(`INSERT INTO upt VALUES ($1, 'unseen')`, 10*round)
-		deadline := time.Now().Add(raceSlowdown * 40 * time.Second) // a housekeeping round is every 15 s
+		// One transaction: no housekeeping round finds the partition
+		// unlogged before the change that must not be in the WAL.
+		h.exec(fmt.Sprintf(`ALTER TABLE upt1 SET UNLOGGED; INSERT INTO upt VALUES (%d, 'unseen')`, 10*round))
+		deadline := time.Now().Add(housekeepingWait)
 		for !logged() {
 			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the partition is still unlogged %s later", round, 40*time.Second)
+				t.Fatalf("round %d: the partition is still unlogged %s later", round, housekeepingWait)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -203,7 +205,7 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 	// An unlogged inheritance child: set LOGGED, then watched the round
 	// after.
 	h.exec(`CREATE UNLOGGED TABLE ukid () INHERITS (acc)`)
-	deadline := time.Now().Add(raceSlowdown * 50 * time.Second)
+	deadline := time.Now().Add(2 * housekeepingWait)
 	for {
 		var watched bool
 		if err := h.conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.watches WHERE table_name = 'ukid' AND active)`).Scan(&watched); err != nil {
@@ -213,7 +215,7 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the unlogged child of a watched table is not watched %s later", 50*time.Second)
+			t.Fatalf("the unlogged child of a watched table is not watched %s later", 2*housekeepingWait)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

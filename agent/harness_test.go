@@ -92,6 +92,14 @@ func (h *harness) unwatch(table string) bool {
 }
 
 // startAgent runs an agent against the spine double until stopAgent.
+// housekeepingInterval is Config.HousekeepingInterval for the tests that
+// wait for maintenance rounds (the default is 15 s), and housekeepingWait
+// how long they wait for one that changes something.
+const (
+	housekeepingInterval = time.Second
+	housekeepingWait     = raceSlowdown * 10 * time.Second
+)
+
 func (h *harness) startAgent() {
 	h.t.Helper()
 	h.startAgentWith(nil)

@@ -15,8 +15,9 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/watches"
 )
 
-// housekeepingInterval spaces the maintenance rounds.
-const housekeepingInterval = 15 * time.Second
+// defaultHousekeepingInterval spaces the maintenance rounds
+// (Config.HousekeepingInterval).
+const defaultHousekeepingInterval = 15 * time.Second
 
 // housekeeper does the agent's maintenance on a goroutine and a database
 // connection of its own, so that receiving never waits on it: slot
@@ -40,8 +41,8 @@ func (h *housekeeper) poke() {
 	}
 }
 
-// run does a round at once, then every housekeepingInterval or when poked,
-// until ctx ends. It connects, and reconnects, by itself.
+// run does a round at once, then every Config.HousekeepingInterval or when
+// poked, until ctx ends. It connects, and reconnects, by itself.
 func (h *housekeeper) run(ctx context.Context) {
 	var conn *pgx.Conn
 	defer func() {
@@ -62,13 +63,13 @@ func (h *housekeeper) run(ctx context.Context) {
 			c, err := pgx.Connect(ctx, h.a.cfg.DatabaseURL)
 			if err != nil {
 				h.a.log.Debug("housekeeping cannot connect; trying again later", "err", err)
-				t.Reset(housekeepingInterval)
+				t.Reset(h.a.cfg.HousekeepingInterval)
 				continue
 			}
 			conn = c
 		}
 		h.round(ctx, conn)
-		t.Reset(housekeepingInterval)
+		t.Reset(h.a.cfg.HousekeepingInterval)
 	}
 }
 

@@ -227,49 +227,61 @@ const hexDigits = "0123456789abcdef"
 
 // writeString writes s as a JSON string the way CPython's json encoder does.
 // Invalid UTF-8 bytes (which a decoded JSON string never holds) are written
-// as U+FFFD.
+// as U+FFFD. Runs that need no escape are copied whole: a value of hundreds
+// of MB is mostly such a run.
 func writeString(buf *bytes.Buffer, s string, ascii bool) {
 	buf.WriteByte('"')
+	done := 0 // s[:done] is written
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && (!ascii || c != 0x7f) {
+				i++
+				continue
+			}
+			buf.WriteString(s[done:i])
 			i++
-			switch {
-			case c == '"':
+			done = i
+			switch c {
+			case '"':
 				buf.WriteString(`\"`)
-			case c == '\\':
+			case '\\':
 				buf.WriteString(`\\`)
-			case c == '\n':
+			case '\n':
 				buf.WriteString(`\n`)
-			case c == '\r':
+			case '\r':
 				buf.WriteString(`\r`)
-			case c == '\t':
+			case '\t':
 				buf.WriteString(`\t`)
-			case c == '\b':
+			case '\b':
 				buf.WriteString(`\b`)
-			case c == '\f':
+			case '\f':
 				buf.WriteString(`\f`)
-			case c < 0x20 || (ascii && c == 0x7f):
+			default: // the other control characters, and DEL when ascii
 				writeU16(buf, rune(c))
-			default:
-				buf.WriteByte(c)
 			}
 			continue
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
-		i += size
-		if !ascii {
-			buf.WriteRune(r) // RuneError for invalid bytes
+		if !ascii && (r != utf8.RuneError || size > 1) {
+			i += size // valid UTF-8 is written as it is
 			continue
 		}
-		if r > 0xFFFF {
+		buf.WriteString(s[done:i])
+		i += size
+		done = i
+		switch {
+		case !ascii:
+			buf.WriteRune(utf8.RuneError)
+		case r > 0xFFFF:
 			r -= 0x10000
 			writeU16(buf, 0xD800+(r>>10))
 			writeU16(buf, 0xDC00+(r&0x3FF))
-			continue
+		default:
+			writeU16(buf, r)
 		}
-		writeU16(buf, r)
 	}
+	buf.WriteString(s[done:])
 	buf.WriteByte('"')
 }
 

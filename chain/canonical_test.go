@@ -1,10 +1,12 @@
 package chain
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestHashWithPayload: the hash from a payload encoded once is the hash.
@@ -39,5 +41,69 @@ func TestAppendPythonFloat(t *testing.T) {
 		if got := string(AppendPythonFloat(nil, f)); got != want {
 			t.Errorf("AppendPythonFloat(%v) = %s, want %s", f, got, want)
 		}
+	}
+}
+
+// writeStringByRune is writeString one character at a time: the reference
+// the copying of whole runs must agree with.
+func writeStringByRune(buf *bytes.Buffer, s string, ascii bool) {
+	buf.WriteByte('"')
+	for _, r := range s { // invalid bytes come as U+FFFD
+		switch {
+		case r == '"':
+			buf.WriteString(`\"`)
+		case r == '\\':
+			buf.WriteString(`\\`)
+		case r == '\n':
+			buf.WriteString(`\n`)
+		case r == '\r':
+			buf.WriteString(`\r`)
+		case r == '\t':
+			buf.WriteString(`\t`)
+		case r == '\b':
+			buf.WriteString(`\b`)
+		case r == '\f':
+			buf.WriteString(`\f`)
+		case r < 0x20 || ascii && r == 0x7f:
+			writeU16(buf, r)
+		case !ascii || r < utf8.RuneSelf:
+			buf.WriteRune(r)
+		case r > 0xFFFF:
+			writeU16(buf, 0xD800+((r-0x10000)>>10))
+			writeU16(buf, 0xDC00+((r-0x10000)&0x3FF))
+		default:
+			writeU16(buf, r)
+		}
+	}
+	buf.WriteByte('"')
+}
+
+// FuzzWriteString: both modes write what the reference writes, for any
+// bytes, valid UTF-8 or not.
+func FuzzWriteString(f *testing.F) {
+	for _, s := range []string{"", "plain", `a"b\c`, "tab\there\nnew\r\b\f\x00\x1f\x7f", "é€😀", "\xff\xfe", "a\xc3", "\xef\xbf\xbd", "\u2028\u2029", "\xed\xa0\x80", strings.Repeat("x", 1000) + "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, ascii := range []bool{true, false} {
+			var got, want bytes.Buffer
+			writeString(&got, s, ascii)
+			writeStringByRune(&want, s, ascii)
+			if !bytes.Equal(got.Bytes(), want.Bytes()) {
+				t.Fatalf("writeString(%q, ascii=%v) = %q, want %q", s, ascii, got.Bytes(), want.Bytes())
+			}
+		}
+	})
+}
+
+// BenchmarkWriteString is a 1 MiB value, mostly ASCII text, in the hash's
+// form (ASCII only).
+func BenchmarkWriteString(b *testing.B) {
+	s := strings.Repeat("order 424242 for customer 4242 via web checkout, gift wrap \"yes\"\n", 16384)
+	var buf bytes.Buffer
+	b.SetBytes(int64(len(s)))
+	for b.Loop() {
+		buf.Reset()
+		writeString(&buf, s, true)
 	}
 }

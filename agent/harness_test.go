@@ -91,7 +91,6 @@ func (h *harness) unwatch(table string) bool {
 	return removed
 }
 
-// startAgent runs an agent against the spine double until stopAgent.
 // housekeepingInterval is Config.HousekeepingInterval for the tests that
 // wait for maintenance rounds (the default is 15 s), and housekeepingWait
 // how long they wait for one that changes something.
@@ -100,6 +99,7 @@ const (
 	housekeepingWait     = raceSlowdown * 10 * time.Second
 )
 
+// startAgent runs an agent against the spine double until stopAgent.
 func (h *harness) startAgent() {
 	h.t.Helper()
 	h.startAgentWith(nil)

@@ -60,20 +60,24 @@ const keyPrefix = "pgaudit-cdc:"
 // Key is the idempotency key of the change at p: unique across servers
 // (system identifier), agents (slot) and changes (position).
 func Key(systemID, slot string, p Position) string {
-	b := make([]byte, 0, len(keyPrefix)+len(systemID)+len(slot)+30)
-	b = append(b, keyPrefix...)
-	b = append(b, systemID...)
-	b = append(b, ':')
-	b = append(b, slot...)
-	b = append(b, ':')
-	// The commit LSN as 16 upper-case hex digits, without fmt (hot path).
+	// One allocation, without fmt (hot path): the builder's buffer becomes
+	// the string.
+	var k strings.Builder
+	k.Grow(len(keyPrefix) + len(systemID) + len(slot) + 29)
+	k.WriteString(keyPrefix)
+	k.WriteString(systemID)
+	k.WriteByte(':')
+	k.WriteString(slot)
+	k.WriteByte(':')
+	// The commit LSN as 16 upper-case hex digits, then the sequence.
+	var tail [28]byte
 	const hexDigits = "0123456789ABCDEF"
-	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, hexDigits[uint64(p.CommitLSN)>>shift&0xF])
+	for i := range 16 {
+		tail[i] = hexDigits[uint64(p.CommitLSN)>>(60-4*i)&0xF]
 	}
-	b = append(b, ':')
-	b = strconv.AppendUint(b, uint64(p.Seq), 10)
-	return string(b)
+	tail[16] = ':'
+	k.Write(strconv.AppendUint(tail[:17], uint64(p.Seq), 10))
+	return k.String()
 }
 
 // KeyPrefix is what every key of systemID and slot starts with.

@@ -28,7 +28,7 @@ func watched(t *testing.T) (*pgx.Conn, string, uint32) {
 	t.Helper()
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
 	if _, err := conn.Exec(ctx, `CREATE TABLE b (id int PRIMARY KEY, v text);
 		INSERT INTO b SELECT g, 'row ' || g FROM generate_series(1, 50) g`); err != nil {
 		t.Fatal(err)
@@ -41,16 +41,6 @@ func watched(t *testing.T) (*pgx.Conn, string, uint32) {
 		t.Fatal(err)
 	}
 	return conn, dsn, oid
-}
-
-func connect(t *testing.T, dsn string) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
 }
 
 // chunksInWAL counts the backfill messages the slot holds (without
@@ -95,7 +85,7 @@ func backfillState(t *testing.T, conn *pgx.Conn, id int64) backfillRow {
 func TestBackfillStopsWhenUnwatched(t *testing.T) {
 	ctx := context.Background()
 	conn, dsn, oid := watched(t)
-	other := connect(t, dsn)
+	other := pgtest.Connect(t, dsn)
 	var unwatchErr error
 	p, err := backfill.Run(ctx, conn, oid, backfill.Options{ChunkSize: 10, OnChunk: func(p backfill.Progress) {
 		if p.Chunks == 2 {
@@ -149,7 +139,7 @@ func TestBackfillStopsWhenUnwatched(t *testing.T) {
 func TestBackfillWaitsForAConcurrentUnwatch(t *testing.T) {
 	ctx := context.Background()
 	conn, dsn, oid := watched(t)
-	other := connect(t, dsn)
+	other := pgtest.Connect(t, dsn)
 	const hold = 500 * time.Millisecond
 	committed := make(chan error, 1)
 	var holdErr error

@@ -58,7 +58,7 @@ func checkpointMessages(t *testing.T, conn *pgx.Conn) []decode.CheckpointMessage
 func TestCheckpointChunksByKey(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
 	if _, err := conn.Exec(ctx, `CREATE TABLE "odd "";name" ("k ""1" text, "k;2" int, v numeric, PRIMARY KEY ("k ""1", "k;2"));
 		INSERT INTO "odd "";name" SELECT 'k' || (g % 5), g, g * 1.5 FROM generate_series(1, 53) g`); err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestCheckpointChunksByKey(t *testing.T) {
 func TestCheckpointWithoutKeyIsOneChunk(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
 	if _, err := conn.Exec(ctx, `CREATE TABLE nk (v text); INSERT INTO nk SELECT 'same' FROM generate_series(1, 20)`); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestCheckpointTiming(t *testing.T) {
 	}
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
 	if _, err := conn.Exec(ctx, `CREATE TABLE big (id bigint PRIMARY KEY, name text, amount numeric, at timestamptz)`); err != nil {
 		t.Fatal(err)
 	}
@@ -219,8 +219,8 @@ func TestCheckpointTiming(t *testing.T) {
 func TestCheckpointStopsOnAlterTable(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
-	other := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
+	other := pgtest.Connect(t, dsn)
 	reg := watches.NewRegistry(conn, pub, slot)
 	tests := []struct {
 		name  string

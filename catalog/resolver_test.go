@@ -48,11 +48,7 @@ func connect(t *testing.T) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, pgtest.DSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
+	conn := pgtest.Connect(t, pgtest.DSN(t))
 	if _, err := conn.Exec(ctx, schemaSQL); err != nil {
 		t.Fatalf("create schema: %v", err)
 	}

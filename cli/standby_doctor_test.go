@@ -244,7 +244,7 @@ func TestDoctorStandbyFailoverSetup(t *testing.T) {
 	cmd.SetErr(&stderr)
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(runCtx) }()
-	pconn, sconn := connect(t, pDSN), connect(t, sDSN)
+	pconn, sconn := pgtest.Connect(t, pDSN), pgtest.Connect(t, sDSN)
 	id := 0
 	deadline := time.Now().Add(120 * time.Second)
 	for {

@@ -61,16 +61,16 @@ const keyPrefix = "pgaudit-cdc:"
 // (system identifier), agents (slot) and changes (position).
 func Key(systemID, slot string, p Position) string {
 	// One allocation, without fmt (hot path): the builder's buffer becomes
-	// the string.
+	// the string. The tail is the commit LSN as 16 upper-case hex digits, ':' and the
+	// sequence (at most 10 digits).
+	var tail [16 + 1 + 10]byte
 	var k strings.Builder
-	k.Grow(len(keyPrefix) + len(systemID) + len(slot) + 29)
+	k.Grow(len(keyPrefix) + len(systemID) + 1 + len(slot) + 1 + len(tail))
 	k.WriteString(keyPrefix)
 	k.WriteString(systemID)
 	k.WriteByte(':')
 	k.WriteString(slot)
 	k.WriteByte(':')
-	// The commit LSN as 16 upper-case hex digits, then the sequence.
-	var tail [28]byte
 	const hexDigits = "0123456789ABCDEF"
 	for i := range 16 {
 		tail[i] = hexDigits[uint64(p.CommitLSN)>>(60-4*i)&0xF]

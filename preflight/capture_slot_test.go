@@ -18,7 +18,7 @@ import (
 func TestSlotMissingAfterCaptureStarted(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	conn := connect(t, dsn)
+	conn := pgtest.Connect(t, dsn)
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
 	expect(t, preflight.Run(ctx, conn, o), "slot", preflight.OK, "will be created")
 

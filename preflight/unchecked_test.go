@@ -37,7 +37,7 @@ func (f *failNth) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndDat
 func TestFailedQueryIsReported(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.DSN(t)
-	setup := connect(t, dsn)
+	setup := pgtest.Connect(t, dsn)
 	if _, err := migrations.Apply(ctx, setup); err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 // foreign-table partition fails it too.
 func TestUnloggedPartitionFails(t *testing.T) {
 	ctx := context.Background()
-	conn := connect(t, pgtest.DSN(t))
+	conn := pgtest.Connect(t, pgtest.DSN(t))
 	for _, sql := range []string{
 		`CREATE TABLE pt (id int PRIMARY KEY) PARTITION BY RANGE (id)`,
 		`CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (10)`,
@@ -76,7 +76,7 @@ func TestUnloggedPartitionFails(t *testing.T) {
 // agent's housekeeping watches it) fails doctor, naming both tables.
 func TestInheritingTableFails(t *testing.T) {
 	ctx := context.Background()
-	conn := connect(t, pgtest.DSN(t))
+	conn := pgtest.Connect(t, pgtest.DSN(t))
 	if _, err := conn.Exec(ctx, `CREATE TABLE acc (id int PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
 	}

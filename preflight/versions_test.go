@@ -5,9 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
@@ -16,18 +13,6 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
-
-func connect(t *testing.T, dsn string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
 
 // result returns the check named name, or nil.
 func result(rs []preflight.Result, name string) *preflight.Result {
@@ -67,7 +52,7 @@ func expect(t *testing.T, rs []preflight.Result, name string, want preflight.Sta
 func TestFailoverChecksByVersion(t *testing.T) {
 	ctx := context.Background()
 	version := pgtest.ServerVersionNum(t)
-	conn := connect(t, pgtest.DSN(t))
+	conn := pgtest.Connect(t, pgtest.DSN(t))
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
 
 	rs := preflight.Run(ctx, conn, o)
@@ -92,7 +77,7 @@ func TestFailoverChecksByVersion(t *testing.T) {
 	}
 
 	// A standby's physical slot (no standby needs to be running for it).
-	admin := connect(t, pgtest.AdminDSN(t))
+	admin := pgtest.Connect(t, pgtest.AdminDSN(t))
 	if _, err := admin.Exec(ctx, "SELECT pg_create_physical_replication_slot('doctor_standby')"); err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +110,7 @@ func TestServerSettingsByVersion(t *testing.T) {
 	ctx := context.Background()
 	version := pgtest.ServerVersionNum(t)
 	if version < 170000 {
-		rs := preflight.Run(ctx, connect(t, pgtest.DSN(t)), preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"})
+		rs := preflight.Run(ctx, pgtest.Connect(t, pgtest.DSN(t)), preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"})
 		expect(t, rs, "idle_replication_slot_timeout", "")
 		expect(t, rs, "synchronized_standby_slots", "")
 		return
@@ -142,7 +127,7 @@ func TestServerSettingsByVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Shutdown)
-	conn := connect(t, c.AdminURL())
+	conn := pgtest.Connect(t, c.AdminURL())
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
 
 	rs := preflight.Run(ctx, conn, o)
@@ -169,7 +154,7 @@ func TestServerSettingsByVersion(t *testing.T) {
 func TestVirtualGeneratedColumns(t *testing.T) {
 	ctx := context.Background()
 	version := pgtest.ServerVersionNum(t)
-	conn := connect(t, pgtest.DSN(t))
+	conn := pgtest.Connect(t, pgtest.DSN(t))
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
 	if version < 180000 {
 		expect(t, preflight.Run(ctx, conn, o), "virtual generated columns", "")

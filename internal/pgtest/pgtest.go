@@ -255,6 +255,20 @@ func dropOnce(ctx context.Context, conn *pgx.Conn, name string) error {
 	return err
 }
 
+// Connect opens a connection to dsn for the rest of the test: it is closed
+// when the test ends.
+func Connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("pgtest: connecting: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
 // StreamEveryLargeTransaction sets logical_decoding_work_mem of the
 // database at dsn to its least, 64 kB: walsenders that connect to it from
 // then on stream (or spill) every transaction over that.

@@ -19,18 +19,6 @@ func TestMain(m *testing.M) {
 	os.Exit(Run(m))
 }
 
-func connect(t *testing.T, dsn string) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect %s: %v", dsn, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
 func currentDatabase(t *testing.T, conn *pgx.Conn) string {
 	t.Helper()
 	var name string
@@ -59,7 +47,7 @@ func TestDSNConnectable(t *testing.T) {
 	if !strings.Contains(dsn, "?") {
 		t.Fatalf("DSN %q has no query part", dsn)
 	}
-	conn := connect(t, dsn)
+	conn := Connect(t, dsn)
 	if got := currentDatabase(t, conn); !strings.HasPrefix(got, "testdsnconnectable_") {
 		t.Fatalf("current_database() = %q", got)
 	}
@@ -75,7 +63,7 @@ func TestTwoDSNsDiffer(t *testing.T) {
 	if a == b {
 		t.Fatalf("same DSN twice: %s", a)
 	}
-	ca, cb := connect(t, a), connect(t, b)
+	ca, cb := Connect(t, a), Connect(t, b)
 	if _, err := ca.Exec(context.Background(), "CREATE TABLE only_in_a (id int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +78,7 @@ func TestTwoDSNsDiffer(t *testing.T) {
 
 func TestWalLevelLogical(t *testing.T) {
 	t.Parallel()
-	conn := connect(t, DSN(t))
+	conn := Connect(t, DSN(t))
 	var level string
 	if err := conn.QueryRow(context.Background(), "SHOW wal_level").Scan(&level); err != nil {
 		t.Fatal(err)
@@ -102,7 +90,7 @@ func TestWalLevelLogical(t *testing.T) {
 
 func TestAdminDSN(t *testing.T) {
 	t.Parallel()
-	conn := connect(t, AdminDSN(t))
+	conn := Connect(t, AdminDSN(t))
 	if got := currentDatabase(t, conn); got != "postgres" {
 		t.Fatalf("admin database = %q", got)
 	}
@@ -145,7 +133,7 @@ func TestCleanupDropsActiveSlot(t *testing.T) {
 	var repl *pgconn.PgConn
 	t.Run("inner", func(t *testing.T) {
 		dsn := DSN(t)
-		conn := connect(t, dsn)
+		conn := Connect(t, dsn)
 		dbname = currentDatabase(t, conn)
 		if _, err := conn.Exec(ctx, "CREATE PUBLICATION pub FOR ALL TABLES"); err != nil {
 			t.Fatal(err)
@@ -184,7 +172,7 @@ func TestCleanupDropsActiveSlot(t *testing.T) {
 	if dbname == "" {
 		t.Fatal("inner test did not create a database")
 	}
-	admin := connect(t, AdminDSN(t))
+	admin := Connect(t, AdminDSN(t))
 	var dbs, slots int
 	if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_database WHERE datname = $1", dbname).Scan(&dbs); err != nil {
 		t.Fatal(err)
@@ -215,7 +203,7 @@ func TestRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dsn := DSN(t)
-	before := connect(t, dsn)
+	before := Connect(t, dsn)
 	if _, err := before.Exec(ctx, "CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +214,7 @@ func TestRestart(t *testing.T) {
 	if err := before.Ping(ctx); err == nil {
 		t.Error("connection from before the restart still works")
 	}
-	after := connect(t, dsn)
+	after := Connect(t, dsn)
 	var n int
 	if err := after.QueryRow(ctx, "SELECT count(*) FROM kept").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("after restart: %d rows (err %v)", n, err)
@@ -242,7 +230,7 @@ func TestRestart(t *testing.T) {
 	if err := c.Start(ctx); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	again := connect(t, dsn)
+	again := Connect(t, dsn)
 	if err := again.Ping(ctx); err != nil {
 		t.Fatalf("after Start: %v", err)
 	}

@@ -103,8 +103,29 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	for _, x := range []*PerTxResult{res.PerTx, res.PerTxHeld} {
+		if x == nil || len(x.Rounds) == 0 {
+			t.Error("pertx: no rounds")
+			continue
+		}
+		for _, rd := range x.Rounds {
+			for _, v := range []string{ptNone, ptRecv, ptW2J, ptAgent} {
+				run, ok := rd[v]
+				if !ok || run.Txns <= 0 || run.TPS <= 0 || run.WALBytes <= 0 {
+					t.Errorf("pertx at rate %d (%s): %+v", x.Rate, v, run)
+					continue
+				}
+				if v != ptNone && (run.ConsumerCPU <= 0 || run.WalsenderCPU <= 0) {
+					t.Errorf("pertx at rate %d (%s): consumer CPU %s, walsender CPU %s", x.Rate, v, run.ConsumerCPU, run.WalsenderCPU)
+				}
+			}
+		}
+	}
+	if x := res.PerTxHeld; x != nil && x.Rate != res.Opts.PerTxHeldRate {
+		t.Errorf("pertx-held: rate %d, want %d", x.Rate, res.Opts.PerTxHeldRate)
+	}
 	md := res.Markdown("go test ./bench -run TestSmoke")
-	for _, want := range []string{"#### 1.", "#### 2.", "#### 3.", "#### 4.", "#### 5.", "#### 5b."} {
+	for _, want := range []string{"#### 1.", "#### 2.", "#### 3.", "#### 4.", "#### 4b.", "#### 4c.", "#### 5.", "#### 5b."} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -40,6 +40,7 @@ type Options struct {
 	WriterFor     time.Duration // one pgbench run
 	WriterClients int           // pgbench clients
 	PerTxRate     int           // pertx: pgbench --rate (0: as fast as it goes)
+	PerTxHeldRate int           // pertx-held: pgbench --rate, the same for every consumer
 	WriterRows    int           // rows in the pgbench table
 	MemRows       int           // rows of the single big transaction
 	MemRowBytes   int           // size of the single big row
@@ -83,6 +84,7 @@ func (o *Options) defaults() {
 	defd(&o.WriterFor, 15*time.Second, 2*time.Second)
 	def(&o.WriterClients, 4, 4)
 	def(&o.WriterRows, 100_000, 5_000)
+	def(&o.PerTxHeldRate, 10_000, 2_000)
 	def(&o.MemRows, 1_000_000, 20_000)
 	def(&o.MemRowBytes, 64<<20, 4<<20)
 	def(&o.BigTxRows, 2_000_000, 20_000)
@@ -109,6 +111,7 @@ type Results struct {
 	E2E         *E2EResult
 	Network     *NetworkResult
 	PerTx       *PerTxResult
+	PerTxHeld   *PerTxResult // pertx with pgbench held to Opts.PerTxHeldRate
 	Latency     *LatencyResult
 	Writer      *WriterResult
 	Memory      *MemoryResult
@@ -179,7 +182,8 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 		{"network", func() (err error) { res.Network, err = e.network(ctx); return err }},
 		{"latency", func() (err error) { res.Latency, err = e.latency(ctx); return err }},
 		{"writer", func() (err error) { res.Writer, err = e.writer(ctx); return err }},
-		{"pertx", func() (err error) { res.PerTx, err = e.perTx(ctx); return err }},
+		{"pertx", func() (err error) { res.PerTx, err = e.perTx(ctx, opts.PerTxRate); return err }},
+		{"pertx-held", func() (err error) { res.PerTxHeld, err = e.perTx(ctx, opts.PerTxHeldRate); return err }},
 		{"memory", func() (err error) { res.Memory, err = e.memory(ctx); return err }},
 		{"bigtx", func() (err error) { res.BigTx, err = e.bigTx(ctx); return err }},
 		{"micro", func() (err error) {

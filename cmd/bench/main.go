@@ -36,7 +36,8 @@ func main() {
 	flag.DurationVar(&o.LatencyFor, "latency-for", 0, "how long the latency writer runs (default 20s, quick 2s)")
 	flag.IntVar(&o.LatencyRate, "latency-rate", 0, "commits per second of the latency writer (default 1000)")
 	flag.DurationVar(&o.WriterFor, "writer-for", 0, "one pgbench run of the writer and pertx scenarios (default 15s, quick 2s)")
-	flag.IntVar(&o.PerTxRate, "pertx-rate", 0, "pertx: transactions per second pgbench is held to (default: as fast as it goes); the same rate for every consumer makes CPU per transaction comparable between runs on a busy machine")
+	flag.IntVar(&o.PerTxRate, "pertx-rate", 0, "pertx: transactions per second pgbench is held to (default: as fast as it goes)")
+	flag.IntVar(&o.PerTxHeldRate, "pertx-held-rate", 0, "pertx-held: transactions per second pgbench is held to, the same for every consumer, so that the whole system's CPU per transaction is compared at one rate and batch size (default 10000, quick 2000)")
 	flag.IntVar(&o.WriterRows, "writer-rows", 0, "rows of the pgbench table (default 100000, quick 5000)")
 	flag.IntVar(&o.MemRows, "mem-rows", 0, "rows of the big transaction (default 1000000, quick 20000)")
 	flag.IntVar(&memMB, "mem-row-mb", 0, "size of the big row in MB (default 64, quick 4)")
@@ -56,7 +57,7 @@ func main() {
 		o.CompareBins[name] = path
 		return nil
 	})
-	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,drainbuilds (with -compare-bin),e2e,network,latency,writer,pertx,memory,bigtx,micro")
+	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: drain,drainbuilds (with -compare-bin),e2e,network,latency,writer,pertx,pertx-held,memory,bigtx,micro")
 	flag.StringVar(&out, "out", "", "rewrite the results section of this file (e.g. BENCHMARKS.md)")
 	flag.Parse()
 	if flag.NArg() > 0 {

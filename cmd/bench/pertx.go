@@ -24,6 +24,7 @@ type PerTxResult struct {
 	Clients int
 	For     time.Duration
 	Rows    int
+	Rate    int                   // pgbench --rate; 0: as fast as it goes
 	Rounds  []map[string]PerTxRun // by variant
 }
 
@@ -69,7 +70,9 @@ DELETE FROM orders WHERE id = :id;
 
 var perTxWeights = map[string]int{"update.sql": 8, "insert.sql": 1, "delete.sql": 1}
 
-func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
+// perTx runs every consumer in interleaved rounds, with pgbench held to
+// rate transactions a second (0: as fast as it goes).
+func (e *env) perTx(ctx context.Context, rate int) (*PerTxResult, error) {
 	pgbench, err := e.tool("pgbench")
 	if err != nil {
 		return nil, err
@@ -92,12 +95,18 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		}
 		scriptArgs = append(scriptArgs, "-f", path+"@"+strconv.Itoa(perTxWeights[name]))
 	}
-	res := &PerTxResult{Clients: e.opts.WriterClients, For: e.opts.WriterFor, Rows: e.opts.WriterRows}
+	res := &PerTxResult{Clients: e.opts.WriterClients, For: e.opts.WriterFor, Rows: e.opts.WriterRows, Rate: rate}
 	builds, bins := e.builds(bin)
 	variants := append([]string{ptNone, ptRecv, ptW2J}, builds...)
 	const pub = "bench_pertx"
+	// Each pass has its own databases and slots: a database that holds a
+	// slot cannot be dropped, and the slots go when the pass ends.
+	prefix := "pertx_"
+	if rate > 0 {
+		prefix = "pertx_r" + strconv.Itoa(rate) + "_"
+	}
 	slotOf := func(v string) string {
-		return "pertx_" + strings.Map(func(r rune) rune {
+		return prefix + strings.Map(func(r rune) rune {
 			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
 				return r
 			}
@@ -110,9 +119,15 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		for _, c := range conns {
 			c.Close(context.WithoutCancel(ctx))
 		}
+		// Left behind, the agents' slots would hold WAL through the
+		// scenarios after this one.
+		if _, err := e.admin.Exec(context.WithoutCancel(ctx), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+			WHERE NOT active AND starts_with(slot_name, $1)`, prefix); err != nil {
+			e.logf("dropping the pertx slots: %v", err)
+		}
 	}()
 	for _, v := range variants {
-		url, err := e.createDB(ctx, "bench_pertx_"+slotOf(v)[len("pertx_"):])
+		url, err := e.createDB(ctx, "bench_"+slotOf(v))
 		if err != nil {
 			return nil, err
 		}
@@ -157,7 +172,7 @@ func (e *env) perTx(ctx context.Context) (*PerTxResult, error) {
 		round := map[string]PerTxRun{}
 		order := append(variants[k%len(variants):], variants[:k%len(variants)]...)
 		for _, v := range order {
-			run, err := e.perTxRun(ctx, pgbench, scriptArgs, bins[v], v, urls[v], conns[v], pub, slotOf(v))
+			run, err := e.perTxRun(ctx, pgbench, scriptArgs, rate, bins[v], v, urls[v], conns[v], pub, slotOf(v))
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", v, err)
 			}
@@ -179,7 +194,7 @@ func perTx(cpu time.Duration, txns int) float64 {
 	return float64(cpu.Microseconds()) / float64(txns)
 }
 
-func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bin, variant, url string, conn *pgx.Conn, pub, slot string) (PerTxRun, error) {
+func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, rate int, bin, variant, url string, conn *pgx.Conn, pub, slot string) (PerTxRun, error) {
 	var run PerTxRun
 	if err := exec1(ctx, conn, "CHECKPOINT"); err != nil {
 		return run, err
@@ -270,8 +285,8 @@ func (e *env) perTxRun(ctx context.Context, pgbench string, scripts []string, bi
 	}
 	args := append([]string{"-n", "-c", strconv.Itoa(e.opts.WriterClients), "-j", strconv.Itoa(min(e.opts.WriterClients, 2)),
 		"-T", strconv.Itoa(int(e.opts.WriterFor.Seconds())), "-D", "n=" + strconv.Itoa(e.opts.WriterRows), "--max-tries=10"}, scripts...)
-	if e.opts.PerTxRate > 0 {
-		args = append(args, "--rate", strconv.Itoa(e.opts.PerTxRate))
+	if rate > 0 {
+		args = append(args, "--rate", strconv.Itoa(rate))
 	}
 	var out, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, pgbench, append(args, url)...)

@@ -859,6 +859,7 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	}
 	// The list's opening bracket counts as the spine being up, whatever
 	// comes after it: a long answer does not keep /readyz red.
+	unreadable, firstUnreadable := 0, ""
 	n, err := readArray(json.NewDecoder(resp.Body), func() { c.readUp(true) }, func(dec *json.Decoder) error {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
@@ -866,12 +867,25 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 		}
 		st, _, err := ReadStored(raw)
 		if err != nil {
-			return err
+			// Another producer's event this client cannot read (its
+			// metadata is not an object, its idempotency key not a
+			// string): the spine stores any JSON payload, so one such
+			// event must not stop delivery for good. It is none of
+			// this agent's, whose events always read back; a copy of one
+			// altered that far is not a copy, and verify reports it.
+			if unreadable++; unreadable == 1 {
+				firstUnreadable = Truncate(err.Error(), 200)
+			}
+			return nil
 		}
 		c.sawRead(st.EventID)
 		fn(st)
 		return nil
 	})
+	if unreadable > 0 {
+		c.log.Warn("the spine holds events of this source that are not pgaudit-cdc's and cannot be read as such (another producer's); they are left aside",
+			"source", source, "events", unreadable, "first_error", firstUnreadable)
+	}
 	if errors.Is(err, errNotArray) {
 		c.readUp(false)
 	}

@@ -299,3 +299,59 @@ func TestHistoryLostIsDetected(t *testing.T) {
 		})
 	}
 }
+
+// TestUnreadableForeignEventsAreLeftAside: the spine stores any JSON payload,
+// so another producer can write an event of the agent's source whose
+// metadata the read-back cannot read as pgaudit-cdc's. It must not stop
+// delivery, and what the agent delivered before is still found.
+func TestUnreadableForeignEventsAreLeftAside(t *testing.T) {
+	spine := spinetest.Start(t)
+	first := newTestClient(t, spine.URL())
+	for i := uint32(1); i <= 3; i++ {
+		if err := first.Publish(context.Background(), testEvent("s", 0x300, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, payload := range []string{
+		`{"metadata":{"idempotency_key":1}}`,
+		`{"metadata":"x"}`,
+		`{"metadata":{"redelivered":"yes"}}`,
+		`{"metadata":{"commit_timestamp":7}}`,
+	} {
+		body := `{"kind":"other","source":"s","payload":` + payload + `}`
+		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("the spine refused %s: HTTP %d", body, resp.StatusCode)
+		}
+	}
+	for _, pipelined := range []bool{false, true} {
+		// A new process replays 1..5: 1..3 are found, 4 and 5 appended.
+		c := newTestClient(t, spine.URL())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var evs []*envelope.Event
+		for i := uint32(1); i <= 5; i++ {
+			evs = append(evs, testEvent("s", 0x300, i))
+		}
+		var err error
+		if pipelined {
+			err = c.PublishBatch(ctx, evs, func(int, error) {})
+		} else {
+			for _, ev := range evs {
+				if err = c.Publish(ctx, ev); err != nil {
+					break
+				}
+			}
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("pipelined=%v: %v", pipelined, err)
+		}
+	}
+	if got, want := len(spine.Events()), 3+4+2; got != want {
+		t.Fatalf("got %d events, want %d (each of ours once, the foreign ones kept)", got, want)
+	}
+}

@@ -131,6 +131,11 @@ type Client struct {
 	copies    map[string][]copyOf
 	forgeries map[string]bool
 	handled   map[string]bool
+	// unkept holds the keys of events the spine refused for good in a
+	// pipelined window that are not kept as dead letters yet
+	// (MarkKeyHandled): the mark may pass them, as the events after them
+	// landed, but they are not handled until kept.
+	unkept map[string]bool
 	// maxPresent is the highest position known to be in the chain: an event
 	// sent after it lands out of commit order and is marked late.
 	maxPresent envelope.Position
@@ -222,6 +227,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		copies:    map[string][]copyOf{},
 		forgeries: map[string]bool{},
 		handled:   map[string]bool{},
+		unkept:    map[string]bool{},
 		tlsConfig: transport.TLSClientConfig,
 		sizer:     newWindowSizer(cfg.MaxInFlight),
 	}, nil
@@ -237,7 +243,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 func (c *Client) SetIdentity(systemID, slot string) {
 	if c.systemID != systemID || c.slot != slot {
 		c.mark, c.maxPresent = envelope.Position{}, envelope.Position{}
-		c.handled = map[string]bool{}
+		c.handled, c.unkept = map[string]bool{}, map[string]bool{}
 	}
 	c.checked = map[string]bool{}
 	c.present = map[string]map[string]envelope.Position{}
@@ -255,11 +261,22 @@ func (c *Client) MarkHandled(p envelope.Position) {
 
 // MarkKeyHandled records that the event with key is handled (kept as a dead
 // letter): a replay of it is not sent.
-func (c *Client) MarkKeyHandled(key string) { c.handled[key] = true }
+func (c *Client) MarkKeyHandled(key string) {
+	c.handled[key] = true
+	delete(c.unkept, key)
+}
 
 // isHandled says whether ev is already in the spine or otherwise handled.
 func (c *Client) isHandled(ev *envelope.Event) bool {
-	if !c.mark.Less(ev.Pos) || c.handled[ev.Key] {
+	if c.handled[ev.Key] {
+		return true
+	}
+	if c.unkept[ev.Key] {
+		// Refused, and keeping it as a dead letter did not finish (the
+		// session ended first): sent again, it is refused again and kept.
+		return false
+	}
+	if !c.mark.Less(ev.Pos) {
 		return true
 	}
 	if _, ok := c.present[ev.Source][ev.Key]; !ok {
@@ -345,6 +362,9 @@ func (c *Client) Publish(ctx context.Context, ev *envelope.Event) error {
 			return c.isHandled(ev), nil
 		})
 	if err != nil {
+		if IsRejected(err) {
+			c.unkept[ev.Key] = true
+		}
 		return err
 	}
 	// Events are delivered one after another here: each one handled,

@@ -540,8 +540,13 @@ type batch struct {
 // the first unsettled one.
 func (b *batch) report(c *Client) {
 	for b.reported < len(b.evs) && b.state[b.reported] != unsettled {
-		if b.state[b.reported] == present {
+		switch b.state[b.reported] {
+		case present:
 			c.MarkHandled(b.evs[b.reported].Pos)
+		case refusedForGood:
+			// Handled once done keeps it (MarkKeyHandled), not by the
+			// mark the events after it raise.
+			c.unkept[b.evs[b.reported].Key] = true
 		}
 		b.done(b.reported, b.errs[b.reported])
 		b.reported++

@@ -302,3 +302,46 @@ func TestStopMidWindowThenReadBack(t *testing.T) {
 	}
 	expectOnceEach(t, spine, evs)
 }
+
+// TestRefusalNotKeptIsSentAgain: an event the spine refused in the middle
+// of a window, whose dead letter was not stored (the session ended first),
+// is not handled by the mark the events after it raised. When the same
+// client replays it (the next session of the process), it is sent again
+// rather than skipped as delivered.
+func TestRefusalNotKeptIsSentAgain(t *testing.T) {
+	spine := spinetest.Start(t)
+	c := newPipeClient(t, spine.URL(), 16)
+	evs := batchOf(10)
+	spine.FailNext(4, spinetest.FaultNone)
+	spine.FailNext(1, spinetest.FaultReject)
+	refused := -1
+	errs := publishBatch(t, c, evs)
+	for i, err := range errs {
+		if IsRejected(err) {
+			refused = i
+		}
+	}
+	if refused < 0 {
+		t.Fatal("the spine refused nothing")
+	}
+	if c.Mark().Less(evs[refused].Pos) {
+		t.Fatalf("the mark %v did not pass the refused event at %v: the test does not cover the case", c.Mark(), evs[refused].Pos)
+	}
+	// No MarkKeyHandled: keeping the dead letter failed. The next session
+	// replays the refused event's transaction.
+	c.SetIdentity("7301", "slot")
+	before := len(spine.Events())
+	again := publishBatch(t, c, []*envelope.Event{evs[refused]})
+	if again[0] != nil {
+		t.Fatalf("replayed refused event: %v", again[0])
+	}
+	if got := len(spine.Events()); got != before+1 {
+		t.Fatalf("the replayed refused event was skipped as handled (%d events, want %d)", got, before+1)
+	}
+	// Once kept as a dead letter it is handled: a replay sends nothing.
+	c.MarkKeyHandled(evs[refused].Key)
+	publishBatch(t, c, []*envelope.Event{evs[refused]})
+	if got := len(spine.Events()); got != before+1 {
+		t.Fatalf("a kept refusal was sent again (%d events)", got)
+	}
+}

@@ -22,10 +22,11 @@ type Stored struct {
 	Source      string
 	Key         string // payload.metadata.idempotency_key
 	Redelivered bool
+	Late        bool
 	CommitTime  string // payload.metadata.commit_timestamp, as written
 }
 
-// ReadStored reads a stored event's id, source, key, redelivered mark and
+// ReadStored reads a stored event's id, source, key, delivery marks and
 // commit time; members it does not name are left aside.
 func ReadStored(raw []byte) (Stored, error) {
 	var e struct {
@@ -35,6 +36,7 @@ func ReadStored(raw []byte) (Stored, error) {
 			Metadata struct {
 				Key         string `json:"idempotency_key"`
 				Redelivered bool   `json:"redelivered"`
+				Late        bool   `json:"late"`
 				CommitTime  string `json:"commit_timestamp"`
 			} `json:"metadata"`
 		} `json:"payload"`
@@ -43,5 +45,5 @@ func ReadStored(raw []byte) (Stored, error) {
 		return Stored{}, err
 	}
 	m := e.Payload.Metadata
-	return Stored{EventID: e.EventID, Source: e.Source, Key: m.Key, Redelivered: m.Redelivered, CommitTime: m.CommitTime}, nil
+	return Stored{EventID: e.EventID, Source: e.Source, Key: m.Key, Redelivered: m.Redelivered, Late: m.Late, CommitTime: m.CommitTime}, nil
 }

@@ -778,6 +778,7 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 		keys := map[string]envelope.Position{}
 		copies := map[string][]copyOf{}
 		var oldest envelope.Position
+		seen := false
 		n, err := c.scanEvents(ctx, source, limit, func(e Stored) {
 			key := e.Key
 			sys, slot, pos, ok := envelope.ParseKey(key)
@@ -787,8 +788,11 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 			keys[key] = pos
 			d, derr := e.Digest()
 			copies[key] = append(copies[key], copyOf{id: e.EventID, digest: d, ok: derr == nil})
-			if len(keys) == 1 || pos.Less(oldest) {
-				oldest = pos
+			// An event marked late or redelivered landed after newer
+			// ones: it says nothing of how far back the newest events
+			// reach, so it does not end the read.
+			if !e.Late && !e.Redelivered && (!seen || pos.Less(oldest)) {
+				oldest, seen = pos, true
 			}
 			if c.maxPresent.Less(pos) {
 				c.maxPresent = pos
@@ -799,7 +803,7 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 		}
 		// Done when the newest events reach back to upTo (anything of ours
 		// after it is among them), or the source or the window is read.
-		if (len(keys) > 0 && !upTo.Less(oldest)) || n < limit || limit >= c.cfg.DedupWindow {
+		if (seen && !upTo.Less(oldest)) || n < limit || limit >= c.cfg.DedupWindow {
 			c.present[source] = keys
 			for k, cs := range copies {
 				c.copies[k] = cs
@@ -1087,7 +1091,7 @@ func (c *Client) Redeliver(ctx context.Context, source string, ev *envelope.Even
 		return errors.New("BUG: publish.Client.Redeliver of an envelope without an idempotency key")
 	}
 	// Redelivered events sit out of commit order in the chain, so the
-	// read-back that learns the high-water mark ignores them.
+	// read-back (learn) does not let them say how far back it reached.
 	ev.MarkRedelivered()
 	d := ev.Digest()
 	_, err := c.deliver(ctx, ev.Body, key, true,

@@ -355,3 +355,48 @@ func TestUnreadableForeignEventsAreLeftAside(t *testing.T) {
 		t.Fatalf("got %d events, want %d (each of ours once, the foreign ones kept)", got, want)
 	}
 }
+
+// TestMarkedEventsDoNotEndTheReadBack: an event marked late or redelivered
+// sits at the newest end of the chain with an old position. A restarted
+// client that replays the newer events must still find them all: the
+// marked event does not say the newest events reach back that far.
+func TestMarkedEventsDoNotEndTheReadBack(t *testing.T) {
+	txn := func(lsn pgoutput.LSN, n int) []*envelope.Event {
+		var evs []*envelope.Event
+		for i := 1; i <= n; i++ {
+			evs = append(evs, testEvent("s", lsn, uint32(i)))
+		}
+		return evs
+	}
+	deliver := func(t *testing.T, c *Client, evs []*envelope.Event) {
+		t.Helper()
+		if err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
+			if err != nil {
+				t.Errorf("event %d: %v", i, err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("late", func(t *testing.T) {
+		spine := spinetest.Start(t)
+		// The first event of the window fails and lands last, late.
+		spine.FailNext(1, spinetest.Fault503)
+		deliver(t, newTestClient(t, spine.URL()), txn(0x500, 30))
+		deliver(t, newTestClient(t, spine.URL()), txn(0x500, 30))
+		if got := len(spine.Events()); got != 30 {
+			t.Fatalf("%d events in the spine, want 30", got)
+		}
+	})
+	t.Run("redelivered", func(t *testing.T) {
+		spine := spinetest.Start(t)
+		deliver(t, newTestClient(t, spine.URL()), txn(0x600, 30))
+		if err := newTestClient(t, spine.URL()).Redeliver(context.Background(), "s", keptLetter(t, testEvent("s", 0x300, 2))); err != nil {
+			t.Fatal(err)
+		}
+		deliver(t, newTestClient(t, spine.URL()), txn(0x600, 30))
+		if got := len(spine.Events()); got != 31 {
+			t.Fatalf("%d events in the spine, want 31", got)
+		}
+	})
+}

@@ -67,7 +67,8 @@ var ErrUnwatched = errors.New("the table was unwatched during the backfill")
 type column struct {
 	name    string
 	typeOID uint32
-	typ     string // format_type, for casting the resume key
+	typ     string // format_type
+	castTyp string // format_type of the base type, for casting the resume key
 	key     int    // position in the primary key, 0 when not part of it
 }
 
@@ -79,11 +80,16 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 	if _, err := migrations.Apply(ctx, conn); err != nil {
 		return Progress{}, err
 	}
+	undo, err := readAsGuest(ctx, conn)
+	if err != nil {
+		return Progress{}, err
+	}
+	defer undo()
 	var schema, table string
 	var rowFilter *string
 	var columnsList []string
 	var estimate float64
-	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.row_filter, w.columns, c.reltuples
+	err = conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.row_filter, w.columns, c.reltuples
 		FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE w.table_oid = $1 AND w.active`, tableOID).Scan(&schema, &table, &rowFilter, &columnsList, &estimate)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -120,7 +126,7 @@ func Run(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Options) (Progr
 				p.ID, name, after, err)
 		}
 		if err != nil {
-			return p, fmt.Errorf("backfilling %s (resumable: run it again): %w", name, err)
+			return p, fmt.Errorf("backfilling %s (resumable: run it again): %w", name, explainRowSecurity(err, name))
 		}
 		p.Rows += int64(n)
 		p.Chunks++
@@ -208,8 +214,19 @@ func columns(ctx context.Context, conn *pgx.Conn, oid uint32, only []string) ([]
 		err := r.Scan(&c.name, &c.typeOID, &c.typ, &c.key)
 		return c, err
 	})
-	if err != nil || len(only) == 0 {
-		return all, err
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range all {
+		all[i].castTyp = c.typ
+		if c.key > 0 {
+			if all[i].castTyp, err = baseType(ctx, conn, c.typeOID, c.typ); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(only) == 0 {
+		return all, nil
 	}
 	// A publication column list: the READs carry the same columns as the
 	// stream (the list always includes the primary key).
@@ -237,7 +254,7 @@ func chunkQuery(schema, table string, cols, keys []column, rowFilter *string, re
 	for i, k := range keys {
 		keyCols = append(keyCols, pgx.Identifier{k.name}.Sanitize())
 		order = append(order, pgx.Identifier{k.name}.Sanitize())
-		params = append(params, fmt.Sprintf("CAST($%d AS %s)", i+1, k.typ))
+		params = append(params, fmt.Sprintf("CAST($%d AS %s)", i+1, k.castTyp))
 	}
 	var where []string
 	limit := 1

@@ -99,8 +99,13 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 	if _, err := migrations.Apply(ctx, conn); err != nil {
 		return CheckpointResult{}, err
 	}
+	undo, err := readAsGuest(ctx, conn)
+	if err != nil {
+		return CheckpointResult{}, err
+	}
+	defer undo()
 	var w checkpointWatch
-	err := conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.columns, w.row_filter
+	err = conn.QueryRow(ctx, `SELECT n.nspname, c.relname, w.columns, w.row_filter
 		FROM pgaudit_cdc.watches w JOIN pg_class c ON c.oid = w.table_oid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE w.table_oid = $1 AND w.active`, tableOID).Scan(&w.schema, &w.table, &w.columns, &w.rowFilter)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -146,7 +151,7 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn, tableOID uint32, o Checkpoi
 			if chunk == 1 {
 				what = "checkpoint of " + w.name
 			}
-			return res, fmt.Errorf("%s: %w", what, err)
+			return res, fmt.Errorf("%s: %w", what, explainRowSecurity(err, w.name))
 		}
 		if chunk == 1 {
 			res.ID = c.id
@@ -194,7 +199,7 @@ func checkpointQuery(w *checkpointWatch, resume bool) string {
 	var where, keyCols, params []string
 	for i, k := range w.keys {
 		keyCols = append(keyCols, pgx.Identifier{w.cols[k].name}.Sanitize())
-		params = append(params, fmt.Sprintf("CAST($%d AS %s)", i+1, w.cols[k].typ))
+		params = append(params, fmt.Sprintf("CAST($%d AS %s)", i+1, w.cols[k].castTyp))
 	}
 	limit := 1
 	if resume && len(w.keys) > 0 {

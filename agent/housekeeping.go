@@ -52,6 +52,7 @@ func (h *housekeeper) run(ctx context.Context) {
 	}()
 	t := time.NewTimer(0)
 	defer t.Stop()
+	failed := 0 // connection attempts failed in a row
 	for {
 		select {
 		case <-ctx.Done():
@@ -62,10 +63,19 @@ func (h *housekeeper) run(ctx context.Context) {
 		if conn == nil || conn.IsClosed() {
 			c, err := pgx.Connect(ctx, h.a.cfg.DatabaseURL)
 			if err != nil {
-				h.a.log.Debug("housekeeping cannot connect; trying again later", "err", err)
+				// While it cannot connect, nothing restores REPLICA
+				// IDENTITY FULL, sets an unlogged partition LOGGED or
+				// follows a dropped table: say so, once and then every
+				// tenth attempt, unless the agent is stopping.
+				if failed++; ctx.Err() == nil && failed%10 == 1 {
+					h.a.log.Warn("housekeeping cannot connect to the database; until it can, weakened replica identities are not restored, unlogged partitions not set LOGGED and dropped or renamed tables not followed: check max_connections and the role's CONNECTION LIMIT",
+						"attempts", failed, "err", err)
+				}
+				h.a.m.Retries.WithLabelValues("housekeeping_connect").Inc()
 				t.Reset(h.a.cfg.HousekeepingInterval)
 				continue
 			}
+			failed = 0
 			conn = c
 		}
 		h.round(ctx, conn)
@@ -95,7 +105,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		err = conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&current)
 	}
 	if err != nil {
-		a.log.Debug("reading slot statistics failed", "err", err)
+		warn("reading the slot's statistics failed", err)
 	} else if cur, perr := pgoutput.ParseLSN(current); perr == nil && slot.Exists && slot.RestartLSN != 0 && cur >= slot.RestartLSN {
 		a.m.RetainedWAL.Set(float64(cur - slot.RestartLSN))
 	}

@@ -107,7 +107,7 @@ func (m *Metrics) delivery() []prometheus.Collector {
 	})
 	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_publish_retries_total",
-		Help: "Waits before retrying delivery, by reason (connection, 5xx, 408, 429, unexpected, unconfirmed, read_back, dead_letter_store, and refused_auth, refused_spine, refused_redirect while the spine refuses this client as a whole).",
+		Help: "Waits before retrying delivery, by reason (connection, 5xx, 408, 429, unexpected, unconfirmed, read_back, dead_letter_store, anchor_record, housekeeping_connect, and refused_auth, refused_spine, refused_redirect while the spine refuses this client as a whole).",
 	}, []string{"reason"})
 	m.DeadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_dead_letters_total",

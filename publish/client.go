@@ -194,6 +194,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxResponseHeaderBytes = maxAnswerHead
 	transport.MaxIdleConnsPerHost = 4
 	// A request's progress is what --spine-timeout measures: keep the
 	// kernel from taking megabytes of it at once (limitUnsent). Reads and

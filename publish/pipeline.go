@@ -40,8 +40,40 @@ const DefaultMaxInFlightBytes = 16 << 20
 // pipeConn is one connection to the spine used for pipelined POSTs.
 type pipeConn struct {
 	conn *stallConn
+	head *headLimit // under br: bounds an answer's status line and headers
 	br   *bufio.Reader
 	bw   *bufio.Writer
+}
+
+// maxAnswerHead bounds what the client reads of one answer before its body
+// (net/http's client allows 10 MB by default; the spine's are under 1 KiB):
+// a server that sends header lines without end is cut off instead of
+// filling memory.
+const maxAnswerHead = 1 << 20
+
+// headLimit lets at most left bytes through while on (the head of an
+// answer), and any number once off (its body, which is bounded otherwise).
+type headLimit struct {
+	r    io.Reader
+	on   bool
+	left int64
+}
+
+var errAnswerHead = errors.New("the answer's status line and headers exceed 1 MiB")
+
+func (h *headLimit) Read(p []byte) (int, error) {
+	if !h.on {
+		return h.r.Read(p)
+	}
+	if h.left <= 0 {
+		return 0, errAnswerHead
+	}
+	if int64(len(p)) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.r.Read(p)
+	h.left -= int64(n)
+	return n, err
 }
 
 func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
@@ -84,7 +116,8 @@ func (c *Client) dialPipe(ctx context.Context) (*pipeConn, error) {
 		conn = tc
 	}
 	sc := &stallConn{Conn: conn, timeout: c.cfg.Timeout}
-	c.pipe = &pipeConn{conn: sc, br: bufio.NewReaderSize(sc, 64<<10), bw: bufio.NewWriterSize(sc, 64<<10)}
+	head := &headLimit{r: sc}
+	c.pipe = &pipeConn{conn: sc, head: head, br: bufio.NewReaderSize(head, 64<<10), bw: bufio.NewWriterSize(sc, 64<<10)}
 	return c.pipe, nil
 }
 
@@ -175,7 +208,7 @@ func (c *Client) readWindow(pc *pipeConn, pw *pipeWindow, keys []string, answers
 			return w
 		}
 		// Each read of the answer has --spine-timeout (stallConn).
-		a, closeAfter, saidClose := c.readAnswer(pc.br, keys[i], start)
+		a, closeAfter, saidClose := c.readAnswer(pc, keys[i], start)
 		answers[i] = a
 		if a.verdict == accepted {
 			w.lastAnswer = time.Now()
@@ -404,13 +437,18 @@ func isEOF(err error) bool {
 // readAnswer reads one response and judges it as post does. closeAfter says
 // the connection cannot serve another answer; saidClose that the server
 // announced it (Connection: close).
-func (c *Client) readAnswer(br *bufio.Reader, key string, start time.Time) (a answer, closeAfter, saidClose bool) {
-	a, closeAfter, saidClose = c.readOne(br, key, start)
+func (c *Client) readAnswer(pc *pipeConn, key string, start time.Time) (a answer, closeAfter, saidClose bool) {
+	a, closeAfter, saidClose = c.readOne(pc, key, start)
 	return a, closeAfter || saidClose, saidClose
 }
 
-func (c *Client) readOne(br *bufio.Reader, key string, start time.Time) (answer, bool, bool) {
-	resp, err := http.ReadResponse(br, nil)
+func (c *Client) readOne(pc *pipeConn, key string, start time.Time) (answer, bool, bool) {
+	// What br holds already was read under the previous answer's limit or
+	// none: the limit counts from the bytes it reads now, which is close
+	// enough for a bound on memory.
+	pc.head.on, pc.head.left = true, maxAnswerHead
+	resp, err := http.ReadResponse(pc.br, nil)
+	pc.head.on = false
 	if err != nil {
 		c.observe("error", start)
 		c.up(false)

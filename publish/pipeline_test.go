@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -343,5 +344,58 @@ func TestRefusalNotKeptIsSentAgain(t *testing.T) {
 	publishBatch(t, c, []*envelope.Event{evs[refused]})
 	if got := len(spine.Events()); got != before+1 {
 		t.Fatalf("a kept refusal was sent again (%d events)", got)
+	}
+}
+
+// TestEndlessAnswerHeadIsCutOff: a server (or what stands in its place)
+// that answers with header lines without end is cut off after a bounded
+// read, instead of the client holding all of it in memory.
+func TestEndlessAnswerHeadIsCutOff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	written := make(chan int64, 64)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
+					return
+				}
+				line := []byte("X-Junk: " + strings.Repeat("a", 1014) + "\r\n")
+				n, _ := conn.Write([]byte("HTTP/1.1 201 Created\r\n"))
+				total := int64(n)
+				for total < 256<<20 {
+					n, err := conn.Write(line)
+					total += int64(n)
+					if err != nil {
+						break
+					}
+				}
+				written <- total
+			}()
+		}
+	}()
+	c := newPipeClient(t, "http://"+ln.Addr().String(), 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err = c.PublishBatch(ctx, batchOf(1), func(int, error) {})
+	if err == nil {
+		t.Fatal("an answer without end was taken as delivery")
+	}
+	select {
+	case n := <-written:
+		// 1 MiB read, the rest what the sockets' buffers took.
+		if n >= 64<<20 {
+			t.Fatalf("the client read %d MiB of headers before giving up on the answer", n>>20)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client never closed the connection")
 	}
 }

@@ -21,7 +21,7 @@ import (
 // trailReader is what the agent needs to read its trail back (the spine).
 type trailReader interface {
 	ReadBack(ctx context.Context, source string, fn func(publish.Stored)) error
-	HasEvent(ctx context.Context, source, key string, digest *[32]byte) (bool, error)
+	HasEvent(ctx context.Context, source, key string, digest []byte) (bool, error)
 }
 
 // Seal defaults (Config.SealEvents, SealInterval, SealIdle).
@@ -153,7 +153,14 @@ func (a *Agent) checkAnchor(ctx context.Context, meta *pgx.Conn, sess *replicati
 	if newest != nil && newest.seal.Seq == anchor.Seq || anchor.LostAcknowledged {
 		return anchor, nil
 	}
-	held, err := r.HasEvent(ctx, anchor.ToSource, anchor.ToKey, nil)
+	// Only the real copy of that event counts: another producer can post
+	// an event under its key (it was in the trail for all to see), which
+	// must not pass for the trail still holding it.
+	short, err := trail.LastShortDigest(anchor.Event)
+	if err != nil {
+		return anchor, fmt.Errorf("reading the anchored SEAL event: %w", err)
+	}
+	held, err := r.HasEvent(ctx, anchor.ToSource, anchor.ToKey, short)
 	if err != nil {
 		return anchor, fmt.Errorf("reading back the last sealed event: %w", err)
 	}

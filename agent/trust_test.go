@@ -286,6 +286,38 @@ func TestSpineHistoryLostIsAGap(t *testing.T) {
 	}
 }
 
+// TestForgedLastEventDoesNotHideSpineLoss: after the spine lost its
+// history, another producer posts an event under the key of the last event
+// the anchored seal covers (the key was in the trail for all to see). The
+// agent must not take it for the trail still holding that event: it is a
+// spine_history_lost gap all the same.
+func TestForgedLastEventDoesNotHideSpineLoss(t *testing.T) {
+	h, _ := tenRowsOnT1(t)
+	h.waitSealed(":10")
+	h.stopAgent()
+	var lastKey string
+	for _, e := range h.spine.Events() {
+		if fmt.Sprint(field(t, e, "new", "id")) == "10" {
+			lastKey = fmt.Sprint(field(t, e, "metadata", "idempotency_key"))
+		}
+	}
+	if lastKey == "" {
+		t.Fatal("row 10 is not in the spine")
+	}
+	h.spine.Reset()
+	body := fmt.Sprintf(`{"kind":"other","source":"s","payload":{"operation":"INSERT","new":{"id":10},"metadata":{"idempotency_key":%q}}}`, lastKey)
+	resp, err := http.Post(h.spine.URL()+"/events", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("posting the forged event: HTTP %d", resp.StatusCode)
+	}
+	h.startAgent()
+	h.expectGapStop(capture.ReasonSpineHistoryLost)
+}
+
 // A spine that loses its history a second time, after the first loss was
 // accepted, lost only what was sealed since: the second GAP names those
 // events, not the first loss again.

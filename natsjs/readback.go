@@ -1,6 +1,7 @@
 package natsjs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -207,16 +208,16 @@ func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, _ 
 }
 
 // HasEvent reports whether the stream's newest messages of source include
-// key (on content that digests to digest, unless nil).
-func (c *Client) HasEvent(ctx context.Context, source, key string, digest *[32]byte) (bool, error) {
+// key on content whose digest starts with digest (any content when nil).
+func (c *Client) HasEvent(ctx context.Context, source, key string, digest []byte) (bool, error) {
 	found := false
 	err := c.ReadBack(ctx, source, func(s publish.Stored) {
-		if s.Key != key {
+		if s.Key != key || found {
 			return
 		}
 		if digest == nil {
 			found = true
-		} else if d, err := s.Digest(); err == nil && d == *digest {
+		} else if d, err := s.Digest(); err == nil && bytes.HasPrefix(d[:], digest) {
 			found = true
 		}
 	})

@@ -1,6 +1,7 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -1128,9 +1129,20 @@ func (c *Client) hasKey(ctx context.Context, source, key string, digest *[32]byt
 }
 
 // HasEvent reports whether the newest DedupWindow events of source include
-// key (on content that digests to digest, unless nil).
-func (c *Client) HasEvent(ctx context.Context, source, key string, digest *[32]byte) (bool, error) {
-	return c.hasKey(ctx, source, key, digest)
+// key on content whose digest starts with digest (any content when nil).
+func (c *Client) HasEvent(ctx context.Context, source, key string, digest []byte) (bool, error) {
+	found := false
+	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
+		if e.Key != key || found {
+			return
+		}
+		if digest == nil {
+			found = true
+		} else if d, err := e.Digest(); err == nil && bytes.HasPrefix(d[:], digest) {
+			found = true
+		}
+	})
+	return found, err
 }
 
 // ReadBack calls fn with each of the newest DedupWindow events of source,

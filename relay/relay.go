@@ -224,7 +224,7 @@ func (r *relay) deliver(ctx context.Context, evs []*envelope.Event, seqs []uint6
 			}
 			if r.resumed {
 				d := ev.Digest()
-				held, err := r.cfg.Spine.HasEvent(ctx, ev.Source, ev.Key, &d)
+				held, err := r.cfg.Spine.HasEvent(ctx, ev.Source, ev.Key, d[:])
 				if err != nil {
 					return fmt.Errorf("reading the spine back: %w", err)
 				}

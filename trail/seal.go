@@ -382,3 +382,28 @@ func SealEventBody(raw []byte) ([]byte, error) {
 	}
 	return envelope.Canonical(map[string]any{"kind": e.Kind, "source": e.Source, "timestamp": e.Timestamp, "payload": e.Payload})
 }
+
+// LastShortDigest returns the first bytes of the digest of the last event a
+// SEAL event (its envelope, as anchored, or as the trail returned it)
+// covers, as the seal lists them: enough to tell that event's real copy
+// from another producer's event under its key.
+func LastShortDigest(raw []byte) ([]byte, error) {
+	var e struct {
+		Payload map[string]any `json:"payload"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("reading a SEAL event: %w", err)
+	}
+	canon, ok := payloadObject(e.Payload, "seal")
+	var seal Seal
+	if !ok || json.Unmarshal(canon, &seal) != nil {
+		return nil, errors.New("reading a SEAL event: no seal in its payload")
+	}
+	shorts, err := base64.StdEncoding.DecodeString(seal.Events)
+	if err != nil || seal.Count == 0 || uint64(len(shorts)) != seal.Count*shortLen {
+		return nil, fmt.Errorf("reading a SEAL event: it lists %d bytes of digests for %d events", len(shorts), seal.Count)
+	}
+	return shorts[len(shorts)-shortLen:], nil
+}

@@ -318,6 +318,13 @@ func (s *sealing) idle() <-chan time.Time {
 	return s.timer.C
 }
 
+// heldChecker is a destination that can tell whether it still holds the
+// last event it appended (*publish.Client): a *publish.HistoryLostError
+// when it does not.
+type heldChecker interface {
+	CheckHeld(ctx context.Context) error
+}
+
 // seal closes a seal over the pending events, records it as the anchor,
 // delivers it, and returns the position that may now be accepted (0: none).
 // The record comes first: it is where concurrent agents of one slot agree
@@ -328,6 +335,14 @@ func (s *sealing) seal(ctx context.Context) (pgoutput.LSN, error) {
 	ev, anchor, err := s.sealer.Close(time.Now())
 	if err != nil || ev == nil {
 		return 0, err
+	}
+	// Recording the seal lets what it covers be confirmed: first make sure
+	// the spine still holds what was delivered (a restart that other
+	// producers' events hid from the event_ids of the appends since).
+	if hc, ok := s.a.cfg.Sink.(heldChecker); ok {
+		if err := hc.CheckHeld(ctx); err != nil {
+			return 0, err
+		}
 	}
 	if err := s.record(ctx, anchor); err != nil {
 		return 0, err

@@ -286,6 +286,28 @@ func TestSpineHistoryLostIsAGap(t *testing.T) {
 	}
 }
 
+// TestSpineLossHiddenByOtherProducers: the spine restarts empty while the
+// agent runs, and other producers append more events than the agent had
+// seen before its next append, so that append's event_id does not show the
+// loss. The next seal reads the last delivered event back by its event_id
+// first: the loss is a spine_history_lost gap before anything after it is
+// confirmed.
+func TestSpineLossHiddenByOtherProducers(t *testing.T) {
+	h, _ := tenRowsOnT1(t)
+	h.waitSealed(":10")
+	n := len(h.spine.Events())
+	h.spine.Reset()
+	for i := 0; i < n+20; i++ {
+		resp, err := http.Post(h.spine.URL()+"/events", "application/json", strings.NewReader(fmt.Sprintf(`{"kind":"other","source":"x","payload":{"n":%d}}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	h.insertRange(11, 12)
+	h.expectGapStop(capture.ReasonSpineHistoryLost)
+}
+
 // TestForgedLastEventDoesNotHideSpineLoss: after the spine lost its
 // history, another producer posts an event under the key of the last event
 // the anchored seal covers (the key was in the trail for all to see). The

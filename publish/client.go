@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -147,6 +148,11 @@ type Client struct {
 	// it: one made sooner could miss them, and the event would be sent
 	// again, a duplicate in the chain.
 	quietAt atomic.Int64
+	// held is the last event this client appended, verified the last one
+	// CheckHeld found held.
+	heldMu   sync.Mutex
+	held     stored
+	verified stored
 	// lastEventID is the highest event_id the spine gave, in an answer or
 	// a read: a later append below it means the spine lost its history.
 	lastEventID atomic.Int64
@@ -559,9 +565,15 @@ const (
 // than one when other producers write, but they never go back on one
 // spine; an in-memory spine that restarted, or one restored from an older
 // state, starts again below.
-type HistoryLostError struct{ Previous, Got int64 }
+type HistoryLostError struct {
+	Previous, Got int64
+	Detail        string // what showed it, when not an append's event_id
+}
 
 func (e *HistoryLostError) Error() string {
+	if e.Detail != "" {
+		return e.Detail
+	}
 	return fmt.Sprintf("the spine stored an event as event_id %d after it had stored event_id %d: it lost or rewrote its history (a restart of an in-memory spine, or a restore to an older state)", e.Got, e.Previous)
 }
 
@@ -572,17 +584,125 @@ func IsHistoryLost(err error) bool {
 }
 
 // sawAppend checks the event_id of an append against the highest the
-// client saw: it must be beyond it.
-func (c *Client) sawAppend(id int64) error {
+// client saw: it must be beyond it. It remembers the append as the last
+// (CheckHeld).
+func (c *Client) sawAppend(st stored) error {
 	for {
 		prev := c.lastEventID.Load()
-		if id <= prev {
-			return &HistoryLostError{Previous: prev, Got: id}
+		if st.id <= prev {
+			return &HistoryLostError{Previous: prev, Got: st.id}
 		}
-		if c.lastEventID.CompareAndSwap(prev, id) {
-			return nil
+		if c.lastEventID.CompareAndSwap(prev, st.id) {
+			break
 		}
 	}
+	c.heldMu.Lock()
+	if st.id > c.held.id {
+		c.held = st
+	}
+	c.heldMu.Unlock()
+	return nil
+}
+
+// CheckHeld reads the last event this client appended back by its event_id
+// and returns a *HistoryLostError when the spine no longer holds it there
+// as it stored it. A spine that restarted empty is caught by the event_id
+// of the next append only while that is not beyond the last one seen; with
+// other producers writing in the meantime it is, so the agent calls this
+// before it records a seal as the anchor, which lets the positions it
+// covers be confirmed. Other failures are waited out and retried until ctx
+// ends.
+//
+// It reads back two events: the last one appended, and the last one the
+// previous check found. A spine loses a suffix of its history (a restart
+// loses all of it, a restore what came after the copy), so a loss at any
+// time since the previous check took the older one, even when appends
+// after the loss put newer events of this client back in place.
+func (c *Client) CheckHeld(ctx context.Context) error {
+	c.heldMu.Lock()
+	held, verified := c.held, c.verified
+	c.heldMu.Unlock()
+	refs := []stored{held}
+	if verified.id != 0 && verified != held {
+		refs = append(refs, verified)
+	}
+	for _, ref := range refs {
+		if ref.id == 0 {
+			continue
+		}
+		if err := c.checkStored(ctx, ref); err != nil {
+			return err
+		}
+	}
+	c.heldMu.Lock()
+	if held.id > c.verified.id {
+		c.verified = held
+	}
+	c.heldMu.Unlock()
+	return nil
+}
+
+// checkStored reads ref back until an answer says whether the spine holds
+// it.
+func (c *Client) checkStored(ctx context.Context, ref stored) error {
+	attempt := 0
+	for {
+		got, found, err := c.storedAt(ctx, ref)
+		if err == nil {
+			if !found || got.hash != ref.hash {
+				what := "answers 404"
+				if found {
+					what = "holds another event there"
+				}
+				return &HistoryLostError{Previous: ref.id, Detail: fmt.Sprintf(
+					"the spine no longer holds event %s as event_id %d (it %s): it lost or rewrote its history (a restart of an in-memory spine, or a restore to an older state)",
+					ref.key, ref.id, what)}
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := c.wait(ctx, &attempt, "read_back", 0, err); err != nil {
+			return err
+		}
+	}
+}
+
+// storedAt reads GET /events/{id} of held: what is stored there (found is
+// false on 404, and on another event there).
+func (c *Client) storedAt(ctx context.Context, held stored) (_ stored, found bool, _ error) {
+	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
+	defer stall.stop()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events/"+strconv.FormatInt(held.id, 10), nil)
+	if err != nil {
+		return stored{}, false, fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := c.readHTTP.Do(req)
+	if err != nil {
+		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(redactErr(err)))
+	}
+	defer resp.Body.Close()
+	resp.Body = stall.watch(resp.Body)
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return stored{}, false, nil
+	default:
+		return stored{}, false, fmt.Errorf("reading back event_id %d: HTTP %d", held.id, resp.StatusCode)
+	}
+	st, err := confirm(resp.Body, held.key)
+	if errors.Is(err, errOtherEvent) {
+		return stored{}, true, nil
+	}
+	if err != nil {
+		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(err))
+	}
+	if st.id != held.id {
+		return stored{}, true, nil
+	}
+	return st, true, nil
 }
 
 // sawRead raises the highest event_id seen to one read back.
@@ -672,7 +792,7 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 	defer resp.Body.Close()
 	resp.Body = stall.watch(resp.Body)
 	if resp.StatusCode == http.StatusCreated {
-		id, err := confirm(resp.Body, key)
+		st, err := confirm(resp.Body, key)
 		if err != nil {
 			// Not drained: the body may be stalled or huge. Closing it
 			// closes the connection, which is what a broken answer deserves.
@@ -683,7 +803,7 @@ func (c *Client) post(ctx context.Context, body []byte, key string) answer {
 		}
 		c.observe("201", start)
 		c.up(true)
-		if err := c.sawAppend(id); err != nil {
+		if err := c.sawAppend(st); err != nil {
 			return answer{verdict: lost, reason: "history_lost", err: err}
 		}
 		return answer{verdict: accepted}

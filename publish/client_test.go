@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -399,4 +400,49 @@ func TestMarkedEventsDoNotEndTheReadBack(t *testing.T) {
 			t.Fatalf("%d events in the spine, want 31", got)
 		}
 	})
+}
+
+// TestCheckHeldSeesALossOthersHid: a spine that restarted empty while other
+// producers appended more events than this client had seen gives the next
+// append a higher event_id, so the append alone does not show the loss;
+// reading the last appended event back by its event_id does.
+func TestCheckHeldSeesALossOthersHid(t *testing.T) {
+	spine := spinetest.Start(t)
+	c := newTestClient(t, spine.URL())
+	ctx := context.Background()
+	if err := c.CheckHeld(ctx); err != nil {
+		t.Fatalf("before any append: %v", err)
+	}
+	for i := uint32(1); i <= 3; i++ {
+		if err := c.Publish(ctx, testEvent("s", 0x700, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.CheckHeld(ctx); err != nil {
+		t.Fatalf("the spine holds what was appended: %v", err)
+	}
+	foreign := func(n int) {
+		for i := 0; i < n; i++ {
+			resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(fmt.Sprintf(`{"kind":"other","source":"x","payload":{"n":%d}}`, i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+	}
+	spine.Reset()
+	foreign(2) // fewer than before: event_id 3 is not there
+	if err := c.CheckHeld(ctx); !IsHistoryLost(err) {
+		t.Fatalf("spine restarted, 2 foreign events: got %v, want a HistoryLostError", err)
+	}
+	foreign(5) // event_id 3 is another producer's event now
+	if err := c.Publish(ctx, testEvent("s", 0x800, 1)); err != nil {
+		t.Fatalf("the append after the foreign ones has a higher event_id: %v", err)
+	}
+	spine.Reset()
+	foreign(20)
+	err := c.CheckHeld(ctx)
+	if !IsHistoryLost(err) || !strings.Contains(err.Error(), "holds another event there") {
+		t.Fatalf("spine restarted, 20 foreign events: got %v, want a HistoryLostError naming another event", err)
+	}
 }

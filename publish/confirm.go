@@ -25,7 +25,7 @@ import (
 // top-level value whole, and its Token method is several times slower), and
 // only the few fields checked are kept. As in encoding/json, a member given
 // twice counts with its last value.
-func confirm(r io.Reader, key string) (int64, error) {
+func confirm(r io.Reader, key string) (stored, error) {
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(r)
 	defer func() {
@@ -35,16 +35,31 @@ func confirm(r io.Reader, key string) (int64, error) {
 	s := &echoScanner{r: br}
 	var e echo
 	if err := s.expect('{'); err != nil {
-		return 0, err
+		return stored{}, err
 	}
 	if err := s.object(func(name []byte) error { return e.member(s, name) }); err != nil {
-		return 0, err
+		return stored{}, err
 	}
 	if err := s.end(); err != nil {
-		return 0, err
+		return stored{}, err
 	}
-	return e.check(key)
+	id, err := e.check(key)
+	if err != nil {
+		return stored{}, err
+	}
+	return stored{id: id, hash: e.hash.text, key: key}, nil
 }
+
+// stored is where the spine says it stored an event: its event_id and hash.
+type stored struct {
+	id   int64
+	hash string
+	key  string
+}
+
+// errOtherEvent says an answer is a whole event, but not the one asked
+// about.
+var errOtherEvent = errors.New("another event")
 
 // echo is what confirm keeps of a 201's body.
 type echo struct {
@@ -123,9 +138,9 @@ func (e *echo) check(key string) (int64, error) {
 	case !e.payloadSet || !e.payloadObj:
 		err = errors.New("the answer has no payload object")
 	case !e.metadataIsObj || !e.gotKey.str:
-		err = errors.New("the answer's payload has no metadata.idempotency_key")
+		err = fmt.Errorf("%w: the answer's payload has no metadata.idempotency_key", errOtherEvent)
 	case e.gotKey.long || e.gotKey.text != key:
-		err = fmt.Errorf("the answer is event %q, not %q", e.gotKey.show(), key)
+		err = fmt.Errorf("%w: the answer is event %q, not %q", errOtherEvent, e.gotKey.show(), key)
 	}
 	if err != nil {
 		return 0, err

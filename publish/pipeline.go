@@ -458,7 +458,7 @@ func (c *Client) readOne(pc *pipeConn, key string, start time.Time) (answer, boo
 	saidClose := resp.Close
 	closeAfter := false
 	if resp.StatusCode == http.StatusCreated {
-		id, err := confirm(resp.Body, key)
+		st, err := confirm(resp.Body, key)
 		if err != nil {
 			c.observe("201_unconfirmed", start)
 			c.up(false)
@@ -470,7 +470,7 @@ func (c *Client) readOne(pc *pipeConn, key string, start time.Time) (answer, boo
 		}
 		c.observe("201", start)
 		c.up(true)
-		if err := c.sawAppend(id); err != nil {
+		if err := c.sawAppend(st); err != nil {
 			return answer{verdict: lost, reason: "history_lost", err: err}, closeAfter, saidClose
 		}
 		return answer{verdict: accepted}, closeAfter, saidClose

@@ -169,6 +169,22 @@ func TestAttacksAreFound(t *testing.T) {
 			seal, _, _ := s.Close(time.Now())
 			return append(tr, stored{id: int64(len(tr) + 1), body: ev.Body}, stored{id: int64(len(tr) + 2), body: seal.Body}), VerifyOptions{}
 		}, "unknown key"},
+		{"a second chain of another producer's making, unpinned", func(t *testing.T, tr []stored, _ *Key) ([]stored, VerifyOptions) {
+			other, _ := GenerateKey()
+			now := time.Now()
+			kev, err := KeyEvent(other, nil, "6666:evil", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := NewSealer(other, "6666:evil", Anchor{}, "7301", "pgaudit_cdc.g9")
+			ev := change(t, 0x99000, 1, envelope.Position{}, `{"balance":1000000,"id":1}`)
+			ev.Key = envelope.Key("7301", "pgaudit_cdc.g9", ev.Pos)
+			ev.Finish()
+			s.Fold(ev, false, now)
+			seal, _, _ := s.Close(now)
+			n := int64(len(tr))
+			return append(tr, stored{id: n + 1, body: kev.Body}, stored{id: n + 2, body: ev.Body}, stored{id: n + 3, body: seal.Body}), VerifyOptions{}
+		}, "second chain"},
 		{"a pinned key that is not the trail's", func(t *testing.T, tr []stored, _ *Key) ([]stored, VerifyOptions) {
 			other, _ := GenerateKey()
 			return tr, VerifyOptions{Trusted: []ed25519.PublicKey{other.Public()}}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -901,7 +902,11 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 		copies := map[string][]copyOf{}
 		var oldest envelope.Position
 		seen := false
+		var lowest int64 // the lowest event_id in the answer
 		n, err := c.scanEvents(ctx, source, limit, func(e Stored) {
+			if lowest == 0 || e.EventID < lowest {
+				lowest = e.EventID
+			}
 			key := e.Key
 			sys, slot, pos, ok := envelope.ParseKey(key)
 			if !ok || sys != c.systemID || slot != c.slot {
@@ -923,6 +928,14 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 		if err != nil {
 			return err
 		}
+		if seen && upTo.Less(oldest) && n >= limit && limit >= c.cfg.DedupWindow {
+			// The whole window is newer than upTo and holds events of
+			// ours: the rest of them (a transaction bigger than the
+			// window, say) lie below it.
+			if err := c.walkBack(ctx, source, upTo, lowest, keys, copies); err != nil {
+				return err
+			}
+		}
 		// Done when the newest events reach back to upTo (anything of ours
 		// after it is among them), or the source or the window is read.
 		if (seen && !upTo.Less(oldest)) || n < limit || limit >= c.cfg.DedupWindow {
@@ -934,6 +947,88 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 			return nil
 		}
 	}
+}
+
+// walkBackLimit bounds walkBack, in windows' worth of events.
+const walkBackLimit = 10
+
+// walkBack reads the events below event_id below one at a time (GET
+// /events/{id}: the list reads only the newest DedupWindow), newest first,
+// and adds those of source and this identity to keys and copies, until it
+// reaches one at or before upTo. It reads at most walkBackLimit windows'
+// worth, and says so when that was not enough: what it did not see is sent
+// again.
+func (c *Client) walkBack(ctx context.Context, source string, upTo envelope.Position, below int64,
+	keys map[string]envelope.Position, copies map[string][]copyOf) error {
+	older := map[string][]copyOf{} // newest first
+	defer func() {
+		for k, cs := range older {
+			slices.Reverse(cs)
+			copies[k] = append(cs, copies[k]...)
+		}
+	}()
+	read := 0
+	for id := below - 1; id >= 1; id-- {
+		if read >= walkBackLimit*c.cfg.DedupWindow {
+			c.log.Warn("reading back a transaction bigger than the dedup window did not reach where the replay starts; events of it not found are sent again: raise --dedup-window",
+				"source", source, "events_read", read, "replay_from", upTo.String(), "dedup_window", c.cfg.DedupWindow)
+			return nil
+		}
+		read++
+		raw, err := c.eventByID(ctx, id)
+		if err != nil {
+			return err
+		}
+		if raw == nil {
+			return nil // the spine's history starts after it
+		}
+		e, src, err := ReadStored(raw)
+		if err != nil || src != source {
+			continue
+		}
+		sys, slot, pos, ok := envelope.ParseKey(e.Key)
+		if !ok || sys != c.systemID || slot != c.slot {
+			continue
+		}
+		if _, ok := keys[e.Key]; !ok {
+			keys[e.Key] = pos
+		}
+		d, derr := e.Digest()
+		older[e.Key] = append(older[e.Key], copyOf{id: e.EventID, digest: d, ok: derr == nil})
+		if !e.Late && !e.Redelivered && !upTo.Less(pos) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// eventByID reads GET /events/{id}: the event, or nil on 404.
+func (c *Client) eventByID(ctx context.Context, id int64) ([]byte, error) {
+	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
+	defer stall.stop()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events/"+strconv.FormatInt(id, 10), nil)
+	if err != nil {
+		return nil, fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := c.readHTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(redactErr(err)))
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("reading back event_id %d: HTTP %d", id, resp.StatusCode)
+	}
+	raw, err := io.ReadAll(stall.watch(resp.Body))
+	if err != nil {
+		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
+	}
+	c.sawRead(id)
+	return raw, nil
 }
 
 // Stored is one event read back from the spine.

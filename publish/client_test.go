@@ -446,3 +446,50 @@ func TestCheckHeldSeesALossOthersHid(t *testing.T) {
 		t.Fatalf("spine restarted, 20 foreign events: got %v, want a HistoryLostError naming another event", err)
 	}
 }
+
+// TestTransactionBiggerThanTheWindow: a restarted client replays a
+// transaction with more events than its dedup window reads back; the
+// events below the window are found one by one (GET /events/{id}), none is
+// sent twice, and what was never delivered is.
+func TestTransactionBiggerThanTheWindow(t *testing.T) {
+	spine := spinetest.Start(t)
+	newClient := func() *Client {
+		c, err := NewClient(ClientConfig{URL: spine.URL(), Timeout: time.Second, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, DedupWindow: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetIdentity("7301", "slot")
+		return c
+	}
+	var evs []*envelope.Event
+	for i := uint32(1); i <= 250; i++ {
+		evs = append(evs, testEvent("s", 0x900, i))
+	}
+	deliver := func(c *Client, evs []*envelope.Event) {
+		t.Helper()
+		if err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
+			if err != nil {
+				t.Errorf("event %d: %v", i, err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Some other producer's events between, then the first 180 of ours.
+	for i := 0; i < 30; i++ {
+		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(fmt.Sprintf(`{"kind":"other","source":"s","payload":{"n":%d}}`, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	deliver(newClient(), evs[:180])
+	// A restart replays the whole transaction.
+	deliver(newClient(), evs)
+	if got, want := len(spine.Events()), 30+250; got != want {
+		t.Fatalf("%d events in the spine, want %d: each of ours once", got, want)
+	}
+	if ok, at, why := spine.Verify(); !ok {
+		t.Fatalf("chain invalid at %d: %s", at, why)
+	}
+}

@@ -176,6 +176,15 @@ func TestOnColumns(t *testing.T) {
 	if got := strings.Join(ops, ","); got != "INSERT,UPDATE,UPDATE,DELETE" {
 		t.Fatalf("got operations %s, want the note-only UPDATE left out", got)
 	}
+	// A rename of an on-column must not switch the filter off: the
+	// column is no longer there to compare, so every UPDATE counts.
+	h.exec(`INSERT INTO o VALUES (2, 'new', 1, 'n')`)
+	h.exec(`ALTER TABLE o RENAME COLUMN amount TO amount_x`)
+	h.exec(`UPDATE o SET amount_x = 1000000`)
+	evs = h.expectExactly(6, 300*time.Millisecond)
+	if got := fmt.Sprint(field(t, evs[5], "operation"), " ", field(t, evs[5], "new", "amount_x")); got != "UPDATE 1000000" {
+		t.Fatalf("after renaming an on-column, got %s, want the UPDATE of it", got)
+	}
 }
 
 func TestSchemaWideWatch(t *testing.T) {

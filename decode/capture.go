@@ -124,8 +124,15 @@ func (s *Stream) emitSkipSummaries(lsn pgoutput.LSN, emit func(Item) error) erro
 }
 
 // changedAny reports whether any of cols differs between the old and new
-// row. An unchanged TOAST value ('u') is unchanged by definition.
+// row. An unchanged TOAST value ('u') is unchanged by definition. A column
+// of cols the relation no longer has (renamed, dropped) counts as changed:
+// a rename must not switch the filter off and hide every UPDATE.
 func changedAny(rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, cols []string) bool {
+	for _, c := range cols {
+		if !slices.ContainsFunc(rel.Columns, func(rc pgoutput.RelationColumn) bool { return rc.Name == c }) {
+			return true
+		}
+	}
 	for i, rc := range rel.Columns {
 		if i >= len(old) || i >= len(newT) || !slices.Contains(cols, rc.Name) {
 			continue

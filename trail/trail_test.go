@@ -259,3 +259,64 @@ func TestAnchorFileKeepsTheNewest(t *testing.T) {
 		t.Fatalf("got %+v, %v, %v; want seal 3", a, ok, err)
 	}
 }
+
+// TestRemovedGapEventIsFound: a capture gap writes a GAP event, keyed under
+// the new generation, before that generation streams; it is not sealed.
+// A chain whose seals go on to a new generation without one had it
+// removed.
+func TestRemovedGapEventIsFound(t *testing.T) {
+	key, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	var tr []stored
+	add := func(ev *envelope.Event) { tr = append(tr, stored{id: int64(len(tr) + 1), body: ev.Body}) }
+	kev, err := KeyEvent(key, nil, "7301:pgaudit_cdc", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(kev)
+	s := NewSealer(key, "7301:pgaudit_cdc", Anchor{}, "7301", "pgaudit_cdc")
+	var prev envelope.Position
+	for i := 1; i <= 3; i++ {
+		ev := change(t, pgoutput.LSN(0x1000*i), 1, prev, fmt.Sprintf(`{"id":%d}`, i))
+		prev = ev.Pos
+		add(ev)
+		s.Fold(ev, false, now)
+	}
+	seal, anchor, err := s.Close(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(seal)
+	gap, err := envelope.NewGapEvent("7301", "pgaudit_cdc.g1", 0x9000, envelope.Gap{Reason: "slot_dropped", Detail: "the slot was dropped"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gapAt := len(tr)
+	add(gap)
+	s = NewSealer(key, "7301:pgaudit_cdc", anchor, "7301", "pgaudit_cdc.g1")
+	prev = envelope.Position{}
+	for i := 1; i <= 3; i++ {
+		ev := change(t, pgoutput.LSN(0x9000+0x1000*i), 1, prev, fmt.Sprintf(`{"id":%d}`, 10+i))
+		ev.Key = envelope.Key("7301", "pgaudit_cdc.g1", ev.Pos)
+		ev.Finish()
+		prev = ev.Pos
+		add(ev)
+		s.Fold(ev, false, now)
+	}
+	seal, _, err = s.Close(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(seal)
+
+	if r := verifyTrail(t, tr, VerifyOptions{}); len(r.Failures) != 0 {
+		t.Fatalf("the trail with its GAP event: got failures\n%s", failures(r))
+	}
+	without := append(append([]stored{}, tr[:gapAt]...), tr[gapAt+1:]...)
+	if r := verifyTrail(t, without, VerifyOptions{}); !strings.Contains(failures(r), "no GAP event") {
+		t.Fatalf("the trail without its GAP event: got failures\n%s\nwant one saying it was removed", failures(r))
+	}
+}

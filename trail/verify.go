@@ -98,19 +98,25 @@ type Verifier struct {
 	// trustedFirst is the one key taken on trust when none is pinned.
 	trustedFirst string
 	chains       map[string]*chainState
+	gaps         map[string]bool // generations with a GAP event
 	streams      map[string]*stream
 	agentN       int
 	failures     int
 }
 
 type chainState struct {
-	keys    map[string]ed25519.PublicKey
-	first   string // fingerprint of the chain's first key
-	seq     uint64
-	hash    string
-	hashes  map[uint64]string
-	lastID  int64
-	lastKey string
+	// streams are the generations (system identifier:slot) the chain's
+	// seals cover, in the order they first appear; newStreamAt the event
+	// id of the seal that begins each after the first.
+	streams     []string
+	newStreamAt []int64
+	keys        map[string]ed25519.PublicKey
+	first       string // fingerprint of the chain's first key
+	seq         uint64
+	hash        string
+	hashes      map[uint64]string
+	lastID      int64
+	lastKey     string
 }
 
 // maxFindings bounds the findings a report lists one by one.
@@ -118,7 +124,7 @@ const maxFindings = 1000
 
 // NewVerifier returns a Verifier.
 func NewVerifier(o VerifyOptions) *Verifier {
-	v := &Verifier{o: o, trusted: map[string]ed25519.PublicKey{}, chains: map[string]*chainState{}, streams: map[string]*stream{}}
+	v := &Verifier{o: o, trusted: map[string]ed25519.PublicKey{}, chains: map[string]*chainState{}, streams: map[string]*stream{}, gaps: map[string]bool{}}
 	for _, k := range o.Trusted {
 		v.trusted[Fingerprint(k)] = k
 	}
@@ -146,7 +152,9 @@ func (v *Verifier) Add(it Item) {
 		v.fail(it.EventID, "", "event %d carries a trail key (%s) but is neither a SEAL nor a KEY event", it.EventID, it.Key)
 	case it.Agent && it.Operation == envelope.OpGap:
 		// A declared gap: completeness fails on it with its cause, sealed
-		// or not (it is written before the new generation streams).
+		// or not (it is written before the new generation streams). It
+		// is keyed under the new generation, which must have one (Finish).
+		v.gaps[streamID(it.SystemID, it.Slot)] = true
 	case it.Agent:
 		v.agentN++
 		st := v.stream(streamID(it.SystemID, it.Slot))
@@ -273,6 +281,12 @@ func (v *Verifier) addSeal(it Item) {
 		v.fail(it.EventID, "", "seal %d of chain %s does not link to seal %d: the chain of seals was rewritten", seal.Seq, seal.Chain, c.seq)
 	}
 	c.seq, c.hash, c.hashes[seal.Seq], c.lastID, c.lastKey = seal.Seq, h, h, it.EventID, seal.LastKey
+	if sid := streamID(seal.SystemID, seal.Slot); !slices.Contains(c.streams, sid) {
+		c.streams = append(c.streams, sid)
+		if len(c.streams) > 1 {
+			c.newStreamAt = append(c.newStreamAt, it.EventID)
+		}
+	}
 	v.r.Seals++
 	v.cover(it.EventID, seal)
 }
@@ -453,6 +467,16 @@ func (v *Verifier) Finish() VerifyReport {
 			}
 			if len(st.pending) > 0 {
 				v.fail(st.pending[0].id, "", "%d events keyed as the agent's (%s) come after its newest seal and are not authenticated, the first being event %d: a running agent seals what it delivers within --seal-interval, so run verify again; if they stay, they are forged", len(st.pending), id, st.pending[0].id)
+			}
+		}
+	}
+	// A chain goes on to a new generation only through a capture gap, which
+	// writes a GAP event keyed under it before the generation streams. The
+	// GAP event is not sealed, so its removal shows here.
+	for name, c := range v.chains {
+		for i, sid := range c.streams[min(1, len(c.streams)):] {
+			if !v.gaps[sid] {
+				v.fail(c.newStreamAt[i], "", "chain %s goes on to the events of %s, but the trail holds no GAP event for them: a capture gap always writes one first, so it was removed", name, sid)
 			}
 		}
 	}

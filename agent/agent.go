@@ -29,6 +29,7 @@ import (
 	"github.com/pgaudit-cdc/pgaudit-cdc/capture"
 	"github.com/pgaudit-cdc/pgaudit-cdc/catalog"
 	"github.com/pgaudit-cdc/pgaudit-cdc/confirm"
+	"github.com/pgaudit-cdc/pgaudit-cdc/deadletters"
 	"github.com/pgaudit-cdc/pgaudit-cdc/decode"
 	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/mapped"
@@ -462,6 +463,15 @@ func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replic
 	if st.last, _, _, err = a.lastDelivered(ctx, meta, sess.SystemID, keySlot, st.from); err != nil {
 		return st, fmt.Errorf("reading back the last delivered event: %w", err)
 	}
+	// An event kept as a dead letter is not in the spine, but the event
+	// after it named it as its predecessor all the same.
+	if a.cfg.Spine != nil {
+		dead, err := deadletters.New(meta, a.cfg.Slot).Keys(ctx, envelope.KeyPrefix(sess.SystemID, keySlot))
+		if err != nil {
+			return st, fmt.Errorf("reading the dead letters: %w", err)
+		}
+		st.last = predecessor(st.last, dead, sess.SystemID, keySlot, st.from)
+	}
 	st.streaming = a.spool != nil && sess.CanStream()
 	if a.spool != nil {
 		a.spool.Reset() // the server streams open transactions again from their start
@@ -481,6 +491,20 @@ func (a *Agent) startStreaming(ctx context.Context, meta *pgx.Conn, sess *replic
 	a.log.Info("streaming", "slot", a.cfg.Slot, "publication", a.cfg.Publication,
 		"from", st.from.String(), "system_id", sess.SystemID, "watches", active, "in_progress_streaming", st.streaming)
 	return st, nil
+}
+
+// predecessor is the position the first event replayed from from names as
+// its predecessor: the last one delivered before from, or a later event
+// kept as a dead letter (one of deadKeys, of systemID and keySlot) in a
+// transaction before from.
+func predecessor(delivered envelope.Position, deadKeys []string, systemID, keySlot string, from pgoutput.LSN) envelope.Position {
+	for _, k := range deadKeys {
+		sys, slot, pos, ok := envelope.ParseKey(k)
+		if ok && sys == systemID && slot == keySlot && pos.CommitLSN < from && delivered.Less(pos) {
+			delivered = pos
+		}
+	}
+	return delivered
 }
 
 // newReader returns the reader of a session that started streaming from

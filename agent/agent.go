@@ -64,6 +64,12 @@ type Config struct {
 	// and renamed tables, weakened replica identities, unlogged partitions
 	// and schema-watch membership without the event triggers.
 	HousekeepingInterval time.Duration
+	// HeldCheckInterval is how often, at most, a seal is preceded by
+	// reading the last delivered events back by event_id (default 5s),
+	// which catches a spine that lost its history while other producers'
+	// events hid it from the event_ids of the agent's appends. Each check
+	// costs a round trip to the spine before the seal is recorded.
+	HeldCheckInterval time.Duration
 	// AcceptGap is the operator's consent to continue past a capture gap:
 	// "" (none: Run returns a *capture.GapError), capture.AcceptAny, or the
 	// gap's ID. Accepting records one GAP event and starts a new slot.
@@ -142,6 +148,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if cfg.HeldCheckInterval <= 0 {
+		cfg.HeldCheckInterval = defaultHeldCheckInterval
 	}
 	if cfg.HousekeepingInterval <= 0 {
 		cfg.HousekeepingInterval = defaultHousekeepingInterval

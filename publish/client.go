@@ -2,6 +2,7 @@ package publish
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -623,17 +624,19 @@ func (c *Client) CheckHeld(ctx context.Context) error {
 	c.heldMu.Lock()
 	held, verified := c.held, c.verified
 	c.heldMu.Unlock()
-	refs := []stored{held}
-	if verified.id != 0 && verified != held {
-		refs = append(refs, verified)
+	if held.id == 0 {
+		return nil
 	}
-	for _, ref := range refs {
-		if ref.id == 0 {
-			continue
-		}
-		if err := c.checkStored(ctx, ref); err != nil {
-			return err
-		}
+	// Both at once: each costs a round trip, which delivery waits for.
+	var older error
+	var wg sync.WaitGroup
+	if verified.id != 0 && verified != held {
+		wg.Go(func() { older = c.checkStored(ctx, verified) })
+	}
+	newer := c.checkStored(ctx, held)
+	wg.Wait()
+	if err := cmp.Or(older, newer); err != nil {
+		return err
 	}
 	c.heldMu.Lock()
 	if held.id > c.verified.id {
@@ -682,6 +685,7 @@ func (c *Client) storedAt(ctx context.Context, held stored) (_ stored, found boo
 	c.authorize(req)
 	resp, err := c.readHTTP.Do(req)
 	if err != nil {
+		c.readUp(false)
 		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(redactErr(err)))
 	}
 	defer resp.Body.Close()
@@ -689,10 +693,13 @@ func (c *Client) storedAt(ctx context.Context, held stored) (_ stored, found boo
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
+		c.readUp(true)
 		return stored{}, false, nil
 	default:
+		c.readUp(false)
 		return stored{}, false, fmt.Errorf("reading back event_id %d: HTTP %d", held.id, resp.StatusCode)
 	}
+	c.readUp(true)
 	st, err := confirm(resp.Body, held.key)
 	if errors.Is(err, errOtherEvent) {
 		return stored{}, true, nil
@@ -1013,16 +1020,20 @@ func (c *Client) eventByID(ctx context.Context, id int64) ([]byte, error) {
 	c.authorize(req)
 	resp, err := c.readHTTP.Do(req)
 	if err != nil {
+		c.readUp(false)
 		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(redactErr(err)))
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
+		c.readUp(true)
 		return nil, nil
 	default:
+		c.readUp(false)
 		return nil, fmt.Errorf("reading back event_id %d: HTTP %d", id, resp.StatusCode)
 	}
+	c.readUp(true)
 	raw, err := io.ReadAll(stall.watch(resp.Body))
 	if err != nil {
 		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))

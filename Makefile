@@ -99,7 +99,7 @@ fuzz:
 	$(GO) test ./pgjson -run '^$$' -fuzz '^FuzzCanonicalJSON$$' -fuzztime 60s
 
 # Benchmarks, see BENCHMARKS.md. `bench` runs everything (a throwaway
-# PostgreSQL, 10-20 minutes, the Go micro-benchmarks included) and rewrites
+# PostgreSQL, about 40 minutes, the Go micro-benchmarks included) and rewrites
 # the results section of BENCHMARKS.md; `bench-smoke` is the seconds-long
 # version with tiny sizes (CI runs it as TestSmoke in ./cmd/bench).
 bench:

@@ -423,6 +423,7 @@ func (s *sealing) finalSeal(ctx context.Context) pgoutput.LSN {
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	s.checkedAt = time.Time{} // the last seal of a session always checks
 	held, err := s.seal(fctx)
 	if err != nil {
 		s.a.log.Warn("sealing the session's last events failed; the next session replays and seals them", "err", err)

@@ -19,18 +19,18 @@ import (
 //     checkpoint's digest. With row_security off, PostgreSQL refuses a query
 //     that a policy would affect instead (explainRowSecurity), and runs no
 //     policy.
-//   - The search path is pg_catalog only, so that an operator or function
-//     the table's owner put in a schema on the path is never picked in
-//     place of the built-in one.
 //
 // Key values are cast to their domain's base type (column.castTyp), so that
-// no domain CHECK, which may call any function, runs either.
+// no domain CHECK, which may call any function, runs either. The search
+// path stays the role's: an extension's key type (citext, say) finds its
+// comparison operators there, and a path without them would compare such
+// keys as text, in another order than the key's own, and skip rows.
 func readAsGuest(ctx context.Context, conn *pgx.Conn) (undo func(), err error) {
-	if _, err := conn.Exec(ctx, "SET row_security = off; SET search_path = pg_catalog, pg_temp"); err != nil {
+	if _, err := conn.Exec(ctx, "SET row_security = off"); err != nil {
 		return nil, fmt.Errorf("setting up the session to read the table: %w", err)
 	}
 	return func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "RESET row_security; RESET search_path")
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "RESET row_security")
 	}, nil
 }
 

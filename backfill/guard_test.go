@@ -121,11 +121,11 @@ func TestRowSecurityIsRefusedNotObeyed(t *testing.T) {
 		t.Fatalf("the key domain's CHECK ran %d times as the reading role", ran)
 	}
 
-	var rs, sp string
-	if err := guest.QueryRow(ctx, "SELECT current_setting('row_security'), current_setting('search_path')").Scan(&rs, &sp); err != nil {
+	var rs string
+	if err := guest.QueryRow(ctx, "SELECT current_setting('row_security')").Scan(&rs); err != nil {
 		t.Fatal(err)
 	}
-	if rs != "on" || strings.Contains(sp, "pg_catalog") {
-		t.Fatalf("after the backfill: row_security %q, search_path %q; want them reset", rs, sp)
+	if rs != "on" {
+		t.Fatalf("after the backfill: row_security %q, want it reset", rs)
 	}
 }

@@ -150,8 +150,8 @@ type Client struct {
 	// it: one made sooner could miss them, and the event would be sent
 	// again, a duplicate in the chain.
 	quietAt atomic.Int64
-	// held is the last event this client appended, verified the last one
-	// CheckHeld found held.
+	// held is the last event this client appended; verified the last one
+	// CheckHeld found held, or else the first appended.
 	heldMu   sync.Mutex
 	held     stored
 	verified stored
@@ -254,6 +254,12 @@ func (c *Client) SetIdentity(systemID, slot string) {
 	if c.systemID != systemID || c.slot != slot {
 		c.mark, c.maxPresent = envelope.Position{}, envelope.Position{}
 		c.handled, c.unkept = map[string]bool{}, map[string]bool{}
+		// A new generation (after an accepted gap, a spine that lost its
+		// history among them): what the spine held before says nothing.
+		c.heldMu.Lock()
+		c.held, c.verified = stored{}, stored{}
+		c.heldMu.Unlock()
+		c.lastEventID.Store(0)
 	}
 	c.checked = map[string]bool{}
 	c.present = map[string]map[string]envelope.Position{}
@@ -602,6 +608,11 @@ func (c *Client) sawAppend(st stored) error {
 	if st.id > c.held.id {
 		c.held = st
 	}
+	if c.verified.id == 0 {
+		// The first check reads the first append back too: a loss after
+		// it takes it, even when later appends are in place.
+		c.verified = st
+	}
 	c.heldMu.Unlock()
 	return nil
 }
@@ -627,14 +638,29 @@ func (c *Client) CheckHeld(ctx context.Context) error {
 	if held.id == 0 {
 		return nil
 	}
-	// Both at once: each costs a round trip, which delivery waits for.
+	// Both at once, as each costs a round trip that delivery waits for; a
+	// loss either finds ends the other's wait.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var older error
 	var wg sync.WaitGroup
 	if verified.id != 0 && verified != held {
-		wg.Go(func() { older = c.checkStored(ctx, verified) })
+		wg.Go(func() {
+			if older = c.checkStored(ctx, verified); IsHistoryLost(older) {
+				cancel()
+			}
+		})
 	}
 	newer := c.checkStored(ctx, held)
+	if IsHistoryLost(newer) {
+		cancel()
+	}
 	wg.Wait()
+	for _, err := range []error{older, newer} {
+		if IsHistoryLost(err) {
+			return err
+		}
+	}
 	if err := cmp.Or(older, newer); err != nil {
 		return err
 	}
@@ -647,22 +673,28 @@ func (c *Client) CheckHeld(ctx context.Context) error {
 }
 
 // checkStored reads ref back until an answer says whether the spine holds
-// it.
+// it. A 404 counts as a loss only when the spine's own count (GET /stats)
+// says it holds fewer events than ref's event_id: a gateway in front of
+// the spine that does not let GET /events/{id} through answers 404 too,
+// and must not pass for a loss.
 func (c *Client) checkStored(ctx context.Context, ref stored) error {
 	attempt := 0
 	for {
 		got, found, err := c.storedAt(ctx, ref)
-		if err == nil {
-			if !found || got.hash != ref.hash {
-				what := "answers 404"
-				if found {
-					what = "holds another event there"
-				}
-				return &HistoryLostError{Previous: ref.id, Detail: fmt.Sprintf(
-					"the spine no longer holds event %s as event_id %d (it %s): it lost or rewrote its history (a restart of an in-memory spine, or a restore to an older state)",
-					ref.key, ref.id, what)}
-			}
+		if err == nil && found && got.hash != ref.hash {
+			return c.lost(ref, "holds another event there")
+		}
+		if err == nil && found {
 			return nil
+		}
+		if err == nil {
+			var last int64
+			if last, err = c.lastStored(ctx); err == nil {
+				if last < ref.id {
+					return c.lost(ref, fmt.Sprintf("answers 404, and its newest event_id is %d", last))
+				}
+				err = fmt.Errorf("GET /events/%d answers 404, yet the spine's newest event_id is %d: let GET /events/{id} through to the spine (a proxy or gateway in front of it answers for it)", ref.id, last)
+			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -671,6 +703,43 @@ func (c *Client) checkStored(ctx context.Context, ref stored) error {
 			return err
 		}
 	}
+}
+
+func (c *Client) lost(ref stored, what string) error {
+	return &HistoryLostError{Previous: ref.id, Detail: fmt.Sprintf(
+		"the spine no longer holds event %s as event_id %d (it %s): it lost or rewrote its history (a restart of an in-memory spine, or a restore to an older state)",
+		ref.key, ref.id, what)}
+}
+
+// lastStored reads the spine's newest event_id (GET /stats; 0 when it
+// holds none).
+func (c *Client) lastStored(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/stats", nil)
+	if err != nil {
+		return 0, fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.readUp(false)
+		return 0, fmt.Errorf("reading the spine's stats: %w", redactErr(err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		c.readUp(false)
+		return 0, fmt.Errorf("reading the spine's stats: HTTP %d", resp.StatusCode)
+	}
+	var st struct {
+		LastEventID *int64 `json:"last_event_id"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&st); err != nil {
+		return 0, fmt.Errorf("reading the spine's stats: %w", err)
+	}
+	c.readUp(true)
+	if st.LastEventID == nil {
+		return 0, nil
+	}
+	return *st.LastEventID, nil
 }
 
 // storedAt reads GET /events/{id} of held: what is stored there (found is
@@ -956,6 +1025,22 @@ func (c *Client) learn(ctx context.Context, source string, upTo envelope.Positio
 	}
 }
 
+// isStoredEvent says whether raw is an event as the spine stores it, as
+// far as the contract guarantees for any producer's: an object with an
+// integer event_id and a payload object.
+func isStoredEvent(raw []byte) bool {
+	var e struct {
+		EventID json.Number     `json:"event_id"`
+		Payload json.RawMessage `json:"payload"`
+	}
+	if json.Unmarshal(raw, &e) != nil {
+		return false
+	}
+	id, err := e.EventID.Int64()
+	p := bytes.TrimLeft(e.Payload, " \t\r\n")
+	return err == nil && id >= 1 && len(p) > 0 && p[0] == '{'
+}
+
 // walkBackLimit bounds walkBack, in windows' worth of events.
 const walkBackLimit = 10
 
@@ -982,7 +1067,7 @@ func (c *Client) walkBack(ctx context.Context, source string, upTo envelope.Posi
 			return nil
 		}
 		read++
-		raw, err := c.eventByID(ctx, id)
+		raw, err := c.eventByIDRetrying(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -1007,6 +1092,21 @@ func (c *Client) walkBack(ctx context.Context, source string, upTo envelope.Posi
 		}
 	}
 	return nil
+}
+
+// eventByIDRetrying is eventByID, waiting out and retrying failures until
+// ctx ends: a walk of thousands of reads must not start over for one.
+func (c *Client) eventByIDRetrying(ctx context.Context, id int64) ([]byte, error) {
+	attempt := 0
+	for {
+		raw, err := c.eventByID(ctx, id)
+		if err == nil || ctx.Err() != nil {
+			return raw, err
+		}
+		if err := c.wait(ctx, &attempt, "read_back", 0, err); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // eventByID reads GET /events/{id}: the event, or nil on 404.
@@ -1125,6 +1225,11 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 			// event must not stop delivery for good. It is none of
 			// this agent's, whose events always read back; a copy of one
 			// altered that far is not a copy, and verify reports it.
+			// Anything that is not a stored event at all (no event_id,
+			// no payload object) is a broken answer and fails as one.
+			if !isStoredEvent(raw) {
+				return err
+			}
 			if unreadable++; unreadable == 1 {
 				firstUnreadable = Truncate(err.Error(), 200)
 			}

@@ -493,3 +493,31 @@ func TestTransactionBiggerThanTheWindow(t *testing.T) {
 		t.Fatalf("chain invalid at %d: %s", at, why)
 	}
 }
+
+// TestCheckHeldGatewayWithout404IsNoLoss: a gateway in front of the spine
+// that answers 404 for GET /events/{id} is not a spine that lost its
+// history: the spine's count says the event_id is there, so the check
+// keeps trying (and says what to let through) instead of reporting a loss.
+func TestCheckHeldGatewayWithout404IsNoLoss(t *testing.T) {
+	spine := spinetest.Start(t)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/events/") {
+			http.NotFound(w, r)
+			return
+		}
+		proxy(w, r, spine.URL())
+	}))
+	t.Cleanup(front.Close)
+	c := newTestClient(t, front.URL)
+	for i := uint32(1); i <= 3; i++ {
+		if err := c.Publish(context.Background(), testEvent("s", 0x700, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err := c.CheckHeld(ctx)
+	if IsHistoryLost(err) || err == nil {
+		t.Fatalf("behind a gateway without GET /events/{id}: got %v, want the check to wait for it, not a loss", err)
+	}
+}

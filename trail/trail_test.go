@@ -185,6 +185,20 @@ func TestAttacksAreFound(t *testing.T) {
 			n := int64(len(tr))
 			return append(tr, stored{id: n + 1, body: kev.Body}, stored{id: n + 2, body: ev.Body}, stored{id: n + 3, body: seal.Body}), VerifyOptions{}
 		}, "second chain"},
+		{"a second chain under the trusted key itself is no forgery, a third key is", func(t *testing.T, tr []stored, key *Key) ([]stored, VerifyOptions) {
+			now := time.Now()
+			same, err := KeyEvent(key, nil, "7301:other_slot", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, _ := GenerateKey()
+			third, err := KeyEvent(other, nil, "6666:evil", now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := int64(len(tr))
+			return append(tr, stored{id: n + 1, body: same.Body}, stored{id: n + 2, body: third.Body}), VerifyOptions{}
+		}, "second chain, 6666:evil"},
 		{"a pinned key that is not the trail's", func(t *testing.T, tr []stored, _ *Key) ([]stored, VerifyOptions) {
 			other, _ := GenerateKey()
 			return tr, VerifyOptions{Trusted: []ed25519.PublicKey{other.Public()}}
@@ -318,5 +332,20 @@ func TestRemovedGapEventIsFound(t *testing.T) {
 	without := append(append([]stored{}, tr[:gapAt]...), tr[gapAt+1:]...)
 	if r := verifyTrail(t, without, VerifyOptions{}); !strings.Contains(failures(r), "no GAP event") {
 		t.Fatalf("the trail without its GAP event: got failures\n%s\nwant one saying it was removed", failures(r))
+	}
+}
+
+// TestSecondChainUnderTheTrustedKey: two slots that share one key file
+// make two chains under one key; unpinned, the key taken on trust covers
+// both.
+func TestSecondChainUnderTheTrustedKey(t *testing.T) {
+	tr, key := honest(t, 5, 5)
+	same, err := KeyEvent(key, nil, "7301:other_slot", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr = append(tr, stored{id: int64(len(tr) + 1), body: same.Body})
+	if r := verifyTrail(t, tr, VerifyOptions{}); len(r.Failures) != 0 {
+		t.Fatalf("got failures\n%s", failures(r))
 	}
 }

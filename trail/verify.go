@@ -97,6 +97,7 @@ type Verifier struct {
 	pinned  bool
 	// trustedFirst is the one key taken on trust when none is pinned.
 	trustedFirst string
+	trustedKey   string // its fingerprint
 	chains       map[string]*chainState
 	gaps         map[string]bool // generations with a GAP event
 	streams      map[string]*stream
@@ -224,13 +225,16 @@ func (v *Verifier) addKey(it Item) {
 			v.fail(it.EventID, "", "KEY event %d claims to rotate from key %s, but that key did not sign it: an unknown key", it.EventID, rec.Previous)
 			return
 		}
+	case !v.pinned && c.first == "" && rec.Previous == "" && v.trustedFirst != "" && rec.Fingerprint == v.trustedKey:
+		// The key taken on trust, for another chain (two slots that share
+		// a key file).
 	case !v.pinned && c.first == "" && rec.Previous == "" && v.trustedFirst != "":
 		// Anyone can post a KEY event of a chain of their own, and seals
 		// with it: unpinned, only one key is taken on trust.
 		v.fail(it.EventID, "", "KEY event %d introduces key %s for a second chain, %s, while verify takes on trust only the first key it found (%s): an unknown key; pin the key of every agent that writes to this destination with --public-key, or give --database-url", it.EventID, rec.Fingerprint, rec.Chain, v.trustedFirst)
 		return
 	case !v.pinned && c.first == "" && rec.Previous == "":
-		v.trustedFirst = rec.Fingerprint + " of chain " + rec.Chain
+		v.trustedFirst, v.trustedKey = rec.Fingerprint+" of chain "+rec.Chain, rec.Fingerprint
 		v.r.Notes = append(v.r.Notes, fmt.Sprintf("trusting key %s, the first key of chain %s found in the trail (event %d): pin it with --public-key to verify against the agent's own key", rec.Fingerprint, rec.Chain, it.EventID))
 	case rec.Previous != "":
 		v.fail(it.EventID, "", "KEY event %d introduces key %s as the successor of %s, a key this trail does not have: an unknown key (if the old key was lost, pin the new one with --public-key)", it.EventID, rec.Fingerprint, rec.Previous)

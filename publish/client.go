@@ -711,18 +711,29 @@ func (c *Client) lost(ref stored, what string) error {
 		ref.key, ref.id, what)}
 }
 
+// get sends GET path, with the client's credentials, on hc. A request that
+// gets no answer says the spine is down; the error has no credentials in
+// it.
+func (c *Client) get(ctx context.Context, hc *http.Client, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("building request: %w", err)
+	}
+	c.authorize(req)
+	resp, err := hc.Do(req)
+	if err != nil {
+		c.readUp(false)
+		return nil, redactErr(err)
+	}
+	return resp, nil
+}
+
 // lastStored reads the spine's newest event_id (GET /stats; 0 when it
 // holds none).
 func (c *Client) lastStored(ctx context.Context) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/stats", nil)
+	resp, err := c.get(ctx, c.http, "/stats")
 	if err != nil {
-		return 0, fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		c.readUp(false)
-		return 0, fmt.Errorf("reading the spine's stats: %w", redactErr(err))
+		return 0, fmt.Errorf("reading the spine's stats: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -747,15 +758,9 @@ func (c *Client) lastStored(ctx context.Context) (int64, error) {
 func (c *Client) storedAt(ctx context.Context, held stored) (_ stored, found bool, _ error) {
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events/"+strconv.FormatInt(held.id, 10), nil)
+	resp, err := c.get(ctx, c.readHTTP, "/events/"+strconv.FormatInt(held.id, 10))
 	if err != nil {
-		return stored{}, false, fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.readHTTP.Do(req)
-	if err != nil {
-		c.readUp(false)
-		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(redactErr(err)))
+		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(err))
 	}
 	defer resp.Body.Close()
 	resp.Body = stall.watch(resp.Body)
@@ -1113,15 +1118,9 @@ func (c *Client) eventByIDRetrying(ctx context.Context, id int64) ([]byte, error
 func (c *Client) eventByID(ctx context.Context, id int64) ([]byte, error) {
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events/"+strconv.FormatInt(id, 10), nil)
+	resp, err := c.get(ctx, c.readHTTP, "/events/"+strconv.FormatInt(id, 10))
 	if err != nil {
-		return nil, fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.readHTTP.Do(req)
-	if err != nil {
-		c.readUp(false)
-		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(redactErr(err)))
+		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
@@ -1185,15 +1184,9 @@ func (c *Client) scanEvents(ctx context.Context, source string, limit int, fn fu
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
 	q := url.Values{"source": {source}, "limit": {strconv.Itoa(limit)}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/events?"+q.Encode(), nil)
+	resp, err := c.get(ctx, c.readHTTP, "/events?"+q.Encode())
 	if err != nil {
-		return 0, fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.readHTTP.Do(req)
-	if err != nil {
-		c.readUp(false)
-		return 0, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(redactErr(err)))
+		return 0, fmt.Errorf("reading back events of source %q: %w", source, stall.explain(err))
 	}
 	defer resp.Body.Close()
 	resp.Body = stall.watch(resp.Body)
@@ -1371,15 +1364,9 @@ func (c *Client) Kinds(ctx context.Context) ([]string, error) {
 
 // Health checks GET /healthz.
 func (c *Client) Health(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base.String()+"/healthz", nil)
+	resp, err := c.get(ctx, c.http, "/healthz")
 	if err != nil {
-		return fmt.Errorf("building request: %w", err)
-	}
-	c.authorize(req)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		c.readUp(false)
-		return fmt.Errorf("the spine at %s is unreachable: %w", c.base.Redacted(), redactErr(err))
+		return fmt.Errorf("the spine at %s is unreachable: %w", c.base.Redacted(), err)
 	}
 	resp.Body.Close()
 	c.readUp(resp.StatusCode == http.StatusOK)

@@ -369,33 +369,23 @@ func TestMarkedEventsDoNotEndTheReadBack(t *testing.T) {
 		}
 		return evs
 	}
-	deliver := func(t *testing.T, c *Client, evs []*envelope.Event) {
-		t.Helper()
-		if err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
-			if err != nil {
-				t.Errorf("event %d: %v", i, err)
-			}
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	t.Run("late", func(t *testing.T) {
 		spine := spinetest.Start(t)
 		// The first event of the window fails and lands last, late.
 		spine.FailNext(1, spinetest.Fault503)
-		deliver(t, newTestClient(t, spine.URL()), txn(0x500, 30))
-		deliver(t, newTestClient(t, spine.URL()), txn(0x500, 30))
+		deliverAll(t, newTestClient(t, spine.URL()), txn(0x500, 30))
+		deliverAll(t, newTestClient(t, spine.URL()), txn(0x500, 30))
 		if got := len(spine.Events()); got != 30 {
 			t.Fatalf("%d events in the spine, want 30", got)
 		}
 	})
 	t.Run("redelivered", func(t *testing.T) {
 		spine := spinetest.Start(t)
-		deliver(t, newTestClient(t, spine.URL()), txn(0x600, 30))
+		deliverAll(t, newTestClient(t, spine.URL()), txn(0x600, 30))
 		if err := newTestClient(t, spine.URL()).Redeliver(context.Background(), "s", keptLetter(t, testEvent("s", 0x300, 2))); err != nil {
 			t.Fatal(err)
 		}
-		deliver(t, newTestClient(t, spine.URL()), txn(0x600, 30))
+		deliverAll(t, newTestClient(t, spine.URL()), txn(0x600, 30))
 		if got := len(spine.Events()); got != 31 {
 			t.Fatalf("%d events in the spine, want 31", got)
 		}
@@ -465,16 +455,6 @@ func TestTransactionBiggerThanTheWindow(t *testing.T) {
 	for i := uint32(1); i <= 250; i++ {
 		evs = append(evs, testEvent("s", 0x900, i))
 	}
-	deliver := func(c *Client, evs []*envelope.Event) {
-		t.Helper()
-		if err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
-			if err != nil {
-				t.Errorf("event %d: %v", i, err)
-			}
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// Some other producer's events between, then the first 180 of ours.
 	for i := 0; i < 30; i++ {
 		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(fmt.Sprintf(`{"kind":"other","source":"s","payload":{"n":%d}}`, i)))
@@ -483,9 +463,9 @@ func TestTransactionBiggerThanTheWindow(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	deliver(newClient(), evs[:180])
+	deliverAll(t, newClient(), evs[:180])
 	// A restart replays the whole transaction.
-	deliver(newClient(), evs)
+	deliverAll(t, newClient(), evs)
 	if got, want := len(spine.Events()), 30+250; got != want {
 		t.Fatalf("%d events in the spine, want %d: each of ours once", got, want)
 	}
@@ -519,5 +499,17 @@ func TestCheckHeldGatewayWithout404IsNoLoss(t *testing.T) {
 	err := c.CheckHeld(ctx)
 	if IsHistoryLost(err) || err == nil {
 		t.Fatalf("behind a gateway without GET /events/{id}: got %v, want the check to wait for it, not a loss", err)
+	}
+}
+
+// deliverAll delivers evs in one PublishBatch, every one of them accepted.
+func deliverAll(t *testing.T, c *Client, evs []*envelope.Event) {
+	t.Helper()
+	if err := c.PublishBatch(context.Background(), evs, func(i int, err error) {
+		if err != nil {
+			t.Errorf("event %d: %v", i, err)
+		}
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

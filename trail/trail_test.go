@@ -32,23 +32,30 @@ func change(t *testing.T, lsn pgoutput.LSN, seq uint32, prev envelope.Position, 
 	return ev
 }
 
-// honest writes n single-event transactions and seals every `every`
-// events; it returns the trail and the key.
-func honest(t *testing.T, n, every int) ([]stored, *Key) {
+// keyedTrail starts a trail of chain 7301:pgaudit_cdc: a new key, its KEY
+// event (handed to add), and a sealer of the first generation.
+func keyedTrail(t *testing.T, add func(*envelope.Event)) (*Key, *Sealer, time.Time) {
 	t.Helper()
 	key, err := GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	var out []stored
-	add := func(ev *envelope.Event) { out = append(out, stored{id: int64(len(out) + 1), body: ev.Body}) }
 	kev, err := KeyEvent(key, nil, "7301:pgaudit_cdc", now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	add(kev)
-	s := NewSealer(key, "7301:pgaudit_cdc", Anchor{}, "7301", "pgaudit_cdc")
+	return key, NewSealer(key, "7301:pgaudit_cdc", Anchor{}, "7301", "pgaudit_cdc"), now
+}
+
+// honest writes n single-event transactions and seals every `every`
+// events; it returns the trail and the key.
+func honest(t *testing.T, n, every int) ([]stored, *Key) {
+	t.Helper()
+	var out []stored
+	add := func(ev *envelope.Event) { out = append(out, stored{id: int64(len(out) + 1), body: ev.Body}) }
+	key, s, now := keyedTrail(t, add)
 	var prev envelope.Position
 	for i := 1; i <= n; i++ {
 		ev := change(t, pgoutput.LSN(0x1000*i), 1, prev, fmt.Sprintf(`{"balance":%d,"id":%d}`, i*10, i))
@@ -279,19 +286,9 @@ func TestAnchorFileKeepsTheNewest(t *testing.T) {
 // A chain whose seals go on to a new generation without one had it
 // removed.
 func TestRemovedGapEventIsFound(t *testing.T) {
-	key, err := GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	var tr []stored
 	add := func(ev *envelope.Event) { tr = append(tr, stored{id: int64(len(tr) + 1), body: ev.Body}) }
-	kev, err := KeyEvent(key, nil, "7301:pgaudit_cdc", now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	add(kev)
-	s := NewSealer(key, "7301:pgaudit_cdc", Anchor{}, "7301", "pgaudit_cdc")
+	key, s, now := keyedTrail(t, add)
 	var prev envelope.Position
 	for i := 1; i <= 3; i++ {
 		ev := change(t, pgoutput.LSN(0x1000*i), 1, prev, fmt.Sprintf(`{"id":%d}`, i))

@@ -1,7 +1,6 @@
 package natsjs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -210,16 +209,5 @@ func (c *Client) LastDelivered(ctx context.Context, systemID, keySlot string, _ 
 // HasEvent reports whether the stream's newest messages of source include
 // key on content whose digest starts with digest (any content when nil).
 func (c *Client) HasEvent(ctx context.Context, source, key string, digest []byte) (bool, error) {
-	found := false
-	err := c.ReadBack(ctx, source, func(s publish.Stored) {
-		if s.Key != key || found {
-			return
-		}
-		if digest == nil {
-			found = true
-		} else if d, err := s.Digest(); err == nil && bytes.HasPrefix(d[:], digest) {
-			found = true
-		}
-	})
-	return found, err
+	return publish.Holds(ctx, c.ReadBack, source, key, digest)
 }

@@ -407,7 +407,7 @@ func (c *Client) publishTrailEvent(ctx context.Context, ev *envelope.Event) erro
 		if !readBack {
 			return false, nil
 		}
-		return c.hasKey(ctx, ev.Source, ev.Key, &d)
+		return c.HasEvent(ctx, ev.Source, ev.Key, d[:])
 	})
 	return err
 }
@@ -1419,7 +1419,7 @@ func (c *Client) Redeliver(ctx context.Context, source string, ev *envelope.Even
 			if !readBack {
 				return false, nil
 			}
-			return c.hasKey(ctx, source, key, &d)
+			return c.HasEvent(ctx, source, key, d[:])
 		})
 	return err
 }
@@ -1427,30 +1427,18 @@ func (c *Client) Redeliver(ctx context.Context, source string, ev *envelope.Even
 // AppendQuoted is key as the envelope writes it: a JSON string.
 func AppendQuoted(key string) []byte { return pgjson.AppendString(nil, []byte(key)) }
 
-// hasKey reports whether the newest DedupWindow events of source include
-// key on an event that digests to digest (nil: any content).
-func (c *Client) hasKey(ctx context.Context, source, key string, digest *[32]byte) (bool, error) {
-	found := false
-	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
-		if e.Key != key {
-			return
-		}
-		if digest == nil {
-			found = true
-			return
-		}
-		if d, err := e.Digest(); err == nil && d == *digest {
-			found = true
-		}
-	})
-	return found, err
-}
-
 // HasEvent reports whether the newest DedupWindow events of source include
 // key on content whose digest starts with digest (any content when nil).
 func (c *Client) HasEvent(ctx context.Context, source, key string, digest []byte) (bool, error) {
+	return Holds(ctx, c.ReadBack, source, key, digest)
+}
+
+// Holds reports whether the events readBack reads of source include key on
+// content whose digest starts with digest (any content when nil): the
+// HasEvent of the spine's client and of the JetStream one.
+func Holds(ctx context.Context, readBack func(context.Context, string, func(Stored)) error, source, key string, digest []byte) (bool, error) {
 	found := false
-	_, err := c.scanEvents(ctx, source, c.cfg.DedupWindow, func(e Stored) {
+	err := readBack(ctx, source, func(e Stored) {
 		if e.Key != key || found {
 			return
 		}

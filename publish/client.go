@@ -756,35 +756,49 @@ func (c *Client) lastStored(ctx context.Context) (int64, error) {
 // storedAt reads GET /events/{id} of held: what is stored there (found is
 // false on 404, and on another event there).
 func (c *Client) storedAt(ctx context.Context, held stored) (_ stored, found bool, _ error) {
+	var st stored
+	other := false
+	found, err := c.readEvent(ctx, held.id, func(body io.Reader) error {
+		var err error
+		st, err = confirm(body, held.key)
+		if errors.Is(err, errOtherEvent) {
+			other, err = true, nil
+		}
+		return err
+	})
+	if err != nil {
+		return stored{}, false, err
+	}
+	if !found || other || st.id != held.id {
+		return stored{}, found, nil
+	}
+	return st, true, nil
+}
+
+// readEvent sends GET /events/{id} and hands the event's body to read,
+// every wait for it bounded by the client's timeout. found is false on 404.
+func (c *Client) readEvent(ctx context.Context, id int64, read func(io.Reader) error) (found bool, _ error) {
 	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
 	defer stall.stop()
-	resp, err := c.get(ctx, c.readHTTP, "/events/"+strconv.FormatInt(held.id, 10))
+	resp, err := c.get(ctx, c.readHTTP, "/events/"+strconv.FormatInt(id, 10))
 	if err != nil {
-		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(err))
+		return false, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
 	}
 	defer resp.Body.Close()
-	resp.Body = stall.watch(resp.Body)
 	switch resp.StatusCode {
 	case http.StatusOK:
 	case http.StatusNotFound:
 		c.readUp(true)
-		return stored{}, false, nil
+		return false, nil
 	default:
 		c.readUp(false)
-		return stored{}, false, fmt.Errorf("reading back event_id %d: HTTP %d", held.id, resp.StatusCode)
+		return false, fmt.Errorf("reading back event_id %d: HTTP %d", id, resp.StatusCode)
 	}
 	c.readUp(true)
-	st, err := confirm(resp.Body, held.key)
-	if errors.Is(err, errOtherEvent) {
-		return stored{}, true, nil
+	if err := read(stall.watch(resp.Body)); err != nil {
+		return true, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
 	}
-	if err != nil {
-		return stored{}, false, fmt.Errorf("reading back event_id %d: %w", held.id, stall.explain(err))
-	}
-	if st.id != held.id {
-		return stored{}, true, nil
-	}
-	return st, true, nil
+	return true, nil
 }
 
 // sawRead raises the highest event_id seen to one read back.
@@ -1116,26 +1130,13 @@ func (c *Client) eventByIDRetrying(ctx context.Context, id int64) ([]byte, error
 
 // eventByID reads GET /events/{id}: the event, or nil on 404.
 func (c *Client) eventByID(ctx context.Context, id int64) ([]byte, error) {
-	ctx, stall := withStallTimeout(ctx, c.cfg.Timeout)
-	defer stall.stop()
-	resp, err := c.get(ctx, c.readHTTP, "/events/"+strconv.FormatInt(id, 10))
-	if err != nil {
-		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
-	}
-	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		c.readUp(true)
-		return nil, nil
-	default:
-		c.readUp(false)
-		return nil, fmt.Errorf("reading back event_id %d: HTTP %d", id, resp.StatusCode)
-	}
-	c.readUp(true)
-	raw, err := io.ReadAll(stall.watch(resp.Body))
-	if err != nil {
-		return nil, fmt.Errorf("reading back event_id %d: %w", id, stall.explain(err))
+	var raw []byte
+	found, err := c.readEvent(ctx, id, func(body io.Reader) (err error) {
+		raw, err = io.ReadAll(body)
+		return err
+	})
+	if err != nil || !found {
+		return nil, err
 	}
 	c.sawRead(id)
 	return raw, nil

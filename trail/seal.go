@@ -356,21 +356,39 @@ func IsTrailKey(key string) bool {
 // CheckSeal reads a SEAL event as the trail returned it (raw) and checks
 // its signature with pub; ok is false for anything else.
 func CheckSeal(raw []byte, pub ed25519.PublicKey) (Seal, bool) {
+	seal, canon, payload, ok := readSealEvent(raw)
+	sig, _ := payload["signature"].(string)
+	if !ok || !verifySig(pub, canon, sig) {
+		return Seal{}, false
+	}
+	return seal, true
+}
+
+// readSealEvent reads the seal of a SEAL event (raw: its envelope, or the
+// event as the trail returned it): the seal, its canonical JSON (what is
+// signed) and the event's payload.
+func readSealEvent(raw []byte) (seal Seal, canon []byte, payload map[string]any, ok bool) {
 	var e struct {
 		Payload map[string]any `json:"payload"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	if err := dec.Decode(&e); err != nil {
-		return Seal{}, false
+		return Seal{}, nil, nil, false
 	}
-	canon, ok := payloadObject(e.Payload, "seal")
-	sig, _ := e.Payload["signature"].(string)
-	var seal Seal
-	if !ok || json.Unmarshal(canon, &seal) != nil || !verifySig(pub, canon, sig) {
-		return Seal{}, false
+	canon, ok = payloadObject(e.Payload, "seal")
+	if !ok || json.Unmarshal(canon, &seal) != nil {
+		return Seal{}, nil, e.Payload, false
 	}
-	return seal, true
+	return seal, canon, e.Payload, true
+}
+
+// shortDigests is the seal's list of the first shortLen bytes of each
+// covered event's digest, in order; ok is false when it does not hold
+// Count of them.
+func (s Seal) shortDigests() ([]byte, bool) {
+	shorts, err := base64.StdEncoding.DecodeString(s.Events)
+	return shorts, err == nil && uint64(len(shorts)) == s.Count*shortLen
 }
 
 // SealEventBody returns the envelope (the PublishRequest) of a SEAL event
@@ -388,21 +406,12 @@ func SealEventBody(raw []byte) ([]byte, error) {
 // covers, as the seal lists them: enough to tell that event's real copy
 // from another producer's event under its key.
 func LastShortDigest(raw []byte) ([]byte, error) {
-	var e struct {
-		Payload map[string]any `json:"payload"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if err := dec.Decode(&e); err != nil {
-		return nil, fmt.Errorf("reading a SEAL event: %w", err)
-	}
-	canon, ok := payloadObject(e.Payload, "seal")
-	var seal Seal
-	if !ok || json.Unmarshal(canon, &seal) != nil {
+	seal, _, _, ok := readSealEvent(raw)
+	if !ok {
 		return nil, errors.New("reading a SEAL event: no seal in its payload")
 	}
-	shorts, err := base64.StdEncoding.DecodeString(seal.Events)
-	if err != nil || seal.Count == 0 || uint64(len(shorts)) != seal.Count*shortLen {
+	shorts, ok := seal.shortDigests()
+	if !ok || seal.Count == 0 {
 		return nil, fmt.Errorf("reading a SEAL event: it lists %d bytes of digests for %d events", len(shorts), seal.Count)
 	}
 	return shorts[len(shorts)-shortLen:], nil

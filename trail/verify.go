@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -326,8 +325,8 @@ func (v *Verifier) readSeal(id int64, seal Seal, st *stream) (s *sealState, expe
 	if st.hasSeal && s.from != st.sealed {
 		v.fail(id, "", "seal %d starts after %s, but the seal before it for these events ended at %s: the events between are not authenticated", seal.Seq, s.from, st.sealed)
 	}
-	shortBytes, err := base64.StdEncoding.DecodeString(seal.Events)
-	if err != nil || uint64(len(shortBytes)) != seal.Count*shortLen {
+	shortBytes, ok := seal.shortDigests()
+	if !ok {
 		v.fail(id, "", "SEAL event %d lists %d bytes of digests for %d events", id, len(shortBytes), seal.Count)
 		return nil, nil, false
 	}

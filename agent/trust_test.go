@@ -302,11 +302,7 @@ func TestSpineLossHiddenByOtherProducers(t *testing.T) {
 	n := len(h.spine.Events())
 	h.spine.Reset()
 	for i := 0; i < n+20; i++ {
-		resp, err := http.Post(h.spine.URL()+"/events", "application/json", strings.NewReader(fmt.Sprintf(`{"kind":"other","source":"x","payload":{"n":%d}}`, i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		h.post(fmt.Sprintf(`{"kind":"other","source":"x","payload":{"n":%d}}`, i))
 	}
 	h.insertRange(11, 12)
 	h.expectGapStop(capture.ReasonSpineHistoryLost)
@@ -331,15 +327,7 @@ func TestForgedLastEventDoesNotHideSpineLoss(t *testing.T) {
 		t.Fatal("row 10 is not in the spine")
 	}
 	h.spine.Reset()
-	body := fmt.Sprintf(`{"kind":"other","source":"s","payload":{"operation":"INSERT","new":{"id":10},"metadata":{"idempotency_key":%q}}}`, lastKey)
-	resp, err := http.Post(h.spine.URL()+"/events", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("posting the forged event: HTTP %d", resp.StatusCode)
-	}
+	h.post(fmt.Sprintf(`{"kind":"other","source":"s","payload":{"operation":"INSERT","new":{"id":10},"metadata":{"idempotency_key":%q}}}`, lastKey))
 	h.startAgent()
 	h.expectGapStop(capture.ReasonSpineHistoryLost)
 }

@@ -112,14 +112,7 @@ func TestRestartedClientSkipsWhatTheSpineHolds(t *testing.T) {
 	}
 	// Another producer shares the source: 150 foreign events push ours out
 	// of the first read-back page.
-	for i := 0; i < 150; i++ {
-		body := fmt.Sprintf(`{"kind":"other","source":"s","payload":{"n":%d}}`, i)
-		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
+	postForeign(t, spine.URL(), "s", 150)
 	// A new process replays from an older confirmed position.
 	second := newTestClient(t, spine.URL())
 	for i := uint32(1); i <= 7; i++ {
@@ -319,15 +312,7 @@ func TestUnreadableForeignEventsAreLeftAside(t *testing.T) {
 		`{"metadata":{"redelivered":"yes"}}`,
 		`{"metadata":{"commit_timestamp":7}}`,
 	} {
-		body := `{"kind":"other","source":"s","payload":` + payload + `}`
-		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusCreated {
-			t.Fatalf("the spine refused %s: HTTP %d", body, resp.StatusCode)
-		}
+		post(t, spine.URL(), `{"kind":"other","source":"s","payload":`+payload+`}`)
 	}
 	for _, pipelined := range []bool{false, true} {
 		// A new process replays 1..5: 1..3 are found, 4 and 5 appended.
@@ -411,15 +396,7 @@ func TestCheckHeldSeesALossOthersHid(t *testing.T) {
 	if err := c.CheckHeld(ctx); err != nil {
 		t.Fatalf("the spine holds what was appended: %v", err)
 	}
-	foreign := func(n int) {
-		for i := 0; i < n; i++ {
-			resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(fmt.Sprintf(`{"kind":"other","source":"x","payload":{"n":%d}}`, i)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-		}
-	}
+	foreign := func(n int) { postForeign(t, spine.URL(), "x", n) }
 	spine.Reset()
 	foreign(2) // fewer than before: event_id 3 is not there
 	if err := c.CheckHeld(ctx); !IsHistoryLost(err) {
@@ -456,13 +433,7 @@ func TestTransactionBiggerThanTheWindow(t *testing.T) {
 		evs = append(evs, testEvent("s", 0x900, i))
 	}
 	// Some other producer's events between, then the first 180 of ours.
-	for i := 0; i < 30; i++ {
-		resp, err := http.Post(spine.URL()+"/events", "application/json", bytes.NewBufferString(fmt.Sprintf(`{"kind":"other","source":"s","payload":{"n":%d}}`, i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-	}
+	postForeign(t, spine.URL(), "s", 30)
 	deliverAll(t, newClient(), evs[:180])
 	// A restart replays the whole transaction.
 	deliverAll(t, newClient(), evs)
@@ -511,5 +482,27 @@ func deliverAll(t *testing.T, c *Client, evs []*envelope.Event) {
 		}
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// post appends body to the spine at url as another producer would; the
+// spine must store it.
+func post(t *testing.T, url, body string) {
+	t.Helper()
+	resp, err := http.Post(url+"/events", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("the spine refused %s: HTTP %d", body, resp.StatusCode)
+	}
+}
+
+// postForeign appends n events of another producer with source.
+func postForeign(t *testing.T, url, source string, n int) {
+	t.Helper()
+	for i := range n {
+		post(t, url, fmt.Sprintf(`{"kind":"other","source":%q,"payload":{"n":%d}}`, source, i))
 	}
 }

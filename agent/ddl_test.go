@@ -27,8 +27,12 @@ func story(t *testing.T, evs []spinetest.Event) string {
 			if row == nil {
 				row = field(t, e, "old", "id")
 			}
-			lines = append(lines, fmt.Sprintf("%s %v %v", op, field(t, e, "table"), row))
-		case op == envelope.OpAttach || op == envelope.OpDetach || op == envelope.OpUnlogged:
+			line := fmt.Sprintf("%s %v %v", op, field(t, e, "table"), row)
+			if p := field(t, e, "partition", "table"); p != nil {
+				line += fmt.Sprintf(" (partition %v by %v)", p, field(t, e, "changed_by"))
+			}
+			lines = append(lines, line)
+		case op == envelope.OpAttach || op == envelope.OpDetach || op == envelope.OpUnlogged || op == envelope.OpUnaudited:
 			lines = append(lines, fmt.Sprintf("%s %v %v (%v)", op, field(t, e, "partition", "table"),
 				field(t, e, "partition", "partitioned_table"), field(t, e, "partition", "how")))
 		case op == envelope.OpWatch || op == envelope.OpRewatch:
@@ -233,6 +237,118 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 	}, "\n"))
 	obs.expectMetric(t, 3, "pgaudit_cdc_unlogged_partitions_total")
 	obs.expectLog(t, 3, "level=ERROR", "tables under watched tables were UNLOGGED")
+}
+
+// TestPartitionTruncate: PostgreSQL publishes a partition's changes as its
+// partitioned table's, but sends nothing for a TRUNCATE of the partition by
+// itself. Each partition's TRUNCATE trigger makes it a TRUNCATE event of
+// the partitioned table that names the partition; a TRUNCATE of the
+// partitioned table, which fires them all, stays one event. The event
+// triggers put back a trigger that the partition's owner disables, drops or
+// replaces, in the DDL's own transaction: the TRUNCATE right after is in
+// the trail.
+func TestPartitionTruncate(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE ptt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE ptt1 PARTITION OF ptt FOR VALUES FROM (0) TO (100)`)
+	h.exec(`CREATE TABLE ptt2 PARTITION OF ptt FOR VALUES FROM (100) TO (200)`)
+	h.exec(`INSERT INTO ptt VALUES (1, 'a'), (101, 'b')`)
+	h.exec(`CREATE ROLE ptt_owner`)
+	h.exec(`ALTER TABLE ptt1 OWNER TO ptt_owner`)
+	h.exec(`CREATE FUNCTION ptt_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$`)
+	h.watch("ptt", "other", "books")
+	h.startAgent()
+
+	h.exec(`SET SESSION AUTHORIZATION ptt_owner; TRUNCATE ptt1; RESET SESSION AUTHORIZATION`)
+	h.exec(`INSERT INTO ptt VALUES (2, 'c')`)
+	h.exec(`TRUNCATE ptt`)
+	// The partitions the partitioned table's TRUNCATE emptied add nothing
+	// until a change; after it, they are truncated again.
+	h.exec(`BEGIN; INSERT INTO ptt VALUES (3, 'd'); TRUNCATE ptt; TRUNCATE ptt2; INSERT INTO ptt VALUES (102, 'e'); TRUNCATE ptt2; COMMIT`)
+	// The owner takes the trigger away and truncates, in one transaction.
+	h.exec(`SET SESSION AUTHORIZATION ptt_owner; ALTER TABLE ptt1 DISABLE TRIGGER USER; TRUNCATE ptt1; RESET SESSION AUTHORIZATION`)
+	h.exec(`BEGIN; SET LOCAL SESSION AUTHORIZATION ptt_owner; DROP TRIGGER pgaudit_cdc_truncate ON ptt1; TRUNCATE ptt1; COMMIT`)
+	h.exec(`GRANT EXECUTE ON FUNCTION ptt_noop() TO ptt_owner`)
+	h.exec(`SET SESSION AUTHORIZATION ptt_owner; CREATE OR REPLACE TRIGGER pgaudit_cdc_truncate AFTER TRUNCATE ON ptt1 FOR EACH STATEMENT EXECUTE FUNCTION ptt_noop(); TRUNCATE ptt1; RESET SESSION AUTHORIZATION`)
+	// Partitions made later, at any level, have the trigger from their
+	// CREATE on.
+	h.exec(`BEGIN; CREATE TABLE ptt3 PARTITION OF ptt FOR VALUES FROM (200) TO (300) PARTITION BY RANGE (id);
+		CREATE TABLE ptt3a PARTITION OF ptt3 FOR VALUES FROM (200) TO (250); TRUNCATE ptt3; COMMIT`)
+	h.exec(`INSERT INTO ptt VALUES (201, 'f')`)
+	h.waitStory(strings.Join([]string{
+		"WATCH public.ptt",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by ptt_owner)",
+		"INSERT public.ptt 2",
+		"TRUNCATE public.ptt <nil>",
+		"INSERT public.ptt 3",
+		"TRUNCATE public.ptt <nil>",
+		"INSERT public.ptt 102",
+		"TRUNCATE public.ptt <nil> (partition public.ptt2 by postgres)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by ptt_owner)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by ptt_owner)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by ptt_owner)",
+		"ATTACH public.ptt3 public.ptt (created)",
+		"ATTACH public.ptt3a public.ptt (created)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt3a by postgres)",
+		"INSERT public.ptt 201",
+	}, "\n"))
+	// Nobody else can put the trigger's function on a table of theirs.
+	_, err := h.conn.Exec(context.Background(), `SET SESSION AUTHORIZATION ptt_owner; CREATE TABLE ptt_own (id int);
+		CREATE TRIGGER forge AFTER TRUNCATE ON ptt_own FOR EACH STATEMENT EXECUTE FUNCTION pgaudit_cdc.partition_truncated()`)
+	if err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("another role put the TRUNCATE trigger's function on a table: %v", err)
+	}
+}
+
+// TestPartitionTruncateWithoutEventTrigger: without the event triggers, a
+// partition's owner who drops or disables its TRUNCATE trigger can
+// truncate it unaudited until the housekeeping puts the trigger back; the
+// housekeeping declares that hole (an UNAUDITED event), and the next
+// TRUNCATE is audited.
+func TestPartitionTruncateWithoutEventTrigger(t *testing.T) {
+	h := newHarness(t)
+	obs := h.observe()
+	h.exec(`CREATE TABLE ptt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE ptt1 PARTITION OF ptt FOR VALUES FROM (0) TO (100)`)
+	h.watch("ptt", "other", "books")
+	h.startAgentWith(func(c *agent.Config) { c.HousekeepingInterval = housekeepingInterval })
+	for _, name := range watches.EventTriggerNames {
+		h.exec(`DROP EVENT TRIGGER IF EXISTS ` + name)
+	}
+	h.exec(`INSERT INTO ptt VALUES (1, 'a')`)
+	audited := func() bool {
+		var n int
+		if err := h.conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ptt1'::regclass AND tgenabled = 'A'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	for round, takeAway := range []string{`DROP TRIGGER pgaudit_cdc_truncate ON ptt1`, `ALTER TABLE ptt1 DISABLE TRIGGER USER`} {
+		// One transaction: no housekeeping round puts the trigger back
+		// before the TRUNCATE that must not be in the trail.
+		h.exec(fmt.Sprintf(`INSERT INTO ptt VALUES (%d, 'seen'); %s; TRUNCATE ptt1`, 10*round+10, takeAway))
+		deadline := time.Now().Add(housekeepingWait)
+		for !audited() {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the TRUNCATE trigger is still missing %s later", round, housekeepingWait)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		h.exec(`TRUNCATE ptt1`)
+	}
+	h.waitStory(strings.Join([]string{
+		"WATCH public.ptt",
+		"INSERT public.ptt 1",
+		"INSERT public.ptt 10",
+		"UNAUDITED public.ptt1 public.ptt (unaudited)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by postgres)",
+		"INSERT public.ptt 20",
+		"UNAUDITED public.ptt1 public.ptt (unaudited)",
+		"TRUNCATE public.ptt <nil> (partition public.ptt1 by postgres)",
+	}, "\n"))
+	obs.expectMetric(t, 1, "pgaudit_cdc_unaudited_truncates_total", "state", "dropped")
+	obs.expectMetric(t, 1, "pgaudit_cdc_unaudited_truncates_total", "state", "disabled")
+	obs.expectLog(t, 2, "level=ERROR", "the triggers that audit TRUNCATE of partitions of watched tables were dropped or disabled")
 }
 
 // TestInheritanceChildrenAreWatched: a table that inherits from a watched

@@ -121,6 +121,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name, inherits from a watched table or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
 	h.keepLogged(stopping, ctx, registry, warn)
+	h.keepTruncatesAudited(ctx, registry, warn)
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice
 	if errors.As(err, &kept) {
@@ -169,6 +170,36 @@ func (h *housekeeper) keepLogged(stopping, ctx context.Context, registry *watche
 			name := ident.Qualified(u.Table.Schema, u.Table.Name)
 			warn("could not set "+name+" LOGGED: its changes stay out of the WAL, so out of the audit trail, until its owner runs ALTER TABLE "+name+" SET LOGGED (the agent tries again every round)", err)
 		}
+	}
+}
+
+// keepTruncatesAudited puts back the TRUNCATE triggers that tables under
+// watched partitioned tables lost, and says which were missing: a TRUNCATE
+// of one meanwhile is not in the trail (UNAUDITED events declare it).
+func (h *housekeeper) keepTruncatesAudited(ctx context.Context, registry *watches.Registry, warn func(string, error)) {
+	a := h.a
+	holes, err := registry.KeepTruncatesAudited(ctx)
+	if err != nil {
+		warn("checking the TRUNCATE triggers of watched partitions failed", err)
+		return
+	}
+	var lost, failed []string
+	for _, t := range holes {
+		a.m.UnauditedTruncates.WithLabelValues(t.State).Inc()
+		name := t.Table + " (under " + t.Under + ")"
+		if t.State == "failed" {
+			failed = append(failed, name)
+		} else {
+			lost = append(lost, name+" "+t.State)
+		}
+	}
+	if len(lost) > 0 {
+		a.log.Error("the triggers that audit TRUNCATE of partitions of watched tables were dropped or disabled by their owners: a TRUNCATE of them meanwhile is not in the audit trail (UNAUDITED events declare it); they are back. Install the event triggers (pgaudit-cdc setup --print-sql) to put them back in the DDL's own transaction",
+			"tables", strings.Join(lost, ", "))
+	}
+	if len(failed) > 0 {
+		a.log.Error("the triggers that audit TRUNCATE of partitions of watched tables cannot be created: a TRUNCATE of them is not in the audit trail (UNAUDITED events declare it); GRANT their owner role to the owner of schema pgaudit_cdc",
+			"tables", strings.Join(failed, ", "))
 	}
 }
 

@@ -327,6 +327,8 @@ func sameEntry(a, b *registryEntry) bool {
 type partitionEntry struct {
 	Table            string `json:"table"`
 	PartitionedTable string `json:"partitioned_table"`
+	RootOID          uint32 `json:"-"`
+	Truncates        int64  `json:"-"`
 	Attached         bool   `json:"-"`
 	How              string `json:"how"`
 	ChangedBy        string `json:"-"`
@@ -348,6 +350,12 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 			table = v
 		case "root_name":
 			e.PartitionedTable = v
+		case "truncates":
+			e.Truncates, _ = strconv.ParseInt(v, 10, 64)
+		case "root_oid":
+			if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+				e.RootOID = uint32(n)
+			}
 		case "attached":
 			e.Attached = v == "t"
 		case "how":
@@ -364,10 +372,22 @@ func parsePartitionRow(rel *pgoutput.RelationMessage, row pgoutput.Tuple) *parti
 
 // partitionChange emits ATTACH when a table joins a watched partitioned
 // table (but not for those under it when its watch began), DETACH when
-// one leaves it (detached or dropped), and UNLOGGED when one under it is
-// found unlogged (see migration 0014). The table has REPLICA IDENTITY FULL.
+// one leaves it (detached or dropped), UNLOGGED when one under it is
+// found unlogged (see migration 0014), UNAUDITED when one is found without
+// its TRUNCATE trigger, and TRUNCATE when one was truncated (migration
+// 0019). The table has REPLICA IDENTITY FULL.
 func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, old, newT pgoutput.Tuple, emit func(Item) error) error {
 	before, after := parsePartitionRow(rel, old), parsePartitionRow(rel, newT)
+	if truncated(before, after) {
+		return s.partitionTruncated(lsn, after, emit)
+	}
+	// A partition that comes, goes or changes is a change of its
+	// partitioned table's rows as far as partitionTruncated is concerned.
+	for _, e := range []*partitionEntry{before, after} {
+		if e != nil {
+			delete(s.emptied, e.RootOID)
+		}
+	}
 	var action string
 	switch {
 	case after != nil && after.Attached && (before == nil || !before.Attached) && after.How != "watched":
@@ -377,6 +397,8 @@ func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage
 	case after != nil && after.Attached && after.How == "unlogged" && before != nil &&
 		(before.How != "unlogged" || before.ChangedAt != after.ChangedAt):
 		action = envelope.OpUnlogged
+	case after != nil && after.Attached && after.How == "unaudited" && before != nil && before.How != "unaudited":
+		action = envelope.OpUnaudited
 	default:
 		return nil // re-rooted, or forgotten with its partitioned table's watch
 	}
@@ -386,6 +408,37 @@ func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage
 	}
 	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), Watch{Kind: envelope.SelfAuditKind, Source: envelope.SelfAuditSource}, action)
 	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, after.ChangedBy)}, {Name: "partition", Value: js}}
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// truncated reports whether a row change of the partitions table is the
+// mark of a TRUNCATE of the partition: pgaudit_cdc.partition_truncated, its
+// trigger, counts each one in an attached table's row.
+func truncated(before, after *partitionEntry) bool {
+	return before != nil && after != nil && before.Attached && after.Attached && after.Truncates > before.Truncates
+}
+
+// partitionTruncated makes the TRUNCATE of a partition by itself, which
+// pgoutput does not send (it publishes partitions as their partitioned
+// table), a TRUNCATE event of its partitioned table's watch that names the
+// partition. A TRUNCATE of the partitioned table fires its partitions'
+// triggers too, after its own TRUNCATE message; such a mark, or any that
+// follows that TRUNCATE in the transaction with no change of the
+// partitioned table in between, truncated an empty table: it adds nothing.
+func (s *Stream) partitionTruncated(lsn pgoutput.LSN, p *partitionEntry, emit func(Item) error) error {
+	if s.emptied[p.RootOID] {
+		return nil
+	}
+	w, ok := s.watchFor(p.RootOID, "")
+	if !ok {
+		return nil // its partitioned table's watch ended in this transaction
+	}
+	js, err := envelope.Canonical(p)
+	if err != nil {
+		return fmt.Errorf("BUG: encoding a partition entry: %w", err)
+	}
+	ev := s.newEvent(lsn, p.PartitionedTable, w, envelope.OpTruncate)
+	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, p.ChangedBy)}, {Name: "partition", Value: js}}
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 

@@ -164,6 +164,11 @@ type Stream struct {
 	// backfillsDone are the backfills whose last chunk the transaction
 	// wrote (Item.Backfills of its commit).
 	backfillsDone []int64
+	// emptied are the watched tables (by relation OID) the transaction
+	// truncated, with no change of theirs since: the TRUNCATE triggers
+	// of their partitions, which that TRUNCATE fired, add nothing
+	// (partitionTruncated).
+	emptied map[uint32]bool
 
 	// release is handed the pieces of large values once converted
 	// (SetRelease); nil when the message is not to be dropped as it goes.
@@ -294,6 +299,7 @@ func (s *Stream) apply(ctx context.Context, lsn pgoutput.LSN, m pgoutput.Message
 		s.commitTime = pgoutput.PGTime(m.CommitTime)
 		s.timestamp = envelope.FormatTimestamp(s.commitTime)
 		s.annotations, s.annotationsErr, s.skip, s.skipped, s.backfillAuth, s.backfillsDone = nil, "", nil, nil, nil, nil
+		clear(s.emptied)
 		return nil
 	case *pgoutput.CommitMessage:
 		if !s.inTx {
@@ -375,6 +381,7 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 	}
 	rel := resolved.RelationMessage
 	s.seq++
+	delete(s.emptied, rel.ID)
 	if rel.Namespace == s.cfg.RegistrySchema {
 		switch rel.Name {
 		case s.cfg.RegistryTable:
@@ -503,6 +510,10 @@ func (s *Stream) truncate(lsn pgoutput.LSN, m *pgoutput.TruncateMessage, emit fu
 		if !ok || rel.Namespace == s.cfg.RegistrySchema {
 			continue
 		}
+		if s.emptied == nil {
+			s.emptied = map[uint32]bool{}
+		}
+		s.emptied[rel.ID] = true
 		if s.skip != nil {
 			s.countSkipped(rel, envelope.OpTruncate)
 			continue

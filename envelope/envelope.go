@@ -83,6 +83,11 @@ const (
 	// OpUnlogged is self-audit: a table under a watched partitioned table
 	// was found UNLOGGED, so its changes for a while are not in the WAL.
 	OpUnlogged = "UNLOGGED"
+	// OpUnaudited is self-audit: a table under a watched partitioned table
+	// was found without the trigger that audits its TRUNCATE (its owner
+	// dropped or disabled it, or it could not be created), so a TRUNCATE of
+	// it for a while is not in the trail.
+	OpUnaudited = "UNAUDITED"
 	// OpCheckpoint is a digest of a table's rows at its place in commit order.
 	OpCheckpoint = "CHECKPOINT"
 	// OpGap records an accepted hole in the capture.

@@ -45,6 +45,7 @@ type Metrics struct {
 	UnauthenticatedControl  *prometheus.CounterVec // prefix
 	ReplicaIdentityWeakened *prometheus.CounterVec // table
 	UnloggedPartitions      prometheus.Counter
+	UnauditedTruncates      *prometheus.CounterVec // state
 	// The authenticated trail (package trail): seals written, the newest
 	// one's time, events delivered but not sealed yet, and forgeries the
 	// read-back found under the agent's keys.
@@ -190,6 +191,10 @@ func (m *Metrics) integrity() []prometheus.Collector {
 		Name: "pgaudit_cdc_unlogged_partitions_total",
 		Help: "Times the housekeeping found a partition of a watched table UNLOGGED (its changes not in the WAL, so not in the trail; an UNLOGGED event each): the DDL event triggers are missing, or could not set it LOGGED.",
 	})
+	m.UnauditedTruncates = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pgaudit_cdc_unaudited_truncates_total",
+		Help: "Times the housekeeping found a partition of a watched table without the trigger that audits its TRUNCATE, by state: dropped or disabled (by its owner; put back, and the time without it declared by an UNAUDITED event), failed (it cannot be created: counted every round, declared once). The DDL event triggers put it back in the DDL's transaction.",
+	}, []string{"state"})
 	m.Seals = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "pgaudit_cdc_seals_total",
 		Help: "Signed seals written over the delivered events (SEAL events, each recorded as the anchor in the audited database).",
@@ -207,7 +212,7 @@ func (m *Metrics) integrity() []prometheus.Collector {
 		Help: "Events found in the spine under one of the agent's idempotency keys but with other content: another producer forged them. The real event is delivered anyway.",
 	})
 	return []prometheus.Collector{m.GapsDetected, m.GapPending, m.UnauthenticatedControl, m.ReplicaIdentityWeakened, m.UnloggedPartitions,
-		m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected}
+		m.UnauditedTruncates, m.Seals, m.LastSealTime, m.UnsealedEvents, m.ForgeriesDetected}
 }
 
 // spill makes the families of transactions streamed while in progress.

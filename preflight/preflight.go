@@ -289,16 +289,17 @@ func checkWatches(ctx context.Context, conn *pgx.Conn) []Result {
 		return append(rs, Result{Name: "watches", Status: Fail, Detail: err.Error()})
 	}
 	var triggers int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname IN ($1, $2)`,
-		watches.EventTriggerName, watches.DropTriggerName).Scan(&triggers); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_event_trigger WHERE evtname = ANY ($1)`,
+		watches.EventTriggerNames).Scan(&triggers); err != nil {
 		rs = append(rs, unchecked("event triggers", err, "grant the role read access to pg_catalog.pg_event_trigger"))
-	} else if n > 0 && triggers < 2 {
+	} else if n > 0 && triggers < len(watches.EventTriggerNames) {
 		rs = append(rs, Result{Name: "event triggers", Status: Warn,
-			Detail: "without them, new tables of watched schemas join the publication (their changes until then are not captured), tables joining a watch get REPLICA IDENTITY FULL, and drops and renames of watched tables reach the audit trail, only through the agent's housekeeping (within 15 s)",
+			Detail: "without them, new tables of watched schemas join the publication (their changes until then are not captured), tables joining a watch get REPLICA IDENTITY FULL, drops and renames of watched tables reach the audit trail, and a watched partition's dropped or disabled TRUNCATE trigger is put back, only through the agent's housekeeping (within 15 s)",
 			Fix:    "as a superuser, run the CREATE EVENT TRIGGER statements printed by pgaudit-cdc setup --print-sql"})
 	}
 	rs = append(rs, checkWatchedNames(ctx, conn)...)
 	rs = append(rs, checkUnloggedPartitions(ctx, conn)...)
+	rs = append(rs, checkTruncateTriggers(ctx, conn)...)
 	rs = append(rs, checkInheritanceChildren(ctx, conn)...)
 	if n == 0 {
 		return append(rs, Result{Name: "watches", Status: Warn, Detail: "no table is watched", Fix: "register a table with pgaudit-cdc watch TABLE --kind KIND --source SOURCE"})
@@ -383,6 +384,32 @@ func checkUnloggedPartitions(ctx context.Context, conn *pgx.Conn) []Result {
 			Fix:    "ALTER TABLE " + p.Name + " SET LOGGED, as its owner (and install the event triggers, which keep it LOGGED: pgaudit-cdc setup --print-sql)"})
 	}
 	return rs
+}
+
+// checkTruncateTriggers fails on a table under a watched partitioned table
+// without its enabled TRUNCATE trigger (migration 0019): a TRUNCATE of it
+// by itself would not be in the trail.
+func checkTruncateTriggers(ctx context.Context, conn *pgx.Conn) []Result {
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname)
+		FROM pgaudit_cdc.partitions x
+		JOIN pg_class c ON c.oid = x.table_oid AND c.relkind = 'r'
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE x.attached AND NOT EXISTS (SELECT 1 FROM pg_trigger tr WHERE tr.tgrelid = x.table_oid AND tr.tgenabled = 'A'
+			AND tr.tgfoid = 'pgaudit_cdc.partition_truncated()'::regprocedure)
+		ORDER BY 1`)
+	var names []string
+	if err == nil {
+		names, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return []Result{unchecked("partition TRUNCATE triggers", err, "grant this role USAGE on schema pgaudit_cdc and SELECT on pgaudit_cdc.partitions")}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return []Result{{Name: "partition TRUNCATE triggers", Status: Fail,
+		Detail: "a TRUNCATE of " + strings.Join(names, ", ") + " by itself would not be in the audit trail: the trigger that audits it is missing or disabled (PostgreSQL publishes a partition's changes as its partitioned table's, but not its own TRUNCATE)",
+		Fix:    "GRANT the tables' owner role to the owner of schema pgaudit_cdc (the role that first ran pgaudit-cdc); the agent's housekeeping then puts the triggers back within 15 s"}}
 }
 
 // checkInheritanceChildren fails on a table that inherits from a watched

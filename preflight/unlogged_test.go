@@ -47,6 +47,19 @@ func TestUnloggedPartitionFails(t *testing.T) {
 	}
 	expect(t, preflight.Run(ctx, conn, o), "unlogged partitions", "")
 
+	// A partition whose TRUNCATE trigger its owner dropped (without the
+	// event trigger on DROP TRIGGER, which puts it back).
+	expect(t, preflight.Run(ctx, conn, o), "partition TRUNCATE triggers", "")
+	for _, sql := range []string{
+		`DROP EVENT TRIGGER ` + watches.TriggerDDLTriggerName,
+		`DROP TRIGGER pgaudit_cdc_truncate ON pt1`,
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, preflight.Run(ctx, conn, o), "partition TRUNCATE triggers", preflight.Fail, "TRUNCATE of public.pt1", "not be in the audit trail", "owner of schema pgaudit_cdc")
+
 	// A foreign table as a partition (of a partitioned table without a
 	// unique index: PostgreSQL refuses one otherwise). A wrapper without a
 	// handler is enough to create one: no extension needed.

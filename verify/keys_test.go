@@ -631,3 +631,40 @@ func TestPartitionMembershipRestartsFolds(t *testing.T) {
 		t.Fatalf("after the backfill: %d checkpoints, failures %+v; want the second to match", rep.Checkpoints, rep.Failures)
 	}
 }
+
+// TestPartitionTruncateRestartsFolds: a TRUNCATE event that names a
+// partition emptied only that partition, whose rows the trail cannot tell
+// from the partitioned table's others: the fold restarts (a checkpoint
+// mismatch has the TRUNCATE as known cause) instead of emptying. A
+// TRUNCATE of the table itself empties its fold.
+func TestPartitionTruncateRestartsFolds(t *testing.T) {
+	var c chainBuilder
+	on := func(table string, p map[string]any) map[string]any { p["table"] = table; return p }
+	for i := 1; i <= 3; i++ {
+		c.add(t, on("public.pt", map[string]any{"operation": "INSERT", "new": row(t, fmt.Sprintf(`{"id":%d,"v":"a"}`, i))}))
+	}
+	c.add(t, on("public.pt", map[string]any{"operation": "TRUNCATE",
+		"partition": map[string]any{"table": "public.pt1", "partitioned_table": "public.pt", "how": "truncated"}}))
+	cp := func(id int, rows ...string) {
+		var d Digest
+		for _, r := range rows {
+			if err := d.Add([]byte(r)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.add(t, on("public.pt", map[string]any{"operation": "CHECKPOINT", "checkpoint": map[string]any{
+			"id": json.Number(fmt.Sprint(id)), "chunk": json.Number("1"), "last": true, "columns": []any{"id", "v"}, "key_columns": []any{},
+			"rows": json.Number(fmt.Sprint(d.Rows)), "digest": d.Hex(), "total_rows": json.Number(fmt.Sprint(d.Rows)), "total_digest": d.Hex()}}))
+	}
+	cp(1, `{"id":1,"v":"a"}`) // pt1 held rows 2 and 3
+	rep := run(c.evs)
+	if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].KnownCause, "TRUNCATE of public.pt1 public.pt at event 4") {
+		t.Fatalf("failures %+v, want one checkpoint mismatch whose known cause is the partition's TRUNCATE", rep.Failures)
+	}
+	c.add(t, on("public.pt", map[string]any{"operation": "TRUNCATE"}))
+	cp(2)
+	rep = run(c.evs)
+	if len(rep.Failures) != 1 || rep.Checkpoints != 2 {
+		t.Fatalf("after the table's TRUNCATE: %d checkpoints, failures %+v; want the second to match an empty table", rep.Checkpoints, rep.Failures)
+	}
+}

@@ -212,26 +212,37 @@ func (v *Verifier) Add(e chain.Event) {
 	case envelope.OpDrop:
 		// A table of the same name later is another table.
 		delete(v.tables, gen+"|"+oldName)
-	case envelope.OpAttach, envelope.OpDetach, envelope.OpUnlogged:
-		// The events of a partition carry its partitioned table's name, so
-		// the trail cannot tell which of the folded rows moved (or, for an
-		// unlogged partition, changed unseen): both folds restart from a
-		// backfill.
-		p, _ := e.Payload["partition"].(map[string]any)
-		part, _ := p["table"].(string)
-		root, _ := p["partitioned_table"].(string)
-		if part == "" || root == "" {
-			v.fail(CheckFaithfulness, e.EventID, "", "%s event %d does not name its partition and partitioned table: the tables whose rows it moved cannot be told", op, e.EventID)
+	case envelope.OpTruncate:
+		if _, ok := e.Payload["partition"]; !ok {
 			break
 		}
-		why := fmt.Sprintf("%s of %s %s at event %d", op, part, root, e.EventID)
-		for _, name := range []string{part, root} {
-			if name != "" {
-				v.table(gen + "|" + name).restart(why)
-			}
-		}
+		// A partition truncated by itself: which of its partitioned
+		// table's folded rows went is not in the trail.
+		v.restartPartition(e, gen, op)
+		return
+	case envelope.OpAttach, envelope.OpDetach, envelope.OpUnlogged, envelope.OpUnaudited:
+		v.restartPartition(e, gen, op)
 	}
 	v.fold(e, op, gen, table)
+}
+
+// restartPartition restarts the folds of a partition and of its partitioned
+// table from a backfill. The events of a partition carry its partitioned
+// table's name, so the trail cannot tell which of the folded rows moved or
+// went (or, for an unlogged partition or one whose TRUNCATE was not
+// audited, changed unseen).
+func (v *Verifier) restartPartition(e chain.Event, gen, op string) {
+	p, _ := e.Payload["partition"].(map[string]any)
+	part, _ := p["table"].(string)
+	root, _ := p["partitioned_table"].(string)
+	if part == "" || root == "" {
+		v.fail(CheckFaithfulness, e.EventID, "", "%s event %d does not name its partition and partitioned table: the tables whose rows it moved cannot be told", op, e.EventID)
+		return
+	}
+	why := fmt.Sprintf("%s of %s %s at event %d", op, part, root, e.EventID)
+	for _, name := range []string{part, root} {
+		v.table(gen + "|" + name).restart(why)
+	}
 }
 
 // authenticate hands one of the agent's events to the authenticity check,

@@ -421,6 +421,9 @@ func (r *Registry) register(ctx context.Context, tx pgx.Tx, rel relation, t Tabl
 		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched', $1)`, rel.oid); err != nil {
 			return fmt.Errorf("recording the partitions of %s: %w", name, err)
 		}
+		if err := auditPartitionTruncates(ctx, tx, name); err != nil {
+			return err
+		}
 	}
 	if o.columnControl() {
 		// A column list must cover the replica identity: the primary key.
@@ -988,6 +991,50 @@ func (r *Registry) DeclareUnlogged(ctx context.Context) ([]Unlogged, error) {
 		return nil, fmt.Errorf("looking for unlogged tables under watched tables: %w", err)
 	}
 	return found, nil
+}
+
+// auditPartitionTruncates gives the partitions of a partitioned table being
+// watched the trigger that audits a TRUNCATE of one by itself, in the
+// watch's transaction (migration 0019). A partition that cannot have one
+// refuses the watch: it would be a hole from its first moment.
+func auditPartitionTruncates(ctx context.Context, tx pgx.Tx, name string) error {
+	rows, err := tx.Query(ctx, `SELECT table_name FROM pgaudit_cdc.keep_truncates_audited(NULL, false) WHERE state = 'failed'`)
+	var failed []string
+	if err == nil {
+		failed, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return fmt.Errorf("auditing TRUNCATE of the partitions of %s: %w", name, err)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("cannot watch %s: the trigger that audits a TRUNCATE of its partition(s) %s by itself cannot be created (PostgreSQL publishes a partition's changes as its partitioned table's, but not its own TRUNCATE); GRANT the partitions' owner role to the owner of schema pgaudit_cdc, or watch as a superuser",
+			name, strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// TruncateHole is a table under a watched partitioned table whose TRUNCATE
+// was not audited for a while, or is not: State says why (dropped,
+// disabled: its trigger was, and is back; failed: it cannot be given one).
+type TruncateHole struct {
+	Table, Under, State string
+}
+
+// KeepTruncatesAudited puts back the TRUNCATE triggers of the tables under
+// watched partitioned tables that lost theirs, and declares each hole in
+// the trail (an UNAUDITED event, migration 0019). The event triggers put
+// them back in the DDL's own transaction where a superuser installed them;
+// then there are none.
+func (r *Registry) KeepTruncatesAudited(ctx context.Context) ([]TruncateHole, error) {
+	rows, err := r.conn.Query(ctx, `SELECT table_name, root_name, state FROM pgaudit_cdc.keep_truncates_audited(NULL, false)`)
+	if err != nil {
+		return nil, fmt.Errorf("checking the TRUNCATE triggers of watched partitions: %w", err)
+	}
+	holes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[TruncateHole])
+	if err != nil {
+		return nil, fmt.Errorf("checking the TRUNCATE triggers of watched partitions: %w", err)
+	}
+	return holes, nil
 }
 
 // SetLogged sets t LOGGED, waiting at most two seconds for its lock: the

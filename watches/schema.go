@@ -336,8 +336,13 @@ const EventTriggerName = "pgaudit_cdc_replica_identity"
 
 // EventTriggerSQL creates the event triggers (superuser only): one that gives
 // tables joining a watch REPLICA IDENTITY FULL and follows renames, one that
-// ends the watch of a dropped table, both in the DDL's own transaction.
-const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL
+// ends the watch of a dropped table, and one that puts back the TRUNCATE
+// trigger of a watched partition that CREATE OR REPLACE or DROP TRIGGER
+// took away, all in the DDL's own transaction.
+const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerDDLTriggerDDL
+
+// EventTriggerNames are the event triggers EventTriggerSQL creates.
+var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerDDLTriggerName}
 
 const (
 	eventTriggerDDL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
@@ -348,13 +353,19 @@ const (
 	dropTriggerDDL  = `CREATE EVENT TRIGGER ` + DropTriggerName + ` ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION pgaudit_cdc.on_sql_drop()`
+	// TriggerDDLTriggerName is the event trigger on CREATE and DROP TRIGGER
+	// (migration 0019).
+	TriggerDDLTriggerName = "pgaudit_cdc_truncate_triggers"
+	triggerDDLTriggerDDL  = `CREATE EVENT TRIGGER ` + TriggerDDLTriggerName + ` ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER', 'DROP TRIGGER')
+    EXECUTE FUNCTION pgaudit_cdc.on_trigger_ddl()`
 )
 
 // EnsureEventTrigger creates the event triggers that are missing when the
 // role is a superuser. It reports whether all exist afterwards.
 func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	all := true
-	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}} {
+	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerDDLTriggerName, triggerDDLTriggerDDL}} {
 		var exists, super bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
 				(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, trig.name).Scan(&exists, &super); err != nil {

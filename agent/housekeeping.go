@@ -183,23 +183,31 @@ func (h *housekeeper) keepTruncatesAudited(ctx context.Context, registry *watche
 		warn("checking the TRUNCATE triggers of watched partitions failed", err)
 		return
 	}
-	var lost, failed []string
+	var lost, failed, busy []string
 	for _, t := range holes {
-		a.m.UnauditedTruncates.WithLabelValues(t.State).Inc()
 		name := t.Table + " (under " + t.Under + ")"
-		if t.State == "failed" {
+		switch t.State {
+		case "busy":
+			busy = append(busy, name)
+			continue
+		case "failed":
 			failed = append(failed, name)
-		} else {
+		default:
 			lost = append(lost, name+" "+t.State)
 		}
+		a.m.UnauditedTruncates.WithLabelValues(t.State).Inc()
 	}
 	if len(lost) > 0 {
-		a.log.Error("the triggers that audit TRUNCATE of partitions of watched tables were dropped or disabled by their owners: a TRUNCATE of them meanwhile is not in the audit trail (UNAUDITED events declare it); they are back. Install the event triggers (pgaudit-cdc setup --print-sql) to put them back in the DDL's own transaction",
+		a.log.Error("the triggers that audit TRUNCATE of partitions of watched tables were dropped or disabled by their owners: a TRUNCATE of them meanwhile is not in the audit trail (UNAUDITED events declare it); they are put back. Install the event triggers (pgaudit-cdc setup --print-sql) to put them back in the DDL's own transaction",
 			"tables", strings.Join(lost, ", "))
 	}
 	if len(failed) > 0 {
 		a.log.Error("the triggers that audit TRUNCATE of partitions of watched tables cannot be created: a TRUNCATE of them is not in the audit trail (UNAUDITED events declare it); GRANT their owner role to the owner of schema pgaudit_cdc",
 			"tables", strings.Join(failed, ", "))
+	}
+	if len(busy) > 0 {
+		a.log.Warn("the triggers that audit TRUNCATE of partitions of watched tables could not be put back: a transaction holds the tables' locks (the next round tries again; the hole is declared already)",
+			"tables", strings.Join(busy, ", "))
 	}
 }
 

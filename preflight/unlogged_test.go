@@ -51,7 +51,7 @@ func TestUnloggedPartitionFails(t *testing.T) {
 	// event trigger on DROP TRIGGER, which puts it back).
 	expect(t, preflight.Run(ctx, conn, o), "partition TRUNCATE triggers", "")
 	for _, sql := range []string{
-		`DROP EVENT TRIGGER ` + watches.TriggerDDLTriggerName,
+		`DROP EVENT TRIGGER ` + watches.TriggerDroppedName,
 		`DROP TRIGGER pgaudit_cdc_truncate ON pt1`,
 	} {
 		if _, err := conn.Exec(ctx, sql); err != nil {

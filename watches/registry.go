@@ -421,7 +421,7 @@ func (r *Registry) register(ctx context.Context, tx pgx.Tx, rel relation, t Tabl
 		if _, err := tx.Exec(ctx, `SELECT pgaudit_cdc.follow_partitions('watched', $1)`, rel.oid); err != nil {
 			return fmt.Errorf("recording the partitions of %s: %w", name, err)
 		}
-		if err := auditPartitionTruncates(ctx, tx, name); err != nil {
+		if err := auditPartitionTruncates(ctx, tx, name, rel.oid); err != nil {
 			return err
 		}
 	}
@@ -993,12 +993,13 @@ func (r *Registry) DeclareUnlogged(ctx context.Context) ([]Unlogged, error) {
 	return found, nil
 }
 
-// auditPartitionTruncates gives the partitions of a partitioned table being
-// watched the trigger that audits a TRUNCATE of one by itself, in the
-// watch's transaction (migration 0019). A partition that cannot have one
-// refuses the watch: it would be a hole from its first moment.
-func auditPartitionTruncates(ctx context.Context, tx pgx.Tx, name string) error {
-	rows, err := tx.Query(ctx, `SELECT table_name FROM pgaudit_cdc.keep_truncates_audited(NULL, false) WHERE state = 'failed'`)
+// auditPartitionTruncates gives the partitions of root, being watched, the
+// trigger that audits a TRUNCATE of one by itself, in the watch's
+// transaction (migration 0019). A partition that cannot have one refuses
+// the watch: it would be a hole from its first moment.
+func auditPartitionTruncates(ctx context.Context, tx pgx.Tx, name string, root uint32) error {
+	rows, err := tx.Query(ctx, `SELECT u.name FROM pgaudit_cdc.truncates_unaudited() u,
+		LATERAL pgaudit_cdc.restore_truncate_trigger(u.table_oid) r WHERE u.root_oid = $1 AND r = 'failed'`, root)
 	var failed []string
 	if err == nil {
 		failed, err = pgx.CollectRows(rows, pgx.RowTo[string])
@@ -1015,26 +1016,68 @@ func auditPartitionTruncates(ctx context.Context, tx pgx.Tx, name string) error 
 
 // TruncateHole is a table under a watched partitioned table whose TRUNCATE
 // was not audited for a while, or is not: State says why (dropped,
-// disabled: its trigger was, and is back; failed: it cannot be given one).
+// disabled: by its owner; failed: it cannot be given its trigger; busy:
+// its lock was not to be had, the next round tries again).
 type TruncateHole struct {
 	Table, Under, State string
 }
 
-// KeepTruncatesAudited puts back the TRUNCATE triggers of the tables under
-// watched partitioned tables that lost theirs, and declares each hole in
-// the trail (an UNAUDITED event, migration 0019). The event triggers put
-// them back in the DDL's own transaction where a superuser installed them;
-// then there are none.
+// KeepTruncatesAudited declares, in a transaction of its own, the tables
+// under watched partitioned tables whose TRUNCATE trigger was taken away
+// (an UNAUDITED event each, migration 0019), then puts each trigger back in
+// a statement of its own that waits at most two seconds for the table's
+// lock: a writer holding it cannot take the declaration back with it. The
+// event triggers put them back in the DDL's own transaction where a
+// superuser installed them; then there are none.
 func (r *Registry) KeepTruncatesAudited(ctx context.Context) ([]TruncateHole, error) {
-	rows, err := r.conn.Query(ctx, `SELECT table_name, root_name, state FROM pgaudit_cdc.keep_truncates_audited(NULL, false)`)
+	rows, err := r.conn.Query(ctx, `SELECT table_name, root_name, state FROM pgaudit_cdc.declare_unaudited_truncates(NULL, NULL)`)
 	if err != nil {
-		return nil, fmt.Errorf("checking the TRUNCATE triggers of watched partitions: %w", err)
+		return nil, fmt.Errorf("declaring partitions whose TRUNCATE went unaudited: %w", err)
 	}
 	holes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[TruncateHole])
 	if err != nil {
-		return nil, fmt.Errorf("checking the TRUNCATE triggers of watched partitions: %w", err)
+		return nil, fmt.Errorf("declaring partitions whose TRUNCATE went unaudited: %w", err)
+	}
+	type table struct {
+		OID         uint32
+		Name, Under string
+	}
+	rows, err = r.conn.Query(ctx, `SELECT table_oid, name, root_name FROM pgaudit_cdc.truncates_unaudited()`)
+	if err != nil {
+		return holes, fmt.Errorf("listing partitions without their TRUNCATE trigger: %w", err)
+	}
+	missing, err := pgx.CollectRows(rows, pgx.RowToStructByPos[table])
+	if err != nil {
+		return holes, fmt.Errorf("listing partitions without their TRUNCATE trigger: %w", err)
+	}
+	for _, t := range missing {
+		state, err := r.restoreTruncateTrigger(ctx, t.OID)
+		if err != nil {
+			return holes, fmt.Errorf("putting back the TRUNCATE trigger of %s: %w", t.Name, err)
+		}
+		if state == "failed" || state == "busy" {
+			holes = append(holes, TruncateHole{Table: t.Name, Under: t.Under, State: state})
+		}
 	}
 	return holes, nil
+}
+
+// restoreTruncateTrigger runs pgaudit_cdc.restore_truncate_trigger for one
+// table under a two-second lock timeout.
+func (r *Registry) restoreTruncateTrigger(ctx context.Context, oid uint32) (string, error) {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
+		return "", err
+	}
+	var state string
+	if err := tx.QueryRow(ctx, `SELECT pgaudit_cdc.restore_truncate_trigger($1)`, oid).Scan(&state); err != nil {
+		return "", err
+	}
+	return state, tx.Commit(ctx)
 }
 
 // SetLogged sets t LOGGED, waiting at most two seconds for its lock: the

@@ -336,13 +336,13 @@ const EventTriggerName = "pgaudit_cdc_replica_identity"
 
 // EventTriggerSQL creates the event triggers (superuser only): one that gives
 // tables joining a watch REPLICA IDENTITY FULL and follows renames, one that
-// ends the watch of a dropped table, and one that puts back the TRUNCATE
-// trigger of a watched partition that CREATE OR REPLACE or DROP TRIGGER
+// ends the watch of a dropped table, and two that put back the TRUNCATE
+// trigger of a watched partition that CREATE OR REPLACE TRIGGER or a drop
 // took away, all in the DDL's own transaction.
-const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerDDLTriggerDDL
+const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerCreatedDDL + ";\n" + triggerDroppedDDL
 
 // EventTriggerNames are the event triggers EventTriggerSQL creates.
-var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerDDLTriggerName}
+var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerCreatedName, TriggerDroppedName}
 
 const (
 	eventTriggerDDL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
@@ -353,19 +353,23 @@ const (
 	dropTriggerDDL  = `CREATE EVENT TRIGGER ` + DropTriggerName + ` ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION pgaudit_cdc.on_sql_drop()`
-	// TriggerDDLTriggerName is the event trigger on CREATE and DROP TRIGGER
-	// (migration 0019).
-	TriggerDDLTriggerName = "pgaudit_cdc_truncate_triggers"
-	triggerDDLTriggerDDL  = `CREATE EVENT TRIGGER ` + TriggerDDLTriggerName + ` ON ddl_command_end
-    WHEN TAG IN ('CREATE TRIGGER', 'DROP TRIGGER')
-    EXECUTE FUNCTION pgaudit_cdc.on_trigger_ddl()`
+	// TriggerCreatedName is the event trigger on CREATE TRIGGER, and
+	// TriggerDroppedName the sql_drop one without a tag filter: a trigger
+	// also goes with what it depends on (migration 0019).
+	TriggerCreatedName = "pgaudit_cdc_truncate_trigger_replaced"
+	triggerCreatedDDL  = `CREATE EVENT TRIGGER ` + TriggerCreatedName + ` ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION pgaudit_cdc.on_trigger_created()`
+	TriggerDroppedName = "pgaudit_cdc_truncate_trigger_dropped"
+	triggerDroppedDDL  = `CREATE EVENT TRIGGER ` + TriggerDroppedName + ` ON sql_drop
+    EXECUTE FUNCTION pgaudit_cdc.on_trigger_dropped()`
 )
 
 // EnsureEventTrigger creates the event triggers that are missing when the
 // role is a superuser. It reports whether all exist afterwards.
 func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	all := true
-	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerDDLTriggerName, triggerDDLTriggerDDL}} {
+	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerCreatedName, triggerCreatedDDL}, {TriggerDroppedName, triggerDroppedDDL}} {
 		var exists, super bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
 				(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, trig.name).Scan(&exists, &super); err != nil {

@@ -536,6 +536,7 @@ func (a *Agent) newReader(meta *pgx.Conn, sess *replication.Session, keySlot str
 			RegistryTable:       migrations.RegistryTable,
 			SchemaRegistryTable: migrations.SchemaRegistryTable,
 			PartitionTable:      migrations.PartitionTable,
+			RewriteTable:        migrations.RewriteTable,
 			ControlTable:        migrations.ControlTable,
 			Types:               catalog.NewResolver(meta),
 		}, watches.Map(start.watches)),

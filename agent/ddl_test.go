@@ -25,6 +25,9 @@ func story(t *testing.T, evs []spinetest.Event) string {
 	for _, e := range withoutTrail(evs) {
 		op := fmt.Sprint(field(t, e, "operation"))
 		switch {
+		case op == envelope.OpRewrite:
+			lines = append(lines, fmt.Sprintf("%s %v (%v: %v, %v by %v)", op, field(t, e, "table"), field(t, e, "rewrite", "table"),
+				field(t, e, "rewrite", "reason"), field(t, e, "rewrite", "command"), field(t, e, "changed_by")))
 		case e.Source != envelope.SelfAuditSource:
 			row := field(t, e, "new", "id")
 			if row == nil {
@@ -413,6 +416,56 @@ func TestPartitionTruncateWithoutEventTrigger(t *testing.T) {
 	obs.expectMetric(t, 1, "pgaudit_cdc_unaudited_truncates_total", "state", "dropped")
 	obs.expectMetric(t, 2, "pgaudit_cdc_unaudited_truncates_total", "state", "disabled")
 	obs.expectLog(t, 3, "level=ERROR", "the triggers that audit TRUNCATE of partitions of watched tables were dropped or disabled")
+}
+
+// TestTableRewriteIsDeclared: DDL that rewrites a watched table's stored
+// values (ALTER COLUMN ... TYPE ... USING, ADD COLUMN with a volatile
+// default) changes every row without a row event; the table_rewrite event
+// trigger declares it, in the DDL's transaction, as a REWRITE event of the
+// table's watch (of the partitioned table's, naming the partition). A
+// rewrite that copies the values as they are (SET UNLOGGED/LOGGED) and a
+// fast default are not declared.
+func TestTableRewriteIsDeclared(t *testing.T) {
+	h := newHarness(t)
+	h.exec(`CREATE TABLE rw (id int PRIMARY KEY, v text)`)
+	h.exec(`INSERT INTO rw VALUES (1, 'a')`)
+	h.exec(`CREATE TABLE rwp (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE rwp1 PARTITION OF rwp FOR VALUES FROM (0) TO (100)`)
+	h.exec(`INSERT INTO rwp VALUES (1, 'a')`)
+	h.exec(`CREATE TABLE rw_other (id int PRIMARY KEY, v text)`)
+	h.exec(`CREATE ROLE rw_owner`)
+	h.exec(`ALTER TABLE rw OWNER TO rw_owner`)
+	h.watch("rw", "other", "books")
+	h.watch("rwp", "other", "ledger")
+	h.startAgent()
+
+	h.exec(`SET SESSION AUTHORIZATION rw_owner; ALTER TABLE rw ALTER COLUMN v TYPE text USING upper(v); RESET SESSION AUTHORIZATION`)
+	h.exec(`UPDATE rw SET v = 'b' WHERE id = 1`)
+	h.exec(`ALTER TABLE rw ADD COLUMN at timestamptz DEFAULT clock_timestamp()`)
+	h.exec(`ALTER TABLE rw ADD COLUMN n int DEFAULT 0`)
+	h.exec(`ALTER TABLE rwp ALTER COLUMN v TYPE varchar(20) USING 'x'`)
+	h.exec(`ALTER TABLE rw_other ALTER COLUMN v TYPE text USING upper(v)`)
+	h.exec(`INSERT INTO rw (id, v) VALUES (2, 'c')`)
+	h.waitStory(strings.Join([]string{
+		"WATCH public.rw",
+		"WATCH public.rwp",
+		"REWRITE public.rw (public.rw: column type, ALTER TABLE by rw_owner)",
+		"UPDATE public.rw 1",
+		"REWRITE public.rw (public.rw: column default, ALTER TABLE by postgres)",
+		"REWRITE public.rwp (public.rwp1: column type, ALTER TABLE by postgres)",
+		"INSERT public.rw 2",
+	}, "\n"))
+	for _, e := range h.spine.Events() {
+		if field(t, e, "operation") == envelope.OpRewrite && field(t, e, "table") == "public.rwp" && e.Source != "ledger" {
+			t.Errorf("the partition's REWRITE is not under its partitioned table's watch: source %q", e.Source)
+		}
+	}
+	// Nobody else can write a rewrite: it would restart verify's fold.
+	_, err := h.conn.Exec(context.Background(), `SET SESSION AUTHORIZATION rw_owner;
+		INSERT INTO pgaudit_cdc.rewrites (table_oid, watch_oid, schema_name, table_name, watched_name, reason, command) VALUES (1, 1, 'public', 'x', 'x', 'x', 'x')`)
+	if err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("another role wrote a rewrite: %v", err)
+	}
 }
 
 // TestInheritanceChildrenAreWatched: a table that inherits from a watched

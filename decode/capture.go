@@ -442,6 +442,51 @@ func (s *Stream) partitionTruncated(lsn pgoutput.LSN, p *partitionEntry, emit fu
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 
+// rewrite makes a row of the rewrites table (migration 0020) a REWRITE
+// event of the watch that covers the table: DDL rewrote its stored values,
+// which no row event shows.
+func (s *Stream) rewrite(lsn pgoutput.LSN, rel *pgoutput.RelationMessage, row pgoutput.Tuple, emit func(Item) error) error {
+	var watchOID uint32
+	var schema, watched, by string
+	var detail struct {
+		Table   string `json:"table"`
+		Reason  string `json:"reason"`
+		Command string `json:"command"`
+	}
+	textColumns(rel, row, func(name string, b []byte) {
+		v := string(b)
+		switch name {
+		case "watch_oid":
+			if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+				watchOID = uint32(n)
+			}
+		case "schema_name":
+			schema = v
+		case "table_name":
+			detail.Table = v
+		case "watched_name":
+			watched = v
+		case "reason":
+			detail.Reason = v
+		case "command":
+			detail.Command = v
+		case "changed_by":
+			by = v
+		}
+	})
+	w, ok := s.watchFor(watchOID, schema)
+	if !ok {
+		return nil
+	}
+	js, err := envelope.Canonical(detail)
+	if err != nil {
+		return fmt.Errorf("BUG: encoding a rewrite: %w", err)
+	}
+	ev := s.newEvent(lsn, watched, w, envelope.OpRewrite)
+	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, by)}, {Name: "rewrite", Value: js}}
+	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
 // BackfillChunk is the content of a BackfillPrefix message.
 type BackfillChunk struct {
 	ID       int64            `json:"backfill_id"`

@@ -57,6 +57,9 @@ type StreamConfig struct {
 	// PartitionTable names the table, in RegistrySchema, recording the
 	// partitions of watched partitioned tables (ATTACH and DETACH events).
 	PartitionTable string
+	// RewriteTable names the table, in RegistrySchema, recording the DDL
+	// that rewrote a watched table's values (REWRITE events).
+	RewriteTable string
 	// Types resolves the column types of RELATION messages and backfill
 	// chunks (catalog.Resolver in the agent). Nil resolves the built-in
 	// types only (pgjson.Builtin) and maps every other type as text.
@@ -390,6 +393,11 @@ func (s *Stream) change(lsn pgoutput.LSN, relID uint32, op string, oldKind byte,
 			return s.registryChange(lsn, rel, old, newT, true, emit)
 		case s.cfg.PartitionTable:
 			return s.partitionChange(lsn, rel, old, newT, emit)
+		case s.cfg.RewriteTable:
+			if op == envelope.OpInsert {
+				return s.rewrite(lsn, rel, newT, emit)
+			}
+			return nil
 		case s.cfg.ControlTable:
 			if op == envelope.OpInsert {
 				s.controlRow(rel, newT)

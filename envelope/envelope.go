@@ -88,6 +88,10 @@ const (
 	// dropped or disabled it, or it could not be created), so a TRUNCATE of
 	// it for a while is not in the trail.
 	OpUnaudited = "UNAUDITED"
+	// OpRewrite says that DDL rewrote a watched table's stored values
+	// (ALTER COLUMN ... TYPE ... USING, ADD COLUMN with a volatile default):
+	// no row event shows the new values.
+	OpRewrite = "REWRITE"
 	// OpCheckpoint is a digest of a table's rows at its place in commit order.
 	OpCheckpoint = "CHECKPOINT"
 	// OpGap records an accepted hole in the capture.

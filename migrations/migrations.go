@@ -27,16 +27,18 @@ const Schema = "pgaudit_cdc"
 // agent applies in commit order; the control table, whose rows authenticate
 // skip, backfill and checkpoint messages in their transaction; and the
 // partitions of watched partitioned tables, whose comings and goings are
-// ATTACH and DETACH events.
+// ATTACH and DETACH events; and the rewrites of watched tables' values by
+// DDL, REWRITE events.
 const (
 	RegistryTable       = "watches"
 	SchemaRegistryTable = "schema_watches"
 	ControlTable        = "control"
 	PartitionTable      = "partitions"
+	RewriteTable        = "rewrites"
 )
 
 // PublishedTables lists them.
-var PublishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable, PartitionTable}
+var PublishedTables = []string{RegistryTable, SchemaRegistryTable, ControlTable, PartitionTable, RewriteTable}
 
 //go:embed *.sql
 var files embed.FS

@@ -668,3 +668,25 @@ func TestPartitionTruncateRestartsFolds(t *testing.T) {
 		t.Fatalf("after the table's TRUNCATE: %d checkpoints, failures %+v; want the second to match an empty table", rep.Checkpoints, rep.Failures)
 	}
 }
+
+// TestRewriteRestartsFold: a REWRITE event says DDL changed the table's
+// stored values without row events: a checkpoint mismatch after it has the
+// REWRITE as known cause.
+func TestRewriteRestartsFold(t *testing.T) {
+	var c chainBuilder
+	on := func(table string, p map[string]any) map[string]any { p["table"] = table; return p }
+	c.add(t, on("public.rw", map[string]any{"operation": "INSERT", "new": row(t, `{"id":1,"v":"a"}`)}))
+	c.add(t, on("public.rw", map[string]any{"operation": "REWRITE",
+		"rewrite": map[string]any{"table": "public.rw", "reason": "column type", "command": "ALTER TABLE"}}))
+	var d Digest
+	if err := d.Add([]byte(`{"id":1,"v":"A"}`)); err != nil {
+		t.Fatal(err)
+	}
+	c.add(t, on("public.rw", map[string]any{"operation": "CHECKPOINT", "checkpoint": map[string]any{
+		"id": json.Number("1"), "chunk": json.Number("1"), "last": true, "columns": []any{"id", "v"}, "key_columns": []any{},
+		"rows": json.Number("1"), "digest": d.Hex(), "total_rows": json.Number("1"), "total_digest": d.Hex()}}))
+	rep := run(c.evs)
+	if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].KnownCause, "REWRITE of public.rw at event 2") {
+		t.Fatalf("failures %+v, want one checkpoint mismatch whose known cause is the REWRITE", rep.Failures)
+	}
+}

@@ -222,6 +222,17 @@ func (v *Verifier) Add(e chain.Event) {
 		return
 	case envelope.OpAttach, envelope.OpDetach, envelope.OpUnlogged, envelope.OpUnaudited:
 		v.restartPartition(e, gen, op)
+	case envelope.OpRewrite:
+		// DDL rewrote the stored values: the fold no longer holds them.
+		rw, _ := e.Payload["rewrite"].(map[string]any)
+		part, _ := rw["table"].(string)
+		why := fmt.Sprintf("REWRITE of %s at event %d", table, e.EventID)
+		for _, name := range []string{table, part} {
+			if name != "" {
+				v.table(gen + "|" + name).restart(why)
+			}
+		}
+		return
 	}
 	v.fold(e, op, gen, table)
 }

@@ -338,11 +338,12 @@ const EventTriggerName = "pgaudit_cdc_replica_identity"
 // tables joining a watch REPLICA IDENTITY FULL and follows renames, one that
 // ends the watch of a dropped table, and two that put back the TRUNCATE
 // trigger of a watched partition that CREATE OR REPLACE TRIGGER or a drop
-// took away, all in the DDL's own transaction.
-const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerCreatedDDL + ";\n" + triggerDroppedDDL
+// took away, and one that records DDL rewriting a watched table's values,
+// all in the DDL's own transaction.
+const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerCreatedDDL + ";\n" + triggerDroppedDDL + ";\n" + tableRewriteDDL
 
 // EventTriggerNames are the event triggers EventTriggerSQL creates.
-var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerCreatedName, TriggerDroppedName}
+var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerCreatedName, TriggerDroppedName, TableRewriteName}
 
 const (
 	eventTriggerDDL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
@@ -363,13 +364,17 @@ const (
 	TriggerDroppedName = "pgaudit_cdc_truncate_trigger_dropped"
 	triggerDroppedDDL  = `CREATE EVENT TRIGGER ` + TriggerDroppedName + ` ON sql_drop
     EXECUTE FUNCTION pgaudit_cdc.on_trigger_dropped()`
+	// TableRewriteName is the table_rewrite event trigger (migration 0020).
+	TableRewriteName = "pgaudit_cdc_table_rewrite"
+	tableRewriteDDL  = `CREATE EVENT TRIGGER ` + TableRewriteName + ` ON table_rewrite
+    EXECUTE FUNCTION pgaudit_cdc.on_table_rewrite()`
 )
 
 // EnsureEventTrigger creates the event triggers that are missing when the
 // role is a superuser. It reports whether all exist afterwards.
 func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	all := true
-	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerCreatedName, triggerCreatedDDL}, {TriggerDroppedName, triggerDroppedDDL}} {
+	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerCreatedName, triggerCreatedDDL}, {TriggerDroppedName, triggerDroppedDDL}, {TableRewriteName, tableRewriteDDL}} {
 		var exists, super bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
 				(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, trig.name).Scan(&exists, &super); err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgaudit-cdc/pgaudit-cdc/envelope"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/spinetest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/pgjson"
@@ -609,10 +610,13 @@ func TestFidelitySchemaChanges(t *testing.T) {
 	h.exec(`CREATE TABLE evolving (id int PRIMARY KEY, a int, b text)`)
 	h.watch("evolving", "other", "ddl")
 	h.startAgent()
+	// A change of a column's type rewrites the stored values: a REWRITE
+	// event (the table_rewrite event trigger), in the DDL's place.
 	steps := []struct {
-		sql  string
-		want string // new of the event, "" when the statement makes none
-		old  string
+		sql     string
+		want    string // new of the event, "" when the statement makes none
+		old     string
+		rewrite bool
 	}{
 		{sql: `INSERT INTO evolving VALUES (1, 1, 'x')`, want: `{"a":1,"b":"x","id":1}`},
 		{sql: `ALTER TABLE evolving ADD COLUMN c numeric(4,2) DEFAULT 1.5`},
@@ -623,21 +627,24 @@ func TestFidelitySchemaChanges(t *testing.T) {
 		{sql: `INSERT INTO evolving VALUES (3, 3, 3.5)`, want: `{"a":3,"c":"3.50","id":3}`},
 		{sql: `ALTER TABLE evolving RENAME COLUMN a TO a2`},
 		{sql: `INSERT INTO evolving VALUES (4, 4, 4.5)`, want: `{"a2":4,"c":"4.50","id":4}`},
-		{sql: `ALTER TABLE evolving ALTER COLUMN a2 TYPE bigint`},
+		{sql: `ALTER TABLE evolving ALTER COLUMN a2 TYPE bigint`, rewrite: true},
 		{sql: `INSERT INTO evolving VALUES (5, 9223372036854775807, 5.5)`, want: `{"a2":9223372036854775807,"c":"5.50","id":5}`},
 		{sql: `ALTER TABLE evolving ADD COLUMN t text`},
 		{sql: `INSERT INTO evolving VALUES (6, 6, 6.5, '66')`, want: `{"a2":6,"c":"6.50","id":6,"t":"66"}`},
-		{sql: `ALTER TABLE evolving ALTER COLUMN t TYPE int USING t::int`},
+		{sql: `ALTER TABLE evolving ALTER COLUMN t TYPE int USING t::int`, rewrite: true},
 		{sql: `INSERT INTO evolving VALUES (7, 7, 7.5, 77)`, want: `{"a2":7,"c":"7.50","id":7,"t":77}`},
 		{sql: `UPDATE evolving SET a2 = 60 WHERE id = 6`, old: `{"a2":6,"c":"6.50","id":6,"t":66}`, want: `{"a2":60,"c":"6.50","id":6,"t":66}`},
-		{sql: `ALTER TABLE evolving ALTER COLUMN c TYPE text`},
+		{sql: `ALTER TABLE evolving ALTER COLUMN c TYPE text`, rewrite: true},
 		{sql: `DELETE FROM evolving WHERE id = 7`, old: `{"a2":7,"c":"7.50","id":7,"t":77}`},
 	}
-	var wants [][2]string
+	var wants [][3]string // old, new, operation
 	for _, s := range steps {
 		h.exec(s.sql)
-		if s.want != "" || s.old != "" {
-			wants = append(wants, [2]string{s.old, s.want})
+		switch {
+		case s.rewrite:
+			wants = append(wants, [3]string{"", "", envelope.OpRewrite})
+		case s.want != "" || s.old != "":
+			wants = append(wants, [3]string{s.old, s.want})
 		}
 	}
 	// Within one transaction: the old shape, a change, the new shape.
@@ -660,17 +667,20 @@ func TestFidelitySchemaChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	wants = append(wants,
-		[2]string{"", `{"a2":8,"c":"8.5","id":8,"t":88}`},
-		[2]string{"", `{"a2":9,"c":"9.5","id":9,"late":[9],"t":99}`},
-		[2]string{"", `{"a2":10,"c":"10.5","id":10,"late":{"ten":10}}`},
+		[3]string{"", `{"a2":8,"c":"8.5","id":8,"t":88}`},
+		[3]string{"", `{"a2":9,"c":"9.5","id":9,"late":[9],"t":99}`},
+		[3]string{"", `{"a2":10,"c":"10.5","id":10,"late":{"ten":10}}`},
 	)
 	h.exec(`INSERT INTO evolving (id) VALUES (11)`)
 	// c's default 1.5 was converted with the column to text.
-	wants = append(wants, [2]string{"", `{"a2":null,"c":"1.5","id":11,"late":{"d":1}}`})
+	wants = append(wants, [3]string{"", `{"a2":null,"c":"1.5","id":11,"late":{"d":1}}`})
 	evs := h.expectExactly(len(wants), 500*time.Millisecond)
 	for i, w := range wants {
 		expectRow(t, evs[i], "old", w[0])
 		expectRow(t, evs[i], "new", w[1])
+		if op := field(t, evs[i], "operation"); w[2] != "" && op != w[2] {
+			t.Errorf("event %d is %v, want %s", evs[i].EventID, op, w[2])
+		}
 	}
 }
 

@@ -332,6 +332,81 @@ func TestPartitionTruncate(t *testing.T) {
 	}
 }
 
+// TestPartitionTruncateNearStackLimit: a partition's owner runs the DDL that
+// disables its TRUNCATE trigger from so deep a recursion that the DDL fits
+// under max_stack_depth but the event trigger's work may not, truncates,
+// and enables the trigger again. Whatever the depth, the trail has the
+// TRUNCATE or declares the hole (UNAUDITED): the event trigger never fails
+// open in silence.
+func TestPartitionTruncateNearStackLimit(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.exec(`CREATE TABLE ptt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)`)
+	h.exec(`CREATE TABLE ptt1 PARTITION OF ptt FOR VALUES FROM (0) TO (100)`)
+	h.exec(`CREATE ROLE ptt_deep`)
+	h.exec(`ALTER TABLE ptt1 OWNER TO ptt_deep`)
+	h.exec(`GRANT INSERT ON ptt TO ptt_deep`)
+	h.exec(`CREATE FUNCTION ptt_rec(n int, ddl text) RETURNS int LANGUAGE plpgsql AS $$
+		BEGIN IF n = 0 THEN EXECUTE ddl; RETURN 0; END IF; RETURN ptt_rec(n - 1, ddl) + 1; END $$`)
+	h.watch("ptt", "other", "books")
+	h.startAgent()
+	var ours string
+	if err := h.conn.QueryRow(ctx, `SELECT tgname FROM pg_trigger WHERE tgrelid = 'ptt1'::regclass
+		AND tgfoid = 'pgaudit_cdc.partition_truncated()'::regprocedure`).Scan(&ours); err != nil {
+		t.Fatal(err)
+	}
+	deep := pgtest.Connect(t, h.dsn)
+	if _, err := deep.Exec(ctx, `SET SESSION AUTHORIZATION ptt_deep`); err != nil {
+		t.Fatal(err)
+	}
+	disable := `ALTER TABLE ptt1 DISABLE TRIGGER ` + pgx.Identifier{ours}.Sanitize()
+	// From too deep (the DDL itself fails) down to depths where it runs:
+	// the first that runs is the one nearest the limit.
+	ran := -1
+	for depth := 4000; depth >= 0 && ran < 0; depth -= 7 {
+		tx, err := deep.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO ptt VALUES (1, 'gone')`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT ptt_rec($1, $2)`, depth, disable); err != nil {
+			_ = tx.Rollback(ctx)
+			continue
+		}
+		for _, sql := range []string{`TRUNCATE ptt1`, `ALTER TABLE ptt1 ENABLE ALWAYS TRIGGER ` + pgx.Identifier{ours}.Sanitize()} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ran = depth
+	}
+	if ran < 0 {
+		t.Fatal("the DDL never ran, at any depth")
+	}
+	t.Logf("the DDL ran at depth %d", ran)
+	h.exec(`INSERT INTO ptt VALUES (2, 'after')`)
+	deadline := time.Now().Add(raceSlowdown * 30 * time.Second)
+	for {
+		got := story(t, h.spine.Events())
+		if strings.HasSuffix(got, "INSERT public.ptt 2") {
+			if !strings.Contains(got, "TRUNCATE public.ptt <nil> (partition public.ptt1 by ptt_deep)") &&
+				!strings.Contains(got, "UNAUDITED public.ptt1 public.ptt (unaudited)") {
+				t.Fatalf("the TRUNCATE at depth %d is neither in the trail nor declared:\n%s", ran, got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the trail tells\n%s", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestPartitionTruncateWithoutEventTrigger: without the event triggers, a
 // partition's owner who drops or disables its TRUNCATE trigger can
 // truncate it unaudited until the housekeeping puts the trigger back; the

@@ -121,7 +121,7 @@ func (h *housekeeper) round(ctx context.Context, conn *pgx.Conn) {
 		a.log.Warn("followed watched tables' DDL without the DDL event trigger: a table that took a watched name, inherits from a watched table or left a watched partitioned table is audited from now on, not from its DDL (install the event triggers: pgaudit-cdc setup --print-sql)", "changes", strings.Join(changed, "; "))
 	}
 	h.keepLogged(stopping, ctx, registry, warn)
-	h.keepTruncatesAudited(ctx, registry, warn)
+	h.keepTruncatesAudited(stopping, registry, warn)
 	fixed, err := registry.FixReplicaIdentity(ctx)
 	var kept *watches.VirtualColumnsNotice
 	if errors.As(err, &kept) {
@@ -176,12 +176,17 @@ func (h *housekeeper) keepLogged(stopping, ctx context.Context, registry *watche
 // keepTruncatesAudited puts back the TRUNCATE triggers that tables under
 // watched partitioned tables lost, and says which were missing: a TRUNCATE
 // of one meanwhile is not in the trail (UNAUDITED events declare it).
-func (h *housekeeper) keepTruncatesAudited(ctx context.Context, registry *watches.Registry, warn func(string, error)) {
+//
+// It has a budget of its own, as keepLogged has: each trigger waits up to
+// two seconds for its table's lock, and a few busy tables would otherwise
+// use up the round's.
+func (h *housekeeper) keepTruncatesAudited(stopping context.Context, registry *watches.Registry, warn func(string, error)) {
 	a := h.a
+	ctx, cancel := context.WithTimeout(stopping, time.Minute)
+	defer cancel()
 	holes, err := registry.KeepTruncatesAudited(ctx)
 	if err != nil {
 		warn("checking the TRUNCATE triggers of watched partitions failed", err)
-		return
 	}
 	var lost, failed, busy []string
 	for _, t := range holes {

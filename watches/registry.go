@@ -1050,16 +1050,24 @@ func (r *Registry) KeepTruncatesAudited(ctx context.Context) ([]TruncateHole, er
 	if err != nil {
 		return holes, fmt.Errorf("listing partitions without their TRUNCATE trigger: %w", err)
 	}
+	var errs []error
 	for _, t := range missing {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
 		state, err := r.restoreTruncateTrigger(ctx, t.OID)
 		if err != nil {
-			return holes, fmt.Errorf("putting back the TRUNCATE trigger of %s: %w", t.Name, err)
+			// The next table is another table: one error does not keep
+			// its trigger from it.
+			errs = append(errs, fmt.Errorf("putting back the TRUNCATE trigger of %s: %w", t.Name, err))
+			continue
 		}
 		if state == "failed" || state == "busy" {
 			holes = append(holes, TruncateHole{Table: t.Name, Under: t.Under, State: state})
 		}
 	}
-	return holes, nil
+	return holes, errors.Join(errs...)
 }
 
 // restoreTruncateTrigger runs pgaudit_cdc.restore_truncate_trigger for one

@@ -336,14 +336,14 @@ const EventTriggerName = "pgaudit_cdc_replica_identity"
 
 // EventTriggerSQL creates the event triggers (superuser only): one that gives
 // tables joining a watch REPLICA IDENTITY FULL and follows renames, one that
-// ends the watch of a dropped table, and two that put back the TRUNCATE
-// trigger of a watched partition that CREATE OR REPLACE TRIGGER or a drop
-// took away, and one that records DDL rewriting a watched table's values,
-// all in the DDL's own transaction.
-const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + triggerCreatedDDL + ";\n" + triggerDroppedDDL + ";\n" + tableRewriteDDL
+// ends the watch of a dropped table, two that put back the TRUNCATE trigger
+// of a watched partition that an ALTER TABLE, a CREATE OR REPLACE TRIGGER or
+// a drop took away, and one that records DDL rewriting a watched table's
+// values, all in the DDL's own transaction.
+const EventTriggerSQL = eventTriggerDDL + ";\n" + dropTriggerDDL + ";\n" + truncateDDLDDL + ";\n" + triggerDroppedDDL + ";\n" + tableRewriteDDL
 
 // EventTriggerNames are the event triggers EventTriggerSQL creates.
-var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TriggerCreatedName, TriggerDroppedName, TableRewriteName}
+var EventTriggerNames = []string{EventTriggerName, DropTriggerName, TruncateDDLName, TriggerDroppedName, TableRewriteName}
 
 const (
 	eventTriggerDDL = `CREATE EVENT TRIGGER ` + EventTriggerName + ` ON ddl_command_end
@@ -354,13 +354,15 @@ const (
 	dropTriggerDDL  = `CREATE EVENT TRIGGER ` + DropTriggerName + ` ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION pgaudit_cdc.on_sql_drop()`
-	// TriggerCreatedName is the event trigger on CREATE TRIGGER, and
-	// TriggerDroppedName the sql_drop one without a tag filter: a trigger
-	// also goes with what it depends on (migration 0019).
-	TriggerCreatedName = "pgaudit_cdc_truncate_trigger_replaced"
-	triggerCreatedDDL  = `CREATE EVENT TRIGGER ` + TriggerCreatedName + ` ON ddl_command_end
-    WHEN TAG IN ('CREATE TRIGGER')
-    EXECUTE FUNCTION pgaudit_cdc.on_trigger_created()`
+	// TruncateDDLName is the event trigger on CREATE TABLE, ALTER TABLE and
+	// CREATE TRIGGER, and TriggerDroppedName the sql_drop one without a tag
+	// filter: a trigger also goes with what it depends on (migration 0019).
+	// Event triggers of one event fire in name order: TruncateDDLName's
+	// after EventTriggerName's, which records new partitions.
+	TruncateDDLName = "pgaudit_cdc_truncate_triggers"
+	truncateDDLDDL  = `CREATE EVENT TRIGGER ` + TruncateDDLName + ` ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TRIGGER')
+    EXECUTE FUNCTION pgaudit_cdc.on_truncate_ddl()`
 	TriggerDroppedName = "pgaudit_cdc_truncate_trigger_dropped"
 	triggerDroppedDDL  = `CREATE EVENT TRIGGER ` + TriggerDroppedName + ` ON sql_drop
     EXECUTE FUNCTION pgaudit_cdc.on_trigger_dropped()`
@@ -374,7 +376,7 @@ const (
 // role is a superuser. It reports whether all exist afterwards.
 func EnsureEventTrigger(ctx context.Context, conn *pgx.Conn) (bool, error) {
 	all := true
-	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TriggerCreatedName, triggerCreatedDDL}, {TriggerDroppedName, triggerDroppedDDL}, {TableRewriteName, tableRewriteDDL}} {
+	for _, trig := range []struct{ name, ddl string }{{EventTriggerName, eventTriggerDDL}, {DropTriggerName, dropTriggerDDL}, {TruncateDDLName, truncateDDLDDL}, {TriggerDroppedName, triggerDroppedDDL}, {TableRewriteName, tableRewriteDDL}} {
 		var exists, super bool
 		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1),
 				(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, trig.name).Scan(&exists, &super); err != nil {

@@ -105,6 +105,12 @@ BEGIN
     FOR p IN SELECT * FROM pgaudit_cdc.truncates_unaudited() u WHERE u.truncate_audited AND u.how <> 'unaudited' LOOP
         CONTINUE WHEN p.present AND p.table_oid = ANY (coalesce(quiet_disabled, '{}'));
         CONTINUE WHEN p.table_oid = ANY (coalesce(quiet_missing, '{}'));
+        -- A DDL (or the housekeeping) working on this table holds its row:
+        -- next time. Once held, look again: it may have put the trigger
+        -- back, or declared the hole, meanwhile.
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pgaudit_cdc.partitions x WHERE x.table_oid = p.table_oid FOR UPDATE SKIP LOCKED);
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pgaudit_cdc.truncates_unaudited() u
+                                  WHERE u.table_oid = p.table_oid AND u.truncate_audited AND u.how <> 'unaudited');
         UPDATE pgaudit_cdc.partitions x SET how = 'unaudited', changed_at = now(), changed_by = session_user
             WHERE x.table_oid = p.table_oid;
         table_name := p.name;
@@ -135,6 +141,13 @@ BEGIN
         RETURN 'ok';
     END IF;
     BEGIN
+        -- One restore of a table at a time (a DDL's and the housekeeping's):
+        -- once its row is held, look again.
+        PERFORM 1 FROM pgaudit_cdc.partitions x WHERE x.table_oid = relid FOR UPDATE;
+        SELECT * INTO u FROM pgaudit_cdc.truncates_unaudited() x WHERE x.table_oid = relid;
+        IF NOT FOUND THEN
+            RETURN 'ok';
+        END IF;
         SELECT tr.tgname INTO trig FROM pg_trigger tr
             WHERE tr.tgrelid = relid AND tr.tgfoid = 'pgaudit_cdc.partition_truncated()'::regprocedure
             ORDER BY tr.tgname LIMIT 1;

@@ -402,13 +402,23 @@ func (s *Stream) partitionChange(lsn pgoutput.LSN, rel *pgoutput.RelationMessage
 	default:
 		return nil // re-rooted, or forgotten with its partitioned table's watch
 	}
-	js, err := envelope.Canonical(after)
+	fields, err := after.fields()
 	if err != nil {
-		return fmt.Errorf("BUG: encoding a partition entry: %w", err)
+		return err
 	}
 	ev := s.newEvent(lsn, ident.Qualified(rel.Namespace, rel.Name), Watch{Kind: envelope.SelfAuditKind, Source: envelope.SelfAuditSource}, action)
-	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, after.ChangedBy)}, {Name: "partition", Value: js}}
+	ev.Fields = fields
 	return emit(Item{Kind: ItemEvent, Event: ev})
+}
+
+// fields are what an event of a partition carries: who changed it, and the
+// entry.
+func (e *partitionEntry) fields() ([]envelope.Field, error) {
+	js, err := envelope.Canonical(e)
+	if err != nil {
+		return nil, fmt.Errorf("BUG: encoding a partition entry: %w", err)
+	}
+	return []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, e.ChangedBy)}, {Name: "partition", Value: js}}, nil
 }
 
 // truncated reports whether a row change of the partitions table is the
@@ -433,12 +443,12 @@ func (s *Stream) partitionTruncated(lsn pgoutput.LSN, p *partitionEntry, emit fu
 	if !ok {
 		return nil // its partitioned table's watch ended in this transaction
 	}
-	js, err := envelope.Canonical(p)
+	fields, err := p.fields()
 	if err != nil {
-		return fmt.Errorf("BUG: encoding a partition entry: %w", err)
+		return err
 	}
 	ev := s.newEvent(lsn, p.PartitionedTable, w, envelope.OpTruncate)
-	ev.Fields = []envelope.Field{{Name: "changed_by", Value: pgjson.AppendText(nil, p.ChangedBy)}, {Name: "partition", Value: js}}
+	ev.Fields = fields
 	return emit(Item{Kind: ItemEvent, Event: ev})
 }
 

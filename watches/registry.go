@@ -1071,27 +1071,35 @@ func (r *Registry) KeepTruncatesAudited(ctx context.Context) ([]TruncateHole, er
 }
 
 // restoreTruncateTrigger runs pgaudit_cdc.restore_truncate_trigger for one
-// table under a two-second lock timeout.
+// table, waiting at most two seconds for its locks.
 func (r *Registry) restoreTruncateTrigger(ctx context.Context, oid uint32) (string, error) {
-	tx, err := r.conn.Begin(ctx)
-	if err != nil {
-		return "", err
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
-	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
-		return "", err
-	}
 	var state string
-	if err := tx.QueryRow(ctx, `SELECT pgaudit_cdc.restore_truncate_trigger($1)`, oid).Scan(&state); err != nil {
-		return "", err
-	}
-	return state, tx.Commit(ctx)
+	err := r.underLockTimeout(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT pgaudit_cdc.restore_truncate_trigger($1)`, oid).Scan(&state)
+	})
+	return state, err
 }
 
 // SetLogged sets t LOGGED, waiting at most two seconds for its lock: the
 // rewrite runs in a transaction of its own, under ctx. A partition's row
 // turns 'logged' with it.
 func (r *Registry) SetLogged(ctx context.Context, t TableName) error {
+	return r.underLockTimeout(ctx, func(tx pgx.Tx) error {
+		quoted := pgx.Identifier{t.Schema, t.Name}.Sanitize()
+		if _, err := tx.Exec(ctx, `ALTER TABLE `+quoted+` SET LOGGED`); err != nil {
+			return err
+		}
+		// The hole is closed: the next time it turns unlogged is another
+		// one, with an UNLOGGED event of its own.
+		_, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.partitions SET how = 'logged' WHERE table_oid = $1::regclass AND how = 'unlogged'`, quoted)
+		return err
+	})
+}
+
+// underLockTimeout runs fn in a transaction of its own that waits at most
+// two seconds for any lock (the housekeeping's repairs: a writer holding a
+// table must not hold up the round), and commits it when fn succeeds.
+func (r *Registry) underLockTimeout(ctx context.Context, fn func(pgx.Tx) error) error {
 	tx, err := r.conn.Begin(ctx)
 	if err != nil {
 		return err
@@ -1100,13 +1108,7 @@ func (r *Registry) SetLogged(ctx context.Context, t TableName) error {
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
 		return err
 	}
-	quoted := pgx.Identifier{t.Schema, t.Name}.Sanitize()
-	if _, err := tx.Exec(ctx, `ALTER TABLE `+quoted+` SET LOGGED`); err != nil {
-		return err
-	}
-	// The hole is closed: the next time it turns unlogged is another one,
-	// with an UNLOGGED event of its own.
-	if _, err := tx.Exec(ctx, `UPDATE pgaudit_cdc.partitions SET how = 'logged' WHERE table_oid = $1::regclass AND how = 'unlogged'`, quoted); err != nil {
+	if err := fn(tx); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

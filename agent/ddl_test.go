@@ -72,6 +72,19 @@ func (h *harness) waitStory(want string) {
 	}
 }
 
+// waitFor polls cond every 100 ms until it holds, and fails with the
+// message (format and args) when within has passed first.
+func waitFor(t *testing.T, within time.Duration, cond func() bool, format string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf(format, args...)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // TestDetachChangeAttach: a partition detached from a watched partitioned
 // table stays audited by a watch of its own, from the DETACH on, in the
 // DETACH's transaction too; DETACH and ATTACH are self-audit events.
@@ -203,32 +216,19 @@ func TestUnloggedPartitionWithoutEventTrigger(t *testing.T) {
 		// One transaction: no housekeeping round finds the partition
 		// unlogged before the change that must not be in the WAL.
 		h.exec(fmt.Sprintf(`ALTER TABLE upt1 SET UNLOGGED; INSERT INTO upt VALUES (%d, 'unseen')`, 10*round))
-		deadline := time.Now().Add(housekeepingWait)
-		for !logged() {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the partition is still unlogged %s later", round, housekeepingWait)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitFor(t, housekeepingWait, logged, "round %d: the partition is still unlogged %s later", round, housekeepingWait)
 		h.exec(`INSERT INTO upt VALUES ($1, 'seen')`, 10*round+1)
 	}
 	// An unlogged inheritance child: set LOGGED, then watched the round
 	// after.
 	h.exec(`CREATE UNLOGGED TABLE ukid () INHERITS (acc)`)
-	deadline := time.Now().Add(2 * housekeepingWait)
-	for {
+	waitFor(t, 2*housekeepingWait, func() bool {
 		var watched bool
 		if err := h.conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pgaudit_cdc.watches WHERE table_name = 'ukid' AND active)`).Scan(&watched); err != nil {
 			t.Fatal(err)
 		}
-		if watched {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the unlogged child of a watched table is not watched %s later", 2*housekeepingWait)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return watched
+	}, "the unlogged child of a watched table is not watched %s later", 2*housekeepingWait)
 	h.exec(`INSERT INTO ukid VALUES (31, 'seen')`)
 	h.waitStory(strings.Join([]string{
 		"WATCH public.upt",
@@ -434,13 +434,7 @@ func TestPartitionTruncateWithoutEventTrigger(t *testing.T) {
 		// One transaction: no housekeeping round puts the trigger back
 		// before the TRUNCATE that must not be in the trail.
 		h.exec(fmt.Sprintf(`INSERT INTO ptt VALUES (%d, 'seen'); %s; TRUNCATE ptt1`, 10*round+10, takeAway))
-		deadline := time.Now().Add(housekeepingWait)
-		for !audited() {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: the TRUNCATE trigger is still missing %s later", round, housekeepingWait)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		waitFor(t, housekeepingWait, audited, "round %d: the TRUNCATE trigger is still missing %s later", round, housekeepingWait)
 		h.exec(`TRUNCATE ptt1`)
 	}
 	// A writer holding the partition's lock keeps the trigger from coming
@@ -467,13 +461,7 @@ func TestPartitionTruncateWithoutEventTrigger(t *testing.T) {
 	if _, err := holder.Exec(context.Background(), `COMMIT`); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(housekeepingWait)
-	for !audited() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the TRUNCATE trigger is still disabled %s after the writer committed", housekeepingWait)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitFor(t, housekeepingWait, audited, "the TRUNCATE trigger is still disabled %s after the writer committed", housekeepingWait)
 	h.exec(`TRUNCATE ptt1`)
 	h.waitStory(strings.Join([]string{
 		"WATCH public.ptt",

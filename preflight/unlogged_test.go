@@ -16,14 +16,10 @@ import (
 func TestUnloggedPartitionFails(t *testing.T) {
 	ctx := context.Background()
 	conn := pgtest.Connect(t, pgtest.DSN(t))
-	for _, sql := range []string{
+	execAll(t, conn,
 		`CREATE TABLE pt (id int PRIMARY KEY) PARTITION BY RANGE (id)`,
 		`CREATE TABLE pt1 PARTITION OF pt FOR VALUES FROM (0) TO (10)`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	name, err := watches.ParseTableName("pt")
 	if err != nil {
 		t.Fatal(err)
@@ -33,14 +29,10 @@ func TestUnloggedPartitionFails(t *testing.T) {
 	}
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
 	expect(t, preflight.Run(ctx, conn, o), "unlogged partitions", "")
-	for _, sql := range []string{
-		`DROP EVENT TRIGGER ` + watches.EventTriggerName,
+	execAll(t, conn,
+		`DROP EVENT TRIGGER `+watches.EventTriggerName,
 		`ALTER TABLE pt1 SET UNLOGGED`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	expect(t, preflight.Run(ctx, conn, o), "unlogged partitions", preflight.Fail, "public.pt1", "not in the audit trail", "ALTER TABLE public.pt1 SET LOGGED")
 	if _, err := conn.Exec(ctx, `ALTER TABLE pt1 SET LOGGED`); err != nil {
 		t.Fatal(err)
@@ -50,14 +42,10 @@ func TestUnloggedPartitionFails(t *testing.T) {
 	// A partition whose TRUNCATE trigger its owner dropped (without the
 	// event trigger on DROP TRIGGER, which puts it back).
 	expect(t, preflight.Run(ctx, conn, o), "partition TRUNCATE triggers", "")
-	for _, sql := range []string{
-		`DROP EVENT TRIGGER ` + watches.TriggerDroppedName,
+	execAll(t, conn,
+		`DROP EVENT TRIGGER `+watches.TriggerDroppedName,
 		`DROP TRIGGER pgaudit_cdc_truncate ON pt1`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	expect(t, preflight.Run(ctx, conn, o), "partition TRUNCATE triggers", preflight.Fail, "TRUNCATE of public.pt1", "not be in the audit trail", "owner of schema pgaudit_cdc")
 
 	// A foreign table as a partition (of a partitioned table without a
@@ -72,15 +60,11 @@ func TestUnloggedPartitionFails(t *testing.T) {
 	if _, err := watches.NewRegistry(conn, "pgaudit_cdc", "pgaudit_cdc").Watch(ctx, name, "other", "books"); err != nil {
 		t.Fatal(err)
 	}
-	for _, sql := range []string{
+	execAll(t, conn,
 		`CREATE FOREIGN DATA WRAPPER nowhere`,
 		`CREATE SERVER elsewhere FOREIGN DATA WRAPPER nowhere`,
 		`CREATE FOREIGN TABLE fpt1 PARTITION OF fpt FOR VALUES FROM (0) TO (10) SERVER elsewhere`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	expect(t, preflight.Run(ctx, conn, o), "foreign partitions", preflight.Fail, "public.fpt1", "another server", "DETACH PARTITION public.fpt1")
 }
 
@@ -101,14 +85,10 @@ func TestInheritingTableFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := preflight.Options{Slot: "pgaudit_cdc", Publication: "pgaudit_cdc"}
-	for _, sql := range []string{
-		`DROP EVENT TRIGGER ` + watches.EventTriggerName,
+	execAll(t, conn,
+		`DROP EVENT TRIGGER `+watches.EventTriggerName,
 		`CREATE TABLE kid () INHERITS (acc)`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	expect(t, preflight.Run(ctx, conn, o), "inheriting tables", preflight.Fail, "public.kid inherits from watched public.acc", "pgaudit-cdc watch public.kid")
 	if _, err := conn.Exec(ctx, `SELECT pgaudit_cdc.sync_watch_names()`); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgaudit-cdc/pgaudit-cdc/embedded"
 	"github.com/pgaudit-cdc/pgaudit-cdc/internal/pgtest"
 	"github.com/pgaudit-cdc/pgaudit-cdc/preflight"
@@ -13,6 +15,16 @@ import (
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
+
+// execAll runs each statement on conn, failing the test on the first error.
+func execAll(t *testing.T, conn *pgx.Conn, sqls ...string) {
+	t.Helper()
+	for _, sql := range sqls {
+		if _, err := conn.Exec(context.Background(), sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+}
 
 // result returns the check named name, or nil.
 func result(rs []preflight.Result, name string) *preflight.Result {
@@ -160,16 +172,12 @@ func TestVirtualGeneratedColumns(t *testing.T) {
 		expect(t, preflight.Run(ctx, conn, o), "virtual generated columns", "")
 		return
 	}
-	for _, sql := range []string{
+	execAll(t, conn,
 		`CREATE TABLE v (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) VIRTUAL)`,
 		`ALTER TABLE v REPLICA IDENTITY FULL`,
 		`INSERT INTO v VALUES (1, 1)`,
 		`CREATE PUBLICATION pgaudit_cdc FOR TABLE v WITH (publish_generated_columns = stored)`,
-	} {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-	}
+	)
 	if _, err := conn.Exec(ctx, `UPDATE v SET a = 2`); err == nil || !strings.Contains(err.Error(), "42P10") {
 		t.Errorf("UPDATE of a REPLICA IDENTITY FULL table with a virtual generated column on %d: got %v, want SQLSTATE 42P10", version, err)
 	}

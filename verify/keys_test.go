@@ -198,6 +198,7 @@ type chainBuilder struct {
 	prevHash string
 	prev     envelope.Position
 	slot     string // the key's slot: "" is pgaudit_cdc, the first generation
+	table    string // of the events that name none: "" is public.t
 }
 
 // generation starts a new capture generation (after a gap): its first
@@ -225,7 +226,10 @@ func (c *chainBuilder) add(t testing.TB, payload map[string]any) {
 	}
 	payload["metadata"] = meta
 	if _, ok := payload["table"]; !ok {
-		payload["table"] = "public.t"
+		payload["table"] = c.table
+		if c.table == "" {
+			payload["table"] = "public.t"
+		}
 	}
 	e := chain.Event{EventID: int64(i + 1), Timestamp: "2026-11-28T00:00:00+00:00", Kind: "other", Source: "s", Payload: payload, PrevHash: c.prevHash}
 	h, err := chain.Hash(e)
@@ -599,32 +603,22 @@ func TestCheckpointAcrossGap(t *testing.T) {
 // folded rows left: a checkpoint mismatch then has a known cause, and a
 // backfill re-establishes the fold.
 func TestPartitionMembershipRestartsFolds(t *testing.T) {
-	var c chainBuilder
+	c := chainBuilder{table: "public.pt"}
 	on := func(table string, p map[string]any) map[string]any { p["table"] = table; return p }
 	for i := 1; i <= 3; i++ {
-		c.add(t, on("public.pt", map[string]any{"operation": "INSERT", "new": row(t, fmt.Sprintf(`{"id":%d,"v":"a"}`, i))}))
+		c.insert(t, fmt.Sprintf(`{"id":%d,"v":"a"}`, i))
 	}
 	c.add(t, on("pgaudit_cdc.partitions", map[string]any{"operation": "DETACH",
 		"partition": map[string]any{"table": "public.pt1", "partitioned_table": "public.pt", "how": "detached"}}))
 	c.add(t, on("public.pt1", map[string]any{"operation": "DELETE", "old": row(t, `{"id":3,"v":"a"}`)}))
-	cp := func(id int, rows ...string) {
-		var d Digest
-		for _, r := range rows {
-			if err := d.Add([]byte(r)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c.add(t, on("public.pt", map[string]any{"operation": "CHECKPOINT", "checkpoint": map[string]any{
-			"id": json.Number(fmt.Sprint(id)), "chunk": json.Number("1"), "last": true, "columns": []any{"id", "v"}, "key_columns": []any{},
-			"rows": json.Number(fmt.Sprint(d.Rows)), "digest": d.Hex(), "total_rows": json.Number(fmt.Sprint(d.Rows)), "total_digest": d.Hex()}}))
-	}
+	cp := func(id int, rows ...string) { c.chunk(t, id, 1, true, &Digest{}, nil, rows...) }
 	cp(1, `{"id":1,"v":"a"}`) // pt1 (rows 2 and 3) left pt
 	rep := run(c.evs)
 	if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].KnownCause, "DETACH of public.pt1 public.pt at event 4") {
 		t.Fatalf("failures %+v, want one checkpoint mismatch whose known cause is the DETACH", rep.Failures)
 	}
 	// The backfill of pt re-establishes its fold: the next checkpoint matches.
-	c.add(t, on("public.pt", map[string]any{"operation": "READ", "new": row(t, `{"id":1,"v":"a"}`)}))
+	c.add(t, map[string]any{"operation": "READ", "new": row(t, `{"id":1,"v":"a"}`)})
 	cp(2, `{"id":1,"v":"a"}`)
 	rep = run(c.evs)
 	if len(rep.Failures) != 1 || rep.Checkpoints != 2 {
@@ -638,30 +632,19 @@ func TestPartitionMembershipRestartsFolds(t *testing.T) {
 // mismatch has the TRUNCATE as known cause) instead of emptying. A
 // TRUNCATE of the table itself empties its fold.
 func TestPartitionTruncateRestartsFolds(t *testing.T) {
-	var c chainBuilder
-	on := func(table string, p map[string]any) map[string]any { p["table"] = table; return p }
+	c := chainBuilder{table: "public.pt"}
 	for i := 1; i <= 3; i++ {
-		c.add(t, on("public.pt", map[string]any{"operation": "INSERT", "new": row(t, fmt.Sprintf(`{"id":%d,"v":"a"}`, i))}))
+		c.insert(t, fmt.Sprintf(`{"id":%d,"v":"a"}`, i))
 	}
-	c.add(t, on("public.pt", map[string]any{"operation": "TRUNCATE",
-		"partition": map[string]any{"table": "public.pt1", "partitioned_table": "public.pt", "how": "truncated"}}))
-	cp := func(id int, rows ...string) {
-		var d Digest
-		for _, r := range rows {
-			if err := d.Add([]byte(r)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c.add(t, on("public.pt", map[string]any{"operation": "CHECKPOINT", "checkpoint": map[string]any{
-			"id": json.Number(fmt.Sprint(id)), "chunk": json.Number("1"), "last": true, "columns": []any{"id", "v"}, "key_columns": []any{},
-			"rows": json.Number(fmt.Sprint(d.Rows)), "digest": d.Hex(), "total_rows": json.Number(fmt.Sprint(d.Rows)), "total_digest": d.Hex()}}))
-	}
+	c.add(t, map[string]any{"operation": "TRUNCATE",
+		"partition": map[string]any{"table": "public.pt1", "partitioned_table": "public.pt", "how": "truncated"}})
+	cp := func(id int, rows ...string) { c.chunk(t, id, 1, true, &Digest{}, nil, rows...) }
 	cp(1, `{"id":1,"v":"a"}`) // pt1 held rows 2 and 3
 	rep := run(c.evs)
 	if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].KnownCause, "TRUNCATE of public.pt1 public.pt at event 4") {
 		t.Fatalf("failures %+v, want one checkpoint mismatch whose known cause is the partition's TRUNCATE", rep.Failures)
 	}
-	c.add(t, on("public.pt", map[string]any{"operation": "TRUNCATE"}))
+	c.add(t, map[string]any{"operation": "TRUNCATE"})
 	cp(2)
 	rep = run(c.evs)
 	if len(rep.Failures) != 1 || rep.Checkpoints != 2 {
@@ -673,18 +656,11 @@ func TestPartitionTruncateRestartsFolds(t *testing.T) {
 // stored values without row events: a checkpoint mismatch after it has the
 // REWRITE as known cause.
 func TestRewriteRestartsFold(t *testing.T) {
-	var c chainBuilder
-	on := func(table string, p map[string]any) map[string]any { p["table"] = table; return p }
-	c.add(t, on("public.rw", map[string]any{"operation": "INSERT", "new": row(t, `{"id":1,"v":"a"}`)}))
-	c.add(t, on("public.rw", map[string]any{"operation": "REWRITE",
-		"rewrite": map[string]any{"table": "public.rw", "reason": "column type", "command": "ALTER TABLE"}}))
-	var d Digest
-	if err := d.Add([]byte(`{"id":1,"v":"A"}`)); err != nil {
-		t.Fatal(err)
-	}
-	c.add(t, on("public.rw", map[string]any{"operation": "CHECKPOINT", "checkpoint": map[string]any{
-		"id": json.Number("1"), "chunk": json.Number("1"), "last": true, "columns": []any{"id", "v"}, "key_columns": []any{},
-		"rows": json.Number("1"), "digest": d.Hex(), "total_rows": json.Number("1"), "total_digest": d.Hex()}}))
+	c := chainBuilder{table: "public.rw"}
+	c.insert(t, `{"id":1,"v":"a"}`)
+	c.add(t, map[string]any{"operation": "REWRITE",
+		"rewrite": map[string]any{"table": "public.rw", "reason": "column type", "command": "ALTER TABLE"}})
+	c.chunk(t, 1, 1, true, &Digest{}, nil, `{"id":1,"v":"A"}`)
 	rep := run(c.evs)
 	if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].KnownCause, "REWRITE of public.rw at event 2") {
 		t.Fatalf("failures %+v, want one checkpoint mismatch whose known cause is the REWRITE", rep.Failures)
